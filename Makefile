@@ -1,0 +1,54 @@
+# corral's developer entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: install
+install: ## Create .venv and install corral, its dev tools, helm and kubectl
+	@bash scripts/setup.sh
+
+.PHONY: run
+run: install ## Serve the bundled test model on 127.0.0.1:11434 (Ollama + OpenAI APIs)
+	$(VENV)/bin/corral serve
+
+.PHONY: control-plane
+control-plane: ## Build (once, cached) the Kubernetes control-plane binaries
+	@bash scripts/build-control-plane.sh
+
+.PHONY: test
+test: install control-plane ## Run every test tier this machine can run
+	$(PY) -m pytest -m "not e2e_kind" $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## Run only the unit tier (seconds)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: typecheck
+typecheck: install ## mypy (strict) over both packages
+	$(VENV)/bin/mypy
+
+.PHONY: cluster
+cluster: install control-plane ## Start the control plane in the background; kubeconfig in .cluster/kubeconfig
+	$(PY) -m tests.support.controlplane up --dir .cluster
+
+.PHONY: cluster-down
+cluster-down: ## Stop the control plane and remove its state
+	@if [ -x $(PY) ]; then $(PY) -m tests.support.controlplane down --dir .cluster; \
+	else python3 -m tests.support.controlplane down --dir .cluster; fi
+
+.PHONY: bench
+bench: install ## Run the benchmarks under bench/ (each prints ratios against a reference)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,0 +1,1 @@
+"""Subcommands of the ``corral`` CLI, one module per group (see corral_runtime.cli)."""

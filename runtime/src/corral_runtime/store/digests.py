@@ -1,0 +1,41 @@
+"""Content digests: ``sha256:<64 hex>`` on the wire, ``sha256-<64 hex>`` as a file name.
+
+Anything else is rejected before a path is built from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+_DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
+CHUNK = 4 * 1024 * 1024
+
+
+class InvalidDigestError(ValueError):
+    """A digest that is not sha256 followed by 64 lowercase hex digits."""
+
+
+def parse_digest(raw: str) -> str:
+    """Return the canonical ``sha256:<hex>`` form of a digest in either spelling."""
+    match = _DIGEST.fullmatch(raw) if isinstance(raw, str) else None
+    if match is None:
+        raise InvalidDigestError(f"invalid digest {raw!r}: expected sha256:<64 hex digits>")
+    return f"sha256:{match.group(1)}"
+
+
+def blob_filename(digest: str) -> str:
+    return parse_digest(digest).replace(":", "-", 1)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()

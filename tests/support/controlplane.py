@@ -1,0 +1,302 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager
+and kube-scheduler, built from Debian's packages by scripts/build-control-plane.sh.
+
+Used by the pytest ``cluster`` fixture and by ``make cluster`` / ``make cluster-down``::
+
+    python -m tests.support.controlplane up   [--dir .cluster]
+    python -m tests.support.controlplane down [--dir .cluster]
+
+RBAC is on; an admin (group system:masters) authenticates with a static token written into the
+kubeconfig. Nothing runs pods: the scheduler binds them to Nodes created through the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBE_DEB_VERSION = "1.20.5+really1.20.2-1.1+deb12u1"
+ROOT = Path(__file__).resolve().parents[2]
+CACHE_ROOT = Path(
+    os.environ.get("CORRAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    / "corral"
+)
+BIN_DIR = CACHE_ROOT / "kube" / KUBE_DEB_VERSION / "bin"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_binaries() -> None:
+    """Build (once, then cached) the control-plane binaries."""
+    have = all((BIN_DIR / b).is_file() for b in COMPONENTS[1:]) and shutil.which("etcd")
+    if not have:
+        subprocess.run(["bash", str(ROOT / "scripts" / "build-control-plane.sh")], check=True)
+
+
+@dataclass
+class ControlPlane:
+    """Handle on a running control plane whose state lives in ``state_dir``."""
+
+    state_dir: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    def server(self) -> str:
+        info = json.loads((self.state_dir / "info.json").read_text())
+        return str(info["server"])
+
+    def token(self) -> str:
+        info = json.loads((self.state_dir / "info.json").read_text())
+        return str(info["token"])
+
+    def is_running(self) -> bool:
+        if not self.pid_file.is_file():
+            return False
+        try:
+            return self._ready()
+        except OSError:
+            return False
+
+    def _ready(self) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.state_dir / "pki" / "server.crt"))
+        req = urllib.request.Request(
+            self.server() + "/readyz", headers={"Authorization": f"Bearer {self.token()}"}
+        )
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        ensure_binaries()
+        if self.state_dir.exists():
+            self.stop()
+        pki = self.state_dir / "pki"
+        pki.mkdir(parents=True)
+        logs = self.state_dir / "logs"
+        logs.mkdir()
+        _make_pki(pki)
+        token = secrets.token_hex(16)
+        (pki / "tokens.csv").write_text(f"{token},admin,admin-uid,system:masters\n")
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+        server = f"https://127.0.0.1:{api_port}"
+        (self.state_dir / "info.json").write_text(json.dumps({"server": server, "token": token}))
+        self.kubeconfig.write_text(_kubeconfig(server, pki / "server.crt", token))
+        self.kubeconfig.chmod(0o600)
+
+        pids: dict[str, int] = {}
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+
+        def spawn(name: str, argv: list[str]) -> None:
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+            procs[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            log.close()
+            pids[name] = procs[name].pid
+            self.pid_file.write_text(json.dumps(pids))
+
+        etcd = shutil.which("etcd") or "/usr/bin/etcd"
+        spawn("etcd", [
+            etcd, "--data-dir", str(self.state_dir / "etcd"), "--name", "corral-test",
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"corral-test=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync", "--log-level", "warn",
+        ])
+        spawn("kube-apiserver", [
+            str(BIN_DIR / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", f"--secure-port={api_port}",
+            "--advertise-address=127.0.0.1",
+            f"--tls-cert-file={pki / 'server.crt'}", f"--tls-private-key-file={pki / 'server.key'}",
+            f"--client-ca-file={pki / 'server.crt'}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--token-auth-file={pki / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            "--service-cluster-ip-range=10.96.0.0/12",
+            "--allow-privileged=false",
+            "--insecure-port=0",
+            "--enable-priority-and-fairness=false",
+            "--v=1",
+        ])
+        try:
+            self._wait(lambda: self._ready(), timeout, "kube-apiserver", procs)
+            spawn("kube-controller-manager", [
+                str(BIN_DIR / "kube-controller-manager"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'server.crt'}",
+                "--use-service-account-credentials=false",
+                f"--secure-port={free_port()}", "--port=0",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+                "--v=1",
+            ])
+            spawn("kube-scheduler", [
+                str(BIN_DIR / "kube-scheduler"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                f"--secure-port={free_port()}", "--port=0",
+                "--v=1",
+            ])
+            # The default ServiceAccount appearing proves the controller-manager works.
+            self._wait(self._default_sa_exists, timeout, "kube-controller-manager", procs)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _default_sa_exists(self) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.state_dir / "pki" / "server.crt"))
+        req = urllib.request.Request(
+            self.server() + "/api/v1/namespaces/default/serviceaccounts/default",
+            headers={"Authorization": f"Bearer {self.token()}"},
+        )
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    def _wait(self, check: object, timeout: float, what: str,
+              procs: dict[str, subprocess.Popen[bytes]]) -> None:
+        assert callable(check)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    log = (self.state_dir / "logs" / f"{name}.log").read_text()[-3000:]
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log}")
+            if check():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{what} not ready after {timeout}s (logs in {self.state_dir}/logs)")
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every component (SIGTERM, then SIGKILL) and remove the state directory."""
+        pids: dict[str, int] = {}
+        if self.pid_file.is_file():
+            try:
+                pids = json.loads(self.pid_file.read_text())
+            except ValueError:
+                pids = {}
+        for name in reversed(COMPONENTS):
+            if name in pids:
+                _signal_group(pids[name], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for pid in pids.values():
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _signal_group(pid, signal.SIGKILL)
+            while _alive(pid) and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _make_pki(pki: Path) -> None:
+    """A self-signed serving certificate for 127.0.0.1 and a service-account key pair."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            "-keyout", str(pki / "server.key"), "-out", str(pki / "server.crt"),
+            "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign")
+    openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+    openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+
+
+def _kubeconfig(server: str, ca: Path, token: str) -> str:
+    return json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "corral", "cluster": {"server": server,
+                                                    "certificate-authority": str(ca)}}],
+        "users": [{"name": "admin", "user": {"token": token}}],
+        "contexts": [{"name": "corral", "context": {"cluster": "corral", "user": "admin"}}],
+        "current-context": "corral",
+    }, indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--dir", type=Path, default=ROOT / ".cluster")
+    args = parser.parse_args(argv)
+    plane = ControlPlane(args.dir.resolve())
+    if args.action == "up":
+        if plane.is_running():
+            print(f"control plane already running; KUBECONFIG={plane.kubeconfig}")
+            return 0
+        started = time.monotonic()
+        plane.start()
+        print(f"control plane up in {time.monotonic() - started:.1f}s; "
+              f"KUBECONFIG={plane.kubeconfig}")
+    elif args.action == "down":
+        plane.stop()
+        print("control plane stopped")
+    else:
+        running = plane.is_running()
+        print("running" if running else "not running")
+        return 0 if running else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
