@@ -291,18 +291,46 @@ class ModelStore:
         config: dict[str, Any] | None = None,
     ) -> StoredModel:
         """Create a model from a GGUF file and optional template/system/params layers."""
+        blob = self.import_file(model_file)
+        return self.compose_model(
+            name,
+            Layer(MODEL_LAYER, blob.digest, blob.size),
+            template=template,
+            system=system,
+            params=params,
+            config=config,
+        )
+
+    def compose_model(
+        self,
+        name: ModelName | str,
+        model_layer: Layer,
+        *,
+        template: str | None = None,
+        system: str | None = None,
+        params: dict[str, Any] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        license: str | None = None,
+        extra_layers: tuple[Layer, ...] = (),
+        config: dict[str, Any] | None = None,
+    ) -> StoredModel:
+        """Write the text layers, the config and (last) the manifest around a stored model blob."""
         if isinstance(name, str):
             name = parse_name(name)
-        blob = self.import_file(model_file)
-        layers = [Layer(MODEL_LAYER, blob.digest, blob.size)]
-        for media, text in ((TEMPLATE_LAYER, template), (SYSTEM_LAYER, system)):
+        layers = [
+            Layer(model_layer.media_type or MODEL_LAYER, model_layer.digest, model_layer.size),
+            *extra_layers,
+        ]
+        texts = ((TEMPLATE_LAYER, template), (SYSTEM_LAYER, system), (LICENSE_LAYER, license))
+        for media, text in texts:
             if text is not None:
                 stored = self.put_bytes(text.encode())
                 layers.append(Layer(media, stored.digest, stored.size))
-        if params:
-            stored = self.put_bytes(json.dumps(params, sort_keys=True).encode())
-            layers.append(Layer(PARAMS_LAYER, stored.digest, stored.size))
-        config_doc = {"model_format": "gguf", "file_type": "", "model_family": ""}
+        for media, doc in ((PARAMS_LAYER, params), (MESSAGES_LAYER, messages)):
+            if doc:
+                stored = self.put_bytes(json.dumps(doc, sort_keys=True).encode())
+                layers.append(Layer(media, stored.digest, stored.size))
+        config_doc: dict[str, Any] = {"model_format": "gguf", "file_type": "", "model_family": ""}
         config_doc.update(config or {})
         config_doc["rootfs"] = {"type": "layers", "diff_ids": [lyr.digest for lyr in layers]}
         stored_config = self.put_bytes(json.dumps(config_doc, sort_keys=True).encode())

@@ -1,0 +1,593 @@
+"""Resumable, verified blob downloads into the store.
+
+A blob is downloaded into ``blobs/sha256-<hex>-partial`` in parallel Range parts (fixed-size
+chunks handed to worker threads in order, so the completed prefix grows steadily and is hashed
+while the rest is still arriving). A small JSON sidecar, ``…-partial.json``, records how many
+bytes of each chunk are on disk, so a killed pull continues from what it had. The blob becomes
+visible only after its sha256 matches, by an atomic rename. An exclusive ``flock`` on
+``…-partial.lock`` makes concurrent pullers (threads or processes sharing the volume) produce
+one blob: the others wait and then find it in place.
+
+Downloads whose digest is not known in advance (a plain ``https://`` file) use a partial file
+keyed by the URL and land under the digest computed while downloading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral_runtime.store.digests import blob_filename, parse_digest
+from corral_runtime.store.layout import Layer, ModelStore
+from corral_runtime.store.transfer import (
+    HttpStatusError,
+    PullError,
+    RetryPolicy,
+    is_retryable_status,
+    parse_retry_after,
+    send,
+)
+
+DEFAULT_CHUNK = 16 * 1024 * 1024
+DEFAULT_WORKERS = 4
+READ_SIZE = 1024 * 1024
+SIDECAR_INTERVAL = 0.5
+
+Progress = Callable[[int, int], None]
+HeaderSource = Callable[[bool], dict[str, str]]
+
+
+class DigestMismatchError(PullError):
+    """The downloaded bytes do not hash to the digest they were fetched under."""
+
+
+class SizeMismatchError(PullError):
+    """The server's idea of the blob's size differs from the manifest's."""
+
+
+class DiskFullError(PullError):
+    """No space left for a blob; the partial download was removed."""
+
+
+class _RangeUnsupportedError(Exception):
+    """The server answered a Range request with the whole body."""
+
+
+def _no_headers(refresh: bool) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRequest:
+    """One blob to fetch: where from, what it must hash to (if known), and how big it is."""
+
+    url: str
+    digest: str | None = None
+    size: int | None = None
+    # Request headers (credentials); called with True after a 401 to get fresh ones.
+    headers: HeaderSource = _no_headers
+
+
+def chunk_ranges(size: int, chunk: int) -> list[tuple[int, int]]:
+    """Half-open byte ranges covering ``size`` bytes in ``chunk``-sized pieces."""
+    if size == 0:
+        return [(0, 0)]
+    return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
+
+
+def contiguous_done(ranges: list[tuple[int, int]], done: list[int]) -> int:
+    """Bytes from offset 0 that are certainly on disk (the prefix the hasher may read)."""
+    total = 0
+    for (start, end), have in zip(ranges, done, strict=True):
+        total = start + have
+        if have < end - start:
+            break
+    return total
+
+
+@dataclass
+class _State:
+    """What the sidecar records about a partial file."""
+
+    key: str
+    size: int
+    chunk: int
+    done: list[int]
+    validator: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "size": self.size,
+            "chunk": self.chunk,
+            "done": self.done,
+            "validator": self.validator,
+        }
+
+    @classmethod
+    def load(cls, path: Path, key: str, size: int, validator: str) -> _State | None:
+        try:
+            doc = json.loads(path.read_text())
+            state = cls(
+                key=str(doc["key"]),
+                size=int(doc["size"]),
+                chunk=int(doc["chunk"]),
+                done=[int(x) for x in doc["done"]],
+                validator=str(doc["validator"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        ranges = chunk_ranges(state.size, state.chunk) if state.chunk > 0 else []
+        if (
+            state.key != key
+            or state.size != size
+            or state.validator != validator
+            or len(ranges) != len(state.done)
+            or any(not 0 <= d <= e - s for (s, e), d in zip(ranges, state.done, strict=True))
+        ):
+            return None
+        return state
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    path: Path, on_wait: Callable[[], None] | None = None, poll: float = 0.2
+) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if needed), removing it on release.
+
+    Because the holder removes the file, a waiter that finally gets the lock checks that the path
+    still names the file it locked, and starts over if not; so two holders never coexist.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                    time.sleep(poll)
+            try:
+                same = path.stat().st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            os.close(fd)
+        return
+
+
+@dataclass
+class _Run:
+    """One download attempt's shared state between workers and the hashing loop."""
+
+    fd: int
+    ranges: list[tuple[int, int]]
+    state: _State
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    next_chunk: int = 0
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = exc
+            self.stop.set()
+            self.cond.notify_all()
+
+
+class BlobDownloader:
+    """Downloads blobs into a ModelStore, resumably and verified (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        client: httpx.Client,
+        *,
+        insecure: bool = False,
+        workers: int = DEFAULT_WORKERS,
+        chunk_size: int = DEFAULT_CHUNK,
+        policy: RetryPolicy | None = None,
+        fsync: bool = True,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.insecure = insecure
+        self.workers = max(1, workers)
+        self.chunk_size = max(64 * 1024, chunk_size)
+        self.policy = policy or RetryPolicy()
+        self.fsync = fsync
+        # A signed CDN URL found by following the first redirect, reused for the other parts.
+        self._resolved: dict[str, str] = {}
+
+    # -- public ------------------------------------------------------------------------------
+
+    def download(self, req: BlobRequest, progress: Progress | None = None) -> Layer:
+        """Make the blob present in the store and return its digest and size."""
+        report = progress or (lambda done, total: None)
+        if req.digest is not None:
+            digest = parse_digest(req.digest)
+            if req.size is not None and req.size < 0:
+                raise SizeMismatchError(f"invalid size {req.size} for {digest}")
+            existing = self._existing(digest, req.size)
+            if existing is not None:
+                report(existing.size, existing.size)
+                return existing
+            base = self.store.blobs / (blob_filename(digest) + "-partial")
+            key = digest
+        else:
+            digest = None
+            base = self.store.blobs / (
+                "url-" + hashlib.sha256(req.url.encode()).hexdigest()[:40] + "-partial"
+            )
+            key = req.url
+        lock = base.with_name(base.name + ".lock")
+        sidecar = base.with_name(base.name + ".json")
+
+        def peek() -> None:
+            # Another puller holds the lock: show its progress from its sidecar.
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                doc = json.loads(sidecar.read_text())
+                report(sum(int(x) for x in doc["done"]), int(doc["size"]))
+
+        with exclusive_lock(lock, on_wait=peek):
+            if digest is not None:
+                existing = self._existing(digest, req.size)
+                if existing is not None:
+                    report(existing.size, existing.size)
+                    return existing
+            for attempt in (1, 2):
+                try:
+                    return self._download_locked(req, digest, key, base, sidecar, report)
+                except DigestMismatchError:
+                    # Possibly a transient corruption (a proxy, a CDN node): start over once.
+                    self._discard(base, sidecar)
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _existing(self, digest: str, size: int | None) -> Layer | None:
+        path = self.store.blob_path(digest)
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size is not None and actual != size:
+            raise SizeMismatchError(
+                f"blob {digest} in the store has {actual} bytes, the manifest says {size}"
+            )
+        return Layer(media_type="", digest=digest, size=actual)
+
+    @staticmethod
+    def _discard(base: Path, sidecar: Path) -> None:
+        base.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+
+    def _probe(self, req: BlobRequest) -> tuple[int, str]:
+        """The blob's size and a validator (ETag/Last-Modified) when the request lacks a size."""
+        response = self._open(req, 0, 1)
+        try:
+            if response.status_code == 206:
+                total = response.headers.get("content-range", "").rpartition("/")[2]
+                if total.isdigit():
+                    return int(total), _validator(response)
+            length = response.headers.get("content-length", "")
+            if response.status_code == 200 and length.isdigit():
+                return int(length), _validator(response)
+        finally:
+            response.close()
+        raise PullError(f"{req.url}: the server does not say how large the file is")
+
+    def _download_locked(
+        self,
+        req: BlobRequest,
+        digest: str | None,
+        key: str,
+        base: Path,
+        sidecar: Path,
+        report: Progress,
+    ) -> Layer:
+        if req.size is not None:
+            size, validator = req.size, ""
+        else:
+            size, validator = self._probe(req)
+        state = _State.load(sidecar, key, size, validator) if base.is_file() else None
+        if state is None:
+            self._discard(base, sidecar)
+            state = _State(
+                key=key,
+                size=size,
+                chunk=self.chunk_size,
+                done=[0] * len(chunk_ranges(size, self.chunk_size)),
+                validator=validator,
+            )
+        ranges = chunk_ranges(size, state.chunk)
+        self._check_space(size - sum(state.done), base)
+        fd = os.open(base, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            _save(sidecar, state)
+            try:
+                computed = self._run(req, _Run(fd=fd, ranges=ranges, state=state), sidecar, report)
+            except _RangeUnsupportedError:
+                # The server ignores Range: one stream from the start.
+                state = _State(
+                    key=key, size=size, chunk=max(size, 1), done=[0], validator=validator
+                )
+                ranges = chunk_ranges(size, state.chunk)
+                computed = self._run(
+                    req,
+                    _Run(fd=fd, ranges=ranges, state=state, next_chunk=0),
+                    sidecar,
+                    report,
+                    workers=1,
+                )
+            if self.fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                self._discard(base, sidecar)
+                raise DiskFullError(
+                    f"no space left in {self.store.blobs} for a {size}-byte blob: {exc.strerror}"
+                ) from exc
+            raise
+        finally:
+            os.close(fd)
+        if digest is not None and computed != digest:
+            raise DigestMismatchError(
+                f"downloaded bytes hash to {computed}, expected {digest} ({req.url})"
+            )
+        target = self.store.blob_path(computed)
+        if target.is_file() and target.stat().st_size == size:
+            base.unlink()
+        else:
+            base.chmod(0o644)
+            base.replace(target)
+        sidecar.unlink(missing_ok=True)
+        report(size, size)
+        return Layer(media_type="", digest=computed, size=size)
+
+    def _check_space(self, needed: int, base: Path) -> None:
+        free = shutil.disk_usage(base.parent).free
+        if needed > free:
+            raise DiskFullError(
+                f"not enough space in {self.store.blobs}: need {needed} more bytes, "
+                f"{free} available"
+            )
+
+    def _run(
+        self,
+        req: BlobRequest,
+        run: _Run,
+        sidecar: Path,
+        report: Progress,
+        workers: int | None = None,
+    ) -> str:
+        """Fetch every unfinished chunk with worker threads while hashing the finished prefix."""
+        hasher = hashlib.sha256()
+        hashed = 0
+        size = run.state.size
+        threads = [
+            threading.Thread(
+                target=self._worker, args=(req, run), daemon=True, name=f"corral-download-{i}"
+            )
+            for i in range(min(workers or self.workers, len(run.ranges)))
+        ]
+        for thread in threads:
+            thread.start()
+        last_save = time.monotonic()
+        try:
+            while True:
+                with run.cond:
+                    prefix = contiguous_done(run.ranges, run.state.done)
+                    if prefix == hashed and run.error is None and hashed < size:
+                        run.cond.wait(SIDECAR_INTERVAL)
+                        prefix = contiguous_done(run.ranges, run.state.done)
+                    error = run.error
+                    done_total = sum(run.state.done)
+                    snapshot = _State(
+                        run.state.key,
+                        size,
+                        run.state.chunk,
+                        list(run.state.done),
+                        run.state.validator,
+                    )
+                if error is not None:
+                    raise error
+                while hashed < prefix:
+                    block = os.pread(run.fd, min(READ_SIZE * 4, prefix - hashed), hashed)
+                    if not block:
+                        raise PullError("partial file shrank while it was being verified")
+                    hasher.update(block)
+                    hashed += len(block)
+                report(done_total, size)
+                now = time.monotonic()
+                if now - last_save >= SIDECAR_INTERVAL:
+                    _save(sidecar, snapshot)
+                    last_save = now
+                if hashed >= size:
+                    break
+        except BaseException as exc:
+            run.fail(exc)
+            for thread in threads:
+                thread.join()
+            with run.cond:
+                _save(sidecar, run.state)
+            raise
+        for thread in threads:
+            thread.join()
+        return "sha256:" + hasher.hexdigest()
+
+    def _worker(self, req: BlobRequest, run: _Run) -> None:
+        try:
+            while not run.stop.is_set():
+                with run.cond:
+                    index = run.next_chunk
+                    while index < len(run.ranges) and (
+                        run.state.done[index] >= run.ranges[index][1] - run.ranges[index][0]
+                    ):
+                        index += 1
+                    run.next_chunk = index + 1
+                if index >= len(run.ranges):
+                    return
+                self._fetch_chunk(req, run, index)
+        except BaseException as exc:
+            run.fail(exc)
+
+    def _fetch_chunk(self, req: BlobRequest, run: _Run, index: int) -> None:
+        start, end = run.ranges[index]
+        attempt = 0
+        refreshed = False
+        while True:
+            offset = start + run.state.done[index]
+            if offset >= end:
+                return
+            try:
+                self._stream_range(req, run, index, offset, end, refreshed)
+                return
+            except HttpStatusError as exc:
+                if exc.status == 401 and not refreshed:
+                    refreshed = True
+                    continue
+                if exc.status in (401, 403, 404) and req.url in self._resolved:
+                    # A signed redirect URL may have expired: resolve it again.
+                    self._resolved.pop(req.url, None)
+                    attempt += 1
+                elif is_retryable_status(exc.status):
+                    attempt += 1
+                else:
+                    raise
+                retry_after = exc.retry_after
+            except (httpx.TransportError, _ShortBodyError):
+                attempt += 1
+                retry_after = None
+            if attempt >= self.policy.attempts:
+                raise PullError(
+                    f"giving up on {req.url} after {attempt} attempts (bytes {offset}-{end - 1})"
+                )
+            if offset < start + run.state.done[index]:
+                attempt = 1  # progress was made: the budget starts over
+            if run.stop.wait(self.policy.delay(attempt, retry_after)):
+                return
+
+    def _open(
+        self, req: BlobRequest, start: int, end: int, refresh: bool = False
+    ) -> httpx.Response:
+        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        url = self._resolved.get(req.url)
+        if url is None:
+            # Credentials go to the URL they were issued for, never to a redirect target.
+            url = req.url
+            headers.update(req.headers(refresh))
+        response = send(
+            self.client, "GET", url, headers=headers, insecure=self.insecure, stream=True
+        )
+        final = str(response.url)
+        if final != req.url and response.status_code in (200, 206):
+            self._resolved[req.url] = final
+        return response
+
+    def _stream_range(
+        self, req: BlobRequest, run: _Run, index: int, offset: int, end: int, refresh: bool
+    ) -> None:
+        response = self._open(req, offset, end, refresh)
+        try:
+            status = response.status_code
+            if status not in (200, 206):
+                raise HttpStatusError(
+                    status,
+                    str(response.url),
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
+                )
+            if status == 206:
+                _check_content_range(
+                    response.headers.get("content-range", ""), offset, end, run.state.size
+                )
+            elif offset != 0 or end != run.state.size:
+                raise _RangeUnsupportedError
+            else:
+                length = response.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) != run.state.size:
+                    raise SizeMismatchError(
+                        f"{response.url} has {length} bytes, expected {run.state.size}"
+                    )
+            position = offset
+            for block in response.iter_raw(READ_SIZE):
+                if run.stop.is_set():
+                    return
+                if position + len(block) > end:
+                    raise SizeMismatchError(
+                        f"{response.url} sent more bytes than the {run.state.size} expected"
+                    )
+                _pwrite_all(run.fd, block, position)
+                position += len(block)
+                with run.cond:
+                    run.state.done[index] = position - run.ranges[index][0]
+                    run.cond.notify_all()
+            if position < end:
+                raise _ShortBodyError
+        finally:
+            response.close()
+
+
+class _ShortBodyError(Exception):
+    """The connection ended before the requested range was complete."""
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _check_content_range(value: str, start: int, end: int, size: int) -> None:
+    unit, _, spec = value.partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit()):
+        raise PullError(f"malformed Content-Range {value!r}")
+    if total != "*" and (not total.isdigit() or int(total) != size):
+        raise SizeMismatchError(f"the server says the blob has {total} bytes, expected {size}")
+    if int(first) != start or int(last) > end - 1:
+        raise PullError(f"Content-Range {value!r} does not match the requested {start}-{end - 1}")
+
+
+def _validator(response: httpx.Response) -> str:
+    return response.headers.get("etag") or response.headers.get("last-modified") or ""
+
+
+def _save(sidecar: Path, state: _State) -> None:
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(state.to_json(), f)
+    tmp.replace(sidecar)
