@@ -1,0 +1,3 @@
+"""corral's Kubernetes operator (kopf) and gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""Names shared by every part of the operator: the API group, labels, child-object names."""
+
+from __future__ import annotations
+
+import hashlib
+
+GROUP = "corral.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+MODELS = "models"
+MODELSERVERS = "modelservers"
+
+FIELD_MANAGER = "corral-operator"
+RUNTIME_PORT = 11434
+MODELS_MOUNT = "/models"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MODELSERVER = f"{GROUP}/modelserver"
+LABEL_MODEL = f"{GROUP}/model"
+LABEL_CACHE = f"{GROUP}/cache"
+RUNTIME_APP = "corral-runtime"
+MANAGED_BY = "corral-operator"
+
+ANNOTATION_MODELS = f"{GROUP}/models"
+ANNOTATION_PULL_SPEC = f"{GROUP}/pull-spec"
+
+_MAX_NAME = 63
+
+
+def child_name(prefix: str, name: str, max_length: int = _MAX_NAME) -> str:
+    """``<prefix>-<name>``, shortened with a stable hash suffix when it would be too long.
+
+    Job and Service names end up in label values and DNS labels, so they must stay within 63
+    characters while remaining unique per parent.
+    """
+    full = f"{prefix}-{name}"
+    if len(full) <= max_length:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{full[: max_length - 9].rstrip('-.')}-{digest}"
+
+
+def cache_pvc_name(profile: str) -> str:
+    """The blob-cache claim of a cache profile (one per profile per namespace)."""
+    return child_name("corral-cache", profile)
+
+
+def server_child_name(server: str) -> str:
+    """Name of the Deployment and Service of a ModelServer."""
+    return child_name("corral", server)
+
+
+def pull_job_name(model: str) -> str:
+    return child_name("corral-pull", model)
+
+
+def gc_job_name(model: str) -> str:
+    return child_name("corral-gc", model)

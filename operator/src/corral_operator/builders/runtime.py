@@ -1,0 +1,246 @@
+"""The runtime Deployment and Service of a ModelServer."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from corral_operator import api
+from corral_operator.builders.common import (
+    base_labels,
+    cache_volume,
+    container_security_context,
+    owner_reference,
+    pod_security_context,
+    tmp_volume,
+)
+from corral_operator.settings import OperatorSettings
+
+PROBE_PERIOD_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A Ready Model as the runtime sees it: its Model object, served name and digest."""
+
+    model: str
+    name: str
+    digest: str | None
+
+    def as_status(self) -> dict[str, Any]:
+        entry = {"model": self.model, "name": self.name}
+        if self.digest:
+            entry["digest"] = self.digest
+        return entry
+
+
+def selector_labels(server_name: str) -> dict[str, str]:
+    return {api.LABEL_NAME: api.RUNTIME_APP, api.LABEL_MODELSERVER: server_name}
+
+
+def runtime_labels(server_name: str) -> dict[str, str]:
+    return {
+        **base_labels("runtime"),
+        **selector_labels(server_name),
+        api.LABEL_INSTANCE: server_name,
+    }
+
+
+def _quantity(value: object) -> str:
+    return str(value)
+
+
+def _resources(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    wanted = spec.get("resources") or {}
+    cpu = _quantity(wanted.get("cpu", settings.default_resources.cpu))
+    memory = _quantity(wanted.get("memory", settings.default_resources.memory))
+    requests: dict[str, str] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, str] = {"memory": memory}
+    gpus = int(wanted.get("gpus", 0))
+    if gpus > 0:
+        resource = str(wanted.get("gpuResourceName") or "nvidia.com/gpu")
+        requests[resource] = str(gpus)
+        limits[resource] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _env(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    runtime = spec.get("runtime") or {}
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        # Scale-to-zero is the operator's job; inside a pod, loaded models stay loaded.
+        {"name": "CORRAL_KEEP_ALIVE_SECONDS", "value": "-1"},
+    ]
+    settings_env = {
+        "CORRAL_CONTEXT_LENGTH": runtime.get("contextLength"),
+        "CORRAL_PARALLEL": runtime.get("parallel"),
+        "CORRAL_GPU_LAYERS": runtime.get("gpuLayers"),
+        "CORRAL_FLASH_ATTENTION": (
+            None
+            if runtime.get("flashAttention") is None
+            else str(bool(runtime["flashAttention"])).lower()
+        ),
+        "CORRAL_KV_CACHE_TYPE": runtime.get("kvCacheType"),
+    }
+    env += [{"name": k, "value": str(v)} for k, v in settings_env.items() if v is not None]
+    secret = ((spec.get("auth") or {}).get("apiKeySecretRef")) or None
+    if secret:
+        env.append(
+            {
+                "name": "CORRAL_API_KEY",
+                "valueFrom": {
+                    "secretKeyRef": {"name": secret["name"], "key": secret.get("key", "api-key")}
+                },
+            }
+        )
+    # The user's env comes last so that it can override any of the above.
+    env += [dict(item) for item in runtime.get("env") or ()]
+    return env
+
+
+def _probes(startup_seconds: int) -> dict[str, Any]:
+    def http(path: str) -> dict[str, Any]:
+        return {"path": path, "port": "http"}
+
+    return {
+        # Loading a large model can take minutes: the startup probe allows that much time
+        # before the liveness probe starts counting.
+        "startupProbe": {
+            "httpGet": http("/healthz"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": 3,
+            "failureThreshold": max(1, math.ceil(startup_seconds / PROBE_PERIOD_SECONDS)),
+        },
+        "readinessProbe": {
+            "httpGet": http("/readyz"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": 3,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": http("/healthz"),
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+    }
+
+
+def build_deployment(
+    server: Mapping[str, Any],
+    *,
+    replicas: int,
+    claim: str,
+    models: Sequence[ServedModel],
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """The runtime Deployment: restricted pods with the cache PVC mounted read-only."""
+    meta, spec = server["metadata"], server["spec"]
+    name = meta["name"]
+    runtime = spec.get("runtime") or {}
+    gpus = int((spec.get("resources") or {}).get("gpus", 0))
+    tolerations = [
+        *(settings.gpu_tolerations if gpus > 0 else ()),
+        *(spec.get("tolerations") or ()),
+    ]
+    container: dict[str, Any] = {
+        "name": "runtime",
+        "image": runtime.get("image") or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["corral"],
+        "args": [
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(api.RUNTIME_PORT),
+            "--models",
+            api.MODELS_MOUNT,
+            *(runtime.get("extraArgs") or ()),
+        ],
+        "env": _env(spec),
+        "ports": [{"name": "http", "containerPort": api.RUNTIME_PORT, "protocol": "TCP"}],
+        "resources": _resources(spec, settings),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "models", "mountPath": api.MODELS_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        **_probes(int(runtime.get("startupSeconds") or settings.startup_seconds)),
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [cache_volume(claim, read_only=True), tmp_volume()],
+        "terminationGracePeriodSeconds": 30,
+    }
+    if spec.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
+    if tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in tolerations]
+    if spec.get("affinity"):
+        pod_spec["affinity"] = spec["affinity"]
+    if spec.get("runtimeClassName"):
+        pod_spec["runtimeClassName"] = spec["runtimeClassName"]
+    # A GPU cannot be shared with a surge pod, so GPU servers replace pods one at a time.
+    strategy: dict[str, Any] = {"type": "RollingUpdate"}
+    if gpus > 0:
+        strategy["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
+    labels = runtime_labels(name)
+    # The served models (with digests) in the pod template: a re-pulled model rolls the pods.
+    models_annotation = json.dumps([m.as_status() for m in models], separators=(",", ":"))
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": api.server_child_name(name),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(server)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(name)},
+            "strategy": strategy,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {api.ANNOTATION_MODELS: models_annotation},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_service(server: Mapping[str, Any]) -> dict[str, Any]:
+    """A ClusterIP Service in front of the runtime pods."""
+    meta = server["metadata"]
+    name = meta["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": api.server_child_name(name),
+            "namespace": meta["namespace"],
+            "labels": runtime_labels(name),
+            "ownerReferences": [owner_reference(server)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [
+                {"name": "http", "port": api.RUNTIME_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def service_endpoint(server_name: str, namespace: str) -> str:
+    """The Service's cluster DNS name and port."""
+    return f"{api.server_child_name(server_name)}.{namespace}.svc.cluster.local:{api.RUNTIME_PORT}"

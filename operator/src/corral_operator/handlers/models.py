@@ -1,0 +1,87 @@
+"""Model handlers: the cache PVC, the pull Job, the Model's status, and blob collection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from corral_operator import api, pull
+from corral_operator.builders.jobs import build_gc_job
+from corral_operator.handlers.context import Context
+from corral_operator.planners.model import gc_needed, job_label_selector, model_cache, plan_model
+from corral_operator.status.conditions import merge_conditions, status_changes
+
+GC_POLL_SECONDS = 2.0
+
+
+def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
+    """Converge one Model: apply its PVC and pull Job, drop stale Jobs, report status."""
+    kube = ctx.kube
+    model = kube.get("Model", namespace, name)
+    if model is None or model["metadata"].get("deletionTimestamp"):
+        return
+    jobs = kube.list("Job", namespace, job_label_selector(name, "pull"))
+    pods = kube.list("Pod", namespace, job_label_selector(name, "pull"))
+    plan = plan_model(model, jobs, pods, ctx.settings)
+    if plan.pvc is not None:
+        kube.apply(plan.pvc)
+    if plan.job is not None:
+        kube.apply(plan.job)
+    for stale in plan.stale_jobs:
+        kube.delete("Job", namespace, stale)
+    write_status(ctx, model, plan.status, plan.conditions)
+
+
+def write_status(
+    ctx: Context, obj: Mapping[str, Any], fields: Mapping[str, Any], conditions: Any
+) -> None:
+    """Patch the status subresource with whatever differs from what is there."""
+    meta = obj["metadata"]
+    current = obj.get("status") or {}
+    generation = meta.get("generation")
+    desired = {
+        **fields,
+        "observedGeneration": generation,
+        "conditions": merge_conditions(current.get("conditions"), conditions, generation),
+    }
+    changes = status_changes(current, desired)
+    if changes:
+        ctx.kube.patch_status(obj["kind"], meta["namespace"], meta["name"], changes)
+
+
+def collect_model(
+    ctx: Context, model: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """On delete: remove the Model's entry from the cache unless another Model still serves it.
+
+    Runs a collect Job on the cache PVC and holds the finalizer until it is done. A failed Job
+    is logged and does not block the deletion: leftover blobs cost space, not correctness.
+    """
+    meta = model["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    others = ctx.kube.list("Model", namespace)
+    if not gc_needed(model, others):
+        return
+    job = ctx.kube.get("Job", namespace, api.gc_job_name(name))
+    if job is None:
+        status = model.get("status") or {}
+        claim = api.cache_pvc_name(model_cache(model))
+        ctx.kube.apply(build_gc_job(dict(model), str(status["name"]), claim, ctx.settings))
+        raise kopf.TemporaryError("removing the model from the cache", delay=GC_POLL_SECONDS)
+    phase = pull.job_phase(job)
+    if phase == "Failed":
+        logger.warning(
+            "collect Job %s failed (%s); blobs may remain in the cache",
+            api.gc_job_name(name),
+            pull.job_failure_message(job),
+        )
+        return
+    if phase != "Succeeded":
+        raise kopf.TemporaryError("removing the model from the cache", delay=GC_POLL_SECONDS)
+
+
+def model_of(labels: Mapping[str, str]) -> str | None:
+    return labels.get(api.LABEL_MODEL)

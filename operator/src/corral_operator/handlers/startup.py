@@ -1,0 +1,49 @@
+"""Operator start-up: kopf's settings (corral's own finalizer and annotation prefixes) and the
+API client the handlers share."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, cast
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from corral_operator.handlers.context import Context
+from corral_operator.kube import Kube
+from corral_operator.settings import OperatorSettings
+
+
+def api_client() -> k8s.ApiClient:
+    """A client for the cluster: in-cluster credentials in a pod, else the kubeconfig."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return k8s.ApiClient()
+    client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=os.environ.get("KUBECONFIG")
+    )
+    return cast(k8s.ApiClient, client)
+
+
+def configure(kopf_settings: Any, operator_settings: OperatorSettings) -> None:
+    """Point kopf's bookkeeping at corral's own names, so it never collides with another kopf
+    operator on the same objects."""
+    prefix = operator_settings.annotation_prefix
+    kopf_settings.persistence.finalizer = operator_settings.finalizer
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    # Handlers are synchronous API calls; enough threads to reconcile many objects at once.
+    kopf_settings.execution.max_workers = 32
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+
+
+def start(kopf_settings: Any, memo: Any) -> Context:
+    operator_settings = OperatorSettings()
+    configure(kopf_settings, operator_settings)
+    context = Context(kube=Kube(api_client()), settings=operator_settings)
+    memo.context = context
+    return context

@@ -1,0 +1,121 @@
+"""The operator's one write path: server-side apply with the ``corral-operator`` field manager.
+
+A thin, synchronous layer over the ``kubernetes`` client's ApiClient (kopf runs synchronous
+handlers in its thread pool). Objects are plain dicts, as the builders return them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from corral_operator import api
+
+_PLURALS = {
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Service": "services",
+    "Pod": "pods",
+    "Deployment": "deployments",
+    "Job": "jobs",
+    "Model": api.MODELS,
+    "ModelServer": api.MODELSERVERS,
+}
+_API_VERSIONS = {
+    "PersistentVolumeClaim": "v1",
+    "Service": "v1",
+    "Pod": "v1",
+    "Deployment": "apps/v1",
+    "Job": "batch/v1",
+    "Model": api.API_VERSION,
+    "ModelServer": api.API_VERSION,
+}
+
+
+def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
+    api_version = _API_VERSIONS[kind]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{_PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    """The API calls the handlers make; every write is idempotent."""
+
+    def __init__(self, client: k8s.ApiClient) -> None:
+        self.client = client
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        method_, url, headers, payload, _ = self.client.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(method_, url, header_params=headers, body=payload)
+        data = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException(status=response.status, reason=response.reason, body=data)
+        return cast(dict[str, Any], json.loads(data)) if data else {}
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply: create or converge ``obj``; fields we stop setting are dropped."""
+        meta = obj["metadata"]
+        return self._call(
+            "PATCH",
+            resource_path(obj["kind"], meta["namespace"], meta["name"]),
+            body=obj,
+            query=[("fieldManager", api.FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", resource_path(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", selector)] if selector else []
+        items = self._call("GET", resource_path(kind, namespace), query=query).get("items") or []
+        return [dict(item, kind=kind) for item in items]
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete with background propagation (a Job's pods go with it); gone is fine."""
+        try:
+            self._call(
+                "DELETE",
+                resource_path(kind, namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource (only the fields that changed are sent)."""
+        try:
+            self._call(
+                "PATCH",
+                resource_path(kind, namespace, name) + "/status",
+                body={"status": dict(status)},
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing left to describe
+                raise

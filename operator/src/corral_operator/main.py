@@ -1,0 +1,100 @@
+"""The kopf entry point: decorators only, each delegating to a handler module.
+
+Reconciliation is level-based: every trigger (a Model or ModelServer changing, a child
+Deployment, Service or Job changing or vanishing, the operator resuming) runs the same
+reconcile function, which reads the current state and converges it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from corral_operator import api
+from corral_operator.handlers import models, modelservers, startup
+from corral_operator.handlers.context import Context
+from corral_operator.settings import OperatorSettings
+
+MANAGED = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
+
+
+def _ctx(memo: Any) -> Context:
+    context: Context = memo.context
+    return context
+
+
+def _ns(namespace: str | None) -> str:
+    # Every corral resource and child is namespaced; kopf types the argument for all kinds.
+    assert namespace is not None
+    return namespace
+
+
+@kopf.on.startup()
+def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    startup.start(settings, memo)
+
+
+# -- Model ---------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.MODELS)
+@kopf.on.create(api.GROUP, api.VERSION, api.MODELS)
+@kopf.on.update(api.GROUP, api.VERSION, api.MODELS)
+def on_model(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    models.reconcile_model(_ctx(memo), _ns(namespace), name)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.MODELS)
+def on_model_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    models.collect_model(_ctx(memo), dict(body), logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, api.LABEL_COMPONENT: "pull"})
+def on_pull_job(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    model = models.model_of(labels)
+    if model:
+        models.reconcile_model(_ctx(memo), _ns(namespace), model)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.MODELS)
+def on_model_event(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    # A Model becoming Ready (or going away) changes what its ModelServers can do.
+    ctx = _ctx(memo)
+    for server in modelservers.servers_using(ctx, _ns(namespace), name):
+        modelservers.reconcile_modelserver(ctx, _ns(namespace), server)
+
+
+# -- ModelServer ---------------------------------------------------------------------------------
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.MODELSERVERS)
+@kopf.on.create(api.GROUP, api.VERSION, api.MODELSERVERS)
+@kopf.on.update(api.GROUP, api.VERSION, api.MODELSERVERS)
+def on_modelserver(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={**MANAGED, api.LABEL_COMPONENT: "runtime"})
+@kopf.on.event("", "v1", "services", labels={**MANAGED, api.LABEL_COMPONENT: "runtime"})
+def on_runtime_child(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    # Drift repair and status: any change to (or deletion of) a child re-converges its parent.
+    server = modelservers.server_of(labels)
+    if server:
+        modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), server)
+
+
+def main() -> None:
+    """``corral-operator``: run the operator on the namespaces from the settings."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = OperatorSettings()
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+    )
+
+
+if __name__ == "__main__":
+    main()

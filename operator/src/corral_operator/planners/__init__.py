@@ -1,0 +1,1 @@
+"""Pure decisions: what the cluster should look like, given what was observed."""

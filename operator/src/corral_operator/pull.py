@@ -1,0 +1,159 @@
+"""The contract between the operator and the pull Job it runs for a Model.
+
+A pull Job runs the runtime image's ``corral pull SOURCE --models /models`` against the cache
+PVC. The Job reports back through the mechanism Kubernetes already has for a finished
+container: its **termination message**. With ``CORRAL_PULL_RESULT_FILE=/dev/termination-log``
+in its environment the puller writes, when it succeeds, one JSON object there::
+
+    {"name": "gemma3:270m", "digest": "sha256:<hex>", "sizeBytes": 253113024,
+     "format": "gguf", "family": "gemma3", "parameterSize": "268.10M",
+     "quantization": "Q4_K_M", "contextLength": 32768}
+
+and when it fails, ``{"error": "<message>"}``. The kubelet copies the file (at most 4 KiB) into
+the pod's ``status.containerStatuses[].state.terminated.message``; the operator reads it from the
+Job's pods. This needs no API credentials in the pull pod (its service-account token is not
+mounted) and works on any conforming cluster. Whoever plays the kubelet (a real one, or a
+test) reports the pull result the same way.
+
+Everything that changes what ends up in the store (source, pinned digest, template, system,
+parameters, cache) is hashed into the Job's name, so a change starts a new Job (a re-pull) and
+an unchanged Model never pulls twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RESULT_FILE_ENV = "CORRAL_PULL_RESULT_FILE"
+TERMINATION_LOG = "/dev/termination-log"
+PULL_CONTAINER = "pull"
+GC_CONTAINER = "gc"
+
+JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+_PULL_FIELDS = ("source", "digest", "template", "system", "parameters", "cache")
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    """What a finished pull reported about the model it stored."""
+
+    name: str | None = None
+    digest: str | None = None
+    size_bytes: int | None = None
+    format: str | None = None
+    family: str | None = None
+    parameter_size: str | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    error: str | None = None
+
+    def as_status(self) -> dict[str, Any]:
+        """Model status fields (camelCase), without the ones the puller did not report."""
+        fields = {
+            "digest": self.digest,
+            "sizeBytes": self.size_bytes,
+            "format": self.format,
+            "family": self.family,
+            "parameterSize": self.parameter_size,
+            "quantization": self.quantization,
+            "contextLength": self.context_length,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def parse_pull_result(message: str | None) -> PullResult | None:
+    """Parse a termination message; None when there is none or it is not a JSON object.
+
+    Unknown keys are ignored and malformed values dropped, so a newer puller can add fields.
+    """
+    if not message or not message.strip():
+        return None
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return PullResult(
+        name=_opt_str(data, "name"),
+        digest=_opt_str(data, "digest"),
+        size_bytes=_opt_int(data, "sizeBytes"),
+        format=_opt_str(data, "format"),
+        family=_opt_str(data, "family"),
+        parameter_size=_opt_str(data, "parameterSize"),
+        quantization=_opt_str(data, "quantization"),
+        context_length=_opt_int(data, "contextLength"),
+        error=_opt_str(data, "error"),
+    )
+
+
+def pull_spec_hash(spec: Mapping[str, Any]) -> str:
+    """A short stable hash of everything in a Model's spec that a pull depends on."""
+    relevant = {key: spec.get(key) for key in _PULL_FIELDS if spec.get(key) is not None}
+    encoded = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:10]
+
+
+def job_phase(job: Mapping[str, Any]) -> JobPhase:
+    """Where a batch/v1 Job stands, from its conditions and counters."""
+    status = job.get("status") or {}
+    for cond in status.get("conditions") or ():
+        if cond.get("status") == "True" and cond.get("type") == "Complete":
+            return "Succeeded"
+        if cond.get("status") == "True" and cond.get("type") == "Failed":
+            return "Failed"
+    if status.get("active"):
+        return "Running"
+    return "Pending"
+
+
+def job_failure_message(job: Mapping[str, Any]) -> str:
+    for cond in (job.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
+    return "the pull Job failed"
+
+
+def termination_message(pod: Mapping[str, Any], container: str) -> str | None:
+    """The termination message of ``container`` in a pod, if it has terminated."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+    for cs in statuses:
+        if cs.get("name") != container:
+            continue
+        for state_key in ("state", "lastState"):
+            terminated = (cs.get(state_key) or {}).get("terminated")
+            if terminated and terminated.get("message"):
+                return str(terminated["message"])
+    return None
+
+
+def latest_result(pods: list[Mapping[str, Any]], container: str) -> PullResult | None:
+    """The result reported by the most recently finished pod of a Job (retries leave several)."""
+
+    def finished_at(pod: Mapping[str, Any]) -> str:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if terminated.get("finishedAt"):
+                return str(terminated["finishedAt"])
+        return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+    for pod in sorted(pods, key=finished_at, reverse=True):
+        result = parse_pull_result(termination_message(pod, container))
+        if result is not None:
+            return result
+    return None

@@ -1,0 +1,74 @@
+"""The operator's settings: one pydantic-settings class, read from ``CORRAL_OPERATOR_*`` variables.
+
+Nested values (cache profiles, default resources, tolerations) are JSON in the environment, e.g.
+``CORRAL_OPERATOR_CACHE_PROFILES='{"default": {"size": "100Gi", "storageClassName": "nfs"}}'``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+AccessMode = Literal["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"]
+
+
+class CacheProfile(BaseModel):
+    """One blob-cache PVC per profile per namespace.
+
+    ReadWriteMany is the recommended access mode: pull Jobs write and runtime pods on any node
+    read the same claim. ReadWriteOnce works only while every pod lands on one node.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    size: str = "50Gi"
+    storage_class_name: str | None = Field(default=None, alias="storageClassName")
+    access_mode: AccessMode = Field(default="ReadWriteMany", alias="accessMode")
+
+
+class DefaultResources(BaseModel):
+    """Requests (and memory limit) for runtime pods whose ModelServer does not set them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cpu: str = "1"
+    memory: str = "2Gi"
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the operator can be told; every field is ``CORRAL_OPERATOR_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_OPERATOR_", extra="ignore")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch; empty watches the whole cluster."
+    )
+    runtime_image: str = "ghcr.io/corral-dev/corral-runtime:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    cache_profiles: dict[str, CacheProfile] = Field(
+        default_factory=lambda: {"default": CacheProfile()}
+    )
+    default_resources: DefaultResources = Field(default_factory=DefaultResources)
+    gpu_tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+        description="Added to runtime pods that request GPUs.",
+    )
+    pull_backoff_limit: int = Field(default=3, ge=0)
+    pull_deadline_seconds: int = Field(default=6 * 3600, ge=60)
+    gc_deadline_seconds: int = Field(default=600, ge=30)
+    startup_seconds: int = Field(default=1800, ge=10, description="Default model-load allowance.")
+    resync_seconds: float = Field(default=60.0, gt=0, description="Period of the safety resync.")
+    finalizer: str = "corral.dev/finalizer"
+    annotation_prefix: str = "corral.dev"
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # "a,b" is friendlier in a Deployment's env than a JSON list.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -1,0 +1,1 @@
+"""Status helpers: Kubernetes-style conditions and status comparisons."""
