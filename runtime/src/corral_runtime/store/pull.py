@@ -8,6 +8,7 @@ sha256 digest``, ``writing manifest``, ``success``).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,10 +17,14 @@ from typing import Any
 
 import httpx
 
+from corral_runtime.store.digests import parse_digest
 from corral_runtime.store.download import BlobDownloader, BlobRequest
 from corral_runtime.store.gguf import GGUFError, read_gguf_details
 from corral_runtime.store.layout import (
     MODEL_LAYER,
+    PARAMS_LAYER,
+    SYSTEM_LAYER,
+    TEMPLATE_LAYER,
     Layer,
     Manifest,
     ModelStore,
@@ -164,6 +169,15 @@ class Puller:
         )
         emit(PullEvent("pulling manifest"))
         manifest = registry.fetch_manifest(src.name)
+        model_layer = manifest.layer(MODEL_LAYER)
+        if model_layer is None:
+            raise PullError(f"{src.name.display}: the manifest has no model layer")
+        pinned = self.options.expected_digest
+        if pinned is not None and parse_digest(pinned) not in (manifest.digest, model_layer.digest):
+            raise PullError(
+                f"{src.name.display}: digest {manifest.digest} (model "
+                f"{model_layer.digest}) does not match the pinned {pinned}"
+            )
         with PullPin(self.store) as pin:
             pin.add(manifest_digests(manifest))
             for layer in (*manifest.layers, manifest.config):
@@ -177,9 +191,46 @@ class Puller:
             emit(PullEvent("verifying sha256 digest"))
             self._verify_sizes(manifest)
             emit(PullEvent("writing manifest"))
-            self.store.write_manifest(target, manifest.raw)
+            if self._has_overrides():
+                self._write_with_overrides(target, manifest)
+            else:
+                self.store.write_manifest(target, manifest.raw)
         emit(PullEvent("success"))
         return self.store.get(target)
+
+    def _has_overrides(self) -> bool:
+        opts = self.options
+        return opts.template is not None or opts.system is not None or bool(opts.params)
+
+    def _write_with_overrides(self, target: ModelName, manifest: Manifest) -> None:
+        """The registry's model with the template/system/params a Model resource sets."""
+        opts = self.options
+        texts = {TEMPLATE_LAYER: opts.template, SYSTEM_LAYER: opts.system}
+        params: dict[str, Any] = {}
+        layer = manifest.layer(PARAMS_LAYER)
+        if layer is not None:
+            loaded = json.loads(self.store.read_blob_text(layer.digest))
+            params = loaded if isinstance(loaded, dict) else {}
+        params.update(opts.params or {})
+        for media in (TEMPLATE_LAYER, SYSTEM_LAYER):
+            current = manifest.layer(media)
+            if texts[media] is None and current is not None:
+                texts[media] = self.store.read_blob_text(current.digest)
+        model_layer = manifest.layer(MODEL_LAYER)
+        assert model_layer is not None
+        replaced = {MODEL_LAYER, TEMPLATE_LAYER, SYSTEM_LAYER, PARAMS_LAYER}
+        kept = tuple(lyr for lyr in manifest.layers if lyr.media_type not in replaced)
+        config: dict[str, Any] = json.loads(self.store.read_blob_text(manifest.config.digest))
+        config.pop("rootfs", None)
+        self.store.compose_model(
+            target,
+            model_layer,
+            template=texts[TEMPLATE_LAYER],
+            system=texts[SYSTEM_LAYER],
+            params=params,
+            extra_layers=kept,
+            config=config,
+        )
 
     def _fetch_layer(
         self,

@@ -1,0 +1,382 @@
+"""``corral pull|list|rm|cp|show``: managing the model store from the command line.
+
+The store is ``--models DIR``, else ``CORRAL_MODELS``, else ``~/.corral/models``. ``corral pull``
+is also what the operator's pull Job runs: it reads the Model's name, pinned digest, template,
+system and parameters from ``CORRAL_PULL_*`` variables and, when ``CORRAL_PULL_RESULT_FILE`` is
+set, writes one JSON object describing the result there (see corral_operator.pull).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+DEFAULT_MODELS_DIR = "~/.corral/models"
+RESULT_FILE_ENV = "CORRAL_PULL_RESULT_FILE"
+
+
+def default_models_dir() -> Path:
+    """The store the runtime serves: ``CORRAL_MODELS`` (as RuntimeSettings reads it), else home."""
+    from corral_runtime.settings import RuntimeSettings
+
+    configured = RuntimeSettings().models
+    return Path(configured or DEFAULT_MODELS_DIR).expanduser()
+
+
+def _models_dir(args: argparse.Namespace) -> Path:
+    return Path(args.models).expanduser() if args.models else default_models_dir()
+
+
+def register(subparsers: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--models",
+        metavar="DIR",
+        help=f"model store (default: CORRAL_MODELS or {DEFAULT_MODELS_DIR})",
+    )
+
+    pull = subparsers.add_parser(
+        "pull",
+        parents=[common],
+        help="pull a model into the store",
+        description="Pull ollama://, hf://, https://, pvc:// or a local GGUF into the store.",
+    )
+    pull.add_argument(
+        "source",
+        help="e.g. llama3.2:1b, hf://org/repo/file.gguf@rev, https://host/file.gguf, ./model.gguf",
+    )
+    pull.add_argument(
+        "--insecure", action="store_true", help="allow plain-HTTP registries and URLs"
+    )
+    pull.add_argument(
+        "--name",
+        default=os.environ.get("CORRAL_PULL_NAME"),
+        help="store the model under this name (default: from the source)",
+    )
+    pull.add_argument(
+        "--digest",
+        default=os.environ.get("CORRAL_PULL_DIGEST"),
+        help="require this sha256 (of the GGUF, or of an Ollama manifest)",
+    )
+    pull.add_argument("--template", default=os.environ.get("CORRAL_PULL_TEMPLATE"))
+    pull.add_argument("--system", default=os.environ.get("CORRAL_PULL_SYSTEM"))
+    pull.add_argument(
+        "--parameters",
+        default=os.environ.get("CORRAL_PULL_PARAMETERS"),
+        help="JSON object of Ollama parameters (temperature, stop, ...)",
+    )
+    pull.add_argument("--workers", type=int, default=4, help="parallel download parts")
+    pull.set_defaults(func=cmd_pull)
+
+    lst = subparsers.add_parser("list", aliases=["ls"], parents=[common], help="list models")
+    lst.set_defaults(func=cmd_list)
+
+    rm = subparsers.add_parser(
+        "rm", parents=[common], help="remove models and the blobs nothing else uses"
+    )
+    rm.add_argument("names", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+
+    cp = subparsers.add_parser("cp", parents=[common], help="copy a model to a new name")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    cp.set_defaults(func=cmd_cp)
+
+    show = subparsers.add_parser("show", parents=[common], help="show a model's details")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print /api/show-like JSON")
+    show.set_defaults(func=cmd_show)
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def format_progress(
+    status: str, completed: int, total: int, rate: float | None, width: int = 25
+) -> str:
+    """``pulling 1a2b3c4d5e6f  45% [=====     ] 114.0 MB/253.1 MB  48.2 MB/s  ETA 3s``."""
+    fraction = completed / total if total else 1.0
+    filled = int(width * fraction)
+    bar = "=" * filled + " " * (width - filled)
+    line = f"{status} {fraction:4.0%} [{bar}] {_human(completed)}/{_human(total)}"
+    if rate:
+        line += f"  {_human(rate)}/s"
+        if total > completed:
+            line += f"  ETA {_duration((total - completed) / rate)}"
+    return line
+
+
+@dataclass
+class ProgressPrinter:
+    """Draws a progress bar on a terminal; prints plain lines (at most every few seconds)
+    otherwise, so logs of a pull Job stay readable."""
+
+    out: IO[str]
+    tty: bool
+    interval: float = 0.1
+    plain_interval: float = 5.0
+    _samples: dict[str, tuple[float, int, float]] = field(default_factory=dict)
+    _last: float = 0.0
+    _open_line: bool = False
+
+    def __call__(self, event: Any) -> None:
+        if event.total is None or event.completed is None:
+            self.finish_line()
+            print(event.status, file=self.out, flush=True)
+            return
+        now = time.monotonic()
+        key = event.status
+        start, start_bytes, _ = self._samples.get(key, (now, event.completed, now))
+        if key not in self._samples:
+            self._samples[key] = (now, event.completed, now)
+        elapsed = now - start
+        rate = (event.completed - start_bytes) / elapsed if elapsed > 0.5 else None
+        done = event.completed >= event.total
+        interval = self.interval if self.tty else self.plain_interval
+        if not done and now - self._last < interval:
+            return
+        if done and self._samples[key][2] < 0:
+            return  # already printed as complete
+        if done:
+            self._samples[key] = (start, start_bytes, -1.0)
+        self._last = now
+        line = format_progress(event.status, event.completed, event.total, rate)
+        if self.tty:
+            self.out.write("\r\x1b[K" + line)
+            self._open_line = True
+            if done:
+                self.finish_line()
+        else:
+            print(line, file=self.out)
+        self.out.flush()
+
+    def finish_line(self) -> None:
+        if self._open_line:
+            self.out.write("\n")
+            self._open_line = False
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _write_result(doc: dict[str, Any]) -> None:
+    path = os.environ.get(RESULT_FILE_ENV)
+    if not path:
+        return
+    data = json.dumps(doc, separators=(",", ":"))
+    if len(data.encode()) > 4000:  # the kubelet keeps at most 4 KiB of a termination message
+        data = json.dumps(
+            {k: v for k, v in doc.items() if k != "error"}
+            | ({"error": str(doc["error"])[:3000]} if "error" in doc else {})
+        )
+    with open(path, "w") as f:
+        f.write(data)
+
+
+def pull_result(model: Any) -> dict[str, Any]:
+    from corral_runtime.store.catalog import model_details
+
+    details = model_details(model)
+    doc: dict[str, Any] = {
+        "name": model.name.display,
+        "digest": model.model_digest,
+        "sizeBytes": model.size,
+        "format": "gguf",
+    }
+    if details is not None:
+        doc.update(
+            {
+                "family": details.family,
+                "parameterSize": details.parameter_size,
+                "quantization": details.quantization_level,
+                "contextLength": details.context_length,
+            }
+        )
+    return {k: v for k, v in doc.items() if v not in (None, "")}
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from corral_runtime.store.layout import ModelStore
+    from corral_runtime.store.names import InvalidNameError, parse_name
+    from corral_runtime.store.pull import Puller, PullOptions
+    from corral_runtime.store.sources import InvalidSourceError, parse_source
+
+    try:
+        source = parse_source(args.source)
+        name = parse_name(args.name) if args.name else None
+        params = json.loads(args.parameters) if args.parameters else None
+        if params is not None and not isinstance(params, dict):
+            raise ValueError("--parameters must be a JSON object")
+    except (InvalidSourceError, InvalidNameError, ValueError) as exc:
+        _write_result({"error": str(exc)})
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    options = PullOptions(
+        insecure=args.insecure,
+        workers=args.workers,
+        template=args.template,
+        system=args.system,
+        params=params,
+        expected_digest=args.digest,
+    )
+    store = ModelStore(_models_dir(args))
+    printer = ProgressPrinter(sys.stdout, sys.stdout.isatty())
+    try:
+        model = Puller(store, options).pull(source, name, printer)
+    except (RuntimeError, OSError, ValueError) as exc:
+        printer.finish_line()
+        _write_result({"error": str(exc)})
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    _write_result(pull_result(model))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from corral_runtime.store.catalog import format_size, list_models
+    from corral_runtime.store.layout import ModelStore
+
+    rows = [("NAME", "ID", "SIZE", "MODIFIED")]
+    for entry in list_models(ModelStore(_models_dir(args))):
+        modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.stored.modified))
+        rows.append(
+            (
+                entry.name,
+                entry.digest.removeprefix("sha256:")[:12],
+                format_size(entry.stored.size),
+                modified,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("    ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from corral_runtime.store.layout import ModelNotFoundError, ModelStore
+    from corral_runtime.store.names import InvalidNameError
+    from corral_runtime.store.refs import delete_model
+
+    store = ModelStore(_models_dir(args))
+    status = 0
+    for raw in args.names:
+        try:
+            report = delete_model(store, raw)
+        except (ModelNotFoundError, InvalidNameError) as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"deleted '{raw}' ({len(report.removed)} blobs, {report.freed_bytes} bytes freed)")
+    return status
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError, ModelStore
+    from corral_runtime.store.names import InvalidNameError
+    from corral_runtime.store.refs import copy_model
+
+    try:
+        copy_model(ModelStore(_models_dir(args)), args.source, args.destination)
+    except (ModelNotFoundError, InvalidNameError, CorruptStoreError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def show_document(model: Any) -> dict[str, Any]:
+    """The store's part of ``/api/show``: details, parameters, template, system, license."""
+    from corral_runtime.store.catalog import ModelEntry, model_details
+
+    entry = ModelEntry(model, model_details(model))
+    details = entry.details
+    info: dict[str, Any] = {}
+    if details is not None:
+        arch = details.architecture
+        info = {
+            "general.architecture": arch,
+            "general.parameter_count": details.parameter_count,
+            f"{arch}.context_length": details.context_length,
+            f"{arch}.embedding_length": details.embedding_length,
+            f"{arch}.block_count": details.block_count,
+        }
+    return {
+        "license": model.license or "",
+        "parameters": "\n".join(_parameter_lines(model.params)),
+        "template": model.template or (details.chat_template if details else "") or "",
+        "system": model.system or "",
+        "details": entry.details_json(),
+        "model_info": {k: v for k, v in info.items() if v is not None},
+        "modified_at": entry.modified_at,
+    }
+
+
+def _parameter_lines(params: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in sorted(params.items()):
+        for item in value if isinstance(value, list) else [value]:
+            text = json.dumps(item) if isinstance(item, str) else str(item)
+            lines.append(f"{key:<15} {text}")
+    return lines
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError, ModelStore
+    from corral_runtime.store.names import InvalidNameError
+
+    try:
+        model = ModelStore(_models_dir(args)).get(args.name)
+    except (ModelNotFoundError, InvalidNameError, CorruptStoreError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    doc = show_document(model)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    info = doc["model_info"]
+    arch = info.get("general.architecture", "")
+    print("  Model")
+    rows = [
+        ("architecture", arch),
+        ("parameters", doc["details"]["parameter_size"]),
+        ("context length", info.get(f"{arch}.context_length", "")),
+        ("embedding length", info.get(f"{arch}.embedding_length", "")),
+        ("quantization", doc["details"]["quantization_level"]),
+    ]
+    for label, value in rows:
+        print(f"    {label:<20}{value}")
+    if doc["parameters"]:
+        print("\n  Parameters")
+        for line in doc["parameters"].splitlines():
+            print(f"    {line}")
+    if doc["system"]:
+        print("\n  System")
+        print("    " + doc["system"].replace("\n", "\n    "))
+    if doc["license"]:
+        print("\n  License")
+        print("    " + doc["license"].splitlines()[0])
+    return 0
