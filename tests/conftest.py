@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from corral_runtime.store.layout import ModelStore
-from corral_runtime.testmodel import ensure_test_model, test_model_path as _test_model_path
+from corral_runtime.testmodel import ensure_test_model
+from corral_runtime.testmodel import test_model_path as _test_model_path
 from tests.support.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def kubeconfig(control_plane: ControlPlane) -> Path:
 
 @pytest.fixture(scope="session")
 def k8s_client(kubeconfig: Path) -> Iterator[Any]:
-    from kubernetes import client, config
+    from kubernetes import config
 
     api_client = config.new_client_from_config(config_file=str(kubeconfig))
     try:
@@ -131,11 +132,16 @@ def kubectl(kubeconfig: Path) -> KubectlRunner:
     if not binary.exists():
         pytest.fail("kubectl is missing: run `make install` (scripts/install-tools.sh)")
 
-    def run(*args: str, check: bool = False, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, check: bool = False, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(binary), f"--kubeconfig={kubeconfig}", *args],
-            capture_output=True, text=True, check=check, input=input, timeout=timeout,
+            capture_output=True,
+            text=True,
+            check=check,
+            input=input,
+            timeout=timeout,
         )
 
     return run

@@ -22,17 +22,25 @@ WIDGET_CRD = {
         "group": "smoke.corral.dev",
         "scope": "Namespaced",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "required": ["size"],
-                    "properties": {"size": {"type": "integer", "minimum": 1}},
-                }},
-            }},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["size"],
+                                "properties": {"size": {"type": "integer", "minimum": 1}},
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -65,16 +73,24 @@ def test_crd_schema_validation(k8s_client: client.ApiClient, namespace: str) -> 
 
     def established() -> bool:
         crd = ext.read_custom_resource_definition("widgets.smoke.corral.dev")
-        return any(c.type == "Established" and c.status == "True"
-                   for c in crd.status.conditions or [])
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
 
     wait_for(established)
 
     def create(size: int) -> Any:
         return custom.create_namespaced_custom_object(
-            "smoke.corral.dev", "v1", namespace, "widgets",
-            {"apiVersion": "smoke.corral.dev/v1", "kind": "Widget",
-             "metadata": {"name": f"w{size}"}, "spec": {"size": size}},
+            "smoke.corral.dev",
+            "v1",
+            namespace,
+            "widgets",
+            {
+                "apiVersion": "smoke.corral.dev/v1",
+                "kind": "Widget",
+                "metadata": {"name": f"w{size}"},
+                "spec": {"size": size},
+            },
         )
 
     # A freshly established CRD may take a moment before its endpoint serves.
@@ -100,21 +116,32 @@ def _gpu_node(name: str, gpus: int) -> client.V1Node:
         metadata=client.V1ObjectMeta(name=name, labels={"kubernetes.io/hostname": name}),
         status=client.V1NodeStatus(
             capacity={"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": str(gpus)},
-            allocatable={"cpu": "8", "memory": "32Gi", "pods": "110",
-                         "nvidia.com/gpu": str(gpus)},
+            allocatable={"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": str(gpus)},
         ),
     )
 
 
 def _mark_ready(core: client.CoreV1Api, name: str) -> None:
     now = datetime.now(UTC).isoformat()
-    core.patch_node_status(name, {"status": {
-        "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "2"},
-        "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "2"},
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                        "message": "test node", "lastHeartbeatTime": now,
-                        "lastTransitionTime": now}],
-    }})
+    core.patch_node_status(
+        name,
+        {
+            "status": {
+                "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "2"},
+                "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "2"},
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "test node",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    }
+                ],
+            }
+        },
+    )
 
 
 def test_gpu_scheduling_binds_two_of_three(k8s_client: client.ApiClient, namespace: str) -> None:
@@ -124,29 +151,38 @@ def test_gpu_scheduling_binds_two_of_three(k8s_client: client.ApiClient, namespa
     _mark_ready(core, node)
     try:
         for i in range(3):
-            core.create_namespaced_pod(namespace, client.V1Pod(
-                metadata=client.V1ObjectMeta(name=f"gpu-{i}"),
-                spec=client.V1PodSpec(
-                    node_selector={"kubernetes.io/hostname": node},
-                    containers=[client.V1Container(
-                        name="main", image="corral-test/idle:1",
-                        resources=client.V1ResourceRequirements(
-                            limits={"nvidia.com/gpu": "1"}),
-                    )],
+            core.create_namespaced_pod(
+                namespace,
+                client.V1Pod(
+                    metadata=client.V1ObjectMeta(name=f"gpu-{i}"),
+                    spec=client.V1PodSpec(
+                        node_selector={"kubernetes.io/hostname": node},
+                        containers=[
+                            client.V1Container(
+                                name="main",
+                                image="corral-test/idle:1",
+                                resources=client.V1ResourceRequirements(
+                                    limits={"nvidia.com/gpu": "1"}
+                                ),
+                            )
+                        ],
+                    ),
                 ),
-            ))
+            )
 
         def bound() -> list[str]:
             pods = core.list_namespaced_pod(namespace).items
             return [p.metadata.name for p in pods if p.spec.node_name == node]
 
         wait_for(lambda: len(bound()) >= 2)
+
         # The third pod must stay Pending with the scheduler saying why.
         def unschedulable() -> bool:
             pods = core.list_namespaced_pod(namespace).items
             pending = [p for p in pods if not p.spec.node_name]
             return len(pending) == 1 and any(
-                c.type == "PodScheduled" and c.status == "False"
+                c.type == "PodScheduled"
+                and c.status == "False"
                 and "nvidia.com/gpu" in (c.message or "")
                 for c in pending[0].status.conditions or []
             )
@@ -161,17 +197,22 @@ def test_deployment_creates_pods(k8s_client: client.ApiClient, namespace: str) -
     apps = client.AppsV1Api(k8s_client)
     core = client.CoreV1Api(k8s_client)
     labels = {"app": "smoke"}
-    apps.create_namespaced_deployment(namespace, client.V1Deployment(
-        metadata=client.V1ObjectMeta(name="smoke"),
-        spec=client.V1DeploymentSpec(
-            replicas=2,
-            selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(containers=[
-                    client.V1Container(name="main", image="corral-test/idle:1")]),
+    apps.create_namespaced_deployment(
+        namespace,
+        client.V1Deployment(
+            metadata=client.V1ObjectMeta(name="smoke"),
+            spec=client.V1DeploymentSpec(
+                replicas=2,
+                selector=client.V1LabelSelector(match_labels=labels),
+                template=client.V1PodTemplateSpec(
+                    metadata=client.V1ObjectMeta(labels=labels),
+                    spec=client.V1PodSpec(
+                        containers=[client.V1Container(name="main", image="corral-test/idle:1")]
+                    ),
+                ),
             ),
         ),
-    ))
-    wait_for(lambda: len(core.list_namespaced_pod(namespace, label_selector="app=smoke").items)
-             == 2)
+    )
+    wait_for(
+        lambda: len(core.list_namespaced_pod(namespace, label_selector="app=smoke").items) == 2
+    )

@@ -13,6 +13,7 @@ kubeconfig. Nothing runs pods: the scheduler binds them to Nodes created through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -24,14 +25,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KUBE_DEB_VERSION = "1.20.5+really1.20.2-1.1+deb12u1"
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_ROOT = Path(
-    os.environ.get("CORRAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    / "corral"
+    os.environ.get("CORRAL_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "corral"
 )
 BIN_DIR = CACHE_ROOT / "kube" / KUBE_DEB_VERSION / "bin"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -55,6 +56,8 @@ class ControlPlane:
     """Handle on a running control plane whose state lives in ``state_dir``."""
 
     state_dir: Path
+    # Children started by this process; kept so they are reaped by their Popen handle.
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -111,12 +114,15 @@ class ControlPlane:
         self.kubeconfig.chmod(0o600)
 
         pids: dict[str, int] = {}
-        procs: dict[str, subprocess.Popen[bytes]] = {}
+        procs = self._procs
 
         def spawn(name: str, argv: list[str]) -> None:
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
             procs[name] = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
             log.close()
@@ -124,53 +130,80 @@ class ControlPlane:
             self.pid_file.write_text(json.dumps(pids))
 
         etcd = shutil.which("etcd") or "/usr/bin/etcd"
-        spawn("etcd", [
-            etcd, "--data-dir", str(self.state_dir / "etcd"), "--name", "corral-test",
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-cluster", f"corral-test=http://127.0.0.1:{etcd_peer}",
-            "--unsafe-no-fsync", "--log-level", "warn",
-        ])
-        spawn("kube-apiserver", [
-            str(BIN_DIR / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={api_port}",
-            "--advertise-address=127.0.0.1",
-            f"--tls-cert-file={pki / 'server.crt'}", f"--tls-private-key-file={pki / 'server.key'}",
-            f"--client-ca-file={pki / 'server.crt'}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            f"--token-auth-file={pki / 'tokens.csv'}",
-            "--authorization-mode=Node,RBAC",
-            "--service-cluster-ip-range=10.96.0.0/12",
-            "--allow-privileged=false",
-            "--insecure-port=0",
-            "--enable-priority-and-fairness=false",
-            "--v=1",
-        ])
+        spawn(
+            "etcd",
+            [
+                etcd,
+                "--data-dir",
+                str(self.state_dir / "etcd"),
+                "--name",
+                "corral-test",
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-cluster",
+                f"corral-test=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+        )
+        spawn(
+            "kube-apiserver",
+            [
+                str(BIN_DIR / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                "--advertise-address=127.0.0.1",
+                f"--tls-cert-file={pki / 'server.crt'}",
+                f"--tls-private-key-file={pki / 'server.key'}",
+                f"--client-ca-file={pki / 'server.crt'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                "--authorization-mode=Node,RBAC",
+                "--service-cluster-ip-range=10.96.0.0/12",
+                "--allow-privileged=false",
+                "--insecure-port=0",
+                "--enable-priority-and-fairness=false",
+                "--v=1",
+            ],
+        )
         try:
             self._wait(lambda: self._ready(), timeout, "kube-apiserver", procs)
-            spawn("kube-controller-manager", [
-                str(BIN_DIR / "kube-controller-manager"),
-                f"--kubeconfig={self.kubeconfig}",
-                "--leader-elect=false",
-                f"--service-account-private-key-file={pki / 'sa.key'}",
-                f"--root-ca-file={pki / 'server.crt'}",
-                "--use-service-account-credentials=false",
-                f"--secure-port={free_port()}", "--port=0",
-                "--controllers=*,-nodeipam,-cloud-node-lifecycle",
-                "--v=1",
-            ])
-            spawn("kube-scheduler", [
-                str(BIN_DIR / "kube-scheduler"),
-                f"--kubeconfig={self.kubeconfig}",
-                "--leader-elect=false",
-                f"--secure-port={free_port()}", "--port=0",
-                "--v=1",
-            ])
+            spawn(
+                "kube-controller-manager",
+                [
+                    str(BIN_DIR / "kube-controller-manager"),
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--leader-elect=false",
+                    f"--service-account-private-key-file={pki / 'sa.key'}",
+                    f"--root-ca-file={pki / 'server.crt'}",
+                    "--use-service-account-credentials=false",
+                    f"--secure-port={free_port()}",
+                    "--port=0",
+                    "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+                    "--v=1",
+                ],
+            )
+            spawn(
+                "kube-scheduler",
+                [
+                    str(BIN_DIR / "kube-scheduler"),
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--leader-elect=false",
+                    f"--secure-port={free_port()}",
+                    "--port=0",
+                    "--v=1",
+                ],
+            )
             # The default ServiceAccount appearing proves the controller-manager works.
             self._wait(self._default_sa_exists, timeout, "kube-controller-manager", procs)
         except BaseException:
@@ -189,8 +222,9 @@ class ControlPlane:
         except (OSError, ValueError):
             return False
 
-    def _wait(self, check: object, timeout: float, what: str,
-              procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    def _wait(
+        self, check: object, timeout: float, what: str, procs: dict[str, subprocess.Popen[bytes]]
+    ) -> None:
         assert callable(check)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -223,6 +257,9 @@ class ControlPlane:
             _signal_group(pid, signal.SIGKILL)
             while _alive(pid) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
+        for proc in self._procs.values():
+            proc.wait(timeout=5)
+        self._procs.clear()
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
@@ -241,37 +278,55 @@ def _alive(pid: int) -> bool:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _make_pki(pki: Path) -> None:
     """A self-signed serving certificate for 127.0.0.1 and a service-account key pair."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-            "-keyout", str(pki / "server.key"), "-out", str(pki / "server.crt"),
-            "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-keyout",
+        str(pki / "server.key"),
+        "-out",
+        str(pki / "server.crt"),
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign",
+    )
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
 
 def _kubeconfig(server: str, ca: Path, token: str) -> str:
-    return json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "corral", "cluster": {"server": server,
-                                                    "certificate-authority": str(ca)}}],
-        "users": [{"name": "admin", "user": {"token": token}}],
-        "contexts": [{"name": "corral", "context": {"cluster": "corral", "user": "admin"}}],
-        "current-context": "corral",
-    }, indent=2)
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "corral", "cluster": {"server": server, "certificate-authority": str(ca)}}
+            ],
+            "users": [{"name": "admin", "user": {"token": token}}],
+            "contexts": [{"name": "corral", "context": {"cluster": "corral", "user": "admin"}}],
+            "current-context": "corral",
+        },
+        indent=2,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         started = time.monotonic()
         plane.start()
-        print(f"control plane up in {time.monotonic() - started:.1f}s; "
-              f"KUBECONFIG={plane.kubeconfig}")
+        print(
+            f"control plane up in {time.monotonic() - started:.1f}s; KUBECONFIG={plane.kubeconfig}"
+        )
     elif args.action == "down":
         plane.stop()
         print("control plane stopped")
