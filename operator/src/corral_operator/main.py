@@ -93,6 +93,7 @@ def main() -> None:
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
+        liveness_endpoint=settings.liveness_endpoint,
     )
 
 

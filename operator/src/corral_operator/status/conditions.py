@@ -53,9 +53,11 @@ def merge_conditions(
             "type": cond.type,
             "status": cond.status,
             "reason": cond.reason,
-            "message": cond.message,
             "lastTransitionTime": transition or timestamp(now),
         }
+        # An empty message is left out: the API server reads "" in a merge patch as null.
+        if cond.message:
+            entry["message"] = cond.message
         if generation is not None:
             entry["observedGeneration"] = generation
         result[cond.type] = entry
