@@ -1,0 +1,39 @@
+"""Dependencies the routers declare: the settings, the model manager, the store, the metrics,
+all read from ``app.state`` (see app.py), never from module globals."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from corral_runtime.engine.manager import ModelManager
+from corral_runtime.metrics import RuntimeMetrics
+from corral_runtime.settings import RuntimeSettings
+from corral_runtime.store.layout import ModelStore
+
+
+def get_settings(request: Request) -> RuntimeSettings:
+    settings: RuntimeSettings = request.app.state.settings
+    return settings
+
+
+def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.models
+    return manager
+
+
+def get_store(request: Request) -> ModelStore:
+    store: ModelStore = request.app.state.store
+    return store
+
+
+def get_metrics(request: Request) -> RuntimeMetrics:
+    metrics: RuntimeMetrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[RuntimeSettings, Depends(get_settings)]
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+MetricsDep = Annotated[RuntimeMetrics, Depends(get_metrics)]

@@ -1,0 +1,131 @@
+"""Errors in each API's own shape: ``{"error": "…"}`` for Ollama's native API and
+``{"error": {"message", "type", "param", "code"}}`` for the OpenAI API (paths under /v1)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corral_runtime.api.keepalive import InvalidKeepAliveError
+from corral_runtime.api.options import InvalidOptionsError
+from corral_runtime.engine.types import EngineError, InvalidRequestError, QueueFullError
+from corral_runtime.store.digests import InvalidDigestError
+from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError
+from corral_runtime.store.names import InvalidNameError
+from corral_runtime.templates.gotemplate import TemplateError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status and message, plus OpenAI's ``param``/``code`` if known."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+
+def openai_type(status: int) -> str:
+    if status == 404:
+        return "not_found_error"
+    if status == 401:
+        return "authentication_error"
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
+
+
+def error_body(path: str, error: ApiError) -> dict[str, Any]:
+    if path.startswith("/v1"):
+        return {
+            "error": {
+                "message": error.message,
+                "type": openai_type(error.status),
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    return {"error": error.message}
+
+
+def as_api_error(exc: BaseException) -> ApiError:
+    """Map what the layers below raise to the answer a client gets."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ModelNotFoundError):
+        return ApiError(404, str(exc), code="model_not_found")
+    if isinstance(exc, InvalidNameError | InvalidDigestError):
+        return ApiError(400, f"invalid model name: {exc}", param="model")
+    if isinstance(exc, InvalidOptionsError | InvalidKeepAliveError | InvalidRequestError):
+        return ApiError(400, str(exc))
+    if isinstance(exc, QueueFullError):
+        return ApiError(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, TemplateError):
+        return ApiError(500, f"the model's chat template failed: {exc}")
+    if isinstance(exc, EngineError | CorruptStoreError):
+        return ApiError(500, str(exc))
+    log.error("unexpected error", exc_info=exc)
+    return ApiError(500, "internal server error")
+
+
+def error_response(path: str, exc: BaseException) -> JSONResponse:
+    error = as_api_error(exc)
+    return JSONResponse(error_body(path, error), status_code=error.status, headers=error.headers)
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "invalid JSON in request body"
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return (
+        f"invalid request: {loc}: {first.get('msg', 'invalid value')}"
+        if loc
+        else (f"invalid request: {first.get('msg', 'invalid value')}")
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request.url.path, exc)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(request.url.path, ApiError(400, validation_message(exc)))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"{request.url.path} not found"
+        return error_response(
+            request.url.path,
+            ApiError(exc.status_code, message, headers=dict(exc.headers or {})),
+        )
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    for kind in (ApiError, LookupError, ValueError, RuntimeError):
+        app.add_exception_handler(kind, on_api_error)

@@ -1,0 +1,131 @@
+"""The steps every generating endpoint shares: resolve the model, merge its parameters with the
+request's options, take a lease, render the prompt, start the stream, and account for it.
+
+Protocol modules say how to render and how to frame the output; this module owns the order of
+things and the clean-up (a cancelled client frees its slot and its lease at once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+from corral_runtime.api.options import (
+    OllamaOptions,
+    load_options,
+    merge_options,
+    sampling_params,
+    validate_options,
+)
+from corral_runtime.engine.manager import Lease, LoadedModel, ModelManager
+from corral_runtime.engine.types import GenerationRequest, GenerationStats, OutputFormat
+from corral_runtime.engine.worker import GenerationStream
+from corral_runtime.metrics import RuntimeMetrics
+from corral_runtime.store.layout import StoredModel
+from corral_runtime.templates.fallback import FallbackChatTemplate
+
+PromptBuilder = Callable[[LoadedModel], str]
+ModelCheck = Callable[[LoadedModel], None]
+
+
+def effective_options(stored: StoredModel, request_options: OllamaOptions) -> OllamaOptions:
+    model_options = validate_options(stored.params, source="the model's parameters")
+    return merge_options(model_options, request_options)
+
+
+async def acquire_model(
+    manager: ModelManager, name: str, options: OllamaOptions, keep_alive: float | None
+) -> tuple[Lease, OllamaOptions]:
+    """Resolve, merge the model's params under the request's options, and take a lease."""
+    stored = await manager.resolve_async(name)
+    merged = effective_options(stored, options)
+    lease = await manager.acquire(name, keep_alive=keep_alive, load=load_options(merged))
+    return lease, merged
+
+
+@dataclass(slots=True)
+class Generation:
+    """A started generation: iterate ``pieces()``, then read ``stats`` and the durations."""
+
+    lease: Lease
+    stream: GenerationStream
+    metrics: RuntimeMetrics
+    started_ns: int
+    endpoint: str
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.lease.model
+
+    @property
+    def load_duration_ns(self) -> int:
+        return int(self.lease.load_seconds * 1e9)
+
+    @property
+    def stats(self) -> GenerationStats:
+        assert self.stream.stats is not None, "stats are known once the pieces are exhausted"
+        return self.stream.stats
+
+    def total_duration_ns(self) -> int:
+        return time.perf_counter_ns() - self.started_ns
+
+    async def pieces(self) -> AsyncIterator[str]:
+        try:
+            async for piece in self.stream:
+                yield piece
+            stats = self.stats
+            self.metrics.observe_generation(
+                self.model.name,
+                ttft_s=stats.time_to_first_token_s,
+                prompt_tokens=stats.prompt_eval_count,
+                eval_count=stats.eval_count,
+                eval_seconds=stats.eval_duration_ns / 1e9,
+            )
+        finally:
+            self.stream.cancel()
+            self.lease.release()
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self.pieces()])
+
+    def close(self) -> None:
+        """Give up on a generation that will not be iterated (e.g. a failed handler)."""
+        self.stream.cancel()
+        self.lease.release()
+
+
+async def start_generation(
+    manager: ModelManager,
+    metrics: RuntimeMetrics,
+    *,
+    endpoint: str,
+    name: str,
+    options: OllamaOptions,
+    output_format: OutputFormat | None,
+    keep_alive: float | None,
+    build_prompt: PromptBuilder,
+    check: ModelCheck | None = None,
+) -> Generation:
+    """Everything up to the first token: errors raised here still become a status code."""
+    started_ns = time.perf_counter_ns()
+    metrics.touch()
+    lease, merged = await acquire_model(manager, name, options, keep_alive)
+    try:
+        model = lease.model
+        if check is not None:
+            check(model)
+        params = sampling_params(merged, output_format)
+        if not params.stop and isinstance(model.template, FallbackChatTemplate):
+            params = replace(params, stop=tuple(model.template.format.stop))
+        prompt = build_prompt(model)
+        stream = model.worker.generate(GenerationRequest(prompt=prompt, params=params))
+        try:
+            await stream.started()
+        except BaseException:
+            stream.cancel()
+            raise
+    except BaseException:
+        lease.release()
+        raise
+    return Generation(lease, stream, metrics, started_ns, endpoint)

@@ -1,0 +1,40 @@
+"""Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (a model can answer:
+one is loaded, or the default model resolves in the store), ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from corral_runtime.api.deps import ManagerDep, MetricsDep
+from corral_runtime.metrics import CONTENT_TYPE
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, manager: ManagerDep) -> JSONResponse:
+    if manager.loaded():
+        return JSONResponse({"status": "ready", "models": [m.name for m in manager.loaded()]})
+    store = manager.store
+    names = await asyncio.to_thread(store.names)
+    for name in names:
+        try:
+            await asyncio.to_thread(store.get, name)
+        except (LookupError, ValueError, RuntimeError, OSError):
+            continue
+        return JSONResponse({"status": "ready", "models": []})
+    return JSONResponse({"status": "no model available"}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics(metrics: MetricsDep, manager: ManagerDep) -> Response:
+    metrics.loaded_models.set(len(manager.loaded()))
+    return Response(metrics.render(), media_type=CONTENT_TYPE)

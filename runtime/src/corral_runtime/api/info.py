@@ -1,0 +1,133 @@
+"""What the model-listing endpoints report about stored and loaded models (/api/tags, /api/show,
+/api/ps, /v1/models): details from the GGUF header, cached per blob digest."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from corral_runtime.engine.manager import LoadedModel, model_template
+from corral_runtime.store.gguf import ArrayInfo, GGUFDetails, read_gguf_details, read_gguf_metadata
+from corral_runtime.store.layout import PROJECTOR_LAYER, StoredModel
+
+FOREVER_RFC3339 = "2318-11-26T00:00:00Z"  # keep_alive < 0: a time that never comes
+
+
+@lru_cache(maxsize=256)
+def _details(path: Path, digest: str) -> GGUFDetails:
+    del digest  # Part of the cache key: a blob's content never changes under its digest.
+    return read_gguf_details(path)
+
+
+def gguf_details(stored: StoredModel) -> GGUFDetails:
+    return _details(stored.model_path, stored.model_digest)
+
+
+def rfc3339(timestamp: float) -> str:
+    if math.isinf(timestamp):
+        return FOREVER_RFC3339
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def details_json(details: GGUFDetails) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": details.family,
+        "families": [details.family] if details.family else None,
+        "parameter_size": details.parameter_size,
+        "quantization_level": details.quantization_level,
+    }
+
+
+def manifest_digest_hex(stored: StoredModel) -> str:
+    return stored.manifest.digest.removeprefix("sha256:")
+
+
+def tag_entry(stored: StoredModel) -> dict[str, Any]:
+    return {
+        "name": stored.name.display,
+        "model": stored.name.display,
+        "modified_at": rfc3339(stored.modified),
+        "size": stored.size,
+        "digest": manifest_digest_hex(stored),
+        "details": details_json(gguf_details(stored)),
+    }
+
+
+def ps_entry(model: LoadedModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "model": model.name,
+        "size": model.plan.size_bytes,
+        "digest": manifest_digest_hex(model.stored),
+        "details": details_json(model.details),
+        "expires_at": rfc3339(model.expires_at),
+        "size_vram": model.plan.size_vram_bytes,
+        "context_length": model.n_ctx,
+    }
+
+
+def capabilities(stored: StoredModel) -> list[str]:
+    details = gguf_details(stored)
+    template = model_template(stored, details)
+    caps = ["completion"]
+    if template.supports_tools:
+        caps.append("tools")
+    if template.supports_insert:
+        caps.append("insert")
+    if template.supports_thinking:
+        caps.append("thinking")
+    if stored.manifest.layer(PROJECTOR_LAYER) is not None:
+        caps.append("vision")
+    return caps
+
+
+def _format_param(key: str, value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [f"{key:<30} {_param_text(v)}" for v in values]
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def show_entry(stored: StoredModel, *, verbose: bool) -> dict[str, Any]:
+    details = gguf_details(stored)
+    parameters = "\n".join(
+        line for key in sorted(stored.params) for line in _format_param(key, stored.params[key])
+    )
+    metadata = read_gguf_metadata(stored.model_path, keep_arrays=verbose)
+    model_info = {
+        key: value
+        for key, value in metadata.items()
+        if not key.startswith("GGUF.") and not isinstance(value, ArrayInfo)
+    }
+    template = stored.template if stored.template is not None else (details.chat_template or "")
+    modelfile_lines = [f"FROM {stored.model_path}"]
+    if stored.template:
+        modelfile_lines.append(f'TEMPLATE """{stored.template}"""')
+    if stored.system:
+        modelfile_lines.append(f'SYSTEM """{stored.system}"""')
+    modelfile_lines += [f"PARAMETER {line}" for line in parameters.splitlines()]
+    if stored.license:
+        modelfile_lines.append(f'LICENSE """{stored.license}"""')
+    return {
+        "license": stored.license or "",
+        "modelfile": "\n".join(modelfile_lines) + "\n",
+        "parameters": parameters,
+        "template": template,
+        "system": stored.system or "",
+        "details": details_json(details),
+        "model_info": model_info,
+        "capabilities": capabilities(stored),
+        "modified_at": rfc3339(stored.modified),
+    }

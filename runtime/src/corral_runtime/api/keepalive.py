@@ -1,0 +1,65 @@
+"""``keep_alive``: how long a model stays loaded after a request, parsed as Ollama does.
+
+A number is seconds, a string is a Go duration (``"10m"``, ``"1h30m"``, ``"300ms"``) or a number
+of seconds, a negative value keeps the model loaded forever, and 0 unloads it after the request.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+FOREVER = math.inf
+
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_COMPONENT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+class InvalidKeepAliveError(ValueError):
+    pass
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration string in seconds (``time.ParseDuration`` rules)."""
+    raw = text.strip()
+    sign = -1.0 if raw.startswith("-") else 1.0
+    body = raw.lstrip("+-")
+    if body == "0":
+        return 0.0
+    if not body:
+        raise InvalidKeepAliveError(f'time: invalid duration "{text}"')
+    total, pos = 0.0, 0
+    while pos < len(body):
+        match = _COMPONENT.match(body, pos)
+        if match is None:
+            raise InvalidKeepAliveError(f'time: invalid duration "{text}"')
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    return sign * total
+
+
+def parse_keep_alive(value: float | str | None, default: float) -> float:
+    """Seconds to stay loaded (``FOREVER`` for negative values); ``None`` means the default."""
+    if value is None:
+        seconds = default
+    elif isinstance(value, bool):
+        raise InvalidKeepAliveError("keep_alive must be a number or a duration string")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = parse_duration(value)
+    if math.isnan(seconds):
+        raise InvalidKeepAliveError("keep_alive must be a number or a duration string")
+    return FOREVER if seconds < 0 else seconds

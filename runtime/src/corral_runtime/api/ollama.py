@@ -1,0 +1,308 @@
+"""Ollama's native API: generate, chat, embed, and the model listings.
+
+Handlers are thin: parse (the wire models validate), start the generation (errors here are
+still status codes), then frame the pieces as NDJSON or one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from corral_runtime import __version__
+from corral_runtime.api import info
+from corral_runtime.api.deps import ManagerDep, MetricsDep, SettingsDep, StoreDep
+from corral_runtime.api.generation import Generation, acquire_model, start_generation
+from corral_runtime.api.ollama_protocol import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    ModelRequest,
+    check_capabilities,
+    final_fields,
+    now_rfc3339,
+    parse_format,
+    wants_thinking,
+    wire_tool_calls,
+)
+from corral_runtime.api.streaming import ndjson_response
+from corral_runtime.api.tool_calls import ToolCallBuffer
+from corral_runtime.engine.manager import LoadedModel, ModelManager
+from corral_runtime.templates.chat import GoChatTemplate, generate_messages
+from corral_runtime.templates.messages import ChatMessage
+
+router = APIRouter()
+
+
+@router.get("/", response_class=PlainTextResponse)
+@router.head("/", response_class=PlainTextResponse)
+async def root() -> str:
+    return "Ollama is running"
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+# -- generation --------------------------------------------------------------------------------
+
+
+async def _load_or_unload(
+    manager: ModelManager, name: str, keep_alive: float, options: Any, body: dict[str, Any]
+) -> dict[str, Any]:
+    """An empty request loads the model (``done_reason: load``), or with keep_alive 0 unloads it."""
+    if keep_alive == 0:
+        await manager.resolve_async(name)
+        await manager.unload(name)
+        reason = "unload"
+    else:
+        lease, _ = await acquire_model(manager, name, options, keep_alive)
+        lease.release()
+        reason = "load"
+    return {"model": name, "created_at": now_rfc3339(), **body, "done": True, "done_reason": reason}
+
+
+def _generate_prompt(body: GenerateRequest) -> Any:
+    def build(model: LoadedModel) -> str:
+        if body.raw:
+            return body.prompt
+        system = body.system if body.system is not None else model.stored.system
+        template = GoChatTemplate(body.template) if body.template else model.template
+        return template.render(generate_messages(body.prompt, system), suffix=body.suffix)
+
+    return build
+
+
+@router.post("/api/generate")
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    manager: ManagerDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+) -> Response:
+    name = request.state.model = body.require_model()
+    body.check()
+    keep_alive = body.keep_alive_seconds(settings.keep_alive_seconds)
+    options = body.validated_options()
+    output_format = parse_format(body.format)
+    if body.is_load_only:
+        return JSONResponse(
+            await _load_or_unload(manager, name, keep_alive, options, {"response": ""})
+        )
+    generation = await start_generation(
+        manager,
+        metrics,
+        endpoint="generate",
+        name=name,
+        options=options,
+        output_format=output_format,
+        keep_alive=keep_alive,
+        build_prompt=_generate_prompt(body),
+        check=lambda m: check_capabilities(
+            m, think=body.think, images=bool(body.images), tools=False
+        ),
+    )
+
+    def final(g: Generation) -> dict[str, Any]:
+        return final_fields(g.stats, total_ns=g.total_duration_ns(), load_ns=g.load_duration_ns)
+
+    if not body.stream:
+        text = await generation.text()
+        return JSONResponse(
+            {"model": name, "created_at": now_rfc3339(), "response": text, **final(generation)}
+        )
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        async for piece in generation.pieces():
+            yield {"model": name, "created_at": now_rfc3339(), "response": piece, "done": False}
+        yield {"model": name, "created_at": now_rfc3339(), "response": "", **final(generation)}
+
+    return ndjson_response(request.url.path, chunks())
+
+
+@router.post("/api/chat")
+async def chat(
+    body: ChatRequest,
+    request: Request,
+    manager: ManagerDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+) -> Response:
+    name = request.state.model = body.require_model()
+    keep_alive = body.keep_alive_seconds(settings.keep_alive_seconds)
+    options = body.validated_options()
+    output_format = parse_format(body.format)
+    if not body.messages:
+        return JSONResponse(
+            await _load_or_unload(
+                manager,
+                name,
+                keep_alive,
+                options,
+                {"message": {"role": "assistant", "content": ""}},
+            )
+        )
+    tools = body.tool_list()
+    think = body.think
+
+    def build(model: LoadedModel) -> str:
+        messages = body.chat_messages()
+        stored = model.stored
+        if stored.system and not any(m.role == "system" for m in messages):
+            messages = [ChatMessage(role="system", content=stored.system), *messages]
+        return model.template.render(
+            messages, tools=tools or None, think=None if think is None else wants_thinking(think)
+        )
+
+    generation = await start_generation(
+        manager,
+        metrics,
+        endpoint="chat",
+        name=name,
+        options=options,
+        output_format=output_format,
+        keep_alive=keep_alive,
+        build_prompt=build,
+        check=lambda m: check_capabilities(
+            m, think=think, images=body.has_images, tools=bool(tools)
+        ),
+    )
+    names = {t.name for t in tools}
+
+    def message(content: str, calls: list[Any] | None = None) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            msg["tool_calls"] = wire_tool_calls(calls)
+        return msg
+
+    def final(g: Generation, content: str, calls: list[Any]) -> dict[str, Any]:
+        return {
+            "model": name,
+            "created_at": now_rfc3339(),
+            "message": message(content, calls),
+            **final_fields(g.stats, total_ns=g.total_duration_ns(), load_ns=g.load_duration_ns),
+        }
+
+    if not body.stream:
+        buffer = ToolCallBuffer(names) if tools else None
+        text = await generation.text()
+        if buffer is not None:
+            text = buffer.feed(text)
+            held, calls = buffer.finish()
+            return JSONResponse(final(generation, text + held, calls))
+        return JSONResponse(final(generation, text, []))
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        buffer = ToolCallBuffer(names) if tools else None
+        async for piece in generation.pieces():
+            text = buffer.feed(piece) if buffer is not None else piece
+            if text:
+                yield {
+                    "model": name,
+                    "created_at": now_rfc3339(),
+                    "message": message(text),
+                    "done": False,
+                }
+        held, calls = buffer.finish() if buffer is not None else ("", [])
+        if held or calls:
+            yield {
+                "model": name,
+                "created_at": now_rfc3339(),
+                "message": message(held, calls),
+                "done": False,
+            }
+        yield final(generation, "", [])
+
+    return ndjson_response(request.url.path, chunks())
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+
+def l2_normalize(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector
+
+
+@router.post("/api/embed")
+async def embed(
+    body: EmbedRequest,
+    request: Request,
+    manager: ManagerDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    started = time.perf_counter_ns()
+    name = request.state.model = body.require_model()
+    keep_alive = body.keep_alive_seconds(settings.keep_alive_seconds)
+    metrics.touch()
+    lease, _ = await acquire_model(manager, name, body.validated_options(), keep_alive)
+    async with lease:
+        texts = body.texts()
+        result = await lease.model.worker.embed(texts, truncate=body.truncate) if texts else None
+    vectors = result.vectors if result else []
+    if body.dimensions:
+        vectors = [v[: body.dimensions] for v in vectors]
+    return {
+        "model": name,
+        "embeddings": [l2_normalize(v) for v in vectors],
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": int(lease.load_seconds * 1e9),
+        "prompt_eval_count": result.prompt_tokens if result else 0,
+    }
+
+
+@router.post("/api/embeddings")
+async def embeddings(
+    body: EmbeddingsRequest,
+    request: Request,
+    manager: ManagerDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    name = request.state.model = body.require_model()
+    keep_alive = body.keep_alive_seconds(settings.keep_alive_seconds)
+    metrics.touch()
+    lease, _ = await acquire_model(manager, name, body.validated_options(), keep_alive)
+    async with lease:
+        if not body.prompt:
+            return {"embedding": []}
+        result = await lease.model.worker.embed([body.prompt], truncate=True)
+    return {"embedding": result.vectors[0]}
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+
+@router.get("/api/tags")
+async def tags(store: StoreDep) -> dict[str, Any]:
+    def collect() -> list[dict[str, Any]]:
+        entries = []
+        for name in store.names():
+            try:
+                entries.append(info.tag_entry(store.get(name)))
+            except (LookupError, ValueError, RuntimeError, OSError):
+                continue  # A half-written or damaged model is not listed.
+        return entries
+
+    return {"models": await asyncio.to_thread(collect)}
+
+
+@router.post("/api/show")
+async def show(body: ModelRequest, manager: ManagerDep) -> dict[str, Any]:
+    stored = await manager.resolve_async(body.require_model())
+    return await asyncio.to_thread(info.show_entry, stored, verbose=body.verbose)
+
+
+@router.get("/api/ps")
+async def ps(manager: ManagerDep) -> dict[str, Any]:
+    return {"models": [info.ps_entry(m) for m in manager.loaded()]}

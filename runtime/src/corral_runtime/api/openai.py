@@ -1,0 +1,263 @@
+"""The OpenAI-compatible API under /v1: chat completions, completions, embeddings, models.
+
+Requests are converted to Ollama options (so a model's params layer applies the same way), and
+answers are framed as OpenAI objects or server-sent events ending in ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from corral_runtime.api.deps import ManagerDep, MetricsDep, SettingsDep, StoreDep
+from corral_runtime.api.errors import ApiError
+from corral_runtime.api.generation import acquire_model, start_generation
+from corral_runtime.api.ollama import l2_normalize
+from corral_runtime.api.ollama_protocol import check_capabilities
+from corral_runtime.api.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    chat_object,
+    completion_object,
+    finish_reason,
+    new_id,
+    usage,
+    wire_tool_calls,
+)
+from corral_runtime.api.options import OllamaOptions
+from corral_runtime.api.streaming import sse_response
+from corral_runtime.api.tool_calls import ToolCallBuffer
+from corral_runtime.engine.manager import LoadedModel
+from corral_runtime.store.layout import StoredModel
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    manager: ManagerDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+) -> Response:
+    request.state.model = body.model
+    tools = body.tool_list()
+    messages = [m.to_chat() for m in body.messages]
+    output_format = body.output_format()
+    has_images = any(m.images for m in messages)
+
+    def build(model: LoadedModel) -> str:
+        return model.template.render(messages, tools=tools or None)
+
+    generation = await start_generation(
+        manager,
+        metrics,
+        endpoint="chat.completions",
+        name=body.model,
+        options=body.engine_options(),
+        output_format=output_format,
+        keep_alive=None,
+        build_prompt=build,
+        check=lambda m: check_capabilities(m, think=None, images=has_images, tools=bool(tools)),
+    )
+    completion_id = new_id("chatcmpl")
+    names = {t.name for t in tools}
+
+    if not body.stream:
+        text = await generation.text()
+        buffer = ToolCallBuffer(names) if tools else None
+        calls: list[Any] = []
+        if buffer is not None:
+            text = buffer.feed(text)
+            held, calls = buffer.finish()
+            text += held
+        stats = generation.stats
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = wire_tool_calls(calls)
+        else:
+            message["content"] = text
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": finish_reason(stats.done_reason, bool(calls)),
+        }
+        return JSONResponse(
+            chat_object(
+                completion_id,
+                body.model,
+                choices=[choice],
+                chunk=False,
+                usage_record=usage(stats.prompt_eval_count, stats.eval_count),
+            )
+        )
+
+    def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return chat_object(completion_id, body.model, choices=[choice], chunk=True)
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        buffer = ToolCallBuffer(names) if tools else None
+        yield chunk({"role": "assistant", "content": ""})
+        async for piece in generation.pieces():
+            text = buffer.feed(piece) if buffer is not None else piece
+            if text:
+                yield chunk({"content": text})
+        held, calls = buffer.finish() if buffer is not None else ("", [])
+        if held:
+            yield chunk({"content": held})
+        if calls:
+            yield chunk({"tool_calls": wire_tool_calls(calls, with_index=True)})
+        stats = generation.stats
+        yield chunk({}, finish_reason(stats.done_reason, bool(calls)))
+        if body.include_usage:
+            yield chat_object(
+                completion_id,
+                body.model,
+                choices=[],
+                chunk=True,
+                usage_record=usage(stats.prompt_eval_count, stats.eval_count),
+            )
+
+    return sse_response(request.url.path, events())
+
+
+@router.post("/completions")
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    manager: ManagerDep,
+    metrics: MetricsDep,
+) -> Response:
+    request.state.model = body.model
+    prompt = body.text()
+    if body.echo:
+        raise ApiError(400, "echo is not supported", param="echo")
+    generation = await start_generation(
+        manager,
+        metrics,
+        endpoint="completions",
+        name=body.model,
+        options=body.engine_options(),
+        output_format=None,
+        keep_alive=None,
+        # The legacy completions API continues plain text: no chat template.
+        build_prompt=lambda _model: prompt,
+    )
+    completion_id = new_id("cmpl")
+
+    if not body.stream:
+        text = await generation.text()
+        stats = generation.stats
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": finish_reason(stats.done_reason, False),
+        }
+        return JSONResponse(
+            completion_object(
+                completion_id,
+                body.model,
+                choices=[choice],
+                usage_record=usage(stats.prompt_eval_count, stats.eval_count),
+            )
+        )
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for piece in generation.pieces():
+            yield completion_object(
+                completion_id,
+                body.model,
+                chunk=True,
+                choices=[{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}],
+            )
+        stats = generation.stats
+        yield completion_object(
+            completion_id,
+            body.model,
+            chunk=True,
+            choices=[
+                {
+                    "index": 0,
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": finish_reason(stats.done_reason, False),
+                }
+            ],
+        )
+        if body.include_usage:
+            yield completion_object(
+                completion_id,
+                body.model,
+                chunk=True,
+                choices=[],
+                usage_record=usage(stats.prompt_eval_count, stats.eval_count),
+            )
+
+    return sse_response(request.url.path, events())
+
+
+@router.post("/embeddings")
+async def embeddings(
+    body: EmbeddingRequest,
+    request: Request,
+    manager: ManagerDep,
+    metrics: MetricsDep,
+) -> dict[str, Any]:
+    request.state.model = body.model
+    texts = body.texts()
+    metrics.touch()
+    lease, _ = await acquire_model(manager, body.model, OllamaOptions(), None)
+    async with lease:
+        result = await lease.model.worker.embed(texts, truncate=True)
+    data = []
+    for i, vector in enumerate(result.vectors):
+        vector = l2_normalize(vector[: body.dimensions] if body.dimensions else vector)
+        encoded: Any = vector
+        if body.encoding_format == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "embedding": encoded, "index": i})
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+
+
+def _model_object(stored: StoredModel) -> dict[str, Any]:
+    return {
+        "id": stored.name.display,
+        "object": "model",
+        "created": int(stored.modified),
+        "owned_by": stored.name.namespace,
+    }
+
+
+@router.get("/models")
+async def list_models(store: StoreDep) -> dict[str, Any]:
+    def collect() -> list[dict[str, Any]]:
+        out = []
+        for name in store.names():
+            try:
+                out.append(_model_object(store.get(name)))
+            except (LookupError, ValueError, RuntimeError, OSError):
+                continue
+        return out
+
+    return {"object": "list", "data": await asyncio.to_thread(collect)}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, manager: ManagerDep) -> dict[str, Any]:
+    return _model_object(await manager.resolve_async(model_id))

@@ -1,0 +1,139 @@
+"""Ollama's ``options``: validated, merged with the model's params layer, split into what
+sampling needs and what loading needs.
+
+Unknown keys are ignored with a warning (as Ollama does); a known key with a value of the wrong
+type is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, ValidationError
+
+from corral_runtime.engine.types import LoadOptions, OutputFormat, SamplingParams
+
+log = logging.getLogger(__name__)
+
+Number = StrictInt | StrictFloat
+
+
+class InvalidOptionsError(ValueError):
+    pass
+
+
+class OllamaOptions(BaseModel):
+    """Every option Ollama knows; all optional so that layers can be merged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # Sampling.
+    num_keep: StrictInt | None = None
+    seed: StrictInt | None = None
+    num_predict: StrictInt | None = None
+    top_k: StrictInt | None = None
+    top_p: Number | None = None
+    min_p: Number | None = None
+    typical_p: Number | None = None
+    repeat_last_n: StrictInt | None = None
+    temperature: Number | None = None
+    repeat_penalty: Number | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    penalize_newline: StrictBool | None = None
+    stop: list[str] | str | None = None
+    # Loading.
+    numa: StrictBool | None = None
+    num_ctx: StrictInt | None = None
+    num_batch: StrictInt | None = None
+    num_gpu: StrictInt | None = None
+    main_gpu: StrictInt | None = None
+    use_mmap: StrictBool | None = None
+    num_thread: StrictInt | None = None
+
+
+def validate_options(raw: dict[str, Any] | None, *, source: str = "options") -> OllamaOptions:
+    if raw is None:
+        return OllamaOptions()
+    if not isinstance(raw, dict):
+        raise InvalidOptionsError(f"{source} must be an object")
+    try:
+        options = OllamaOptions.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise InvalidOptionsError(f"invalid option {key!r}: {first['msg']}") from exc
+    for key in options.model_extra or {}:
+        log.warning("invalid option provided: %s", key)
+    _check_ranges(options)
+    return options
+
+
+# Inclusive bounds of the numeric options (None: unbounded on that side).
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0, None),
+    "top_p": (0, 1),
+    "min_p": (0, 1),
+    "typical_p": (0, 1),
+    "top_k": (0, None),
+    "num_ctx": (1, None),
+    "num_predict": (-2, None),
+    "repeat_last_n": (-1, None),
+    "num_thread": (0, None),
+    "num_batch": (1, None),
+}
+
+
+def _check_ranges(options: OllamaOptions) -> None:
+    for name, (low, high) in _RANGES.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise InvalidOptionsError(f"invalid option {name!r}: {value} is out of range")
+
+
+def merge_options(*layers: OllamaOptions) -> OllamaOptions:
+    """Later layers win, key by key (model params, then the request's options)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer.model_dump(exclude_none=True, exclude=set(layer.model_extra or {})))
+    return OllamaOptions.model_validate(merged)
+
+
+def sampling_params(options: OllamaOptions, output_format: OutputFormat | None) -> SamplingParams:
+    defaults = SamplingParams()
+    stop = options.stop
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    seed = options.seed if options.seed is not None and options.seed >= 0 else None
+    return SamplingParams(
+        temperature=_f(options.temperature, defaults.temperature),
+        top_k=options.top_k if options.top_k is not None else defaults.top_k,
+        top_p=_f(options.top_p, defaults.top_p),
+        min_p=_f(options.min_p, defaults.min_p),
+        typical_p=_f(options.typical_p, defaults.typical_p),
+        repeat_penalty=_f(options.repeat_penalty, defaults.repeat_penalty),
+        repeat_last_n=(
+            options.repeat_last_n if options.repeat_last_n is not None else defaults.repeat_last_n
+        ),
+        presence_penalty=_f(options.presence_penalty, defaults.presence_penalty),
+        frequency_penalty=_f(options.frequency_penalty, defaults.frequency_penalty),
+        seed=seed,
+        num_predict=options.num_predict if options.num_predict is not None else -1,
+        stop=tuple(s for s in stops if s),
+        output_format=output_format,
+    )
+
+
+def load_options(options: OllamaOptions) -> LoadOptions:
+    return LoadOptions(
+        num_ctx=options.num_ctx,
+        num_gpu=options.num_gpu,
+        num_thread=options.num_thread or None,
+        num_batch=options.num_batch,
+    )
+
+
+def _f(value: float | None, default: float) -> float:
+    return float(value) if value is not None else default

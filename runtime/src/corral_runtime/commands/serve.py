@@ -1,0 +1,81 @@
+"""``corral serve``: run the inference server (Ollama and OpenAI APIs) with uvicorn.
+
+Flags override ``CORRAL_*`` environment variables; with neither, it serves the bundled test
+model on 127.0.0.1:11434.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from corral_runtime.settings import RuntimeSettings
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="Serve models over the Ollama and OpenAI APIs",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1; CORRAL_HOST)")
+    parser.add_argument("--port", type=int, help="port (default 11434; CORRAL_PORT)")
+    parser.add_argument(
+        "--models",
+        metavar="DIR",
+        help="Ollama-layout model store (CORRAL_MODELS); unset serves the bundled test model",
+    )
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (CORRAL_API_KEY)")
+    parser.add_argument("--parallel", type=int, help="requests decoded at once per model")
+    parser.add_argument("--max-queue", type=int, help="requests waiting per model before 503")
+    parser.add_argument("--context-length", type=int, help="default num_ctx (default 4096)")
+    parser.add_argument("--max-loaded-models", type=int, help="models kept loaded at once")
+    parser.add_argument("--gpu-layers", help="'auto' (default), a number, or 0 for CPU only")
+    parser.add_argument(
+        "--keep-alive",
+        type=float,
+        dest="keep_alive_seconds",
+        help="default keep_alive in seconds (negative: forever)",
+    )
+    parser.add_argument("--threads", type=int, help="decode threads (default: all cores)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "host",
+            "port",
+            "models",
+            "api_key",
+            "parallel",
+            "max_queue",
+            "context_length",
+            "max_loaded_models",
+            "gpu_layers",
+            "keep_alive_seconds",
+            "threads",
+        )
+        if getattr(args, key, None) is not None
+    }
+    return RuntimeSettings(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from corral_runtime.app import create_app
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
+    )
+    return 0

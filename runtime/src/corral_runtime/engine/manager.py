@@ -1,0 +1,273 @@
+"""Which models are loaded: loading on first use, keep-alive expiry, LRU eviction.
+
+A request takes a ``Lease`` on a model (loading it if needed) and returns it when done; the
+request's keep_alive then decides when the model unloads (0: right away, negative: never). When
+a load would exceed the configured number of models or the memory budget, the least recently
+used idle models are unloaded first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from corral_runtime.engine.types import LoadOptions
+from corral_runtime.engine.worker import LoadConfig, ModelWorker
+from corral_runtime.gpu import GpuInfo, GpuPlan, ModelFootprint, kv_cache_bytes, plan_gpu_layers
+from corral_runtime.settings import RuntimeSettings
+from corral_runtime.store.gguf import GGUFDetails, read_gguf_details
+from corral_runtime.store.layout import ModelStore, StoredModel
+from corral_runtime.templates.chat import ChatTemplate, select_template
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A model with a running worker, and the bookkeeping that decides when it goes."""
+
+    stored: StoredModel
+    details: GGUFDetails
+    template: ChatTemplate
+    worker: ModelWorker
+    plan: GpuPlan
+    keep_alive: float
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: float = math.inf  # wall-clock seconds; inf: never
+    in_flight: int = 0
+    _timer: asyncio.TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        return self.stored.name.display
+
+    @property
+    def n_ctx(self) -> int:
+        return self.worker.n_ctx
+
+
+class Lease:
+    """A model in use by one request; ``release()`` exactly once (or use ``async with``)."""
+
+    def __init__(self, manager: ModelManager, model: LoadedModel, load_seconds: float) -> None:
+        self.manager = manager
+        self.model = model
+        self.load_seconds = load_seconds
+        self._released = False
+
+    def release(self) -> None:
+        # Synchronous on purpose: it runs in the ``finally`` of a stream whose client went away,
+        # where any await would be cancelled again.
+        if not self._released:
+            self._released = True
+            self.manager._release(self.model)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+def model_details(stored: StoredModel) -> GGUFDetails:
+    return read_gguf_details(stored.model_path)
+
+
+def model_template(stored: StoredModel, details: GGUFDetails) -> ChatTemplate:
+    return select_template(
+        gguf_template=details.chat_template,
+        layer_template=stored.template,
+        architecture=details.architecture,
+    )
+
+
+class ModelManager:
+    def __init__(
+        self,
+        store: ModelStore,
+        settings: RuntimeSettings,
+        gpu: GpuInfo,
+        *,
+        on_change: Callable[[ModelManager], None] | None = None,
+        on_load: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.gpu = gpu
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = asyncio.Lock()
+        self._on_change = on_change
+        self._on_load = on_load
+        self._expiries: set[asyncio.Task[None]] = set()
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def resolve(self, name: str) -> StoredModel:
+        """Look a name up in the store (validating it first); raises LookupError/ValueError."""
+        return self.store.get(name)
+
+    async def resolve_async(self, name: str) -> StoredModel:
+        return await asyncio.to_thread(self.resolve, name)
+
+    async def acquire(
+        self, name: str, *, keep_alive: float | None = None, load: LoadOptions | None = None
+    ) -> Lease:
+        stored = await self.resolve_async(name)
+        key = stored.name.display
+        n_ctx = (load.num_ctx if load and load.num_ctx else None) or self.settings.context_length
+        async with self._lock:
+            model = self._models.get(key)
+            if model is not None and model.n_ctx != n_ctx and model.in_flight == 0:
+                await self._unload(model)  # A different num_ctx means a new context, as Ollama.
+                model = None
+            load_seconds = 0.0
+            if model is None:
+                model = await self._load(stored, n_ctx, load or LoadOptions())
+                load_seconds = model.worker.load_seconds
+            model.in_flight += 1
+            model.last_used = time.monotonic()
+            if keep_alive is not None:
+                model.keep_alive = keep_alive
+            self._cancel_timer(model)
+        return Lease(self, model, load_seconds)
+
+    async def unload(self, name: str) -> bool:
+        stored = await self.resolve_async(name)
+        async with self._lock:
+            model = self._models.get(stored.name.display)
+            if model is None:
+                return False
+            await self._unload(model)
+            return True
+
+    async def close(self) -> None:
+        async with self._lock:
+            for model in list(self._models.values()):
+                await self._unload(model)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _load(self, stored: StoredModel, n_ctx: int, load: LoadOptions) -> LoadedModel:
+        details = await asyncio.to_thread(model_details, stored)
+        template = model_template(stored, details)
+        weights = stored.model_path.stat().st_size
+        footprint = ModelFootprint(
+            weights_bytes=weights,
+            block_count=details.block_count or 0,
+            kv_cache_bytes=kv_cache_bytes(
+                n_ctx, details.block_count or 0, details.embedding_length or 0
+            ),
+        )
+        requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
+        plan = plan_gpu_layers(requested, footprint, self.gpu)
+        await self._make_room(plan.size_bytes)
+        config = LoadConfig(
+            model_path=stored.model_path,
+            n_ctx=n_ctx,
+            n_gpu_layers=plan.gpu_layers,
+            n_threads=load.num_thread or self.settings.threads or _default_threads(),
+            n_batch=load.num_batch or self.settings.batch_size,
+            flash_attn=self.settings.flash_attention,
+        )
+        worker = ModelWorker(
+            stored.name.display,
+            config,
+            max_pending=self.settings.parallel + self.settings.max_queue,
+        )
+        try:
+            await worker.start()
+        except BaseException:
+            await worker.close()
+            raise
+        model = LoadedModel(
+            stored=stored,
+            details=details,
+            template=template,
+            worker=worker,
+            plan=plan,
+            keep_alive=self.settings.keep_alive_seconds,
+        )
+        self._models[model.name] = model
+        log.info(
+            "loaded %s (n_ctx=%d, gpu_layers=%d) in %.2fs",
+            model.name,
+            model.n_ctx,
+            plan.gpu_layers,
+            worker.load_seconds,
+        )
+        if self._on_load is not None:
+            self._on_load(model.name, worker.load_seconds)
+        self._changed()
+        return model
+
+    async def _make_room(self, size: int) -> None:
+        budget = self.settings.memory_budget_bytes
+        while True:
+            count_over = len(self._models) >= self.settings.max_loaded_models
+            used = sum(m.plan.size_bytes for m in self._models.values())
+            memory_over = budget is not None and used + size > budget
+            if not (count_over or memory_over):
+                return
+            idle = [m for m in self._models.values() if m.in_flight == 0]
+            if not idle:
+                log.warning("over the model limit, but every loaded model is busy")
+                return
+            victim = min(idle, key=lambda m: m.last_used)
+            log.info("evicting %s (least recently used)", victim.name)
+            await self._unload(victim)
+
+    def _release(self, model: LoadedModel) -> None:
+        model.in_flight -= 1
+        model.last_used = time.monotonic()
+        if model.in_flight > 0 or self._models.get(model.name) is not model:
+            return
+        if model.keep_alive <= 0:
+            self._spawn_expiry(model)
+            return
+        self._schedule_expiry(model)
+
+    def _schedule_expiry(self, model: LoadedModel) -> None:
+        self._cancel_timer(model)
+        if math.isinf(model.keep_alive):
+            model.expires_at = math.inf
+            return
+        model.expires_at = time.time() + model.keep_alive
+        loop = asyncio.get_running_loop()
+        model._timer = loop.call_later(model.keep_alive, self._spawn_expiry, model)
+
+    def _spawn_expiry(self, model: LoadedModel) -> None:
+        task = asyncio.get_running_loop().create_task(self._expire(model))
+        self._expiries.add(task)
+        task.add_done_callback(self._expiries.discard)
+
+    async def _expire(self, model: LoadedModel) -> None:
+        async with self._lock:
+            if model.in_flight == 0 and self._models.get(model.name) is model:
+                log.info("unloading %s (keep_alive %.0fs)", model.name, model.keep_alive)
+                await self._unload(model)
+
+    def _cancel_timer(self, model: LoadedModel) -> None:
+        if model._timer is not None:
+            model._timer.cancel()
+            model._timer = None
+
+    async def _unload(self, model: LoadedModel) -> None:
+        self._cancel_timer(model)
+        self._models.pop(model.name, None)
+        await model.worker.close()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+
+def _default_threads() -> int:
+    # llama.cpp decodes fastest with one thread per physical core; all cores is a fair default.
+    return max(1, len(os.sched_getaffinity(0)))

@@ -1,0 +1,92 @@
+"""What the engine is asked to do and what it answers, independent of how decode is scheduled.
+
+A generation request carries a rendered prompt and sampling parameters; its stream yields text
+pieces and then one ``GenerationStats``. Wire protocols convert to and from these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DoneReason = Literal["stop", "length", "cancelled"]
+
+# Ollama's defaults for sampling options (see its api/types.go DefaultOptions).
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_K = 40
+DEFAULT_TOP_P = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """Constrained output: any JSON value (``schema`` None) or JSON matching a schema."""
+
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
+    top_p: float = DEFAULT_TOP_P
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    num_predict: int = -1  # -1: until the context is full
+    stop: tuple[str, ...] = ()
+    output_format: OutputFormat | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """Per-request load settings (Ollama options); None means the server's setting."""
+
+    num_ctx: int | None = None
+    num_gpu: int | None = None
+    num_thread: int | None = None
+    num_batch: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt: str
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    """The final record of a generation; durations in nanoseconds, as Ollama reports them."""
+
+    done_reason: DoneReason
+    prompt_eval_count: int
+    prompt_eval_duration_ns: int
+    eval_count: int
+    eval_duration_ns: int
+    time_to_first_token_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class EngineError(RuntimeError):
+    """A request the engine could not serve for a reason of the server's own."""
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine refuses because of what it asks (prompt too long, bad schema)."""
+
+
+class QueueFullError(RuntimeError):
+    """The model's wait queue is full."""
+
+    MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)

@@ -1,0 +1,92 @@
+"""Prometheus metrics of one runtime server, in a registry of its own (not the global one), so
+that several apps in one process (tests) never share counters."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class RuntimeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "corral_requests_total",
+            "Requests answered, by endpoint, model and status code.",
+            ["endpoint", "model", "status"],
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "corral_time_to_first_token_seconds",
+            "From accepting a generation to its first token.",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_per_output_token = Histogram(
+            "corral_time_per_output_token_seconds",
+            "Decode time per generated token.",
+            ["model"],
+            buckets=_TPOT_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens_generated = Counter(
+            "corral_tokens_generated_total",
+            "Tokens generated.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "corral_prompt_tokens_total",
+            "Prompt tokens evaluated.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.loaded_models = Gauge(
+            "corral_loaded_models", "Models loaded now.", registry=self.registry
+        )
+        self.model_load_seconds = Histogram(
+            "corral_model_load_seconds",
+            "Time to load a model.",
+            ["model"],
+            buckets=_LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.last_request_time = Gauge(
+            "corral_last_request_timestamp_seconds",
+            "Unix time of the last inference request (for scale-to-zero).",
+            registry=self.registry,
+        )
+
+    def observe_request(self, endpoint: str, model: str, status: int) -> None:
+        self.requests.labels(endpoint=endpoint, model=model, status=str(status)).inc()
+
+    def touch(self) -> None:
+        self.last_request_time.set(time.time())
+
+    def observe_generation(
+        self,
+        model: str,
+        *,
+        ttft_s: float | None,
+        prompt_tokens: int,
+        eval_count: int,
+        eval_seconds: float,
+    ) -> None:
+        if ttft_s is not None:
+            self.time_to_first_token.labels(model=model).observe(ttft_s)
+        if eval_count > 0:
+            self.time_per_output_token.labels(model=model).observe(eval_seconds / eval_count)
+        self.tokens_generated.labels(model=model).inc(eval_count)
+        self.prompt_tokens.labels(model=model).inc(prompt_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

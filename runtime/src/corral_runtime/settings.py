@@ -1,0 +1,61 @@
+"""The runtime server's settings: one pydantic-settings class, read from ``CORRAL_*`` variables.
+
+``corral serve`` builds it from its flags (which win over the environment) and passes it to
+``create_app(settings)``; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
+
+DEFAULT_KEEP_ALIVE_SECONDS = 300.0
+
+
+class RuntimeSettings(BaseSettings):
+    """Everything the inference server can be told; every field is ``CORRAL_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=11434, ge=0, le=65535)
+    models: Path | None = Field(
+        default=None,
+        description="Root of an Ollama-layout store; unset serves the bundled test model.",
+    )
+    api_key: str | None = Field(
+        default=None, description="When set, /api and /v1 require 'Authorization: Bearer <key>'."
+    )
+    context_length: int = Field(
+        default=4096, ge=256, description="num_ctx used when a request does not set one."
+    )
+    parallel: int = Field(default=1, ge=1, description="Requests decoded at once per model.")
+    max_queue: int = Field(
+        default=512, ge=0, description="Requests that may wait per model before 503."
+    )
+    max_loaded_models: int = Field(default=3, ge=1)
+    memory_budget_bytes: int | None = Field(
+        default=None, ge=0, description="Evict least recently used models beyond this estimate."
+    )
+    keep_alive_seconds: float = Field(
+        default=DEFAULT_KEEP_ALIVE_SECONDS,
+        description="Default keep_alive; negative keeps models loaded forever.",
+    )
+    gpu_layers: GpuLayers = "auto"
+    threads: int | None = Field(default=None, ge=1, description="Decode threads (default: cores).")
+    batch_size: int = Field(default=512, ge=1)
+    flash_attention: bool = False
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    @field_validator("gpu_layers", mode="before")
+    @classmethod
+    def _gpu_layers_from_text(cls, value: object) -> object:
+        # Environment variables and flags arrive as text: "auto", "0", "33".
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        return value
