@@ -72,7 +72,7 @@ class HuggingFaceSource:
         )
 
     def default_name(self) -> ModelName:
-        return _safe_name(HF_HOST, self.org, self.repo, _file_tag(self.path))
+        return _safe_name(HF_HOST, self.org, self.repo, _file_tag(PurePosixPath(self.path).name))
 
 
 @dataclass(frozen=True, slots=True)
