@@ -1,0 +1,54 @@
+"""Fixtures for the operator's cluster tests: CRDs applied once, the operator per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.operator.support import CRDS, Cluster, Operator, wait_for
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(CRDS), check=True)
+    for name in ("models.corral.dev", "modelservers.corral.dev"):
+        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s",
+                check=True)
+
+
+@pytest.fixture
+def cluster(k8s_client: Any, namespace: str, crds: None) -> Cluster:
+    return Cluster(k8s_client, namespace)
+
+
+@pytest.fixture
+def operator_env() -> dict[str, str]:
+    """Extra operator settings for one test (override the fixture to change them)."""
+    return {}
+
+
+@pytest.fixture
+def operator(kubeconfig: Path, namespace: str, crds: None, tmp_path: Path,
+             operator_env: dict[str, str], cluster: Cluster) -> Iterator[Operator]:
+    op = Operator(kubeconfig, namespace, tmp_path, operator_env)
+    op.start()
+    try:
+        yield op
+    finally:
+        # Let the operator release its finalizers before the namespace goes away.
+        for model in cluster.custom.list_namespaced_custom_object(
+                "corral.dev", "v1alpha1", namespace, "models")["items"]:
+            cluster.delete("models", model["metadata"]["name"])
+
+        def gone() -> bool:
+            cluster.finish_gc_pods()
+            return not cluster.custom.list_namespaced_custom_object(
+                "corral.dev", "v1alpha1", namespace, "models")["items"]
+
+        try:
+            wait_for(gone, 30, "Models deleted")
+        finally:
+            op.stop()
