@@ -104,8 +104,13 @@ class _Handler(BaseHTTPRequestHandler):
                 LoggedRequest(self.server_name_, self.command, self.path, dict(self.headers))
             )
 
-    def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-               content_type: str = "application/json") -> None:
+    def _reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -115,8 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _error(self, status: int, code: str, message: str,
-               headers: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
         self._reply(status, body, headers)
 
@@ -279,6 +285,14 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(faults.slow_seconds_per_mib * len(block) / (1024 * 1024))
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up (a cancelled or killed pull) are part of the tests.
+        return
+
+
 class TestRegistry:
     """The registry and CDN servers, their content, faults and request log."""
 
@@ -295,10 +309,10 @@ class TestRegistry:
         self.cdn_port = cdn_port
 
     def _start(self, name: str) -> int:
-        handler = type(f"{name.title()}Handler", (_Handler,),
-                       {"server_name_": name, "state": self.state})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
+        handler = type(
+            f"{name.title()}Handler", (_Handler,), {"server_name_": name, "state": self.state}
+        )
+        server = _QuietServer(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=server.serve_forever, name=f"test-{name}", daemon=True)
         thread.start()
         self._servers.append(server)
@@ -352,8 +366,14 @@ class TestRegistry:
         return digest, size
 
     def add_model(
-        self, namespace: str, model: str, tag: str, gguf: bytes | Path, *,
-        template: str | None = None, system: str | None = None,
+        self,
+        namespace: str,
+        model: str,
+        tag: str,
+        gguf: bytes | Path,
+        *,
+        template: str | None = None,
+        system: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> bytes:
         """Publish a model (GGUF + text layers + config); returns the raw manifest."""
@@ -367,13 +387,22 @@ class TestRegistry:
         if params:
             d, s = self.add_blob(json.dumps(params).encode())
             layers.append({"mediaType": LAYER + "params", "digest": d, "size": s})
-        config = json.dumps({"model_format": "gguf", "model_family": "gemma3",
-                             "rootfs": {"type": "layers",
-                                        "diff_ids": [lyr["digest"] for lyr in layers]}})
+        config = json.dumps(
+            {
+                "model_format": "gguf",
+                "model_family": "gemma3",
+                "rootfs": {"type": "layers", "diff_ids": [lyr["digest"] for lyr in layers]},
+            }
+        )
         cd, cs = self.add_blob(config.encode())
-        raw = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-                          "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": cd, "size": cs},
-                          "layers": layers}).encode()
+        raw = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_MEDIA_TYPE,
+                "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": cd, "size": cs},
+                "layers": layers,
+            }
+        ).encode()
         self.state.manifests[(namespace, model, tag)] = raw
         return raw
 

@@ -265,6 +265,9 @@ class BlobDownloader:
             for attempt in (1, 2):
                 try:
                     return self._download_locked(req, digest, key, base, sidecar, report)
+                except SizeMismatchError:
+                    self._discard(base, sidecar)  # its bytes belong to no blob we want
+                    raise
                 except DigestMismatchError:
                     # Possibly a transient corruption (a proxy, a CDN node): start over once.
                     self._discard(base, sidecar)
@@ -540,7 +543,7 @@ class BlobDownloader:
                         f"{response.url} has {length} bytes, expected {run.state.size}"
                     )
             position = offset
-            for block in response.iter_raw(READ_SIZE):
+            for block in response.iter_raw():  # no chunk_size: a drop loses nothing received
                 if run.stop.is_set():
                     return
                 if position + len(block) > end:

@@ -18,6 +18,7 @@ from corral_runtime.store.layout import MANIFEST_MEDIA_TYPE, Manifest
 from corral_runtime.store.names import ModelName
 from corral_runtime.store.transfer import (
     HttpStatusError,
+    InsecureSourceError,
     PullError,
     RetryPolicy,
     check_scheme,
@@ -128,6 +129,10 @@ class RegistryClient:
             try:
                 response = send(self.client, "GET", url, headers=headers, insecure=self.insecure)
             except httpx.TransportError as exc:
+                if not self.insecure and "ssl" in str(exc).lower():
+                    raise InsecureSourceError(
+                        f"{url}: {exc}; for a plain-HTTP registry use --insecure"
+                    ) from exc
                 attempt += 1
                 if attempt >= self.policy.attempts:
                     raise PullError(f"{url}: {exc}") from exc
