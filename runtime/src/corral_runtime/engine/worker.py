@@ -304,6 +304,10 @@ class ModelWorker:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopMatcher(params.stop)
         vocab = llm._model.vocab
+        # Evaluate the whole prompt every time: reusing a cached prefix evaluates the rest in a
+        # different batch shape, which changes logits slightly and makes greedy output depend on
+        # the previous request. The same request must give the same answer.
+        llm.reset()
         first_token_at: float | None = None
         count = 0
         reason: DoneReason = "length"

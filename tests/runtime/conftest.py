@@ -1,0 +1,75 @@
+"""Fixtures for the runtime tier: real uvicorn servers on loopback serving the real test model.
+
+``runtime_server`` (session) is the shared server over the seeded ``model_store``; tests that
+need other settings (a tiny queue, a body limit, an API key, their own store) start their own
+with ``serve(settings, store)``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from corral_runtime.app import create_app
+from corral_runtime.settings import RuntimeSettings
+from corral_runtime.store.layout import ModelStore
+
+# Small contexts and short answers keep the tier quick on two cores.
+TEST_NUM_CTX = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    base_url: str
+    store: ModelStore
+    settings: RuntimeSettings
+
+    @property
+    def openai_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+
+def test_settings(store_root: Path, **overrides: object) -> RuntimeSettings:
+    values: dict[str, object] = {
+        "models": store_root,
+        "context_length": TEST_NUM_CTX,
+        "threads": 2,
+        **overrides,
+    }
+    return RuntimeSettings.model_validate(values)
+
+
+@contextmanager
+def serve(settings: RuntimeSettings, store: ModelStore) -> Iterator[RunningServer]:
+    """Run ``create_app(settings)`` under uvicorn on 127.0.0.1 (a free port) until exit."""
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the runtime server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(base_url=f"http://127.0.0.1:{port}", store=store, settings=settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def runtime_server(model_store: ModelStore) -> Iterator[RunningServer]:
+    """The runtime serving the seeded store (``gemma3:270m``), shared by the session."""
+    with serve(test_settings(model_store.root), model_store) as server:
+        yield server
