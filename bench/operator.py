@@ -34,8 +34,11 @@ BULK = 100
 
 
 def _server(name: str) -> dict[str, object]:
-    return {"kind": "ModelServer", "metadata": {"name": name},
-            "spec": {"models": ["gemma"], "minReplicas": 0}}
+    return {
+        "kind": "ModelServer",
+        "metadata": {"name": name},
+        "spec": {"models": ["gemma"], "minReplicas": 0},
+    }
 
 
 def _rss_mib(pid: int) -> float:
@@ -50,8 +53,17 @@ def run(kubeconfig: Path, work: Path) -> float:
     core = client.CoreV1Api(api)
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": ns}})
-    subprocess.run([str(ROOT / ".tools/bin/kubectl"), f"--kubeconfig={kubeconfig}", "apply",
-                    "-f", str(ROOT / "crds")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(ROOT / ".tools/bin/kubectl"),
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "-f",
+            str(ROOT / "crds"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     time.sleep(2)  # let the new CRDs' endpoints settle
     cluster = Cluster(api, ns)
     operator = Operator(kubeconfig, ns, work)
@@ -65,9 +77,12 @@ def run(kubeconfig: Path, work: Path) -> float:
             stream = watch.Watch()
             started = time.perf_counter()
             cluster.create("modelservers", _server(name))
-            for _ in stream.stream(apps.list_namespaced_deployment, ns,
-                                   field_selector=f"metadata.name=corral-{name}",
-                                   timeout_seconds=30):
+            for _ in stream.stream(
+                apps.list_namespaced_deployment,
+                ns,
+                field_selector=f"metadata.name=corral-{name}",
+                timeout_seconds=30,
+            ):
                 break
             latencies.append((time.perf_counter() - started) * 1000)
             stream.stop()
@@ -82,12 +97,22 @@ def run(kubeconfig: Path, work: Path) -> float:
 
         def all_reconciled() -> bool:
             items = cluster.custom.list_namespaced_custom_object(
-                "corral.dev", "v1alpha1", ns, "modelservers")["items"]
-            done = [s for s in items if s["metadata"]["name"].startswith("bulk-") and any(
-                c["type"] == "ModelsReady" and c["status"] == "True"
-                for c in (s.get("status") or {}).get("conditions", ()))]
-            deployments = [d for d in apps.list_namespaced_deployment(ns).items
-                           if d.metadata.name.startswith("corral-bulk-")]
+                "corral.dev", "v1alpha1", ns, "modelservers"
+            )["items"]
+            done = [
+                s
+                for s in items
+                if s["metadata"]["name"].startswith("bulk-")
+                and any(
+                    c["type"] == "ModelsReady" and c["status"] == "True"
+                    for c in (s.get("status") or {}).get("conditions", ())
+                )
+            ]
+            deployments = [
+                d
+                for d in apps.list_namespaced_deployment(ns).items
+                if d.metadata.name.startswith("corral-bulk-")
+            ]
             return len(done) == BULK and len(deployments) == BULK
 
         wait_for(all_reconciled, 300, f"{BULK} ModelServers reconciled")

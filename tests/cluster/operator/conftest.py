@@ -15,8 +15,7 @@ from tests.cluster.operator.support import CRDS, Cluster, Operator, wait_for
 def crds(kubectl: Any) -> None:
     kubectl("apply", "-f", str(CRDS), check=True)
     for name in ("models.corral.dev", "modelservers.corral.dev"):
-        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s",
-                check=True)
+        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True)
 
 
 @pytest.fixture
@@ -31,8 +30,14 @@ def operator_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def operator(kubeconfig: Path, namespace: str, crds: None, tmp_path: Path,
-             operator_env: dict[str, str], cluster: Cluster) -> Iterator[Operator]:
+def operator(
+    kubeconfig: Path,
+    namespace: str,
+    crds: None,
+    tmp_path: Path,
+    operator_env: dict[str, str],
+    cluster: Cluster,
+) -> Iterator[Operator]:
     op = Operator(kubeconfig, namespace, tmp_path, operator_env)
     op.start()
     try:
@@ -40,13 +45,15 @@ def operator(kubeconfig: Path, namespace: str, crds: None, tmp_path: Path,
     finally:
         # Let the operator release its finalizers before the namespace goes away.
         for model in cluster.custom.list_namespaced_custom_object(
-                "corral.dev", "v1alpha1", namespace, "models")["items"]:
+            "corral.dev", "v1alpha1", namespace, "models"
+        )["items"]:
             cluster.delete("models", model["metadata"]["name"])
 
         def gone() -> bool:
             cluster.finish_gc_pods()
             return not cluster.custom.list_namespaced_custom_object(
-                "corral.dev", "v1alpha1", namespace, "models")["items"]
+                "corral.dev", "v1alpha1", namespace, "models"
+            )["items"]
 
         try:
             wait_for(gone, 30, "Models deleted")

@@ -52,8 +52,9 @@ def now() -> str:
 class Operator:
     """``corral-operator`` in a subprocess, watching one namespace."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, kubeconfig: Path, namespace: str, log_dir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.kubeconfig, self.namespace, self.log_dir = kubeconfig, namespace, log_dir
         self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
@@ -72,7 +73,10 @@ class Operator:
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "corral_operator.main"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         log.close()
 
@@ -105,8 +109,9 @@ class Operator:
             self.proc.wait(5)
 
     def log(self) -> str:
-        return "".join(p.read_text(errors="replace")
-                       for p in sorted(self.log_dir.glob("operator-*.log")))
+        return "".join(
+            p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log"))
+        )
 
 
 class Cluster:
@@ -125,13 +130,15 @@ class Cluster:
         body = {"apiVersion": "corral.dev/v1alpha1", **body}
         body["metadata"] = {"namespace": self.ns, **body["metadata"]}
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            "corral.dev", "v1alpha1", self.ns, plural, body)
+            "corral.dev", "v1alpha1", self.ns, plural, body
+        )
         return result
 
     def get(self, plural: str, name: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                "corral.dev", "v1alpha1", self.ns, plural, name)
+                "corral.dev", "v1alpha1", self.ns, plural, name
+            )
             return result
         except client.ApiException as exc:
             if exc.status == 404:
@@ -140,11 +147,11 @@ class Cluster:
 
     def patch(self, plural: str, name: str, body: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
-            "corral.dev", "v1alpha1", self.ns, plural, name, body)
+            "corral.dev", "v1alpha1", self.ns, plural, name, body
+        )
 
     def delete(self, plural: str, name: str) -> None:
-        self.custom.delete_namespaced_custom_object("corral.dev", "v1alpha1", self.ns, plural,
-                                                    name)
+        self.custom.delete_namespaced_custom_object("corral.dev", "v1alpha1", self.ns, plural, name)
 
     def condition(self, plural: str, name: str, type_: str) -> dict[str, Any] | None:
         obj = self.get(plural, name) or {}
@@ -153,8 +160,15 @@ class Cluster:
                 return dict(cond)
         return None
 
-    def wait_condition(self, plural: str, name: str, type_: str, status: str,
-                       reason: str | None = None, timeout: float = 20) -> dict[str, Any]:
+    def wait_condition(
+        self,
+        plural: str,
+        name: str,
+        type_: str,
+        status: str,
+        reason: str | None = None,
+        timeout: float = 20,
+    ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             cond = self.condition(plural, name, type_)
             if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
@@ -172,64 +186,122 @@ class Cluster:
         """Report a Job's pod as finished with a termination message, as a kubelet would."""
         container = pod.spec.containers[0]
         stamp = now()
-        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "containerStatuses": [{
-                "name": container.name, "image": container.image, "imageID": "",
-                "ready": False, "restartCount": 0,
-                "state": {"terminated": {
-                    "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                    "message": message, "startedAt": stamp, "finishedAt": stamp}},
-            }],
-        }})
+        self.core.patch_namespaced_pod_status(
+            pod.metadata.name,
+            self.ns,
+            {
+                "status": {
+                    "phase": "Succeeded" if exit_code == 0 else "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": container.name,
+                            "image": container.image,
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {
+                                    "exitCode": exit_code,
+                                    "reason": "Completed" if exit_code == 0 else "Error",
+                                    "message": message,
+                                    "startedAt": stamp,
+                                    "finishedAt": stamp,
+                                }
+                            },
+                        }
+                    ],
+                }
+            },
+        )
 
-    def play_pull(self, model: str, result: Mapping[str, Any] | None = None,
-                  exit_code: int = 0) -> str:
+    def play_pull(
+        self, model: str, result: Mapping[str, Any] | None = None, exit_code: int = 0
+    ) -> str:
         """Finish the current pull Job's pod of ``model``; returns the Job's name."""
-        job = wait_for(lambda: (self.get("models", model) or {}).get("status", {}).get("pullJob"),
-                       20, f"the pull Job of {model}")
+        job = wait_for(
+            lambda: (self.get("models", model) or {}).get("status", {}).get("pullJob"),
+            20,
+            f"the pull Job of {model}",
+        )
         pod = wait_for(lambda: self.job_pods(f"job-name={job}"), 20, f"a pod of Job {job}")[0]
-        self.finish_pod(pod, exit_code=exit_code,
-                        message=json.dumps(dict(result or GEMMA_RESULT)))
+        self.finish_pod(pod, exit_code=exit_code, message=json.dumps(dict(result or GEMMA_RESULT)))
         return str(job)
 
     def finish_gc_pods(self) -> int:
         """Finish every pending collect Job pod successfully; returns how many."""
-        pods = [p for p in self.job_pods("app.kubernetes.io/component=gc")
-                if p.status.phase not in ("Succeeded", "Failed")]
+        pods = [
+            p
+            for p in self.job_pods("app.kubernetes.io/component=gc")
+            if p.status.phase not in ("Succeeded", "Failed")
+        ]
         for pod in pods:
             self.finish_pod(pod, exit_code=0, message="")
         return len(pods)
 
-    def ready_model(self, name: str, source: str = "gemma3:270m",
-                    result: Mapping[str, Any] | None = None) -> None:
-        self.create("models", {"kind": "Model", "metadata": {"name": name},
-                               "spec": {"source": source}})
+    def ready_model(
+        self, name: str, source: str = "gemma3:270m", result: Mapping[str, Any] | None = None
+    ) -> None:
+        self.create(
+            "models", {"kind": "Model", "metadata": {"name": name}, "spec": {"source": source}}
+        )
         self.play_pull(name, result)
         self.wait_condition("models", name, "Ready", "True")
 
     # -- nodes and volumes (cluster-scoped: the tests remove what they create) --------------
 
-    def add_node(self, name: str, *, gpus: int = 0, labels: Mapping[str, str] | None = None,
-                 taints: list[dict[str, str]] | None = None) -> None:
-        self.core.create_node({"metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name, **(labels or {})}},
-            "spec": {"taints": taints or []}})
+    def add_node(
+        self,
+        name: str,
+        *,
+        gpus: int = 0,
+        labels: Mapping[str, str] | None = None,
+        taints: list[dict[str, str]] | None = None,
+    ) -> None:
+        self.core.create_node(
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+                },
+                "spec": {"taints": taints or []},
+            }
+        )
         capacity = {"cpu": "16", "memory": "64Gi", "pods": "110"}
         if gpus:
             capacity["nvidia.com/gpu"] = str(gpus)
         stamp = now()
-        self.core.patch_node_status(name, {"status": {
-            "capacity": capacity, "allocatable": capacity,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "test node", "lastHeartbeatTime": stamp,
-                            "lastTransitionTime": stamp}],
-        }})
+        self.core.patch_node_status(
+            name,
+            {
+                "status": {
+                    "capacity": capacity,
+                    "allocatable": capacity,
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "test node",
+                            "lastHeartbeatTime": stamp,
+                            "lastTransitionTime": stamp,
+                        }
+                    ],
+                }
+            },
+        )
 
     def bind_cache_volume(self, pv_name: str, claim: str = "corral-cache-default") -> None:
         """A PersistentVolume for the cache claim (there is no provisioner on this cluster)."""
-        self.core.create_persistent_volume({"metadata": {"name": pv_name}, "spec": {
-            "capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-            "hostPath": {"path": f"/tmp/{pv_name}"},
-            "claimRef": {"namespace": self.ns, "name": claim}}})
+        self.core.create_persistent_volume(
+            {
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": {"storage": "50Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "hostPath": {"path": f"/tmp/{pv_name}"},
+                    "claimRef": {"namespace": self.ns, "name": claim},
+                },
+            }
+        )

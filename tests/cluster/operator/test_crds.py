@@ -33,20 +33,41 @@ def _apply(kubectl: Any, namespace: str, obj: dict[str, Any]) -> Any:
         ("ModelServer", "s", {"models": ["m"], "minReplicas": -1}, "spec.minReplicas"),
         ("ModelServer", "s", {"models": ["m"], "maxReplicas": 0}, "spec.maxReplicas"),
         ("ModelServer", "s", {"models": ["m"], "keepAliveSeconds": -1}, "spec.keepAliveSeconds"),
-        ("ModelServer", "s", {"models": ["m"], "resources": {"memory": "lots"}},
-         "spec.resources.memory"),
-        ("ModelServer", "s", {"models": ["m"], "resources": {"cpu": "2 cores"}},
-         "spec.resources.cpu"),
+        (
+            "ModelServer",
+            "s",
+            {"models": ["m"], "resources": {"memory": "lots"}},
+            "spec.resources.memory",
+        ),
+        (
+            "ModelServer",
+            "s",
+            {"models": ["m"], "resources": {"cpu": "2 cores"}},
+            "spec.resources.cpu",
+        ),
         ("ModelServer", "s", {"models": ["m"], "resources": {"gpus": -1}}, "spec.resources.gpus"),
-        ("ModelServer", "s", {"models": ["m"], "runtime": {"gpuLayers": "many"}},
-         "spec.runtime.gpuLayers"),
-        ("ModelServer", "s", {"models": ["m"], "runtime": {"kvCacheType": "q2"}},
-         "spec.runtime.kvCacheType"),
+        (
+            "ModelServer",
+            "s",
+            {"models": ["m"], "runtime": {"gpuLayers": "many"}},
+            "spec.runtime.gpuLayers",
+        ),
+        (
+            "ModelServer",
+            "s",
+            {"models": ["m"], "runtime": {"kvCacheType": "q2"}},
+            "spec.runtime.kvCacheType",
+        ),
         ("ModelServer", "9s", {"models": ["m"]}, "metadata.name"),
     ],
 )
 def test_invalid_objects_are_rejected_naming_the_field(
-    kubectl: Any, namespace: str, crds: None, kind: str, name: str, spec: dict[str, Any],
+    kubectl: Any,
+    namespace: str,
+    crds: None,
+    kind: str,
+    name: str,
+    spec: dict[str, Any],
     field: str,
 ) -> None:
     result = _apply(kubectl, namespace, {"kind": kind, "metadata": {"name": name}, "spec": spec})
@@ -57,23 +78,32 @@ def test_invalid_objects_are_rejected_naming_the_field(
 
 @pytest.mark.parametrize(
     "source",
-    ["gemma3:270m", "llama3.2", "ollama://registry.ollama.ai/library/qwen3:0.6b",
-     "hf://org/repo/sub/model-Q4_K_M.gguf@main", "https://example.com/m.gguf",
-     "pvc://weights/models/m.gguf"],
+    [
+        "gemma3:270m",
+        "llama3.2",
+        "ollama://registry.ollama.ai/library/qwen3:0.6b",
+        "hf://org/repo/sub/model-Q4_K_M.gguf@main",
+        "https://example.com/m.gguf",
+        "pvc://weights/models/m.gguf",
+    ],
 )
 def test_every_source_scheme_is_accepted(
     kubectl: Any, namespace: str, crds: None, source: str
 ) -> None:
-    result = _apply(kubectl, namespace,
-                    {"kind": "Model", "metadata": {"name": "m"}, "spec": {"source": source}})
+    result = _apply(
+        kubectl, namespace, {"kind": "Model", "metadata": {"name": "m"}, "spec": {"source": source}}
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_defaults_are_filled_in(cluster: Cluster) -> None:
-    cluster.create("models", {"kind": "Model", "metadata": {"name": "m"},
-                              "spec": {"source": "gemma3:270m"}})
-    cluster.create("modelservers", {"kind": "ModelServer", "metadata": {"name": "s"},
-                                    "spec": {"models": ["m"]}})
+    cluster.create(
+        "models", {"kind": "Model", "metadata": {"name": "m"}, "spec": {"source": "gemma3:270m"}}
+    )
+    cluster.create(
+        "modelservers",
+        {"kind": "ModelServer", "metadata": {"name": "s"}, "spec": {"models": ["m"]}},
+    )
     model, server = cluster.get("models", "m"), cluster.get("modelservers", "s")
     assert model is not None and server is not None
     assert model["spec"]["cache"] == "default"
@@ -84,22 +114,41 @@ def test_defaults_are_filled_in(cluster: Cluster) -> None:
 
 
 def test_short_names_and_printer_columns(kubectl: Any, cluster: Cluster) -> None:
-    cluster.create("models", {"kind": "Model", "metadata": {"name": "m"},
-                              "spec": {"source": "gemma3:270m"}})
-    cluster.create("modelservers", {"kind": "ModelServer", "metadata": {"name": "s"},
-                                    "spec": {"models": ["m"]}})
+    cluster.create(
+        "models", {"kind": "Model", "metadata": {"name": "m"}, "spec": {"source": "gemma3:270m"}}
+    )
+    cluster.create(
+        "modelservers",
+        {"kind": "ModelServer", "metadata": {"name": "s"}, "spec": {"models": ["m"]}},
+    )
     ns = cluster.ns
     models = kubectl("get", "mdl", "-n", ns, check=True).stdout.splitlines()
     assert models[0].split() == ["NAME", "READY", "SOURCE", "AGE"]
     assert models[1].split()[:2] == ["m", "gemma3:270m"]  # Ready is empty before reconcile
     wide = kubectl("get", "models", "-n", ns, "-o", "wide", check=True).stdout.splitlines()
-    assert wide[0].split() == ["NAME", "READY", "REASON", "SOURCE", "PARAMS", "QUANT", "SIZE",
-                               "AGE"]
+    assert wide[0].split() == [
+        "NAME",
+        "READY",
+        "REASON",
+        "SOURCE",
+        "PARAMS",
+        "QUANT",
+        "SIZE",
+        "AGE",
+    ]
     servers = kubectl("get", "msrv", "-n", ns, check=True).stdout.splitlines()
     assert servers[0].split() == ["NAME", "READY", "MODELS", "REPLICAS", "AVAILABLE", "AGE"]
     assert '["m"]' in servers[1]
     wide = kubectl("get", "ms", "-n", ns, "-o", "wide", check=True).stdout.splitlines()
-    assert wide[0].split() == ["NAME", "READY", "REASON", "MODELS", "REPLICAS", "AVAILABLE",
-                               "ENDPOINT", "AGE"]
+    assert wide[0].split() == [
+        "NAME",
+        "READY",
+        "REASON",
+        "MODELS",
+        "REPLICAS",
+        "AVAILABLE",
+        "ENDPOINT",
+        "AGE",
+    ]
     both = kubectl("get", "corral", "-n", ns, check=True).stdout
     assert "model.corral.dev/m" in both and "modelserver.corral.dev/s" in both

@@ -19,17 +19,28 @@ pytestmark = pytest.mark.cluster
 def operator_env() -> dict[str, str]:
     return {
         "CORRAL_OPERATOR_PULL_BACKOFF_LIMIT": "0",
-        "CORRAL_OPERATOR_CACHE_PROFILES": json.dumps({
-            "default": {"size": "20Gi", "accessMode": "ReadWriteMany"},
-            "fast": {"size": "5Gi", "storageClassName": "ssd", "accessMode": "ReadWriteOnce"},
-        }),
+        "CORRAL_OPERATOR_CACHE_PROFILES": json.dumps(
+            {
+                "default": {"size": "20Gi", "accessMode": "ReadWriteMany"},
+                "fast": {"size": "5Gi", "storageClassName": "ssd", "accessMode": "ReadWriteOnce"},
+            }
+        ),
     }
 
 
 def test_pulling_to_ready_reports_the_model(cluster: Cluster, operator: Operator) -> None:
-    cluster.create("models", {"kind": "Model", "metadata": {"name": "gemma"},
-                              "spec": {"source": "gemma3:270m", "cache": "fast",
-                                       "parameters": {"temperature": 0.5, "stop": ["<eot>"]}}})
+    cluster.create(
+        "models",
+        {
+            "kind": "Model",
+            "metadata": {"name": "gemma"},
+            "spec": {
+                "source": "gemma3:270m",
+                "cache": "fast",
+                "parameters": {"temperature": 0.5, "stop": ["<eot>"]},
+            },
+        },
+    )
     cluster.wait_condition("models", "gemma", "Pulled", "False", "Pulling")
     cluster.wait_condition("models", "gemma", "Ready", "False", "Pulling")
 
@@ -38,8 +49,10 @@ def test_pulling_to_ready_reports_the_model(cluster: Cluster, operator: Operator
     assert pvc.spec.storage_class_name == "ssd"
     assert pvc.spec.resources.requests["storage"] == "5Gi"
 
-    job_name = wait_for(lambda: (cluster.get("models", "gemma") or {}).get("status", {})
-                        .get("pullJob"), what="pullJob in status")
+    job_name = wait_for(
+        lambda: (cluster.get("models", "gemma") or {}).get("status", {}).get("pullJob"),
+        what="pullJob in status",
+    )
     job = cluster.batch.read_namespaced_job(job_name, cluster.ns)
     assert job.spec.backoff_limit == 0 and job.spec.active_deadline_seconds > 0
     assert job.metadata.owner_references[0].kind == "Model"
@@ -63,8 +76,7 @@ def test_pulling_to_ready_reports_the_model(cluster: Cluster, operator: Operator
     model = cluster.get("models", "gemma")
     assert model is not None
     status = model["status"]
-    for key in ("digest", "sizeBytes", "family", "parameterSize", "quantization",
-                "contextLength"):
+    for key in ("digest", "sizeBytes", "family", "parameterSize", "quantization", "contextLength"):
         assert status[key] == GEMMA_RESULT[key]
     assert status["name"] == "gemma3:270m"
     assert status["observedGeneration"] == model["metadata"]["generation"]
@@ -76,20 +88,38 @@ def test_source_change_pulls_again(cluster: Cluster, operator: Operator) -> None
     first = cluster.get("models", "m")["status"]["pullJob"]  # type: ignore[index]
     cluster.patch("models", "m", {"spec": {"source": "ollama://qwen3:0.6b"}})
     cluster.wait_condition("models", "m", "Ready", "False", "Pulling")
-    second = wait_for(lambda: (s := cluster.get("models", "m")["status"]["pullJob"]) != first  # type: ignore[index]
-                      and s, what="a new pull Job")
-    wait_for(lambda: not [j for j in cluster.batch.list_namespaced_job(cluster.ns).items
-                          if j.metadata.name == first], what="the old pull Job deleted")
+    second = wait_for(
+        lambda: (
+            (s := cluster.get("models", "m")["status"]["pullJob"]) != first  # type: ignore[index]
+            and s
+        ),
+        what="a new pull Job",
+    )
+    wait_for(
+        lambda: (
+            not [
+                j
+                for j in cluster.batch.list_namespaced_job(cluster.ns).items
+                if j.metadata.name == first
+            ]
+        ),
+        what="the old pull Job deleted",
+    )
     cluster.play_pull("m", {**GEMMA_RESULT, "name": "qwen3:0.6b", "family": "qwen3"})
     cluster.wait_condition("models", "m", "Ready", "True")
     status = cluster.get("models", "m")["status"]  # type: ignore[index]
-    assert (status["pullJob"], status["name"], status["family"]) == (second, "qwen3:0.6b",
-                                                                     "qwen3")
+    assert (status["pullJob"], status["name"], status["family"]) == (second, "qwen3:0.6b", "qwen3")
 
 
 def test_failed_pull_reports_the_puller_error(cluster: Cluster, operator: Operator) -> None:
-    cluster.create("models", {"kind": "Model", "metadata": {"name": "m"},
-                              "spec": {"source": "https://example.com/missing.gguf"}})
+    cluster.create(
+        "models",
+        {
+            "kind": "Model",
+            "metadata": {"name": "m"},
+            "spec": {"source": "https://example.com/missing.gguf"},
+        },
+    )
     cluster.play_pull("m", {"error": "HTTP 404 from example.com"}, exit_code=1)
     cond = cluster.wait_condition("models", "m", "Ready", "False", "PullFailed")
     assert "HTTP 404 from example.com" in cond["message"]
@@ -97,8 +127,14 @@ def test_failed_pull_reports_the_puller_error(cluster: Cluster, operator: Operat
 
 
 def test_unknown_cache_profile_is_reported(cluster: Cluster, operator: Operator) -> None:
-    cluster.create("models", {"kind": "Model", "metadata": {"name": "m"},
-                              "spec": {"source": "gemma3:270m", "cache": "nope"}})
+    cluster.create(
+        "models",
+        {
+            "kind": "Model",
+            "metadata": {"name": "m"},
+            "spec": {"source": "gemma3:270m", "cache": "nope"},
+        },
+    )
     cond = cluster.wait_condition("models", "m", "Ready", "False", "UnknownCacheProfile")
     assert "spec.cache" in cond["message"]
     assert not cluster.batch.list_namespaced_job(cluster.ns).items
@@ -114,8 +150,9 @@ def test_delete_collects_blobs_only_when_no_other_model_uses_them(
     assert not cluster.job_pods("app.kubernetes.io/component=gc")
 
     cluster.delete("models", "b")
-    gc_pod = wait_for(lambda: cluster.job_pods("app.kubernetes.io/component=gc"),
-                      what="the collect Job's pod")[0]
+    gc_pod = wait_for(
+        lambda: cluster.job_pods("app.kubernetes.io/component=gc"), what="the collect Job's pod"
+    )[0]
     assert gc_pod.spec.containers[0].args == ["rm", "gemma3:270m", "--models", "/models"]
     assert cluster.get("models", "b") is not None, "the finalizer holds b until the Job is done"
     cluster.finish_pod(gc_pod, exit_code=0, message="")

@@ -16,22 +16,36 @@ DEPLOYMENT = "corral-srv"
 
 
 def _server(cluster: Cluster, **spec: object) -> None:
-    cluster.create("modelservers", {"kind": "ModelServer", "metadata": {"name": "srv"},
-                                    "spec": {"models": ["gemma"], **spec}})
+    cluster.create(
+        "modelservers",
+        {"kind": "ModelServer", "metadata": {"name": "srv"}, "spec": {"models": ["gemma"], **spec}},
+    )
 
 
 def _deployment(cluster: Cluster) -> object:
-    return wait_for(lambda: next((d for d in cluster.apps.list_namespaced_deployment(
-        cluster.ns).items if d.metadata.name == DEPLOYMENT), None), what="the Deployment")
+    return wait_for(
+        lambda: next(
+            (
+                d
+                for d in cluster.apps.list_namespaced_deployment(cluster.ns).items
+                if d.metadata.name == DEPLOYMENT
+            ),
+            None,
+        ),
+        what="the Deployment",
+    )
 
 
 @pytest.fixture
 def gpu_node(cluster: Cluster) -> Iterator[str]:
     """A two-GPU node only this test's pods tolerate; removed afterwards."""
     name = f"gpu-{uuid.uuid4().hex[:8]}"
-    cluster.add_node(name, gpus=2, labels={"corral.dev/test-pool": cluster.ns},
-                     taints=[{"key": "corral.dev/test", "value": cluster.ns,
-                              "effect": "NoSchedule"}])
+    cluster.add_node(
+        name,
+        gpus=2,
+        labels={"corral.dev/test-pool": cluster.ns},
+        taints=[{"key": "corral.dev/test", "value": cluster.ns, "effect": "NoSchedule"}],
+    )
     cluster.bind_cache_volume(f"pv-{name}")
     yield name
     cluster.core.delete_node(name)
@@ -43,8 +57,10 @@ def test_waits_for_models_then_builds_restricted_runtime(
 ) -> None:
     _server(cluster, minReplicas=1, maxReplicas=2, auth={"apiKeySecretRef": {"name": "keys"}})
     cluster.wait_condition("modelservers", "srv", "ModelsReady", "False", "ModelNotFound")
-    cluster.create("models", {"kind": "Model", "metadata": {"name": "gemma"},
-                              "spec": {"source": "gemma3:270m"}})
+    cluster.create(
+        "models",
+        {"kind": "Model", "metadata": {"name": "gemma"}, "spec": {"source": "gemma3:270m"}},
+    )
     cluster.wait_condition("modelservers", "srv", "ModelsReady", "False", "ModelsNotReady")
     assert not cluster.apps.list_namespaced_deployment(cluster.ns).items
     cluster.play_pull("gemma")
@@ -88,18 +104,35 @@ def test_gpu_scheduling_binds_two_of_three(
     cluster: Cluster, operator: Operator, gpu_node: str
 ) -> None:
     cluster.ready_model("gemma")
-    _server(cluster, minReplicas=3, maxReplicas=3, resources={"gpus": 1},
-            nodeSelector={"corral.dev/test-pool": cluster.ns},
-            tolerations=[{"key": "corral.dev/test", "operator": "Equal", "value": cluster.ns,
-                          "effect": "NoSchedule"}])
+    _server(
+        cluster,
+        minReplicas=3,
+        maxReplicas=3,
+        resources={"gpus": 1},
+        nodeSelector={"corral.dev/test-pool": cluster.ns},
+        tolerations=[
+            {
+                "key": "corral.dev/test",
+                "operator": "Equal",
+                "value": cluster.ns,
+                "effect": "NoSchedule",
+            }
+        ],
+    )
     selector = "corral.dev/modelserver=srv"
 
     def placed() -> tuple[int, int] | None:
         pods = cluster.job_pods(selector)
         bound = [p for p in pods if p.spec.node_name]
-        pending = [p for p in pods if not p.spec.node_name and any(
-            c.type == "PodScheduled" and c.status == "False"
-            for c in (p.status.conditions or ()))]
+        pending = [
+            p
+            for p in pods
+            if not p.spec.node_name
+            and any(
+                c.type == "PodScheduled" and c.status == "False"
+                for c in (p.status.conditions or ())
+            )
+        ]
         return (len(bound), len(pending)) if len(bound) + len(pending) == 3 else None
 
     assert wait_for(placed, 30, "two pods bound, one Pending") == (2, 1)
@@ -119,14 +152,22 @@ def test_node_selector_keeps_pods_off_other_nodes(
     # The node has the pool label, but the taint is not tolerated: nothing may bind.
     _server(cluster, minReplicas=1, nodeSelector={"corral.dev/test-pool": cluster.ns})
     pod = wait_for(lambda: cluster.job_pods("corral.dev/modelserver=srv"), what="a pod")[0]
-    wait_for(lambda: any(c.type == "PodScheduled" and c.status == "False" for c in (
-        cluster.core.read_namespaced_pod(pod.metadata.name, cluster.ns).status.conditions
-        or ())), what="the pod to be unschedulable")
+    wait_for(
+        lambda: any(
+            c.type == "PodScheduled" and c.status == "False"
+            for c in (
+                cluster.core.read_namespaced_pod(pod.metadata.name, cluster.ns).status.conditions
+                or ()
+            )
+        ),
+        what="the pod to be unschedulable",
+    )
     assert not cluster.core.read_namespaced_pod(pod.metadata.name, cluster.ns).spec.node_name
 
 
-def test_scale_subresource_and_replica_bounds(cluster: Cluster, operator: Operator,
-                                              kubectl: Any) -> None:
+def test_scale_subresource_and_replica_bounds(
+    cluster: Cluster, operator: Operator, kubectl: Any
+) -> None:
     cluster.ready_model("gemma")
     _server(cluster, minReplicas=0, maxReplicas=2)
     cluster.wait_condition("modelservers", "srv", "ScaledToZero", "True")
@@ -134,13 +175,18 @@ def test_scale_subresource_and_replica_bounds(cluster: Cluster, operator: Operat
     assert _deployment(cluster).spec.replicas == 0  # type: ignore[attr-defined]
     # The scale subresource, as an HPA or the gateway would use it.
     kubectl("scale", "modelserver/srv", "--replicas=5", "-n", cluster.ns, check=True)
-    wait_for(lambda: cluster.apps.read_namespaced_deployment(DEPLOYMENT, cluster.ns)
-             .spec.replicas == 2, what="replicas clamped to maxReplicas")
+    wait_for(
+        lambda: cluster.apps.read_namespaced_deployment(DEPLOYMENT, cluster.ns).spec.replicas == 2,
+        what="replicas clamped to maxReplicas",
+    )
     cluster.wait_condition("modelservers", "srv", "ScaledToZero", "False")
-    wait_for(lambda: (cluster.get("modelservers", "srv") or {}).get("status", {})
-             .get("replicas") == 2, what="status.replicas")
+    wait_for(
+        lambda: (cluster.get("modelservers", "srv") or {}).get("status", {}).get("replicas") == 2,
+        what="status.replicas",
+    )
     scale = cluster.custom.get_namespaced_custom_object_scale(
-        "corral.dev", "v1alpha1", cluster.ns, "modelservers", "srv")
+        "corral.dev", "v1alpha1", cluster.ns, "modelservers", "srv"
+    )
     assert scale["status"]["replicas"] == 2
     assert "corral.dev/modelserver=srv" in scale["status"]["selector"]
 
@@ -154,15 +200,28 @@ def test_drift_is_repaired(cluster: Cluster, operator: Operator, kubectl: Any) -
     _server(cluster, minReplicas=1)
     _deployment(cluster)
     cluster.apps.patch_namespaced_deployment(DEPLOYMENT, cluster.ns, {"spec": {"replicas": 4}})
-    wait_for(lambda: cluster.apps.read_namespaced_deployment(DEPLOYMENT, cluster.ns)
-             .spec.replicas == 1, what="replicas restored")
+    wait_for(
+        lambda: cluster.apps.read_namespaced_deployment(DEPLOYMENT, cluster.ns).spec.replicas == 1,
+        what="replicas restored",
+    )
     kubectl("delete", "service", DEPLOYMENT, "-n", cluster.ns, "--wait=false", check=True)
-    wait_for(lambda: [s for s in cluster.core.list_namespaced_service(cluster.ns).items
-                      if s.metadata.name == DEPLOYMENT], what="the Service recreated")
+    wait_for(
+        lambda: [
+            s
+            for s in cluster.core.list_namespaced_service(cluster.ns).items
+            if s.metadata.name == DEPLOYMENT
+        ],
+        what="the Service recreated",
+    )
     cluster.apps.delete_namespaced_deployment(DEPLOYMENT, cluster.ns)
-    wait_for(lambda: [d for d in cluster.apps.list_namespaced_deployment(cluster.ns).items
-                      if d.metadata.name == DEPLOYMENT and not d.metadata.deletion_timestamp],
-             what="the Deployment recreated")
+    wait_for(
+        lambda: [
+            d
+            for d in cluster.apps.list_namespaced_deployment(cluster.ns).items
+            if d.metadata.name == DEPLOYMENT and not d.metadata.deletion_timestamp
+        ],
+        what="the Deployment recreated",
+    )
 
 
 def test_restart_creates_nothing_twice(cluster: Cluster, operator: Operator) -> None:
@@ -175,19 +234,23 @@ def test_restart_creates_nothing_twice(cluster: Cluster, operator: Operator) -> 
 
     operator.kill()
     operator.start()
-    cluster.create("modelservers", {"kind": "ModelServer", "metadata": {"name": "late"},
-                                    "spec": {"models": ["gemma"]}})
+    cluster.create(
+        "modelservers",
+        {"kind": "ModelServer", "metadata": {"name": "late"}, "spec": {"models": ["gemma"]}},
+    )
     cluster.wait_condition("modelservers", "late", "ModelsReady", "True")  # it is running again
     after = cluster.apps.read_namespaced_deployment(DEPLOYMENT, cluster.ns)
     assert after.metadata.uid == before.metadata.uid  # type: ignore[attr-defined]
     assert after.metadata.generation == before.metadata.generation  # type: ignore[attr-defined]
-    assert [j.metadata.uid for j in cluster.batch.list_namespaced_job(cluster.ns).items] \
-        == jobs_before
+    assert [
+        j.metadata.uid for j in cluster.batch.list_namespaced_job(cluster.ns).items
+    ] == jobs_before
     assert len(cluster.apps.list_namespaced_deployment(cluster.ns).items) == 2
     assert len(cluster.core.list_namespaced_service(cluster.ns).items) == 2
     conds_after = cluster.get("modelservers", "srv")["status"]["conditions"]  # type: ignore[index]
-    assert [c["lastTransitionTime"] for c in conds_after] == \
-        [c["lastTransitionTime"] for c in conds_before]
+    assert [c["lastTransitionTime"] for c in conds_after] == [
+        c["lastTransitionTime"] for c in conds_before
+    ]
 
 
 def test_delete_cascades_to_children(cluster: Cluster, operator: Operator) -> None:
@@ -195,6 +258,11 @@ def test_delete_cascades_to_children(cluster: Cluster, operator: Operator) -> No
     _server(cluster, minReplicas=1)
     _deployment(cluster)
     cluster.delete("modelservers", "srv")
-    wait_for(lambda: not cluster.apps.list_namespaced_deployment(cluster.ns).items
-             and not cluster.core.list_namespaced_service(cluster.ns).items,
-             30, "the Deployment and Service garbage-collected")
+    wait_for(
+        lambda: (
+            not cluster.apps.list_namespaced_deployment(cluster.ns).items
+            and not cluster.core.list_namespaced_service(cluster.ns).items
+        ),
+        30,
+        "the Deployment and Service garbage-collected",
+    )
