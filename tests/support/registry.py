@@ -174,8 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         match = re.fullmatch(r"/[^/]+/[^/]+/resolve/[^/]+/(.+)", path)
         if match or path.startswith("/files/"):
-            key = path if match else path
-            digest = self.state.files.get(key)
+            digest = self.state.files.get(path)
             if digest is None:
                 self._error(404, "NOT_FOUND", "no such file")
                 return
