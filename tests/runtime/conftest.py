@@ -36,7 +36,7 @@ class RunningServer:
         return f"{self.base_url}/v1"
 
 
-def test_settings(store_root: Path, **overrides: object) -> RuntimeSettings:
+def settings_for(store_root: Path, **overrides: object) -> RuntimeSettings:
     values: dict[str, object] = {
         "models": store_root,
         "context_length": TEST_NUM_CTX,
@@ -71,5 +71,5 @@ def serve(settings: RuntimeSettings, store: ModelStore) -> Iterator[RunningServe
 @pytest.fixture(scope="session")
 def runtime_server(model_store: ModelStore) -> Iterator[RunningServer]:
     """The runtime serving the seeded store (``gemma3:270m``), shared by the session."""
-    with serve(test_settings(model_store.root), model_store) as server:
+    with serve(settings_for(model_store.root), model_store) as server:
         yield server

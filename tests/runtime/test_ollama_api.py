@@ -21,7 +21,8 @@ MODEL = "gemma3:270m"
 GREEDY: dict[str, Any] = {"temperature": 0, "num_predict": 12, "seed": 7}
 PERSON_SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    # Bounded, so that a base model's rambling still closes the object in a few tokens.
+    "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer"}},
     "required": ["name", "age"],
 }
 
