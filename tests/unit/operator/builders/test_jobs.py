@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from corral_operator.builders.cache import build_cache_pvc
+from corral_operator.builders.jobs import build_gc_job, build_pull_job
+from corral_operator.settings import CacheProfile, OperatorSettings
+from tests.unit.operator.factories import model
+
+pytestmark = pytest.mark.unit
+
+
+def test_pull_job_passes_the_model_definition() -> None:
+    job = build_pull_job(
+        model(
+            digest="sha256:" + "a" * 64,
+            template="{{ .Prompt }}",
+            system="brief",
+            parameters={"topK": 40, "numCtx": 2048, "stop": ["x"]},
+        ),
+        "gemma3:270m",
+        "corral-cache-default",
+        OperatorSettings(pull_backoff_limit=2),
+    )
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert json.loads(env["CORRAL_PULL_PARAMETERS"]) == {
+        "top_k": 40,
+        "num_ctx": 2048,
+        "stop": ["x"],
+    }
+    assert env["CORRAL_PULL_DIGEST"].startswith("sha256:")
+    assert (env["CORRAL_PULL_TEMPLATE"], env["CORRAL_PULL_SYSTEM"]) == ("{{ .Prompt }}", "brief")
+    assert container["terminationMessagePath"] == env["CORRAL_PULL_RESULT_FILE"]
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "corral-cache-default",
+        "readOnly": False,
+    }
+
+
+def test_pull_job_name_changes_with_the_source() -> None:
+    settings = OperatorSettings()
+    a = build_pull_job(model(), "n", "c", settings)["metadata"]["name"]
+    b = build_pull_job(model(source="qwen3:0.6b"), "n", "c", settings)["metadata"]["name"]
+    assert a != b and a.startswith("corral-pull-gemma-") and len(a) <= 63
+
+
+def test_gc_job_removes_the_stored_name() -> None:
+    job = build_gc_job(model(), "gemma3:270m", "corral-cache-default", OperatorSettings())
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "rm",
+        "gemma3:270m",
+        "--models",
+        "/models",
+    ]
+
+
+def test_cache_pvc_follows_the_profile() -> None:
+    pvc = build_cache_pvc(
+        "ns",
+        "fast",
+        CacheProfile(size="5Gi", storage_class_name="ssd", access_mode="ReadWriteOnce"),
+    )
+    assert pvc["metadata"]["name"] == "corral-cache-fast"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["storageClassName"] == "ssd"
+    assert "ownerReferences" not in pvc["metadata"]
+    assert "storageClassName" not in build_cache_pvc("ns", "d", CacheProfile())["spec"]

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from corral_operator.planners.model import gc_needed, plan_model
+from corral_operator.pull import pull_spec_hash
+from corral_operator.settings import OperatorSettings
+from tests.unit.operator.factories import GEMMA_STATUS, model
+
+pytestmark = pytest.mark.unit
+SETTINGS = OperatorSettings()
+
+
+def _reasons(plan: Any) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in plan.conditions}
+
+
+def _job(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def _pod(job: str, message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"job-name": job}},
+        "status": {
+            "containerStatuses": [{"name": "pull", "state": {"terminated": {"message": message}}}]
+        },
+    }
+
+
+def test_new_model_starts_a_pull() -> None:
+    plan = plan_model(model(), [], [], SETTINGS)
+    assert plan.job is not None and plan.pvc is not None
+    assert _reasons(plan)["Ready"] == ("False", "Pulling")
+
+
+def test_pending_job_is_not_recreated_and_stale_jobs_go() -> None:
+    name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
+    plan = plan_model(model(), [_job(name, active=1), _job("corral-pull-gemma-old")], [], SETTINGS)
+    assert plan.job is None and plan.stale_jobs == ("corral-pull-gemma-old",)
+    assert _reasons(plan)["Pulled"] == ("False", "Pulling")
+
+
+def test_completed_job_reports_details() -> None:
+    name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
+    done = _job(name, conditions=[{"type": "Complete", "status": "True"}])
+    result = {"name": "gemma3:270m", "digest": "sha256:ab", "quantization": "Q4_K_M"}
+    plan = plan_model(model(), [done], [_pod(name, json.dumps(result))], SETTINGS)
+    assert _reasons(plan) == {"Pulled": ("True", "Pulled"), "Ready": ("True", "Ready")}
+    assert plan.status["digest"] == "sha256:ab" and plan.status["quantization"] == "Q4_K_M"
+    assert plan.status["pullSpecHash"] == pull_spec_hash(model()["spec"])
+
+
+def test_failed_job_reports_the_puller_error() -> None:
+    name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
+    failed = _job(
+        name, conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+    )
+    plan = plan_model(model(), [failed], [_pod(name, '{"error": "404"}')], SETTINGS)
+    assert _reasons(plan)["Ready"] == ("False", "PullFailed")
+    assert "404" in plan.conditions[0].message
+
+
+def test_digest_pin_mismatch() -> None:
+    pinned = model(digest="sha256:" + "1" * 64)
+    name = plan_model(pinned, [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
+    done = _job(name, conditions=[{"type": "Complete", "status": "True"}])
+    plan = plan_model(pinned, [done], [_pod(name, '{"digest": "sha256:22"}')], SETTINGS)
+    assert _reasons(plan)["Ready"] == ("False", "DigestMismatch")
+
+
+def test_already_pulled_needs_no_job() -> None:
+    spec_hash = pull_spec_hash(model()["spec"])
+    status = {
+        "pullSpecHash": spec_hash,
+        "name": "gemma3:270m",
+        "conditions": [{"type": "Pulled", "status": "True"}],
+    }
+    plan = plan_model(model(status=status), [], [], SETTINGS)
+    assert plan.job is None and _reasons(plan)["Ready"] == ("True", "Ready")
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [({"cache": "nope"}, "UnknownCacheProfile"), ({"source": "ftp://x"}, "InvalidSource")],
+)
+def test_bad_input(spec: dict[str, Any], reason: str) -> None:
+    plan = plan_model(model(**spec), [], [], SETTINGS)
+    assert plan.job is None and _reasons(plan)["Ready"] == ("False", reason)
+
+
+def test_gc_only_for_the_last_user_of_a_name() -> None:
+    a = model("a", status=dict(GEMMA_STATUS))
+    b = model("b", status=dict(GEMMA_STATUS))
+    other_cache = model("c", status=dict(GEMMA_STATUS), cache="fast")
+    assert not gc_needed(a, [a, b])
+    assert gc_needed(a, [a, other_cache])
+    assert not gc_needed(model("never-pulled"), [])

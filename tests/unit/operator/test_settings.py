@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import pytest
+
+from corral_operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+
+def test_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_OPERATOR_NAMESPACES", "a, b")
+    monkeypatch.setenv(
+        "CORRAL_OPERATOR_CACHE_PROFILES", '{"fast": {"size": "5Gi", "storageClassName": "ssd"}}'
+    )
+    monkeypatch.setenv("CORRAL_OPERATOR_RUNTIME_IMAGE", "registry.local/corral:1")
+    settings = OperatorSettings()
+    assert settings.namespaces == ["a", "b"]
+    fast = settings.cache_profiles["fast"]
+    assert (fast.size, fast.storage_class_name, fast.access_mode) == ("5Gi", "ssd", "ReadWriteMany")
+    assert settings.runtime_image == "registry.local/corral:1"
+
+
+def test_defaults() -> None:
+    settings = OperatorSettings()
+    assert settings.finalizer == "corral.dev/finalizer"
+    assert "default" in settings.cache_profiles
+    assert settings.gpu_tolerations[0]["key"] == "nvidia.com/gpu"
