@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -142,7 +142,7 @@ def termination_message(pod: Mapping[str, Any], container: str) -> str | None:
     return None
 
 
-def latest_result(pods: list[Mapping[str, Any]], container: str) -> PullResult | None:
+def latest_result(pods: Sequence[Mapping[str, Any]], container: str) -> PullResult | None:
     """The result reported by the most recently finished pod of a Job (retries leave several)."""
 
     def finished_at(pod: Mapping[str, Any]) -> str:

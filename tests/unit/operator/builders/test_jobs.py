@@ -65,7 +65,7 @@ def test_cache_pvc_follows_the_profile() -> None:
     pvc = build_cache_pvc(
         "ns",
         "fast",
-        CacheProfile(size="5Gi", storage_class_name="ssd", access_mode="ReadWriteOnce"),
+        CacheProfile(size="5Gi", storageClassName="ssd", accessMode="ReadWriteOnce"),
     )
     assert pvc["metadata"]["name"] == "corral-cache-fast"
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]

@@ -1,0 +1,336 @@
+"""The gateway's live state: the current routing table, requests in flight per pod, requests
+held per model, and the activity of each server.
+
+It answers "which pod takes this request" (least in flight), holds requests whose server has no
+ready pod while asking for a scale-up, and writes activity at most once per interval per server.
+All of it runs on the event loop; the backend delivers routing tables onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from corral_operator.gateway.backend import ActivityReport, Backend
+from corral_operator.gateway.decisions import (
+    decide_scale_up,
+    extended_idle_deadline,
+    may_hold,
+    pick_endpoint,
+    should_flush_activity,
+)
+from corral_operator.gateway.metrics import GatewayMetrics
+from corral_operator.gateway.protocol import normalize_model_name
+from corral_operator.gateway.settings import GatewaySettings
+from corral_operator.gateway.topology import ModelEntry, ServerKey, ServerView, Snapshot
+
+log = logging.getLogger(__name__)
+
+# The runtime's gauge of its last inference request: direct traffic to a pod counts as activity.
+_POD_ACTIVITY_METRIC = "corral_last_request_timestamp_seconds"
+
+
+class QueueFullError(Exception):
+    """The model's hold queue is full."""
+
+
+@dataclass
+class _Activity:
+    last: float | None = None
+    flushed: float | None = None
+    last_flush: float | None = None
+    idle_deadline: datetime | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backend: Backend,
+        metrics: GatewayMetrics,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.metrics = metrics
+        self.client = client
+        self.snapshot = Snapshot()
+        self.api_keys: frozenset[str] = frozenset(settings.api_keys)
+        self.in_flight: Counter[str] = Counter()
+        self.server_in_flight: Counter[ServerKey] = Counter()
+        self.held: Counter[str] = Counter()
+        self.server_held: Counter[ServerKey] = Counter()
+        self._changed = asyncio.Event()
+        self._turn = 0
+        self._activity: dict[ServerKey, _Activity] = {}
+        self._scale_asked: dict[ServerKey, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.backend.start(self.update, self.set_keys)
+        self._loop_task = asyncio.create_task(self._activity_loop())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        await self.flush_activity(force=True)
+        await self.backend.stop()
+
+    def update(self, snapshot: Snapshot) -> None:
+        """A new routing table: wake every held request to look again."""
+        self.snapshot = snapshot
+        for key, asked in list(self._scale_asked.items()):
+            view = snapshot.servers.get(key)
+            if view is None or view.desired >= asked or view.desired == 0:
+                # Reached, gone, or scaled down since: a new demand may ask again.
+                del self._scale_asked[key]
+        self._changed.set()
+        self._changed = asyncio.Event()
+        for key in list(self.server_held):
+            if self.server_held[key] > 0:
+                self._consider_scaling(key, "hold")
+
+    def set_keys(self, keys: frozenset[str]) -> None:
+        self.api_keys = keys
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def resolve(self, model: str) -> ModelEntry | None:
+        """The entry that serves ``model``: one with ready pods if any, else the first."""
+        entries = self.snapshot.lookup(model)
+        for entry in entries:
+            view = self.snapshot.servers.get(entry.server)
+            if view is not None and view.serving:
+                return entry
+        return entries[0] if entries else None
+
+    def server(self, key: ServerKey) -> ServerView | None:
+        return self.snapshot.servers.get(key)
+
+    def try_pick(self, key: ServerKey, exclude: Collection[str] = ()) -> str | None:
+        view = self.snapshot.servers.get(key)
+        if view is None:
+            return None
+        self._turn += 1
+        return pick_endpoint(view.serving, self.in_flight, exclude, self._turn)
+
+    async def wait_for_endpoint(
+        self, key: ServerKey, exclude: Collection[str], until: float
+    ) -> str | None:
+        """A pod for ``key`` as soon as one is ready, or None at ``until`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            endpoint = self.try_pick(key, exclude)
+            if endpoint is not None:
+                return endpoint
+            remaining = until - loop.time()
+            if remaining <= 0:
+                return None
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    def hold(self, model: str, key: ServerKey) -> Hold:
+        """A place in the model's hold queue (QueueFullError when there is none); asks for a
+        scale-up. Release it once the request has a pod or has failed."""
+        name = normalize_model_name(model)
+        if not may_hold(self.held[name], self.settings.hold_queue_size):
+            self.metrics.rejected.labels(model=name, reason="queue_full").inc()
+            raise QueueFullError(name)
+        self.held[name] += 1
+        self.server_held[key] += 1
+        self.metrics.held.labels(model=name).set(self.held[name])
+        self.touch(key)
+        self._consider_scaling(key, "hold")
+        return Hold(self, name, key)
+
+    def _unhold(self, name: str, key: ServerKey, seconds: float) -> None:
+        self.held[name] -= 1
+        self.server_held[key] -= 1
+        self.metrics.held.labels(model=name).set(self.held[name])
+        self.metrics.hold_seconds.labels(model=name).observe(seconds)
+
+    def lease(self, key: ServerKey, endpoint: str) -> Lease:
+        """One request in flight on ``endpoint``: counted for the picker, the load-based
+        scale-up and the keep-alive until released."""
+        self.in_flight[endpoint] += 1
+        self.server_in_flight[key] += 1
+        self.metrics.in_flight.labels(namespace=key[0], server=key[1]).set(
+            self.server_in_flight[key]
+        )
+        self.touch(key)
+        self._consider_scaling(key, "load")
+        return Lease(self, key, endpoint)
+
+    def _unlease(self, key: ServerKey, endpoint: str) -> None:
+        self.in_flight[endpoint] -= 1
+        if self.in_flight[endpoint] <= 0:
+            del self.in_flight[endpoint]
+        self.server_in_flight[key] -= 1
+        self.metrics.in_flight.labels(namespace=key[0], server=key[1]).set(
+            self.server_in_flight[key]
+        )
+        self.touch(key)
+
+    # -- scaling -----------------------------------------------------------------------------
+
+    def _consider_scaling(self, key: ServerKey, reason: str) -> None:
+        view = self.snapshot.servers.get(key)
+        if view is None or not view.scalable:
+            return
+        asked = self._scale_asked.get(key, 0)
+        wanted = decide_scale_up(
+            desired=max(view.desired, asked),
+            ready=len(view.serving),
+            in_flight=self.server_in_flight[key],
+            held=self.server_held[key],
+            target_per_pod=self.settings.target_in_flight_per_pod,
+            min_replicas=view.min_replicas,
+            max_replicas=view.max_replicas,
+        )
+        if wanted is None and view.desired > 0 and not view.endpoints and asked == 0:
+            # Asked for, yet no pod: the operator may have scaled the Deployment down on its
+            # own keep-alive without touching spec.replicas. Ask again; the write wakes it.
+            wanted = max(view.desired, 1)
+        if wanted is None:
+            return
+        self._scale_asked[key] = wanted
+        self.metrics.scale_events.labels(namespace=key[0], server=key[1], reason=reason).inc()
+        self._spawn(self._scale(key, wanted))
+
+    async def _scale(self, key: ServerKey, replicas: int) -> None:
+        try:
+            await self.backend.scale(key, replicas, datetime.now(UTC))
+            self._mark_flushed(key)
+        except Exception:
+            log.exception("scaling %s/%s to %d failed", key[0], key[1], replicas)
+            self._scale_asked.pop(key, None)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- activity ----------------------------------------------------------------------------
+
+    def touch(self, key: ServerKey, keep_alive: float | None = None) -> None:
+        """Record activity now; ``keep_alive`` (seconds) may push the idle deadline out."""
+        activity = self._activity.setdefault(key, _Activity())
+        activity.last = time.time()
+        if keep_alive is not None:
+            activity.idle_deadline = extended_idle_deadline(
+                datetime.now(UTC),
+                keep_alive,
+                self.settings.max_keep_alive_seconds,
+                activity.idle_deadline,
+            )
+
+    def _mark_flushed(self, key: ServerKey) -> None:
+        # scale() recorded the activity of this moment already.
+        activity = self._activity.setdefault(key, _Activity())
+        activity.flushed = activity.last
+        activity.last_flush = time.monotonic()
+
+    async def flush_activity(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for key, activity in list(self._activity.items()):
+            in_flight = self.server_in_flight[key] + self.server_held[key]
+            due = should_flush_activity(
+                now=now,
+                last_flush=None if force else activity.last_flush,
+                interval=self.settings.activity_interval_seconds,
+                activity=activity.last,
+                flushed_activity=activity.flushed,
+                in_flight=in_flight,
+            )
+            if not due or activity.last is None:
+                continue
+            # Requests in flight are activity happening now.
+            last = time.time() if in_flight else activity.last
+            report = ActivityReport(
+                last_request_time=datetime.fromtimestamp(last, UTC),
+                idle_deadline=activity.idle_deadline,
+                in_flight=in_flight,
+            )
+            try:
+                await self.backend.report_activity(key, report)
+            except Exception:
+                log.exception("recording activity of %s/%s failed", key[0], key[1])
+                continue
+            activity.flushed = last
+            activity.last_flush = now
+
+    async def scrape_pods(self) -> None:
+        """Fold each ready pod's own last-request time (direct traffic) into the activity."""
+        for key, view in list(self.snapshot.servers.items()):
+            if not view.scalable:
+                continue
+            for endpoint in view.endpoints:
+                stamp = await self._pod_last_request(endpoint)
+                activity = self._activity.setdefault(key, _Activity())
+                if stamp and (activity.last is None or stamp > activity.last):
+                    activity.last = stamp
+
+    async def _pod_last_request(self, endpoint: str) -> float | None:
+        try:
+            response = await self.client.get(f"http://{endpoint}/metrics", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        for family in text_string_to_metric_families(response.text):
+            if family.name == _POD_ACTIVITY_METRIC:
+                for sample in family.samples:
+                    return float(sample.value) or None
+        return None
+
+    async def _activity_loop(self) -> None:
+        interval = self.settings.activity_interval_seconds
+        next_scrape = 0.0
+        while True:
+            await asyncio.sleep(min(1.0, interval / 2))
+            if time.monotonic() >= next_scrape:
+                next_scrape = time.monotonic() + interval
+                await self.scrape_pods()
+            await self.flush_activity()
+
+
+class Hold:
+    """A held request's place in its model's queue; ``release`` is idempotent."""
+
+    def __init__(self, dispatcher: Dispatcher, name: str, key: ServerKey) -> None:
+        self._dispatcher, self._name, self._key = dispatcher, name, key
+        self._started = time.monotonic()
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._dispatcher._unhold(self._name, self._key, time.monotonic() - self._started)
+
+
+class Lease:
+    """A request in flight on one pod; ``release`` is idempotent."""
+
+    def __init__(self, dispatcher: Dispatcher, key: ServerKey, endpoint: str) -> None:
+        self._dispatcher, self._key, self.endpoint = dispatcher, key, endpoint
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._dispatcher._unlease(self._key, self.endpoint)

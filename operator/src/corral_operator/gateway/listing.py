@@ -1,0 +1,70 @@
+"""The gateway's own answers about models: /api/tags and /v1/models from the routing table, and
+/api/ps folded together from the pods' own answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from corral_operator.gateway.topology import ModelEntry
+
+
+def _ready_since(status: Mapping[str, Any]) -> str | None:
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "Ready":
+            return cond.get("lastTransitionTime")
+    return None
+
+
+def ollama_tag(entry: ModelEntry) -> dict[str, Any]:
+    status = entry.status
+    family = status.get("family") or ""
+    return {
+        "name": entry.name,
+        "model": entry.name,
+        "modified_at": _ready_since(status) or "1970-01-01T00:00:00Z",
+        "size": int(status.get("sizeBytes") or 0),
+        "digest": str(status.get("digest") or "").removeprefix("sha256:"),
+        "details": {
+            "parent_model": "",
+            "format": status.get("format") or "gguf",
+            "family": family,
+            "families": [family] if family else None,
+            "parameter_size": status.get("parameterSize") or "",
+            "quantization_level": status.get("quantization") or "",
+        },
+    }
+
+
+def ollama_tags(entries: Iterable[ModelEntry]) -> dict[str, Any]:
+    return {"models": [ollama_tag(e) for e in entries]}
+
+
+def _created(entry: ModelEntry) -> int:
+    since = _ready_since(entry.status)
+    if not since:
+        return 0
+    try:
+        return int(datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+def openai_model(entry: ModelEntry) -> dict[str, Any]:
+    return {"id": entry.name, "object": "model", "created": _created(entry), "owned_by": "corral"}
+
+
+def openai_models(entries: Iterable[ModelEntry]) -> dict[str, Any]:
+    return {"object": "list", "data": [openai_model(e) for e in entries]}
+
+
+def merge_ps(answers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Every pod's loaded models in one list, the longest-lived first (as Ollama orders them);
+    a model loaded on several pods appears once per pod."""
+    models: list[dict[str, Any]] = []
+    for answer in answers:
+        models.extend(dict(m) for m in answer.get("models") or ())
+    far_future = datetime.max.replace(tzinfo=UTC).isoformat()
+    models.sort(key=lambda m: str(m.get("expires_at") or far_future), reverse=True)
+    return {"models": models}

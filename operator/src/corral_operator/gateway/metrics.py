@@ -1,0 +1,62 @@
+"""Prometheus metrics of the gateway, in a registry of its own (several apps may share a
+process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Cold starts range from a second (small model, warm node) to many minutes (large pull).
+_HOLD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "corral_gateway_requests_total",
+            "Requests answered, by path, model and status code.",
+            ["path", "model", "status"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "corral_gateway_in_flight_requests",
+            "Requests being proxied now, by ModelServer.",
+            ["namespace", "server"],
+            registry=self.registry,
+        )
+        self.held = Gauge(
+            "corral_gateway_held_requests",
+            "Requests waiting for their server to have a ready pod, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.hold_seconds = Histogram(
+            "corral_gateway_hold_seconds",
+            "Time requests were held waiting for a ready pod (cold start).",
+            ["model"],
+            buckets=_HOLD_BUCKETS,
+            registry=self.registry,
+        )
+        self.scale_events = Counter(
+            "corral_gateway_scale_events_total",
+            "Scale-ups the gateway requested, by ModelServer and reason.",
+            ["namespace", "server", "reason"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "corral_gateway_rejected_requests_total",
+            "Requests refused or failed while held (queue full, deadline).",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "corral_gateway_upstream_retries_total",
+            "Requests retried on another pod before their first byte was sent.",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,254 @@
+"""Forwarding one routed request to a runtime pod: pick, retry before the first byte, hold while
+the server has no ready pod (with heartbeats on streams), then relay the answer unbuffered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+
+import httpx
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from corral_operator.gateway.decisions import hold_failure_message
+from corral_operator.gateway.dispatcher import Dispatcher, Hold, Lease
+from corral_operator.gateway.protocol import (
+    RequestFacts,
+    Route,
+    error_body,
+    heartbeat,
+    inband_error,
+    stream_media_type,
+)
+from corral_operator.gateway.topology import ServerKey
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# Failures that mean the pod never took the request: safe to try another.
+_NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+
+Attempt = tuple[Lease, httpx.Response]
+
+
+def forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers that may cross the proxy (hop-by-hop ones and the length are per connection)."""
+    return [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
+
+
+def upstream_error_message(body: bytes, status: int) -> str:
+    """The message of a pod's error answer, whichever API shaped it."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, str):
+            return error
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    text = body.decode("utf-8", "replace").strip()
+    return text or f"upstream answered {status}"
+
+
+class Proxy:
+    def __init__(self, dispatcher: Dispatcher, client: httpx.AsyncClient) -> None:
+        self.dispatcher = dispatcher
+        self.client = client
+        self.settings = dispatcher.settings
+
+    async def forward(
+        self,
+        route: Route,
+        facts: RequestFacts,
+        key: ServerKey,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Response:
+        """Answer a request whose model is served by ``key``. Raises QueueFullError when it
+        would have to be held and the model's queue is full."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.hold_deadline_seconds
+        tried: set[str] = set()
+        got = await self._attempt(key, tried, path, headers, body)
+        if got is not None:
+            return await self._respond(got, facts)
+        hold = self.dispatcher.hold(facts.model, key)
+        started = time.monotonic()
+        if not facts.stream:
+            try:
+                got = await self._wait(key, tried, deadline, path, headers, body)
+            finally:
+                hold.release()
+            if got is None:
+                return self._deadline_error(route, facts, key, time.monotonic() - started)
+            return await self._respond(got, facts)
+        # A short wait first: a pod that is nearly ready answers with its own status line.
+        quiet_until = min(deadline, loop.time() + self.settings.heartbeat_seconds)
+        try:
+            got = await self._wait(key, tried, quiet_until, path, headers, body)
+        except BaseException:
+            hold.release()
+            raise
+        if got is not None:
+            hold.release()
+            return await self._respond(got, facts)
+        stream = self._held_stream(hold, route, facts, key, deadline, path, headers, body)
+        return StreamingResponse(stream, status_code=200, media_type=stream_media_type(route.api))
+
+    async def _attempt(
+        self,
+        key: ServerKey,
+        tried: set[str],
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Attempt | None:
+        """Send to the least busy ready pod not yet tried; on a failure before any byte came
+        back (or a busy pod while another is free) try the next. None when none is left."""
+        while True:
+            endpoint = self.dispatcher.try_pick(key, tried)
+            if endpoint is None:
+                return None
+            lease = self.dispatcher.lease(key, endpoint)
+            try:
+                request = self.client.build_request(
+                    "POST", f"http://{endpoint}{path}", headers=headers, content=body
+                )
+                response = await self.client.send(request, stream=True)
+            except _NOT_DELIVERED:
+                lease.release()
+                tried.add(endpoint)
+                self.dispatcher.metrics.retries.inc()
+                continue
+            except BaseException:
+                lease.release()
+                raise
+            if response.status_code == 503 and self.dispatcher.try_pick(key, {*tried, endpoint}):
+                await response.aclose()
+                lease.release()
+                tried.add(endpoint)
+                self.dispatcher.metrics.retries.inc()
+                continue
+            return lease, response
+
+    async def _wait(
+        self,
+        key: ServerKey,
+        tried: set[str],
+        until: float,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Attempt | None:
+        """Attempts whenever a pod is ready, until one takes the request or ``until`` passes.
+        Pods that failed are retried each heartbeat (a restarted pod may keep its address)."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            step = min(until, loop.time() + self.settings.heartbeat_seconds)
+            if await self.dispatcher.wait_for_endpoint(key, tried, step) is None:
+                tried.clear()
+                continue
+            got = await self._attempt(key, tried, path, headers, body)
+            if got is not None:
+                return got
+        return None
+
+    async def _respond(self, got: Attempt, facts: RequestFacts) -> Response:
+        lease, upstream = got
+        headers = dict(forward_headers(upstream.headers.items()))
+        if not facts.stream:
+            try:
+                content = await upstream.aread()
+            finally:
+                await upstream.aclose()
+                lease.release()
+            return Response(content, status_code=upstream.status_code, headers=headers)
+        return StreamingResponse(
+            self._relay(lease, upstream), status_code=upstream.status_code, headers=headers
+        )
+
+    async def _relay(self, lease: Lease, upstream: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            lease.release()
+
+    async def _held_stream(
+        self,
+        hold: Hold,
+        route: Route,
+        facts: RequestFacts,
+        key: ServerKey,
+        deadline: float,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> AsyncIterator[bytes]:
+        """A held stream: heartbeats until a pod takes the request, then its output; at the
+        deadline an in-band error (the 200 status line is long gone)."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        tried: set[str] = set()
+        try:
+            got: Attempt | None = None
+            while got is None:
+                yield heartbeat(route, facts.model, datetime.now(UTC))
+                if loop.time() >= deadline:
+                    message = self._failure(facts, key, time.monotonic() - started)
+                    self.dispatcher.metrics.rejected.labels(
+                        model=facts.model, reason="deadline"
+                    ).inc()
+                    yield inband_error(route.api, message)
+                    return
+                step = min(deadline, loop.time() + self.settings.heartbeat_seconds)
+                got = await self._wait(key, tried, step, path, headers, body)
+            hold.release()
+            lease, upstream = got
+            try:
+                if upstream.status_code != 200:
+                    error = await upstream.aread()
+                    yield inband_error(
+                        route.api, upstream_error_message(error, upstream.status_code)
+                    )
+                    return
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:
+                await upstream.aclose()
+                lease.release()
+        finally:
+            hold.release()
+
+    def _failure(self, facts: RequestFacts, key: ServerKey, waited: float) -> str:
+        view = self.dispatcher.server(key)
+        waited_total = waited + self.settings.heartbeat_seconds if facts.stream else waited
+        reason = view.status_message if view is not None else "its ModelServer is gone"
+        return hold_failure_message(
+            facts.model, min(waited_total, self.settings.hold_deadline_seconds), reason
+        )
+
+    def _deadline_error(
+        self, route: Route, facts: RequestFacts, key: ServerKey, waited: float
+    ) -> Response:
+        self.dispatcher.metrics.rejected.labels(model=facts.model, reason="deadline").inc()
+        message = self._failure(facts, key, waited)
+        return JSONResponse(error_body(route.api, 504, message), status_code=504)
