@@ -13,9 +13,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -220,8 +221,8 @@ class Dispatcher:
             log.exception("scaling %s/%s to %d failed", key[0], key[1], replicas)
             self._scale_asked.pop(key, None)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

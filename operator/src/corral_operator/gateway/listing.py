@@ -13,7 +13,8 @@ from corral_operator.gateway.topology import ModelEntry
 def _ready_since(status: Mapping[str, Any]) -> str | None:
     for cond in status.get("conditions") or ():
         if cond.get("type") == "Ready":
-            return cond.get("lastTransitionTime")
+            since = cond.get("lastTransitionTime")
+            return str(since) if since else None
     return None
 
 
