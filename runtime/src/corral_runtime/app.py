@@ -63,36 +63,50 @@ def _offload_supported() -> bool:
 
 class JsonBodies:
     """Request bodies of the APIs: 413 over the size limit (declared or streamed), and JSON
-    whatever the declared content type, since Ollama's clients (``curl -d``) often send none."""
+    whatever the declared content type, since Ollama's clients (``curl -d``) often send none.
+    Blob uploads (``/api/blobs/``) are model files: neither limited nor JSON."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(_API_PREFIXES) or path.startswith(
+            "/api/blobs/"
+        ):
             await self.app(scope, receive, send)
             return
-        too_large = ApiError(413, f"request body is larger than {self.limit} bytes")
+        too_large = error_response(
+            path, ApiError(413, f"request body is larger than {self.limit} bytes")
+        )
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
         for key, value in headers:
             if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await error_response(scope["path"], too_large)(scope, receive, send)
+                await too_large(scope, receive, send)
                 return
-        if scope["path"].startswith(_API_PREFIXES):
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         seen = 0
+        answered = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, answered
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise too_large
+                    if not answered:
+                        answered = True
+                        await too_large(scope, receive, send)
+                    # The app sees a client that went away, and its answer goes nowhere.
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
 
 def create_app(settings: RuntimeSettings) -> FastAPI:

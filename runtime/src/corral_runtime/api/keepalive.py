@@ -1,7 +1,8 @@
 """``keep_alive``: how long a model stays loaded after a request, parsed as Ollama does.
 
-A number is seconds, a string is a Go duration (``"10m"``, ``"1h30m"``, ``"300ms"``) or a number
-of seconds, a negative value keeps the model loaded forever, and 0 unloads it after the request.
+A number is seconds, a string is a Go duration (``"10m"``, ``"1h30m"``, ``"-1s"``; a bare
+number other than ``"0"`` lacks its unit and is refused, as Go's ``time.ParseDuration`` does), a
+negative value keeps the model loaded forever, and 0 unloads it after the request.
 """
 
 from __future__ import annotations
@@ -56,10 +57,7 @@ def parse_keep_alive(value: float | str | None, default: float) -> float:
     elif isinstance(value, int | float):
         seconds = float(value)
     else:
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = parse_duration(value)
+        seconds = parse_duration(value)
     if math.isnan(seconds):
         raise InvalidKeepAliveError("keep_alive must be a number or a duration string")
     return FOREVER if seconds < 0 else seconds

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.keepalive import parse_keep_alive
@@ -15,7 +15,7 @@ from corral_runtime.engine.manager import LoadedModel
 from corral_runtime.engine.types import GenerationStats, OutputFormat
 from corral_runtime.templates.messages import ChatMessage, Tool, ToolCall
 
-KeepAlive = float | int | str | None
+KeepAlive = StrictInt | StrictFloat | StrictStr | None
 Think = bool | str | None
 
 
