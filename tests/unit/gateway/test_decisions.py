@@ -1,0 +1,143 @@
+"""The gateway's pure decisions: picker, scale-up, queue admission, activity flushes,
+keep_alive extensions."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from corral_operator.gateway.decisions import (
+    decide_scale_up,
+    extended_idle_deadline,
+    hold_failure_message,
+    may_hold,
+    pick_endpoint,
+    should_flush_activity,
+)
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+class TestPickEndpoint:
+    def test_least_in_flight_wins(self) -> None:
+        assert pick_endpoint(["a", "b", "c"], {"a": 3, "b": 1, "c": 2}) == "b"
+
+    def test_unknown_endpoints_have_nothing_in_flight(self) -> None:
+        assert pick_endpoint(["a", "b"], {"a": 1}) == "b"
+
+    def test_excluded_endpoints_are_skipped(self) -> None:
+        assert pick_endpoint(["a", "b"], {"a": 0, "b": 5}, exclude={"a"}) == "b"
+
+    def test_none_when_nothing_is_left(self) -> None:
+        assert pick_endpoint([], {}) is None
+        assert pick_endpoint(["a"], {}, exclude={"a"}) is None
+
+    def test_ties_rotate(self) -> None:
+        picks = {pick_endpoint(["a", "b", "c"], {}, turn=t) for t in range(3)}
+        assert picks == {"a", "b", "c"}
+
+
+class TestScaleUp:
+    def scale(self, **kwargs: int | float) -> int | None:
+        args: dict[str, int | float] = {
+            "desired": 0,
+            "ready": 0,
+            "in_flight": 0,
+            "held": 0,
+            "target_per_pod": 4,
+            "min_replicas": 0,
+            "max_replicas": 3,
+        }
+        args.update(kwargs)
+        return decide_scale_up(**args)  # type: ignore[arg-type]
+
+    def test_a_held_request_wakes_a_server_at_zero(self) -> None:
+        assert self.scale(held=1) == 1
+
+    def test_ten_held_requests_wake_one_replica(self) -> None:
+        # No pod is ready, so there is no load to measure yet: one replica, not three.
+        assert self.scale(held=10) == 1
+
+    def test_nothing_to_do_without_demand(self) -> None:
+        assert self.scale() is None
+        assert self.scale(desired=1, ready=1) is None
+
+    def test_load_above_target_grows_towards_max(self) -> None:
+        assert self.scale(desired=1, ready=1, in_flight=5) == 2
+        assert self.scale(desired=1, ready=1, in_flight=9) == 3
+        assert self.scale(desired=1, ready=1, in_flight=100) == 3
+
+    def test_load_at_target_stays(self) -> None:
+        assert self.scale(desired=1, ready=1, in_flight=4) is None
+
+    def test_never_scales_down(self) -> None:
+        assert self.scale(desired=3, ready=3, in_flight=1) is None
+
+    def test_max_below_one_still_allows_a_wake(self) -> None:
+        assert self.scale(held=1, max_replicas=0) == 1
+
+
+def test_queue_admission() -> None:
+    assert may_hold(0, 1)
+    assert not may_hold(1, 1)
+    assert not may_hold(0, 0)
+
+
+class TestActivityFlush:
+    def flush(self, **kwargs: float | int | None) -> bool:
+        args: dict[str, float | int | None] = {
+            "now": 100.0,
+            "last_flush": None,
+            "interval": 10.0,
+            "activity": 50.0,
+            "flushed_activity": None,
+            "in_flight": 0,
+        }
+        args.update(kwargs)
+        return should_flush_activity(**args)  # type: ignore[arg-type]
+
+    def test_first_activity_is_written(self) -> None:
+        assert self.flush()
+
+    def test_nothing_new_is_not_written(self) -> None:
+        assert not self.flush(flushed_activity=50.0, last_flush=0.0)
+        assert not self.flush(activity=None)
+
+    def test_at_most_once_per_interval(self) -> None:
+        assert not self.flush(activity=99.0, flushed_activity=50.0, last_flush=95.0)
+        assert self.flush(activity=99.0, flushed_activity=50.0, last_flush=90.0)
+
+    def test_requests_in_flight_are_news(self) -> None:
+        assert self.flush(flushed_activity=50.0, last_flush=80.0, in_flight=1)
+        assert not self.flush(flushed_activity=50.0, last_flush=95.0, in_flight=1)
+
+
+class TestIdleDeadline:
+    def test_keep_alive_pushes_the_deadline(self) -> None:
+        assert extended_idle_deadline(NOW, 600, 3600, None) == NOW + timedelta(seconds=600)
+
+    def test_capped(self) -> None:
+        assert extended_idle_deadline(NOW, 10**6, 3600, None) == NOW + timedelta(hours=1)
+        assert extended_idle_deadline(NOW, math.inf, 3600, None) == NOW + timedelta(hours=1)
+
+    def test_zero_or_absent_never_shortens(self) -> None:
+        later = NOW + timedelta(minutes=30)
+        assert extended_idle_deadline(NOW, 0, 3600, later) == later
+        assert extended_idle_deadline(NOW, None, 3600, later) == later
+        assert extended_idle_deadline(NOW, 0, 3600, None) is None
+
+    def test_a_shorter_request_keeps_the_longer_deadline(self) -> None:
+        later = NOW + timedelta(minutes=30)
+        assert extended_idle_deadline(NOW, 60, 3600, later) == later
+
+
+def test_hold_failure_message_names_model_and_reason() -> None:
+    message = hold_failure_message("gemma3:270m", 600.2, "0/1 nodes are available")
+    assert "gemma3:270m" in message
+    assert "600s" in message
+    assert message.endswith(": 0/1 nodes are available")
+    assert hold_failure_message("m", 1, None).endswith("within 1s")
