@@ -50,8 +50,15 @@ def cache_pvc_name(profile: str) -> str:
 
 
 def server_child_name(server: str) -> str:
-    """Name of the Deployment and Service of a ModelServer."""
-    return child_name("corral", server)
+    """Name of the Deployment and Service of a ModelServer.
+
+    Service names are DNS labels (no dots): dots become dashes, and a hash of the original
+    name keeps ``a.b`` and ``a-b`` apart.
+    """
+    if "." not in server:
+        return child_name("corral", server)
+    digest = hashlib.sha256(server.encode()).hexdigest()[:8]
+    return child_name("corral", f"{server.replace('.', '-')[:45]}-{digest}")
 
 
 def pull_job_name(model: str) -> str:
