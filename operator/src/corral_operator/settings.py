@@ -61,7 +61,6 @@ class OperatorSettings(BaseSettings):
     pull_deadline_seconds: int = Field(default=6 * 3600, ge=60)
     gc_deadline_seconds: int = Field(default=600, ge=30)
     startup_seconds: int = Field(default=1800, ge=10, description="Default model-load allowance.")
-    resync_seconds: float = Field(default=60.0, gt=0, description="Period of the safety resync.")
     liveness_endpoint: str | None = Field(
         default=None, description="e.g. http://0.0.0.0:8080/healthz for the pod's liveness probe."
     )
