@@ -47,7 +47,7 @@ SERVERS = {
             "resources": {"gpus": 2, "cpu": "4", "memory": "16Gi"},
             "nodeSelector": {"gpu": "a100"},
             "runtimeClassName": "nvidia",
-            "runtime": {"gpuLayers": -1, "flashAttention": True, "parallel": 8},
+            "runtime": {"gpuLayers": "auto", "flashAttention": True, "parallel": 8},
         }
     ),
     "custom": _server(
@@ -69,18 +69,18 @@ def test_runtime_pods_are_restricted(name: str) -> None:
     deployment = build_deployment(
         SERVERS[name], replicas=1, claim="corral-cache-default", models=served, settings=SETTINGS
     )
-    [(pod_spec, annotations)] = pod_templates(deployment)
-    assert restricted_violations(pod_spec, annotations) == []
+    [(pod_spec, pod_annotations)] = pod_templates(deployment)
+    assert restricted_violations(pod_spec, pod_annotations) == []
 
 
 def test_pull_job_pods_are_restricted() -> None:
     job = build_pull_job(MODEL, "gemma3:270m", "corral-cache-default", SETTINGS)
-    [(pod_spec, annotations)] = pod_templates(job)
-    assert restricted_violations(pod_spec, annotations) == []
+    [(pod_spec, pod_annotations)] = pod_templates(job)
+    assert restricted_violations(pod_spec, pod_annotations) == []
 
 
 def test_collect_job_pods_are_restricted() -> None:
     model = {**MODEL, "status": {"name": "gemma3:270m"}}
     job = build_gc_job(model, "gemma3:270m", "corral-cache-default", SETTINGS)
-    [(pod_spec, annotations)] = pod_templates(job)
-    assert restricted_violations(pod_spec, annotations) == []
+    [(pod_spec, pod_annotations)] = pod_templates(job)
+    assert restricted_violations(pod_spec, pod_annotations) == []
