@@ -14,6 +14,7 @@ the chart's crds/ folder because Helm never upgrades what is in crds/.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,9 @@ def generate() -> dict[str, str]:
 
 def stale_files(wanted: dict[str, str]) -> list[str]:
     """Chart files that differ from, are missing from, or are not in ``wanted``."""
-    present = {p.name: p.read_text() for p in TARGET_DIR.glob("*.yaml")} if TARGET_DIR.is_dir() else {}
+    present = (
+        {p.name: p.read_text() for p in TARGET_DIR.glob("*.yaml")} if TARGET_DIR.is_dir() else {}
+    )
     names = sorted(set(wanted) | set(present))
     return [name for name in names if wanted.get(name) != present.get(name)]
 
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = stale_files(wanted)
     if args.check:
         if stale:
-            listed = ", ".join(str(TARGET_DIR.relative_to(ROOT) / name) for name in stale)
+            listed = ", ".join(os.path.relpath(TARGET_DIR / name, ROOT) for name in stale)
             print(f"sync-crds: stale: {listed}; run scripts/sync-crds.py", file=sys.stderr)
             return 1
         return 0

@@ -47,7 +47,7 @@ def one(objects: Iterable[Mapping[str, Any]], kind: str, name: str) -> Mapping[s
 
 
 def container(deployment: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
+    containers: list[Mapping[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
     [found] = [c for c in containers if c["name"] == name]
     return found
 
