@@ -53,6 +53,10 @@ class RuntimeMetrics:
         self.loaded_models = Gauge(
             "corral_loaded_models", "Models loaded now.", registry=self.registry
         )
+        self.pending_requests = Gauge(
+            "corral_pending_requests", "Requests generating or waiting, per loaded model.",
+            ["model"], registry=self.registry,
+        )
         self.model_load_seconds = Histogram(
             "corral_model_load_seconds",
             "Time to load a model.",

@@ -36,5 +36,9 @@ async def readyz(request: Request, manager: ManagerDep) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(metrics: MetricsDep, manager: ManagerDep) -> Response:
-    metrics.loaded_models.set(len(manager.loaded()))
+    loaded = manager.loaded()
+    metrics.loaded_models.set(len(loaded))
+    metrics.pending_requests.clear()
+    for model in loaded:
+        metrics.pending_requests.labels(model=model.name).set(model.worker.pending)
     return Response(metrics.render(), media_type=CONTENT_TYPE)
