@@ -8,16 +8,18 @@ reconcile function, which reads the current state and converges it.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from corral_operator import api
+from corral_operator import api, keepalive
 from corral_operator.handlers import models, modelservers, startup
 from corral_operator.handlers.context import Context
 from corral_operator.settings import OperatorSettings
 
 MANAGED = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
+KEEP_ALIVE = keepalive.KeepAliveSettings()
 
 
 def _ctx(memo: Any) -> Context:
@@ -83,6 +85,13 @@ def on_runtime_child(namespace: str | None, labels: kopf.Labels, memo: Any, **_:
     server = modelservers.server_of(labels)
     if server:
         modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), server)
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.MODELSERVERS, interval=KEEP_ALIVE.keep_alive_check_seconds)
+def on_keep_alive(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    keepalive.tick(_ctx(memo), _ns(namespace), name, datetime.now(UTC), KEEP_ALIVE, logger)
 
 
 def main() -> None:

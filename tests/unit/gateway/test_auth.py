@@ -10,7 +10,11 @@ pytestmark = pytest.mark.unit
 
 
 def test_no_keys_means_open() -> None:
-    assert authorized(None, frozenset())
+    assert authorized(None, frozenset(), required=False)
+
+
+def test_required_keys_not_yet_known_deny_everything() -> None:
+    assert not authorized("Bearer anything", frozenset(), required=True)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,8 @@ def create_gateway_app(settings: GatewaySettings, backend: Backend | None = None
 
     def denied(request: Request) -> Response | None:
         dispatcher: Dispatcher = request.app.state.dispatcher
-        if authorized(request.headers.get("authorization"), dispatcher.api_keys):
+        required = bool(settings.api_key_secret)
+        if authorized(request.headers.get("authorization"), dispatcher.api_keys, required):
             return None
         return _error(request.url.path, 401, "invalid or missing API key")
 

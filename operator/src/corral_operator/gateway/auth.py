@@ -6,8 +6,10 @@ import hmac
 from collections.abc import Collection, Mapping
 
 
-def authorized(authorization: str | None, keys: Collection[str]) -> bool:
-    if not keys:
+def authorized(authorization: str | None, keys: Collection[str], required: bool = True) -> bool:
+    """Whether the request may pass. With keys ``required`` (a key Secret is configured) and
+    none known yet, nothing passes: an unreadable Secret must not open the gateway."""
+    if not required and not keys:
         return True
     scheme, _, supplied = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not supplied:

@@ -34,6 +34,7 @@ from corral_operator.keepalive import (
 log = logging.getLogger(__name__)
 
 _WATCH_SECONDS = 60
+_SECRET_POLL_SECONDS = 30
 _RUNTIME_SELECTOR = f"{api.LABEL_NAME}={api.RUNTIME_APP}"
 
 Store = dict[tuple[str, str], dict[str, Any]]
@@ -110,27 +111,34 @@ class ClusterBackend:
                     publish,
                 )
         if self.settings.api_key_secret:
-            secret_ns, _, secret_name = self.settings.api_key_secret.partition("/")
-            secrets: Store = {}
-
-            def publish_keys() -> None:
-                data: dict[str, str] = {}
-                for secret in secrets.values():
-                    for key, value in (secret.get("data") or {}).items():
-                        data[key] = base64.b64decode(value).decode("utf-8", "replace")
-                keys = keys_from_secret(data) | frozenset(self.settings.api_keys)
-                loop.call_soon_threadsafe(on_keys, keys)
-
-            self._stores["secret"] = secrets
-            self._spawn(
-                "secret",
-                secret_ns,
-                core.list_namespaced_secret,
-                {"namespace": secret_ns, "field_selector": f"metadata.name={secret_name}"},
-                publish_keys,
+            thread = threading.Thread(
+                target=self._poll_keys,
+                args=(core, loop, on_keys),
+                name="gateway-api-keys",
+                daemon=True,
             )
+            thread.start()
         else:
             on_keys(frozenset(self.settings.api_keys))
+
+    def _poll_keys(
+        self, core: k8s.CoreV1Api, loop: asyncio.AbstractEventLoop, on_keys: KeysListener
+    ) -> None:
+        """Read the API-key Secret now and then (a get by name is all the gateway may do)."""
+        namespace, _, name = (self.settings.api_key_secret or "").partition("/")
+        while not self._stopped.is_set():
+            try:
+                secret = core.read_namespaced_secret(name, namespace)
+                data = {
+                    key: base64.b64decode(value).decode("utf-8", "replace")
+                    for key, value in (secret.data or {}).items()
+                }
+                keys = keys_from_secret(data) | frozenset(self.settings.api_keys)
+                loop.call_soon_threadsafe(on_keys, keys)
+            except Exception as exc:
+                # Keep the keys we have: a read failure must not open the gateway.
+                log.warning("reading API keys from %s/%s failed: %s", namespace, name, exc)
+            self._stopped.wait(_SECRET_POLL_SECONDS)
 
     def _spawn(
         self,
