@@ -7,6 +7,7 @@ SIGTERM/SIGINT, then stops every pod, deletes its Nodes and removes its network 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     removed = cleanup_stale()
     if removed:
         logging.info("removed %d stale namespaces: %s", len(removed), ", ".join(removed))
+    # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck agent does.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

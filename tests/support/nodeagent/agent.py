@@ -191,8 +191,8 @@ class NodeAgent:
             self.core.delete_namespaced_pod,
             meta["name"],
             meta["namespace"],
-            grace_period_seconds=0,
-            body={"preconditions": {"uid": uid}},
+            # In the body: the generated client drops a query parameter whose value is 0.
+            body={"gracePeriodSeconds": 0, "preconditions": {"uid": uid}},
         )
 
 

@@ -125,6 +125,12 @@ class PodWorker(threading.Thread):
         self.stopped = threading.Event()
         self.grace: float | None = None
 
+    @property
+    def ref(self) -> str:
+        """``namespace/name`` of the pod."""
+        meta = self.pod["metadata"]
+        return f"{meta['namespace']}/{meta['name']}"
+
     # -- control from the node's sync loop --------------------------------------------------------
 
     def request_stop(self, grace: float | None = None) -> None:
@@ -363,7 +369,7 @@ class PodWorker(threading.Thread):
             container.terminated = None
             container.waiting_reason = "CrashLoopBackOff"
             container.waiting_message = (
-                f"back-off {delay:g}s restarting failed container={container.name} pod={self.name}"
+                f"back-off {delay:g}s restarting failed container={container.name} pod={self.ref}"
             )
             container.next_start = time.monotonic() + delay
         else:
