@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         described = ", ".join(
             f"{n.name}={n.network.host_ip} pods {n.network.subnet}" for n in nodes
         )
-        print(f"node agent ready: {described}; logs under {state_dir / 'pods'}", flush=True)
+        print(
+            f"node agent ready: agent {agent.aid}; {described}; logs under {state_dir / 'pods'}",
+            flush=True,
+        )
         stop.wait()
     finally:
         if provisioner is not None:
