@@ -21,8 +21,10 @@ def http(runtime_server: RunningServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=runtime_server.base_url, timeout=60) as client:
         yield client
         # Whatever the test sent, the server still answers a real request afterwards.
-        after = client.post("/api/generate", json={"model": MODEL, "prompt": "Hi",
-                                                   "stream": False, "options": SMALL})
+        after = client.post(
+            "/api/generate",
+            json={"model": MODEL, "prompt": "Hi", "stream": False, "options": SMALL},
+        )
         assert after.status_code == 200 and after.json()["done"] is True
 
 
@@ -44,18 +46,37 @@ def test_malformed_json(http: httpx.Client) -> None:
 
 def test_missing_and_unknown_model(http: httpx.Client) -> None:
     assert ollama_error(http.post("/api/generate", json={"prompt": "Hi"}), 400) == (
-        "model is required")
-    assert ollama_error(http.post("/api/chat", json={"model": "nope:1b", "messages": [
-        {"role": "user", "content": "Hi"}]}), 404) == "model 'nope:1b' not found"
+        "model is required"
+    )
+    assert (
+        ollama_error(
+            http.post(
+                "/api/chat",
+                json={"model": "nope:1b", "messages": [{"role": "user", "content": "Hi"}]},
+            ),
+            404,
+        )
+        == "model 'nope:1b' not found"
+    )
     assert ollama_error(http.post("/api/show", json={"model": "nope"}), 404) == (
-        "model 'nope:latest' not found")
+        "model 'nope:latest' not found"
+    )
     assert ollama_error(http.post("/api/embed", json={"model": "nope", "input": "x"}), 404)
 
 
-@pytest.mark.parametrize("name", [
-    "../../etc/passwd", "..", "a/b/c/d", "x:../../y", "/etc/passwd", "name with space",
-    "ok/../../../x", "%2e%2e/x",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        "..",
+        "a/b/c/d",
+        "x:../../y",
+        "/etc/passwd",
+        "name with space",
+        "ok/../../../x",
+        "%2e%2e/x",
+    ],
+)
 def test_path_traversal_names_are_rejected(http: httpx.Client, name: str) -> None:
     for path, body in (
         ("/api/generate", {"model": name, "prompt": "Hi"}),
@@ -71,65 +92,93 @@ def test_path_traversal_names_are_rejected(http: httpx.Client, name: str) -> Non
 
 def test_prompt_longer_than_the_context(http: httpx.Client) -> None:
     prompt = "word " * 3000  # well over num_ctx 2048 tokens
-    message = ollama_error(http.post("/api/generate", json={
-        "model": MODEL, "prompt": prompt, "stream": True}), 400)
+    message = ollama_error(
+        http.post("/api/generate", json={"model": MODEL, "prompt": prompt, "stream": True}), 400
+    )
     assert "context length (2048 tokens)" in message
-    response = http.post("/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": prompt}]})
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": prompt}]},
+    )
     assert response.status_code == 400
     assert "2048" in response.json()["error"]["message"]
-    message = ollama_error(http.post("/api/embed", json={
-        "model": MODEL, "input": prompt, "truncate": False}), 400)
+    message = ollama_error(
+        http.post("/api/embed", json={"model": MODEL, "input": prompt, "truncate": False}), 400
+    )
     assert "2048" in message
     truncated = http.post("/api/embed", json={"model": MODEL, "input": prompt})
     assert truncated.status_code == 200 and truncated.json()["prompt_eval_count"] == 2048
 
 
-@pytest.mark.parametrize(("options", "key"), [
-    ({"temperature": "hot"}, "temperature"),
-    ({"num_predict": 1.5}, "num_predict"),
-    ({"top_p": 3}, "top_p"),
-    ({"stop": 5}, "stop"),
-    ({"num_ctx": 0}, "num_ctx"),
-])
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"num_predict": 1.5}, "num_predict"),
+        ({"top_p": 3}, "top_p"),
+        ({"stop": 5}, "stop"),
+        ({"num_ctx": 0}, "num_ctx"),
+    ],
+)
 def test_invalid_options(http: httpx.Client, options: dict[str, Any], key: str) -> None:
-    message = ollama_error(http.post("/api/generate", json={
-        "model": MODEL, "prompt": "Hi", "options": options}), 400)
+    message = ollama_error(
+        http.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "options": options}), 400
+    )
     assert key in message
 
 
 def test_unknown_options_are_ignored(http: httpx.Client) -> None:
-    response = http.post("/api/generate", json={
-        "model": MODEL, "prompt": "Hi", "stream": False,
-        "options": {**SMALL, "not_an_option": 1}})
+    response = http.post(
+        "/api/generate",
+        json={
+            "model": MODEL,
+            "prompt": "Hi",
+            "stream": False,
+            "options": {**SMALL, "not_an_option": 1},
+        },
+    )
     assert response.status_code == 200
 
 
 @pytest.mark.parametrize("keep_alive", ["soon", "10 minutes", "5x", True, ""])
 def test_bad_keep_alive(http: httpx.Client, keep_alive: Any) -> None:
-    response = http.post("/api/generate", json={
-        "model": MODEL, "prompt": "Hi", "keep_alive": keep_alive, "options": SMALL})
+    response = http.post(
+        "/api/generate",
+        json={"model": MODEL, "prompt": "Hi", "keep_alive": keep_alive, "options": SMALL},
+    )
     assert response.status_code == 400, response.text
 
 
 def test_bad_format_and_raw_conflicts(http: httpx.Client) -> None:
-    assert "format" in ollama_error(http.post("/api/generate", json={
-        "model": MODEL, "prompt": "Hi", "format": "yaml"}), 400)
-    assert "raw" in ollama_error(http.post("/api/generate", json={
-        "model": MODEL, "prompt": "Hi", "raw": True, "system": "x"}), 400)
-    response = http.post("/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
-        "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})
+    assert "format" in ollama_error(
+        http.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "format": "yaml"}), 400
+    )
+    assert "raw" in ollama_error(
+        http.post(
+            "/api/generate", json={"model": MODEL, "prompt": "Hi", "raw": True, "system": "x"}
+        ),
+        400,
+    )
+    response = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+        },
+    )
     assert response.status_code == 400
 
 
 def test_wrong_field_types(http: httpx.Client) -> None:
-    assert ollama_error(http.post("/api/chat", json={
-        "model": MODEL, "messages": "hello"}), 400)
-    assert ollama_error(http.post("/api/generate", json={
-        "model": MODEL, "prompt": ["a", "b"]}), 400)
-    response = http.post("/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "temperature": 9})
+    assert ollama_error(http.post("/api/chat", json={"model": MODEL, "messages": "hello"}), 400)
+    assert ollama_error(
+        http.post("/api/generate", json={"model": MODEL, "prompt": ["a", "b"]}), 400
+    )
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "temperature": 9},
+    )
     assert response.status_code == 400
 
 
@@ -140,8 +189,10 @@ def test_unknown_path_is_404(http: httpx.Client) -> None:
 
 def test_oversized_bodies_are_413(model_store: Any) -> None:
     settings = settings_for(model_store.root, max_body_bytes=64 * 1024)
-    with serve(settings, model_store) as server, httpx.Client(base_url=server.base_url,
-                                                              timeout=60) as client:
+    with (
+        serve(settings, model_store) as server,
+        httpx.Client(base_url=server.base_url, timeout=60) as client,
+    ):
         big = {"model": MODEL, "prompt": "x" * (128 * 1024)}
         response = client.post("/api/generate", json=big)
         assert response.status_code == 413

@@ -96,7 +96,9 @@ def test_stop_string_ends_generation_before_it(client: ollama.Client) -> None:
 
 def test_format_json_schema_output_validates(client: ollama.Client) -> None:
     response = client.generate(
-        model=MODEL, prompt="A person as JSON:", format=PERSON_SCHEMA,
+        model=MODEL,
+        prompt="A person as JSON:",
+        format=PERSON_SCHEMA,
         options={"temperature": 0, "num_predict": 64},
     )
     assert response.done_reason == "stop"
@@ -105,7 +107,9 @@ def test_format_json_schema_output_validates(client: ollama.Client) -> None:
 
 def test_format_json_is_json(client: ollama.Client) -> None:
     response = client.chat(
-        model=MODEL, messages=[{"role": "user", "content": "Reply in JSON."}], format="json",
+        model=MODEL,
+        messages=[{"role": "user", "content": "Reply in JSON."}],
+        format="json",
         options={"temperature": 0, "num_predict": 48},
     )
     if response.done_reason == "stop":
@@ -115,10 +119,14 @@ def test_format_json_is_json(client: ollama.Client) -> None:
 
 
 def test_chat_streams_assistant_messages(client: ollama.Client) -> None:
-    chunks = list(client.chat(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], options=GREEDY,
-        stream=True,
-    ))
+    chunks = list(
+        client.chat(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Say hello."}],
+            options=GREEDY,
+            stream=True,
+        )
+    )
     assert all(c.message.role == "assistant" for c in chunks)
     assert_final_fields(chunks[-1])
     assert "".join(c.message.content or "" for c in chunks)
@@ -144,16 +152,24 @@ def test_chat_with_history_and_system_not_streamed(client: ollama.Client) -> Non
 def test_system_template_and_raw_change_the_prompt(client: ollama.Client) -> None:
     plain = client.generate(model=MODEL, prompt="Hi", options={**GREEDY, "num_predict": 1})
     with_system = client.generate(
-        model=MODEL, prompt="Hi", system="You are a pirate who talks a lot.",
+        model=MODEL,
+        prompt="Hi",
+        system="You are a pirate who talks a lot.",
         options={**GREEDY, "num_predict": 1},
     )
     raw = client.generate(model=MODEL, prompt="Hi", raw=True, options={**GREEDY, "num_predict": 1})
     custom = client.generate(
-        model=MODEL, prompt="Hi", template="Q: {{ .Prompt }}\nA:",
+        model=MODEL,
+        prompt="Hi",
+        template="Q: {{ .Prompt }}\nA:",
         options={**GREEDY, "num_predict": 1},
     )
-    counts = {plain.prompt_eval_count, with_system.prompt_eval_count, raw.prompt_eval_count,
-              custom.prompt_eval_count}
+    counts = {
+        plain.prompt_eval_count,
+        with_system.prompt_eval_count,
+        raw.prompt_eval_count,
+        custom.prompt_eval_count,
+    }
     assert len(counts) == 4
     assert raw.prompt_eval_count < custom.prompt_eval_count < plain.prompt_eval_count
 
@@ -164,13 +180,20 @@ def test_think_is_refused_for_a_model_without_thinking(client: ollama.Client) ->
     assert info.value.status_code == 400
     assert "does not support thinking" in info.value.error
     # think=false is always accepted.
-    ok = client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}], think=False,
-                     options={**GREEDY, "num_predict": 2})
+    ok = client.chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        think=False,
+        options={**GREEDY, "num_predict": 2},
+    )
     assert ok.done
 
 
 def test_images_are_refused_for_a_model_without_vision(client: ollama.Client) -> None:
-    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg=="
+    pixel = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5E"
+        "rkJggg=="
+    )
     with pytest.raises(ollama.ResponseError) as info:
         client.generate(model=MODEL, prompt="What is this?", images=[pixel])
     assert info.value.status_code == 400
@@ -219,8 +242,9 @@ def test_tags_show_and_ps(client: ollama.Client) -> None:
 
 def test_options_layer_over_model_params(client: ollama.Client) -> None:
     # num_predict from the request wins; stop from the model's params layer still applies.
-    response = client.generate(model=MODEL, prompt="Hi", options={"temperature": 0,
-                                                                 "num_predict": 3})
+    response = client.generate(
+        model=MODEL, prompt="Hi", options={"temperature": 0, "num_predict": 3}
+    )
     assert response.eval_count <= 3
 
 
@@ -240,8 +264,9 @@ def test_keep_alive_load_and_unload_with_empty_prompt(client: ollama.Client) -> 
 
 
 def test_keep_alive_zero_unloads_after_the_request(client: ollama.Client) -> None:
-    response = client.generate(model=MODEL, prompt="Hi", keep_alive=0,
-                               options={**GREEDY, "num_predict": 2})
+    response = client.generate(
+        model=MODEL, prompt="Hi", keep_alive=0, options={**GREEDY, "num_predict": 2}
+    )
     assert response.done
     deadline = time.monotonic() + 10
     while any(m.model == MODEL for m in client.ps().models):

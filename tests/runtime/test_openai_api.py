@@ -35,8 +35,11 @@ def client(runtime_server: RunningServer) -> Iterator[openai.OpenAI]:
 
 def test_chat_completion(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
-        temperature=0, seed=1,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+        seed=1,
     )
     assert completion.object == "chat.completion"
     choice = completion.choices[0]
@@ -51,8 +54,12 @@ def test_chat_completion(client: openai.OpenAI) -> None:
 
 def test_chat_completion_stream_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Count to five."}], max_tokens=6,
-        temperature=0, stream=True, stream_options={"include_usage": True},
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -66,8 +73,12 @@ def test_chat_completion_stream_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_sse_wire_format_ends_with_done(runtime_server: RunningServer) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
-            "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "stream": True,
+    }
     response = httpx.post(runtime_server.openai_url + "/chat/completions", json=body, timeout=60)
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [e for e in response.text.split("\n\n") if e]
@@ -79,10 +90,14 @@ def test_sse_wire_format_ends_with_done(runtime_server: RunningServer) -> None:
 
 def test_response_format_json_schema_validates(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Describe a person."}],
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "person", "schema": PERSON_SCHEMA}},
-        temperature=0, max_tokens=64,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a person."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON_SCHEMA},
+        },
+        temperature=0,
+        max_tokens=64,
     )
     assert completion.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(completion.choices[0].message.content or ""), PERSON_SCHEMA)
@@ -90,8 +105,11 @@ def test_response_format_json_schema_validates(client: openai.OpenAI) -> None:
 
 def test_response_format_json_object(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Give me JSON."}],
-        response_format={"type": "json_object"}, temperature=0, max_tokens=48,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Give me JSON."}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=48,
     )
     content = completion.choices[0].message.content or ""
     if completion.choices[0].finish_reason == "stop":
@@ -101,23 +119,31 @@ def test_response_format_json_object(client: openai.OpenAI) -> None:
 
 
 def test_completions_plain_and_streamed(client: openai.OpenAI) -> None:
-    completion = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5,
-                                           temperature=0)
+    completion = client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=5, temperature=0
+    )
     assert completion.object == "text_completion"
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 5
-    streamed = list(client.completions.create(model=MODEL, prompt="Once upon a time",
-                                              max_tokens=5, temperature=0, stream=True))
+    streamed = list(
+        client.completions.create(
+            model=MODEL, prompt="Once upon a time", max_tokens=5, temperature=0, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
     assert streamed[-1].choices[0].finish_reason == "length"
 
 
 def test_completions_stop(client: openai.OpenAI) -> None:
-    free = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=16,
-                                     temperature=0).choices[0].text
+    free = (
+        client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=16, temperature=0)
+        .choices[0]
+        .text
+    )
     stop = free[2:4]
-    stopped = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=16,
-                                        temperature=0, stop=stop)
+    stopped = client.completions.create(
+        model=MODEL, prompt="1, 2, 3,", max_tokens=16, temperature=0, stop=stop
+    )
     assert stopped.choices[0].finish_reason == "stop"
     assert stopped.choices[0].text == free[: free.index(stop)]
 
@@ -135,8 +161,10 @@ def test_embeddings(client: openai.OpenAI) -> None:
     raw = base64.b64decode(str(encoded.data[0].embedding))
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
     assert len(decoded) == 640
-    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(decoded, plain.data[0].embedding,
-                                                                strict=True))
+    assert all(
+        math.isclose(a, b, abs_tol=1e-6)
+        for a, b in zip(decoded, plain.data[0].embedding, strict=True)
+    )
 
 
 def test_models_list_and_get(client: openai.OpenAI) -> None:
@@ -150,15 +178,18 @@ def test_models_list_and_get(client: openai.OpenAI) -> None:
 
 def test_errors_have_openai_shape(client: openai.OpenAI, runtime_server: RunningServer) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="missing:1b",
-                                       messages=[{"role": "user", "content": "Hi"}])
+        client.chat.completions.create(
+            model="missing:1b", messages=[{"role": "user", "content": "Hi"}]
+        )
     assert "model 'missing:1b' not found" in str(info.value)
-    raw = httpx.post(runtime_server.openai_url + "/chat/completions",
-                     json={"model": MODEL, "messages": []})
+    raw = httpx.post(
+        runtime_server.openai_url + "/chat/completions", json={"model": MODEL, "messages": []}
+    )
     assert raw.status_code == 400
     error = raw.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert set(error) == {"message", "type", "param", "code"}
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                       n=2)
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], n=2
+        )

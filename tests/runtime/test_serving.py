@@ -22,8 +22,12 @@ pytestmark = pytest.mark.runtime
 
 MODEL = "gemma3:270m"
 # Counting on from a raw prompt keeps the base model going for all 1000 tokens.
-LONG = {"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "raw": True,
-        "options": {"num_predict": 1000, "temperature": 0}}
+LONG = {
+    "model": MODEL,
+    "prompt": "1, 2, 3, 4, 5,",
+    "raw": True,
+    "options": {"num_predict": 1000, "temperature": 0},
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +38,17 @@ def small_queue_server(model_store: ModelStore) -> Iterator[RunningServer]:
 
 
 def auth(server: RunningServer) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, timeout=120,
-                        headers={"Authorization": "Bearer sekret"})
+    return httpx.Client(
+        base_url=server.base_url, timeout=120, headers={"Authorization": "Bearer sekret"}
+    )
 
 
 def test_api_key_is_required_when_configured(small_queue_server: RunningServer) -> None:
     base = small_queue_server.base_url
     assert httpx.get(base + "/api/tags").status_code == 401
-    assert httpx.get(base + "/v1/models",
-                     headers={"Authorization": "Bearer wrong"}).json()["error"]["type"] == (
-        "authentication_error")
+    assert httpx.get(base + "/v1/models", headers={"Authorization": "Bearer wrong"}).json()[
+        "error"
+    ]["type"] == ("authentication_error")
     assert httpx.get(base + "/healthz").status_code == 200  # probes stay open
     with auth(small_queue_server) as client:
         assert client.get("/api/tags").status_code == 200
@@ -63,22 +68,24 @@ def test_full_queue_answers_503_and_a_leaving_client_frees_the_model(
             waiting: dict[str, int] = {}
 
             def wait_in_queue() -> None:
-                response = client.post("/api/generate", json={**LONG, "stream": False,
-                                                              "options": {"num_predict": 2}})
+                response = client.post(
+                    "/api/generate", json={**LONG, "stream": False, "options": {"num_predict": 2}}
+                )
                 waiting["status"] = response.status_code
 
             waiter = threading.Thread(target=wait_in_queue)
             waiter.start()
             deadline = time.monotonic() + 10
-            while f'corral_pending_requests{{model="{MODEL}"}} 2.0' not in client.get(
-                "/metrics"
-            ).text:
+            while (
+                f'corral_pending_requests{{model="{MODEL}"}} 2.0' not in client.get("/metrics").text
+            ):
                 assert time.monotonic() < deadline, "the second request never queued"
                 time.sleep(0.02)
             busy = client.post("/api/generate", json=LONG)
             assert busy.status_code == 503
             assert busy.json()["error"] == (
-                "server busy, please try again.  maximum pending requests exceeded")
+                "server busy, please try again.  maximum pending requests exceeded"
+            )
             assert busy.headers["Retry-After"]
             openai_busy = client.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
             assert openai_busy.status_code == 503
@@ -88,14 +95,17 @@ def test_full_queue_answers_503_and_a_leaving_client_frees_the_model(
         waiter.join(timeout=60)
         assert waiting["status"] == 200
         assert time.monotonic() - left_at < 5
-        stats = client.post("/api/generate", json={**LONG, "stream": False,
-                                                   "options": {"num_predict": 1}})
+        stats = client.post(
+            "/api/generate", json={**LONG, "stream": False, "options": {"num_predict": 1}}
+        )
         assert stats.status_code == 200
 
 
 def test_decode_does_not_block_the_event_loop(runtime_server: RunningServer) -> None:
-    with httpx.Client(base_url=runtime_server.base_url, timeout=120) as client, \
-            client.stream("POST", "/api/generate", json=LONG) as stream:
+    with (
+        httpx.Client(base_url=runtime_server.base_url, timeout=120) as client,
+        client.stream("POST", "/api/generate", json=LONG) as stream,
+    ):
         lines = stream.iter_lines()
         next(lines)
         # While tokens are being generated, other requests are answered promptly.
@@ -110,21 +120,33 @@ def test_health_ready_and_metrics(runtime_server: RunningServer) -> None:
     base = runtime_server.base_url
     assert httpx.get(base + "/healthz").json() == {"status": "ok"}
     assert httpx.get(base + "/readyz").status_code == 200
-    httpx.post(base + "/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
-                                             "options": {"num_predict": 3}}, timeout=60)
+    httpx.post(
+        base + "/api/generate",
+        json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 3}},
+        timeout=60,
+    )
     httpx.post(base + "/api/generate", json={"model": "missing:1b", "prompt": "Hi"})
     text = httpx.get(base + "/metrics").text
     assert 'corral_requests_total{endpoint="/api/generate",model="gemma3:270m",status="200"}' in (
-        text)
+        text
+    )
     assert 'corral_requests_total{endpoint="/api/generate",model="missing:1b",status="404"}' in (
-        text)
-    for name in ("corral_time_to_first_token_seconds_bucket",
-                 "corral_time_per_output_token_seconds_bucket",
-                 "corral_tokens_generated_total", "corral_loaded_models",
-                 "corral_model_load_seconds_bucket", "corral_last_request_timestamp_seconds"):
+        text
+    )
+    for name in (
+        "corral_time_to_first_token_seconds_bucket",
+        "corral_time_per_output_token_seconds_bucket",
+        "corral_tokens_generated_total",
+        "corral_loaded_models",
+        "corral_model_load_seconds_bucket",
+        "corral_last_request_timestamp_seconds",
+    ):
         assert name in text
-    last = next(line for line in text.splitlines()
-                if line.startswith("corral_last_request_timestamp_seconds "))
+    last = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("corral_last_request_timestamp_seconds ")
+    )
     assert abs(float(last.split()[1]) - time.time()) < 60
 
 
@@ -139,14 +161,18 @@ def test_least_recently_used_model_is_evicted(tmp_path: Path, test_model_path: P
     store = ModelStore(tmp_path)
     for name in ("first:1", "second:1"):
         store.create_model(name, test_model_path, template=GEMMA_TEMPLATE, params=GEMMA_PARAMS)
-    with serve(settings_for(tmp_path, max_loaded_models=1), store) as server, \
-            ollama.Client(host=server.base_url) as client:
+    with (
+        serve(settings_for(tmp_path, max_loaded_models=1), store) as server,
+        ollama.Client(host=server.base_url) as client,
+    ):
         client.generate(model="first:1", prompt="Hi", options={"num_predict": 1})
         assert [m.model for m in client.ps().models] == ["first:1"]
         client.generate(model="second:1", prompt="Hi", options={"num_predict": 1})
         assert [m.model for m in client.ps().models] == ["second:1"]
-    with serve(settings_for(tmp_path, max_loaded_models=2), store) as server, \
-            ollama.Client(host=server.base_url) as client:
+    with (
+        serve(settings_for(tmp_path, max_loaded_models=2), store) as server,
+        ollama.Client(host=server.base_url) as client,
+    ):
         client.generate(model="first:1", prompt="", keep_alive="1h")
         client.generate(model="second:1", prompt="", keep_alive="1h")
         assert sorted(m.model for m in client.ps().models) == ["first:1", "second:1"]

@@ -27,7 +27,8 @@ You may call these functions; to call one, reply with JSON {"name": ..., "argume
 {{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
 {{- if eq .Role "assistant" }}<start_of_turn>model
-{{ if .ToolCalls }}{{ range .ToolCalls }}{{ json .Function }}{{ end }}{{ else }}{{ .Content }}{{ end }}
+{{ if .ToolCalls }}{{ range .ToolCalls }}{{ json .Function }}{{ end }}
+{{- else }}{{ .Content }}{{ end }}
 {{- if not $last }}<end_of_turn>
 {{ end }}
 {{- else }}<start_of_turn>user
@@ -44,8 +45,11 @@ WEATHER_PARAMETERS = {
 }
 WEATHER_TOOL = {
     "type": "function",
-    "function": {"name": "get_weather", "description": "Current weather in a city",
-                 "parameters": WEATHER_PARAMETERS},
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": WEATHER_PARAMETERS,
+    },
 }
 CALL_SCHEMA = {
     "type": "object",
@@ -55,13 +59,12 @@ CALL_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def tools_server(tmp_path_factory: pytest.TempPathFactory,
-                 test_model_path: Path) -> Iterator[RunningServer]:
+def tools_server(
+    tmp_path_factory: pytest.TempPathFactory, test_model_path: Path
+) -> Iterator[RunningServer]:
     store = ModelStore(tmp_path_factory.mktemp("tools-store"))
-    store.create_model(TOOLS_MODEL, test_model_path, template=TOOLS_TEMPLATE,
-                       params=GEMMA_PARAMS)
-    store.create_model("gemma3:270m", test_model_path, template=GEMMA_TEMPLATE,
-                       params=GEMMA_PARAMS)
+    store.create_model(TOOLS_MODEL, test_model_path, template=TOOLS_TEMPLATE, params=GEMMA_PARAMS)
+    store.create_model("gemma3:270m", test_model_path, template=GEMMA_TEMPLATE, params=GEMMA_PARAMS)
     with serve(settings_for(store.root), store) as server:
         yield server
 
@@ -71,7 +74,8 @@ def test_ollama_chat_returns_tool_calls(tools_server: RunningServer) -> None:
         response = client.chat(
             model=TOOLS_MODEL,
             messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-            tools=[WEATHER_TOOL], format=CALL_SCHEMA,
+            tools=[WEATHER_TOOL],
+            format=CALL_SCHEMA,
             options={"temperature": 0, "num_predict": 48},
         )
         calls = response.message.tool_calls or []
@@ -84,22 +88,33 @@ def test_ollama_chat_returns_tool_calls(tools_server: RunningServer) -> None:
             model=TOOLS_MODEL,
             messages=[
                 {"role": "user", "content": "What is the weather in Paris?"},
-                {"role": "assistant", "content": "", "tool_calls": [
-                    {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                    ],
+                },
                 {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"},
             ],
-            tools=[WEATHER_TOOL], options={"temperature": 0, "num_predict": 8},
+            tools=[WEATHER_TOOL],
+            options={"temperature": 0, "num_predict": 8},
         )
         assert follow_up.done
 
 
 def test_ollama_streamed_tool_calls(tools_server: RunningServer) -> None:
     with ollama.Client(host=tools_server.base_url) as client:
-        chunks = list(client.chat(
-            model=TOOLS_MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}],
-            tools=[WEATHER_TOOL], format=CALL_SCHEMA, stream=True,
-            options={"temperature": 0, "num_predict": 48},
-        ))
+        chunks = list(
+            client.chat(
+                model=TOOLS_MODEL,
+                messages=[{"role": "user", "content": "Weather in Oslo?"}],
+                tools=[WEATHER_TOOL],
+                format=CALL_SCHEMA,
+                stream=True,
+                options={"temperature": 0, "num_predict": 48},
+            )
+        )
     calls = [c for chunk in chunks for c in chunk.message.tool_calls or []]
     assert [c.function.name for c in calls] == ["get_weather"]
     assert "".join(c.message.content or "" for c in chunks) == ""
@@ -107,10 +122,13 @@ def test_ollama_streamed_tool_calls(tools_server: RunningServer) -> None:
 
 
 def test_tools_need_a_template_that_supports_them(tools_server: RunningServer) -> None:
-    with ollama.Client(host=tools_server.base_url) as client, \
-            pytest.raises(ollama.ResponseError) as info:
-        client.chat(model="gemma3:270m", messages=[{"role": "user", "content": "Hi"}],
-                    tools=[WEATHER_TOOL])
+    with (
+        ollama.Client(host=tools_server.base_url) as client,
+        pytest.raises(ollama.ResponseError) as info,
+    ):
+        client.chat(
+            model="gemma3:270m", messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER_TOOL]
+        )
     assert info.value.status_code == 400
     assert "does not support tools" in info.value.error
 
@@ -118,10 +136,12 @@ def test_tools_need_a_template_that_supports_them(tools_server: RunningServer) -
 def test_openai_tool_choice_forces_a_call(tools_server: RunningServer) -> None:
     with openai.OpenAI(base_url=tools_server.openai_url, api_key="x") as client:
         completion = client.chat.completions.create(
-            model=TOOLS_MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}],
+            model=TOOLS_MODEL,
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
             tools=[WEATHER_TOOL],  # type: ignore[list-item]
             tool_choice={"type": "function", "function": {"name": "get_weather"}},
-            temperature=0, max_tokens=48,
+            temperature=0,
+            max_tokens=48,
         )
         choice = completion.choices[0]
         assert choice.finish_reason == "tool_calls"
@@ -133,9 +153,13 @@ def test_openai_tool_choice_forces_a_call(tools_server: RunningServer) -> None:
         assert calls[0].id
 
         stream = client.chat.completions.create(
-            model=TOOLS_MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}],
+            model=TOOLS_MODEL,
+            messages=[{"role": "user", "content": "Weather in Oslo?"}],
             tools=[WEATHER_TOOL],  # type: ignore[list-item]
-            tool_choice="required", temperature=0, max_tokens=48, stream=True,
+            tool_choice="required",
+            temperature=0,
+            max_tokens=48,
+            stream=True,
         )
         chunks = list(stream)
     deltas = [c.choices[0].delta for c in chunks if c.choices]

@@ -1,0 +1,70 @@
+"""Ollama options: validation, merging over the model's params, and conversion."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from corral_runtime.api.options import (
+    InvalidOptionsError,
+    load_options,
+    merge_options,
+    sampling_params,
+    validate_options,
+)
+from corral_runtime.engine.types import OutputFormat
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_ollamas() -> None:
+    params = sampling_params(validate_options(None), None)
+    assert (params.temperature, params.top_k, params.top_p) == (0.8, 40, 0.9)
+    assert params.min_p == 0 and params.seed is None and params.num_predict == -1
+    assert params.repeat_penalty == 1.0 and params.repeat_last_n == 64 and params.stop == ()
+
+
+def test_request_options_win_over_model_params() -> None:
+    model = validate_options({"stop": ["<end_of_turn>"], "top_k": 64, "temperature": 0.5})
+    request = validate_options({"temperature": 0, "num_ctx": 1024})
+    merged = merge_options(model, request)
+    params = sampling_params(merged, OutputFormat())
+    assert params.temperature == 0 and params.top_k == 64
+    assert params.stop == ("<end_of_turn>",) and params.output_format == OutputFormat()
+    assert load_options(merged).num_ctx == 1024
+
+
+def test_ints_are_numbers_and_seed_minus_one_is_random() -> None:
+    params = sampling_params(validate_options({"temperature": 1, "seed": -1, "stop": "x"}), None)
+    assert params.temperature == 1.0 and params.seed is None and params.stop == ("x",)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"temperature": "0.5"}, "temperature"),
+        ({"top_k": 1.5}, "top_k"),
+        ({"seed": True}, "seed"),
+        ({"stop": [1]}, "stop"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"temperature": -1}, "temperature"),
+        ({"num_predict": -3}, "num_predict"),
+    ],
+)
+def test_wrong_types_and_ranges_name_the_key(options: dict[str, object], key: str) -> None:
+    with pytest.raises(InvalidOptionsError, match=key):
+        validate_options(options)
+
+
+def test_options_must_be_an_object() -> None:
+    with pytest.raises(InvalidOptionsError):
+        validate_options([1, 2])  # type: ignore[arg-type]
+
+
+def test_unknown_keys_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        options = validate_options({"mirostat_whatever": 1, "top_k": 3})
+    assert options.top_k == 3
+    assert "mirostat_whatever" in caplog.text
+    assert "mirostat_whatever" not in merge_options(options).model_dump()

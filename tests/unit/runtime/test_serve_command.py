@@ -1,0 +1,45 @@
+"""``corral serve`` flags become RuntimeSettings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral_runtime.cli import build_parser
+from corral_runtime.commands.serve import run, settings_from_args
+
+pytestmark = pytest.mark.unit
+
+
+def test_flags_override_defaults(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000",
+            "--models",
+            str(tmp_path),
+            "--api-key",
+            "k",
+            "--parallel",
+            "2",
+            "--context-length",
+            "8192",
+            "--gpu-layers",
+            "0",
+        ]
+    )
+    assert args.func is run
+    settings = settings_from_args(args)
+    assert (settings.host, settings.port, settings.models) == ("0.0.0.0", 9000, tmp_path)
+    assert settings.api_key == "k" and settings.parallel == 2
+    assert settings.context_length == 8192 and settings.gpu_layers == 0
+
+
+def test_no_flags_keeps_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CORRAL_PORT", raising=False)
+    settings = settings_from_args(build_parser().parse_args(["serve"]))
+    assert settings.port == 11434 and settings.gpu_layers == "auto"
