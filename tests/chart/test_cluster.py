@@ -115,7 +115,8 @@ def test_installed_accounts_have_exactly_their_permissions(
         (operator, "create", "events"),
         (operator, "list", "customresourcedefinitions.apiextensions.k8s.io"),
         (gateway, "watch", "modelservers.corral.dev"),
-        (gateway, "update", "modelservers.corral.dev#scale"),
+        (gateway, "patch", "modelservers.corral.dev#scale"),
+        (gateway, "patch", "modelservers.corral.dev#status"),
         (gateway, "list", "endpoints"),
     ]
     denied = [
@@ -127,6 +128,7 @@ def test_installed_accounts_have_exactly_their_permissions(
         (gateway, "patch", "models.corral.dev"),
         (gateway, "create", "deployments.apps"),
         (gateway, "create", "pods#exec"),
+        (gateway, "list", "pods"),
         (gateway, "patch", "models.corral.dev#status"),
         (operator, "update", "modelservers.corral.dev#scale"),
     ]

@@ -37,10 +37,11 @@ NAMESPACED: set[Grant] = (
     | _grants("operator", "", "persistentvolumeclaims", "create patch")
     | _grants("operator", "", "pods", "list")
     | _grants("operator", "", "events", "create")
-    | _grants("gateway", "corral.dev", "models modelservers", "get list watch")
+    | _grants("gateway", "corral.dev", "models", "list watch")
+    | _grants("gateway", "corral.dev", "modelservers", "list watch patch")
     | _grants("gateway", "corral.dev", "modelservers/status", "patch")
-    | _grants("gateway", "corral.dev", "modelservers/scale", "get patch update")
-    | _grants("gateway", "", "endpoints pods", "get list watch")
+    | _grants("gateway", "corral.dev", "modelservers/scale", "get patch")
+    | _grants("gateway", "", "endpoints", "list watch")
 )
 CLUSTER_ONLY: set[Grant] = _grants(
     "operator", "apiextensions.k8s.io", "customresourcedefinitions", "list watch"
