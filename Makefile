@@ -49,6 +49,16 @@ cluster-down: ## Stop the control plane and remove its state
 	@if [ -x $(PY) ]; then $(PY) -m tests.support.controlplane down --dir .cluster; \
 	else python3 -m tests.support.controlplane down --dir .cluster; fi
 
+.PHONY: generate
+generate: install ## Regenerate the chart's CRDs from crds/ and manifests/install.yaml from the chart
+	$(PY) scripts/sync-crds.py
+	bash scripts/render-manifests.sh
+
+.PHONY: check-generated
+check-generated: install ## Fail when the chart's CRDs or manifests/install.yaml are stale
+	$(PY) scripts/sync-crds.py --check
+	bash scripts/render-manifests.sh --check
+
 .PHONY: bench
 bench: install ## Run the benchmarks under bench/ (each prints ratios against a reference)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
