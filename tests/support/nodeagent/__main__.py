@@ -142,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         stop.wait()
     finally:
-        if provisioner is not None:
-            provisioner.stop()
-        for node in nodes:
-            node.stop(args.shutdown_grace)
-        agent.close()
-        api.close()
+        try:
+            if provisioner is not None:
+                provisioner.stop()
+            for node in nodes:
+                node.stop(args.shutdown_grace)
+        finally:
+            agent.close()  # whatever failed above, no namespace or process outlives the agent
+            api.close()
     return 0
 
 

@@ -97,9 +97,13 @@ class NodeAgent:
             worker.request_stop(min(grace, worker.termination_grace()))
         for worker in self.workers.values():
             worker.join(timeout=grace + 10)
-        ignore_status((404,), self.core.delete_node, self.name)
-        ignore_status((404,), self.leases.delete_namespaced_lease, self.name, "kube-node-lease")
-        self.network.close()
+        try:
+            ignore_status((404,), self.core.delete_node, self.name)
+            ignore_status((404,), self.leases.delete_namespaced_lease, self.name, "kube-node-lease")
+        except Exception as error:  # the API may be gone already; local clean-up must go on
+            log.warning("could not delete node %s: %s", self.name, error)
+        finally:
+            self.network.close()
 
     # -- node object and heartbeat -------------------------------------------------------------
 
