@@ -17,6 +17,7 @@ from corral_runtime import __version__
 COMMAND_MODULES = (
     "corral_runtime.commands.serve",
     "corral_runtime.commands.models",
+    "corral_operator.cli",
 )
 
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            # A module whose package is not installed (the operator's, in the runtime image)
+            # contributes no commands; any other missing import is a real error.
+            if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
                 raise
             continue
         module.register(subparsers)

@@ -1,0 +1,227 @@
+"""The cluster subcommands of ``corral``: deploy, run, ps, models.
+
+``corral list`` (and ``pull``/``rm``/``cp``/``show``) manage the local model store; these talk to
+a Kubernetes cluster with corral installed. Each handler returns an exit code and turns every
+expected failure into one ``Error: …`` line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from corral_operator.cli.cluster import Cluster, CommandError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cluster_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("cluster")
+    group.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: KUBECONFIG, then ~/.kube/config)"
+    )
+    group.add_argument("--context", help="kubeconfig context (default: the current one)")
+    group.add_argument(
+        "-n",
+        "--namespace",
+        help="namespace of the Models and ModelServers (default: the context's, else default)",
+    )
+    return common
+
+
+def _reported(func: Handler) -> Handler:
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except CommandError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@contextmanager
+def _connected(args: argparse.Namespace) -> Iterator[Cluster]:
+    cluster = Cluster.connect(args.kubeconfig, args.context, args.namespace)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def register(subparsers: Any) -> None:
+    common = _cluster_options()
+
+    deploy = subparsers.add_parser(
+        "deploy",
+        parents=[common],
+        help="deploy a model to the cluster (a Model and a ModelServer)",
+        description="Create or update the Model and ModelServer for MODEL with server-side "
+        "apply (field manager corral-cli); both are named after the model "
+        "(gemma3:270m -> gemma3-270m).",
+    )
+    deploy.add_argument("model", metavar="MODEL", help="e.g. gemma3:270m, hf://org/repo/f.gguf")
+    deploy.add_argument("--gpus", type=int, default=0, help="GPUs per replica (default 0)")
+    deploy.add_argument(
+        "--min", dest="min_replicas", type=int, default=0, help="replicas kept up (default 0)"
+    )
+    deploy.add_argument(
+        "--max", dest="max_replicas", type=int, default=1, help="most replicas (default 1)"
+    )
+    deploy.add_argument(
+        "--keep-alive",
+        default="5m",
+        help="idle time before scaling to --min: 300, 300s, 5m, 1h (default 5m)",
+    )
+    deploy.add_argument("--cpu", help="CPU request per replica (e.g. 2 or 500m)")
+    deploy.add_argument("--memory", help="memory request and limit per replica (e.g. 8Gi)")
+    deploy.set_defaults(func=_reported(cmd_deploy))
+
+    run = subparsers.add_parser(
+        "run",
+        parents=[common],
+        help="chat with a model through the cluster's gateway",
+        description="Chat with MODEL through corral's gateway (or any Ollama-compatible server). "
+        "Without PROMPT at a terminal: an interactive chat, /bye to leave. With PROMPT, or "
+        "with input piped in: one reply.",
+    )
+    run.add_argument("model", metavar="MODEL", help="the served name, e.g. gemma3:270m")
+    run.add_argument("prompt", metavar="PROMPT", nargs="*", help="one prompt, then exit")
+    run.add_argument(
+        "--host",
+        help="server URL (default: CORRAL_HOST, OLLAMA_HOST, else the gateway in the cluster)",
+    )
+    run.add_argument(
+        "--gateway-namespace",
+        default=os.environ.get("CORRAL_GATEWAY_NAMESPACE"),
+        help="where corral is installed (default: CORRAL_GATEWAY_NAMESPACE or corral-system)",
+    )
+    run.add_argument("--system", help="a system message for the conversation")
+    run.add_argument("--keep-alive", help="keep_alive sent with each request (e.g. 10m)")
+    run.add_argument(
+        "--api-key",
+        default=os.environ.get("CORRAL_API_KEY"),
+        help="bearer key for a gateway with API keys (default: CORRAL_API_KEY)",
+    )
+    run.set_defaults(func=_reported(cmd_run))
+
+    ps = subparsers.add_parser(
+        "ps",
+        parents=[common],
+        help="list the cluster's model servers, their replicas and loaded models",
+    )
+    ps.set_defaults(func=_reported(cmd_ps))
+
+    models = subparsers.add_parser(
+        "models",
+        parents=[common],
+        help="list the cluster's Models (the local store is `corral list`)",
+    )
+    models.set_defaults(func=_reported(cmd_models))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from corral_operator.cli.objects import DeployRequest, model_object, server_object
+    from corral_operator.cli.values import format_duration, parse_duration
+    from corral_operator.planners.sources import InvalidSourceError
+
+    try:
+        request = DeployRequest(
+            model=args.model,
+            gpus=args.gpus,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            keep_alive_seconds=parse_duration(args.keep_alive),
+            cpu=args.cpu,
+            memory=args.memory,
+        )
+        problems = request.problems()
+        if problems:
+            raise CommandError("; ".join(problems))
+        with _connected(args) as cluster:
+            model = cluster.apply(model_object(request, cluster.namespace))
+            server = cluster.apply(server_object(request, cluster.namespace))
+    except (InvalidSourceError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    spec = server.obj["spec"]
+    print(
+        f"model.corral.dev/{model.obj['metadata']['name']} {model.action} "
+        f"(source {model.obj['spec']['source']})"
+    )
+    print(
+        f"modelserver.corral.dev/{server.obj['metadata']['name']} {server.action} "
+        f"(replicas {spec['minReplicas']}-{spec['maxReplicas']}, "
+        f"keep-alive {format_duration(spec['keepAliveSeconds'])}, "
+        f"gpus {spec['resources'].get('gpus', 0)})"
+    )
+    from corral_operator.cli.naming import client_model_name
+
+    print(f"Chat with it: corral run {client_model_name(args.model)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import httpx
+
+    from corral_operator.cli import chat, gateway
+
+    try:
+        host = gateway.explicit_host(args.host)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if host is None:
+        with _connected(args) as cluster:
+            host = gateway.find_gateway(
+                cluster, args.gateway_namespace or gateway.DEFAULT_GATEWAY_NAMESPACE
+            )
+    prompt = " ".join(args.prompt)
+    interactive = not prompt and sys.stdin.isatty()
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read().strip()
+        prompt = "\n\n".join(part for part in (piped, prompt) if part)
+        if not prompt:
+            raise CommandError("no prompt: pass PROMPT or pipe text in")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=host, timeout=chat.TIMEOUT, headers=headers) as http:
+        conversation = chat.Conversation(
+            http, args.model, system=args.system, keep_alive=args.keep_alive
+        )
+        if interactive:
+            chat.interact(conversation, input, sys.stdout)
+        else:
+            chat.say(conversation, prompt, sys.stdout)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from corral_operator import api
+    from corral_operator.cli import tables
+    from corral_operator.cli.pods import loaded_models
+
+    with _connected(args) as cluster:
+        servers = cluster.list_corral(api.MODELSERVERS)
+        loaded = {
+            s["metadata"]["name"]: loaded_models(cluster, s)
+            for s in servers
+            if int((s.get("status") or {}).get("readyReplicas") or 0) > 0
+        }
+    print(tables.ps_table(servers, datetime.now(UTC), loaded))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from corral_operator import api
+    from corral_operator.cli import tables
+
+    with _connected(args) as cluster:
+        models = cluster.list_corral(api.MODELS)
+    print(tables.models_table(models))
+    return 0
