@@ -129,4 +129,5 @@ def tick(
     logger.info("idle past its keep-alive: scaling %s/%s to %d", namespace, name, replicas)
     # The scale write is what the gateway watches: from here on the pods get no new requests,
     # and a request arriving now is held and scales the server up again.
+    # idle_replicas only answers for servers whose spec.replicas is set (unset means min).
     kubeapi.scale_replicas(ctx.kube.client, namespace, name, replicas)

@@ -237,10 +237,10 @@ class ClusterBackend:
         namespace, name = server
         # Activity first, so that the keep-alive cannot take the wake-up for idleness.
         kubeapi.set_last_request_time(self.client, namespace, name, now)
-        current = kubeapi.read_scale(self.client, namespace, name)
+        current = kubeapi.read_replicas(self.client, namespace, name)
         if current is None or current < replicas:
             log.info("scaling %s/%s to %d", namespace, name, replicas)
-            kubeapi.scale_replicas(self.client, namespace, name, replicas)
+            kubeapi.scale_replicas(self.client, namespace, name, replicas, unset=current is None)
         else:
             # Replicas were asked for already but none run (the operator's keep-alive scaled
             # the Deployment down alone): a metadata write makes it reconcile now.

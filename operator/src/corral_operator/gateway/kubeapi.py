@@ -72,20 +72,21 @@ def set_last_request_time(
     )
 
 
-def read_scale(client: k8s.ApiClient, namespace: str, name: str) -> int | None:
-    scale = request(client, "GET", server_path(namespace, name) + "/scale")
-    replicas = (scale.get("spec") or {}).get("replicas")
+def read_replicas(client: k8s.ApiClient, namespace: str, name: str) -> int | None:
+    """``spec.replicas`` of a ModelServer (None while unset). Read from the object itself: the
+    scale subresource of a custom resource fails (500) while its replicas field is unset."""
+    server = request(client, "GET", server_path(namespace, name))
+    replicas = (server.get("spec") or {}).get("replicas")
     return None if replicas is None else int(replicas)
 
 
-def scale_replicas(client: k8s.ApiClient, namespace: str, name: str, replicas: int) -> None:
-    request(
-        client,
-        "PATCH",
-        server_path(namespace, name) + "/scale",
-        {"spec": {"replicas": replicas}},
-        MERGE_PATCH,
-    )
+def scale_replicas(
+    client: k8s.ApiClient, namespace: str, name: str, replicas: int, *, unset: bool = False
+) -> None:
+    """Set ``spec.replicas`` through the scale subresource; a server whose field is still
+    ``unset`` gets it through a patch of the object (its scale subresource cannot answer)."""
+    path = server_path(namespace, name) + ("" if unset else "/scale")
+    request(client, "PATCH", path, {"spec": {"replicas": replicas}}, MERGE_PATCH)
 
 
 def set_annotations(

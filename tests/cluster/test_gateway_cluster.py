@@ -1,0 +1,168 @@
+"""The gateway's cluster backend and the keep-alive against the real control plane (no runtime
+pods run here): routing from watched Models and ModelServers, the wake-up through the scale
+subresource with lastRequestTime recorded first, a held request failing at its deadline with
+the reason, unknown models answered 404 without scaling, and the keep-alive timer's scale-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client
+
+from corral_operator import api
+from corral_operator.gateway import kubeapi
+from corral_operator.gateway.app import create_gateway_app
+from corral_operator.gateway.settings import GatewaySettings
+from corral_operator.handlers.context import Context
+from corral_operator.keepalive import KeepAliveSettings, tick
+from corral_operator.kube import Kube
+from corral_operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def crds(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(ROOT / "crds"), check=True)
+    for name in ("models.corral.dev", "modelservers.corral.dev"):
+        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s", check=True)
+
+
+def custom(k8s_client: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(k8s_client)
+
+
+def create_ready_model(k8s_client: Any, namespace: str, name: str, served: str) -> None:
+    objects = custom(k8s_client)
+    objects.create_namespaced_custom_object(
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.MODELS,
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "Model",
+            "metadata": {"name": name},
+            "spec": {"source": served},
+        },
+    )
+    status = {
+        "name": served,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Pulled",
+                "message": "pulled",
+                "lastTransitionTime": kubeapi.rfc3339(datetime.now(UTC)),
+            }
+        ],
+    }
+    kubeapi.request(
+        k8s_client,
+        "PATCH",
+        f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.MODELS}/{name}/status",
+        {"status": status},
+        kubeapi.MERGE_PATCH,
+    )
+
+
+def create_server(k8s_client: Any, namespace: str, name: str, models: list[str]) -> None:
+    custom(k8s_client).create_namespaced_custom_object(
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.MODELSERVERS,
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "ModelServer",
+            "metadata": {"name": name},
+            "spec": {"models": models, "minReplicas": 0, "maxReplicas": 2, "keepAliveSeconds": 5},
+        },
+    )
+
+
+def get_server(k8s_client: Any, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        custom(k8s_client).get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.MODELSERVERS, name
+        )
+    )
+
+
+@pytest.fixture
+async def gateway(crds: None, kubeconfig: Path, namespace: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = GatewaySettings(
+        kubeconfig=kubeconfig,
+        namespaces=[namespace],
+        hold_deadline_seconds=3.0,
+        heartbeat_seconds=0.5,
+        activity_interval_seconds=0.5,
+    )
+    app = create_gateway_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            yield http
+
+
+async def wait_listed(http: httpx.AsyncClient, model: str) -> None:
+    for _ in range(100):
+        ids = [m["id"] for m in (await http.get("/v1/models")).json()["data"]]
+        if model in ids:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{model} never listed")
+
+
+async def test_held_request_wakes_the_server_and_fails_at_deadline(
+    gateway: httpx.AsyncClient, k8s_client: Any, namespace: str
+) -> None:
+    create_ready_model(k8s_client, namespace, "gemma", "gemma3:270m")
+    create_server(k8s_client, namespace, "cold", ["gemma"])
+    await wait_listed(gateway, "gemma3:270m")
+    tags = (await gateway.get("/api/tags")).json()["models"]
+    assert [t["name"] for t in tags] == ["gemma3:270m"]
+
+    missing = await gateway.post("/api/generate", json={"model": "other:1b", "stream": False})
+    assert missing.status_code == 404
+    assert "replicas" not in get_server(k8s_client, namespace, "cold")["spec"]
+
+    started = datetime.now(UTC)
+    held = await gateway.post(
+        "/api/generate", json={"model": "gemma3:270m", "prompt": "x", "stream": False}
+    )
+    assert held.status_code == 504
+    assert "did not become ready within 3s" in held.json()["error"]
+    server = get_server(k8s_client, namespace, "cold")
+    assert server["spec"]["replicas"] == 1
+    last = kubeapi.parse_time(server["status"]["lastRequestTime"])
+    assert last is not None and last >= started.replace(microsecond=0)
+    metrics = (await gateway.get("/metrics")).text
+    assert "corral_gateway_scale_events_total{" in metrics
+
+
+async def test_keep_alive_scales_an_idle_server_to_zero(
+    crds: None, k8s_client: Any, namespace: str
+) -> None:
+    create_server(k8s_client, namespace, "idle", ["gemma"])
+    kubeapi.scale_replicas(k8s_client, namespace, "idle", 1, unset=True)
+    ctx = Context(kube=Kube(k8s_client), settings=OperatorSettings())
+    log = logging.getLogger("test")
+    now = datetime.now(UTC)
+    kubeapi.set_last_request_time(k8s_client, namespace, "idle", now - timedelta(seconds=2))
+    tick(ctx, namespace, "idle", now, KeepAliveSettings(), log)
+    assert get_server(k8s_client, namespace, "idle")["spec"]["replicas"] == 1
+    kubeapi.set_last_request_time(k8s_client, namespace, "idle", now - timedelta(seconds=6))
+    tick(ctx, namespace, "idle", now, KeepAliveSettings(), log)
+    assert get_server(k8s_client, namespace, "idle")["spec"]["replicas"] == 0
