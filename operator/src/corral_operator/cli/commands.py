@@ -146,11 +146,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         problems = request.problems()
         if problems:
             raise CommandError("; ".join(problems))
-        with _connected(args) as cluster:
-            model = cluster.apply(model_object(request, cluster.namespace))
-            server = cluster.apply(server_object(request, cluster.namespace))
+        model_object(request, "")  # refuses a bad MODEL before any call to the cluster
     except (InvalidSourceError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    with _connected(args) as cluster:
+        model = cluster.apply(model_object(request, cluster.namespace))
+        server = cluster.apply(server_object(request, cluster.namespace))
     spec = server.obj["spec"]
     print(
         f"model.corral.dev/{model.obj['metadata']['name']} {model.action} "

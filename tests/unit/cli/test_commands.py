@@ -1,0 +1,107 @@
+"""The cluster subcommands inside ``corral``: registered next to the runtime's, and failing with
+one line and exit code 1 when there is no cluster to talk to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral_runtime import cli
+
+pytestmark = pytest.mark.unit
+
+
+def subcommands() -> set[str]:
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return set(action.choices or ())
+
+
+def test_cluster_commands_sit_beside_the_store_commands() -> None:
+    names = subcommands()
+    assert {"deploy", "run", "ps", "models"} <= names
+    assert {"serve", "pull", "list", "rm", "cp", "show"} <= names
+
+
+def test_a_missing_package_only_drops_its_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "corral_not_installed.commands")
+    )
+    assert "deploy" in subcommands()
+
+
+def test_a_broken_import_inside_a_present_module_is_not_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "corral_broken_commands.py").write_text("import corral_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("corral_broken_commands",))
+    with pytest.raises(ModuleNotFoundError, match="corral_no_such_dependency"):
+        cli.build_parser()
+
+
+@pytest.fixture
+def no_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    for name in ("CORRAL_HOST", "OLLAMA_HOST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    "argv", [["ps"], ["models"], ["deploy", "gemma3:270m"], ["run", "gemma3:270m", "hi"]]
+)
+def test_no_kubeconfig_is_one_line_and_exit_1(
+    argv: list[str], no_kubeconfig: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "Error: no cluster configured: no kubeconfig found "
+        "(pass --kubeconfig, set KUBECONFIG, or create ~/.kube/config)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "Error: kubeconfig {path} does not exist\n"),
+        ("clusters: [", "Error: cannot load the kubeconfig: "),
+        ("apiVersion: v1\n", "Error: cannot load the kubeconfig: Invalid kube-config file."),
+    ],
+)
+def test_unusable_kubeconfig(
+    content: str | None,
+    message: str,
+    tmp_path: Path,
+    no_kubeconfig: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "kubeconfig"
+    if content is not None:
+        path.write_text(content)
+    assert cli.main(["models", "--kubeconfig", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(path=path))
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["deploy", "m:1", "--keep-alive", "soon"], "Error: invalid duration 'soon'"),
+        (["deploy", "m:1", "--min", "3", "--max", "2"], "Error: --min (3) is greater than"),
+        (["deploy", "ftp://x/y.gguf"], "Error: unsupported source scheme 'ftp'"),
+        (["run", "m:1", "hi", "--host", "ftp://x"], "Error: invalid host 'ftp://x'"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_cluster_call(
+    argv: list[str], message: str, no_kubeconfig: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert err.count("\n") == 1
