@@ -31,6 +31,7 @@ def _grants(component: str, group: str, resources: str, verbs: str) -> set[Grant
 NAMESPACED: set[Grant] = (
     _grants("operator", "corral.dev", "models modelservers", "get list watch patch")
     | _grants("operator", "corral.dev", "models/status modelservers/status", "patch")
+    | _grants("operator", "corral.dev", "modelservers/scale", "patch")
     | _grants("operator", "apps", "deployments", "get list watch create patch")
     | _grants("operator", "", "services", "list watch create patch")
     | _grants("operator", "batch", "jobs", "get list watch create patch delete")
