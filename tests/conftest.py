@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -116,6 +117,19 @@ def namespace(k8s_client: Any) -> Iterator[str]:
     core = client.CoreV1Api(k8s_client)
     name = f"t-{uuid.uuid4().hex[:10]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods are refused ("No API token found for service account") until the token controller
+    # has given the namespace's default ServiceAccount its secret.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if core.read_namespaced_service_account("default", name).secrets:
+                break
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        if time.monotonic() > deadline:
+            pytest.fail(f"namespace {name}: default ServiceAccount got no token within 30s")
+        time.sleep(0.1)
     try:
         yield name
     finally:
