@@ -15,6 +15,7 @@ from corral_operator.builders.common import (
     pod_security_context,
     tmp_volume,
 )
+from corral_operator.planners.sources import parse_source
 from corral_operator.settings import OperatorSettings
 
 _PARAMETER_NAMES = {
@@ -41,15 +42,30 @@ def ollama_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _job_pod_spec(container: dict[str, Any], claim: str) -> dict[str, Any]:
+# Where a pull Job mounts the claim of a ``pvc://claim/path`` source (read-only).
+SOURCE_CLAIM_ROOT = "/mnt/pvc"
+
+
+def _job_pod_spec(
+    container: dict[str, Any], claim: str, extra_volumes: tuple[dict[str, Any], ...] = ()
+) -> dict[str, Any]:
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": [cache_volume(claim, read_only=False), tmp_volume()],
+        "volumes": [cache_volume(claim, read_only=False), tmp_volume(), *extra_volumes],
     }
+
+
+def _pvc_source(source: str) -> tuple[str, str] | None:
+    """``pvc://claim/dir/file.gguf`` -> ("claim", "dir/file.gguf"); None for other schemes."""
+    parsed = parse_source(source)
+    if parsed.scheme != "pvc":
+        return None
+    claim, _, path = parsed.location.partition("/")
+    return claim, path
 
 
 def _container(
@@ -93,9 +109,28 @@ def build_pull_job(
         params = json.dumps(ollama_parameters(spec["parameters"]), sort_keys=True)
         env.append({"name": "CORRAL_PULL_PARAMETERS", "value": params})
     labels = {**base_labels("pull"), api.LABEL_MODEL: meta["name"]}
+    source: str = spec["source"]
+    extra_volumes: tuple[dict[str, Any], ...] = ()
+    pvc_source = _pvc_source(source)
+    if pvc_source is not None:
+        # The source claim must be mounted for the puller to read it. The Job names the file by
+        # its path under the mount, so the puller needs no convention of where claims appear.
+        source_claim, file_path = pvc_source
+        mount_path = f"{SOURCE_CLAIM_ROOT}/{source_claim}"
+        source = f"{mount_path}/{file_path}"
+        extra_volumes = (
+            {
+                "name": "source",
+                "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True},
+            },
+        )
     container = _container(
-        pull.PULL_CONTAINER, ["pull", spec["source"], "--models", api.MODELS_MOUNT], env, settings
+        pull.PULL_CONTAINER, ["pull", source, "--models", api.MODELS_MOUNT], env, settings
     )
+    if pvc_source is not None:
+        container["volumeMounts"].append(
+            {"name": "source", "mountPath": mount_path, "readOnly": True}
+        )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -111,7 +146,7 @@ def build_pull_job(
             "activeDeadlineSeconds": settings.pull_deadline_seconds,
             "template": {
                 "metadata": {"labels": labels},
-                "spec": _job_pod_spec(container, claim),
+                "spec": _job_pod_spec(container, claim, extra_volumes),
             },
         },
     }

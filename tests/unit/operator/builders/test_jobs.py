@@ -72,3 +72,30 @@ def test_cache_pvc_follows_the_profile() -> None:
     assert pvc["spec"]["storageClassName"] == "ssd"
     assert "ownerReferences" not in pvc["metadata"]
     assert "storageClassName" not in build_cache_pvc("ns", "d", CacheProfile())["spec"]
+
+
+def test_pull_job_mounts_the_claim_of_a_pvc_source() -> None:
+    job = build_pull_job(
+        model(source="pvc://seed/models/gemma.gguf"),
+        "gemma:latest",
+        "corral-cache-default",
+        OperatorSettings(),
+    )
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # The puller reads the file where the Job mounts its claim, read-only.
+    assert container["args"][:2] == ["pull", "/mnt/pvc/seed/models/gemma.gguf"]
+    assert {"name": "source", "mountPath": "/mnt/pvc/seed", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {
+        "name": "source",
+        "persistentVolumeClaim": {"claimName": "seed", "readOnly": True},
+    } in pod["volumes"]
+
+
+def test_pull_job_of_a_registry_source_mounts_only_the_cache() -> None:
+    job = build_pull_job(model(), "gemma3:270m", "corral-cache-default", OperatorSettings())
+    pod = job["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["models", "tmp"]
+    assert pod["containers"][0]["args"][1] == model()["spec"]["source"]
