@@ -11,6 +11,7 @@ from corral_operator.cli.values import (
     format_size,
     normalize_host,
     parse_duration,
+    parse_option,
     parse_time,
 )
 
@@ -99,3 +100,23 @@ def test_parse_time() -> None:
     assert parse_time("2025-01-02T03:04:05") == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert parse_time(None) is None
     assert parse_time("yesterday") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "pair"),
+    [
+        ("num_predict=64", ("num_predict", 64)),
+        ("temperature=0.2", ("temperature", 0.2)),
+        ('stop=["\\n", "User:"]', ("stop", ["\n", "User:"])),
+        ("stop=END", ("stop", "END")),
+        (" seed =7", ("seed", 7)),
+    ],
+)
+def test_parse_option(text: str, pair: tuple[str, object]) -> None:
+    assert parse_option(text) == pair
+
+
+@pytest.mark.parametrize("text", ["num_predict", "=5", ""])
+def test_parse_option_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid option"):
+        parse_option(text)

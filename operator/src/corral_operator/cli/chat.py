@@ -33,6 +33,7 @@ class Conversation:
     model: str
     system: str | None = None
     keep_alive: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
 
     def request_body(self, prompt: str) -> dict[str, Any]:
@@ -44,6 +45,8 @@ class Conversation:
         }
         if self.keep_alive is not None:
             body["keep_alive"] = self.keep_alive
+        if self.options:
+            body["options"] = dict(self.options)
         return body
 
     def stream(self, prompt: str) -> Iterator[str]:

@@ -107,6 +107,15 @@ def register(subparsers: Any) -> None:
     run.add_argument("--system", help="a system message for the conversation")
     run.add_argument("--keep-alive", help="keep_alive sent with each request (e.g. 10m)")
     run.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option for each request, repeatable (e.g. -o temperature=0 "
+        "-o num_predict=64)",
+    )
+    run.add_argument(
         "--api-key",
         default=os.environ.get("CORRAL_API_KEY"),
         help="bearer key for a gateway with API keys (default: CORRAL_API_KEY)",
@@ -173,9 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import httpx
 
     from corral_operator.cli import chat, gateway
+    from corral_operator.cli.values import parse_option
 
     try:
         host = gateway.explicit_host(args.host)
+        options = dict(parse_option(text) for text in args.option)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     if host is None:
@@ -193,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with httpx.Client(base_url=host, timeout=chat.TIMEOUT, headers=headers) as http:
         conversation = chat.Conversation(
-            http, args.model, system=args.system, keep_alive=args.keep_alive
+            http, args.model, system=args.system, keep_alive=args.keep_alive, options=options
         )
         if interactive:
             chat.interact(conversation, input, sys.stdout)

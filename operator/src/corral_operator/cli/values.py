@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_PORT = 11434
@@ -91,3 +93,16 @@ def parse_time(raw: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` for a request's ``options`` (``num_predict=64``, ``temperature=0.2``,
+    ``stop=["\\n"]``): the value is JSON where it parses as JSON, else the plain string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"invalid option {text!r}: expected KEY=VALUE, e.g. num_predict=64")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
