@@ -34,9 +34,18 @@ class RuntimeSettings(BaseSettings):
     context_length: int = Field(
         default=4096, ge=256, description="num_ctx used when a request does not set one."
     )
-    parallel: int = Field(default=1, ge=1, description="Requests decoded at once per model.")
+    parallel: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests decoded at once per model (slots); unset: from the context size.",
+    )
     max_queue: int = Field(
         default=512, ge=0, description="Requests that may wait per model before 503."
+    )
+    queue_timeout_seconds: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="How long a request may wait for a slot before 503; unset: no limit.",
     )
     max_loaded_models: int = Field(default=3, ge=1)
     memory_budget_bytes: int | None = Field(

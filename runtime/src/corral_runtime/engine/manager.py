@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corral_runtime.engine.scheduling import default_parallel
 from corral_runtime.engine.types import LoadOptions
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
 from corral_runtime.gpu import GpuInfo, GpuPlan, ModelFootprint, kv_cache_bytes, plan_gpu_layers
@@ -167,6 +168,7 @@ class ModelManager:
         requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
         plan = plan_gpu_layers(requested, footprint, self.gpu)
         await self._make_room(plan.size_bytes)
+        parallel = self.settings.parallel or default_parallel(n_ctx)
         config = LoadConfig(
             model_path=stored.model_path,
             n_ctx=n_ctx,
@@ -174,11 +176,13 @@ class ModelManager:
             n_threads=load.num_thread or self.settings.threads or _default_threads(),
             n_batch=load.num_batch or self.settings.batch_size,
             flash_attn=self.settings.flash_attention,
+            parallel=parallel,
+            queue_timeout_s=self.settings.queue_timeout_seconds,
         )
         worker = ModelWorker(
             stored.name.display,
             config,
-            max_pending=self.settings.parallel + self.settings.max_queue,
+            max_pending=parallel + self.settings.max_queue,
         )
         try:
             await worker.start()

@@ -90,3 +90,9 @@ class QueueFullError(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
+
+
+class QueueTimeoutError(QueueFullError):
+    """A request waited for a slot longer than the queue timeout; answered like a full queue."""
+
+    MESSAGE = "server busy, please try again.  timed out waiting for a free slot"

@@ -1,27 +1,48 @@
-"""One loaded model, owned by one dedicated thread.
+"""One loaded model, owned by one decode thread that batches every running request.
 
-Every llama.cpp call for the model (load, tokenize, decode, embed, free) runs on that thread, so
-the event loop never blocks on it. Requests reach the thread through a queue; results come back
-through ``loop.call_soon_threadsafe``. A bounded count of pending requests turns overload into
-``QueueFullError`` (503) instead of an unbounded wait. Generation checks the stream's
-cancellation flag after every token, so a client that goes away frees the model at once.
+Every llama.cpp call for the model (load, tokenize, decode, sample, embed, free) runs on that
+thread, so the event loop never blocks on it. The thread runs a continuous-batching loop over
+``parallel`` slots: each step puts one token of every decoding sequence and one chunk of at most
+one waiting prompt into a single ``llama_decode``, then samples each sequence with its own
+sampler chain. New requests take a free slot at the next step (reusing the longest cached
+prompt prefix among the free slots); the others wait in a bounded queue, and beyond it
+``generate`` raises ``QueueFullError`` (503). A request that waits longer than the queue
+timeout fails with ``QueueTimeoutError`` (also 503). A cancelled stream (its client went away)
+leaves its slot at the next step.
+
+Requests reach the thread through an inbox; results come back through
+``loop.call_soon_threadsafe``. The scheduling rules themselves are pure functions in
+``scheduling.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import json
 import logging
+import math
 import queue
-import random
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row
+from corral_runtime.engine.sampling import GrammarCache, build_chain, free_chain
+from corral_runtime.engine.scheduling import (
+    PREFILL_CHUNK,
+    SlotView,
+    batch_capacity,
+    choose_slot,
+    default_parallel,
+    done_reason,
+    evaluated_prefix,
+    generation_budget,
+    prompt_chunk,
+)
 from corral_runtime.engine.stops import StopMatcher
 from corral_runtime.engine.types import (
     DoneReason,
@@ -30,8 +51,8 @@ from corral_runtime.engine.types import (
     GenerationRequest,
     GenerationStats,
     InvalidRequestError,
-    OutputFormat,
     QueueFullError,
+    QueueTimeoutError,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +67,8 @@ class LoadConfig:
     n_threads: int | None = None
     n_batch: int = 512
     flash_attn: bool = False
+    parallel: int | None = None  # None: ``default_parallel(n_ctx)``
+    queue_timeout_s: float | None = None  # None: wait as long as it takes
 
 
 def prompt_too_long_message(n_tokens: int, n_ctx: int) -> str:
@@ -63,8 +86,8 @@ class _Started:
 class GenerationStream:
     """The event-loop side of one generation: text pieces, then ``stats`` once exhausted.
 
-    ``await stream.started()`` returns after the prompt was accepted (or raises the reason it
-    was not), so a handler can still answer with an error status before it starts streaming.
+    ``await stream.started()`` returns once the request holds a slot (or raises the reason it
+    never will), so a handler can still answer with an error status before it starts streaming.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -114,6 +137,55 @@ class GenerationStream:
                 raise item
 
 
+@dataclass(slots=True)
+class _Submission:
+    request: GenerationRequest
+    stream: GenerationStream
+    submitted_at: float  # time.perf_counter()
+
+
+@dataclass(slots=True)
+class _Waiting:
+    submission: _Submission
+    tokens: list[int]
+
+
+@dataclass(slots=True)
+class _Sequence:
+    """A request holding a slot: its prompt, its progress and its output state."""
+
+    submission: _Submission
+    tokens: list[int]
+    sampler: Any
+    budget: int
+    n_fed: int  # prompt tokens whose KV is in memory
+    assigned_at: float
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    next_token: int | None = None  # sampled, to be fed at the next step
+    count: int = 0
+    first_token_at: float | None = None
+
+    @property
+    def stream(self) -> GenerationStream:
+        return self.submission.stream
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_fed < len(self.tokens)
+
+
+@dataclass(slots=True)
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV is in this slot's memory
+    evaluated: int = 0  # leading cached tokens evaluated as whole prompt chunks
+    last_used: float = -math.inf
+    sequence: _Sequence | None = None
+
+
 class ModelWorker:
     """A model's llama.cpp state and the thread that owns it."""
 
@@ -121,14 +193,20 @@ class ModelWorker:
         self.name = name
         self.config = config
         self.max_pending = max_pending
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.parallel = config.parallel or default_parallel(config.n_ctx)
+        self._chunk = max(1, min(config.n_batch, PREFILL_CHUNK))
+        self._inbox: queue.SimpleQueue[Callable[[], None] | _Submission | None] = (
+            queue.SimpleQueue()
+        )
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"llama:{name}", daemon=True)
-        self._llm: Any = None
+        self._context: LlamaBatchContext | None = None
         self._embedder: Any = None
-        self._bos_text: str | None = None
-        self._grammars: dict[str, Any] = {}
+        self._grammars = GrammarCache()
+        self._slots: list[_Slot] = []
+        self._waiting: deque[_Waiting] = deque()
+        self._busy = 0
         self.n_ctx = config.n_ctx
         self.load_seconds = 0.0
 
@@ -144,12 +222,22 @@ class ModelWorker:
         if not self._thread.is_alive():
             return
         await self._call(self._free)
-        self._jobs.put(None)
+        self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
 
     @property
     def pending(self) -> int:
+        """Requests admitted and not yet finished (waiting or holding a slot)."""
         return self._pending
+
+    @property
+    def busy_slots(self) -> int:
+        return self._busy
+
+    @property
+    def queued(self) -> int:
+        """Requests admitted that do not hold a slot yet."""
+        return max(0, self._pending - self._busy)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -157,7 +245,7 @@ class ModelWorker:
         """Queue a generation; raises QueueFullError when the wait queue is full."""
         stream = GenerationStream(asyncio.get_running_loop())
         self._admit()
-        self._jobs.put(lambda: self._run_generation(request, stream))
+        self._inbox.put(_Submission(request, stream, time.perf_counter()))
         return stream
 
     async def embed(self, texts: list[str], *, truncate: bool) -> EmbeddingResult:
@@ -168,7 +256,7 @@ class ModelWorker:
             self._release()
 
     async def tokenize(self, text: str) -> list[int]:
-        return await self._call(lambda: self._tokenize(text))
+        return await self._call(lambda: self._require_context().tokenize(text))
 
     def _admit(self) -> None:
         with self._pending_lock:
@@ -200,159 +288,281 @@ class ModelWorker:
             else:
                 loop.call_soon_threadsafe(settle, result, None)
 
-        self._jobs.put(job)
+        self._inbox.put(job)
         return await future
 
-    # -- the decode thread -------------------------------------------------------------------
+    # -- the decode thread: the loop ---------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
+            if not self._take_inbox():
                 return
             try:
-                job()
+                self._expire_waiting()
+                self._fill_slots()
+                if self._busy:
+                    self._step()
+            except Exception as exc:  # A failed step fails its sequences, not the thread.
+                log.exception("decode step on %s failed", self.name)
+                self._fail_all(EngineError(f"generation failed: {exc}"))
+
+    def _take_inbox(self) -> bool:
+        """Handle everything in the inbox, blocking while there is nothing else to do;
+        False once told to stop."""
+        # Waiting requests imply busy slots (free ones are filled at once), so an idle thread
+        # has no deadline to watch and may sleep until something arrives.
+        block = not self._busy and not self._waiting
+        while True:
+            try:
+                if block:
+                    item = self._inbox.get()
+                    block = False
+                else:
+                    item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            if isinstance(item, _Submission):
+                self._receive(item)
+                continue
+            try:
+                item()
             except Exception:  # A job reports its own errors; this is a last resort.
                 log.exception("job on %s failed", self.name)
 
-    def _load(self) -> None:
-        import llama_cpp
-
-        started = time.perf_counter()
+    def _receive(self, submission: _Submission) -> None:
+        stream = submission.stream
+        if stream.cancelled:
+            self._finish_unstarted(submission, _stats("cancelled", 0, 0, 0, 0))
+            return
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(self.config.model_path),
-                n_ctx=self.config.n_ctx,
-                n_batch=self.config.n_batch,
-                n_ubatch=self.config.n_batch,
-                n_gpu_layers=self.config.n_gpu_layers,
-                n_threads=self.config.n_threads,
-                n_threads_batch=self.config.n_threads,
-                flash_attn=self.config.flash_attn,
-                verbose=False,
+            context = self._require_context()
+            tokens = context.tokenize(submission.request.prompt)
+            if len(tokens) >= self.n_ctx:
+                raise InvalidRequestError(prompt_too_long_message(len(tokens), self.n_ctx))
+        except (InvalidRequestError, EngineError) as exc:
+            self._finish_unstarted(submission, exc)
+            return
+        self._waiting.append(_Waiting(submission, tokens))
+
+    def _expire_waiting(self) -> None:
+        timeout = self.config.queue_timeout_s
+        now = time.perf_counter()
+        kept: deque[_Waiting] = deque()
+        for waiting in self._waiting:
+            submission = waiting.submission
+            if submission.stream.cancelled:
+                self._finish_unstarted(submission, _stats("cancelled", 0, 0, 0, 0))
+            elif timeout is not None and now - submission.submitted_at >= timeout:
+                self._finish_unstarted(submission, QueueTimeoutError())
+            else:
+                kept.append(waiting)
+        self._waiting = kept
+
+    def _fill_slots(self) -> None:
+        while self._waiting:
+            free = [slot for slot in self._slots if slot.sequence is None]
+            if not free:
+                return
+            waiting = self._waiting.popleft()
+            views = [SlotView(s.cached, s.evaluated, s.last_used) for s in free]
+            choice = choose_slot(views, waiting.tokens, self._chunk)
+            self._assign(free[choice.index], waiting, choice.reuse)
+
+    def _assign(self, slot: _Slot, waiting: _Waiting, reuse: int) -> None:
+        context = self._require_context()
+        submission, tokens = waiting.submission, waiting.tokens
+        params = submission.request.params
+        try:
+            grammar = (
+                self._grammars.gbnf(params.output_format)
+                if params.output_format is not None
+                else None
             )
+            sampler = build_chain(context, params, tokens, grammar=grammar)
+        except (InvalidRequestError, EngineError) as exc:
+            self._finish_unstarted(submission, exc)
+            return
+        if not context.keep_prefix(slot.seq_id, reuse):
+            context.clear(slot.seq_id)
+            reuse = 0
+        slot.cached = tokens[:reuse]
+        slot.evaluated = reuse
+        now = time.perf_counter()
+        sequence = _Sequence(
+            submission=submission,
+            tokens=tokens,
+            sampler=sampler,
+            budget=generation_budget(len(tokens), self.n_ctx, params.num_predict),
+            n_fed=reuse,
+            assigned_at=now,
+            stops=StopMatcher(params.stop),
+        )
+        slot.sequence = sequence
+        slot.last_used = now
+        self._busy += 1
+        submission.stream._put(_Started(len(tokens)))
+        if sequence.budget == 0:
+            self._finish(slot, "length")
+
+    # -- the decode thread: one step ---------------------------------------------------------
+
+    def _step(self) -> None:
+        context = self._require_context()
+        for slot in self._slots:
+            if slot.sequence is not None and slot.sequence.stream.cancelled:
+                self._finish(slot, "cancelled")
+        decoding = [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
+        rows: list[Row] = []
+        sampled: list[tuple[_Slot, int]] = []
+        for slot in decoding:
+            sequence = slot.sequence
+            assert sequence is not None and sequence.next_token is not None
+            sampled.append((slot, len(rows)))
+            rows.append(Row(sequence.next_token, len(slot.cached), slot.seq_id, True))
+        # One prompt per step, the longest-waiting first: two multi-token prompts in one batch
+        # would change each other's logits slightly (greedy output must not depend on company).
+        prefill = min(
+            (s for s in self._slots if s.sequence is not None and s.sequence.prefilling),
+            key=lambda s: s.sequence.assigned_at if s.sequence is not None else 0.0,
+            default=None,
+        )
+        chunk: list[int] = []
+        if prefill is not None and prefill.sequence is not None:
+            sequence = prefill.sequence
+            n = prompt_chunk(sequence.n_fed, len(sequence.tokens), self._chunk)
+            chunk = sequence.tokens[sequence.n_fed : sequence.n_fed + n]
+            completes = sequence.n_fed + n == len(sequence.tokens)
+            start = len(prefill.cached)
+            for i, token in enumerate(chunk):
+                rows.append(
+                    Row(token, start + i, prefill.seq_id, completes and i == len(chunk) - 1)
+                )
+            if completes:
+                sampled.append((prefill, len(rows) - 1))
+        if not rows:
+            return
+        context.decode(rows)
+        for slot in decoding:
+            assert slot.sequence is not None and slot.sequence.next_token is not None
+            slot.cached.append(slot.sequence.next_token)
+            slot.sequence.next_token = None
+        if prefill is not None and prefill.sequence is not None:
+            prefill.cached.extend(chunk)
+            prefill.sequence.n_fed += len(chunk)
+            prefill.evaluated = evaluated_prefix(prefill.sequence.n_fed, self._chunk)
+        now = time.perf_counter()
+        for slot, index in sampled:
+            sequence = slot.sequence
+            assert sequence is not None
+            token = context.sample(sequence.sampler, index)
+            if sequence.first_token_at is None:
+                sequence.first_token_at = now
+            self._advance(slot, sequence, token)
+
+    def _advance(self, slot: _Slot, sequence: _Sequence, token: int) -> None:
+        context = self._require_context()
+        end = context.is_end_of_generation(token)
+        if not end:
+            sequence.count += 1
+            text = sequence.stops.feed(sequence.decoder.decode(context.piece(token)))
+            if text:
+                sequence.stream._put(text)
+        reason = done_reason(
+            end_of_generation=end,
+            stop_matched=sequence.stops.stopped,
+            count=sequence.count,
+            budget=sequence.budget,
+        )
+        if reason is not None:
+            self._finish(slot, reason)
+        else:
+            sequence.next_token = token
+
+    def _finish(self, slot: _Slot, reason: DoneReason) -> None:
+        sequence = slot.sequence
+        assert sequence is not None
+        slot.sequence = None
+        slot.last_used = time.perf_counter()
+        self._busy -= 1
+        free_chain(sequence.sampler)
+        if reason != "cancelled" and not sequence.stops.stopped:
+            tail = sequence.stops.feed(sequence.decoder.decode(b"", final=True))
+            tail += sequence.stops.flush()
+            if tail:
+                sequence.stream._put(tail)
+        ended = time.perf_counter()
+        first = sequence.first_token_at if sequence.first_token_at is not None else ended
+        sequence.stream._put(
+            _stats(
+                reason,
+                len(sequence.tokens),
+                first - sequence.assigned_at,
+                sequence.count,
+                ended - first,
+                ttft=first - sequence.submission.submitted_at,
+            )
+        )
+        self._release()
+
+    def _finish_unstarted(self, submission: _Submission, outcome: object) -> None:
+        submission.stream._put(outcome)
+        self._release()
+
+    def _fail_all(self, error: EngineError) -> None:
+        """After a failed step nothing in the slots can be trusted: fail their sequences and
+        forget their caches."""
+        for slot in self._slots:
+            if slot.sequence is not None:
+                sequence = slot.sequence
+                slot.sequence = None
+                self._busy -= 1
+                free_chain(sequence.sampler)
+                sequence.stream._put(error)
+                self._release()
+            slot.cached = []
+            slot.evaluated = 0
+            if self._context is not None:
+                self._context.clear(slot.seq_id)
+
+    # -- the decode thread: jobs -------------------------------------------------------------
+
+    def _require_context(self) -> LlamaBatchContext:
+        if self._context is None:
+            raise EngineError(f"model {self.name} is not loaded")
+        return self._context
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        config = ContextConfig(
+            model_path=self.config.model_path,
+            n_ctx=self.config.n_ctx,
+            parallel=self.parallel,
+            n_batch=batch_capacity(self._chunk, self.parallel),
+            n_gpu_layers=self.config.n_gpu_layers,
+            n_threads=self.config.n_threads,
+            flash_attn=self.config.flash_attn,
+        )
+        try:
+            self._context = LlamaBatchContext(config)
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(f"failed to load model {self.name}: {exc}") from exc
-        self.n_ctx = int(self._llm.n_ctx())
-        bos = int(self._llm.token_bos())
-        if bos >= 0 and self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false":
-            self._bos_text = self._llm.detokenize([bos], special=True).decode("utf-8", "replace")
+        self.n_ctx = self._context.n_ctx
+        self._slots = [_Slot(seq_id=i) for i in range(self.parallel)]
         self.load_seconds = time.perf_counter() - started
 
     def _free(self) -> None:
-        for llm in (self._llm, self._embedder):
-            if llm is not None:
-                llm.close()
-        self._llm = self._embedder = None
-
-    def _tokenize(self, text: str) -> list[int]:
-        add_bos = self._bos_text is not None and not text.startswith(self._bos_text)
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
-
-    def _grammar(self, output_format: OutputFormat | None) -> Any:
-        if output_format is None:
-            return None
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
-
-        key = json.dumps(output_format.schema, sort_keys=True)
-        if key not in self._grammars:
-            if output_format.schema is None:
-                text = JSON_GBNF
-            else:
-                try:
-                    text = json_schema_to_gbnf(key)
-                except Exception as exc:  # The converter raises bare Exceptions and others.
-                    raise InvalidRequestError(f"invalid JSON schema in format: {exc}") from exc
-            self._grammars[key] = text
-        return LlamaGrammar.from_string(self._grammars[key], verbose=False)
-
-    def _run_generation(self, request: GenerationRequest, stream: GenerationStream) -> None:
-        try:
-            if stream.cancelled:
-                stream._put(_stats("cancelled", 0, 0, 0, 0))
-                return
-            stream._put(self._generate(request, stream))
-        except (InvalidRequestError, EngineError) as exc:
-            stream._put(exc)
-        except Exception as exc:
-            log.exception("generation on %s failed", self.name)
-            stream._put(EngineError(f"generation failed: {exc}"))
-        finally:
-            self._release()
-
-    def _generate(self, request: GenerationRequest, stream: GenerationStream) -> GenerationStats:
-        import llama_cpp
-
-        llm = self._llm
-        params = request.params
-        started = time.perf_counter()
-        tokens = self._tokenize(request.prompt)
-        if len(tokens) >= self.n_ctx:
-            raise InvalidRequestError(prompt_too_long_message(len(tokens), self.n_ctx))
-        grammar = self._grammar(params.output_format)
-        stream._put(_Started(len(tokens)))
-
-        budget = self.n_ctx - len(tokens)
-        if params.num_predict >= 0:
-            budget = min(budget, params.num_predict)
-        if budget == 0:
-            return _stats("length", len(tokens), time.perf_counter() - started, 0, 0)
-        seed = params.seed if params.seed is not None else random.getrandbits(31)
-        llm.set_seed(seed)
-        repeat_last_n = params.repeat_last_n
-        llm.last_n_tokens_size = self.n_ctx if repeat_last_n < 0 else repeat_last_n
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(params.stop)
-        vocab = llm._model.vocab
-        # Evaluate the whole prompt every time: reusing a cached prefix evaluates the rest in a
-        # different batch shape, which changes logits slightly and makes greedy output depend on
-        # the previous request. The same request must give the same answer.
-        llm.reset()
-        first_token_at: float | None = None
-        count = 0
-        reason: DoneReason = "length"
-        tokens_out = llm.generate(
-            tokens,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            typical_p=params.typical_p,
-            temp=params.temperature,
-            repeat_penalty=params.repeat_penalty,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            grammar=grammar,
-        )
-        try:
-            for token in tokens_out:
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                if stream.cancelled:
-                    reason = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    reason = "stop"
-                    break
-                count += 1
-                text = stops.feed(decoder.decode(llm.detokenize([token], special=True)))
-                if text:
-                    stream._put(text)
-                if stops.stopped:
-                    reason = "stop"
-                    break
-                if count >= budget:
-                    break
-        finally:
-            tokens_out.close()
-        if not stops.stopped:
-            tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
-            if tail:
-                stream._put(tail)
-        ended = time.perf_counter()
-        first = first_token_at if first_token_at is not None else ended
-        return _stats(
-            reason, len(tokens), first - started, count, ended - first, ttft=first - started
-        )
+        unloaded = EngineError(f"model {self.name} was unloaded")
+        self._fail_all(unloaded)
+        while self._waiting:
+            self._finish_unstarted(self._waiting.popleft().submission, unloaded)
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        if self._context is not None:
+            self._context.close()
+            self._context = None
 
     def _embed(self, texts: list[str], truncate: bool) -> EmbeddingResult:
         import llama_cpp

@@ -1,0 +1,179 @@
+"""A model and one multi-sequence llama.cpp context, through llama-cpp-python's low-level API.
+
+``LlamaBatchContext`` is used only from the model's decode thread. Its KV memory holds one
+stream per slot (``kv_unified`` off), so every sequence has the full per-request context, as
+Ollama gives each of its parallel slots ``num_ctx`` tokens.
+
+Batch invariance: CPU weight repacking (llama.cpp's "extra buffer types") is turned off. With
+it, a row's matrix products take a different kernel depending on how many rows share the batch,
+so greedy output would depend on how many other requests were running; without it, a sequence's
+logits are the same alone or in a batch (see the runtime tests).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral_runtime.engine.types import EngineError, InvalidRequestError
+
+# llama-cpp-python routes llama.cpp's log through this logger; errors only.
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextConfig:
+    model_path: Path
+    n_ctx: int  # per sequence
+    parallel: int
+    n_batch: int
+    n_gpu_layers: int = 0
+    n_threads: int | None = None
+    flash_attn: bool = False
+
+
+@dataclass(slots=True)
+class Row:
+    """One token of a batch: which sequence, at which position, and whether to keep logits."""
+
+    token: int
+    pos: int
+    seq_id: int
+    logits: bool
+
+
+class LlamaBatchContext:
+    """A loaded model, its vocabulary and a context with ``parallel`` sequences."""
+
+    def __init__(self, config: ContextConfig) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = config.n_gpu_layers
+        model_params.use_extra_bufts = False  # batch invariance, see the module docstring
+        self.model = llama_cpp.llama_model_load_from_file(
+            str(config.model_path).encode("utf-8"), model_params
+        )
+        if not self.model:
+            raise EngineError(f"failed to load model from {config.model_path}")
+        self.capacity = config.n_batch
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.n_ctx * config.parallel
+        params.n_batch = config.n_batch
+        params.n_ubatch = config.n_batch
+        params.n_seq_max = config.parallel
+        params.kv_unified = False
+        params.swa_full = True  # any cached prefix stays reusable on sliding-window models
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if config.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        if config.n_threads is not None:
+            params.n_threads = config.n_threads
+            params.n_threads_batch = config.n_threads
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise EngineError(f"failed to create a context for {config.model_path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self.ctx))
+        self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+        bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.bos: int | None = (
+            bos if bos >= 0 and llama_cpp.llama_vocab_get_add_bos(self.vocab) else None
+        )
+        self.bos_text = (
+            self.piece(self.bos).decode("utf-8", "replace") if self.bos is not None else None
+        )
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._llama.llama_batch_free(self._batch)
+        self._llama.llama_free(self.ctx)
+        self._llama.llama_model_free(self.model)
+
+    # -- text --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt: special tokens parsed, BOS added unless already there."""
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            buffer = (self._llama.llama_token * size)()
+            n = self._llama.llama_tokenize(self.vocab, data, len(data), buffer, size, False, True)
+            if n >= 0:
+                break
+            size = -n
+        tokens = list(buffer[:n])
+        if (
+            self.bos is not None
+            and self.bos_text is not None
+            and not text.startswith(self.bos_text)
+        ):
+            tokens.insert(0, self.bos)
+        return tokens
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token, special tokens included."""
+        n = self._llama.llama_token_to_piece(
+            self.vocab, token, self._piece, len(self._piece), 0, True
+        )
+        if n < 0:
+            self._piece = ctypes.create_string_buffer(-n)
+            n = self._llama.llama_token_to_piece(
+                self.vocab, token, self._piece, len(self._piece), 0, True
+            )
+        return self._piece.raw[:n]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(self._llama.llama_vocab_is_eog(self.vocab, token))
+
+    # -- memory and decoding -----------------------------------------------------------------
+
+    def keep_prefix(self, seq_id: int, length: int) -> bool:
+        """Drop a sequence's KV memory from position ``length`` on; False if it could not be
+        cut there (the caller then starts that sequence from scratch)."""
+        return bool(self._llama.llama_memory_seq_rm(self.memory, seq_id, length, -1))
+
+    def clear(self, seq_id: int) -> None:
+        self._llama.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    def decode(self, rows: list[Row]) -> None:
+        """Evaluate one batch; the rows marked ``logits`` can then be sampled by index."""
+        if len(rows) > self.capacity:
+            raise EngineError(f"batch of {len(rows)} tokens exceeds its capacity {self.capacity}")
+        batch = self._batch
+        for i, row in enumerate(rows):
+            batch.token[i] = row.token
+            batch.pos[i] = row.pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = row.seq_id
+            batch.logits[i] = row.logits
+        batch.n_tokens = len(rows)
+        status = int(self._llama.llama_decode(self.ctx, batch))
+        if status != 0:
+            raise EngineError(f"llama_decode failed with status {status}")
+
+    def sample(self, sampler: Any, index: int) -> int:
+        """Sample (and accept) a token from the logits of batch row ``index``."""
+        return int(self._llama.llama_sampler_sample(sampler, self.ctx, index))
+
+    # -- samplers ----------------------------------------------------------------------------
+
+    def grammar_sampler(self, gbnf: str) -> Any:
+        sampler = self._llama.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            raise InvalidRequestError("the output format's grammar could not be parsed")
+        return sampler

@@ -1,0 +1,120 @@
+"""Per-sequence llama.cpp sampler chains built from a request's ``SamplingParams``.
+
+Every sequence owns its chain, so its seed, penalties and grammar state never mix with another
+sequence's in the same batch: the same seed over the same logits gives the same tokens whether
+the sequence ran alone or beside others.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from corral_runtime.engine.llama import LlamaBatchContext
+from corral_runtime.engine.types import InvalidRequestError, OutputFormat, SamplingParams
+
+
+class GrammarCache:
+    """GBNF text per output format; converting a JSON schema is worth doing once."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, str] = {}
+
+    def gbnf(self, output_format: OutputFormat) -> str:
+        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+        key = json.dumps(output_format.schema, sort_keys=True)
+        if key not in self._texts:
+            if output_format.schema is None:
+                text = JSON_GBNF
+            else:
+                try:
+                    text = json_schema_to_gbnf(key)
+                except Exception as exc:  # The converter raises bare Exceptions and others.
+                    raise InvalidRequestError(f"invalid JSON schema in format: {exc}") from exc
+            self._texts[key] = text
+        return self._texts[key]
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The seed a sequence samples with: the request's, or a fresh random one."""
+    if seed is None or seed < 0:
+        return random.getrandbits(31)
+    return seed & 0xFFFFFFFF
+
+
+def build_chain(
+    context: LlamaBatchContext,
+    params: SamplingParams,
+    prompt: Sequence[int],
+    *,
+    grammar: str | None,
+) -> Any:
+    """A sampler chain for one sequence; the caller frees it with ``free_chain``.
+
+    The order follows llama.cpp's own: grammar (so truncation never removes every allowed
+    token), penalties, top-k, typical, top-p, min-p, temperature, then the seeded draw; a
+    temperature of zero or less picks the most likely token instead.
+    """
+    import llama_cpp
+
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    try:
+        if grammar is not None:
+            llama_cpp.llama_sampler_chain_add(chain, context.grammar_sampler(grammar))
+        penalized = (
+            params.repeat_penalty != 1.0
+            or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0
+        )
+        if penalized and params.repeat_last_n != 0:
+            last_n = context.n_ctx if params.repeat_last_n < 0 else params.repeat_last_n
+            penalties = llama_cpp.llama_sampler_init_penalties(
+                context.n_vocab,
+                last_n,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+            # The prompt counts toward repetition, as it does in Ollama; accepted here, before
+            # the chain exists, because the grammar must see generated tokens only.
+            for token in prompt[-last_n:]:
+                llama_cpp.llama_sampler_accept(penalties, token)
+            llama_cpp.llama_sampler_chain_add(chain, penalties)
+        if params.temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_top_k(params.top_k)
+            )
+        if 0.0 < params.typical_p < 1.0:
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_typical(params.typical_p, 1)
+            )
+        if 0.0 < params.top_p < 1.0:
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
+            )
+        if params.min_p > 0.0:
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1)
+            )
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_temp(params.temperature)
+        )
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_dist(resolve_seed(params.seed))
+        )
+    except BaseException:
+        llama_cpp.llama_sampler_free(chain)
+        raise
+    return chain
+
+
+def free_chain(chain: Any) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_sampler_free(chain)

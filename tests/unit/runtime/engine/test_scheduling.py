@@ -1,0 +1,139 @@
+"""The continuous-batching scheduler's decisions: slot choice, prefix reuse, prompt chunks,
+generation budgets and the end of a sequence."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral_runtime.engine.scheduling import (
+    MAX_DEFAULT_PARALLEL,
+    PREFILL_CHUNK,
+    SlotView,
+    batch_capacity,
+    choose_slot,
+    common_prefix,
+    default_parallel,
+    done_reason,
+    evaluated_prefix,
+    generation_budget,
+    prompt_chunk,
+    reusable_prefix,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class TestDefaultParallel:
+    @pytest.mark.parametrize(
+        ("n_ctx", "expected"), [(2048, 8), (4096, 4), (8192, 2), (16384, 1), (131072, 1)]
+    )
+    def test_slots_shrink_as_the_context_grows(self, n_ctx: int, expected: int) -> None:
+        assert default_parallel(n_ctx) == expected
+
+    def test_small_contexts_are_capped(self) -> None:
+        assert default_parallel(256) == MAX_DEFAULT_PARALLEL
+
+
+C = 4  # a small prompt chunk keeps the token lists readable
+
+
+class TestPrefix:
+    def test_common_prefix(self) -> None:
+        assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+        assert common_prefix([1, 2], [1, 2, 3]) == 2
+        assert common_prefix([], [1]) == 0
+        assert common_prefix([5], [1]) == 0
+
+    def test_reuse_is_whole_chunks_of_the_shared_prefix(self) -> None:
+        cached = list(range(12))
+        assert reusable_prefix(cached, 12, [*range(10), 99, 98], C) == 8
+        assert reusable_prefix(cached, 12, [0, 1, 2, 99, 5, 6], C) == 0
+
+    def test_the_last_prompt_token_is_always_evaluated(self) -> None:
+        prompt = list(range(8))
+        assert reusable_prefix(prompt, 8, prompt, C) == 4
+        assert reusable_prefix(list(range(12)), 12, prompt, C) == 4
+
+    def test_generated_tokens_and_partial_chunks_are_not_reused(self) -> None:
+        # 6 prompt tokens (one whole chunk evaluated) and 4 generated ones in the cache.
+        cached = [*range(6), 50, 51, 52, 53]
+        follow_up = [*cached, 60, 61, 62]
+        assert reusable_prefix(cached, evaluated_prefix(6, C), follow_up, C) == 4
+
+    def test_evaluated_prefix_counts_whole_chunks(self) -> None:
+        assert evaluated_prefix(0, C) == 0
+        assert evaluated_prefix(7, C) == 4
+        assert evaluated_prefix(8, C) == 8
+
+    def test_an_empty_prompt_reuses_nothing(self) -> None:
+        assert reusable_prefix([1, 2], 2, [], C) == 0
+
+
+class TestChooseSlot:
+    def test_the_slot_reusing_most_wins(self) -> None:
+        prompt = list(range(10))
+        free = [
+            SlotView(list(range(5)), 4, 5.0),
+            SlotView(list(range(12)), 12, 1.0),
+            SlotView(list(range(12)), 4, 9.0),
+        ]
+        choice = choose_slot(free, prompt, C)
+        assert (choice.index, choice.reuse) == (1, 8)
+
+    def test_without_reuse_the_least_recently_used_slot(self) -> None:
+        free = [SlotView([7], 0, 5.0), SlotView([8], 0, 1.0), SlotView([], 0, 3.0)]
+        choice = choose_slot(free, [1, 2], C)
+        assert (choice.index, choice.reuse) == (1, 0)
+
+    def test_equal_reuse_prefers_the_least_recently_used(self) -> None:
+        cached = [0, 1, 2, 3, 9]
+        free = [SlotView(cached, 4, 4.0), SlotView(cached, 4, 2.0)]
+        choice = choose_slot(free, [0, 1, 2, 3, 4, 5], C)
+        assert (choice.index, choice.reuse) == (1, 4)
+
+    def test_no_free_slot_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="no free slot"):
+            choose_slot([], [1])
+
+
+class TestPromptChunk:
+    def test_chunks_end_at_aligned_boundaries(self) -> None:
+        assert prompt_chunk(0, 10, C) == 4
+        assert prompt_chunk(4, 10, C) == 4
+        assert prompt_chunk(8, 10, C) == 2
+
+    def test_after_a_reused_prefix_the_same_boundaries(self) -> None:
+        # Reuse is whole chunks, so feeding resumes on a boundary: same chunks as from scratch.
+        assert prompt_chunk(8, 20, C) == 4
+
+    def test_a_short_prompt_is_one_chunk(self) -> None:
+        assert prompt_chunk(0, 3, C) == 3
+
+    def test_the_default_chunk(self) -> None:
+        assert prompt_chunk(0, 1000) == PREFILL_CHUNK
+
+    def test_nothing_remaining_feeds_nothing(self) -> None:
+        assert prompt_chunk(10, 10, C) == 0
+
+    def test_a_batch_holds_a_row_per_slot_and_a_chunk(self) -> None:
+        assert batch_capacity(64, 8) == 72
+
+
+class TestBudgetAndEnd:
+    def test_budget_is_what_fits_in_the_context(self) -> None:
+        assert generation_budget(100, 1024, -1) == 924
+        assert generation_budget(100, 1024, 10) == 10
+        assert generation_budget(1024, 1024, -1) == 0
+        assert generation_budget(10, 1024, 0) == 0
+
+    def test_end_of_generation_and_stop_strings_stop(self) -> None:
+        assert done_reason(end_of_generation=True, stop_matched=False, count=3, budget=9) == "stop"
+        assert done_reason(end_of_generation=False, stop_matched=True, count=3, budget=9) == "stop"
+
+    def test_the_budget_ends_with_length(self) -> None:
+        assert done_reason(end_of_generation=False, stop_matched=False, count=9, budget=9) == (
+            "length"
+        )
+
+    def test_otherwise_it_goes_on(self) -> None:
+        assert done_reason(end_of_generation=False, stop_matched=False, count=3, budget=9) is None
