@@ -21,18 +21,19 @@ from tests.runtime.conftest import RunningServer, serve, settings_for
 pytestmark = pytest.mark.runtime
 
 MODEL = "gemma3:270m"
-# Counting on from a raw prompt keeps the base model going for all 1000 tokens.
+# Counting on from a raw prompt keeps the base model going until the context is full (-1),
+# far longer than any test waits: these requests end only when their client leaves.
 LONG = {
     "model": MODEL,
     "prompt": "1, 2, 3, 4, 5,",
     "raw": True,
-    "options": {"num_predict": 1000, "temperature": 0},
+    "options": {"num_predict": -1, "temperature": 0},
 }
 
 
 @pytest.fixture(scope="module")
 def small_queue_server(model_store: ModelStore) -> Iterator[RunningServer]:
-    settings = settings_for(model_store.root, max_queue=1, api_key="sekret")
+    settings = settings_for(model_store.root, max_queue=1, api_key="sekret", context_length=16384)
     with serve(settings, model_store) as server:
         yield server
 
@@ -90,7 +91,7 @@ def test_full_queue_answers_503_and_a_leaving_client_frees_the_model(
             openai_busy = client.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
             assert openai_busy.status_code == 503
             # Leaving the first stream early frees the model for the waiting request at once,
-            # long before its 1000 tokens would have been generated.
+            # long before its context (16384 tokens) would have filled.
             left_at = time.monotonic()
         waiter.join(timeout=60)
         assert waiting["status"] == 200
@@ -168,6 +169,12 @@ def test_least_recently_used_model_is_evicted(tmp_path: Path, test_model_path: P
         client.generate(model="first:1", prompt="Hi", options={"num_predict": 1})
         assert [m.model for m in client.ps().models] == ["first:1"]
         client.generate(model="second:1", prompt="Hi", options={"num_predict": 1})
+        assert [m.model for m in client.ps().models] == ["second:1"]
+    # A memory budget below two models' estimated size also keeps only one loaded.
+    budget = settings_for(tmp_path, max_loaded_models=3, memory_budget_bytes=600 * 1024**2)
+    with serve(budget, store) as server, ollama.Client(host=server.base_url) as client:
+        client.generate(model="first:1", prompt="", keep_alive="1h")
+        client.generate(model="second:1", prompt="", keep_alive="1h")
         assert [m.model for m in client.ps().models] == ["second:1"]
     with (
         serve(settings_for(tmp_path, max_loaded_models=2), store) as server,
