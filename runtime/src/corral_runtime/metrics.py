@@ -54,8 +54,28 @@ class RuntimeMetrics:
             "corral_loaded_models", "Models loaded now.", registry=self.registry
         )
         self.pending_requests = Gauge(
-            "corral_pending_requests", "Requests generating or waiting, per loaded model.",
-            ["model"], registry=self.registry,
+            "corral_pending_requests",
+            "Requests generating or waiting, per loaded model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "corral_queue_depth",
+            "Requests waiting for a free slot, per loaded model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.busy_slots = Gauge(
+            "corral_busy_slots",
+            "Slots generating now, per loaded model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.slots = Gauge(
+            "corral_slots",
+            "Slots (requests decoded at once), per loaded model.",
+            ["model"],
+            registry=self.registry,
         )
         self.model_load_seconds = Histogram(
             "corral_model_load_seconds",
@@ -91,6 +111,17 @@ class RuntimeMetrics:
             self.time_per_output_token.labels(model=model).observe(eval_seconds / eval_count)
         self.tokens_generated.labels(model=model).inc(eval_count)
         self.prompt_tokens.labels(model=model).inc(prompt_tokens)
+
+    def observe_engine(self, model: str, *, queued: int, busy: int, slots: int) -> None:
+        """A loaded model's scheduler state, read when metrics are scraped."""
+        self.queue_depth.labels(model=model).set(queued)
+        self.busy_slots.labels(model=model).set(busy)
+        self.slots.labels(model=model).set(slots)
+
+    def forget_engines(self) -> None:
+        """Drop the per-model scheduler gauges (before setting those of the models loaded)."""
+        for gauge in (self.queue_depth, self.busy_slots, self.slots):
+            gauge.clear()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

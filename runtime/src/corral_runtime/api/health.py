@@ -39,6 +39,11 @@ async def metrics(metrics: MetricsDep, manager: ManagerDep) -> Response:
     loaded = manager.loaded()
     metrics.loaded_models.set(len(loaded))
     metrics.pending_requests.clear()
+    metrics.forget_engines()
     for model in loaded:
-        metrics.pending_requests.labels(model=model.name).set(model.worker.pending)
+        worker = model.worker
+        metrics.pending_requests.labels(model=model.name).set(worker.pending)
+        metrics.observe_engine(
+            model.name, queued=worker.queued, busy=worker.busy_slots, slots=worker.parallel
+        )
     return Response(metrics.render(), media_type=CONTENT_TYPE)
