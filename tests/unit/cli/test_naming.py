@@ -42,12 +42,17 @@ def test_resource_names(model: str, name: str) -> None:
     assert DNS_SUBDOMAIN.fullmatch(name)
 
 
-def test_the_samples_are_named_by_the_same_rule() -> None:
+def test_samples_of_ollama_models_are_named_by_the_same_rule() -> None:
+    """``corral deploy gemma3:270m`` and ``kubectl apply`` of its sample meet on one Model and
+    one ModelServer. (Samples of files may pick their own names, as a user may.)"""
     checked = 0
     for sample in SAMPLES.glob("*.yaml"):
         docs = [d for d in yaml.safe_load_all(sample.read_text()) if d]
-        models = [d for d in docs if d["kind"] == "Model"]
-        for model in models:
+        for model in (d for d in docs if d["kind"] == "Model"):
+            if "://" in model["spec"]["source"] and not model["spec"]["source"].startswith(
+                "ollama://"
+            ):
+                continue
             assert resource_name(model["spec"]["source"]) == model["metadata"]["name"], sample
             checked += 1
         for server in (d for d in docs if d["kind"] == "ModelServer"):
