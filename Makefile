@@ -31,6 +31,10 @@ test: install control-plane ## Run every test tier this machine can run
 test-unit: install ## Run only the unit tier (seconds)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
+.PHONY: e2e-kind
+e2e-kind: install ## Run the e2e_kind tier on a throwaway kind cluster (needs Docker, kind, network)
+	@bash scripts/e2e-kind.sh $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .
