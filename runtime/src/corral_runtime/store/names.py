@@ -76,8 +76,12 @@ def parse_name(raw: str) -> ModelName:
         host, namespace, model = parts
     else:
         raise InvalidNameError(f"invalid model name {raw!r}: too many '/' separated parts")
-    checks = ((_HOST, host, "host"), (_NAMESPACE, namespace, "namespace"),
-              (_PART, model, "model"), (_PART, tag, "tag"))
+    checks = (
+        (_HOST, host, "host"),
+        (_NAMESPACE, namespace, "namespace"),
+        (_PART, model, "model"),
+        (_PART, tag, "tag"),
+    )
     for pattern, value, what in checks:
         if not pattern.fullmatch(value) or value in (".", ".."):
             raise InvalidNameError(f"invalid model name {raw!r}: bad {what} {value!r}")
