@@ -343,6 +343,34 @@ def test_jobs_complete_on_exit_zero_and_fail_on_error(
     assert phases["bad"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 7
 
 
+def test_termination_message_is_reported(
+    node_agent: RunningAgent, namespace: str, core: Any
+) -> None:
+    # Each container writes its own file: the path named in args and env is a private one.
+    script = 'printf "%s" "$RESULT" > "$1"; exit 3'
+    for name, path in (("named", "/tmp/result"), ("default", None)):
+        container: dict[str, Any] = {
+            "image": "corral-test/sh:1",
+            "args": [script, "sh", path or "/dev/termination-log"],
+            "env": [{"name": "RESULT", "value": f'{{"pod": "{name}"}}'}],
+        }
+        if path:
+            container["terminationMessagePath"] = path
+        create_pod(
+            core, namespace, pod_manifest(name, node_agent, container, restartPolicy="Never")
+        )
+
+    def message(name: str) -> str | None:
+        statuses = get_pod(core, namespace, name).get("status", {}).get("containerStatuses")
+        terminated = (statuses or [{}])[0].get("state", {}).get("terminated")
+        return None if terminated is None else str(terminated.get("message", ""))
+
+    assert wait_for("named's message", lambda: message("named")) == '{"pod": "named"}'
+    assert wait_for("default's message", lambda: message("default")) == '{"pod": "default"}'
+    assert not Path("/tmp/result").exists() or "named" not in Path("/tmp/result").read_text()
+    assert not Path("/dev/termination-log").exists()
+
+
 def test_deleting_a_pod_sends_sigterm_then_sigkill_after_the_grace_period(
     node_agent: RunningAgent, namespace: str, core: Any
 ) -> None:

@@ -234,6 +234,16 @@ def plan_volumes(
     return plans
 
 
+# Kubernetes' default terminationMessagePath, and the most of the file a kubelet reports.
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def termination_path(container: Obj) -> str:
+    """Where the container writes its termination message."""
+    return str(container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH)
+
+
 def mount_table(container: Obj, volumes: Mapping[str, Path]) -> list[tuple[str, Path]]:
     """(mountPath, local path) for each mount, longest mount path first so nesting works."""
     table: list[tuple[str, Path]] = []

@@ -30,6 +30,7 @@ from .imagemap import ImageMap, container_argv
 from .kube import MERGE_PATCH, Lookups
 from .network import NetworkError, NodeNetwork, PodNetwork
 from .podspec import (
+    TERMINATION_MESSAGE_LIMIT,
     ConfigError,
     UnsupportedError,
     VolumePlan,
@@ -38,6 +39,7 @@ from .podspec import (
     mount_table,
     plan_volumes,
     rewrite_path,
+    termination_path,
 )
 from .probes import run_probe
 from .status import ContainerView, Terminated, pod_status
@@ -214,7 +216,7 @@ class PodWorker(threading.Thread):
         if container.proc is not None:
             code = container.proc.poll()
             if code is not None:
-                self.exited(container, code, "", "")
+                self.exited(container, code, "", self.termination_message(container))
             else:
                 self.probe(container, now)
             return
@@ -252,6 +254,12 @@ class PodWorker(threading.Thread):
         except UnsupportedError as error:
             self.cannot_run(container, str(error))
             return
+        # terminationMessagePath is a file of the container's own: a private file here, named
+        # by that path in args and env (as mounts are), read back when the container exits.
+        message_file = self.termination_file(container)
+        message_file.parent.mkdir(parents=True, exist_ok=True)
+        message_file.write_bytes(b"")
+        mounts = [(termination_path(spec), message_file), *mounts]
         own_env = {k: rewrite_path(v, mounts) for k, v in own_env.items()}
         argv = [
             rewrite_path(expand(a, own_env), mounts)
@@ -298,6 +306,17 @@ class PodWorker(threading.Thread):
         container.started = container.startup is None
         container.ready = container.readiness is None and not container.init
         log.info("%s: started %s (pid %d)", self.name, container.name, container.proc.pid)
+
+    def termination_file(self, container: Container) -> Path:
+        return self.dir / "termination" / container.name
+
+    def termination_message(self, container: Container) -> str:
+        """What the container wrote to its terminationMessagePath (at most 4 KiB, as kubelet)."""
+        try:
+            with open(self.termination_file(container), "rb") as f:
+                return f.read(TERMINATION_MESSAGE_LIMIT).decode(errors="replace")
+        except OSError:
+            return ""
 
     def probe(self, container: Container, now: float) -> None:
         assert self.net is not None
