@@ -67,6 +67,7 @@ class GenerationStats:
     eval_count: int
     eval_duration_ns: int
     time_to_first_token_s: float | None = None
+    cached_prompt_tokens: int = 0  # of prompt_eval_count, reused from a slot's cache
 
 
 @dataclass(frozen=True, slots=True)

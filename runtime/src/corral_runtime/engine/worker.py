@@ -159,6 +159,7 @@ class _Sequence:
     sampler: Any
     budget: int
     n_fed: int  # prompt tokens whose KV is in memory
+    reused: int  # of those, taken from the slot's cache
     assigned_at: float
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -396,6 +397,7 @@ class ModelWorker:
             sampler=sampler,
             budget=generation_budget(len(tokens), self.n_ctx, params.num_predict),
             n_fed=reuse,
+            reused=reuse,
             assigned_at=now,
             stops=StopMatcher(params.stop),
         )
@@ -502,6 +504,7 @@ class ModelWorker:
                 sequence.count,
                 ended - first,
                 ttft=first - sequence.submission.submitted_at,
+                cached=sequence.reused,
             )
         )
         self._release()
@@ -600,6 +603,7 @@ def _stats(
     eval_s: float,
     *,
     ttft: float | None = None,
+    cached: int = 0,
 ) -> GenerationStats:
     return GenerationStats(
         done_reason=reason,
@@ -608,4 +612,5 @@ def _stats(
         eval_count=count,
         eval_duration_ns=int(eval_s * 1e9),
         time_to_first_token_s=ttft,
+        cached_prompt_tokens=cached,
     )

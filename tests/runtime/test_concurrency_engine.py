@@ -1,0 +1,204 @@
+"""The continuous-batching engine on the real model, driven directly: output is the same alone
+or in a batch (greedy and seeded), a cached prompt prefix is reused without changing the
+answer, cancelling one sequence leaves the others untouched, and the wait queue is bounded in
+size and in time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from corral_runtime.engine.scheduling import PREFILL_CHUNK
+from corral_runtime.engine.types import (
+    GenerationRequest,
+    GenerationStats,
+    OutputFormat,
+    QueueFullError,
+    QueueTimeoutError,
+    SamplingParams,
+)
+from corral_runtime.engine.worker import GenerationStream, LoadConfig, ModelWorker
+
+pytestmark = pytest.mark.runtime
+
+TURN = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about the sea:",
+    "def fibonacci(n):",
+    "Once upon a time in a land far away,",
+]
+GREEDY = SamplingParams(temperature=0, num_predict=16)
+SYSTEM = (
+    "You are a helpful assistant for a small bakery. You answer questions about bread, cakes, "
+    "opening hours and prices. Keep answers short and friendly, and never invent products the "
+    "bakery does not sell. The bakery sells sourdough, rye bread, croissants, apple pie and "
+    "carrot cake. It opens at seven in the morning and closes at six in the evening, every day "
+    "except Sunday. "
+)
+
+
+@pytest.fixture
+async def worker(test_model_path: Path) -> AsyncIterator[ModelWorker]:
+    config = LoadConfig(model_path=test_model_path, n_ctx=512, n_threads=2, parallel=4)
+    model = ModelWorker("gemma3:270m", config, max_pending=6)
+    await model.start()
+    try:
+        yield model
+    finally:
+        await model.close()
+
+
+async def complete(stream: GenerationStream) -> tuple[str, GenerationStats]:
+    await stream.started()
+    text = "".join([piece async for piece in stream])
+    assert stream.stats is not None
+    return text, stream.stats
+
+
+async def run(
+    worker: ModelWorker, prompt: str, params: SamplingParams
+) -> tuple[str, GenerationStats]:
+    return await complete(worker.generate(GenerationRequest(prompt=prompt, params=params)))
+
+
+async def staggered(
+    worker: ModelWorker, prompts: list[str], params: SamplingParams
+) -> list[tuple[str, GenerationStats]]:
+    """Start the requests a little apart, so prompts are evaluated while others decode."""
+    tasks = []
+    for prompt in prompts:
+        tasks.append(asyncio.create_task(run(worker, prompt, params)))
+        await asyncio.sleep(0.05)
+    return await asyncio.gather(*tasks)
+
+
+async def test_greedy_output_is_the_same_alone_and_in_a_batch(worker: ModelWorker) -> None:
+    alone = [await run(worker, p, GREEDY) for p in PROMPTS]
+    together = await staggered(worker, PROMPTS, GREEDY)
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    for text, stats in together:
+        assert text and stats.done_reason == "length" and stats.eval_count == 16
+
+
+async def test_the_same_seed_samples_the_same_alone_and_in_a_batch(worker: ModelWorker) -> None:
+    params = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=42, num_predict=16)
+    alone = [await run(worker, p, params) for p in PROMPTS[:3]]
+    together = await staggered(worker, PROMPTS[:3], params)
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    # And the seed matters: another one takes another path for at least one prompt.
+    other = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=43, num_predict=16)
+    reseeded = await staggered(worker, PROMPTS[:3], other)
+    assert [t for t, _ in reseeded] != [t for t, _ in alone]
+
+
+async def test_grammar_stops_and_penalties_hold_per_sequence_in_a_batch(
+    worker: ModelWorker,
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    requests = [
+        (
+            TURN.format("Describe a person as JSON."),
+            SamplingParams(temperature=0, num_predict=48, output_format=OutputFormat(schema)),
+        ),
+        ("Count: 1, 2, 3,", SamplingParams(temperature=0, num_predict=24, stop=(" 6",))),
+        ("Count: 1, 2, 3,", SamplingParams(temperature=0, num_predict=12, repeat_penalty=1.5)),
+        (PROMPTS[0], GREEDY),
+    ]
+    alone = [await run(worker, prompt, params) for prompt, params in requests]
+    tasks = [asyncio.create_task(run(worker, prompt, params)) for prompt, params in requests]
+    together = await asyncio.gather(*tasks)
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    (json_text, json_stats), (stopped, stop_stats), (penalized, _), _ = together
+    jsonschema.validate(json.loads(json_text), schema)
+    assert json_stats.done_reason == "stop"
+    assert stop_stats.done_reason == "stop" and " 6" not in stopped and "5" in stopped
+    plain, _ = await run(worker, "Count: 1, 2, 3,", SamplingParams(temperature=0, num_predict=12))
+    assert penalized != plain  # the penalty applied to its own sequence only
+
+
+async def test_a_shared_prefix_is_reused_without_changing_the_answer(
+    worker: ModelWorker,
+) -> None:
+    first = TURN.format(SYSTEM + "When do you open?")
+    second = TURN.format(SYSTEM + "Do you sell rye bread?")
+    fresh, fresh_stats = await run(worker, second, GREEDY)
+    assert fresh_stats.cached_prompt_tokens == 0
+    # Four slots hold four conversations; the next request with the same long prefix lands
+    # on a slot that has it, and evaluates only what follows.
+    await run(worker, first, GREEDY)
+    again, stats = await run(worker, second, GREEDY)
+    assert stats.cached_prompt_tokens >= PREFILL_CHUNK
+    assert stats.cached_prompt_tokens % PREFILL_CHUNK == 0
+    assert stats.prompt_eval_count == fresh_stats.prompt_eval_count
+    assert again == fresh
+
+
+async def test_a_follow_up_turn_reuses_the_conversation(worker: ModelWorker) -> None:
+    opening = TURN.format(SYSTEM + "What cakes do you have?")
+    answer, _ = await run(worker, opening, GREEDY)
+    follow_up = opening + answer + "<end_of_turn>\n" + TURN.format("And what bread?")
+    _, stats = await run(worker, follow_up, GREEDY)
+    opening_tokens = len(await worker.tokenize(opening))
+    assert stats.cached_prompt_tokens == opening_tokens // PREFILL_CHUNK * PREFILL_CHUNK
+
+
+async def test_cancelling_one_stream_leaves_the_others_untouched(worker: ModelWorker) -> None:
+    long = SamplingParams(temperature=0, num_predict=40)
+    alone = [await run(worker, p, long) for p in PROMPTS[1:]]
+    victim = worker.generate(GenerationRequest(prompt=PROMPTS[0], params=long))
+    await victim.started()
+    others = [asyncio.create_task(run(worker, p, long)) for p in PROMPTS[1:]]
+    pieces = 0
+    async for _ in victim:
+        pieces += 1
+        if pieces == 3:
+            victim.cancel()
+    assert victim.stats is not None and victim.stats.done_reason == "cancelled"
+    assert victim.stats.eval_count < 40
+    results = await asyncio.gather(*others)
+    assert [t for t, _ in results] == [t for t, _ in alone]
+    assert worker.busy_slots == 0 and worker.pending == 0
+
+
+async def test_embeddings_work_while_streams_decode(worker: ModelWorker) -> None:
+    streams = [asyncio.create_task(run(worker, p, GREEDY)) for p in PROMPTS[:2]]
+    await asyncio.sleep(0.1)
+    result = await worker.embed(["hello world", "bread"], truncate=True)
+    assert len(result.vectors) == 2 and len(result.vectors[0]) == 640
+    assert all(stats.done_reason == "length" for _, stats in await asyncio.gather(*streams))
+
+
+async def test_the_queue_is_bounded_in_size_and_in_time(test_model_path: Path) -> None:
+    config = LoadConfig(
+        model_path=test_model_path, n_ctx=512, n_threads=2, parallel=1, queue_timeout_s=0.5
+    )
+    model = ModelWorker("gemma3:270m", config, max_pending=2)
+    await model.start()
+    try:
+        busy = model.generate(GenerationRequest("1, 2, 3,", SamplingParams(temperature=0)))
+        await busy.started()
+        waiting = model.generate(GenerationRequest("4, 5,", GREEDY))
+        with pytest.raises(QueueFullError, match="maximum pending requests exceeded"):
+            model.generate(GenerationRequest("6, 7,", GREEDY))
+        assert model.queued == 1 and model.busy_slots == 1
+        with pytest.raises(QueueTimeoutError, match="server busy"):
+            await waiting.started()
+        busy.cancel()
+        async for _ in busy:
+            pass
+        assert busy.stats is not None and busy.stats.done_reason == "cancelled"
+        text, stats = await run(model, "4, 5,", GREEDY)
+        assert text and stats.done_reason == "length"
+        assert model.pending == 0
+    finally:
+        await model.close()
