@@ -93,7 +93,7 @@ class Proxy:
         started = time.monotonic()
         if not facts.stream:
             try:
-                got = await self._wait(key, tried, deadline, path, headers, body)
+                got = await self._wait(key, tried, deadline, path, headers, body, hold)
             finally:
                 hold.release()
             if got is None:
@@ -102,7 +102,7 @@ class Proxy:
         # A short wait first: a pod that is nearly ready answers with its own status line.
         quiet_until = min(deadline, loop.time() + self.settings.heartbeat_seconds)
         try:
-            got = await self._wait(key, tried, quiet_until, path, headers, body)
+            got = await self._wait(key, tried, quiet_until, path, headers, body, hold)
         except BaseException:
             hold.release()
             raise
@@ -119,13 +119,19 @@ class Proxy:
         path: str,
         headers: list[tuple[str, str]],
         body: bytes,
+        hold: Hold | None = None,
     ) -> Attempt | None:
         """Send to the least busy ready pod not yet tried; on a failure before any byte came
-        back (or a busy pod while another is free) try the next. None when none is left."""
+        back (or a busy pod while another is free) try the next. None when none is left.
+
+        A held request stops counting as held once it is leased to a pod: counted as both, it
+        would look like twice the load and ask for pods nobody needs."""
         while True:
             endpoint = self.dispatcher.try_pick(key, tried)
             if endpoint is None:
                 return None
+            if hold is not None:
+                hold.release()
             lease = self.dispatcher.lease(key, endpoint)
             try:
                 request = self.client.build_request(
@@ -156,6 +162,7 @@ class Proxy:
         path: str,
         headers: list[tuple[str, str]],
         body: bytes,
+        hold: Hold | None = None,
     ) -> Attempt | None:
         """Attempts whenever a pod is ready, until one takes the request or ``until`` passes.
         Pods that failed are retried each heartbeat (a restarted pod may keep its address)."""
@@ -165,7 +172,7 @@ class Proxy:
             if await self.dispatcher.wait_for_endpoint(key, tried, step) is None:
                 tried.clear()
                 continue
-            got = await self._attempt(key, tried, path, headers, body)
+            got = await self._attempt(key, tried, path, headers, body, hold)
             if got is not None:
                 return got
         return None
@@ -220,7 +227,7 @@ class Proxy:
                     yield inband_error(route.api, message)
                     return
                 step = min(deadline, loop.time() + self.settings.heartbeat_seconds)
-                got = await self._wait(key, tried, step, path, headers, body)
+                got = await self._wait(key, tried, step, path, headers, body, hold)
             hold.release()
             lease, upstream = got
             try:
