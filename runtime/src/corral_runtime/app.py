@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral_runtime import __version__
 from corral_runtime.api import health, ollama, openai
 from corral_runtime.api import models as model_management
+from corral_runtime.api.disconnect import CancelOnDisconnect
 from corral_runtime.api.errors import ApiError, error_response, install_error_handlers
 from corral_runtime.engine.manager import ModelManager
 from corral_runtime.gpu import probe_gpu
@@ -72,8 +73,10 @@ class JsonBodies:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(_API_PREFIXES) or path.startswith(
-            "/api/blobs/"
+        if (
+            scope["type"] != "http"
+            or not path.startswith(_API_PREFIXES)
+            or path.startswith("/api/blobs/")
         ):
             await self.app(scope, receive, send)
             return
@@ -172,4 +175,5 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
         return response
 
     app.add_middleware(JsonBodies, limit=settings.max_body_bytes)
+    app.add_middleware(CancelOnDisconnect)
     return app
