@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from corral_runtime.api.deps import ManagerDep, MetricsDep
 from corral_runtime.metrics import CONTENT_TYPE
+from corral_runtime.store.catalog import list_models
 
 router = APIRouter()
 
@@ -23,13 +24,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, manager: ManagerDep) -> JSONResponse:
     if manager.loaded():
         return JSONResponse({"status": "ready", "models": [m.name for m in manager.loaded()]})
-    store = manager.store
-    names = await asyncio.to_thread(store.names)
-    for name in names:
-        try:
-            await asyncio.to_thread(store.get, name)
-        except (LookupError, ValueError, RuntimeError, OSError):
-            continue
+    if await asyncio.to_thread(list_models, manager.store):
         return JSONResponse({"status": "ready", "models": []})
     return JSONResponse({"status": "no model available"}, status_code=503)
 

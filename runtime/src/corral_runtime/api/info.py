@@ -1,29 +1,18 @@
-"""What the model-listing endpoints report about stored and loaded models (/api/tags, /api/show,
-/api/ps, /v1/models): details from the GGUF header, cached per blob digest."""
+"""What the model endpoints report about stored and loaded models (/api/show, /api/ps), built
+on the store's catalog (which also serves /api/tags and /v1/models)."""
 
 from __future__ import annotations
 
 import datetime
 import math
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from corral_runtime.engine.manager import LoadedModel, model_template
-from corral_runtime.store.gguf import ArrayInfo, GGUFDetails, read_gguf_details, read_gguf_metadata
+from corral_runtime.store.catalog import ModelEntry, model_details
+from corral_runtime.store.gguf import ArrayInfo, read_gguf_metadata
 from corral_runtime.store.layout import PROJECTOR_LAYER, StoredModel
 
 FOREVER_RFC3339 = "2318-11-26T00:00:00Z"  # keep_alive < 0: a time that never comes
-
-
-@lru_cache(maxsize=256)
-def _details(path: Path, digest: str) -> GGUFDetails:
-    del digest  # Part of the cache key: a blob's content never changes under its digest.
-    return read_gguf_details(path)
-
-
-def gguf_details(stored: StoredModel) -> GGUFDetails:
-    return _details(stored.model_path, stored.model_digest)
 
 
 def rfc3339(timestamp: float) -> str:
@@ -33,39 +22,13 @@ def rfc3339(timestamp: float) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def details_json(details: GGUFDetails) -> dict[str, Any]:
-    return {
-        "parent_model": "",
-        "format": "gguf",
-        "family": details.family,
-        "families": [details.family] if details.family else None,
-        "parameter_size": details.parameter_size,
-        "quantization_level": details.quantization_level,
-    }
-
-
-def manifest_digest_hex(stored: StoredModel) -> str:
-    return stored.manifest.digest.removeprefix("sha256:")
-
-
-def tag_entry(stored: StoredModel) -> dict[str, Any]:
-    return {
-        "name": stored.name.display,
-        "model": stored.name.display,
-        "modified_at": rfc3339(stored.modified),
-        "size": stored.size,
-        "digest": manifest_digest_hex(stored),
-        "details": details_json(gguf_details(stored)),
-    }
-
-
 def ps_entry(model: LoadedModel) -> dict[str, Any]:
     return {
         "name": model.name,
         "model": model.name,
         "size": model.plan.size_bytes,
-        "digest": manifest_digest_hex(model.stored),
-        "details": details_json(model.details),
+        "digest": model.stored.manifest.digest.removeprefix("sha256:"),
+        "details": ModelEntry(model.stored, model.details).details_json(),
         "expires_at": rfc3339(model.expires_at),
         "size_vram": model.plan.size_vram_bytes,
         "context_length": model.n_ctx,
@@ -73,7 +36,9 @@ def ps_entry(model: LoadedModel) -> dict[str, Any]:
 
 
 def capabilities(stored: StoredModel) -> list[str]:
-    details = gguf_details(stored)
+    details = model_details(stored)
+    if details is None:
+        return []
     template = model_template(stored, details)
     caps = ["completion"]
     if template.supports_tools:
@@ -101,7 +66,7 @@ def _param_text(value: Any) -> str:
 
 
 def show_entry(stored: StoredModel, *, verbose: bool) -> dict[str, Any]:
-    details = gguf_details(stored)
+    details = model_details(stored)
     parameters = "\n".join(
         line for key in sorted(stored.params) for line in _format_param(key, stored.params[key])
     )
@@ -111,7 +76,8 @@ def show_entry(stored: StoredModel, *, verbose: bool) -> dict[str, Any]:
         for key, value in metadata.items()
         if not key.startswith("GGUF.") and not isinstance(value, ArrayInfo)
     }
-    template = stored.template if stored.template is not None else (details.chat_template or "")
+    gguf_template = details.chat_template if details else None
+    template = stored.template if stored.template is not None else (gguf_template or "")
     modelfile_lines = [f"FROM {stored.model_path}"]
     if stored.template:
         modelfile_lines.append(f'TEMPLATE """{stored.template}"""')
@@ -126,8 +92,8 @@ def show_entry(stored: StoredModel, *, verbose: bool) -> dict[str, Any]:
         "parameters": parameters,
         "template": template,
         "system": stored.system or "",
-        "details": details_json(details),
+        "details": ModelEntry(stored, details).details_json(),
         "model_info": model_info,
         "capabilities": capabilities(stored),
-        "modified_at": rfc3339(stored.modified),
+        "modified_at": ModelEntry(stored, details).modified_at,
     }

@@ -33,8 +33,9 @@ from corral_runtime.api.ollama_protocol import (
     wire_tool_calls,
 )
 from corral_runtime.api.streaming import ndjson_response
-from corral_runtime.api.tool_calls import ToolCallBuffer
+from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel, ModelManager
+from corral_runtime.store.catalog import list_models
 from corral_runtime.templates.chat import GoChatTemplate, generate_messages
 from corral_runtime.templates.messages import ChatMessage
 
@@ -193,13 +194,9 @@ async def chat(
         }
 
     if not body.stream:
-        buffer = ToolCallBuffer(names) if tools else None
         text = await generation.text()
-        if buffer is not None:
-            text = buffer.feed(text)
-            held, calls = buffer.finish()
-            return JSONResponse(final(generation, text + held, calls))
-        return JSONResponse(final(generation, text, []))
+        calls = (parse_tool_calls(text, names) if tools else None) or []
+        return JSONResponse(final(generation, "" if calls else text, calls))
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         buffer = ToolCallBuffer(names) if tools else None
@@ -285,16 +282,8 @@ async def embeddings(
 
 @router.get("/api/tags")
 async def tags(store: StoreDep) -> dict[str, Any]:
-    def collect() -> list[dict[str, Any]]:
-        entries = []
-        for name in store.names():
-            try:
-                entries.append(info.tag_entry(store.get(name)))
-            except (LookupError, ValueError, RuntimeError, OSError):
-                continue  # A half-written or damaged model is not listed.
-        return entries
-
-    return {"models": await asyncio.to_thread(collect)}
+    entries = await asyncio.to_thread(list_models, store)
+    return {"models": [entry.to_tags_json() for entry in entries]}
 
 
 @router.post("/api/show")

@@ -33,8 +33,9 @@ from corral_runtime.api.openai_protocol import (
 )
 from corral_runtime.api.options import OllamaOptions
 from corral_runtime.api.streaming import sse_response
-from corral_runtime.api.tool_calls import ToolCallBuffer
+from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel
+from corral_runtime.store.catalog import list_models
 from corral_runtime.store.layout import StoredModel
 
 router = APIRouter(prefix="/v1")
@@ -73,18 +74,11 @@ async def chat_completions(
 
     if not body.stream:
         text = await generation.text()
-        buffer = ToolCallBuffer(names) if tools else None
-        calls: list[Any] = []
-        if buffer is not None:
-            text = buffer.feed(text)
-            held, calls = buffer.finish()
-            text += held
+        calls = (parse_tool_calls(text, names) if tools else None) or []
         stats = generation.stats
-        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
-            message["tool_calls"] = wire_tool_calls(calls)
-        else:
-            message["content"] = text
+            message = {"role": "assistant", "content": None, "tool_calls": wire_tool_calls(calls)}
         choice = {
             "index": 0,
             "message": message,
@@ -245,17 +239,9 @@ def _model_object(stored: StoredModel) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(store: StoreDep) -> dict[str, Any]:
-    def collect() -> list[dict[str, Any]]:
-        out = []
-        for name in store.names():
-            try:
-                out.append(_model_object(store.get(name)))
-            except (LookupError, ValueError, RuntimeError, OSError):
-                continue
-        return out
-
-    return {"object": "list", "data": await asyncio.to_thread(collect)}
+async def list_stored_models(store: StoreDep) -> dict[str, Any]:
+    entries = await asyncio.to_thread(list_models, store)
+    return {"object": "list", "data": [_model_object(entry.stored) for entry in entries]}
 
 
 @router.get("/models/{model_id:path}")
