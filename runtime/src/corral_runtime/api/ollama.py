@@ -32,6 +32,7 @@ from corral_runtime.api.ollama_protocol import (
     wants_thinking,
     wire_tool_calls,
 )
+from corral_runtime.api.options import OllamaOptions
 from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel, ModelManager
@@ -57,7 +58,11 @@ async def version() -> dict[str, str]:
 
 
 async def _load_or_unload(
-    manager: ModelManager, name: str, keep_alive: float, options: Any, body: dict[str, Any]
+    manager: ModelManager,
+    name: str,
+    keep_alive: float,
+    options: OllamaOptions,
+    body: dict[str, Any],
 ) -> dict[str, Any]:
     """An empty request loads the model (``done_reason: load``), or with keep_alive 0 unloads it."""
     if keep_alive == 0:

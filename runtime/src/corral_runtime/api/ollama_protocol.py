@@ -13,6 +13,7 @@ from corral_runtime.api.keepalive import parse_keep_alive
 from corral_runtime.api.options import OllamaOptions, validate_options
 from corral_runtime.engine.manager import LoadedModel
 from corral_runtime.engine.types import GenerationStats, OutputFormat
+from corral_runtime.store.layout import PROJECTOR_LAYER
 from corral_runtime.templates.messages import ChatMessage, Tool, ToolCall
 
 KeepAlive = StrictInt | StrictFloat | StrictStr | None
@@ -187,8 +188,6 @@ def check_capabilities(model: LoadedModel, *, think: Think, images: bool, tools:
 
 
 def has_vision(model: LoadedModel) -> bool:
-    from corral_runtime.store.layout import PROJECTOR_LAYER
-
     return model.stored.manifest.layer(PROJECTOR_LAYER) is not None
 
 
