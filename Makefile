@@ -15,8 +15,17 @@ help: ## List the targets
 install: ## Create .venv and install corral, its dev tools, helm and kubectl
 	@bash scripts/setup.sh
 
+.PHONY: up
+up: install control-plane ## Start the whole stack: control plane, node agent, operator, gateway on 127.0.0.1:11434, sample model
+	$(PY) -m tests.support.stack up --dir .stack
+
+.PHONY: down
+down: ## Stop everything `make up` started (logs stay in .stack/logs)
+	@if [ -x $(PY) ]; then $(PY) -m tests.support.stack down --dir .stack; \
+	else python3 -m tests.support.stack down --dir .stack; fi
+
 .PHONY: run
-run: install ## Serve the bundled test model on 127.0.0.1:11434 (Ollama + OpenAI APIs)
+run: install ## Serve the bundled test model on 127.0.0.1:11434 without Kubernetes (corral serve)
 	$(VENV)/bin/corral serve
 
 .PHONY: control-plane
