@@ -40,7 +40,7 @@ async def acquire_model(
     """Resolve, merge the model's params under the request's options, and take a lease."""
     stored = await manager.resolve_async(name)
     merged = effective_options(stored, options)
-    lease = await manager.acquire(name, keep_alive=keep_alive, load=load_options(merged))
+    lease = await manager.acquire(stored, keep_alive=keep_alive, load=load_options(merged))
     return lease, merged
 
 
@@ -52,7 +52,6 @@ class Generation:
     stream: GenerationStream
     metrics: RuntimeMetrics
     started_ns: int
-    endpoint: str
 
     @property
     def model(self) -> LoadedModel:
@@ -99,7 +98,6 @@ async def start_generation(
     manager: ModelManager,
     metrics: RuntimeMetrics,
     *,
-    endpoint: str,
     name: str,
     options: OllamaOptions,
     output_format: OutputFormat | None,
@@ -128,4 +126,4 @@ async def start_generation(
     except BaseException:
         lease.release()
         raise
-    return Generation(lease, stream, metrics, started_ns, endpoint)
+    return Generation(lease, stream, metrics, started_ns)

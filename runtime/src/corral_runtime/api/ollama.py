@@ -107,7 +107,6 @@ async def generate(
     generation = await start_generation(
         manager,
         metrics,
-        endpoint="generate",
         name=name,
         options=options,
         output_format=output_format,
@@ -172,7 +171,6 @@ async def chat(
     generation = await start_generation(
         manager,
         metrics,
-        endpoint="chat",
         name=name,
         options=options,
         output_format=output_format,

@@ -61,7 +61,6 @@ async def chat_completions(
     generation = await start_generation(
         manager,
         metrics,
-        endpoint="chat.completions",
         name=body.model,
         options=body.engine_options(),
         output_format=output_format,
@@ -139,7 +138,6 @@ async def completions(
     generation = await start_generation(
         manager,
         metrics,
-        endpoint="completions",
         name=body.model,
         options=body.engine_options(),
         output_format=None,

@@ -117,9 +117,17 @@ class ModelManager:
         return await asyncio.to_thread(self.resolve, name)
 
     async def acquire(
-        self, name: str, *, keep_alive: float | None = None, load: LoadOptions | None = None
+        self,
+        model_ref: str | StoredModel,
+        *,
+        keep_alive: float | None = None,
+        load: LoadOptions | None = None,
     ) -> Lease:
-        stored = await self.resolve_async(name)
+        """Take a lease on a model (by name, or already resolved), loading it if needed."""
+        if isinstance(model_ref, StoredModel):
+            stored = model_ref
+        else:
+            stored = await self.resolve_async(model_ref)
         key = stored.name.display
         n_ctx = (load.num_ctx if load and load.num_ctx else None) or self.settings.context_length
         async with self._lock:
