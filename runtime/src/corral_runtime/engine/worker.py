@@ -496,6 +496,8 @@ class ModelWorker:
                 sequence.stream._put(tail)
         ended = time.perf_counter()
         first = sequence.first_token_at if sequence.first_token_at is not None else ended
+        # Released before the final message, so whoever reads it sees the request gone.
+        self._release()
         sequence.stream._put(
             _stats(
                 reason,
@@ -507,11 +509,10 @@ class ModelWorker:
                 cached=sequence.reused,
             )
         )
-        self._release()
 
     def _finish_unstarted(self, submission: _Submission, outcome: object) -> None:
-        submission.stream._put(outcome)
         self._release()
+        submission.stream._put(outcome)
 
     def _fail_all(self, error: EngineError) -> None:
         """After a failed step nothing in the slots can be trusted: fail their sequences and
@@ -522,8 +523,8 @@ class ModelWorker:
                 slot.sequence = None
                 self._busy -= 1
                 free_chain(sequence.sampler)
-                sequence.stream._put(error)
                 self._release()
+                sequence.stream._put(error)
             slot.cached = []
             slot.evaluated = 0
             if self._context is not None:
