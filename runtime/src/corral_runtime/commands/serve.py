@@ -27,8 +27,18 @@ def register(subparsers: Any) -> None:
         help="Ollama-layout model store (CORRAL_MODELS); unset serves the bundled test model",
     )
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (CORRAL_API_KEY)")
-    parser.add_argument("--parallel", type=int, help="requests decoded at once per model")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        help="requests decoded at once per model (default: from the context length)",
+    )
     parser.add_argument("--max-queue", type=int, help="requests waiting per model before 503")
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        dest="queue_timeout_seconds",
+        help="seconds a request may wait for a slot before 503 (default 600)",
+    )
     parser.add_argument("--context-length", type=int, help="default num_ctx (default 4096)")
     parser.add_argument("--max-loaded-models", type=int, help="models kept loaded at once")
     parser.add_argument("--gpu-layers", help="'auto' (default), a number, or 0 for CPU only")
@@ -55,6 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "api_key",
             "parallel",
             "max_queue",
+            "queue_timeout_seconds",
             "context_length",
             "max_loaded_models",
             "gpu_layers",
