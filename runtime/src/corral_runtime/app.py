@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -32,9 +31,9 @@ from corral_runtime.api.errors import ApiError, error_response, install_error_ha
 from corral_runtime.engine.manager import ModelManager
 from corral_runtime.gpu import probe_gpu
 from corral_runtime.metrics import RuntimeMetrics
-from corral_runtime.settings import RuntimeSettings
+from corral_runtime.settings import RuntimeSettings, default_models_dir
 from corral_runtime.store.layout import ModelStore
-from corral_runtime.testmodel import ensure_test_model
+from corral_runtime.testmodel import TestModelUnavailableError, ensure_test_model
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +41,16 @@ log = logging.getLogger(__name__)
 _API_PREFIXES = ("/api/", "/v1/")
 
 
-def default_store_root() -> Path:
-    return Path.home() / ".cache" / "corral" / "models"
-
-
 def open_store(settings: RuntimeSettings) -> ModelStore:
+    """The configured store; without one, the default store, seeded with the bundled test model
+    (when its package is installed) so that ``corral serve`` alone answers."""
     if settings.models is not None:
         return ModelStore(settings.models)
-    store = ModelStore(default_store_root())
-    ensure_test_model(store)
+    store = ModelStore(default_models_dir())
+    try:
+        ensure_test_model(store)
+    except TestModelUnavailableError as exc:
+        log.warning("%s; serving %s as it is", exc, store.root)
     return store
 
 

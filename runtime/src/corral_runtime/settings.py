@@ -17,6 +17,12 @@ GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
 DEFAULT_KEEP_ALIVE_SECONDS = 300.0
 
 
+def default_models_dir() -> Path:
+    """The store used when neither ``--models`` nor ``CORRAL_MODELS`` names one (as Ollama uses
+    ``~/.ollama/models``): ``corral serve`` serves it and ``corral pull`` fills it."""
+    return Path.home() / ".corral" / "models"
+
+
 class RuntimeSettings(BaseSettings):
     """Everything the inference server can be told; every field is ``CORRAL_<NAME>``."""
 
@@ -26,7 +32,10 @@ class RuntimeSettings(BaseSettings):
     port: int = Field(default=11434, ge=0, le=65535)
     models: Path | None = Field(
         default=None,
-        description="Root of an Ollama-layout store; unset serves the bundled test model.",
+        description=(
+            "Root of an Ollama-layout store; unset: ~/.corral/models, "
+            "seeded with the bundled test model."
+        ),
     )
     api_key: str | None = Field(
         default=None, description="When set, /api and /v1 require 'Authorization: Bearer <key>'."

@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-DEFAULT_MODELS_DIR = "~/.corral/models"
 RESULT_FILE_ENV = "CORRAL_PULL_RESULT_FILE"
 
 
 def default_models_dir() -> Path:
     """The store the runtime serves: ``CORRAL_MODELS`` (as RuntimeSettings reads it), else home."""
-    from corral_runtime.settings import RuntimeSettings
+    from corral_runtime.settings import RuntimeSettings, default_models_dir
 
     configured = RuntimeSettings().models
-    return Path(configured or DEFAULT_MODELS_DIR).expanduser()
+    return Path(configured).expanduser() if configured else default_models_dir()
 
 
 def _models_dir(args: argparse.Namespace) -> Path:
@@ -38,7 +37,7 @@ def register(subparsers: Any) -> None:
     common.add_argument(
         "--models",
         metavar="DIR",
-        help=f"model store (default: CORRAL_MODELS or {DEFAULT_MODELS_DIR})",
+        help="model store (default: CORRAL_MODELS or ~/.corral/models)",
     )
 
     pull = subparsers.add_parser(

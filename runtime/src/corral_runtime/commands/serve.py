@@ -24,7 +24,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--models",
         metavar="DIR",
-        help="Ollama-layout model store (CORRAL_MODELS); unset serves the bundled test model",
+        help=(
+            "Ollama-layout model store (CORRAL_MODELS); "
+            "default ~/.corral/models, seeded with the bundled test model"
+        ),
     )
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (CORRAL_API_KEY)")
     parser.add_argument(
