@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # The runtime's gauge of its last inference request: direct traffic to a pod counts as activity.
 _POD_ACTIVITY_METRIC = "corral_last_request_timestamp_seconds"
+# How often a server that was asked for replicas yet shows no pod is woken again.
+WAKE_RETRY_SECONDS = 10.0
 
 
 class QueueFullError(Exception):
@@ -74,6 +76,7 @@ class Dispatcher:
         self._turn = 0
         self._activity: dict[ServerKey, _Activity] = {}
         self._scale_asked: dict[ServerKey, int] = {}
+        self._woken_at: dict[ServerKey, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -205,7 +208,13 @@ class Dispatcher:
         )
         if wanted is None and view.desired > 0 and not view.endpoints and asked == 0:
             # Asked for, yet no pod: the operator may have scaled the Deployment down on its
-            # own keep-alive without touching spec.replicas. Ask again; the write wakes it.
+            # own keep-alive without touching spec.replicas. Ask again; the write wakes it. A
+            # pod that is merely starting looks the same, and every routing-table change while
+            # it starts comes here: wake at most once per WAKE_RETRY_SECONDS.
+            now = time.monotonic()
+            if now - self._woken_at.get(key, -WAKE_RETRY_SECONDS) < WAKE_RETRY_SECONDS:
+                return
+            self._woken_at[key] = now
             wanted = max(view.desired, 1)
         if wanted is None:
             return
