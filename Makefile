@@ -73,5 +73,6 @@ check-generated: install ## Fail when the chart's CRDs or manifests/install.yaml
 	bash scripts/render-manifests.sh --check
 
 .PHONY: bench
-bench: install ## Run the benchmarks under bench/ (each prints ratios against a reference)
+bench: install control-plane ## Run the benchmarks under bench/ (each prints ratios against a reference)
+	@bash bench/setup_references.sh
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
