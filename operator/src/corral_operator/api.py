@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 
 GROUP = "corral.dev"
 VERSION = "v1alpha1"
@@ -67,3 +68,19 @@ def pull_job_name(model: str) -> str:
 
 def gc_job_name(model: str) -> str:
     return child_name("corral-gc", model)
+
+
+def rfc3339(moment: datetime) -> str:
+    """A timestamp as the API writes them (``2026-01-02T03:04:05Z``)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(raw: object) -> datetime | None:
+    """An API timestamp (RFC 3339) as an aware datetime; None when absent or unreadable."""
+    if not raw:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

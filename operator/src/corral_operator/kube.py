@@ -42,6 +42,35 @@ def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
     return f"{path}/{name}" if name else path
 
 
+def request(
+    client: k8s.ApiClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    *,
+    query: list[tuple[str, str]] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """One raw API call with an exact content type (the generated client would pick JSON Patch
+    for a merge patch, and has no server-side apply); ApiException unless it succeeded."""
+    method_, url, headers, payload, _ = client.param_serialize(
+        method,
+        path,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = client.call_api(
+        method_, url, header_params=headers, body=payload, _request_timeout=timeout
+    )
+    data = response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        raise ApiException(status=response.status, reason=response.reason, body=data)
+    return cast(dict[str, Any], json.loads(data)) if data else {}
+
+
 class Kube:
     """The API calls the handlers make; every write is idempotent."""
 
@@ -57,19 +86,7 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        method_, url, headers, payload, _ = self.client.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.client.call_api(method_, url, header_params=headers, body=payload)
-        data = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status <= 299:
-            raise ApiException(status=response.status, reason=response.reason, body=data)
-        return cast(dict[str, Any], json.loads(data)) if data else {}
+        return request(self.client, method, path, body, content_type, query=query)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply: create or converge ``obj``; fields we stop setting are dropped."""

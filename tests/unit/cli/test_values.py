@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from corral_operator.api import parse_time
 from corral_operator.cli.values import (
     format_duration,
     format_size,
     normalize_host,
     parse_duration,
     parse_option,
-    parse_time,
 )
 
 pytestmark = pytest.mark.unit

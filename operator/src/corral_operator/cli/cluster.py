@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 from corral_operator import api
@@ -125,33 +125,22 @@ class Cluster:
     ) -> dict[str, Any] | None:
         """One API call; None for 404, ClusterError for anything else that is not a success."""
         import urllib3
+        from kubernetes.client.exceptions import ApiException
 
-        method_, url, headers, payload, _ = self.client.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
+        from corral_operator.kube import request
+
         try:
-            response = self.client.call_api(
-                method_,
-                url,
-                header_params=headers,
-                body=payload,
-                _request_timeout=REQUEST_TIMEOUT,
+            return request(
+                self.client, method, path, body, content_type, query=query, timeout=REQUEST_TIMEOUT
             )
-            data = response.read()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise ClusterError(_api_error(method, path, exc.status, exc.body or b"")) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterError(
                 f"cannot reach the Kubernetes API at {self.server}: {_reason(exc)}"
             ) from None
-        if response.status == 404:
-            return None
-        if not 200 <= response.status <= 299:
-            raise ClusterError(_api_error(method, path, response.status, data))
-        return cast(dict[str, Any], json.loads(data)) if data else {}
 
     # -- what the commands need -------------------------------------------------------------
 
@@ -238,11 +227,12 @@ def _reason(exc: BaseException) -> str:
     return text.split(">: ", 1)[-1]
 
 
-def _api_error(method: str, path: str, status: int, data: bytes) -> str:
+def _api_error(method: str, path: str, status: int, data: bytes | str) -> str:
     try:
         message = str(json.loads(data).get("message") or "")
     except (ValueError, AttributeError):
-        message = data.decode(errors="replace").strip()
+        text = data.decode(errors="replace") if isinstance(data, bytes) else data
+        message = text.strip()
     if status in (401, 403):
         return f"the cluster refused {method} {path} ({status}): {message}"
     return f"{method} {path} failed ({status}): {message}"

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from corral_operator.cli.values import format_duration, format_size, parse_time
+from corral_operator.api import parse_time
+from corral_operator.cli.values import format_duration, format_size
 
 PS_HEADERS = ("NAME", "MODELS", "READY", "IDLE", "KEEP-ALIVE", "STATE", "LOADED")
 MODELS_HEADERS = ("NAME", "SOURCE", "READY", "SIZE", "PARAMETERS", "QUANTIZATION")

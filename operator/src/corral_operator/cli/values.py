@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,17 +81,6 @@ def normalize_host(raw: str) -> str:
         port = 443 if parts.scheme == "https" else DEFAULT_PORT
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
-
-
-def parse_time(raw: object) -> datetime | None:
-    """An API timestamp (RFC 3339) as an aware datetime; None when absent or unreadable."""
-    if not raw:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def parse_option(text: str) -> tuple[str, Any]:

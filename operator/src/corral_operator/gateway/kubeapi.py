@@ -8,56 +8,22 @@ patch content type (the generated client would pick JSON Patch for a merge patch
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, cast
+from datetime import datetime
 
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from corral_operator import api
+from corral_operator.api import parse_time, rfc3339
+from corral_operator.kube import request
 
 MERGE_PATCH = "application/merge-patch+json"
+
+__all__ = ["MERGE_PATCH", "parse_time", "request", "rfc3339"]
 
 
 def server_path(namespace: str, name: str) -> str:
     return f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.MODELSERVERS}/{name}"
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(raw: object) -> datetime | None:
-    if not raw:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def request(
-    client: k8s.ApiClient,
-    method: str,
-    path: str,
-    body: Any = None,
-    content_type: str = "application/json",
-) -> dict[str, Any]:
-    method_, url, headers, payload, _ = client.param_serialize(
-        method,
-        path,
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = client.call_api(method_, url, header_params=headers, body=payload)
-    data = response.read()  # type: ignore[no-untyped-call]
-    if not 200 <= response.status <= 299:
-        raise ApiException(status=response.status, reason=response.reason, body=data)
-    return cast(dict[str, Any], json.loads(data)) if data else {}
 
 
 def set_last_request_time(
