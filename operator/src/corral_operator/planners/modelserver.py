@@ -47,14 +47,8 @@ def spec_problems(spec: Mapping[str, Any], settings: OperatorSettings) -> list[s
 
 
 def _idle_seconds(status: Mapping[str, Any], now: datetime) -> float | None:
-    raw = status.get("lastRequestTime")
-    if not raw:
-        return None
-    try:
-        last = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(0.0, (now - last).total_seconds())
+    last = api.parse_time(status.get("lastRequestTime"))
+    return None if last is None else max(0.0, (now - last).total_seconds())
 
 
 def _waiting(reason: str, message: str, replicas: int) -> tuple[Condition, ...]:
