@@ -25,7 +25,7 @@ import pytest
 
 from corral_operator import api
 from corral_runtime.store.layout import ModelStore
-from tests.cluster.operator.support import CRDS, Cluster, Operator, wait_for
+from tests.cluster.operator.support import Cluster, Operator, wait_for
 from tests.conftest import TOOLS_BIN
 from tests.support.controlplane import free_port
 
@@ -57,18 +57,6 @@ def host_address() -> str:
     for line in out.splitlines():
         return line.split()[3].split("/")[0]
     pytest.fail("this machine has no non-loopback IPv4 address for Endpoints to point at")
-
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    kubectl("apply", "-f", str(CRDS), check=True)
-    for name in ("models.corral.dev", "modelservers.corral.dev"):
-        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True)
-
-
-@pytest.fixture
-def cluster(k8s_client: Any, namespace: str, crds: None) -> Cluster:
-    return Cluster(k8s_client, namespace)
 
 
 @pytest.fixture

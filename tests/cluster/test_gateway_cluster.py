@@ -28,15 +28,6 @@ from corral_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    kubectl("apply", "-f", str(ROOT / "crds"), check=True)
-    for name in ("models.corral.dev", "modelservers.corral.dev"):
-        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s", check=True)
-
 
 def custom(k8s_client: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(k8s_client)

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.cluster.operator.support import CRDS, Cluster, Operator, wait_for
-
-
-@pytest.fixture(scope="session")
-def crds(kubectl: Any) -> None:
-    kubectl("apply", "-f", str(CRDS), check=True)
-    for name in ("models.corral.dev", "modelservers.corral.dev"):
-        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True)
-
-
-@pytest.fixture
-def cluster(k8s_client: Any, namespace: str, crds: None) -> Cluster:
-    return Cluster(k8s_client, namespace)
+from tests.cluster.operator.support import Cluster, Operator, wait_for
 
 
 @pytest.fixture
