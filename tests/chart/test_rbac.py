@@ -37,6 +37,7 @@ NAMESPACED: set[Grant] = (
     | _grants("operator", "batch", "jobs", "get list watch create patch delete")
     | _grants("operator", "", "persistentvolumeclaims", "create patch")
     | _grants("operator", "", "pods", "list")
+    | _grants("operator", "", "pods/log", "get")
     | _grants("operator", "", "events", "create")
     | _grants("gateway", "corral.dev", "models", "list watch")
     | _grants("gateway", "corral.dev", "modelservers", "list watch patch")

@@ -15,6 +15,8 @@ from kubernetes.client.exceptions import ApiException
 
 from corral_operator import api
 
+# A log read must not hold a handler thread for long: a kubelet that does not answer is skipped.
+LOG_TIMEOUT_SECONDS = 10.0
 _PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Service": "services",
@@ -42,6 +44,39 @@ def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
     return f"{path}/{name}" if name else path
 
 
+def request_bytes(
+    client: k8s.ApiClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    *,
+    query: list[tuple[str, str]] | None = None,
+    timeout: float | None = None,
+    accept: str = "application/json",
+) -> bytes:
+    """One raw API call with an exact content type (the generated client would pick JSON Patch
+    for a merge patch, and has no server-side apply); its body, ApiException unless it
+    succeeded."""
+    method_, url, headers, payload, _ = client.param_serialize(
+        method,
+        path,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": accept},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = client.call_api(
+        method_, url, header_params=headers, body=payload, _request_timeout=timeout
+    )
+    data = cast(bytes, response.read())  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        raise ApiException(
+            status=response.status, reason=response.reason, body=data.decode(errors="replace")
+        )
+    return data
+
+
 def request(
     client: k8s.ApiClient,
     method: str,
@@ -52,22 +87,8 @@ def request(
     query: list[tuple[str, str]] | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """One raw API call with an exact content type (the generated client would pick JSON Patch
-    for a merge patch, and has no server-side apply); ApiException unless it succeeded."""
-    method_, url, headers, payload, _ = client.param_serialize(
-        method,
-        path,
-        query_params=query or [],
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = client.call_api(
-        method_, url, header_params=headers, body=payload, _request_timeout=timeout
-    )
-    data = response.read()  # type: ignore[no-untyped-call]
-    if not 200 <= response.status <= 299:
-        raise ApiException(status=response.status, reason=response.reason, body=data)
+    """``request_bytes`` for a JSON answer (empty answers read as ``{}``)."""
+    data = request_bytes(client, method, path, body, content_type, query=query, timeout=timeout)
     return cast(dict[str, Any], json.loads(data)) if data else {}
 
 
@@ -123,6 +144,25 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    def log_tail(
+        self, namespace: str, pod: str, container: str, *, lines: int, limit_bytes: int
+    ) -> str:
+        """The last ``lines`` lines of a container's log (at most ``limit_bytes``), through the
+        API server's ``pods/log``, which asks the pod's kubelet."""
+        data = request_bytes(
+            self.client,
+            "GET",
+            resource_path("Pod", namespace, pod) + "/log",
+            query=[
+                ("container", container),
+                ("tailLines", str(lines)),
+                ("limitBytes", str(limit_bytes)),
+            ],
+            accept="text/plain",
+            timeout=LOG_TIMEOUT_SECONDS,
+        )
+        return data.decode(errors="replace")
 
     def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource (only the fields that changed are sent)."""

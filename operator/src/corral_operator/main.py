@@ -1,8 +1,8 @@
 """The kopf entry point: decorators only, each delegating to a handler module.
 
 Reconciliation is level-based: every trigger (a Model or ModelServer changing, a child
-Deployment, Service or Job changing or vanishing, the operator resuming) runs the same
-reconcile function, which reads the current state and converges it.
+Deployment, Service or Job changing or vanishing, the operator resuming, the periodic resync)
+runs the same reconcile function, which reads the current state and converges it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import kopf
 from corral_operator import api, keepalive
 from corral_operator.handlers import models, modelservers, startup
 from corral_operator.handlers.context import Context
+from corral_operator.planners.model import is_pulling
 from corral_operator.settings import OperatorSettings
 
 MANAGED = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
 KEEP_ALIVE = keepalive.KeepAliveSettings()
+# Timer intervals are fixed when the handlers are registered, that is at import.
+TIMERS = OperatorSettings()
 
 
 def _ctx(memo: Any) -> Context:
@@ -60,6 +63,15 @@ def on_pull_job(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any)
         models.reconcile_model(_ctx(memo), _ns(namespace), model)
 
 
+@kopf.timer(api.GROUP, api.VERSION, api.MODELS, interval=TIMERS.pull_progress_seconds)
+def on_pull_progress(
+    namespace: str | None, name: str, status: kopf.Status, memo: Any, **_: Any
+) -> None:
+    # Nothing but the pull pod's log changes while bytes arrive: look at it now and then.
+    if is_pulling(status):
+        models.reconcile_model(_ctx(memo), _ns(namespace), name)
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.MODELS)
 def on_model_event(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     # A Model becoming Ready (or going away) changes what its ModelServers can do.
@@ -92,6 +104,32 @@ def on_keep_alive(
     namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
 ) -> None:
     keepalive.tick(_ctx(memo), _ns(namespace), name, datetime.now(UTC), KEEP_ALIVE, logger)
+
+
+# -- periodic resync ------------------------------------------------------------------------------
+
+
+def on_model_resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    # What no event reports (a deleted cache claim, a missed event) converges within a period.
+    models.reconcile_model(_ctx(memo), _ns(namespace), name)
+
+
+def on_modelserver_resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), name)
+
+
+if TIMERS.resync_seconds > 0:
+    for _plural, _resync in (
+        (api.MODELS, on_model_resync),
+        (api.MODELSERVERS, on_modelserver_resync),
+    ):
+        kopf.timer(
+            api.GROUP,
+            api.VERSION,
+            _plural,
+            interval=TIMERS.resync_seconds,
+            initial_delay=TIMERS.resync_seconds,
+        )(_resync)
 
 
 def main() -> None:

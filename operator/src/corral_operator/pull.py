@@ -15,6 +15,15 @@ Job's pods. This needs no API credentials in the pull pod (its service-account t
 mounted) and works on any conforming cluster. Whoever plays the kubelet (a real one, or a
 test) reports the pull result the same way.
 
+While it runs, the puller prints progress lines to its log; each plain line ends with the bytes
+of the whole pull so far, every layer together::
+
+    pulling 1a2b3c4d5e6f  45% [===   ] 114.0 MB/253.1 MB  [pull 114000000/253113024 bytes]
+
+The operator reads the tail of the running pod's log through the API (``pods/log``, the
+standard way to see a container's output) and reports the last such line as the Model's
+``status.completedBytes``/``totalBytes``.
+
 Everything that changes what ends up in the store (source, pinned digest, template, system,
 parameters, cache) is hashed into the Job's name, so a change starts a new Job (a re-pull) and
 an unchanged Model never pulls twice.
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +46,11 @@ GC_CONTAINER = "gc"
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 _PULL_FIELDS = ("source", "digest", "template", "system", "parameters", "cache")
+# The end of a progress line (corral_runtime.commands.models.pull_bytes_suffix).
+_PROGRESS = re.compile(r"\[pull (\d+)/(\d+) bytes\]\s*$")
+# How much of a pull pod's log is read per look: a few lines (one is printed every few seconds).
+LOG_TAIL_LINES = 20
+LOG_LIMIT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,4 +171,39 @@ def latest_result(pods: Sequence[Mapping[str, Any]], container: str) -> PullResu
         result = parse_pull_result(termination_message(pod, container))
         if result is not None:
             return result
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """Bytes of a running pull: all its layers together."""
+
+    completed: int
+    total: int
+
+    def as_status(self) -> dict[str, int]:
+        return {"completedBytes": self.completed, "totalBytes": self.total}
+
+
+def parse_progress(log_tail: str) -> PullProgress | None:
+    """The last progress line in a piece of a pull pod's log; None when it holds none.
+
+    A line cut short (by a byte limit) no longer ends like a progress line, so it never counts.
+    """
+    for line in reversed(log_tail.splitlines()):
+        match = _PROGRESS.search(line)
+        if match:
+            completed, total = int(match[1]), int(match[2])
+            return PullProgress(min(completed, total), total)
+    return None
+
+
+def running_pod(pods: Sequence[Mapping[str, Any]], container: str) -> str | None:
+    """The pod whose ``container`` is running now (a Job retries one pod at a time)."""
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            if cs.get("name") == container and "running" in (cs.get("state") or {}):
+                return str(pod["metadata"]["name"])
     return None

@@ -61,6 +61,18 @@ class OperatorSettings(BaseSettings):
     pull_deadline_seconds: int = Field(default=6 * 3600, ge=60)
     gc_deadline_seconds: int = Field(default=600, ge=30)
     startup_seconds: int = Field(default=1800, ge=10, description="Default model-load allowance.")
+    resync_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Every Model and ModelServer is reconciled this often even without an event "
+        "(drift in what is not watched, missed events); 0 turns the resync off.",
+    )
+    pull_progress_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a pulling Model's status.completedBytes/totalBytes are refreshed "
+        "from its pull pod's log.",
+    )
     liveness_endpoint: str | None = Field(
         default=None, description="e.g. http://0.0.0.0:8080/healthz for the pod's liveness probe."
     )

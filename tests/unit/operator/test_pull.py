@@ -1,10 +1,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from corral_operator.pull import job_phase, latest_result, parse_pull_result, pull_spec_hash
+from corral_operator.pull import (
+    PullProgress,
+    job_phase,
+    latest_result,
+    parse_progress,
+    parse_pull_result,
+    pull_spec_hash,
+    running_pod,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -72,3 +81,66 @@ def test_spec_hash_follows_pull_inputs_only() -> None:
     assert pull_spec_hash(base) == pull_spec_hash({**base, "unrelated": 1})
     assert pull_spec_hash(base) != pull_spec_hash({**base, "source": "qwen3:0.6b"})
     assert pull_spec_hash(base) != pull_spec_hash({**base, "system": "be brief"})
+
+
+# -- progress from the pull pod's log --------------------------------------------------------
+
+
+def test_progress_is_the_last_progress_line() -> None:
+    tail = "\n".join(
+        [
+            "ng 1a2b3c4d5e6f  12% [===   ] 30.0 MB/253.1 MB  [pull 30000000/253113024 bytes]",
+            "pulling 1a2b3c4d5e6f  45% [=== ] 114.0 MB/253.1 MB  [pull 114000000/253113024 bytes]",
+            "pulling 0f9e8d7c6b5a 100% [======] 8 B/8 B  [pull 253113032/253113032 bytes]",
+            "verifying sha256 digest",
+            "writing manifest",
+        ]
+    )
+    assert parse_progress(tail) == PullProgress(253113032, 253113032)
+    assert parse_progress(tail).as_status() == {  # type: ignore[union-attr]
+        "completedBytes": 253113032,
+        "totalBytes": 253113032,
+    }
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "",
+        "pulling manifest\n",
+        # Cut short by the byte limit: no longer ends like a progress line.
+        "pulling 1a2b3c4d5e6f  45% [===   ] 114.0 MB/253.1 MB  [pull 114000000/2531",
+        "Error: [pull 1/2 bytes] is not at the end here",
+    ],
+)
+def test_no_progress(tail: str) -> None:
+    assert parse_progress(tail) is None
+
+
+def test_progress_never_passes_its_total() -> None:
+    assert parse_progress("x  [pull 12/10 bytes]") == PullProgress(10, 10)
+
+
+def test_progress_line_format_matches_the_pull_cli() -> None:
+    # The runtime prints what the operator parses; both sides of the contract in one test.
+    from corral_runtime.commands.models import pull_bytes_suffix
+
+    assert parse_progress(f"pulling x  {pull_bytes_suffix(5, 9)}\n") == PullProgress(5, 9)
+
+
+def test_running_pod_is_the_one_whose_puller_runs() -> None:
+    def pod(name: str, phase: str, state: str) -> dict[str, Any]:
+        statuses = [{"name": "pull", "state": {state: {}}}]
+        return {
+            "metadata": {"name": name},
+            "status": {"phase": phase, "containerStatuses": statuses},
+        }
+
+    pods = [
+        pod("a", "Failed", "terminated"),
+        pod("b", "Pending", "waiting"),
+        pod("c", "Running", "running"),
+    ]
+    assert running_pod(pods, "pull") == "c"
+    assert running_pod(pods[:2], "pull") is None
+    assert running_pod(pods, "gc") is None

@@ -25,3 +25,13 @@ def test_defaults() -> None:
     assert settings.finalizer == "corral.dev/finalizer"
     assert "default" in settings.cache_profiles
     assert settings.gpu_tolerations[0]["key"] == "nvidia.com/gpu"
+
+
+def test_timers(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = OperatorSettings()
+    assert (defaults.resync_seconds, defaults.pull_progress_seconds) == (60.0, 5.0)
+    monkeypatch.setenv("CORRAL_OPERATOR_RESYNC_SECONDS", "0")  # 0: no resync
+    assert OperatorSettings().resync_seconds == 0
+    monkeypatch.setenv("CORRAL_OPERATOR_RESYNC_SECONDS", "-1")
+    with pytest.raises(ValueError):
+        OperatorSettings()

@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from corral_operator import api, pull
 from corral_operator.builders.jobs import build_gc_job
 from corral_operator.handlers.context import Context
 from corral_operator.planners.model import gc_needed, job_label_selector, model_cache, plan_model
 from corral_operator.status.conditions import merge_conditions, status_changes
+
+log = logging.getLogger(__name__)
 
 GC_POLL_SECONDS = 2.0
 
@@ -32,7 +36,30 @@ def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
         kube.apply(plan.job)
     for stale in plan.stale_jobs:
         kube.delete("Job", namespace, stale)
-    write_status(ctx, model, plan.status, plan.conditions)
+    status = dict(plan.status)
+    if plan.progress_pod is not None:
+        progress = read_progress(ctx, namespace, plan.progress_pod)
+        if progress is not None:
+            status.update(progress.as_status())
+    write_status(ctx, model, status, plan.conditions)
+
+
+def read_progress(ctx: Context, namespace: str, pod: str) -> pull.PullProgress | None:
+    """Where a running pull stands, from the tail of its pod's log; None when the log cannot be
+    read (a kubelet that serves no logs, a container just starting): progress is a courtesy,
+    never a reason for the reconcile to fail."""
+    try:
+        tail = ctx.kube.log_tail(
+            namespace,
+            pod,
+            pull.PULL_CONTAINER,
+            lines=pull.LOG_TAIL_LINES,
+            limit_bytes=pull.LOG_LIMIT_BYTES,
+        )
+    except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+        log.debug("no pull progress from pod %s/%s: %s", namespace, pod, exc)
+        return None
+    return pull.parse_progress(tail)
 
 
 def write_status(

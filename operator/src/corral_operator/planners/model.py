@@ -11,7 +11,7 @@ from corral_operator.builders.cache import build_cache_pvc
 from corral_operator.builders.jobs import build_pull_job
 from corral_operator.planners.sources import InvalidSourceError, parse_source, served_name
 from corral_operator.settings import OperatorSettings
-from corral_operator.status.conditions import Condition, is_true
+from corral_operator.status.conditions import Condition, find_condition, is_true
 
 PULLED = "Pulled"
 READY = "Ready"
@@ -26,6 +26,8 @@ class ModelPlan:
     stale_jobs: tuple[str, ...] = ()
     status: dict[str, Any] = field(default_factory=dict)
     conditions: tuple[Condition, ...] = ()
+    # The running pull pod whose log tells the pull's progress (completedBytes/totalBytes).
+    progress_pod: str | None = None
 
 
 def _not_ready(reason: str, message: str) -> tuple[Condition, ...]:
@@ -85,12 +87,14 @@ def plan_model(
                 Condition(READY, "True", "Ready", ""),
             ),
         )
+    # No bytes to report until a pull of this spec runs (a re-pull starts from nothing).
+    no_progress = {"completedBytes": None, "totalBytes": None}
     if current is None:
         return ModelPlan(
             pvc=pvc,
             job=desired_job,
             stale_jobs=stale,
-            status=base_status,
+            status={**base_status, **no_progress},
             conditions=_not_ready("Pulling", f"starting pull Job {job_name}"),
         )
 
@@ -109,11 +113,14 @@ def plan_model(
         attempts = int((current.get("status") or {}).get("failed") or 0)
         retry = f" (retry {attempts} of {settings.pull_backoff_limit})" if attempts else ""
         state = "running" if phase == "Running" else "waiting for its pod"
+        progress_pod = pull.running_pod(own_pods, pull.PULL_CONTAINER)
         return ModelPlan(
             pvc=pvc,
             stale_jobs=stale,
+            # Bytes already reported stay until the running pod's log says more.
             status=base_status,
             conditions=_not_ready("Pulling", f"pull Job {job_name} {state}{retry}"),
+            progress_pod=progress_pod,
         )
 
     pinned = spec.get("digest")
@@ -127,6 +134,9 @@ def plan_model(
             ),
         )
     details = result.as_status() if result else {}
+    if result is not None and result.size_bytes is not None:
+        # A finished pull ends at its full size, whatever the last progress line said.
+        details.update(pull.PullProgress(result.size_bytes, result.size_bytes).as_status())
     stored_name = (result.name if result and result.name else None) or name
     message = "" if result else "the pull Job reported no details (no termination message)"
     return ModelPlan(
@@ -138,6 +148,12 @@ def plan_model(
             Condition(READY, "True", "Ready", ""),
         ),
     )
+
+
+def is_pulling(status: Mapping[str, Any] | None) -> bool:
+    """Whether a Model's status says its pull is under way (its progress is worth reading)."""
+    pulled = find_condition((status or {}).get("conditions"), PULLED)
+    return (pulled or {}).get("status") == "False" and (pulled or {}).get("reason") == "Pulling"
 
 
 def model_cache(model: Mapping[str, Any]) -> str:

@@ -128,16 +128,25 @@ def format_progress(
     return line
 
 
+def pull_bytes_suffix(completed: int, total: int) -> str:
+    """The machine-readable end of a plain progress line: the whole pull so far, every layer
+    together (``[pull 114000000/253113024 bytes]``). A reader of a pull Job's log (the operator)
+    needs only the last such line to know where the pull stands."""
+    return f"[pull {completed}/{total} bytes]"
+
+
 @dataclass
 class ProgressPrinter:
     """Draws a progress bar on a terminal; prints plain lines (at most every few seconds)
-    otherwise, so logs of a pull Job stay readable."""
+    otherwise, so logs of a pull Job stay readable. Plain lines end with the bytes of the whole
+    pull (``pull_bytes_suffix``)."""
 
     out: IO[str]
     tty: bool
     interval: float = 0.1
     plain_interval: float = 5.0
     _samples: dict[str, tuple[float, int, float]] = field(default_factory=dict)
+    _layers: dict[str, tuple[int, int]] = field(default_factory=dict)
     _last: float = 0.0
     _open_line: bool = False
 
@@ -148,6 +157,7 @@ class ProgressPrinter:
             return
         now = time.monotonic()
         key = event.status
+        self._layers[key] = (event.completed, event.total)
         start, start_bytes, _ = self._samples.get(key, (now, event.completed, now))
         if key not in self._samples:
             self._samples[key] = (now, event.completed, now)
@@ -169,7 +179,9 @@ class ProgressPrinter:
             if done:
                 self.finish_line()
         else:
-            print(line, file=self.out)
+            done_bytes = sum(c for c, _ in self._layers.values())
+            total_bytes = sum(t for _, t in self._layers.values())
+            print(f"{line}  {pull_bytes_suffix(done_bytes, total_bytes)}", file=self.out)
         self.out.flush()
 
     def finish_line(self) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from corral_operator.planners.model import gc_needed, plan_model
+from corral_operator.planners.model import gc_needed, is_pulling, plan_model
 from corral_operator.pull import pull_spec_hash
 from corral_operator.settings import OperatorSettings
 from tests.unit.operator.factories import GEMMA_STATUS, model
@@ -99,3 +99,55 @@ def test_gc_only_for_the_last_user_of_a_name() -> None:
     assert not gc_needed(a, [a, b])
     assert gc_needed(a, [a, other_cache])
     assert not gc_needed(model("never-pulled"), [])
+
+
+# -- pull progress ---------------------------------------------------------------------------
+
+
+def _running_pod(job: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"{job}-x1", "labels": {"job-name": job}},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{"name": "pull", "state": {"running": {}}}],
+        },
+    }
+
+
+def test_a_new_pull_starts_without_bytes() -> None:
+    # A re-pull must not show the bytes of the pull before it.
+    plan = plan_model(model(status={"completedBytes": 9, "totalBytes": 9}), [], [], SETTINGS)
+    assert plan.status["completedBytes"] is None and plan.status["totalBytes"] is None
+    assert plan.progress_pod is None
+
+
+def test_a_running_pull_names_the_pod_to_read_progress_from() -> None:
+    name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
+    plan = plan_model(model(), [_job(name, active=1)], [_running_pod(name)], SETTINGS)
+    assert plan.progress_pod == f"{name}-x1"
+    # What was reported stays until the log says more.
+    assert "completedBytes" not in plan.status and "totalBytes" not in plan.status
+    other = plan_model(model(), [_job(name, active=1)], [_running_pod("another-job")], SETTINGS)
+    assert other.progress_pod is None
+
+
+def test_a_finished_pull_ends_at_its_size() -> None:
+    name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
+    done = _job(name, conditions=[{"type": "Complete", "status": "True"}])
+    plan = plan_model(model(), [done], [_pod(name, '{"sizeBytes": 1234}')], SETTINGS)
+    assert plan.status["completedBytes"] == plan.status["totalBytes"] == 1234
+    assert plan.progress_pod is None
+
+
+@pytest.mark.parametrize(
+    ("conditions", "pulling"),
+    [
+        ([{"type": "Pulled", "status": "False", "reason": "Pulling"}], True),
+        ([{"type": "Pulled", "status": "False", "reason": "PullFailed"}], False),
+        ([{"type": "Pulled", "status": "True", "reason": "Pulled"}], False),
+        ([], False),
+    ],
+)
+def test_is_pulling(conditions: list[dict[str, str]], pulling: bool) -> None:
+    assert is_pulling({"conditions": conditions}) is pulling
+    assert is_pulling(None) is False
