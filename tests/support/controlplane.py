@@ -8,6 +8,13 @@ Used by the pytest ``cluster`` fixture and by ``make cluster`` / ``make cluster-
 
 RBAC is on; an admin (group system:masters) authenticates with a static token written into the
 kubeconfig. Nothing runs pods: the scheduler binds them to Nodes created through the API.
+
+Pods (the node agent's network namespaces) reach the API server the way in-cluster clients do:
+it listens on every address, and advertises ``SERVICE_ADDRESS`` -- the ``kubernetes`` Service's
+ClusterIP, added once as a /32 on the host's loopback device and shared by every control plane
+on the machine (each has its own port) -- so the ``kubernetes`` Endpoints name an address every
+pod routes to the host, and the serving certificate carries it. Where the address cannot be
+added (no CAP_NET_ADMIN), the API server advertises 127.0.0.1 as before and pods cannot reach it.
 """
 
 from __future__ import annotations
@@ -36,12 +43,29 @@ CACHE_ROOT = Path(
 )
 BIN_DIR = CACHE_ROOT / "kube" / KUBE_DEB_VERSION / "bin"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+SERVICE_CIDR = "10.96.0.0/12"
+# The first address of SERVICE_CIDR: the ClusterIP the API server gives the `kubernetes` Service.
+SERVICE_ADDRESS = "10.96.0.1"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def ensure_service_address(address: str = SERVICE_ADDRESS) -> bool:
+    """Put ``address``/32 on the loopback device (once per machine; it is never removed, as other
+    control planes may advertise it too). False when it is absent and cannot be added."""
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True
+    )
+    if f"inet {address}/" in shown.stdout:
+        return True
+    added = subprocess.run(
+        ["ip", "addr", "add", f"{address}/32", "dev", "lo"], capture_output=True, text=True
+    )
+    return added.returncode == 0 or "File exists" in added.stderr
 
 
 def ensure_binaries() -> None:
@@ -104,12 +128,15 @@ class ControlPlane:
         pki.mkdir(parents=True)
         logs = self.state_dir / "logs"
         logs.mkdir()
-        _make_pki(pki)
+        advertise = SERVICE_ADDRESS if ensure_service_address() else "127.0.0.1"
+        _make_pki(pki, advertise)
         token = secrets.token_hex(16)
         (pki / "tokens.csv").write_text(f"{token},admin,admin-uid,system:masters\n")
-        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port("0.0.0.0")
         server = f"https://127.0.0.1:{api_port}"
-        (self.state_dir / "info.json").write_text(json.dumps({"server": server, "token": token}))
+        (self.state_dir / "info.json").write_text(
+            json.dumps({"server": server, "token": token, "advertise": advertise})
+        )
         self.kubeconfig.write_text(_kubeconfig(server, pki / "server.crt", token))
         self.kubeconfig.chmod(0o600)
 
@@ -158,9 +185,10 @@ class ControlPlane:
             [
                 str(BIN_DIR / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
+                # Every address: the kubeconfig uses 127.0.0.1, pods the advertised address.
+                "--bind-address=0.0.0.0",
                 f"--secure-port={api_port}",
-                "--advertise-address=127.0.0.1",
+                f"--advertise-address={advertise}",
                 f"--tls-cert-file={pki / 'server.crt'}",
                 f"--tls-private-key-file={pki / 'server.key'}",
                 f"--client-ca-file={pki / 'server.crt'}",
@@ -169,7 +197,7 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=Node,RBAC",
-                "--service-cluster-ip-range=10.96.0.0/12",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=false",
                 "--insecure-port=0",
                 "--enable-priority-and-fairness=false",
@@ -282,8 +310,9 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _make_pki(pki: Path) -> None:
-    """A self-signed serving certificate for 127.0.0.1 and a service-account key pair."""
+def _make_pki(pki: Path, advertise: str) -> None:
+    """A self-signed serving certificate for 127.0.0.1 and the advertised address (which pods
+    dial), and a service-account key pair."""
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
@@ -303,7 +332,8 @@ def _make_pki(pki: Path) -> None:
         "-subj",
         "/CN=127.0.0.1",
         "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+        f"subjectAltName=IP:127.0.0.1,IP:{advertise},DNS:localhost,"
+        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",

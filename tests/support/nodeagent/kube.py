@@ -124,6 +124,12 @@ class Lookups:
             return None
         return dict(obj.get("data") or {})
 
+    def api_endpoint(self) -> tuple[str, int] | None:
+        """The API server's address for pods: the first address and port of the ``kubernetes``
+        Endpoints (what kube-proxy would send the Service's ClusterIP to)."""
+        obj = ignore_status((404,), self.core.read_namespaced_endpoints, "kubernetes", "default")
+        return kubernetes_endpoint(obj or {})
+
     def claim_dir(self, namespace: str, claim: str) -> Path | None:
         pvc = ignore_status(
             (404,), self.core.read_namespaced_persistent_volume_claim, claim, namespace
@@ -138,3 +144,12 @@ class Lookups:
         if source is None:
             return None
         return Path(source["path"])
+
+
+def kubernetes_endpoint(endpoints: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(ip, port) of the first ready address of an Endpoints object, None when it has none."""
+    for subset in endpoints.get("subsets") or ():
+        addresses, ports = subset.get("addresses") or (), subset.get("ports") or ()
+        if addresses and ports:
+            return str(addresses[0]["ip"]), int(ports[0]["port"])
+    return None

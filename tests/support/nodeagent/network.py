@@ -4,9 +4,10 @@ Layout: each node owns a /24 out of ``10.244.0.0/16`` (the first free one, so se
 share a machine) carved into /30 slots. Slot 0 is the node itself: a veth pair whose host end
 carries the node's InternalIP (``.1``). Slot k (1..63) is a pod: a veth pair, host end ``.4k+1``,
 pod end ``eth0`` = ``.4k+2`` inside the pod's namespace, with a default route to the host end.
-Point-to-point pairs need no bridge and no forwarding on the host: the host reaches every pod,
-and every pod reaches the host's addresses, which is what Services/Endpoints and the operator
-need.
+Point-to-point pairs need no bridge: the host reaches every pod, and every pod reaches the host's
+addresses (the API server's advertised address among them). Pod-to-pod traffic (a gateway pod
+calling runtime pods) passes through the host, so forwarding is turned on for the host ends only
+(``net.ipv4.conf.<link>.forwarding``; the machine-wide ``ip_forward`` stays as it is).
 
 Every namespace is named ``corral-<agent id>-…`` and every link has one end inside such a
 namespace, so deleting the namespaces removes every link too. A registry under
@@ -166,6 +167,8 @@ def _veth_into_netns(netns: str, host_link: str, host_ip: str, inner_ip: str) ->
     ip("-n", netns, "link", "set", peer, "name", "eth0")
     ip("addr", "add", f"{host_ip}/30", "dev", host_link)
     ip("link", "set", host_link, "up")
+    # IPv4 forwards what arrives on an interface whose own forwarding flag is on.
+    Path(f"/proc/sys/net/ipv4/conf/{host_link}/forwarding").write_text("1\n")
     ip("-n", netns, "addr", "add", f"{inner_ip}/30", "dev", "eth0")
     ip("-n", netns, "link", "set", "lo", "up")
     ip("-n", netns, "link", "set", "eth0", "up")

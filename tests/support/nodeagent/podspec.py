@@ -1,10 +1,18 @@
 """Pure translation of a pod's container spec into what a local process gets.
 
 Environment (``env``/``envFrom`` with values, fieldRef, resourceFieldRef, Secret and ConfigMap
-references, and ``$(VAR)`` expansion), and volume mounts. A process cannot see a pod's mount paths
-without a mount namespace per container that would have to create those paths on the host, so
-mounts are honoured by rewriting: any arg, env value or workingDir that is a mount path (or lies
-under one, or is ``--flag=`` followed by one) is rewritten to the local directory behind the volume.
+references, ``$(VAR)`` expansion, and the ``kubernetes`` Service's variables a kubelet adds), and
+volume mounts, honoured two ways (``mount_plan``):
+
+- bind mounts: the container runs in its own mount namespace where the volume's directory is
+  bind-mounted at its mountPath (read-only when the mount says so). That is only done where it
+  hides nothing of the machine's: a mountPath that does not exist on the host (its directory is
+  then created, empty, as the mountpoint, and left for the next container) or is an empty
+  directory. The service-account token at /var/run/secrets/kubernetes.io/serviceaccount is one.
+- rewriting, for the rest (a mountPath such as /tmp that holds the host's files, a mount of a
+  single file, a mount below a rewritten one): any arg, env value or workingDir that is a mount
+  path (or lies under one, or is ``--flag=`` followed by one) is rewritten to the local directory
+  behind the volume. The termination-message file is always rewritten.
 """
 
 from __future__ import annotations
@@ -166,6 +174,22 @@ def container_env(
     return env
 
 
+def kubernetes_service_env(host: str, port: int) -> dict[str, str]:
+    """The variables a kubelet gives every container for the ``kubernetes`` Service (even with
+    enableServiceLinks off), naming the address and port pods reach the API server at."""
+    tcp = f"KUBERNETES_PORT_{port}_TCP"
+    return {
+        "KUBERNETES_SERVICE_HOST": host,
+        "KUBERNETES_SERVICE_PORT": str(port),
+        "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+        "KUBERNETES_PORT": f"tcp://{host}:{port}",
+        tcp: f"tcp://{host}:{port}",
+        f"{tcp}_PROTO": "tcp",
+        f"{tcp}_PORT": str(port),
+        f"{tcp}_ADDR": host,
+    }
+
+
 # -- volumes -------------------------------------------------------------------------------------
 
 
@@ -274,3 +298,90 @@ def _rewrite_one(value: str, mounts: Sequence[tuple[str, Path]]) -> str | None:
         if value.startswith(mount_path.rstrip("/") + "/"):
             return str(local / value[len(mount_path.rstrip("/")) + 1 :])
     return None
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A volume directory bind-mounted at ``mount_path`` in the container's mount namespace."""
+
+    mount_path: str
+    local: Path
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """How each mount is honoured: ``binds`` in mounting order (parents first), ``rewrites``
+    longest mount path first (as ``rewrite_path`` wants them)."""
+
+    binds: list[Bind]
+    rewrites: list[tuple[str, Path]]
+
+
+def mount_plan(
+    container: Obj, volumes: Mapping[str, Path], bindable: Callable[[str, Path], bool]
+) -> MountPlan:
+    """Split the container's mounts into binds and rewrites (see the module docstring).
+
+    ``bindable(mount_path, local)`` says whether a bind there hides nothing on this machine. A
+    mount below a rewritten one is rewritten too: its path on the host would not be the
+    rewritten parent's."""
+    read_only = {
+        m["mountPath"].rstrip("/") or "/": bool(m.get("readOnly"))
+        for m in container.get("volumeMounts") or []
+    }
+    binds: list[Bind] = []
+    rewrites: list[tuple[str, Path]] = []
+    for mount_path, local in reversed(mount_table(container, volumes)):  # parents first
+        below_rewrite = any(_is_under(mount_path, parent) for parent, _ in rewrites)
+        if not below_rewrite and bindable(mount_path, local):
+            binds.append(Bind(mount_path, local, read_only.get(mount_path, False)))
+        else:
+            rewrites.append((mount_path, local))
+    rewrites.sort(key=lambda entry: len(entry[0]), reverse=True)
+    return MountPlan(binds, rewrites)
+
+
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+# Run by ``sh -c`` in a fresh mount namespace: $1 is the working directory, then (mode, local,
+# mount path) triples up to ``--``, then the container's argv, which replaces the shell.
+_BIND_SCRIPT = (
+    "p=/usr/sbin:/usr/bin:/sbin:/bin; "
+    'wd=$1; shift; while [ "$1" != -- ]; do '
+    'PATH=$p mkdir -p -- "$3" && PATH=$p mount --bind -- "$2" "$3" || exit 126; '
+    'if [ "$1" = ro ]; then PATH=$p mount -o remount,bind,ro -- "$3" || exit 126; fi; '
+    "shift 3; done; shift; "
+    'cd -- "$wd" || exit 126; exec "$@"'
+)
+
+
+def bind_command(
+    binds: Sequence[Bind], workdir: str, argv: Sequence[str], unshare: str = "unshare"
+) -> list[str]:
+    """``argv`` run in a private mount namespace with ``binds`` mounted, from ``workdir``; just
+    ``argv`` when there is nothing to mount."""
+    if not binds:
+        return list(argv)
+    triples = [
+        part
+        for bind in binds
+        for part in ("ro" if bind.read_only else "rw", str(bind.local), bind.mount_path)
+    ]
+    return [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        _BIND_SCRIPT,
+        "sh",
+        workdir,
+        *triples,
+        "--",
+        *argv,
+    ]

@@ -34,9 +34,11 @@ from .podspec import (
     ConfigError,
     UnsupportedError,
     VolumePlan,
+    bind_command,
     container_env,
     expand,
-    mount_table,
+    kubernetes_service_env,
+    mount_plan,
     plan_volumes,
     rewrite_path,
     termination_path,
@@ -245,7 +247,7 @@ class PodWorker(threading.Thread):
                 self.ctx.network.host_ip,
                 self.ctx.allocatable,
             )
-            mounts = mount_table(spec, self.volumes)
+            plan = mount_plan(spec, self.volumes, hides_nothing)
         except ConfigError as error:
             container.waiting_reason = "CreateContainerConfigError"
             container.waiting_message = str(error)
@@ -259,31 +261,47 @@ class PodWorker(threading.Thread):
         message_file = self.termination_file(container)
         message_file.parent.mkdir(parents=True, exist_ok=True)
         message_file.write_bytes(b"")
-        mounts = [(termination_path(spec), message_file), *mounts]
+        mounts = [(termination_path(spec), message_file), *plan.rewrites]
         own_env = {k: rewrite_path(v, mounts) for k, v in own_env.items()}
         argv = [
             rewrite_path(expand(a, own_env), mounts)
             for a in container_argv(entry, spec.get("command"), spec.get("args"))
         ]
-        env = {**os.environ, **entry.env, "HOSTNAME": self.pod["metadata"]["name"], **own_env}
+        # The `kubernetes` Service as kube-proxy would route it: straight to the API server.
+        endpoint = self.ctx.lookups.api_endpoint()
+        service_env = kubernetes_service_env(*endpoint) if endpoint else {}
+        env = {
+            **os.environ,
+            **entry.env,
+            **service_env,
+            "HOSTNAME": self.pod["metadata"]["name"],
+            **own_env,
+        }
         env.pop("KUBECONFIG", None)
+        # Paths the container names, and where they are on this machine (behind a bind).
+        bound = [(bind.mount_path, bind.local) for bind in plan.binds]
         workdir = spec.get("workingDir") or entry.working_dir
-        cwd = Path(rewrite_path(workdir, mounts)) if workdir else self.dir / "root"
+        inner_cwd = rewrite_path(workdir, mounts) if workdir else str(self.dir / "root")
+        cwd = Path(rewrite_path(inner_cwd, bound))
         if not workdir:
             cwd.mkdir(parents=True, exist_ok=True)
-        executable = shutil.which(argv[0], path=env.get("PATH"))
+        found = shutil.which(rewrite_path(argv[0], bound), path=env.get("PATH"))
+        executable = argv[0] if found and rewrite_path(argv[0], bound) != argv[0] else found
         if executable is None:
             self.cannot_run(container, f"executable {argv[0]!r} (image {image!r}) not found")
             return
         if not cwd.is_dir():
             self.cannot_run(container, f"workingDir {str(cwd)!r} does not exist on this machine")
             return
+        command = bind_command(
+            plan.binds, inner_cwd, [executable, *argv[1:]], shutil.which("unshare") or "unshare"
+        )
         log_path = self.dir / "logs" / f"{container.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             _banner(log_file, f"start {argv} in {self.net.netns}")
             container.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.net.netns, executable, *argv[1:]],
+                ["ip", "netns", "exec", self.net.netns, *command],
                 env=env,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
@@ -471,6 +489,18 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float) -> int:
             proc.wait(timeout=grace)
     _signal_group(proc, signal.SIGKILL)  # also reaps children left in the group
     return proc.wait()
+
+
+def hides_nothing(mount_path: str, local: Path) -> bool:
+    """Whether a directory volume may be bind-mounted at ``mount_path``: nothing is there on
+    this machine, or an empty directory (a mountpoint made for an earlier container)."""
+    if not local.is_dir():
+        return False
+    target = Path(mount_path)
+    try:
+        return not target.exists() or (target.is_dir() and next(target.iterdir(), None) is None)
+    except OSError:
+        return False
 
 
 def write_volume(plan: VolumePlan) -> Path:
