@@ -92,6 +92,9 @@ class RegistryState:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as Go's net/http (registry.ollama.ai, CDNs) sets it: without it a small body
+    # written after the headers waits for the client's delayed ACK (~40 ms per JSON reply).
+    disable_nagle_algorithm = True
     server_name_: str = ""
     state: RegistryState
 
@@ -297,21 +300,25 @@ class TestRegistry:
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    def __init__(self, root: Path, *, auth: bool = False, redirect: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, auth: bool = False, redirect: bool = True, address: str = "127.0.0.1"
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.state = RegistryState(root=root, auth=auth, redirect=redirect)
+        # Loopback by default; a pod in its own network namespace needs an address it can reach.
+        self.address = address
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
         self.registry_port = self._start("registry")
         cdn_port = self._start("cdn")
-        self.state.cdn_base = f"http://127.0.0.1:{cdn_port}"
+        self.state.cdn_base = f"http://{address}:{cdn_port}"
         self.cdn_port = cdn_port
 
     def _start(self, name: str) -> int:
         handler = type(
             f"{name.title()}Handler", (_Handler,), {"server_name_": name, "state": self.state}
         )
-        server = _QuietServer(("127.0.0.1", 0), handler)
+        server = _QuietServer((self.address, 0), handler)
         thread = threading.Thread(target=server.serve_forever, name=f"test-{name}", daemon=True)
         thread.start()
         self._servers.append(server)
@@ -323,7 +330,7 @@ class TestRegistry:
     @property
     def host(self) -> str:
         """The registry as the host part of a model name (``127.0.0.1:<port>``)."""
-        return f"127.0.0.1:{self.registry_port}"
+        return f"{self.address}:{self.registry_port}"
 
     @property
     def base_url(self) -> str:
