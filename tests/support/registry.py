@@ -9,8 +9,9 @@ requests need a bearer token obtained through the ``WWW-Authenticate`` challenge
 
 Faults (``Faults``) apply to blob bodies and can be changed while the servers run: fail the next
 N requests with a status, drop the connection after some bytes, corrupt bytes, send slowly,
-ignore Range. Every request is logged so that tests can check what was asked, and with which
-headers.
+ignore Range, or hold every body once a number of bytes went out (``hold_after_bytes``: a pull
+stopped at an exact point, to be killed there). Every request is logged so that tests can check
+what was asked, and with which headers.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class Faults:
     stall_seconds: float = 0.0  # after drop_after_bytes, sleep instead of dropping
     ignore_range: bool = False
     manifest_fail_next: int = 0
+    # Once this many blob body bytes went out (all requests together), every body waits until the
+    # faults are reset or the client hangs up; ``sent_bytes`` counts them.
+    hold_after_bytes: int | None = None
+    sent_bytes: int = 0
 
     def take(self, attr: str) -> bool:
         value = getattr(self, attr)
@@ -56,6 +61,13 @@ class Faults:
             setattr(self, attr, value - 1)
             return True
         return False
+
+
+def hold_allowance(sent: int, limit: int | None, want: int) -> int:
+    """How many of ``want`` bytes may still go out before the hold (all of them without one)."""
+    if limit is None:
+        return want
+    return max(0, min(want, limit - sent))
 
 
 @dataclass
@@ -253,7 +265,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         drop = faults.drop_after_bytes if faults.take("drop_next") else None
-        plain = not (faults.corrupt or faults.slow_seconds_per_mib or drop is not None)
+        plain = not (
+            faults.corrupt
+            or faults.slow_seconds_per_mib
+            or drop is not None
+            or faults.hold_after_bytes is not None
+        )
         with open(blob.path, "rb") as f:
             if plain:
                 self.connection.sendfile(f, start, end - start)
@@ -280,11 +297,25 @@ class _Handler(BaseHTTPRequestHandler):
                 data = bytearray(block)
                 data[len(data) // 2] ^= 0xFF
                 block = bytes(data)
-            self.wfile.write(block)
+            self._write_held(block)
             sent += len(block)
             position += len(block)
             if faults.slow_seconds_per_mib:
                 time.sleep(faults.slow_seconds_per_mib * len(block) / (1024 * 1024))
+
+    def _write_held(self, block: bytes) -> None:
+        """Write ``block``, waiting at the hold point (``Faults.hold_after_bytes``) if it is set."""
+        view = memoryview(block)
+        while view:
+            with self.state.lock:
+                faults = self.state.faults  # reset() replaces it: that lifts the hold
+                allowed = hold_allowance(faults.sent_bytes, faults.hold_after_bytes, len(view))
+                faults.sent_bytes += allowed
+            if allowed == 0:
+                time.sleep(0.01)
+                continue
+            self.wfile.write(view[:allowed])
+            view = view[allowed:]
 
 
 class _QuietServer(ThreadingHTTPServer):
