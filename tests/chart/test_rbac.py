@@ -40,7 +40,7 @@ NAMESPACED: set[Grant] = (
     | _grants("operator", "", "pods/log", "get")
     | _grants("operator", "", "events", "create")
     | _grants("gateway", "corral.dev", "models", "list watch")
-    | _grants("gateway", "corral.dev", "modelservers", "list watch patch")
+    | _grants("gateway", "corral.dev", "modelservers", "get list watch patch")
     | _grants("gateway", "corral.dev", "modelservers/status", "patch")
     | _grants("gateway", "corral.dev", "modelservers/scale", "get patch")
     | _grants("gateway", "", "endpoints", "list watch")
