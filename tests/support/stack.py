@@ -48,6 +48,7 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 SAMPLE = ROOT / "manifests" / "samples" / "local-gemma3-270m.yaml"
+CHART_VALUES = ROOT / "charts" / "corral" / "values.yaml"
 SEED_CLAIM = "corral-seed"
 NODE = "corral-local"
 # The runtime image the operator puts in pull Jobs and runtime pods; the node agent maps it to
@@ -80,15 +81,27 @@ def http_ok(url: str) -> bool:
 
 
 def image_map() -> dict[str, Any]:
-    """The node agent's image map: the runtime image runs this environment's ``corral``."""
+    """The node agent's image map: the runtime image runs this environment's ``corral``, the
+    operator image (operator/Dockerfile: the operator and the gateway) its ``corral-operator``.
+    Both under the repositories the operator's settings and the chart's values name."""
     bin_dir = Path(sys.executable).parent
-    corral = bin_dir / "corral"
-    if not corral.exists():
-        raise FileNotFoundError(f"{corral} is missing: run `make install`")
+    corral, operator = bin_dir / "corral", bin_dir / "corral-operator"
+    for program in (corral, operator):
+        if not program.exists():
+            raise FileNotFoundError(f"{program} is missing: run `make install`")
+    # Pods name `corral`, `corral-operator` or `python` as their command (it replaces the
+    # entrypoint), so PATH must find this environment's first.
     path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "/usr/bin:/bin")])
-    repository = RUNTIME_IMAGE.rsplit(":", 1)[0]
-    # Pods name `corral` as their command (it replaces the entrypoint), so PATH must find it.
-    return {"images": {repository: {"entrypoint": [str(corral)], "env": {"PATH": path}}}}
+    values = yaml.safe_load(CHART_VALUES.read_text())
+    runtime = {RUNTIME_IMAGE.rsplit(":", 1)[0], values["runtime"]["image"]["repository"]}
+    images: dict[str, Any] = {
+        repository: {"entrypoint": [str(corral)], "env": {"PATH": path}} for repository in runtime
+    }
+    images[values["image"]["repository"]] = {
+        "entrypoint": [str(operator)],
+        "env": {"PATH": path, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+    }
+    return {"images": images}
 
 
 @dataclass
@@ -161,8 +174,12 @@ class Stack:
         gateway_port: int = 11434,
         operator_env: Mapping[str, str] | None = None,
         gateway_env: Mapping[str, str] | None = None,
+        node_only: bool = False,
     ) -> None:
-        """Start every component; on any failure, stop what was started and re-raise."""
+        """Start every component; on any failure, stop what was started and re-raise.
+
+        ``node_only``: the control plane and the node agent only, no CRDs and no operator or
+        gateway process (for installing corral into the cluster, e.g. with its chart)."""
         if self.state_dir.exists():
             self.down()
         shutil.rmtree(self.logs, ignore_errors=True)
@@ -170,6 +187,10 @@ class Stack:
         try:
             if self._own_plane:
                 self.control_plane.start()
+            if node_only:
+                self._start_node_agent()
+                self._record("info.json", kubeconfig=str(self.kubeconfig))
+                return
             self.kubectl("apply", "-f", str(ROOT / "crds"))
             for crd in ("models.corral.dev", "modelservers.corral.dev"):
                 self.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
