@@ -18,6 +18,7 @@ from kubernetes import client
 from .decisions import BoundPod, plan_sync
 from .imagemap import ImageMap
 from .kube import MERGE_PATCH, Lookups, PodCache, ignore_status, raw
+from .kubelet import KubeletServer, worker_logs
 from .network import Agent
 from .nodeobj import NodeShape, lease_manifest, micro_time, node_manifest, node_status
 from .worker import NodeContext, PodWorker
@@ -44,9 +45,17 @@ class NodeAgent:
         self.core = client.CoreV1Api(api)
         self.leases = client.CoordinationV1Api(api)
         self.network = agent.add_node(index)
+        self.workers: dict[str, PodWorker] = {}
+        # `kubectl logs`: the kubelet's log endpoint on the node's address.
+        self.kubelet = KubeletServer(
+            self.network.host_ip,
+            worker_logs(lambda: list(self.workers.values())),
+            state_dir / "kubelet",
+        )
         self.shape = NodeShape(
             name=shape.name,
             address=self.network.host_ip,
+            kubelet_port=self.kubelet.port,
             pod_cidr=str(self.network.subnet),
             cpu=shape.cpu,
             memory=shape.memory,
@@ -67,7 +76,6 @@ class NodeAgent:
             allocatable=self.shape.capacity(),
         )
         self.cache = PodCache(api, shape.name)
-        self.workers: dict[str, PodWorker] = {}
         self.finalized: dict[str, float] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -80,6 +88,7 @@ class NodeAgent:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.kubelet.start()
         self.register()
         self.cache.start()
         for target, what in ((self._heartbeat_loop, "heartbeat"), (self._sync_loop, "sync")):
@@ -90,6 +99,7 @@ class NodeAgent:
     def stop(self, grace: float) -> None:
         """Stop every pod (SIGTERM, ``grace``, SIGKILL), then remove the Node and its network."""
         self._stop.set()
+        self.kubelet.close()
         self.cache.stop()
         for thread in self._threads:
             thread.join(timeout=5)

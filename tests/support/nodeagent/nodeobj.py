@@ -23,6 +23,7 @@ class NodeShape:
     pods: int = 60
     gpus: int = 0
     gpu_resource: str = GPU_RESOURCE
+    kubelet_port: int = 0  # the node's log endpoint (see kubelet), 0 for none
 
     def capacity(self) -> dict[str, str]:
         out = {
@@ -78,11 +79,11 @@ def node_status(shape: NodeShape, now: datetime, ready_since: datetime) -> dict[
             condition("PIDPressure", False, "KubeletHasSufficientPID", "node agent"),
             condition("Ready", True, "KubeletReady", "corral node agent is posting ready status"),
         ],
-        "addresses": [
-            {"type": "InternalIP", "address": shape.address},
-            {"type": "Hostname", "address": shape.name},
-        ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        # No Hostname address: the API server reaches a kubelet (pods/log) at the first address
+        # of its --kubelet-preferred-address-types, Hostname first by default, and a node's name
+        # resolves nowhere here.
+        "addresses": [{"type": "InternalIP", "address": shape.address}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": shape.kubelet_port}},
         "nodeInfo": {
             "machineID": "",
             "systemUUID": "",
