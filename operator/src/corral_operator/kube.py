@@ -159,7 +159,9 @@ class Kube:
                 ("tailLines", str(lines)),
                 ("limitBytes", str(limit_bytes)),
             ],
-            accept="text/plain",
+            # The API server answers text/plain, yet refuses that in Accept (406), as kubectl
+            # knows: it asks for JSON or anything.
+            accept="application/json, */*",
             timeout=LOG_TIMEOUT_SECONDS,
         )
         return data.decode(errors="replace")

@@ -63,13 +63,17 @@ def on_pull_job(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any)
         models.reconcile_model(_ctx(memo), _ns(namespace), model)
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.MODELS, interval=TIMERS.pull_progress_seconds)
-def on_pull_progress(
-    namespace: str | None, name: str, status: kopf.Status, memo: Any, **_: Any
-) -> None:
-    # Nothing but the pull pod's log changes while bytes arrive: look at it now and then.
-    if is_pulling(status):
-        models.reconcile_model(_ctx(memo), _ns(namespace), name)
+def _pulling(status: kopf.Status, **_: Any) -> bool:
+    return is_pulling(status)
+
+
+# Nothing but the pull pod's log changes while bytes arrive: look at it now and then. The timer
+# runs only while a Model pulls (kopf stops it when the filter no longer matches).
+@kopf.timer(
+    api.GROUP, api.VERSION, api.MODELS, interval=TIMERS.pull_progress_seconds, when=_pulling
+)
+def on_pull_progress(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    models.reconcile_model(_ctx(memo), _ns(namespace), name)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MODELS)

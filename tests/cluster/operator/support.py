@@ -305,3 +305,58 @@ class Cluster:
                 },
             }
         )
+
+
+# -- pods that really run -------------------------------------------------------------------
+
+
+class NodeAgent:
+    """The test node agent (``tests.support.nodeagent``) in a subprocess: one Node whose pods run
+    as local processes, images mapped to local commands by ``images`` (an image map)."""
+
+    def __init__(self, kubeconfig: Path, state_dir: Path, images: Mapping[str, Any]) -> None:
+        self.kubeconfig, self.state_dir = kubeconfig, state_dir
+        self.images = dict(images)
+        self.node = f"op-{os.urandom(4).hex()}"
+        self.address = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        image_map = self.state_dir / "images.json"
+        image_map.write_text(json.dumps({"images": self.images}))
+        argv = [sys.executable, "-m", "tests.support.nodeagent", "--kubeconfig"]
+        argv += [str(self.kubeconfig), "--node", self.node, "--image-map", str(image_map)]
+        argv += ["--state-dir", str(self.state_dir / "state"), "--heartbeat", "2"]
+        argv += ["--restart-backoff", "1", "--shutdown-grace", "3"]
+        with open(self.state_dir / "agent.log", "a") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=Path(__file__).resolve().parents[3],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        assert self.proc.stdout is not None
+        # "node agent ready: agent <id>; <node>=<address> pods <cidr>; logs under <dir>"
+        line = self.proc.stdout.readline()
+        if "node agent ready" not in line:
+            self.stop()
+            raise AssertionError(f"node agent did not start: {self.log()[-3000:]}")
+        self.address = line.split(f"{self.node}=", 1)[1].split()[0]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def log(self) -> str:
+        return (self.state_dir / "agent.log").read_text(errors="replace")
