@@ -22,6 +22,7 @@ import hashlib
 import json
 import mmap
 import os
+import queue
 import shutil
 import threading
 import time
@@ -420,6 +421,7 @@ class BlobDownloader:
         last_save = time.monotonic()
         mapping = mmap.mmap(run.fd, size, prot=mmap.PROT_READ) if size else None
         view = memoryview(mapping) if mapping is not None else memoryview(b"")
+        writeback = _Writeback(run.fd) if self.fsync and _SYNC_FILE_RANGE is not None else None
         try:
             while True:
                 with run.cond:
@@ -438,8 +440,10 @@ class BlobDownloader:
                     )
                 if error is not None:
                     raise error
-                if self.fsync and (prefix - flushed >= WRITEBACK_STEP or prefix == size):
-                    start_writeback(run.fd, flushed, prefix - flushed)
+                if writeback is not None and (
+                    prefix - flushed >= WRITEBACK_STEP or prefix == size > flushed
+                ):
+                    writeback.submit(flushed, prefix - flushed)
                     flushed = prefix
                 while hashed < prefix:
                     step = min(READ_SIZE * 16, prefix - hashed)
@@ -461,6 +465,8 @@ class BlobDownloader:
                 _save(sidecar, run.state)
             raise
         finally:
+            if writeback is not None:
+                writeback.close()
             view.release()
             if mapping is not None:
                 mapping.close()
@@ -641,6 +647,31 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _SYNC_FILE_RANGE is not None and length > 0:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+class _Writeback:
+    """Starts the disk writes of landed ranges on a thread of its own.
+
+    sync_file_range blocks while the device's queue is full; the hashing loop must not wait.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="corral-writeback")
+        self._thread.start()
+
+    def submit(self, offset: int, length: int) -> None:
+        self._queue.put((offset, length))
+
+    def close(self) -> None:
+        """Wait for the submitted ranges to be started (the fd must stay open until then)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            start_writeback(self._fd, *item)
 
 
 def _check_content_range(value: str, start: int, end: int, size: int) -> None:
