@@ -56,6 +56,14 @@ class RuntimeSettings(BaseSettings):
         gt=0,
         description="How long a request may wait for a slot before 503; unset: no limit.",
     )
+    generation_timeout_seconds: float | None = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "How long one request may generate (from taking a slot) before it is stopped with "
+            "an error and its slot freed; unset: no limit."
+        ),
+    )
     max_loaded_models: int = Field(default=3, ge=1)
     memory_budget_bytes: int | None = Field(
         default=None, ge=0, description="Evict least recently used models beyond this estimate."

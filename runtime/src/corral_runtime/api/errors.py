@@ -13,7 +13,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral_runtime.api.keepalive import InvalidKeepAliveError
 from corral_runtime.api.options import InvalidOptionsError
-from corral_runtime.engine.types import EngineError, InvalidRequestError, QueueFullError
+from corral_runtime.engine.types import (
+    EngineError,
+    GenerationTimeoutError,
+    InvalidRequestError,
+    QueueFullError,
+)
 from corral_runtime.store.digests import InvalidDigestError
 from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError
 from corral_runtime.store.names import InvalidNameError
@@ -81,6 +86,8 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, TemplateError):
         return ApiError(500, f"the model's chat template failed: {exc}")
+    if isinstance(exc, GenerationTimeoutError):
+        return ApiError(500, str(exc), code="generation_timeout")
     if isinstance(exc, EngineError | CorruptStoreError):
         return ApiError(500, str(exc))
     log.error("unexpected error", exc_info=exc)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from corral_runtime.engine.types import EngineError, InvalidRequestError
 
 # llama-cpp-python routes llama.cpp's log through this logger; errors only.
@@ -33,6 +35,7 @@ class ContextConfig:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     flash_attn: bool = False
+    repack: bool = False  # llama.cpp's CPU weight repacking (extra buffer types)
 
 
 @dataclass(slots=True)
@@ -55,7 +58,7 @@ class LlamaBatchContext:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = config.n_gpu_layers
-        model_params.use_extra_bufts = False  # batch invariance, see the module docstring
+        model_params.use_extra_bufts = config.repack  # batch invariance, see the module docstring
         self.model = llama_cpp.llama_model_load_from_file(
             str(config.model_path).encode("utf-8"), model_params
         )
@@ -165,6 +168,12 @@ class LlamaBatchContext:
         status = int(self._llama.llama_decode(self.ctx, batch))
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status}")
+
+    def argmax(self, index: int) -> int:
+        """The most likely token at batch row ``index`` (the first of equal maxima, as
+        llama.cpp's greedy sampler picks it)."""
+        logits = self._llama.llama_get_logits_ith(self.ctx, index)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self.n_vocab,))))
 
     def sample(self, sampler: Any, index: int) -> int:
         """Sample (and accept) a token from the logits of batch row ``index``."""

@@ -186,6 +186,7 @@ class ModelManager:
             flash_attn=self.settings.flash_attention,
             parallel=parallel,
             queue_timeout_s=self.settings.queue_timeout_seconds,
+            generation_timeout_s=self.settings.generation_timeout_seconds,
         )
         worker = ModelWorker(
             stored.name.display,

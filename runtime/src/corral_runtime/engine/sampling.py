@@ -45,6 +45,23 @@ def resolve_seed(seed: int | None) -> int:
     return seed & 0xFFFFFFFF
 
 
+def penalized(params: SamplingParams) -> bool:
+    """Whether the request asks for any repetition penalty."""
+    return params.repeat_last_n != 0 and (
+        params.repeat_penalty != 1.0
+        or params.frequency_penalty != 0.0
+        or params.presence_penalty != 0.0
+    )
+
+
+def plain_greedy(params: SamplingParams, *, grammar: str | None) -> bool:
+    """Whether a sequence just takes the most likely token: no grammar, no penalty and a
+    temperature of zero or less. Such a sequence needs no sampler chain; the engine takes the
+    arg-max of its logits directly, the token llama.cpp's greedy sampler would pick, without
+    first copying all the vocabulary's logits into a candidate array."""
+    return params.temperature <= 0 and grammar is None and not penalized(params)
+
+
 def build_chain(
     context: LlamaBatchContext,
     params: SamplingParams,
@@ -64,12 +81,7 @@ def build_chain(
     try:
         if grammar is not None:
             llama_cpp.llama_sampler_chain_add(chain, context.grammar_sampler(grammar))
-        penalized = (
-            params.repeat_penalty != 1.0
-            or params.frequency_penalty != 0.0
-            or params.presence_penalty != 0.0
-        )
-        if penalized and params.repeat_last_n != 0:
+        if penalized(params):
             last_n = context.n_ctx if params.repeat_last_n < 0 else params.repeat_last_n
             penalties = llama_cpp.llama_sampler_init_penalties(
                 context.n_vocab,

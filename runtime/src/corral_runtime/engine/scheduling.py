@@ -7,7 +7,7 @@ when a sequence is done. Keeping them free of llama.cpp makes each rule testable
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from corral_runtime.engine.types import DoneReason
@@ -19,10 +19,10 @@ DEFAULT_KV_TOKEN_BUDGET = 16384
 MAX_DEFAULT_PARALLEL = 8
 
 # Prompts are evaluated in chunks of this many tokens, aligned at multiples of it from position
-# 0, whatever else runs. llama.cpp's CPU kernels can round differently for a different number
-# of a sequence's tokens in one batch, so fixed chunk boundaries are what make a prompt's
-# logits (and greedy output) the same alone, in a batch, or after reusing a cached prefix.
-# A chunk per step also bounds how long a new prompt delays the running streams.
+# 0, whatever else runs, each chunk in a ``llama_decode`` of its own. llama.cpp's CPU kernels can
+# round differently for a different number of a sequence's tokens in one batch, or of rows
+# beside them, so fixed chunk boundaries evaluated alone are what make a prompt's logits (and
+# greedy output) the same alone, in a batch, or after reusing a cached prefix.
 PREFILL_CHUNK = 64
 
 
@@ -68,6 +68,7 @@ class SlotView:
     cached: Sequence[int]
     evaluated: int
     last_used: float
+    seq_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,27 +77,71 @@ class SlotChoice:
     reuse: int  # prompt tokens already in that slot's KV memory
 
 
+def busy_runs_added(seq_id: int, busy: Collection[int]) -> int:
+    """How many more runs of consecutive busy sequence ids there are once ``seq_id`` is busy
+    too: -1 where it fills a gap between two runs, 0 where it extends one, 1 where it starts
+    a new one.
+
+    llama.cpp splits a batch over per-sequence KV streams into one computation per run of
+    consecutive sequence ids (``split_equal``), and each computation reads all the weights
+    again, so every run costs about one more decode step.
+    """
+    before, after = seq_id - 1 in busy, seq_id + 1 in busy
+    return -1 if before and after else 0 if before or after else 1
+
+
 def choose_slot(
-    free: Sequence[SlotView], prompt: Sequence[int], chunk: int = PREFILL_CHUNK
+    free: Sequence[SlotView],
+    prompt: Sequence[int],
+    chunk: int = PREFILL_CHUNK,
+    busy: Collection[int] = (),
 ) -> SlotChoice:
-    """The free slot that can reuse the most of ``prompt``; when none can reuse anything, the
-    least recently used one, so recent conversations keep their cache longest."""
+    """The free slot that can reuse the most of ``prompt``; among equals, the one that keeps
+    the busy sequence ids in the fewest runs (``busy_runs_added``), then the least recently
+    used one, so recent conversations keep their cache longest."""
     if not free:
         raise ValueError("no free slot to choose from")
     reuse = [reusable_prefix(view.cached, view.evaluated, prompt, chunk) for view in free]
-    best = max(range(len(free)), key=lambda i: (reuse[i], -free[i].last_used))
+    best = max(
+        range(len(free)),
+        key=lambda i: (reuse[i], -busy_runs_added(free[i].seq_id, busy), -free[i].last_used),
+    )
     return SlotChoice(index=best, reuse=reuse[best])
 
 
 def batch_capacity(chunk: int, parallel: int) -> int:
-    """Tokens one batch holds: a decode row per slot and one prompt chunk."""
-    return chunk + parallel
+    """Tokens one ``llama_decode`` holds: a decode row per slot, or one prompt chunk."""
+    return max(chunk, parallel)
 
 
 def prompt_chunk(n_fed: int, prompt_tokens: int, chunk: int = PREFILL_CHUNK) -> int:
     """Prompt tokens to feed at this step: up to the next aligned chunk boundary."""
     boundary = (n_fed // chunk + 1) * chunk
     return max(0, min(prompt_tokens, boundary) - n_fed)
+
+
+def plan_prefill(
+    prompts: Sequence[tuple[int, int]], budget: int, chunk: int = PREFILL_CHUNK
+) -> list[tuple[int, int]]:
+    """The prompt chunks to evaluate at one step, as (index into ``prompts``, tokens).
+
+    ``prompts`` are the prompts still being fed, as (tokens fed, prompt tokens), longest
+    waiting first. Chunks are taken in that order until ``budget`` prompt tokens are planned,
+    so several new prompts start at the same step; the first chunk is always taken, so a
+    budget below one chunk still makes progress. Each chunk is one aligned ``prompt_chunk``
+    and is evaluated on its own, so its logits never depend on what else runs.
+    """
+    plan: list[tuple[int, int]] = []
+    planned = 0
+    for index, (n_fed, prompt_tokens) in enumerate(prompts):
+        while n_fed < prompt_tokens:
+            n = prompt_chunk(n_fed, prompt_tokens, chunk)
+            if plan and planned + n > budget:
+                return plan
+            plan.append((index, n))
+            planned += n
+            n_fed += n
+    return plan
 
 
 def generation_budget(prompt_tokens: int, n_ctx: int, num_predict: int) -> int:

@@ -80,6 +80,17 @@ class EngineError(RuntimeError):
     """A request the engine could not serve for a reason of the server's own."""
 
 
+class GenerationTimeoutError(EngineError):
+    """A generation ran past the server's time limit; its slot is freed for others."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(
+            f"generation stopped after the server's time limit of {limit_s:g} s; "
+            "ask for fewer tokens (num_predict, max_tokens) or raise the limit"
+        )
+        self.limit_s = limit_s
+
+
 class InvalidRequestError(ValueError):
     """A request the engine refuses because of what it asks (prompt too long, bad schema)."""
 

@@ -2,12 +2,15 @@
 
 Every llama.cpp call for the model (load, tokenize, decode, sample, embed, free) runs on that
 thread, so the event loop never blocks on it. The thread runs a continuous-batching loop over
-``parallel`` slots: each step puts one token of every decoding sequence and one chunk of at most
-one waiting prompt into a single ``llama_decode``, then samples each sequence with its own
-sampler chain. New requests take a free slot at the next step (reusing the longest cached
-prompt prefix among the free slots); the others wait in a bounded queue, and beyond it
-``generate`` raises ``QueueFullError`` (503). A request that waits longer than the queue
-timeout fails with ``QueueTimeoutError`` (also 503). A cancelled stream (its client went away)
+``parallel`` slots: each step puts one token of every decoding sequence into a single
+``llama_decode``, samples each with its own sampler chain (or takes the arg-max for plain
+greedy), then evaluates the chunks of waiting prompts that fit in ``n_batch`` prompt tokens,
+each chunk alone, so several new requests start at once without changing anyone's logits. New
+requests take a free slot at the next step (reusing the longest cached prompt prefix among the
+free slots); the others wait in a bounded queue, and beyond it ``generate`` raises
+``QueueFullError`` (503). A request that waits longer than the queue timeout fails with
+``QueueTimeoutError`` (also 503); one that generates longer than the generation timeout ends
+with ``GenerationTimeoutError`` and frees its slot. A cancelled stream (its client went away)
 leaves its slot at the next step.
 
 Requests reach the thread through an inbox; results come back through
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row
-from corral_runtime.engine.sampling import GrammarCache, build_chain, free_chain
+from corral_runtime.engine.sampling import GrammarCache, build_chain, free_chain, plain_greedy
 from corral_runtime.engine.scheduling import (
     PREFILL_CHUNK,
     SlotView,
@@ -41,7 +44,7 @@ from corral_runtime.engine.scheduling import (
     done_reason,
     evaluated_prefix,
     generation_budget,
-    prompt_chunk,
+    plan_prefill,
 )
 from corral_runtime.engine.stops import StopMatcher
 from corral_runtime.engine.types import (
@@ -50,6 +53,7 @@ from corral_runtime.engine.types import (
     EngineError,
     GenerationRequest,
     GenerationStats,
+    GenerationTimeoutError,
     InvalidRequestError,
     QueueFullError,
     QueueTimeoutError,
@@ -69,6 +73,7 @@ class LoadConfig:
     flash_attn: bool = False
     parallel: int | None = None  # None: ``default_parallel(n_ctx)``
     queue_timeout_s: float | None = None  # None: wait as long as it takes
+    generation_timeout_s: float | None = None  # from taking a slot; None: no limit
 
 
 def prompt_too_long_message(n_tokens: int, n_ctx: int) -> str:
@@ -156,7 +161,7 @@ class _Sequence:
 
     submission: _Submission
     tokens: list[int]
-    sampler: Any
+    sampler: Any  # None: plain greedy, the arg-max of the logits
     budget: int
     n_fed: int  # prompt tokens whose KV is in memory
     reused: int  # of those, taken from the slot's cache
@@ -367,8 +372,9 @@ class ModelWorker:
             if not free:
                 return
             waiting = self._waiting.popleft()
-            views = [SlotView(s.cached, s.evaluated, s.last_used) for s in free]
-            choice = choose_slot(views, waiting.tokens, self._chunk)
+            views = [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in free]
+            busy = {s.seq_id for s in self._slots if s.sequence is not None}
+            choice = choose_slot(views, waiting.tokens, self._chunk, busy)
             self._assign(free[choice.index], waiting, choice.reuse)
 
     def _assign(self, slot: _Slot, waiting: _Waiting, reuse: int) -> None:
@@ -381,7 +387,11 @@ class ModelWorker:
                 if params.output_format is not None
                 else None
             )
-            sampler = build_chain(context, params, tokens, grammar=grammar)
+            sampler = (
+                None
+                if plain_greedy(params, grammar=grammar)
+                else build_chain(context, params, tokens, grammar=grammar)
+            )
         except (InvalidRequestError, EngineError) as exc:
             self._finish_unstarted(submission, exc)
             return
@@ -411,57 +421,79 @@ class ModelWorker:
     # -- the decode thread: one step ---------------------------------------------------------
 
     def _step(self) -> None:
+        """One token for every decoding sequence, in one ``llama_decode`` with the rows in
+        sequence-id order (so llama.cpp computes each run of consecutive ids at once), then
+        the planned prompt chunks, each in a ``llama_decode`` of its own: a chunk's logits are
+        then what they would be alone, whatever else runs."""
         context = self._require_context()
-        for slot in self._slots:
-            if slot.sequence is not None and slot.sequence.stream.cancelled:
-                self._finish(slot, "cancelled")
+        self._drop_abandoned()
         decoding = [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
-        rows: list[Row] = []
-        sampled: list[tuple[_Slot, int]] = []
-        for slot in decoding:
-            sequence = slot.sequence
-            assert sequence is not None and sequence.next_token is not None
-            sampled.append((slot, len(rows)))
-            rows.append(Row(sequence.next_token, len(slot.cached), slot.seq_id, True))
-        # One prompt per step, the longest-waiting first: two multi-token prompts in one batch
-        # would change each other's logits slightly (greedy output must not depend on company).
-        prefill = min(
+        if decoding:
+            rows = []
+            for slot in decoding:
+                sequence = slot.sequence
+                assert sequence is not None and sequence.next_token is not None
+                rows.append(Row(sequence.next_token, len(slot.cached), slot.seq_id, True))
+                slot.cached.append(sequence.next_token)
+                sequence.next_token = None
+            context.decode(rows)
+            for index, slot in enumerate(decoding):
+                assert slot.sequence is not None
+                self._advance(slot, slot.sequence, self._sample(slot.sequence, index))
+        prefilling = sorted(
             (s for s in self._slots if s.sequence is not None and s.sequence.prefilling),
             key=lambda s: s.sequence.assigned_at if s.sequence is not None else 0.0,
-            default=None,
         )
-        chunk: list[int] = []
-        if prefill is not None and prefill.sequence is not None:
-            sequence = prefill.sequence
-            n = prompt_chunk(sequence.n_fed, len(sequence.tokens), self._chunk)
-            chunk = sequence.tokens[sequence.n_fed : sequence.n_fed + n]
-            completes = sequence.n_fed + n == len(sequence.tokens)
-            start = len(prefill.cached)
-            for i, token in enumerate(chunk):
-                rows.append(
-                    Row(token, start + i, prefill.seq_id, completes and i == len(chunk) - 1)
-                )
-            if completes:
-                sampled.append((prefill, len(rows) - 1))
-        if not rows:
-            return
-        context.decode(rows)
-        for slot in decoding:
-            assert slot.sequence is not None and slot.sequence.next_token is not None
-            slot.cached.append(slot.sequence.next_token)
-            slot.sequence.next_token = None
-        if prefill is not None and prefill.sequence is not None:
-            prefill.cached.extend(chunk)
-            prefill.sequence.n_fed += len(chunk)
-            prefill.evaluated = evaluated_prefix(prefill.sequence.n_fed, self._chunk)
+        progress = [(s.sequence.n_fed, len(s.sequence.tokens)) for s in prefilling if s.sequence]
+        budget = max(self.config.n_batch, self._chunk)
+        for index, n in plan_prefill(progress, budget, self._chunk):
+            self._feed(prefilling[index], n)
+
+    def _feed(self, slot: _Slot, n: int) -> None:
+        """Evaluate the next ``n`` prompt tokens of a slot's sequence; after the last one,
+        sample its first token."""
+        context = self._require_context()
+        sequence = slot.sequence
+        assert sequence is not None
+        chunk = sequence.tokens[sequence.n_fed : sequence.n_fed + n]
+        completes = sequence.n_fed + n == len(sequence.tokens)
+        start = len(slot.cached)
+        context.decode(
+            [
+                Row(token, start + i, slot.seq_id, completes and i == n - 1)
+                for i, token in enumerate(chunk)
+            ]
+        )
+        slot.cached.extend(chunk)
+        sequence.n_fed += n
+        slot.evaluated = evaluated_prefix(sequence.n_fed, self._chunk)
+        if completes:
+            self._advance(slot, sequence, self._sample(sequence, n - 1))
+
+    def _sample(self, sequence: _Sequence, index: int) -> int:
+        context = self._require_context()
+        token = (
+            context.argmax(index)
+            if sequence.sampler is None
+            else context.sample(sequence.sampler, index)
+        )
+        if sequence.first_token_at is None:
+            sequence.first_token_at = time.perf_counter()
+        return token
+
+    def _drop_abandoned(self) -> None:
+        """Free the slots of cancelled sequences and of those past their generation
+        deadline."""
+        timeout = self.config.generation_timeout_s
         now = time.perf_counter()
-        for slot, index in sampled:
+        for slot in self._slots:
             sequence = slot.sequence
-            assert sequence is not None
-            token = context.sample(sequence.sampler, index)
-            if sequence.first_token_at is None:
-                sequence.first_token_at = now
-            self._advance(slot, sequence, token)
+            if sequence is None:
+                continue
+            if sequence.stream.cancelled:
+                self._finish(slot, "cancelled")
+            elif timeout is not None and now - sequence.assigned_at >= timeout:
+                self._fail(slot, GenerationTimeoutError(timeout))
 
     def _advance(self, slot: _Slot, sequence: _Sequence, token: int) -> None:
         context = self._require_context()
@@ -488,7 +520,8 @@ class ModelWorker:
         slot.sequence = None
         slot.last_used = time.perf_counter()
         self._busy -= 1
-        free_chain(sequence.sampler)
+        if sequence.sampler is not None:
+            free_chain(sequence.sampler)
         if reason != "cancelled" and not sequence.stops.stopped:
             tail = sequence.stops.feed(sequence.decoder.decode(b"", final=True))
             tail += sequence.stops.flush()
@@ -514,17 +547,24 @@ class ModelWorker:
         self._release()
         submission.stream._put(outcome)
 
+    def _fail(self, slot: _Slot, error: EngineError) -> None:
+        """End a slot's sequence with an error instead of its final stats."""
+        sequence = slot.sequence
+        assert sequence is not None
+        slot.sequence = None
+        slot.last_used = time.perf_counter()
+        self._busy -= 1
+        if sequence.sampler is not None:
+            free_chain(sequence.sampler)
+        self._release()
+        sequence.stream._put(error)
+
     def _fail_all(self, error: EngineError) -> None:
         """After a failed step nothing in the slots can be trusted: fail their sequences and
         forget their caches."""
         for slot in self._slots:
             if slot.sequence is not None:
-                sequence = slot.sequence
-                slot.sequence = None
-                self._busy -= 1
-                free_chain(sequence.sampler)
-                self._release()
-                sequence.stream._put(error)
+                self._fail(slot, error)
             slot.cached = []
             slot.evaluated = 0
             if self._context is not None:

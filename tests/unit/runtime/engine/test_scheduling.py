@@ -10,12 +10,14 @@ from corral_runtime.engine.scheduling import (
     PREFILL_CHUNK,
     SlotView,
     batch_capacity,
+    busy_runs_added,
     choose_slot,
     common_prefix,
     default_parallel,
     done_reason,
     evaluated_prefix,
     generation_budget,
+    plan_prefill,
     prompt_chunk,
     reusable_prefix,
 )
@@ -91,6 +93,27 @@ class TestChooseSlot:
         choice = choose_slot(free, [0, 1, 2, 3, 4, 5], C)
         assert (choice.index, choice.reuse) == (1, 4)
 
+    def test_busy_runs_added(self) -> None:
+        busy = {0, 1, 3}
+        assert busy_runs_added(2, busy) == -1  # fills the gap: 0-3 is one run
+        assert busy_runs_added(4, busy) == 0  # extends 3
+        assert busy_runs_added(6, busy) == 1  # a run of its own
+        assert busy_runs_added(0, set()) == 1
+
+    def test_without_reuse_the_slot_that_keeps_busy_ids_together(self) -> None:
+        # Sequences 0, 1 and 3 decode: 2 fills their gap, even though 5 was used longest ago.
+        free = [SlotView([], 0, 1.0, 2), SlotView([], 0, 0.0, 5), SlotView([], 0, 2.0, 4)]
+        choice = choose_slot(free, [1, 2], C, busy={0, 1, 3})
+        assert choice.index == 0
+        # Then extending a run beats starting a new one.
+        choice = choose_slot(free[1:], [1, 2], C, busy={0, 1, 2, 3})
+        assert choice.index == 1
+
+    def test_reuse_wins_over_keeping_busy_ids_together(self) -> None:
+        free = [SlotView([], 0, 1.0, 2), SlotView(list(range(8)), 8, 0.0, 7)]
+        choice = choose_slot(free, list(range(10)), C, busy={1, 3})
+        assert (choice.index, choice.reuse) == (1, 8)
+
     def test_no_free_slot_is_an_error(self) -> None:
         with pytest.raises(ValueError, match="no free slot"):
             choose_slot([], [1])
@@ -115,8 +138,28 @@ class TestPromptChunk:
     def test_nothing_remaining_feeds_nothing(self) -> None:
         assert prompt_chunk(10, 10, C) == 0
 
-    def test_a_batch_holds_a_row_per_slot_and_a_chunk(self) -> None:
-        assert batch_capacity(64, 8) == 72
+    def test_a_batch_holds_a_row_per_slot_or_a_chunk(self) -> None:
+        assert batch_capacity(64, 8) == 64
+        assert batch_capacity(4, 8) == 8
+
+
+class TestPlanPrefill:
+    def test_several_prompts_start_at_one_step(self) -> None:
+        assert plan_prefill([(0, 3), (0, 2), (0, 4)], 16, C) == [(0, 3), (1, 2), (2, 4)]
+
+    def test_the_longest_waiting_prompt_goes_first_in_aligned_chunks(self) -> None:
+        # 10 tokens with 2 already fed: chunks end at 4, 8 and 10.
+        assert plan_prefill([(2, 10), (0, 3)], 16, C) == [(0, 2), (0, 4), (0, 2), (1, 3)]
+
+    def test_the_budget_bounds_a_step(self) -> None:
+        assert plan_prefill([(0, 10), (0, 3)], 8, C) == [(0, 4), (0, 4)]
+        assert plan_prefill([(8, 10), (0, 3)], 4, C) == [(0, 2)]
+
+    def test_one_chunk_even_when_over_the_budget(self) -> None:
+        assert plan_prefill([(0, 10)], 1, C) == [(0, 4)]
+
+    def test_nothing_to_feed(self) -> None:
+        assert plan_prefill([], 16, C) == []
 
 
 class TestBudgetAndEnd:
