@@ -134,6 +134,8 @@ def test_short_names_and_printer_columns(kubectl: Any, cluster: Cluster) -> None
         "PARAMS",
         "QUANT",
         "SIZE",
+        "PULLED",
+        "TOTAL",
         "AGE",
     ]
     servers = kubectl("get", "msrv", "-n", ns, check=True).stdout.splitlines()
