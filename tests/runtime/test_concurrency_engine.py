@@ -1,7 +1,8 @@
 """The continuous-batching engine on the real model, driven directly: output is the same alone
-or in a batch (greedy and seeded), a cached prompt prefix is reused without changing the
-answer, cancelling one sequence leaves the others untouched, and the wait queue is bounded in
-size and in time."""
+or in a batch (greedy and seeded, prompts started together), a cached prompt prefix is reused
+without changing the answer, cancelling one sequence leaves the others untouched, the wait
+queue is bounded in size and in time, and a generation past its deadline ends with an error
+and frees its slot."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row
+from corral_runtime.engine.sampling import build_chain, free_chain
 from corral_runtime.engine.scheduling import PREFILL_CHUNK
 from corral_runtime.engine.types import (
     GenerationRequest,
     GenerationStats,
+    GenerationTimeoutError,
     OutputFormat,
     QueueFullError,
     QueueTimeoutError,
@@ -95,6 +99,60 @@ async def test_the_same_seed_samples_the_same_alone_and_in_a_batch(worker: Model
     other = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=43, num_predict=16)
     reseeded = await staggered(worker, PROMPTS[:3], other)
     assert [t for t, _ in reseeded] != [t for t, _ in alone]
+
+
+async def test_prompts_started_together_answer_as_they_would_alone(worker: ModelWorker) -> None:
+    # One long prompt (several chunks) and three short ones arrive at once: their chunks are
+    # evaluated at the same step, each on its own.
+    requests = [TURN.format(SYSTEM * 3 + "When do you open?"), *PROMPTS[:3]]
+    alone = [await run(worker, prompt, GREEDY) for prompt in requests]
+    together = await asyncio.gather(*(run(worker, prompt, GREEDY) for prompt in requests))
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    assert together[0][1].prompt_eval_count > 3 * PREFILL_CHUNK
+
+
+def test_the_arg_max_is_the_token_of_the_greedy_sampler(test_model_path: Path) -> None:
+    context = LlamaBatchContext(
+        ContextConfig(test_model_path, n_ctx=256, parallel=1, n_batch=64, n_threads=2)
+    )
+    try:
+        tokens = context.tokenize("Once upon a time")
+        context.decode([Row(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
+        chain = build_chain(context, SamplingParams(temperature=0), tokens, grammar=None)
+        try:
+            index = len(tokens) - 1
+            for pos in range(len(tokens), len(tokens) + 12):
+                token = context.argmax(index)
+                assert token == context.sample(chain, index)
+                context.decode([Row(token, pos, 0, True)])
+                index = 0
+        finally:
+            free_chain(chain)
+    finally:
+        context.close()
+
+
+async def test_a_generation_past_its_deadline_fails_and_frees_its_slot(
+    test_model_path: Path,
+) -> None:
+    config = LoadConfig(
+        model_path=test_model_path, n_ctx=512, n_threads=2, parallel=1, generation_timeout_s=1.0
+    )
+    model = ModelWorker("gemma3:270m", config, max_pending=2)
+    await model.start()
+    try:
+        endless = model.generate(GenerationRequest("1, 2, 3,", SamplingParams(temperature=0)))
+        await endless.started()
+        pieces = []
+        with pytest.raises(GenerationTimeoutError, match="time limit of 1 s"):
+            async for piece in endless:
+                pieces.append(piece)
+        assert pieces and endless.stats is None
+        assert model.busy_slots == 0 and model.pending == 0
+        text, stats = await run(model, "4, 5,", GREEDY)
+        assert text and stats.done_reason == "length"
+    finally:
+        await model.close()
 
 
 async def test_grammar_stops_and_penalties_hold_per_sequence_in_a_batch(
