@@ -1,7 +1,8 @@
 """Concurrent clients against the HTTP server: streams batched together all complete
 correctly, a client that leaves (streaming or not) frees its slot without disturbing the
-others, a full queue answers 503 with Retry-After, and a crowd of 200 clients against a small
-queue leaves the server healthy with nothing hung."""
+others, a full queue answers 503 with Retry-After, a crowd of 200 clients against a small
+queue leaves the server healthy with nothing hung, and a generation past the server's deadline
+ends with an error in the API's shape and frees its slot."""
 
 from __future__ import annotations
 
@@ -215,3 +216,23 @@ def test_two_hundred_clients_leave_the_server_healthy(model_store: ModelStore) -
             timeout=60,
         )
         assert after.status_code == 200 and after.json()["eval_count"] == 12
+
+
+def test_a_generation_past_its_deadline_ends_with_an_error_and_frees_its_slot(
+    model_store: ModelStore,
+) -> None:
+    settings = settings_for(
+        model_store.root, context_length=1024, parallel=1, generation_timeout_seconds=1.0
+    )
+    with serve(settings, model_store) as server:
+        base = server.base_url
+        with httpx.stream("POST", base + "/api/generate", json=ENDLESS, timeout=60) as response:
+            assert response.status_code == 200
+            lines = [json.loads(line) for line in response.iter_lines()]
+        assert lines[0]["response"] and not lines[0]["done"]
+        assert "time limit of 1 s" in lines[-1]["error"]
+        wait_for_gauge(base, "corral_busy_slots", 0, within=5)
+        body = {"model": MODEL, "prompt": "1, 2, 3,", "max_tokens": 2000, "temperature": 0}
+        answer = httpx.post(base + "/v1/completions", json=body, timeout=60)
+        assert answer.status_code == 500
+        assert answer.json()["error"]["code"] == "generation_timeout"
