@@ -52,3 +52,14 @@ def test_a_terminal_gets_a_bar_without_the_suffix() -> None:
     printer = ProgressPrinter(out, tty=True, interval=0.0)
     printer(PullEvent("pulling aaaa", "sha256:aaaa", 1000, 1000))
     assert "\r" in out.getvalue() and "[pull " not in out.getvalue()
+
+
+def test_an_import_counts_its_blob_once() -> None:
+    # A local import starts before the blob's digest is known, then reports it by digest.
+    out = io.StringIO()
+    printer = ProgressPrinter(out, tty=False, plain_interval=0.0)
+    printer(PullEvent("pulling model", None, 500, 0))
+    printer(PullEvent("pulling cccc", "sha256:cccc", 500, 500))
+    printer(PullEvent("pulling dddd", "sha256:dddd", 20, 20))
+    progress = [_bytes(line) for line in out.getvalue().splitlines()]
+    assert progress == [(0, 500), (500, 500), (520, 520)]

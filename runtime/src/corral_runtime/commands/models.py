@@ -147,6 +147,7 @@ class ProgressPrinter:
     plain_interval: float = 5.0
     _samples: dict[str, tuple[float, int, float]] = field(default_factory=dict)
     _layers: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _undigested: set[str] = field(default_factory=set)
     _last: float = 0.0
     _open_line: bool = False
 
@@ -157,6 +158,13 @@ class ProgressPrinter:
             return
         now = time.monotonic()
         key = event.status
+        if event.digest is None:
+            self._undigested.add(key)
+        else:
+            # A blob whose digest was unknown when it started (an import) is this one.
+            for placeholder in self._undigested:
+                self._layers.pop(placeholder, None)
+            self._undigested.clear()
         self._layers[key] = (event.completed, event.total)
         start, start_bytes, _ = self._samples.get(key, (now, event.completed, now))
         if key not in self._samples:
