@@ -112,3 +112,19 @@ def test_bind_command_mounts_in_a_private_namespace(tmp_path: Path) -> None:
     assert (data / "f").read_text() == "w\n"
     # Nothing is mounted outside: the mountpoint is left, empty.
     assert target.is_dir() and not any(target.iterdir())
+
+
+@pytest.mark.skipif(
+    subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0,
+    reason="needs CAP_SYS_ADMIN for a mount namespace",
+)
+def test_bind_command_as_a_prefix_for_exec_probes(tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "healthy").write_text("yes\n")
+    target = str(tmp_path / "mnt")
+    prefix = bind_command([Bind(target, volume, read_only=False)], "/", [])
+    done = subprocess.run(
+        [*prefix, "cat", f"{target}/healthy"], capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (0, "yes\n"), done.stderr

@@ -159,6 +159,7 @@ def test_helm_install_deploy_run_uninstall(cluster: Stack, test_model_path: Path
         "-o",
         "num_predict=8",
     )
+    print(f"corral run answered: {answer!r}")
     assert answer.strip(), "the model answered nothing"
 
     def ps_row() -> str | None:

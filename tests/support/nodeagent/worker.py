@@ -83,6 +83,8 @@ class Container:
     crashes: int = 0
     next_start: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
+    # What exec probes run behind, to see the container's mounts: [] or a bind_command prefix.
+    mounts_prefix: list[str] = field(default_factory=list)
     readiness: ProbeTracker | None = None
     liveness: ProbeTracker | None = None
     startup: ProbeTracker | None = None
@@ -293,9 +295,8 @@ class PodWorker(threading.Thread):
         if not cwd.is_dir():
             self.cannot_run(container, f"workingDir {str(cwd)!r} does not exist on this machine")
             return
-        command = bind_command(
-            plan.binds, inner_cwd, [executable, *argv[1:]], shutil.which("unshare") or "unshare"
-        )
+        unshare = shutil.which("unshare") or "unshare"
+        command = bind_command(plan.binds, inner_cwd, [executable, *argv[1:]], unshare)
         log_path = self.dir / "logs" / f"{container.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
@@ -313,6 +314,7 @@ class PodWorker(threading.Thread):
             container.restart_count += 1
         container.ever_started = True
         container.env = env
+        container.mounts_prefix = bind_command(plan.binds, inner_cwd, [], unshare)
         container.started_at = datetime.now(UTC)
         container.started_mono = time.monotonic()
         container.terminated = None
@@ -339,7 +341,7 @@ class PodWorker(threading.Thread):
     def probe(self, container: Container, now: float) -> None:
         assert self.net is not None
         spec = container.spec
-        prefix = ["ip", "netns", "exec", self.net.netns]
+        prefix = ["ip", "netns", "exec", self.net.netns, *container.mounts_prefix]
 
         def check(tracker: ProbeTracker, probe: Mapping[str, Any]) -> None:
             if tracker.due(now):
