@@ -118,6 +118,7 @@ def test_operator_settings_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
     assert (settings.startup_seconds, settings.pull_backoff_limit) == (1800, 3)
     assert (settings.pull_deadline_seconds, settings.gc_deadline_seconds) == (21600, 600)
+    assert (settings.resync_seconds, settings.pull_progress_seconds) == (60, 5)
 
 
 def test_operator_settings_custom(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,6 +138,7 @@ def test_operator_settings_custom(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.liveness_endpoint == "http://0.0.0.0:9090/healthz"
     assert (settings.startup_seconds, settings.pull_backoff_limit) == (3600, 5)
     assert settings.pull_deadline_seconds == 7200
+    assert (settings.resync_seconds, settings.pull_progress_seconds) == (30, 5)
 
 
 def test_settings_change_rolls_the_operator() -> None:
