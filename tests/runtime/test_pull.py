@@ -20,7 +20,7 @@ from corral_runtime.store.transfer import (
     RedirectRefusedError,
     RetryPolicy,
 )
-from tests.support.registry import TestRegistry, running_registry
+from tests.support.registry import LoggedRequest, TestRegistry, running_registry
 
 pytestmark = pytest.mark.runtime
 
@@ -161,6 +161,59 @@ def test_dropped_connections_continue_where_they_stopped(
     # Retried parts ask for the rest of the part, not for the part again.
     starts = {int(r.split("=")[1].split("-")[0]) for r in ranges if r}
     assert any(s % CHUNK == 100_000 for s in starts)
+
+
+def cdn_parts(registry: TestRegistry) -> list[LoggedRequest]:
+    digest = "sha256:" + hashlib.sha256(GGUF).hexdigest()
+    return [r for r in registry.requests("cdn") if r.path.startswith(f"/blobs/{digest}")]
+
+
+def test_parts_after_the_redirect_share_one_kept_alive_connection(
+    registry: TestRegistry, store: ModelStore
+) -> None:
+    model = puller(store, workers=1).pull(source(registry))
+    assert model.model_path.read_bytes() == GGUF
+    parts = cdn_parts(registry)
+    assert len(parts) == -(-len(GGUF) // CHUNK)  # one request per part, none repeated
+    # The first part followed the registry's redirect; the others went to the CDN URL it gave,
+    # one after another on one connection, with no credentials.
+    assert len({r.client_port for r in parts[1:]}) == 1
+    assert all("Authorization" not in r.headers for r in parts)
+
+
+def test_failures_after_the_redirect_are_retried(registry: TestRegistry, store: ModelStore) -> None:
+    # The first part resolves the CDN URL; parts fetched from it then meet two 503s and two
+    # dropped connections.
+    registry.faults.pass_next = 1
+    registry.faults.fail_next = 2
+    registry.faults.retry_after = "0"
+    registry.faults.drop_after_bytes = 100_000
+    registry.faults.drop_next = 2
+    model = puller(store, workers=1).pull(source(registry))
+    assert model.model_path.read_bytes() == GGUF
+    starts = [int(r.headers["Range"][6:].partition("-")[0]) for r in cdn_parts(registry)]
+    assert any(s % CHUNK == 100_000 for s in starts)  # a dropped part continued where it was
+    assert leftovers(store) == []
+
+
+def test_stall_after_the_redirect_is_retried(registry: TestRegistry, store: ModelStore) -> None:
+    registry.faults.pass_next = 1
+    registry.faults.drop_after_bytes = 10_000
+    registry.faults.drop_next = 1
+    registry.faults.stall_seconds = 3.0
+    model = puller(store, workers=1, stall_timeout=0.5).pull(source(registry))
+    assert model.model_path.read_bytes() == GGUF
+
+
+def test_expired_cdn_url_is_resolved_again(registry: TestRegistry, store: ModelStore) -> None:
+    registry.faults.pass_next = 1
+    registry.faults.fail_status = 403
+    registry.faults.fail_next = 1
+    model = puller(store, workers=1).pull(source(registry))
+    assert model.model_path.read_bytes() == GGUF
+    digest = "sha256:" + hashlib.sha256(GGUF).hexdigest()
+    asked = [r for r in registry.requests("registry") if r.path.endswith(f"/blobs/{digest}")]
+    assert len(asked) == 2  # the first redirect, then a fresh one after the 403
 
 
 def test_stalled_body_is_retried(registry: TestRegistry, store: ModelStore) -> None:

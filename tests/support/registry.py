@@ -50,6 +50,9 @@ class Faults:
     stall_seconds: float = 0.0  # after drop_after_bytes, sleep instead of dropping
     ignore_range: bool = False
     manifest_fail_next: int = 0
+    pass_next: int = (
+        0  # serve the next N blob requests without the faults (fail, drop, corrupt, ...)
+    )
     # Once this many blob body bytes went out (all requests together), every body waits until the
     # faults are reset or the client hangs up; ``sent_bytes`` counts them.
     hold_after_bytes: int | None = None
@@ -76,6 +79,7 @@ class LoggedRequest:
     method: str
     path: str
     headers: dict[str, str]
+    client_port: int = 0  # tells the client's connections apart (keep-alive reuse)
 
 
 @dataclass
@@ -116,7 +120,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _log(self) -> None:
         with self.state.lock:
             self.state.log.append(
-                LoggedRequest(self.server_name_, self.command, self.path, dict(self.headers))
+                LoggedRequest(
+                    self.server_name_,
+                    self.command,
+                    self.path,
+                    dict(self.headers),
+                    int(self.client_address[1]),
+                )
             )
 
     def _reply(
@@ -237,7 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_blob(self, digest: str, extra: dict[str, str]) -> None:
         faults = self.state.faults
         blob = self.state.blobs[digest]
-        if faults.take("fail_next"):
+        untouched = faults.take("pass_next")
+        if not untouched and faults.take("fail_next"):
             headers = {"Retry-After": faults.retry_after} if faults.retry_after else {}
             self._error(faults.fail_status, "UNAVAILABLE", "injected failure", headers)
             return
@@ -264,8 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        drop = faults.drop_after_bytes if faults.take("drop_next") else None
-        plain = not (
+        drop = faults.drop_after_bytes if not untouched and faults.take("drop_next") else None
+        plain = untouched or not (
             faults.corrupt
             or faults.slow_seconds_per_mib
             or drop is not None

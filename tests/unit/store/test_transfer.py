@@ -10,6 +10,7 @@ from corral_runtime.store.download import (
     _check_content_range,
     chunk_ranges,
     contiguous_done,
+    proxies_configured,
 )
 from corral_runtime.store.pull import digest_from_headers, size_from_headers
 from corral_runtime.store.registry import parse_challenge, registry_base
@@ -110,6 +111,14 @@ def test_chunk_ranges_cover_the_blob_exactly() -> None:
     assert chunk_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert chunk_ranges(8, 4) == [(0, 4), (4, 8)]
     assert chunk_ranges(0, 4) == [(0, 0)]
+
+
+def test_a_proxy_in_the_environment_keeps_parts_on_the_httpx_client() -> None:
+    assert not proxies_configured({})
+    assert not proxies_configured({"HTTPS_PROXY": "", "NO_PROXY": "example.com"})
+    assert proxies_configured({"https_proxy": "http://proxy:3128"})
+    assert proxies_configured({"HTTP_PROXY": "http://proxy:3128"})
+    assert proxies_configured({"ALL_PROXY": "socks5://proxy:1080"})
 
 
 def test_contiguous_done_stops_at_the_first_gap() -> None:

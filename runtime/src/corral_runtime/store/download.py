@@ -4,9 +4,14 @@ A blob is downloaded into ``blobs/sha256-<hex>-partial`` in parallel Range parts
 chunks handed to worker threads in order, so the completed prefix grows steadily and is hashed
 while the rest is still arriving). A small JSON sidecar, ``…-partial.json``, records how many
 bytes of each chunk are on disk, so a killed pull continues from what it had. The blob becomes
-visible only after its sha256 matches, by an atomic rename. An exclusive ``flock`` on
+visible only after its sha256 matches, by an atomic rename, and after an fsync (writeback starts
+while the rest is still arriving, so that fsync is short). An exclusive ``flock`` on
 ``…-partial.lock`` makes concurrent pullers (threads or processes sharing the volume) produce
 one blob: the others wait and then find it in place.
+
+The first part follows the registry's redirect through the httpx client; once the blob's
+download URL is known, each worker fetches its parts from it over a kept-alive connection of its
+own that reads bodies into a reused buffer (``_DirectLane``).
 
 Downloads whose digest is not known in advance (a plain ``https://`` file) use a partial file
 keyed by the URL and land under the digest computed while downloading.
@@ -19,17 +24,20 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import http.client
 import json
 import mmap
 import os
 import queue
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -236,6 +244,20 @@ class BlobDownloader:
         self.fsync = fsync
         # A signed CDN URL found by following the first redirect, reused for the other parts.
         self._resolved: dict[str, str] = {}
+        # Direct connections (see _DirectLane) only where the httpx client would not use a proxy.
+        self._direct_context: Callable[[], ssl.SSLContext] | None = (
+            None if proxies_configured() else self._ssl_context
+        )
+        self._user_agent = client.headers.get("user-agent")
+        self._ssl: ssl.SSLContext | None = None
+        self._ssl_lock = threading.Lock()
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings the httpx client uses by default, built on first use (it is slow)."""
+        with self._ssl_lock:
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            return self._ssl
 
     # -- public ------------------------------------------------------------------------------
 
@@ -475,6 +497,7 @@ class BlobDownloader:
         return "sha256:" + hasher.hexdigest()
 
     def _worker(self, req: BlobRequest, run: _Run) -> None:
+        lane = _DirectLane(self._direct_context, self.policy.stall_timeout, self._user_agent)
         try:
             while not run.stop.is_set():
                 with run.cond:
@@ -486,11 +509,13 @@ class BlobDownloader:
                     run.next_chunk = index + 1
                 if index >= len(run.ranges):
                     return
-                self._fetch_chunk(req, run, index)
+                self._fetch_chunk(req, run, index, lane)
         except BaseException as exc:
             run.fail(exc)
+        finally:
+            lane.close()
 
-    def _fetch_chunk(self, req: BlobRequest, run: _Run, index: int) -> None:
+    def _fetch_chunk(self, req: BlobRequest, run: _Run, index: int, lane: _DirectLane) -> None:
         start, end = run.ranges[index]
         attempt = 0
         refreshed = False
@@ -499,7 +524,7 @@ class BlobDownloader:
             if offset >= end:
                 return
             try:
-                self._stream_range(req, run, index, offset, end, refreshed)
+                self._stream_range(req, run, index, offset, end, refreshed, lane)
                 return
             except HttpStatusError as exc:
                 if exc.status == 401 and not refreshed:
@@ -514,7 +539,7 @@ class BlobDownloader:
                 else:
                     raise
                 retry_after = exc.retry_after
-            except (httpx.TransportError, _ShortBodyError):
+            except (httpx.TransportError, _DirectTransportError, _ShortBodyError):
                 attempt += 1
                 retry_after = None
             if attempt >= self.policy.attempts:
@@ -543,38 +568,62 @@ class BlobDownloader:
             self._resolved[req.url] = final
         return response
 
+    def _open_range(
+        self, req: BlobRequest, start: int, end: int, refresh: bool, lane: _DirectLane
+    ) -> _Reply:
+        """A Range GET: over the worker's direct connection once the blob's (credential-free)
+        download URL is known and the lane can serve it, else through the httpx client."""
+        resolved = self._resolved.get(req.url)
+        if resolved is not None:
+            reply = lane.open(resolved, start, end)
+            if reply is not None:
+                return reply
+        response = self._open(req, start, end, refresh)
+        _widen_reads(response, BODY_READ_SIZE)
+        return _Reply(
+            response.status_code,
+            str(response.url),
+            response.headers.get,
+            response.iter_raw(),  # no chunk_size: a drop loses nothing received
+            response.close,
+        )
+
     def _stream_range(
-        self, req: BlobRequest, run: _Run, index: int, offset: int, end: int, refresh: bool
+        self,
+        req: BlobRequest,
+        run: _Run,
+        index: int,
+        offset: int,
+        end: int,
+        refresh: bool,
+        lane: _DirectLane,
     ) -> None:
-        response = self._open(req, offset, end, refresh)
+        reply = self._open_range(req, offset, end, refresh, lane)
         try:
-            status = response.status_code
+            status = reply.status
             if status not in (200, 206):
                 raise HttpStatusError(
-                    status,
-                    str(response.url),
-                    retry_after=parse_retry_after(response.headers.get("retry-after")),
+                    status, reply.url, retry_after=parse_retry_after(reply.header("retry-after"))
                 )
             if status == 206:
                 _check_content_range(
-                    response.headers.get("content-range", ""), offset, end, run.state.size
+                    reply.header("content-range") or "", offset, end, run.state.size
                 )
             elif offset != 0 or end != run.state.size:
                 raise _RangeUnsupportedError
             else:
-                length = response.headers.get("content-length")
+                length = reply.header("content-length")
                 if length is not None and length.isdigit() and int(length) != run.state.size:
                     raise SizeMismatchError(
-                        f"{response.url} has {length} bytes, expected {run.state.size}"
+                        f"{reply.url} has {length} bytes, expected {run.state.size}"
                     )
-            _widen_reads(response, BODY_READ_SIZE)
             position = offset
-            for block in response.iter_raw():  # no chunk_size: a drop loses nothing received
+            for block in reply.blocks:
                 if run.stop.is_set():
                     return
                 if position + len(block) > end:
                     raise SizeMismatchError(
-                        f"{response.url} sent more bytes than the {run.state.size} expected"
+                        f"{reply.url} sent more bytes than the {run.state.size} expected"
                     )
                 _pwrite_all(run.fd, block, position)
                 position += len(block)
@@ -586,7 +635,147 @@ class BlobDownloader:
             if position < end:
                 raise _ShortBodyError
         finally:
+            reply.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A Range GET's answer, from either client: status, final URL, headers, body blocks."""
+
+    status: int
+    url: str
+    header: Callable[[str], str | None]
+    # Each block is valid until the next one is taken (the direct lane reuses one buffer).
+    blocks: Iterator[bytes | memoryview]
+    close: Callable[[], None]
+
+
+class _DirectTransportError(Exception):
+    """A network failure on a direct connection (retried like httpx's transport errors)."""
+
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def proxies_configured(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment names a proxy (which only the httpx client knows how to use)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(name) or env.get(name.upper()) for name in _PROXY_VARIABLES)
+
+
+class _DirectLane:
+    """One worker's keep-alive connection for Range GETs of a blob's resolved download URL.
+
+    The URL is the one a registry redirected to (a CDN's signed URL), which gets no credentials;
+    its bodies are read straight into one reused buffer (http.client's readinto), which costs
+    about half the CPU of httpx's parser copying each block several times: at loopback or
+    in-cluster speeds that CPU is what a pull waits for. Anything unusual (a proxy in the
+    environment, another scheme, a redirect) goes back to the httpx client, which handles it all.
+    """
+
+    def __init__(
+        self,
+        context: Callable[[], ssl.SSLContext] | None,
+        timeout: float,
+        user_agent: str | None,
+    ) -> None:
+        self._context = context
+        self._timeout = timeout
+        self._user_agent = user_agent
+        self._origin: tuple[str, str, int | None] | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._used = False
+        self._buffer = memoryview(bytearray(BODY_READ_SIZE))
+
+    def open(self, url: str, start: int, end: int) -> _Reply | None:
+        if self._context is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or parts.username or parts.password:
+            return None
+        origin = (parts.scheme, parts.hostname or "", parts.port)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        headers = {"Range": f"bytes={start}-{end - 1}"}  # http.client adds identity encoding
+        if self._user_agent:
+            headers["User-Agent"] = self._user_agent
+        # A kept-alive connection the server closed meanwhile fails at once: one fresh try.
+        for fresh in (False, True):
+            conn = self._connection(origin, fresh)
+            try:
+                conn.request("GET", target, headers=headers)
+                response = conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                reused = self._used
+                self._drop()
+                if fresh or not reused:
+                    raise _DirectTransportError(f"{url}: {exc}") from exc
+        self._used = True
+        if 300 <= response.status < 400:
             response.close()
+            self._drop()
+            return None
+
+        buffer = self._buffer
+        complete = False
+
+        def blocks() -> Iterator[memoryview]:
+            # Each block is what one recv brought (a stalled server leaves nothing unwritten):
+            # readinto1 on the response's buffered socket file, whose buffer holds at most the
+            # start of the body, counting the body's length here.
+            nonlocal complete
+            fp, remaining = response.fp, response.length
+            if fp is None or remaining is None or response.chunked:
+                remaining = None  # let http.client delimit the body
+            while True:
+                try:
+                    if remaining is None:
+                        n = response.readinto(buffer)
+                    else:
+                        n = fp.readinto1(buffer[: min(len(buffer), remaining)]) if remaining else 0
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _DirectTransportError(f"{url}: {exc}") from exc
+                if not n:
+                    complete = remaining == 0
+                    return
+                if remaining is not None:
+                    remaining -= n
+                yield buffer[:n]
+
+        def close() -> None:
+            response.close()
+            if not complete:  # the connection is not at a message boundary: no more requests
+                self._drop()
+
+        return _Reply(response.status, url, response.getheader, blocks(), close)
+
+    def _connection(
+        self, origin: tuple[str, str, int | None], fresh: bool
+    ) -> http.client.HTTPConnection:
+        if self._conn is not None and (fresh or origin != self._origin):
+            self._drop()
+        if self._conn is None:
+            scheme, host, port = origin
+            if scheme == "https":
+                assert self._context is not None
+                self._conn = http.client.HTTPSConnection(
+                    host, port, timeout=self._timeout, context=self._context()
+                )
+            else:
+                self._conn = http.client.HTTPConnection(host, port, timeout=self._timeout)
+            self._origin = origin
+            self._used = False
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self._drop()
 
 
 class _ShortBodyError(Exception):
@@ -616,7 +805,7 @@ def _widen_reads(response: httpx.Response, size: int) -> None:
 _STREAM_LINKS = ("_stream", "_httpcore_stream", "_connection")
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
