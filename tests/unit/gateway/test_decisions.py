@@ -10,6 +10,7 @@ import pytest
 
 from corral_operator.gateway.decisions import (
     decide_scale_up,
+    early_endpoints,
     extended_idle_deadline,
     hold_failure_message,
     may_hold,
@@ -141,3 +142,10 @@ def test_hold_failure_message_names_model_and_reason() -> None:
     assert "600s" in message
     assert message.endswith(": 0/1 nodes are available")
     assert hold_failure_message("m", 1, None).endswith("within 1s")
+
+
+def test_early_endpoints_are_starting_pods_probed_recently() -> None:
+    probed = {"10.0.0.1:11434": 100.0, "10.0.0.2:11434": 50.0, "10.0.0.9:11434": 100.0}
+    starting = ("10.0.0.1:11434", "10.0.0.2:11434", "10.0.0.3:11434")
+    assert early_endpoints(starting, probed, now=110.0, trust_seconds=30.0) == ("10.0.0.1:11434",)
+    assert early_endpoints(starting, {}, now=110.0, trust_seconds=30.0) == ()

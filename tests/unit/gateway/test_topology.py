@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from corral_operator import api
 from corral_operator.gateway.listing import merge_ps, ollama_tags, openai_models
 from corral_operator.gateway.topology import build_snapshot, ready_addresses, static_snapshot
 
@@ -168,3 +169,20 @@ def test_ps_merges_every_pod() -> None:
         ]
     )
     assert [m["name"] for m in merged["models"]] == ["b", "a"]
+
+
+def test_pods_not_ready_yet_are_listed_as_starting() -> None:
+    eps = {
+        "metadata": {"namespace": "ns", "name": api.server_child_name("s")},
+        "subsets": [
+            {
+                "addresses": [{"ip": "10.1.0.1"}],
+                "notReadyAddresses": [{"ip": "10.1.0.2"}],
+                "ports": [{"port": 11434}],
+            }
+        ],
+    }
+    snap = build_snapshot([server("s", ["m"], replicas=2)], [model("m", "m:1")], [eps])
+    view = snap.servers[("ns", "s")]
+    assert view.endpoints == ("10.1.0.1:11434",)
+    assert view.starting == ("10.1.0.2:11434",)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -34,7 +34,7 @@ from corral_operator.gateway.protocol import (
     normalize_model_name,
     request_facts,
 )
-from corral_operator.gateway.proxy import Proxy, forward_headers
+from corral_operator.gateway.proxy import Proxy, forward_headers, upstream_session
 from corral_operator.gateway.settings import GatewaySettings
 
 
@@ -65,9 +65,7 @@ def create_gateway_app(settings: GatewaySettings, backend: Backend | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(None, connect=settings.connect_timeout_seconds)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async with upstream_session(settings) as client:
             dispatcher = Dispatcher(settings, backend or default_backend(settings), metrics, client)
             app.state.dispatcher = dispatcher
             app.state.proxy = Proxy(dispatcher, client)
@@ -138,7 +136,9 @@ def create_gateway_app(settings: GatewaySettings, backend: Backend | None = None
         return response
 
     for path in ROUTED:
-        app.add_api_route(path, routed, methods=["POST"], include_in_schema=False)
+        # A plain Starlette route: the handler takes the Request and returns a Response, so
+        # FastAPI's per-request dependency solving and serialization would be pure cost.
+        app.add_route(path, routed, methods=["POST"], include_in_schema=False)
 
     @app.get("/")
     @app.head("/")
@@ -204,10 +204,12 @@ def create_gateway_app(settings: GatewaySettings, backend: Backend | None = None
     return app
 
 
-async def _pod_ps(client: httpx.AsyncClient, endpoint: str) -> dict[str, Any] | None:
+async def _pod_ps(client: aiohttp.ClientSession, endpoint: str) -> dict[str, Any] | None:
     try:
-        response = await client.get(f"http://{endpoint}/api/ps", timeout=5.0)
-        data = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+        async with client.get(
+            f"http://{endpoint}/api/ps", timeout=aiohttp.ClientTimeout(total=5.0)
+        ) as response:
+            data = await response.json(content_type=None) if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
     return data if isinstance(data, dict) else None

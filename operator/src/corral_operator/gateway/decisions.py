@@ -25,6 +25,15 @@ def pick_endpoint(
     return tied[turn % len(tied)]
 
 
+def early_endpoints(
+    starting: Sequence[str], probed: Mapping[str, float], now: float, trust_seconds: float
+) -> tuple[str, ...]:
+    """Pods not Ready yet in the Endpoints that answered the gateway's own readiness probe in
+    the last ``trust_seconds`` (``probed``: endpoint -> when, monotonic): routable now, a probe
+    period and a status round-trip before the cluster says so."""
+    return tuple(e for e in starting if e in probed and 0 <= now - probed[e] <= trust_seconds)
+
+
 def decide_scale_up(
     *,
     desired: int,

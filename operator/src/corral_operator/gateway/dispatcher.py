@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral_operator.gateway.backend import ActivityReport, Backend
 from corral_operator.gateway.decisions import (
     decide_scale_up,
+    early_endpoints,
     extended_idle_deadline,
     may_hold,
     pick_endpoint,
@@ -40,6 +42,12 @@ log = logging.getLogger(__name__)
 _POD_ACTIVITY_METRIC = "corral_last_request_timestamp_seconds"
 # How often a server that was asked for replicas yet shows no pod is woken again.
 WAKE_RETRY_SECONDS = 10.0
+# A starting pod with requests waiting for it is probed this often (a refused connection or a
+# 503 costs next to nothing); once it answers it takes requests before the cluster marks it
+# Ready (the kubelet probes once a second, then status and Endpoints have to follow), for as
+# long as PROBE_TRUST_SECONDS.
+PROBE_INTERVAL_SECONDS = 0.05
+PROBE_TRUST_SECONDS = 30.0
 
 
 class QueueFullError(Exception):
@@ -60,7 +68,7 @@ class Dispatcher:
         settings: GatewaySettings,
         backend: Backend,
         metrics: GatewayMetrics,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -79,6 +87,8 @@ class Dispatcher:
         self._woken_at: dict[ServerKey, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._probed: dict[ServerKey, dict[str, float]] = {}
+        self._probes: dict[tuple[ServerKey, str], asyncio.Task[None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -87,10 +97,10 @@ class Dispatcher:
         self._loop_task = asyncio.create_task(self._activity_loop())
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        for task in [*self._probes.values(), *([self._loop_task] if self._loop_task else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+                await task
         await self.flush_activity(force=True)
         await self.backend.stop()
 
@@ -102,11 +112,24 @@ class Dispatcher:
             if view is None or view.desired >= asked or view.desired == 0:
                 # Reached, gone, or scaled down since: a new demand may ask again.
                 del self._scale_asked[key]
-        self._changed.set()
-        self._changed = asyncio.Event()
+        for key, probed in list(self._probed.items()):
+            view = snapshot.servers.get(key)
+            # Ready (now in the endpoints) or gone: the probe's word is no longer needed.
+            kept = {e: t for e, t in probed.items() if view is not None and e in view.starting}
+            if kept:
+                self._probed[key] = kept
+            else:
+                del self._probed[key]
+        self._notify()
         for key in list(self.server_held):
             if self.server_held[key] > 0:
                 self._consider_scaling(key, "hold")
+                self._probe_starting(key)
+
+    def _notify(self) -> None:
+        """Wake every waiting request to look for a pod again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def set_keys(self, keys: frozenset[str]) -> None:
         self.api_keys = keys
@@ -130,7 +153,16 @@ class Dispatcher:
         if view is None:
             return None
         self._turn += 1
-        return pick_endpoint(view.serving, self.in_flight, exclude, self._turn)
+        return pick_endpoint(self.routable(view), self.in_flight, exclude, self._turn)
+
+    def routable(self, view: ServerView) -> tuple[str, ...]:
+        """Pods that may take a request: the ready ones, and starting ones that answered the
+        gateway's own readiness probe."""
+        probed = self._probed.get(view.key)
+        if not probed or view.desired == 0:
+            return view.serving
+        early = early_endpoints(view.starting, probed, time.monotonic(), PROBE_TRUST_SECONDS)
+        return view.serving + early
 
     async def wait_for_endpoint(
         self, key: ServerKey, exclude: Collection[str], until: float
@@ -160,6 +192,7 @@ class Dispatcher:
         self.metrics.held.labels(model=name).set(self.held[name])
         self.touch(key)
         self._consider_scaling(key, "hold")
+        self._probe_starting(key)
         return Hold(self, name, key)
 
     def _unhold(self, name: str, key: ServerKey, seconds: float) -> None:
@@ -235,6 +268,50 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- probing starting pods ---------------------------------------------------------------
+
+    def _probe_starting(self, key: ServerKey) -> None:
+        """Probe each starting pod of a server that has requests waiting (once at a time)."""
+        view = self.snapshot.servers.get(key)
+        if view is None or view.desired == 0 or not view.scalable:
+            return
+        probed = self._probed.get(key, {})
+        now = time.monotonic()
+        for endpoint in view.starting:
+            if (key, endpoint) in self._probes or endpoint in early_endpoints(
+                (endpoint,), probed, now, PROBE_TRUST_SECONDS
+            ):
+                continue
+            task = asyncio.create_task(self._probe(key, endpoint))
+            self._probes[(key, endpoint)] = task
+            task.add_done_callback(functools.partial(self._probe_done, (key, endpoint)))
+
+    def _probe_done(self, probe: tuple[ServerKey, str], _: asyncio.Task[None]) -> None:
+        self._probes.pop(probe, None)
+
+    async def _probe(self, key: ServerKey, endpoint: str) -> None:
+        """Until the pod answers its readiness probe, leaves the starting list, or nobody waits
+        for its server any longer."""
+        while self.server_held[key] > 0:
+            view = self.snapshot.servers.get(key)
+            if view is None or endpoint not in view.starting:
+                return
+            if await self._answers_ready(endpoint):
+                self._probed.setdefault(key, {})[endpoint] = time.monotonic()
+                self._notify()
+                return
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+
+    async def _answers_ready(self, endpoint: str) -> bool:
+        """The runtime's readiness probe (the one the kubelet asks), asked by the gateway."""
+        try:
+            async with self.client.get(
+                f"http://{endpoint}/readyz", timeout=aiohttp.ClientTimeout(total=1.0)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     # -- activity ----------------------------------------------------------------------------
 
     def touch(self, key: ServerKey, keep_alive: float | None = None) -> None:
@@ -297,12 +374,15 @@ class Dispatcher:
 
     async def _pod_last_request(self, endpoint: str) -> float | None:
         try:
-            response = await self.client.get(f"http://{endpoint}/metrics", timeout=2.0)
-        except httpx.HTTPError:
+            async with self.client.get(
+                f"http://{endpoint}/metrics", timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as response:
+                if response.status != 200:
+                    return None
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError):
             return None
-        if response.status_code != 200:
-            return None
-        for family in text_string_to_metric_families(response.text):
+        for family in text_string_to_metric_families(text):
             if family.name == _POD_ACTIVITY_METRIC:
                 for sample in family.samples:
                     return float(sample.value) or None

@@ -22,6 +22,9 @@ class ServerView:
     key: ServerKey
     endpoints: tuple[str, ...] = ()
     """``host:port`` of each ready pod."""
+    starting: tuple[str, ...] = ()
+    """``host:port`` of pods that have an address but are not Ready (yet): a gateway holding
+    requests may probe them itself rather than wait for the readiness round-trip."""
     desired: int = 0
     """Replicas asked for (``spec.replicas``, else minReplicas); 0 means scaled (or scaling)
     to zero, and its pods take no new requests."""
@@ -79,8 +82,11 @@ def is_ready(obj: Mapping[str, Any]) -> bool:
     return cond is not None and cond.get("status") == "True"
 
 
-def ready_addresses(endpoints: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """``ip:port`` of the ready addresses of an Endpoints object."""
+def ready_addresses(
+    endpoints: Mapping[str, Any] | None, field: str = "addresses"
+) -> tuple[str, ...]:
+    """``ip:port`` of the ready addresses of an Endpoints object (``notReadyAddresses``: of the
+    pods that are not ready)."""
     found: list[str] = []
     for subset in (endpoints or {}).get("subsets") or ():
         ports = subset.get("ports") or ()
@@ -88,7 +94,7 @@ def ready_addresses(endpoints: Mapping[str, Any] | None) -> tuple[str, ...]:
             (p["port"] for p in ports if p.get("port") == api.RUNTIME_PORT),
             ports[0]["port"] if ports else api.RUNTIME_PORT,
         )
-        for address in subset.get("addresses") or ():
+        for address in subset.get(field) or ():
             found.append(f"{address['ip']}:{port}")
     return tuple(sorted(found))
 
@@ -105,6 +111,7 @@ def server_view(
     return ServerView(
         key=(meta["namespace"], meta["name"]),
         endpoints=ready_addresses(endpoints),
+        starting=ready_addresses(endpoints, "notReadyAddresses"),
         desired=low if requested is None else int(requested),
         min_replicas=low,
         max_replicas=int(spec.get("maxReplicas", 1)),
