@@ -135,3 +135,18 @@ async def test_a_probed_pod_stops_taking_requests_when_it_leaves_the_starting_li
         dispatcher.update(with_starting(endpoint, desired=0))
         assert dispatcher.try_pick(KEY) is None  # scaled to zero: no new requests
         await dispatcher.stop()
+
+
+async def test_starting_pods_are_left_to_the_cluster_when_probing_is_off() -> None:
+    pod = StartingPod()
+    pod.ready = True
+    async with pod as endpoint, aiohttp.ClientSession() as client:
+        settings = GatewaySettings(probe_starting_pods=False)
+        dispatcher = Dispatcher(settings, RecordingBackend(), GatewayMetrics(), client)
+        dispatcher.update(with_starting(endpoint))
+        hold = dispatcher.hold("gemma3:270m", KEY)
+        loop = asyncio.get_running_loop()
+        assert await dispatcher.wait_for_endpoint(KEY, (), loop.time() + 0.3) is None
+        assert pod.probes == 0
+        hold.release()
+        await dispatcher.stop()

@@ -273,7 +273,7 @@ class Dispatcher:
     def _probe_starting(self, key: ServerKey) -> None:
         """Probe each starting pod of a server that has requests waiting (once at a time)."""
         view = self.snapshot.servers.get(key)
-        if view is None or view.desired == 0 or not view.scalable:
+        if not self.settings.probe_starting_pods or view is None or view.desired == 0:
             return
         probed = self._probed.get(key, {})
         now = time.monotonic()
@@ -297,6 +297,7 @@ class Dispatcher:
             if view is None or endpoint not in view.starting:
                 return
             if await self._answers_ready(endpoint):
+                log.info("%s of %s/%s answers its readiness probe: routing to it", endpoint, *key)
                 self._probed.setdefault(key, {})[endpoint] = time.monotonic()
                 self._notify()
                 return

@@ -56,6 +56,11 @@ class GatewaySettings(BaseSettings):
         default=3600.0, ge=0, description="Cap on how far a request's keep_alive extends idleness."
     )
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    probe_starting_pods: bool = Field(
+        default=True,
+        description="While requests wait, probe the server's starting pods (their /readyz) and "
+        "route to one as soon as it answers, before the cluster marks it Ready.",
+    )
 
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Accepted API keys (Bearer tokens); empty: no check."
