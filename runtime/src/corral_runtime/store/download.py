@@ -655,6 +655,7 @@ class _DirectTransportError(Exception):
 
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def proxies_configured(environ: dict[str, str] | None = None) -> bool:
@@ -682,7 +683,7 @@ class _DirectLane:
         self._context = context
         self._timeout = timeout
         self._user_agent = user_agent
-        self._origin: tuple[str, str, int | None] | None = None
+        self._origin: tuple[str, str, int] | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._used = False
         self._buffer = memoryview(bytearray(BODY_READ_SIZE))
@@ -693,7 +694,8 @@ class _DirectLane:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or parts.username or parts.password:
             return None
-        origin = (parts.scheme, parts.hostname or "", parts.port)
+        # An explicit port: http.client would read an IPv6 literal's last group as one.
+        origin = (parts.scheme, parts.hostname or "", parts.port or _DEFAULT_PORTS[parts.scheme])
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -751,9 +753,7 @@ class _DirectLane:
 
         return _Reply(response.status, url, response.getheader, blocks(), close)
 
-    def _connection(
-        self, origin: tuple[str, str, int | None], fresh: bool
-    ) -> http.client.HTTPConnection:
+    def _connection(self, origin: tuple[str, str, int], fresh: bool) -> http.client.HTTPConnection:
         if self._conn is not None and (fresh or origin != self._origin):
             self._drop()
         if self._conn is None:
