@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,6 +215,35 @@ def test_expired_cdn_url_is_resolved_again(registry: TestRegistry, store: ModelS
     digest = "sha256:" + hashlib.sha256(GGUF).hexdigest()
     asked = [r for r in registry.requests("registry") if r.path.endswith(f"/blobs/{digest}")]
     assert len(asked) == 2  # the first redirect, then a fresh one after the 403
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key."""
+    cert, key = directory / "cdn.crt", directory / "cdn.key"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    command += ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+def test_parts_from_an_https_cdn(
+    tmp_path: Path, store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    with running_registry(tmp_path / "tls", auth=True, cdn_tls=(cert, key)) as reg:
+        reg.add_model("library", "tiny", "latest", GGUF)
+        # Untrusted: no part is fetched from a CDN whose certificate does not verify.
+        with pytest.raises(PullError):
+            puller(store, workers=2).pull(source(reg))
+        assert not store.manifests.exists()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        model = puller(store, workers=2).pull(source(reg))
+        assert model.model_path.read_bytes() == GGUF
+        parts = [
+            r for r in reg.requests("cdn") if r.path.startswith(f"/blobs/{model.model_digest}")
+        ]
+        assert len({r.headers["Range"] for r in parts}) == -(-len(GGUF) // CHUNK)
 
 
 def test_stalled_body_is_retried(registry: TestRegistry, store: ModelStore) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -230,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         base = self.state.cdn_alias_base or self.state.cdn_base
         if self.state.redirect_credentials:
-            base = base.replace("http://", "http://user:secret@", 1)
+            base = base.replace("://", "://user:secret@", 1)
         location = f"{base}/blobs/{digest}?sig={secrets.token_hex(4)}"
         self._reply(307, b"", {"Location": location, **extra})
 
@@ -343,8 +344,15 @@ class TestRegistry:
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     def __init__(
-        self, root: Path, *, auth: bool = False, redirect: bool = True, address: str = "127.0.0.1"
+        self,
+        root: Path,
+        *,
+        auth: bool = False,
+        redirect: bool = True,
+        address: str = "127.0.0.1",
+        cdn_tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``cdn_tls`` (certificate, key files) makes the CDN speak HTTPS, as real ones do."""
         root.mkdir(parents=True, exist_ok=True)
         self.state = RegistryState(root=root, auth=auth, redirect=redirect)
         # Loopback by default; a pod in its own network namespace needs an address it can reach.
@@ -352,15 +360,20 @@ class TestRegistry:
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
         self.registry_port = self._start("registry")
-        cdn_port = self._start("cdn")
-        self.state.cdn_base = f"http://{address}:{cdn_port}"
+        cdn_port = self._start("cdn", cdn_tls)
+        self.cdn_scheme = "https" if cdn_tls else "http"
+        self.state.cdn_base = f"{self.cdn_scheme}://{address}:{cdn_port}"
         self.cdn_port = cdn_port
 
-    def _start(self, name: str) -> int:
+    def _start(self, name: str, tls: tuple[Path, Path] | None = None) -> int:
         handler = type(
             f"{name.title()}Handler", (_Handler,), {"server_name_": name, "state": self.state}
         )
         server = _QuietServer((self.address, 0), handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(target=server.serve_forever, name=f"test-{name}", daemon=True)
         thread.start()
         self._servers.append(server)
@@ -390,7 +403,7 @@ class TestRegistry:
 
     def use_cdn_alias(self) -> None:
         """Redirect blobs to the CDN as ``localhost`` (another origin than 127.0.0.1)."""
-        self.state.cdn_alias_base = f"http://localhost:{self.cdn_port}"
+        self.state.cdn_alias_base = f"{self.cdn_scheme}://localhost:{self.cdn_port}"
 
     def requests(self, server: str | None = None) -> list[LoggedRequest]:
         with self.state.lock:
