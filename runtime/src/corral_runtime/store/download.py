@@ -61,6 +61,7 @@ READ_SIZE = 1024 * 1024
 BODY_READ_SIZE = 1024 * 1024
 SIDECAR_INTERVAL = 0.5
 POLL_INTERVAL = 0.05
+FIRST_REPLY_WAIT = 2.0
 # Landed bytes are handed to the disk in steps of this size while the rest is still arriving, so
 # the fsync before the rename waits for the last step only (not for the whole blob).
 WRITEBACK_STEP = 8 * 1024 * 1024
@@ -212,6 +213,7 @@ class _Run:
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     next_chunk: int = 0
+    replied: threading.Event = field(default_factory=threading.Event)  # a part got an answer
 
     def fail(self, exc: BaseException) -> None:
         with self.cond:
@@ -438,7 +440,13 @@ class BlobDownloader:
             )
             for i in range(min(workers or self.workers, len(run.ranges)))
         ]
-        for thread in threads:
+        if threads:
+            threads[0].start()
+        if len(threads) > 1 and req.url not in self._resolved and self._direct_context:
+            # The first part's answer says where the blob is (a redirect to a CDN URL): the other
+            # workers wait for it, then fetch from there over direct connections at once.
+            run.replied.wait(FIRST_REPLY_WAIT)
+        for thread in threads[1:]:
             thread.start()
         last_save = time.monotonic()
         mapping = mmap.mmap(run.fd, size, prot=mmap.PROT_READ) if size else None
@@ -513,6 +521,7 @@ class BlobDownloader:
         except BaseException as exc:
             run.fail(exc)
         finally:
+            run.replied.set()  # (a worker with nothing left to fetch must not hold the others)
             lane.close()
 
     def _fetch_chunk(self, req: BlobRequest, run: _Run, index: int, lane: _DirectLane) -> None:
@@ -598,7 +607,10 @@ class BlobDownloader:
         refresh: bool,
         lane: _DirectLane,
     ) -> None:
-        reply = self._open_range(req, offset, end, refresh, lane)
+        try:
+            reply = self._open_range(req, offset, end, refresh, lane)
+        finally:
+            run.replied.set()
         try:
             status = reply.status
             if status not in (200, 206):
