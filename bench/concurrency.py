@@ -16,8 +16,10 @@ at another binary. llama-cpp-python's server needs ``sse-starlette`` and ``starl
 which --server-deps DIR adds to its path (installed there with pip --target, so the project's
 environment stays as it is).
 
-Last lines: ``speedup_vs_llama_cpp_python_server_at_8=<x>`` (goal >= 3.0) and, when llama-server
-ran, ``ratio_vs_llama_server_at_8=<x>`` (goal >= 0.8).
+Medians of the repeats are printed too (``median_…_at_8``; on a loaded machine a best run can
+be one lucky quiet moment). Last lines: ``speedup_vs_llama_cpp_python_server_at_8=<x>`` (goal
+>= 3.0) and, when llama-server ran, ``ratio_vs_llama_server_at_8=<x>`` (goal >= 0.8), from the
+best runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -326,6 +329,7 @@ def main() -> int:
 
     model_path = args.model or test_model_path()
     best: dict[str, dict[int, Level]] = {}
+    rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         ModelStore(Path(tmp)).create_model("bench", model_path, params={})
         chosen = servers(args, model_path, Path(tmp))
@@ -360,6 +364,7 @@ def main() -> int:
                         )
                     )
                     print(f"run {repeat + 1}: {describe(server.name, level)}", flush=True)
+                    rates.setdefault((server.name, concurrency), []).append(level.rate)
                     kept = best.setdefault(server.name, {}).get(concurrency)
                     if kept is None or level.rate > kept.rate:
                         best[server.name][concurrency] = level
@@ -371,7 +376,22 @@ def main() -> int:
     for name, levels in best.items():
         for level in levels.values():
             print(f"best: {describe(name, level)}")
+    for (name, concurrency), runs in rates.items():
+        print(
+            f"median: {name} streams={concurrency} "
+            f"decode_tokens_per_second={statistics.median(runs):.1f}"
+        )
     if 8 in args.levels:
+        median_8 = {name: statistics.median(runs) for (name, c), runs in rates.items() if c == 8}
+        print(
+            "median_speedup_vs_llama_cpp_python_server_at_8="
+            f"{median_8['corral'] / median_8['llama-cpp-python-server']:.2f}"
+        )
+        if "llama-server" in median_8:
+            print(
+                "median_ratio_vs_llama_server_at_8="
+                f"{median_8['corral'] / median_8['llama-server']:.2f}"
+            )
         corral_8 = best["corral"][8].rate
         print(
             "speedup_vs_llama_cpp_python_server_at_8="
