@@ -5,12 +5,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from corral_runtime.store.direct import proxies_configured
 from corral_runtime.store.download import (
     SizeMismatchError,
     _check_content_range,
     chunk_ranges,
     contiguous_done,
-    proxies_configured,
 )
 from corral_runtime.store.pull import digest_from_headers, size_from_headers
 from corral_runtime.store.registry import parse_challenge, registry_base

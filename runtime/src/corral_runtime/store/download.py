@@ -11,7 +11,7 @@ one blob: the others wait and then find it in place.
 
 The first part follows the registry's redirect through the httpx client; once the blob's
 download URL is known, each worker fetches its parts from it over a kept-alive connection of its
-own that reads bodies into a reused buffer (``_DirectLane``).
+own that reads bodies into a reused buffer (``DirectLane``).
 
 Downloads whose digest is not known in advance (a plain ``https://`` file) use a partial file
 keyed by the URL and land under the digest computed while downloading.
@@ -20,15 +20,12 @@ keyed by the URL and land under the digest computed while downloading.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
-import http.client
 import json
 import mmap
 import os
-import queue
 import shutil
 import ssl
 import threading
@@ -37,12 +34,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpcore
 import httpx
 
 from corral_runtime.store.digests import blob_filename, parse_digest
+from corral_runtime.store.direct import (
+    BODY_READ_SIZE,
+    DirectLane,
+    DirectTransportError,
+    Reply,
+    proxies_configured,
+)
 from corral_runtime.store.layout import Layer, ModelStore
 from corral_runtime.store.transfer import (
     HttpStatusError,
@@ -52,13 +55,11 @@ from corral_runtime.store.transfer import (
     parse_retry_after,
     send,
 )
+from corral_runtime.store.writeback import WRITEBACK_AVAILABLE, Writeback
 
 DEFAULT_CHUNK = 16 * 1024 * 1024
 DEFAULT_WORKERS = 4
 READ_SIZE = 1024 * 1024
-# Socket reads for blob bodies: httpcore's default (64 KiB) makes the per-read work of its HTTP
-# parser (h11) cost more CPU than the copy itself at loopback / in-cluster speeds.
-BODY_READ_SIZE = 1024 * 1024
 SIDECAR_INTERVAL = 0.5
 POLL_INTERVAL = 0.05
 FIRST_REPLY_WAIT = 2.0
@@ -246,7 +247,7 @@ class BlobDownloader:
         self.fsync = fsync
         # A signed CDN URL found by following the first redirect, reused for the other parts.
         self._resolved: dict[str, str] = {}
-        # Direct connections (see _DirectLane) only where the httpx client would not use a proxy.
+        # Direct connections (see DirectLane) only where the httpx client would not use a proxy.
         self._direct_context: Callable[[], ssl.SSLContext] | None = (
             None if proxies_configured() else self._ssl_context
         )
@@ -451,7 +452,7 @@ class BlobDownloader:
         last_save = time.monotonic()
         mapping = mmap.mmap(run.fd, size, prot=mmap.PROT_READ) if size else None
         view = memoryview(mapping) if mapping is not None else memoryview(b"")
-        writeback = _Writeback(run.fd) if self.fsync and _SYNC_FILE_RANGE is not None else None
+        writeback = Writeback(run.fd) if self.fsync and WRITEBACK_AVAILABLE else None
         try:
             while True:
                 with run.cond:
@@ -505,7 +506,7 @@ class BlobDownloader:
         return "sha256:" + hasher.hexdigest()
 
     def _worker(self, req: BlobRequest, run: _Run) -> None:
-        lane = _DirectLane(self._direct_context, self.policy.stall_timeout, self._user_agent)
+        lane = DirectLane(self._direct_context, self.policy.stall_timeout, self._user_agent)
         try:
             while not run.stop.is_set():
                 with run.cond:
@@ -524,7 +525,7 @@ class BlobDownloader:
             run.replied.set()  # (a worker with nothing left to fetch must not hold the others)
             lane.close()
 
-    def _fetch_chunk(self, req: BlobRequest, run: _Run, index: int, lane: _DirectLane) -> None:
+    def _fetch_chunk(self, req: BlobRequest, run: _Run, index: int, lane: DirectLane) -> None:
         start, end = run.ranges[index]
         attempt = 0
         refreshed = False
@@ -548,7 +549,7 @@ class BlobDownloader:
                 else:
                     raise
                 retry_after = exc.retry_after
-            except (httpx.TransportError, _DirectTransportError, _ShortBodyError):
+            except (httpx.TransportError, DirectTransportError, _ShortBodyError):
                 attempt += 1
                 retry_after = None
             if attempt >= self.policy.attempts:
@@ -578,8 +579,8 @@ class BlobDownloader:
         return response
 
     def _open_range(
-        self, req: BlobRequest, start: int, end: int, refresh: bool, lane: _DirectLane
-    ) -> _Reply:
+        self, req: BlobRequest, start: int, end: int, refresh: bool, lane: DirectLane
+    ) -> Reply:
         """A Range GET: over the worker's direct connection once the blob's (credential-free)
         download URL is known and the lane can serve it, else through the httpx client."""
         resolved = self._resolved.get(req.url)
@@ -589,7 +590,7 @@ class BlobDownloader:
                 return reply
         response = self._open(req, start, end, refresh)
         _widen_reads(response, BODY_READ_SIZE)
-        return _Reply(
+        return Reply(
             response.status_code,
             str(response.url),
             response.headers.get,
@@ -605,7 +606,7 @@ class BlobDownloader:
         offset: int,
         end: int,
         refresh: bool,
-        lane: _DirectLane,
+        lane: DirectLane,
     ) -> None:
         try:
             reply = self._open_range(req, offset, end, refresh, lane)
@@ -650,146 +651,6 @@ class BlobDownloader:
             reply.close()
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    """A Range GET's answer, from either client: status, final URL, headers, body blocks."""
-
-    status: int
-    url: str
-    header: Callable[[str], str | None]
-    # Each block is valid until the next one is taken (the direct lane reuses one buffer).
-    blocks: Iterator[bytes | memoryview]
-    close: Callable[[], None]
-
-
-class _DirectTransportError(Exception):
-    """A network failure on a direct connection (retried like httpx's transport errors)."""
-
-
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def proxies_configured(environ: dict[str, str] | None = None) -> bool:
-    """Whether the environment names a proxy (which only the httpx client knows how to use)."""
-    env = os.environ if environ is None else environ
-    return any(env.get(name) or env.get(name.upper()) for name in _PROXY_VARIABLES)
-
-
-class _DirectLane:
-    """One worker's keep-alive connection for Range GETs of a blob's resolved download URL.
-
-    The URL is the one a registry redirected to (a CDN's signed URL), which gets no credentials;
-    its bodies are read straight into one reused buffer (http.client's readinto), which costs
-    about half the CPU of httpx's parser copying each block several times: at loopback or
-    in-cluster speeds that CPU is what a pull waits for. Anything unusual (a proxy in the
-    environment, another scheme, a redirect) goes back to the httpx client, which handles it all.
-    """
-
-    def __init__(
-        self,
-        context: Callable[[], ssl.SSLContext] | None,
-        timeout: float,
-        user_agent: str | None,
-    ) -> None:
-        self._context = context
-        self._timeout = timeout
-        self._user_agent = user_agent
-        self._origin: tuple[str, str, int] | None = None
-        self._conn: http.client.HTTPConnection | None = None
-        self._used = False
-        self._buffer = memoryview(bytearray(BODY_READ_SIZE))
-
-    def open(self, url: str, start: int, end: int) -> _Reply | None:
-        if self._context is None:
-            return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or parts.username or parts.password:
-            return None
-        # An explicit port: http.client would read an IPv6 literal's last group as one.
-        origin = (parts.scheme, parts.hostname or "", parts.port or _DEFAULT_PORTS[parts.scheme])
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        headers = {"Range": f"bytes={start}-{end - 1}"}  # http.client adds identity encoding
-        if self._user_agent:
-            headers["User-Agent"] = self._user_agent
-        # A kept-alive connection the server closed meanwhile fails at once: one fresh try.
-        for fresh in (False, True):
-            conn = self._connection(origin, fresh)
-            try:
-                conn.request("GET", target, headers=headers)
-                response = conn.getresponse()
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                reused = self._used
-                self._drop()
-                if fresh or not reused:
-                    raise _DirectTransportError(f"{url}: {exc}") from exc
-        self._used = True
-        if 300 <= response.status < 400:
-            response.close()
-            self._drop()
-            return None
-
-        buffer = self._buffer
-        complete = False
-
-        def blocks() -> Iterator[memoryview]:
-            # Each block is what one recv brought (a stalled server leaves nothing unwritten):
-            # readinto1 on the response's buffered socket file, whose buffer holds at most the
-            # start of the body, counting the body's length here.
-            nonlocal complete
-            fp, remaining = response.fp, response.length
-            if fp is None or remaining is None or response.chunked:
-                remaining = None  # let http.client delimit the body
-            while True:
-                try:
-                    if remaining is None:
-                        n = response.readinto(buffer)
-                    else:
-                        n = fp.readinto1(buffer[: min(len(buffer), remaining)]) if remaining else 0
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _DirectTransportError(f"{url}: {exc}") from exc
-                if not n:
-                    complete = remaining == 0
-                    return
-                if remaining is not None:
-                    remaining -= n
-                yield buffer[:n]
-
-        def close() -> None:
-            response.close()
-            if not complete:  # the connection is not at a message boundary: no more requests
-                self._drop()
-
-        return _Reply(response.status, url, response.getheader, blocks(), close)
-
-    def _connection(self, origin: tuple[str, str, int], fresh: bool) -> http.client.HTTPConnection:
-        if self._conn is not None and (fresh or origin != self._origin):
-            self._drop()
-        if self._conn is None:
-            scheme, host, port = origin
-            if scheme == "https":
-                assert self._context is not None
-                self._conn = http.client.HTTPSConnection(
-                    host, port, timeout=self._timeout, context=self._context()
-                )
-            else:
-                self._conn = http.client.HTTPConnection(host, port, timeout=self._timeout)
-            self._origin = origin
-            self._used = False
-        return self._conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def close(self) -> None:
-        self._drop()
-
-
 class _ShortBodyError(Exception):
     """The connection ended before the requested range was complete."""
 
@@ -823,56 +684,6 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux's sync_file_range(2) from the C library (Python's os module lacks it), or None."""
-    try:
-        func = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_SYNC_FILE_RANGE = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range of ``fd`` to disk, without waiting for it.
-
-    Only a head start for the final fsync, which still makes the blob durable: where the call is
-    missing or fails, nothing is lost but the head start.
-    """
-    if _SYNC_FILE_RANGE is not None and length > 0:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-class _Writeback:
-    """Starts the disk writes of landed ranges on a thread of its own.
-
-    sync_file_range blocks while the device's queue is full; the hashing loop must not wait.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="corral-writeback")
-        self._thread.start()
-
-    def submit(self, offset: int, length: int) -> None:
-        self._queue.put((offset, length))
-
-    def close(self) -> None:
-        """Wait for the submitted ranges to be started (the fd must stay open until then)."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
-            start_writeback(self._fd, *item)
 
 
 def _check_content_range(value: str, start: int, end: int, size: int) -> None:
