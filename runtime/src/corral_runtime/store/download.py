@@ -589,6 +589,7 @@ class BlobDownloader:
             if reply is not None:
                 return reply
         response = self._open(req, start, end, refresh)
+        # httpcore reads 64 KiB at a time; per read, its parser's work costs more than the copy.
         _widen_reads(response, BODY_READ_SIZE)
         return Reply(
             response.status_code,
