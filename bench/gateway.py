@@ -268,6 +268,7 @@ def scale_from_zero() -> dict[str, list[float]]:
     from tests.support.stack import Stack, wait_for
 
     overheads: dict[str, list[float]] = {"probing": [], "waiting": []}
+    wakes: dict[str, list[float]] = {"probing": [], "waiting": []}
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as state:
         stack = Stack(Path(state))
         milestones: Milestones | None = None
@@ -321,6 +322,7 @@ def scale_from_zero() -> dict[str, list[float]]:
                         started = time.perf_counter()
                         cold = first_token(client, url, model, started)
                         overheads[kind].append(cold.to_first - cold.load)
+                        wakes[kind].append(cold.to_first - cold.load - cold.prompt_eval)
                         print(
                             f"cold run {run + 1} ({kind} gateway): first token "
                             f"{cold.to_first * 1000:.0f}ms, runtime load {cold.load * 1000:.0f}ms, "
@@ -335,6 +337,12 @@ def scale_from_zero() -> dict[str, list[float]]:
             if milestones is not None:
                 milestones.stop()
             stack.down()
+    # The first prompt evaluation of a fresh runtime swings with the machine's load (llama.cpp
+    # threads compete for the cores); without it, what remains is the wake-up path itself.
+    print(
+        "cold first token minus load and prompt eval, median ms: "
+        + ", ".join(f"{k} {statistics.median(v) * 1000:.0f}" for k, v in wakes.items())
+    )
     return overheads
 
 
