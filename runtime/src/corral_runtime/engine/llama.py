@@ -5,9 +5,12 @@ stream per slot (``kv_unified`` off), so every sequence has the full per-request
 Ollama gives each of its parallel slots ``num_ctx`` tokens.
 
 Batch invariance: CPU weight repacking (llama.cpp's "extra buffer types") is turned off. With
-it, a row's matrix products take a different kernel depending on how many rows share the batch,
-so greedy output would depend on how many other requests were running; without it, a sequence's
-logits are the same alone or in a batch (see the runtime tests).
+it, a row's matrix products take a different kernel depending on how many rows share the batch
+(four-row tiles and a one-row tail), so greedy output would depend on how many other requests
+were running: on the test model a sequence decoding beside three others already gets other
+logits than alone. Without it, batches of up to four sequences give each exactly its lone
+logits (see the runtime tests); llama.cpp still tiles larger batches by their size, so beside
+seven others a sequence can round differently and greedy output can drift from a lone run.
 """
 
 from __future__ import annotations
