@@ -9,8 +9,9 @@ it, a row's matrix products take a different kernel depending on how many rows s
 (four-row tiles and a one-row tail), so greedy output would depend on how many other requests
 were running: on the test model a sequence decoding beside three others already gets other
 logits than alone. Without it, batches of up to four sequences give each exactly its lone
-logits (see the runtime tests); llama.cpp still tiles larger batches by their size, so beside
-seven others a sequence can round differently and greedy output can drift from a lone run.
+logits (see the runtime tests), but beside seven others a sequence can still get slightly
+other logits (some kernel of llama.cpp's still depends on the batch size), so greedy output at
+that concurrency can drift from a lone run.
 """
 
 from __future__ import annotations
