@@ -1,5 +1,6 @@
 """The continuous-batching engine on the real model, driven directly: output is the same alone
-or in a batch (greedy and seeded, prompts started together), a cached prompt prefix is reused
+or in a batch of up to eight (greedy and seeded, prompts started together), every row's logits
+are bit for bit its lone ones beside up to fifteen others, a cached prompt prefix is reused
 without changing the answer, cancelling one sequence leaves the others untouched, the wait
 queue is bounded in size and in time, and a generation past its deadline ends with an error
 and frees its slot."""
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row
@@ -37,6 +39,14 @@ PROMPTS = [
     "def fibonacci(n):",
     "Once upon a time in a land far away,",
 ]
+# Eight sequences at once: llama.cpp's CPU backend has kernels that take over at eight rows.
+EIGHT_PROMPTS = [
+    *PROMPTS,
+    "List three uses of copper:",
+    "Translate 'good morning' into Spanish:",
+    "SELECT name FROM users WHERE",
+    "The three primary colours are",
+]
 GREEDY = SamplingParams(temperature=0, num_predict=16)
 SYSTEM = (
     "You are a helpful assistant for a small bakery. You answer questions about bread, cakes, "
@@ -51,6 +61,17 @@ SYSTEM = (
 async def worker(test_model_path: Path) -> AsyncIterator[ModelWorker]:
     config = LoadConfig(model_path=test_model_path, n_ctx=512, n_threads=2, parallel=4)
     model = ModelWorker("gemma3:270m", config, max_pending=6)
+    await model.start()
+    try:
+        yield model
+    finally:
+        await model.close()
+
+
+@pytest.fixture
+async def eight_slots(test_model_path: Path) -> AsyncIterator[ModelWorker]:
+    config = LoadConfig(model_path=test_model_path, n_ctx=512, n_threads=2, parallel=8)
+    model = ModelWorker("gemma3:270m", config, max_pending=8)
     await model.start()
     try:
         yield model
@@ -82,23 +103,61 @@ async def staggered(
     return await asyncio.gather(*tasks)
 
 
-async def test_greedy_output_is_the_same_alone_and_in_a_batch(worker: ModelWorker) -> None:
-    alone = [await run(worker, p, GREEDY) for p in PROMPTS]
-    together = await staggered(worker, PROMPTS, GREEDY)
+async def test_greedy_output_is_the_same_alone_and_in_a_batch(eight_slots: ModelWorker) -> None:
+    alone = [await run(eight_slots, p, GREEDY) for p in EIGHT_PROMPTS]
+    together = await staggered(eight_slots, EIGHT_PROMPTS, GREEDY)
     assert [text for text, _ in together] == [text for text, _ in alone]
     for text, stats in together:
         assert text and stats.done_reason == "length" and stats.eval_count == 16
 
 
-async def test_the_same_seed_samples_the_same_alone_and_in_a_batch(worker: ModelWorker) -> None:
+async def test_the_same_seed_samples_the_same_alone_and_in_a_batch(
+    eight_slots: ModelWorker,
+) -> None:
     params = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=42, num_predict=16)
-    alone = [await run(worker, p, params) for p in PROMPTS[:3]]
-    together = await staggered(worker, PROMPTS[:3], params)
+    alone = [await run(eight_slots, p, params) for p in EIGHT_PROMPTS]
+    together = await staggered(eight_slots, EIGHT_PROMPTS, params)
     assert [t for t, _ in together] == [t for t, _ in alone]
     # And the seed matters: another one takes another path for at least one prompt.
     other = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=43, num_predict=16)
-    reseeded = await staggered(worker, PROMPTS[:3], other)
+    reseeded = await staggered(eight_slots, EIGHT_PROMPTS, other)
     assert [t for t, _ in reseeded] != [t for t, _ in alone]
+
+
+def test_a_rows_logits_are_its_lone_ones_beside_up_to_fifteen_others(
+    test_model_path: Path,
+) -> None:
+    # Sixteen sequences of different prompts and lengths; each one's next token is decoded
+    # alone, then the first n of them in one batch for n = 2..16, and every row's logits must
+    # be bit for bit its lone ones (a kernel that changes with the row count shows up here at
+    # the count where it takes over).
+    slots = 16
+    context = LlamaBatchContext(
+        ContextConfig(test_model_path, n_ctx=128, parallel=slots, n_batch=64, n_threads=2)
+    )
+    try:
+        prompts = [context.tokenize(EIGHT_PROMPTS[s % 8] + " so" * (s // 8)) for s in range(slots)]
+        for seq, tokens in enumerate(prompts):
+            context.decode([Row(t, i, seq, False) for i, t in enumerate(tokens[:-1])])
+
+        def step(seqs: list[int]) -> list[np.ndarray]:
+            context.decode([Row(prompts[s][-1], len(prompts[s]) - 1, s, True) for s in seqs])
+            out = [context.logits(i).copy() for i in range(len(seqs))]
+            for s in seqs:
+                assert context.keep_prefix(s, len(prompts[s]) - 1)
+            return out
+
+        alone = [step([s])[0] for s in range(slots)]
+        differing = {}
+        for n in range(2, slots + 1):
+            rows = step(list(range(n)))
+            changed = [s for s in range(n) if not np.array_equal(rows[s], alone[s])]
+            if changed:
+                differing[n] = changed
+        assert differing == {}
+        assert len({a.tobytes() for a in alone}) == slots  # the rows are really different
+    finally:
+        context.close()
 
 
 async def test_prompts_started_together_answer_as_they_would_alone(worker: ModelWorker) -> None:

@@ -4,20 +4,34 @@
 stream per slot (``kv_unified`` off), so every sequence has the full per-request context, as
 Ollama gives each of its parallel slots ``num_ctx`` tokens.
 
-Batch invariance: CPU weight repacking (llama.cpp's "extra buffer types") is turned off. With
-it, a row's matrix products take a different kernel depending on how many rows share the batch
-(four-row tiles and a one-row tail), so greedy output would depend on how many other requests
-were running: on the test model a sequence decoding beside three others already gets other
-logits than alone. Without it, batches of up to four sequences give each exactly its lone
-logits (see the runtime tests), but beside seven others a sequence can still get slightly
-other logits (some kernel of llama.cpp's still depends on the batch size), so greedy output at
-that concurrency can drift from a lone run.
+Batch invariance: every decode row takes the same CPU kernels whether it runs alone or beside
+up to ``parallel - 1`` others, so a sequence gets exactly its lone logits at any concurrency
+(greedy and seeded output is the same alone or in a batch; see the runtime tests, which run
+eight sequences together). Two of llama.cpp's CPU paths pick their kernel by the number of
+rows in a batch and are turned off:
+
+* weight repacking (its "extra buffer types", ``ContextConfig.repack``): a row's matrix
+  products take four-row tiles or a one-row tail depending on how many rows share the batch,
+  so on the test model a sequence decoding beside three others already got other logits;
+* the tiled K-quant matrix product (``ggml-cpu/tiled``, ``GGML_CPU_TILED_MM``), which takes
+  over from the per-row dot products once a product has eight or more rows
+  (``ggml_tiled_min_batch``) and rounds some rows differently: on the test model (its K-quant
+  layers) half of eight sequences decoding together got logits up to 0.85 away from their
+  lone ones, and their greedy text drifted. llama.cpp reads the switch from the environment
+  once, at its first matrix product, so it is set when this module is imported (an explicit
+  ``GGML_CPU_TILED_MM=1`` in the environment keeps the tiled path, and gives up invariance at
+  eight or more rows).
+
+With both off, the kernels that remain (ggml's per-row dot products, and llamafile's tinyBLAS
+for the Q8_0/Q5_0 matrices from two rows on) gave every one of 1 to 16 sequences decoding
+together bit for bit its lone logits on the test model, with and without flash attention.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +42,9 @@ from corral_runtime.engine.types import EngineError, InvalidRequestError
 
 # llama-cpp-python routes llama.cpp's log through this logger; errors only.
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+# Batch invariance (see the module docstring): per-row dot products at every batch size.
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +190,15 @@ class LlamaBatchContext:
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status}")
 
+    def logits(self, index: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The logits of batch row ``index``, as a view valid until the next decode."""
+        logits = self._llama.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+
     def argmax(self, index: int) -> int:
         """The most likely token at batch row ``index`` (the first of equal maxima, as
         llama.cpp's greedy sampler picks it)."""
-        logits = self._llama.llama_get_logits_ith(self.ctx, index)
-        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self.n_vocab,))))
+        return int(np.argmax(self.logits(index)))
 
     def sample(self, sampler: Any, index: int) -> int:
         """Sample (and accept) a token from the logits of batch row ``index``."""
