@@ -16,6 +16,11 @@ at another binary. llama-cpp-python's server needs ``sse-starlette`` and ``starl
 which --server-deps DIR adds to its path (installed there with pip --target, so the project's
 environment stays as it is).
 
+corral keeps batch invariance (each stream's output the same as alone), so it runs without
+llama.cpp's CPU kernels that change with the number of rows in a batch (weight repacking and the
+tiled K-quant matrix product); the other servers keep their defaults. ``GGML_CPU_TILED_MM=1`` in
+the environment gives corral the tiled path back, to measure what invariance costs.
+
 Medians of the repeats are printed too (``median_…_at_8``; on a loaded machine a best run can
 be one lucky quiet moment). Last lines: ``speedup_vs_llama_cpp_python_server_at_8=<x>`` (goal
 >= 3.0) and, when llama-server ran, ``ratio_vs_llama_server_at_8=<x>`` (goal >= 0.8), from the
