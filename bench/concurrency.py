@@ -359,15 +359,27 @@ def main() -> int:
         for concurrency in args.levels:
             for repeat in range(args.repeats):
                 for server in chosen:
-                    level = asyncio.run(
-                        measure(
-                            bases[server.name],
-                            server.model,
-                            concurrency,
-                            args.rounds,
-                            args.max_tokens,
+                    try:
+                        level = asyncio.run(
+                            measure(
+                                bases[server.name],
+                                server.model,
+                                concurrency,
+                                args.rounds,
+                                args.max_tokens,
+                            )
                         )
-                    )
+                    except httpx.HTTPError as error:
+                        # A server that drops a request fails that measurement, not the whole
+                        # comparison: it is reported with its log's tail and counts no rate.
+                        log_tail = (Path(tmp) / f"{server.name}.log").read_text(errors="replace")
+                        print(
+                            f"run {repeat + 1}: {server.name} streams={concurrency} FAILED: "
+                            f"{type(error).__name__}: {error}; its log ends:\n"
+                            + "\n".join(log_tail.splitlines()[-5:]),
+                            flush=True,
+                        )
+                        continue
                     print(f"run {repeat + 1}: {describe(server.name, level)}", flush=True)
                     rates.setdefault((server.name, concurrency), []).append(level.rate)
                     kept = best.setdefault(server.name, {}).get(concurrency)
