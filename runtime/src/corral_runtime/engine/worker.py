@@ -514,7 +514,8 @@ class ModelWorker:
         else:
             sequence.next_token = token
 
-    def _finish(self, slot: _Slot, reason: DoneReason) -> None:
+    def _vacate(self, slot: _Slot) -> _Sequence:
+        """Take a slot's sequence out of it (the slot is free again) and free its sampler."""
         sequence = slot.sequence
         assert sequence is not None
         slot.sequence = None
@@ -522,6 +523,10 @@ class ModelWorker:
         self._busy -= 1
         if sequence.sampler is not None:
             free_chain(sequence.sampler)
+        return sequence
+
+    def _finish(self, slot: _Slot, reason: DoneReason) -> None:
+        sequence = self._vacate(slot)
         if reason != "cancelled" and not sequence.stops.stopped:
             tail = sequence.stops.feed(sequence.decoder.decode(b"", final=True))
             tail += sequence.stops.flush()
@@ -549,13 +554,7 @@ class ModelWorker:
 
     def _fail(self, slot: _Slot, error: EngineError) -> None:
         """End a slot's sequence with an error instead of its final stats."""
-        sequence = slot.sequence
-        assert sequence is not None
-        slot.sequence = None
-        slot.last_used = time.perf_counter()
-        self._busy -= 1
-        if sequence.sampler is not None:
-            free_chain(sequence.sampler)
+        sequence = self._vacate(slot)
         self._release()
         sequence.stream._put(error)
 
