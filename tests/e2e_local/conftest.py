@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import ControlPlane, _alive, free_port
-from tests.support.nodeagent.network import list_netns
+from tests.e2e_local.support import brought_down_cleanly
+from tests.support.controlplane import ControlPlane, free_port
 from tests.support.stack import Stack
 
 # The session gateway: a generous hold deadline (a cold pod loads the model on 2 busy cores),
@@ -33,16 +33,8 @@ def stack(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     state = tmp_path_factory.mktemp("stack")
     running = Stack(state, plane=control_plane)
     running.up(gateway_port=free_port(), gateway_env=GATEWAY_ENV)
-    pids = [int(p) for p in running._read("pids.json").values()]
-    agent = str(running.info["agent"])
-    try:
+    with brought_down_cleanly(running, lambda: _keep_logs(state)):
         yield running
-    finally:
-        _keep_logs(state)
-        running.down()
-    left = [n for n in list_netns() if n.startswith(f"corral-{agent}-")]
-    alive = [p for p in pids if _alive(p)]
-    assert not left and not alive, f"the stack left namespaces {left} and processes {alive}"
 
 
 def _keep_logs(state: Path) -> None:

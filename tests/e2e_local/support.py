@@ -6,16 +6,35 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
 
+from tests.support.controlplane import _alive
 from tests.support.nodeagent.network import list_netns
 from tests.support.stack import SAMPLE, Stack, wait_for
 
 # Small context, few tokens: the runtime pods share two cores with everything else.
 OPTIONS = {"temperature": 0, "seed": 1, "num_predict": 8, "num_ctx": 1024}
 MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+@contextmanager
+def brought_down_cleanly(running: Stack, before_down: Callable[[], None]) -> Iterator[Stack]:
+    """Yield a started stack; afterwards run ``before_down``, take the stack down, and check that
+    no process it started and no network namespace of its node agent remains."""
+    pids = [int(p) for p in running._read("pids.json").values()]
+    agent = str(running.info["agent"])
+    try:
+        yield running
+    finally:
+        before_down()
+        running.down()
+    left = [n for n in list_netns() if n.startswith(f"corral-{agent}-")]
+    alive = [p for p in pids if _alive(p)]
+    assert not left and not alive, f"the stack left namespaces {left} and processes {alive}"
 
 
 def sample(kind: str) -> dict[str, Any]:

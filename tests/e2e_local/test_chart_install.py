@@ -22,8 +22,7 @@ import pytest
 from corral_operator import api
 from corral_operator.cli.naming import resource_name
 from corral_operator.planners.sources import parse_source, served_name
-from tests.support.controlplane import _alive
-from tests.support.nodeagent.network import list_netns
+from tests.e2e_local.support import brought_down_cleanly
 from tests.support.stack import ROOT, SEED_CLAIM, Stack, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -42,16 +41,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("chart-stack")
     stack = Stack(state)
     stack.up(node_only=True)
-    pids = [int(p) for p in stack._read("pids.json").values()]
-    agent = str(stack.info["agent"])
-    try:
+    with brought_down_cleanly(stack, lambda: _print_logs(stack)):
         yield stack
-    finally:
-        _print_logs(stack)
-        stack.down()
-    left = [n for n in list_netns() if n.startswith(f"corral-{agent}-")]
-    alive = [p for p in pids if _alive(p)]
-    assert not left and not alive, f"the stack left namespaces {left} and processes {alive}"
 
 
 def _print_logs(stack: Stack) -> None:
