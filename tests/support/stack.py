@@ -31,10 +31,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -43,8 +43,8 @@ from corral_runtime.testmodel import test_model_path
 from tests.cluster.operator.support import Operator
 from tests.support.controlplane import ControlPlane, _alive, _signal_group
 from tests.support.nodeagent.network import kill_netns, list_netns
+from tests.support.poll import wait_for
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 SAMPLE = ROOT / "manifests" / "samples" / "local-gemma3-270m.yaml"
@@ -58,18 +58,6 @@ RUNTIME_IMAGE = OperatorSettings().runtime_image
 # server to delete its Nodes and pods.
 STOP_ORDER = ("gateway", "operator", "nodeagent")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float) -> T:
-    """Poll ``check`` until it returns something truthy; fail saying what was awaited."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def http_ok(url: str) -> bool:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
+from tests.support import poll
 from tests.support.controlplane import free_port
 
 T = TypeVar("T")
@@ -35,14 +35,7 @@ GEMMA_RESULT = {
 
 def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "") -> T:
     """Poll ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+    return poll.wait_for(what or repr(check), check, timeout)
 
 
 def now() -> str:
