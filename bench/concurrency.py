@@ -16,10 +16,12 @@ at another binary. llama-cpp-python's server needs ``sse-starlette`` and ``starl
 which --server-deps DIR adds to its path (installed there with pip --target, so the project's
 environment stays as it is).
 
-corral keeps batch invariance (each stream's output the same as alone), so it runs without
-llama.cpp's CPU kernels that change with the number of rows in a batch (weight repacking and the
-tiled K-quant matrix product); the other servers keep their defaults. ``GGML_CPU_TILED_MM=1`` in
-the environment gives corral the tiled path back, to measure what invariance costs.
+corral keeps batch invariance by default (each stream's output the same as alone), so it runs
+without llama.cpp's CPU kernels that change with the number of rows in a batch (weight
+repacking and the tiled K-quant matrix product); the other servers keep their defaults. corral
+is measured a second time as ``corral-no-invariance`` (``corral serve --no-batch-invariant``:
+those kernels back) to show what invariance costs; --no-invariance-run leaves that out. The
+goal lines are from corral's default.
 
 Medians of the repeats are printed too (``median_…_at_8``; on a loaded machine a best run can
 be one lucky quiet moment). Last lines: ``speedup_vs_llama_cpp_python_server_at_8=<x>`` (goal
@@ -223,6 +225,7 @@ def warm_up(base: str, model: str) -> None:
 
 def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Server]:
     threads = str(args.threads)
+    gpu_layers = str(args.gpu_layers)
     parallel = str(max(LEVELS))
     corral = Server(
         "corral",
@@ -244,7 +247,7 @@ def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Ser
             "--max-queue",
             "64",
             "--gpu-layers",
-            "0",
+            gpu_layers,
             "--log-level",
             "warning",
         ],
@@ -271,7 +274,7 @@ def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Ser
             "--n_threads_batch",
             threads,
             "--n_gpu_layers",
-            "0",
+            gpu_layers,
             # By default a new request interrupts the one being served; queue them instead.
             "--interrupt_requests",
             "False",
@@ -280,6 +283,16 @@ def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Ser
         {"PYTHONPATH": os.pathsep.join(p for p in (deps, os.environ.get("PYTHONPATH")) if p)},
     )
     chosen = [corral, python_server]
+    if not args.skip_no_invariance:
+        chosen.insert(
+            1,
+            Server(
+                "corral-no-invariance",
+                [*corral.command, "--no-batch-invariant"],
+                corral.model,
+                {},
+            ),
+        )
     if args.llama_server.is_file():
         chosen.append(
             Server(
@@ -302,7 +315,7 @@ def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Ser
                     "-np",
                     parallel,
                     "-ngl",
-                    "0",
+                    gpu_layers,
                 ],
                 "bench",
                 {},
@@ -315,6 +328,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the bundled test model)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=0,
+        help="layers every server offloads to the GPU (0: CPU only; -1: all)",
+    )
     parser.add_argument("--ctx", type=int, default=1024, help="context per stream")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2, help="completions per client")
@@ -326,6 +345,12 @@ def main() -> int:
         type=lambda text: [int(x) for x in text.split(",")],
         default=list(LEVELS),
         help="concurrent streams to measure, comma-separated (the ratios need 8)",
+    )
+    parser.add_argument(
+        "--no-invariance-run",
+        dest="skip_no_invariance",
+        action="store_true",
+        help="do not measure corral a second time without batch invariance",
     )
     args = parser.parse_args()
 
@@ -386,7 +411,8 @@ def main() -> int:
                     if kept is None or level.rate > kept.rate:
                         best[server.name][concurrency] = level
     print(
-        f"model={model_path.name} threads={args.threads} ctx_per_stream={args.ctx} "
+        f"model={model_path.name} threads={args.threads} gpu_layers={args.gpu_layers} "
+        f"ctx_per_stream={args.ctx} "
         f"max_tokens={args.max_tokens} rounds={args.rounds} repeats={args.repeats} "
         f"slots={max(LEVELS)}"
     )
@@ -410,6 +436,17 @@ def main() -> int:
                 f"{median_8['corral'] / median_8['llama-server']:.2f}"
             )
         corral_8 = best["corral"][8].rate
+        if "corral-no-invariance" in best:
+            fast_8 = best["corral-no-invariance"][8].rate
+            print(
+                "no_invariance_speedup_vs_llama_cpp_python_server_at_8="
+                f"{fast_8 / best['llama-cpp-python-server'][8].rate:.2f}"
+            )
+            if "llama-server" in best:
+                print(
+                    "no_invariance_ratio_vs_llama_server_at_8="
+                    f"{fast_8 / best['llama-server'][8].rate:.2f}"
+                )
         print(
             "speedup_vs_llama_cpp_python_server_at_8="
             f"{corral_8 / best['llama-cpp-python-server'][8].rate:.2f}"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -124,16 +127,22 @@ async def test_the_same_seed_samples_the_same_alone_and_in_a_batch(
     assert [t for t, _ in reseeded] != [t for t, _ in alone]
 
 
-def test_a_rows_logits_are_its_lone_ones_beside_up_to_fifteen_others(
-    test_model_path: Path,
-) -> None:
-    # Sixteen sequences of different prompts and lengths; each one's next token is decoded
-    # alone, then the first n of them in one batch for n = 2..16, and every row's logits must
-    # be bit for bit its lone ones (a kernel that changes with the row count shows up here at
-    # the count where it takes over).
-    slots = 16
+def rows_unlike_their_lone_logits(
+    model_path: Path, slots: int, batch_invariant: bool = True
+) -> dict[int, list[int]]:
+    """``slots`` sequences of different prompts and lengths; each one's next token is decoded
+    alone, then the first n of them in one batch for n = 2..slots: for each n where some rows'
+    logits are not bit for bit their lone ones, which rows (a kernel that changes with the row
+    count shows up at the count where it takes over)."""
     context = LlamaBatchContext(
-        ContextConfig(test_model_path, n_ctx=128, parallel=slots, n_batch=64, n_threads=2)
+        ContextConfig(
+            model_path,
+            n_ctx=128,
+            parallel=slots,
+            n_batch=64,
+            n_threads=2,
+            batch_invariant=batch_invariant,
+        )
     )
     try:
         prompts = [context.tokenize(EIGHT_PROMPTS[s % 8] + " so" * (s // 8)) for s in range(slots)]
@@ -148,16 +157,53 @@ def test_a_rows_logits_are_its_lone_ones_beside_up_to_fifteen_others(
             return out
 
         alone = [step([s])[0] for s in range(slots)]
+        assert len({a.tobytes() for a in alone}) == slots  # the rows are really different
         differing = {}
         for n in range(2, slots + 1):
             rows = step(list(range(n)))
             changed = [s for s in range(n) if not np.array_equal(rows[s], alone[s])]
             if changed:
                 differing[n] = changed
-        assert differing == {}
-        assert len({a.tobytes() for a in alone}) == slots  # the rows are really different
+        return differing
     finally:
         context.close()
+
+
+def test_a_rows_logits_are_its_lone_ones_beside_up_to_fifteen_others(
+    test_model_path: Path,
+) -> None:
+    assert rows_unlike_their_lone_logits(test_model_path, 16) == {}
+
+
+@pytest.mark.skipif(
+    "avx2" not in Path("/proc/cpuinfo").read_text(errors="replace"),
+    reason="llama.cpp repacks weights for AVX2 CPUs (and others this test does not know)",
+)
+def test_without_batch_invariance_llama_cpps_faster_kernels_are_back(
+    test_model_path: Path,
+) -> None:
+    # The kernels are chosen once per process, so a process of its own loads the model with
+    # batch_invariant=False: rows then get other logits beside others (the price of the speed).
+    script = (
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "from tests.runtime.test_concurrency_engine import rows_unlike_their_lone_logits\n"
+        "differing = rows_unlike_their_lone_logits(Path(sys.argv[1]), 8, batch_invariant=False)\n"
+        "print(json.dumps([os.environ['GGML_CPU_TILED_MM'], sorted(differing)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(test_model_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=300,
+        check=True,
+    )
+    tiled, counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert tiled == "1"
+    assert counts, "no row's logits changed beside others: the faster kernels did not run"
 
 
 async def test_prompts_started_together_answer_as_they_would_alone(worker: ModelWorker) -> None:

@@ -62,13 +62,14 @@ def plan_gpu_layers(
     """Decide the offload for one model.
 
     Layers are counted as llama.cpp counts them: ``block_count`` repeating layers plus one for the
-    output head, so ``block_count + 1`` means "everything on the GPU".
+    output head, so ``block_count + 1`` means "everything on the GPU". A negative number is
+    "auto", as Ollama's ``num_gpu: -1`` (its default) is.
     """
     total_layers = footprint.block_count + 1
     size = footprint.weights_bytes + footprint.kv_cache_bytes
     if not gpu.usable:
         return GpuPlan(gpu_layers=0, size_bytes=size, size_vram_bytes=0)
-    if requested == "auto":
+    if requested == "auto" or requested < 0:
         budget = gpu.free_vram_bytes - VRAM_RESERVE_BYTES
         per_layer = max(footprint.bytes_per_layer, 1)
         layers = max(0, min(total_layers, budget // per_layer))

@@ -76,6 +76,15 @@ class RuntimeSettings(BaseSettings):
     threads: int | None = Field(default=None, ge=1, description="Decode threads (default: cores).")
     batch_size: int = Field(default=512, ge=1)
     flash_attention: bool = False
+    batch_invariant: bool = Field(
+        default=True,
+        description=(
+            "Keep each sequence's output the same alone or beside others (the same seed gives "
+            "the same text at any load) by leaving out llama.cpp's CPU kernels that change with "
+            "the number of rows in a batch; false: those kernels, for more throughput under "
+            "load. Process-wide, from the first model loaded."
+        ),
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     @field_validator("gpu_layers", mode="before")

@@ -68,6 +68,12 @@ def test_numbers_are_taken_and_clamped() -> None:
     assert plan_gpu_layers(0, MODEL, gpu(80)).gpu_layers == 0
 
 
+def test_a_negative_number_is_auto_as_in_ollama() -> None:
+    assert plan_gpu_layers(-1, MODEL, gpu(80)).gpu_layers == 33
+    assert plan_gpu_layers(-1, MODEL, gpu(10)).gpu_layers == 9
+    assert plan_gpu_layers(-1, MODEL, NO_GPU).gpu_layers == 0
+
+
 def test_kv_cache_estimate() -> None:
     assert kv_cache_bytes(n_ctx=2048, block_count=18, embedding_length=640) == (
         2 * 2 * 2048 * 18 * 640

@@ -43,3 +43,13 @@ def test_no_flags_keeps_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CORRAL_PORT", raising=False)
     settings = settings_from_args(build_parser().parse_args(["serve"]))
     assert settings.port == 11434 and settings.gpu_layers == "auto"
+
+
+def test_batch_invariance_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CORRAL_BATCH_INVARIANT", raising=False)
+    parse = build_parser().parse_args
+    assert settings_from_args(parse(["serve"])).batch_invariant is True
+    assert settings_from_args(parse(["serve", "--no-batch-invariant"])).batch_invariant is False
+    monkeypatch.setenv("CORRAL_BATCH_INVARIANT", "false")
+    assert settings_from_args(parse(["serve"])).batch_invariant is False
+    assert settings_from_args(parse(["serve", "--batch-invariant"])).batch_invariant is True

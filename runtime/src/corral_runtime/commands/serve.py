@@ -53,6 +53,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--threads", type=int, help="decode threads (default: all cores)")
     parser.add_argument(
+        "--batch-invariant",
+        action=argparse.BooleanOptionalAction,
+        help=(
+            "same output alone or in a batch (default); --no-batch-invariant: llama.cpp's "
+            "faster row-count-dependent CPU kernels (CORRAL_BATCH_INVARIANT)"
+        ),
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.set_defaults(func=run)
@@ -74,6 +82,7 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "gpu_layers",
             "keep_alive_seconds",
             "threads",
+            "batch_invariant",
         )
         if getattr(args, key, None) is not None
     }

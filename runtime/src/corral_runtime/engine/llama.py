@@ -8,9 +8,9 @@ Batch invariance: every decode row takes the same CPU kernels whether it runs al
 up to ``parallel - 1`` others, so a sequence gets exactly its lone logits at any concurrency
 (greedy and seeded output is the same alone or in a batch; see the runtime tests, which run
 eight sequences together). Two of llama.cpp's CPU paths pick their kernel by the number of
-rows in a batch and are turned off:
+rows in a batch and are turned off while ``ContextConfig.batch_invariant`` holds (the default):
 
-* weight repacking (its "extra buffer types", ``ContextConfig.repack``): a row's matrix
+* weight repacking (its "extra buffer types"): a row's matrix
   products take four-row tiles or a one-row tail depending on how many rows share the batch,
   so on the test model a sequence decoding beside three others already got other logits;
 * the tiled K-quant matrix product (``ggml-cpu/tiled``, ``GGML_CPU_TILED_MM``), which takes
@@ -18,13 +18,16 @@ rows in a batch and are turned off:
   (``ggml_tiled_min_batch``) and rounds some rows differently: on the test model (its K-quant
   layers) half of eight sequences decoding together got logits up to 0.85 away from their
   lone ones, and their greedy text drifted. llama.cpp reads the switch from the environment
-  once, at its first matrix product, so it is set when this module is imported (an explicit
-  ``GGML_CPU_TILED_MM=1`` in the environment keeps the tiled path, and gives up invariance at
-  eight or more rows).
+  once, at its first matrix product, so ``select_cpu_kernels`` sets it before a context is
+  made; the first model a process loads decides it for the process (an explicit
+  ``GGML_CPU_TILED_MM`` in the environment wins).
 
 With both off, the kernels that remain (ggml's per-row dot products, and llamafile's tinyBLAS
 for the Q8_0/Q5_0 matrices from two rows on) gave every one of 1 to 16 sequences decoding
 together bit for bit its lone logits on the test model, with and without flash attention.
+``batch_invariant=False`` turns both back on: more throughput under load on a CPU, and a
+sequence's logits then depend on what decodes beside it. llama.cpp's GPU kernels also change
+with the number of rows, so on a GPU the guarantee does not hold either way.
 """
 
 from __future__ import annotations
@@ -43,8 +46,12 @@ from corral_runtime.engine.types import EngineError, InvalidRequestError
 # llama-cpp-python routes llama.cpp's log through this logger; errors only.
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
-# Batch invariance (see the module docstring): per-row dot products at every batch size.
-os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+
+def select_cpu_kernels(batch_invariant: bool) -> None:
+    """Choose llama.cpp's tiled K-quant matrix product for this process (see the module
+    docstring): off for batch invariance. It takes effect only before the process's first
+    matrix product, and an explicit ``GGML_CPU_TILED_MM`` in the environment wins."""
+    os.environ.setdefault("GGML_CPU_TILED_MM", "0" if batch_invariant else "1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +63,8 @@ class ContextConfig:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     flash_attn: bool = False
-    repack: bool = False  # llama.cpp's CPU weight repacking (extra buffer types)
+    # Each sequence's logits the same whatever decodes beside it (see the module docstring).
+    batch_invariant: bool = True
 
 
 @dataclass(slots=True)
@@ -76,10 +84,12 @@ class LlamaBatchContext:
         import llama_cpp
 
         self._llama = llama_cpp
+        select_cpu_kernels(config.batch_invariant)
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = config.n_gpu_layers
-        model_params.use_extra_bufts = config.repack  # batch invariance, see the module docstring
+        # Weight repacking: row-count-dependent kernels (see the module docstring).
+        model_params.use_extra_bufts = not config.batch_invariant
         self.model = llama_cpp.llama_model_load_from_file(
             str(config.model_path).encode("utf-8"), model_params
         )

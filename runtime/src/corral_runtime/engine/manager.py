@@ -184,6 +184,7 @@ class ModelManager:
             n_threads=load.num_thread or self.settings.threads or _default_threads(),
             n_batch=load.num_batch or self.settings.batch_size,
             flash_attn=self.settings.flash_attention,
+            batch_invariant=self.settings.batch_invariant,
             parallel=parallel,
             queue_timeout_s=self.settings.queue_timeout_seconds,
             generation_timeout_s=self.settings.generation_timeout_seconds,

@@ -71,6 +71,7 @@ class LoadConfig:
     n_threads: int | None = None
     n_batch: int = 512
     flash_attn: bool = False
+    batch_invariant: bool = True  # see ``llama.ContextConfig``
     parallel: int | None = None  # None: ``default_parallel(n_ctx)``
     queue_timeout_s: float | None = None  # None: wait as long as it takes
     generation_timeout_s: float | None = None  # from taking a slot; None: no limit
@@ -586,6 +587,7 @@ class ModelWorker:
             n_gpu_layers=self.config.n_gpu_layers,
             n_threads=self.config.n_threads,
             flash_attn=self.config.flash_attn,
+            batch_invariant=self.config.batch_invariant,
         )
         try:
             self._context = LlamaBatchContext(config)
