@@ -154,7 +154,11 @@ def running(server: Server, port: int, log: Path) -> Iterator[str]:
                 except httpx.TransportError:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{server.name} did not start; see {log}")
+                    out.flush()
+                    tail = log.read_text(errors="replace").splitlines()[-15:]
+                    raise SystemExit(
+                        f"{server.name} did not start; its log ends:\n" + "\n".join(tail)
+                    )
                 time.sleep(0.2)
             yield base
         finally:
