@@ -16,11 +16,10 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral_runtime import __version__
@@ -112,6 +111,54 @@ class JsonBodies:
         await self.app(scope, limited_receive, guarded_send)
 
 
+class AuthorizeAndCount:
+    """The API key check and the request metrics, as plain ASGI: a streamed answer's chunks
+    pass straight through (Starlette's ``BaseHTTPMiddleware`` would hand each one across a
+    task and a memory stream), and a request is counted once its answer is sent."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, metrics: RuntimeMetrics) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(_API_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if self.expected is not None:
+            supplied = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(supplied, self.expected):
+                denied = error_response(path, ApiError(401, "invalid or missing API key"))
+                await denied(scope, receive, send)
+                return
+        # Routes name the model in request.state, which is this dict (shared with the copies
+        # of the scope made further in).
+        state = scope.setdefault("state", {})
+        started = time.perf_counter()
+        status = 500  # unless an answer starts
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.observe_request(endpoint, str(state.get("model", "")), status)
+            log.debug(
+                "%s %s -> %d in %.3fs",
+                scope.get("method", ""),
+                path,
+                status,
+                time.perf_counter() - started,
+            )
+
+
 def create_app(settings: RuntimeSettings) -> FastAPI:
     metrics = RuntimeMetrics()
 
@@ -148,32 +195,7 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
     for router in (ollama.router, openai.router, health.router, model_management.router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def count_and_authorize(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
-        if settings.api_key and path.startswith(_API_PREFIXES):
-            supplied = request.headers.get("authorization", "")
-            expected = f"Bearer {settings.api_key}"
-            if not hmac.compare_digest(supplied.encode(), expected.encode()):
-                return error_response(path, ApiError(401, "invalid or missing API key"))
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        if path.startswith(_API_PREFIXES):
-            model = request.state.model if hasattr(request.state, "model") else ""
-            metrics.observe_request(endpoint, model, response.status_code)
-        log.debug(
-            "%s %s -> %d in %.3fs",
-            request.method,
-            path,
-            response.status_code,
-            time.perf_counter() - started,
-        )
-        return response
-
+    app.add_middleware(AuthorizeAndCount, api_key=settings.api_key, metrics=metrics)
     app.add_middleware(JsonBodies, limit=settings.max_body_bytes)
     app.add_middleware(CancelOnDisconnect)
     return app
