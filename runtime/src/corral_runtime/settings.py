@@ -81,8 +81,9 @@ class RuntimeSettings(BaseSettings):
         description=(
             "Keep each sequence's output the same alone or beside others (the same seed gives "
             "the same text at any load) by leaving out llama.cpp's CPU kernels that change with "
-            "the number of rows in a batch; false: those kernels, for more throughput under "
-            "load. Process-wide, from the first model loaded."
+            "the number of rows in a batch; false: those kernels (weight repacking, tiled K-quant "
+            "products), faster for some quantizations and CPUs. Process-wide, from the first "
+            "model loaded."
         ),
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

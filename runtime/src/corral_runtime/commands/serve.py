@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help=(
             "same output alone or in a batch (default); --no-batch-invariant: llama.cpp's "
-            "faster row-count-dependent CPU kernels (CORRAL_BATCH_INVARIANT)"
+            "row-count-dependent CPU kernels, faster for some models (CORRAL_BATCH_INVARIANT)"
         ),
     )
     parser.add_argument(

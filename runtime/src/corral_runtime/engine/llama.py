@@ -25,8 +25,9 @@ rows in a batch and are turned off while ``ContextConfig.batch_invariant`` holds
 With both off, the kernels that remain (ggml's per-row dot products, and llamafile's tinyBLAS
 for the Q8_0/Q5_0 matrices from two rows on) gave every one of 1 to 16 sequences decoding
 together bit for bit its lone logits on the test model, with and without flash attention.
-``batch_invariant=False`` turns both back on: more throughput under load on a CPU, and a
-sequence's logits then depend on what decodes beside it.
+``batch_invariant=False`` turns both back on: faster for some quantizations and CPUs (on the
+test model, Q4_K_M, no faster on 2 or 16 cores), and a sequence's logits then depend on what
+decodes beside it.
 
 The guarantee is the CPU backend's. llama.cpp's CUDA kernels also change with the number of
 rows (on an H200, a row's logits were bit for bit its lone ones beside up to three others, and
