@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any, TypeVar
 import httpx
 import ollama
 import pytest
+
+from tests.support import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests" / "samples" / "gemma3-270m.yaml"
@@ -58,14 +59,7 @@ def kubectl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = TIMEOUT) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return poll.wait_for(what, check, timeout, interval=2)
 
 
 def ready(kind: str, name: str, namespace: str) -> str | None:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import jsonschema
@@ -60,26 +61,27 @@ SYSTEM = (
 )
 
 
-@pytest.fixture
-async def worker(test_model_path: Path) -> AsyncIterator[ModelWorker]:
-    config = LoadConfig(model_path=test_model_path, n_ctx=512, n_threads=2, parallel=4)
-    model = ModelWorker("gemma3:270m", config, max_pending=6)
+@asynccontextmanager
+async def loaded(model_path: Path, parallel: int, max_pending: int) -> AsyncIterator[ModelWorker]:
+    config = LoadConfig(model_path=model_path, n_ctx=512, n_threads=2, parallel=parallel)
+    model = ModelWorker("gemma3:270m", config, max_pending=max_pending)
     await model.start()
     try:
         yield model
     finally:
         await model.close()
+
+
+@pytest.fixture
+async def worker(test_model_path: Path) -> AsyncIterator[ModelWorker]:
+    async with loaded(test_model_path, parallel=4, max_pending=6) as model:
+        yield model
 
 
 @pytest.fixture
 async def eight_slots(test_model_path: Path) -> AsyncIterator[ModelWorker]:
-    config = LoadConfig(model_path=test_model_path, n_ctx=512, n_threads=2, parallel=8)
-    model = ModelWorker("gemma3:270m", config, max_pending=8)
-    await model.start()
-    try:
+    async with loaded(test_model_path, parallel=8, max_pending=8) as model:
         yield model
-    finally:
-        await model.close()
 
 
 async def complete(stream: GenerationStream) -> tuple[str, GenerationStats]:

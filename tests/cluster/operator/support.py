@@ -38,6 +38,18 @@ def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "
     return poll.wait_for(what or repr(check), check, timeout)
 
 
+def terminate(proc: subprocess.Popen[Any], grace: float, reap: float) -> None:
+    """SIGTERM a process, SIGKILL it after ``grace`` seconds, wait ``reap`` for the end."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(reap)
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -86,14 +98,8 @@ class Operator:
         wait_for(healthy, 30, "the operator's liveness endpoint")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc, grace=15, reap=5)
 
     def kill(self) -> None:
         """Stop abruptly, as a crashed or evicted operator would."""
@@ -341,13 +347,7 @@ class NodeAgent:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, grace=60, reap=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
