@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from corral_runtime.engine.types import (
 from corral_runtime.store.digests import InvalidDigestError
 from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError
 from corral_runtime.store.names import InvalidNameError
+from corral_runtime.templates.budget import TemplateBudgetError
 from corral_runtime.templates.gotemplate import TemplateError
 
 log = logging.getLogger(__name__)
@@ -84,14 +86,31 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(400, str(exc))
     if isinstance(exc, QueueFullError):
         return ApiError(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, TemplateBudgetError):
+        return ApiError(400, str(exc), code="template_budget_exceeded")
     if isinstance(exc, TemplateError):
         return ApiError(500, f"the model's chat template failed: {exc}")
     if isinstance(exc, GenerationTimeoutError):
         return ApiError(500, str(exc), code="generation_timeout")
-    if isinstance(exc, EngineError | CorruptStoreError):
-        return ApiError(500, str(exc))
+    if isinstance(exc, EngineError):
+        log.error("engine error: %s%s", exc, f" ({exc.detail})" if exc.detail else "")
+        return ApiError(500, without_paths(str(exc)))
+    if isinstance(exc, CorruptStoreError):
+        log.error("store error: %s", exc)
+        return ApiError(500, STORE_DAMAGED)
     log.error("unexpected error", exc_info=exc)
     return ApiError(500, "internal server error")
+
+
+STORE_DAMAGED = "the model's files in the store are damaged or incomplete; pull the model again"
+# An absolute path of two or more components: what a 500 must never show.
+_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+[^\s/'\"]*")
+
+
+def without_paths(message: str) -> str:
+    """A message with any filesystem path in it replaced by ``<path>`` (a last line of defence:
+    the engine's messages name no files, and their details are logged, not answered)."""
+    return _PATH.sub("<path>", message)
 
 
 def error_response(path: str, exc: BaseException) -> JSONResponse:

@@ -81,7 +81,11 @@ def _generate_prompt(body: GenerateRequest) -> Any:
         if body.raw:
             return body.prompt
         system = body.system if body.system is not None else model.stored.system
-        template = GoChatTemplate(body.template) if body.template else model.template
+        template = (
+            GoChatTemplate(body.template, label="the request's template")
+            if body.template
+            else model.template
+        )
         return template.render(generate_messages(body.prompt, system), suffix=body.suffix)
 
     return build

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from corral_runtime.templates.budget import DEFAULT_LABEL, TemplateBudgetError
 from corral_runtime.templates.fallback import FallbackChatTemplate, format_for
 from corral_runtime.templates.gotemplate import GoTemplate, Record, TemplateError
 from corral_runtime.templates.jinja import JinjaChatTemplate
@@ -88,10 +89,12 @@ def _tool_record(tool: Tool) -> Record:
 class GoChatTemplate:
     """An Ollama template layer. Templates that range over ``.Messages`` get the whole
     conversation; legacy ones (``.System``/``.Prompt``/``.Response``) are rendered once per turn,
-    as Ollama does, and the text after the last ``.Response`` is cut."""
+    as Ollama does, and the text after the last ``.Response`` is cut. ``label`` names the
+    template in errors (a request's own ``template`` is not the model's)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, label: str = DEFAULT_LABEL) -> None:
         self.source = source
+        self.label = label
         self._template = GoTemplate(source)
 
     @property
@@ -113,6 +116,19 @@ class GoChatTemplate:
         tools: list[Tool] | None = None,
         think: bool | None = None,
         suffix: str | None = None,
+    ) -> str:
+        try:
+            return self._render(messages, tools=tools, think=think, suffix=suffix)
+        except TemplateBudgetError as exc:
+            raise exc.named(self.label) from None
+
+    def _render(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[Tool] | None,
+        think: bool | None,
+        suffix: str | None,
     ) -> str:
         base: dict[str, Any] = {
             "Tools": [_tool_record(t) for t in tools or []],

@@ -11,6 +11,9 @@ Data is plain Python: dicts (fields by key), lists, strings, numbers, booleans a
 a dict or list writes JSON, as Ollama's types do when a template prints a tool or arguments; a
 ``Record`` is a dict of Go field names that prints (and ``json``-encodes) as its own JSON form.
 Templates are data, never code: nothing here can reach Python attributes or call Python objects.
+A render counts its work against the current budget (``budget.py``): each node run and each range
+iteration is a step, output and every string a function builds are measured, so a template with
+nested ranges or a doubling variable stops with ``TemplateBudgetError``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_OUTPUT_CHARS = 16 * 1024 * 1024
+from corral_runtime.templates.budget import Meter, current_meter
+
 MAX_RANGE_STEPS = 1_000_000
 
 
@@ -471,15 +475,13 @@ class _Continue(Exception):
 
 
 class _State:
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, meter: Meter) -> None:
         self.vars: list[tuple[str, Any]] = [("$", root)]
         self.out: list[str] = []
-        self.size = 0
+        self.meter = meter
 
     def write(self, text: str) -> None:
-        self.size += len(text)
-        if self.size > MAX_OUTPUT_CHARS:
-            raise TemplateError("template output is too large")
+        self.meter.output(len(text))
         self.out.append(text)
 
     def lookup(self, name: str) -> Any:
@@ -541,9 +543,11 @@ def _call(
     if has_final:
         values.append(final)
     try:
-        return FUNCTIONS[name](*values)
+        result = FUNCTIONS[name](*values)
     except TypeError as exc:
         raise TemplateError(f"wrong number of args for {name}") from exc
+    # A variable fed back into print/printf can double on every iteration: measure what is built.
+    return state.meter.sized(result)
 
 
 def _eval_command(cmd: list[_Operand], dot: Any, state: _State, final: Any, has_final: bool) -> Any:
@@ -581,6 +585,7 @@ def _iterate(value: Any) -> Iterator[tuple[Any, Any]]:
 
 def _run(nodes: list[Any], dot: Any, state: _State) -> None:
     for node in nodes:
+        state.meter.step()
         if isinstance(node, _Text):
             state.write(node.text)
         elif isinstance(node, _Action):
@@ -620,6 +625,7 @@ def _run_range(node: _Range, dot: Any, state: _State) -> None:
         for steps, (key, item) in enumerate(_iterate(collection)):
             if steps >= MAX_RANGE_STEPS:
                 raise TemplateError("range ran too long")
+            state.meter.step()
             ran = True
             del state.vars[mark:]
             if len(node.pipe.decl) == 1:
@@ -647,7 +653,8 @@ class GoTemplate:
         self._nodes = _Parser(_lex_items(source)).parse()
 
     def render(self, data: Any) -> str:
-        state = _State(data)
+        """Render within the current budget (``metered``), raising TemplateBudgetError beyond."""
+        state = _State(data, current_meter())
         try:
             _run(self._nodes, data, state)
         except (_Break, _Continue) as exc:
