@@ -13,7 +13,6 @@ the bundled test model (``gemma3:270m``), so a bare ``corral serve`` answers req
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from corral_runtime.api import health, ollama, openai
 from corral_runtime.api import models as model_management
 from corral_runtime.api.disconnect import CancelOnDisconnect
 from corral_runtime.api.errors import ApiError, error_response, install_error_handlers
+from corral_runtime.api.perimeter import Perimeter, credential_role
 from corral_runtime.engine.manager import ModelManager
 from corral_runtime.gpu import probe_gpu
 from corral_runtime.metrics import RuntimeMetrics
@@ -116,9 +116,16 @@ class AuthorizeAndCount:
     pass straight through (Starlette's ``BaseHTTPMiddleware`` would hand each one across a
     task and a memory stream), and a request is counted once its answer is sent."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        metrics: RuntimeMetrics,
+        admin_api_key: str | None = None,
+    ) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.api_key = api_key or None
+        self.admin_api_key = admin_api_key or None
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,15 +133,16 @@ class AuthorizeAndCount:
         if scope["type"] != "http" or not path.startswith(_API_PREFIXES):
             await self.app(scope, receive, send)
             return
-        if self.expected is not None:
-            supplied = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(supplied, self.expected):
-                denied = error_response(path, ApiError(401, "invalid or missing API key"))
-                await denied(scope, receive, send)
-                return
+        supplied = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        role = credential_role(supplied, self.api_key, self.admin_api_key)
+        if role is None:
+            denied = error_response(path, ApiError(401, "invalid or missing API key"))
+            await denied(scope, receive, send)
+            return
         # Routes name the model in request.state, which is this dict (shared with the copies
-        # of the scope made further in).
+        # of the scope made further in); the management routes' guard reads the role there.
         state = scope.setdefault("state", {})
+        state["role"] = role
         started = time.perf_counter()
         status = 500  # unless an answer starts
 
@@ -173,6 +181,7 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
             on_load=lambda name, seconds: metrics.model_load_seconds.labels(model=name).observe(
                 seconds
             ),
+            on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),
         )
         app.state.store = store
         app.state.models = manager
@@ -187,7 +196,8 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        # The schema is public (it holds no secrets), for clients, tools and fuzzers.
+        openapi_url="/openapi.json",
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -195,7 +205,19 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
     for router in (ollama.router, openai.router, health.router, model_management.router):
         app.include_router(router)
 
-    app.add_middleware(AuthorizeAndCount, api_key=settings.api_key, metrics=metrics)
+    app.add_middleware(
+        AuthorizeAndCount,
+        api_key=settings.api_key,
+        admin_api_key=settings.admin_api_key,
+        metrics=metrics,
+    )
     app.add_middleware(JsonBodies, limit=settings.max_body_bytes)
     app.add_middleware(CancelOnDisconnect)
+    # Outermost: a request for an unknown host or from a foreign origin goes no further.
+    app.add_middleware(
+        Perimeter,
+        bind_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
     return app

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
 
@@ -39,6 +39,44 @@ class RuntimeSettings(BaseSettings):
     )
     api_key: str | None = Field(
         default=None, description="When set, /api and /v1 require 'Authorization: Bearer <key>'."
+    )
+    admin_api_key: str | None = Field(
+        default=None,
+        description=(
+            "When set, model management (create, pull, copy, delete, blobs) requires this key "
+            "and api_key grants inference and reading only; unset: api_key grants both."
+        ),
+    )
+    management: bool = Field(
+        default=True,
+        description=(
+            "Serve the model-management endpoints; false answers them 403 (runtime pods: the "
+            "operator owns what their store holds)."
+        ),
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Host names served besides IP addresses, localhost and the bound host (against DNS "
+            "rebinding): exact names, '.example.com' for a domain and its names, '*' for any; "
+            "comma-separated in CORRAL_ALLOWED_HOSTS."
+        ),
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Browser origins allowed besides local ones (localhost, 127.0.0.1, app://, file://, "
+            "…), '*' matching any text, e.g. 'https://*.example.com'; comma-separated in "
+            "CORRAL_ALLOWED_ORIGINS."
+        ),
+    )
+    graceful_shutdown_seconds: int = Field(
+        default=30,
+        ge=1,
+        description=(
+            "On SIGTERM the server stops accepting connections and lets requests in flight "
+            "(streams included) finish for up to this long before it exits."
+        ),
     )
     context_length: int = Field(
         default=4096, ge=256, description="num_ctx used when a request does not set one."
@@ -87,6 +125,14 @@ class RuntimeSettings(BaseSettings):
         ),
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # "a,b" is friendlier in an environment variable than a JSON list.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("gpu_layers", mode="before")
     @classmethod

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from corral_runtime.api.errors import ApiError
+from corral_runtime.api.perimeter import Role
 from corral_runtime.engine.manager import ModelManager
 from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.settings import RuntimeSettings
@@ -31,6 +33,22 @@ def get_store(request: Request) -> ModelStore:
 def get_metrics(request: Request) -> RuntimeMetrics:
     metrics: RuntimeMetrics = request.app.state.metrics
     return metrics
+
+
+def require_management(request: Request) -> None:
+    """The guard of the model-management routes: on only when enabled (403), and only for a
+    credential that grants management (see ``perimeter.credential_role``)."""
+    settings = get_settings(request)
+    if not settings.management:
+        raise ApiError(
+            403,
+            "model management is disabled on this server "
+            "(in a cluster, models are managed with Model resources)",
+        )
+    if getattr(request.state, "role", None) is not Role.ADMIN:
+        if request.headers.get("authorization") is None:
+            raise ApiError(401, "model management requires the admin API key")
+        raise ApiError(403, "this API key may not manage models; use the admin API key")
 
 
 SettingsDep = Annotated[RuntimeSettings, Depends(get_settings)]

@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral_runtime.api.deps import require_management
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.store.digests import InvalidDigestError, parse_digest
@@ -39,7 +40,8 @@ from corral_runtime.store.registry import ManifestNotFoundError
 from corral_runtime.store.sources import InvalidSourceError, parse_source
 from corral_runtime.store.transfer import PullError
 
-router = APIRouter()
+# Every route here changes (or probes) what the store holds: guarded as management.
+router = APIRouter(dependencies=[Depends(require_management)])
 _T = TypeVar("_T")
 
 

@@ -7,6 +7,7 @@ model on 127.0.0.1:11434.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 from typing import Any
 
@@ -30,6 +31,44 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (CORRAL_API_KEY)")
+    parser.add_argument(
+        "--admin-api-key",
+        help=(
+            "key for model management (create, pull, copy, delete, blobs); the --api-key then "
+            "grants inference only (CORRAL_ADMIN_API_KEY)"
+        ),
+    )
+    parser.add_argument(
+        "--management",
+        action=argparse.BooleanOptionalAction,
+        help=(
+            "serve the model-management endpoints (default); --no-management answers them "
+            "403 (CORRAL_MANAGEMENT)"
+        ),
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help=(
+            "comma-separated Host names served besides IPs, localhost and --host; "
+            "'.example.com' for a domain, '*' for any (CORRAL_ALLOWED_HOSTS)"
+        ),
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help=(
+            "comma-separated browser origins allowed besides local ones, '*' as a wildcard "
+            "(CORRAL_ALLOWED_ORIGINS)"
+        ),
+    )
+    parser.add_argument(
+        "--graceful-shutdown",
+        type=int,
+        dest="graceful_shutdown_seconds",
+        metavar="SECONDS",
+        help="on SIGTERM, let requests in flight finish for up to this long (default 30)",
+    )
     parser.add_argument(
         "--parallel",
         type=int,
@@ -74,6 +113,11 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "port",
             "models",
             "api_key",
+            "admin_api_key",
+            "management",
+            "allowed_hosts",
+            "allowed_origins",
+            "graceful_shutdown_seconds",
             "parallel",
             "max_queue",
             "queue_timeout_seconds",
@@ -98,7 +142,25 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.management and settings.admin_api_key is None and not _loopback(settings.host):
+        logging.getLogger(__name__).warning(
+            "model management is served on %s to %s; set --admin-api-key or --no-management",
+            settings.host,
+            "every holder of the API key" if settings.api_key else "every client",
+        )
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        # SIGTERM: stop accepting connections, let requests in flight finish, then exit.
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
     return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
