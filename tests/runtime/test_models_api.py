@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from corral_runtime.api import models as models_api
 from corral_runtime.api.errors import install_error_handlers
+from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.layout import ModelStore
 from tests.support.registry import TestRegistry, running_registry
 
@@ -38,6 +39,7 @@ def client(store: ModelStore) -> Iterator[TestClient]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(models_api.router)
+    app.state.settings = RuntimeSettings()  # no keys, management on: a local `corral serve`
     app.state.store = store
     with TestClient(app) as c:
         yield c

@@ -134,15 +134,13 @@ class AuthorizeAndCount:
             await self.app(scope, receive, send)
             return
         supplied = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        role = credential_role(supplied, self.api_key, self.admin_api_key)
-        if role is None:
+        if credential_role(supplied, self.api_key, self.admin_api_key) is None:
             denied = error_response(path, ApiError(401, "invalid or missing API key"))
             await denied(scope, receive, send)
             return
         # Routes name the model in request.state, which is this dict (shared with the copies
-        # of the scope made further in); the management routes' guard reads the role there.
+        # of the scope made further in).
         state = scope.setdefault("state", {})
-        state["role"] = role
         started = time.perf_counter()
         status = 500  # unless an answer starts
 

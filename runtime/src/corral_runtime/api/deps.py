@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from corral_runtime.api.errors import ApiError
-from corral_runtime.api.perimeter import Role
+from corral_runtime.api.perimeter import Role, credential_role
 from corral_runtime.engine.manager import ModelManager
 from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.settings import RuntimeSettings
@@ -45,8 +45,12 @@ def require_management(request: Request) -> None:
             "model management is disabled on this server "
             "(in a cluster, models are managed with Model resources)",
         )
-    if getattr(request.state, "role", None) is not Role.ADMIN:
-        if request.headers.get("authorization") is None:
+    supplied = request.headers.get("authorization")
+    role = credential_role(
+        (supplied or "").encode("latin-1"), settings.api_key, settings.admin_api_key
+    )
+    if role is not Role.ADMIN:
+        if supplied is None:
             raise ApiError(401, "model management requires the admin API key")
         raise ApiError(403, "this API key may not manage models; use the admin API key")
 
