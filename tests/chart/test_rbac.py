@@ -34,6 +34,7 @@ NAMESPACED: set[Grant] = (
     | _grants("operator", "corral.dev", "modelservers/scale", "patch")
     | _grants("operator", "apps", "deployments", "get list watch create patch")
     | _grants("operator", "", "services", "list watch create patch")
+    | _grants("operator", "networking.k8s.io", "networkpolicies", "create patch")
     | _grants("operator", "batch", "jobs", "get list watch create patch delete")
     | _grants("operator", "", "persistentvolumeclaims", "create patch")
     | _grants("operator", "", "pods", "list")

@@ -121,6 +121,23 @@ def test_operator_settings_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.resync_seconds, settings.pull_progress_seconds) == (60, 5)
 
 
+def test_runtime_pods_admit_only_the_gateway_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's runtime NetworkPolicy selects the gateway pods this chart runs."""
+    objects = render()
+    settings = _operator_settings(objects, "corral-operator", monkeypatch)
+    gateway = one(objects, "Deployment", "corral-gateway")
+    assert settings.runtime_network_policy is True
+    assert settings.gateway_namespace == "corral-system"
+    assert settings.gateway_pod_labels == gateway["spec"]["selector"]["matchLabels"]
+    assert gateway["spec"]["template"]["metadata"]["labels"].items() >= (
+        settings.gateway_pod_labels.items()
+    )
+    assert settings.runtime_ingress_from == []
+    off = render("--set", "networkPolicy.enabled=false")
+    assert _operator_settings(off, "corral-operator", monkeypatch).runtime_network_policy is False
+    assert of_kind(off, "NetworkPolicy") == []
+
+
 def test_operator_settings_custom(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _operator_settings(render(*CUSTOM), "llm-operator", monkeypatch)
     assert settings.namespaces == ["team-a", "team-b"]
@@ -139,6 +156,9 @@ def test_operator_settings_custom(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.startup_seconds, settings.pull_backoff_limit) == (3600, 5)
     assert settings.pull_deadline_seconds == 7200
     assert (settings.resync_seconds, settings.pull_progress_seconds) == (30, 5)
+    assert settings.runtime_ingress_from == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
 
 
 def test_settings_change_rolls_the_operator() -> None:
@@ -182,7 +202,12 @@ def test_gateway_default(monkeypatch: pytest.MonkeyPatch) -> None:
         {"name": "http", "port": 11434, "targetPort": "http", "protocol": "TCP"}
     ]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    assert of_kind(objects, "ServiceMonitor", "NetworkPolicy") == []
+    assert of_kind(objects, "ServiceMonitor") == []
+    # NetworkPolicies are on by default.
+    assert sorted(p["metadata"]["name"] for p in of_kind(objects, "NetworkPolicy")) == [
+        "corral-gateway",
+        "corral-operator",
+    ]
 
 
 def test_gateway_custom(monkeypatch: pytest.MonkeyPatch) -> None:

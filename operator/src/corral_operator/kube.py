@@ -20,6 +20,7 @@ LOG_TIMEOUT_SECONDS = 10.0
 _PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Service": "services",
+    "NetworkPolicy": "networkpolicies",
     "Pod": "pods",
     "Deployment": "deployments",
     "Job": "jobs",
@@ -29,6 +30,7 @@ _PLURALS = {
 _API_VERSIONS = {
     "PersistentVolumeClaim": "v1",
     "Service": "v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
     "Pod": "v1",
     "Deployment": "apps/v1",
     "Job": "batch/v1",

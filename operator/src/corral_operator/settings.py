@@ -73,6 +73,28 @@ class OperatorSettings(BaseSettings):
         description="How often a pulling Model's status.completedBytes/totalBytes are refreshed "
         "from its pull pod's log.",
     )
+    runtime_network_policy: bool = Field(
+        default=True,
+        description="Give each ModelServer's pods a NetworkPolicy: ingress from the gateway "
+        "(and runtime_ingress_from) on the runtime port only, egress to DNS only.",
+    )
+    gateway_namespace: str | None = Field(
+        default=None,
+        description="The gateway pods' namespace, for the runtime NetworkPolicy; unset: the "
+        "ModelServer's own namespace.",
+    )
+    gateway_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "corral",
+            "app.kubernetes.io/component": "gateway",
+        },
+        description="Labels that select the gateway pods, for the runtime NetworkPolicy.",
+    )
+    runtime_ingress_from: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="More NetworkPolicy peers allowed to reach runtime pods (e.g. Prometheus, "
+        "when it scrapes them).",
+    )
     liveness_endpoint: str | None = Field(
         default=None, description="e.g. http://0.0.0.0:8080/healthz for the pod's liveness probe."
     )

@@ -1,4 +1,4 @@
-"""The runtime Deployment and Service of a ModelServer."""
+"""The runtime Deployment, Service and NetworkPolicy of a ModelServer."""
 
 from __future__ import annotations
 
@@ -23,6 +23,34 @@ from corral_operator.settings import OperatorSettings
 # gateway until it is Ready, so each second of probe period is a second of cold-start latency.
 # The probes are cheap (/healthz and /readyz answer from the event loop, never from llama.cpp).
 PROBE_PERIOD_SECONDS = 1
+
+# Pod removal: the preStop sleep keeps the pod serving while the Endpoints (and the gateway,
+# which watches them) drop it; then SIGTERM, and the runtime lets requests in flight finish
+# within what is left of the grace, less a margin for unloading models and exiting.
+DEFAULT_TERMINATION_GRACE_SECONDS = 60
+PRE_STOP_SECONDS = 5
+EXIT_MARGIN_SECONDS = 5
+
+
+def shutdown_budget(grace_seconds: int) -> tuple[int, int]:
+    """(preStop sleep, the runtime's graceful shutdown) within a pod's termination grace."""
+    pre_stop = min(PRE_STOP_SECONDS, max(1, grace_seconds // 4))
+    return pre_stop, max(1, grace_seconds - pre_stop - EXIT_MARGIN_SECONDS)
+
+
+def termination_grace(spec: Mapping[str, Any]) -> int:
+    return int(spec.get("terminationGracePeriodSeconds") or DEFAULT_TERMINATION_GRACE_SECONDS)
+
+
+def service_hosts(server_name: str, namespace: str) -> list[str]:
+    """The names a client in the cluster reaches the runtime Service by (its Host header)."""
+    service = api.server_child_name(server_name)
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +98,26 @@ def _resources(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str,
     return {"requests": requests, "limits": limits}
 
 
-def _env(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _env(server: Mapping[str, Any]) -> list[dict[str, Any]]:
+    meta, spec = server["metadata"], server["spec"]
     runtime = spec.get("runtime") or {}
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
         # Scale-to-zero is the operator's job; inside a pod, loaded models stay loaded.
         {"name": "CORRAL_KEEP_ALIVE_SECONDS", "value": "-1"},
+        # What the cache holds is the operator's job too (Models and pull Jobs): no client of
+        # a pod may create, pull, copy or delete models.
+        {"name": "CORRAL_MANAGEMENT", "value": "false"},
+        # Against DNS rebinding the runtime serves only names it knows: the Service's (pod
+        # IPs, as the kubelet and the gateway use, are always served).
+        {
+            "name": "CORRAL_ALLOWED_HOSTS",
+            "value": ",".join(service_hosts(meta["name"], meta["namespace"])),
+        },
+        {
+            "name": "CORRAL_GRACEFUL_SHUTDOWN_SECONDS",
+            "value": str(shutdown_budget(termination_grace(spec))[1]),
+        },
     ]
     settings_env = {
         "CORRAL_CONTEXT_LENGTH": runtime.get("contextLength"),
@@ -145,6 +187,7 @@ def build_deployment(
     name = meta["name"]
     runtime = spec.get("runtime") or {}
     gpus = int((spec.get("resources") or {}).get("gpus", 0))
+    grace = termination_grace(spec)
     tolerations = [
         *(settings.gpu_tolerations if gpus > 0 else ()),
         *(spec.get("tolerations") or ()),
@@ -164,7 +207,7 @@ def build_deployment(
             api.MODELS_MOUNT,
             *(runtime.get("extraArgs") or ()),
         ],
-        "env": _env(spec),
+        "env": _env(server),
         "ports": [{"name": "http", "containerPort": api.RUNTIME_PORT, "protocol": "TCP"}],
         "resources": _resources(spec, settings),
         "securityContext": container_security_context(),
@@ -173,6 +216,7 @@ def build_deployment(
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         **_probes(int(runtime.get("startupSeconds") or settings.startup_seconds)),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(shutdown_budget(grace)[0])]}}},
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -180,7 +224,7 @@ def build_deployment(
         "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [cache_volume(claim, read_only=True), tmp_volume()],
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": grace,
     }
     if spec.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
@@ -240,6 +284,40 @@ def build_service(server: Mapping[str, Any]) -> dict[str, Any]:
             "ports": [
                 {"name": "http", "port": api.RUNTIME_PORT, "targetPort": "http", "protocol": "TCP"}
             ],
+        },
+    }
+
+
+def build_network_policy(server: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The runtime pods' NetworkPolicy: ingress from the gateway pods (and the configured extra
+    peers) on the runtime port only; egress to DNS only, since pods never pull (Jobs do)."""
+    meta = server["metadata"]
+    name = meta["name"]
+    gateway: dict[str, Any] = {"podSelector": {"matchLabels": dict(settings.gateway_pod_labels)}}
+    if settings.gateway_namespace:
+        gateway["namespaceSelector"] = {
+            "matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}
+        }
+    dns = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": api.server_child_name(name),
+            "namespace": meta["namespace"],
+            "labels": runtime_labels(name),
+            "ownerReferences": [owner_reference(server)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {
+                    "from": [gateway, *(dict(peer) for peer in settings.runtime_ingress_from)],
+                    "ports": [{"port": api.RUNTIME_PORT, "protocol": "TCP"}],
+                }
+            ],
+            "egress": [{"ports": dns}],
         },
     }
 

@@ -1,4 +1,5 @@
-"""What a ModelServer needs: its Models Ready, then a Deployment and a Service, and its status."""
+"""What a ModelServer needs: its Models Ready, then a Deployment, a Service and a NetworkPolicy,
+and its status."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from corral_operator import api
 from corral_operator.builders.runtime import (
     ServedModel,
     build_deployment,
+    build_network_policy,
     build_service,
     selector_labels,
     service_endpoint,
@@ -172,7 +174,11 @@ def plan_modelserver(
         else Condition(SCALED_TO_ZERO, "False", "Running", "")
     )
     return ServerPlan(
-        children=(deployment_obj, build_service(server)),
+        children=(
+            deployment_obj,
+            build_service(server),
+            *([build_network_policy(server, settings)] if settings.runtime_network_policy else []),
+        ),
         status={**observed, "models": [m.as_status() for m in served]},
         conditions=(
             Condition(MODELS_READY, "True", "ModelsReady", ", ".join(m.name for m in served)),

@@ -4,7 +4,13 @@ from typing import Any
 
 import pytest
 
-from corral_operator.builders.runtime import ServedModel, build_deployment, build_service
+from corral_operator.builders.runtime import (
+    ServedModel,
+    build_deployment,
+    build_network_policy,
+    build_service,
+    shutdown_budget,
+)
 from corral_operator.settings import OperatorSettings
 from tests.unit.operator.factories import server
 
@@ -113,3 +119,80 @@ def test_service_selects_the_runtime_pods() -> None:
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["port"] == 11434
     assert svc["metadata"]["name"] == dep["metadata"]["name"] == "corral-srv"
+
+
+def _env(dep: dict[str, Any]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in _container(dep)["env"]}
+
+
+class TestPerimeterAndRemoval:
+    def test_pods_serve_no_model_management(self) -> None:
+        assert _env(_deployment())["CORRAL_MANAGEMENT"] == "false"
+
+    def test_pods_serve_their_service_names_only(self) -> None:
+        hosts = _env(_deployment())["CORRAL_ALLOWED_HOSTS"]
+        assert hosts == (
+            "corral-srv,corral-srv.ns,corral-srv.ns.svc,corral-srv.ns.svc.cluster.local"
+        )
+
+    def test_the_users_env_can_turn_management_back_on(self) -> None:
+        dep = _deployment(runtime={"env": [{"name": "CORRAL_MANAGEMENT", "value": "true"}]})
+        assert _container(dep)["env"][-1] == {"name": "CORRAL_MANAGEMENT", "value": "true"}
+
+    def test_default_grace_pre_stop_and_drain(self) -> None:
+        dep = _deployment()
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] == 60
+        pre_stop = _container(dep)["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop == ["sleep", "5"]
+        assert _env(dep)["CORRAL_GRACEFUL_SHUTDOWN_SECONDS"] == "50"
+
+    def test_the_grace_comes_from_the_modelserver(self) -> None:
+        dep = _deployment(terminationGracePeriodSeconds=600)
+        assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 600
+        assert _env(dep)["CORRAL_GRACEFUL_SHUTDOWN_SECONDS"] == "590"
+
+    @pytest.mark.parametrize("grace", [10, 11, 20, 60, 3600])
+    def test_pre_stop_and_drain_fit_in_the_grace(self, grace: int) -> None:
+        pre_stop, drain = shutdown_budget(grace)
+        assert pre_stop >= 1 and drain >= 1
+        assert pre_stop + drain < grace
+
+
+class TestNetworkPolicy:
+    def test_selects_the_runtime_pods(self) -> None:
+        policy = build_network_policy(server(), OperatorSettings())
+        selector = _deployment()["spec"]["selector"]["matchLabels"]
+        assert policy["spec"]["podSelector"] == {"matchLabels": selector}
+        assert policy["metadata"]["namespace"] == "ns"
+        assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-srv"
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+    def test_ingress_only_from_the_gateway_on_the_runtime_port(self) -> None:
+        settings = OperatorSettings(
+            gateway_namespace="corral-system",
+            gateway_pod_labels={"app.kubernetes.io/component": "gateway", "x": "y"},
+        )
+        [rule] = build_network_policy(server(), settings)["spec"]["ingress"]
+        assert rule["ports"] == [{"port": 11434, "protocol": "TCP"}]
+        assert rule["from"] == [
+            {
+                "podSelector": {
+                    "matchLabels": {"app.kubernetes.io/component": "gateway", "x": "y"}
+                },
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "corral-system"}
+                },
+            }
+        ]
+
+    def test_extra_peers_are_added(self) -> None:
+        prometheus = {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}
+        settings = OperatorSettings(runtime_ingress_from=[prometheus])
+        [rule] = build_network_policy(server(), settings)["spec"]["ingress"]
+        assert rule["from"][1] == prometheus
+        assert "namespaceSelector" not in rule["from"][0]  # the gateway in the same namespace
+
+    def test_egress_is_dns_only(self) -> None:
+        [rule] = build_network_policy(server(), OperatorSettings())["spec"]["egress"]
+        assert rule == {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}

@@ -35,7 +35,7 @@ def test_ready_models_give_children_and_status() -> None:
         server(minReplicas=1), {"gemma": READY}, {"status": {"replicas": 1, "readyReplicas": 1}}
     )
     kinds = [c["kind"] for c in plan.children]
-    assert kinds == ["Deployment", "Service"]
+    assert kinds == ["Deployment", "Service", "NetworkPolicy"]
     assert plan.children[0]["spec"]["replicas"] == 1
     assert _reasons(plan) == {
         "ModelsReady": ("True", "ModelsReady"),
@@ -73,3 +73,9 @@ def test_keep_alive_expiry_scales_to_min() -> None:
     plan = _plan(srv, {"gemma": READY})
     assert plan.children[0]["spec"]["replicas"] == 0
     assert _reasons(plan)["ScaledToZero"] == ("True", "KeepAliveExpired")
+
+
+def test_the_network_policy_can_be_left_out() -> None:
+    settings = OperatorSettings(runtime_network_policy=False)
+    plan = plan_modelserver(server(), {"gemma": READY}, None, settings, NOW)
+    assert [c["kind"] for c in plan.children] == ["Deployment", "Service"]
