@@ -14,10 +14,12 @@ import httpx
 import ollama
 import pytest
 
+from corral_operator.gateway.settings import GatewaySettings
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.store.names import parse_name
 from corral_runtime.testmodel import ensure_test_model
 from tests.runtime.conftest import RunningServer, serve, settings_for
+from tests.runtime.test_gateway_proxy import pod_address, run_gateway
 from tests.support.serveproc import serving_process
 
 pytestmark = pytest.mark.runtime
@@ -221,6 +223,34 @@ def test_openapi_schema_is_public(keyed_server: RunningServer) -> None:
     paths = answer.json()["paths"]
     for path in ("/api/chat", "/api/generate", "/api/pull", "/v1/chat/completions"):
         assert path in paths
+
+
+def test_the_gateway_passes_on_no_management_and_keeps_origins_to_itself(
+    runtime_server: RunningServer,
+) -> None:
+    settings = GatewaySettings.model_validate(
+        {
+            "static_servers": {
+                "local": {"models": [MODEL], "endpoints": [pod_address(runtime_server)]}
+            }
+        }
+    )
+    blob = "/api/blobs/sha256:" + "0" * 64
+    with run_gateway(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        refused = [
+            client.post("/api/copy", json={"source": MODEL, "destination": "via-gateway"}),
+            client.request("DELETE", "/api/delete", json={"model": MODEL}),
+            client.post("/api/pull", json={"model": "library/x:1", "stream": False}),
+            client.post("/api/create", json={"model": "x", "from": MODEL, "stream": False}),
+            client.head(blob),
+            client.post(blob, content=b"GGUF"),
+        ]
+        shown = client.post(
+            "/api/show", json={"model": MODEL}, headers={"Origin": "https://chat.example.org"}
+        )
+    assert [r.status_code for r in refused] == [404] * len(refused)
+    assert shown.status_code == 200, shown.text
+    assert not _exists(runtime_server.store, "via-gateway")
 
 
 # -- SIGTERM -------------------------------------------------------------------------------

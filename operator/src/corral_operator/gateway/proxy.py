@@ -41,6 +41,9 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
+        # A browser page's origin is the gateway's to judge: the pods refuse foreign origins,
+        # and they are called by the gateway, not by the page.
+        "origin",
     }
 )
 # Headers the session would add on its own: the pod sees the client's, or none.
