@@ -15,11 +15,12 @@ from corral_runtime.api import models as models_api
 from corral_runtime.api.errors import install_error_handlers
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.layout import ModelStore
+from tests.support.gguf_corpus import encode, tiny_model
 from tests.support.registry import TestRegistry, running_registry
 
 pytestmark = pytest.mark.runtime
 
-GGUF = b"GGUF" + bytes(range(256)) * 4096
+GGUF = encode(tiny_model())  # a real (tiny) model: create and pull validate what they store
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from corral_runtime.store.download import DigestMismatchError, SizeMismatchError
+from corral_runtime.store.gguf import InvalidModelFileError
 from corral_runtime.store.layout import MODEL_LAYER, ModelStore
 from corral_runtime.store.pull import Puller, PullEvent, PullOptions
 from corral_runtime.store.registry import ManifestNotFoundError
@@ -21,12 +22,13 @@ from corral_runtime.store.transfer import (
     RedirectRefusedError,
     RetryPolicy,
 )
+from tests.support.gguf_corpus import model_of_size
 from tests.support.registry import LoggedRequest, TestRegistry, running_registry
 
 pytestmark = pytest.mark.runtime
 
 CHUNK = 256 * 1024
-GGUF = b"GGUF" + hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32)  # ~3 MiB
+GGUF = model_of_size(3 * 1024 * 1024)  # a valid model file (pulls validate it), ~3 MiB
 TEMPLATE = "{{ .Prompt }}"
 
 
@@ -358,5 +360,5 @@ def test_local_source_and_non_gguf_refused(store: ModelStore, tmp_path: Path) ->
     assert model.model_path.read_bytes() == GGUF
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf")
-    with pytest.raises(PullError, match="not a GGUF"):
+    with pytest.raises(InvalidModelFileError, match="not a valid model file: not a GGUF"):
         puller(store).pull(str(bad))

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from corral_runtime.store.layout import ModelStore
+from tests.support.gguf_corpus import model_of_size
 from tests.support.registry import TestRegistry, running_registry
 
 pytestmark = pytest.mark.runtime
 
 SIZE = 24 * 1024 * 1024
-GGUF = b"GGUF" + os.urandom(SIZE - 4)
+GGUF = model_of_size(SIZE, seed=int.from_bytes(os.urandom(8)))  # a valid model file
 DIGEST = "sha256:" + hashlib.sha256(GGUF).hexdigest()
 
 

@@ -31,7 +31,7 @@ _FORMATS = {
     I64: "<q",
     F64: "<d",
 }
-GGML_F32, GGML_Q4_0 = 0, 2
+GGML_F32, GGML_Q4_0, GGML_I8 = 0, 2, 24
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,17 @@ def tiny_model(seed: int = 0) -> GGUFSpec:
         matrix("blk.0.ffn_down.weight", N_FF, N_EMBD),
     )
     return GGUFSpec(kvs=kvs, tensors=tensors)
+
+
+def model_of_size(size: int, seed: int = 0) -> bytes:
+    """The tiny model and one more tensor of seeded random bytes: a valid model file of about
+    ``size`` bytes, for tests that move large files (pulls in many parts) rather than run them."""
+    base = tiny_model(seed)
+    padding = max(0, size - len(encode(base)))
+    data = random.Random(seed).randbytes(padding)
+    return encode(
+        replace(base, tensors=(*base.tensors, Tensor("corral.padding", (padding,), data, GGML_I8)))
+    )
 
 
 # -- the malformed variants ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from corral_runtime.engine.types import (
     QueueFullError,
 )
 from corral_runtime.store.digests import InvalidDigestError
+from corral_runtime.store.gguf import GGUFError
 from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError
 from corral_runtime.store.names import InvalidNameError
 from corral_runtime.templates.budget import TemplateBudgetError
@@ -92,6 +93,8 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(500, f"the model's chat template failed: {exc}")
     if isinstance(exc, GenerationTimeoutError):
         return ApiError(500, str(exc), code="generation_timeout")
+    if isinstance(exc, GGUFError):  # a model file llama.cpp must not be given: says why
+        return ApiError(400, str(exc), code="invalid_model_file")
     if isinstance(exc, EngineError):
         log.error("engine error: %s%s", exc, f" ({exc.detail})" if exc.detail else "")
         return ApiError(500, without_paths(str(exc)))

@@ -24,9 +24,11 @@ from corral_runtime.api.deps import require_management
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.store.digests import InvalidDigestError, parse_digest
+from corral_runtime.store.gguf import GGUFDetails, GGUFError
 from corral_runtime.store.layout import (
     ADAPTER_LAYER,
     MODEL_LAYER,
+    BlobState,
     CorruptStoreError,
     Layer,
     ModelNotFoundError,
@@ -136,7 +138,7 @@ class PullRequest(BaseModel):
 def _pull_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ManifestNotFoundError):
         return ApiError(404, str(exc))
-    if isinstance(exc, (InvalidSourceError, InvalidNameError, InvalidDigestError)):
+    if isinstance(exc, (InvalidSourceError, InvalidNameError, InvalidDigestError, GGUFError)):
         return ApiError(400, str(exc))
     return ApiError(500, str(exc))
 
@@ -161,7 +163,13 @@ async def pull(body: PullRequest, request: Request) -> Any:
             Puller(store, PullOptions(insecure=body.insecure), cancel=cancel).pull(
                 source, report=report
             )
-        except (PullError, CorruptStoreError, InvalidNameError, InvalidDigestError) as exc:
+        except (
+            PullError,
+            CorruptStoreError,
+            InvalidNameError,
+            InvalidDigestError,
+            GGUFError,
+        ) as exc:
             raise _pull_error(exc) from exc
         finally:
             cancel.set()
@@ -244,13 +252,22 @@ def _file_layer(store: ModelStore, files: dict[str, str]) -> Layer:
         digest = parse_digest(raw_digest)
     except InvalidDigestError as exc:
         raise ApiError(400, str(exc)) from exc
-    path = store.blob_path(digest)
-    if not path.is_file():
+    size = store.blob_size(digest) if store.has_blob(digest) else None
+    if size is None:
         raise ApiError(400, f"blob {digest} for {filename} does not exist; upload it first")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ApiError(400, f"{filename} is not a GGUF file")
-    return Layer(MODEL_LAYER, digest, path.stat().st_size)
+    return Layer(MODEL_LAYER, digest, size)
+
+
+def _checked_model(store: ModelStore, layer: Layer) -> GGUFDetails:
+    """A model blob verified and validated before it becomes (part of) a model: else a 400."""
+    try:
+        return store.check_model_blob(layer.digest, layer.size)
+    except GGUFError as exc:
+        raise ApiError(400, str(exc)) from exc
+    except (ModelNotFoundError, CorruptStoreError) as exc:
+        raise ApiError(
+            400, f"blob {layer.digest} is missing or does not match its digest; upload it again"
+        ) from exc
 
 
 def _first(given: _T | None, inherited: _T | None) -> _T | None:
@@ -280,6 +297,7 @@ def create_model(
         model_layer = layer
     else:
         raise ApiError(400, "neither 'from' nor 'files' was specified")
+    details = _checked_model(store, model_layer)
     emit({"status": f"using existing layer {model_layer.digest}"})
     params = dict(base.params) if base is not None else {}
     params.update(body.parameters or {})
@@ -297,7 +315,7 @@ def create_model(
         messages=_first(body.messages, base.messages if base else None),
         license=_first(license_text, base.license if base else None),
         extra_layers=extra,
-        config=model_config(store.blob_path(model_layer.digest)),
+        config=model_config(details),
     )
     emit({"status": "success"})
     return model
@@ -331,8 +349,9 @@ def _digest(raw: str) -> str:
 
 @router.head("/api/blobs/{digest}")
 async def head_blob(digest: str, request: Request) -> Response:
-    found = _store(request).has_blob(_digest(digest))
-    return Response(status_code=200 if found else 404)
+    """200 for a blob the store holds verified; a corrupt one is as good as absent (404)."""
+    state = await asyncio.to_thread(_store(request).check_blob, _digest(digest))
+    return Response(status_code=200 if state is BlobState.VALID else 404)
 
 
 @router.post("/api/blobs/{digest}")
@@ -340,9 +359,9 @@ async def post_blob(digest: str, request: Request) -> Response:
     """Store an uploaded blob; its bytes must hash to ``digest`` (else 400, nothing kept)."""
     expected = _digest(digest)
     store = _store(request)
-    if store.has_blob(expected):
+    if await asyncio.to_thread(store.check_blob, expected) is BlobState.VALID:
         return Response(status_code=200)
-    store.blobs.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(store.ensure_blobs_dir)
     fd, tmp_name = tempfile.mkstemp(prefix=".upload-", dir=store.blobs)
     tmp = Path(tmp_name)
     hasher = hashlib.sha256()
@@ -355,11 +374,13 @@ async def post_blob(digest: str, request: Request) -> Response:
         if actual != expected:
             raise ApiError(400, f"digest mismatch, expected {expected}, got {actual}")
         await asyncio.to_thread(_publish, tmp, store.blob_path(expected))
+        await asyncio.to_thread(store.record_verified, expected)  # hashed as it arrived
     finally:
         await asyncio.to_thread(tmp.unlink, missing_ok=True)
     return Response(status_code=201)
 
 
 def _publish(tmp: Path, target: Path) -> None:
+    """Rename over whatever is at ``target`` (a corrupt blob or a link is replaced, not used)."""
     tmp.chmod(0o644)
     tmp.replace(target)

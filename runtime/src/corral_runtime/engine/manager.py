@@ -21,7 +21,7 @@ from corral_runtime.engine.types import LoadOptions
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
 from corral_runtime.gpu import GpuInfo, GpuPlan, ModelFootprint, kv_cache_bytes, plan_gpu_layers
 from corral_runtime.settings import RuntimeSettings
-from corral_runtime.store.gguf import GGUFDetails, read_gguf_details
+from corral_runtime.store.gguf import GGUFDetails
 from corral_runtime.store.layout import ModelStore, StoredModel
 from corral_runtime.templates.chat import ChatTemplate, select_template
 
@@ -73,10 +73,6 @@ class Lease:
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
-
-
-def model_details(stored: StoredModel) -> GGUFDetails:
-    return read_gguf_details(stored.model_path)
 
 
 def model_template(stored: StoredModel, details: GGUFDetails) -> ChatTemplate:
@@ -163,7 +159,8 @@ class ModelManager:
     # -- internals ---------------------------------------------------------------------------
 
     async def _load(self, stored: StoredModel, n_ctx: int, load: LoadOptions) -> LoadedModel:
-        details = await asyncio.to_thread(model_details, stored)
+        # Verified against its digest (once per blob) and a valid GGUF, before llama.cpp sees it.
+        details = await asyncio.to_thread(self.store.check_model, stored)
         template = model_template(stored, details)
         weights = stored.model_path.stat().st_size
         footprint = ModelFootprint(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 _DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
 CHUNK = 4 * 1024 * 1024
@@ -34,8 +35,13 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    with Path(path).open("rb") as f:
+        return sha256_stream(f)
+
+
+def sha256_stream(f: BinaryIO) -> str:
+    """The digest of what is left to read in ``f``."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
     return "sha256:" + h.hexdigest()

@@ -46,7 +46,8 @@ from corral_runtime.store.direct import (
     Reply,
     proxies_configured,
 )
-from corral_runtime.store.layout import Layer, ModelStore
+from corral_runtime.store.layout import BlobState, Layer, ModelStore
+from corral_runtime.store.safefs import CorruptStoreError, clear_foreign, open_path
 from corral_runtime.store.transfer import (
     HttpStatusError,
     PullError,
@@ -141,7 +142,7 @@ class _State:
     @classmethod
     def load(cls, path: Path, key: str, size: int, validator: str) -> _State | None:
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(_read_text(path))
             state = cls(
                 key=str(doc["key"]),
                 size=int(doc["size"]),
@@ -149,7 +150,7 @@ class _State:
                 done=[int(x) for x in doc["done"]],
                 validator=str(doc["validator"]),
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, CorruptStoreError):
             return None
         ranges = chunk_ranges(state.size, state.chunk) if state.chunk > 0 else []
         if (
@@ -174,7 +175,8 @@ def exclusive_lock(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        clear_foreign(path)  # a link at the lock's path is not followed: it is replaced
+        fd = open_path(path, os.O_RDWR | os.O_CREAT)
         try:
             while True:
                 try:
@@ -185,7 +187,7 @@ def exclusive_lock(
                         on_wait()
                     time.sleep(poll)
             try:
-                same = path.stat().st_ino == os.fstat(fd).st_ino
+                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if not same:
@@ -271,6 +273,7 @@ class BlobDownloader:
             digest = parse_digest(req.digest)
             if req.size is not None and req.size < 0:
                 raise SizeMismatchError(f"invalid size {req.size} for {digest}")
+            self.store.ensure_blobs_dir()
             existing = self._existing(digest, req.size)
             if existing is not None:
                 report(existing.size, existing.size)
@@ -288,13 +291,13 @@ class BlobDownloader:
 
         def peek() -> None:
             # Another puller holds the lock: show its progress from its sidecar.
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                doc = json.loads(sidecar.read_text())
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CorruptStoreError):
+                doc = json.loads(_read_text(sidecar))
                 report(sum(int(x) for x in doc["done"]), int(doc["size"]))
 
         with exclusive_lock(lock, on_wait=peek):
             if digest is not None:
-                existing = self._existing(digest, req.size)
+                existing = self._existing(digest, req.size, repair=True)
                 if existing is not None:
                     report(existing.size, existing.size)
                     return existing
@@ -313,17 +316,20 @@ class BlobDownloader:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _existing(self, digest: str, size: int | None) -> Layer | None:
-        path = self.store.blob_path(digest)
-        try:
-            actual = path.stat().st_size
-        except FileNotFoundError:
-            return None
-        if size is not None and actual != size:
-            raise SizeMismatchError(
-                f"blob {digest} in the store has {actual} bytes, the manifest says {size}"
-            )
-        return Layer(media_type="", digest=digest, size=actual)
+    def _existing(self, digest: str, size: int | None, repair: bool = False) -> Layer | None:
+        """The blob when the store holds it verified (size, and sha256 once per file).
+
+        With ``repair`` (under the blob's lock) one that fails verification is removed, so that
+        it is fetched again rather than trusted or failed on forever.
+        """
+        state = self.store.check_blob(digest, size)
+        if state is BlobState.VALID:
+            actual = self.store.blob_size(digest)
+            assert actual is not None
+            return Layer(media_type="", digest=digest, size=actual)
+        if state is BlobState.INVALID and repair:
+            self.store.discard_blob(digest)
+        return None
 
     @staticmethod
     def _discard(base: Path, sidecar: Path) -> None:
@@ -358,6 +364,8 @@ class BlobDownloader:
             size, validator = req.size, ""
         else:
             size, validator = self._probe(req)
+        clear_foreign(base)  # a link at the partial's path is replaced, never written through
+        clear_foreign(sidecar)
         state = _State.load(sidecar, key, size, validator) if base.is_file() else None
         if state is None:
             self._discard(base, sidecar)
@@ -370,8 +378,9 @@ class BlobDownloader:
             )
         ranges = chunk_ranges(size, state.chunk)
         self._check_space(size - sum(state.done), base)
-        fd = os.open(base, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_path(base, os.O_RDWR | os.O_CREAT)
         try:
+            os.fchmod(fd, 0o644)
             os.ftruncate(fd, size)
             _save(sidecar, state)
             try:
@@ -404,12 +413,11 @@ class BlobDownloader:
             raise DigestMismatchError(
                 f"downloaded bytes hash to {computed}, expected {digest} ({req.url})"
             )
-        target = self.store.blob_path(computed)
-        if target.is_file() and target.stat().st_size == size:
+        if self.store.check_blob(computed, size) is BlobState.VALID:
             base.unlink()
-        else:
-            base.chmod(0o644)
-            base.replace(target)
+        else:  # absent, or replaced (a link or a bad blob there is renamed over, not written)
+            base.replace(self.store.blob_path(computed))
+            self.store.record_verified(computed)  # its bytes were hashed as they landed
         sidecar.unlink(missing_ok=True)
         report(size, size)
         return Layer(media_type="", digest=computed, size=size)
@@ -705,6 +713,13 @@ def _validator(response: httpx.Response) -> str:
 
 def _save(sidecar: Path, state: _State) -> None:
     tmp = sidecar.with_name(sidecar.name + ".tmp")
-    with open(tmp, "w") as f:
+    clear_foreign(tmp)
+    with os.fdopen(open_path(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         json.dump(state.to_json(), f)
     tmp.replace(sidecar)
+
+
+def _read_text(path: Path) -> str:
+    """A scratch file's text, never read through a link (LinkInStoreError)."""
+    with os.fdopen(open_path(path), "r") as f:
+        return f.read()

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from corral_runtime.store.digests import blob_filename, parse_digest, sha256_bytes, sha256_file
+from corral_runtime.store.digests import (
+    CHUNK,
+    blob_filename,
+    parse_digest,
+    sha256_bytes,
+    sha256_file,
+    sha256_stream,
+)
+from corral_runtime.store.gguf import GGUFDetails, check_model_file
 from corral_runtime.store.names import ModelName, parse_name
+from corral_runtime.store.safefs import CorruptStoreError as CorruptStoreError
+from corral_runtime.store.safefs import (
+    LinkInStoreError,
+    entry_stat,
+    is_regular,
+    open_file,
+    opened_dir,
+    read_file,
+    write_atomic,
+)
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -27,16 +49,23 @@ PROJECTOR_LAYER = LAYER_PREFIX + "projector"
 ADAPTER_LAYER = LAYER_PREFIX + "adapter"
 
 
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".corral"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    """What identifies one version of a file: any write, replacement or touch changes it."""
+    return (st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class ModelNotFoundError(LookupError):
     """No manifest for the name, or a manifest whose blobs are missing."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"model '{name}' not found")
         self.name = name
-
-
-class CorruptStoreError(RuntimeError):
-    """A manifest that cannot be parsed, or a blob whose size or content does not match."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +144,31 @@ class StoredModel:
         return layer.digest
 
 
+class BlobState(enum.Enum):
+    """What ``ModelStore.check_blob`` found at a blob's path."""
+
+    MISSING = "missing"
+    VALID = "valid"  # a regular file of the expected size whose content hashes to its digest
+    INVALID = "invalid"  # anything else: wrong size or content, a link, not a regular file
+
+
 class ModelStore:
-    """An Ollama-layout store rooted at ``root`` (the equivalent of ``~/.ollama/models``)."""
+    """An Ollama-layout store rooted at ``root`` (the equivalent of ``~/.ollama/models``).
+
+    Nothing below the root is reached through a link (see ``safefs``). A blob is trusted once its
+    sha256 was checked: by the download or import that wrote it, or by ``check_blob`` before its
+    first use. The result is recorded under ``.corral/verified/`` keyed by the file's size, inode,
+    device, mtime and ctime, so another process or a restart does not hash the blob again while
+    any write, replacement or touch of the file makes it hashed again. Where the store is
+    read-only (a pod's mount) the result is kept in memory only.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
+        self._verified: dict[str, tuple[int, ...]] = {}
+        self._verified_lock = threading.Lock()
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -131,79 +178,137 @@ class ModelStore:
     def manifest_path(self, name: ModelName) -> Path:
         return self.manifests.joinpath(*name.parts)
 
-    def _find_manifest(self, name: ModelName) -> Path | None:
-        exact = self.manifest_path(name)
-        if exact.is_file():
-            return exact
+    @contextlib.contextmanager
+    def _dir(self, *parts: str, create: bool = False) -> Iterator[int]:
+        with opened_dir(self.root, parts, create=create) as fd:
+            yield fd
+
+    def ensure_blobs_dir(self) -> None:
+        """Make ``blobs/`` if needed; LinkInStoreError when it is a link or not a directory."""
+        with self._dir("blobs", create=True):
+            pass
+
+    def _find_manifest(self, name: ModelName) -> ModelName | None:
+        host, namespace, model, tag = name.parts
+        try:
+            with self._dir("manifests", host, namespace, model) as fd:
+                if is_regular(entry_stat(fd, tag)):
+                    return name
+        except (FileNotFoundError, LinkInStoreError):
+            pass
         # Case-insensitive lookup, as Ollama does.
         want = name.key()
-        for other, path in self._iter_manifest_paths():
-            if other.key() == want:
-                return path
-        return None
+        return next((other for other in self.names() if other.key() == want), None)
 
-    def _iter_manifest_paths(self) -> Iterator[tuple[ModelName, Path]]:
-        if not self.manifests.is_dir():
-            return
-        for path in sorted(self.manifests.glob("*/*/*/*")):
-            if not path.is_file() or path.name.startswith("."):
-                continue
-            host, namespace, model, tag = path.relative_to(self.manifests).parts
-            try:
-                yield parse_name(f"{host}/{namespace}/{model}:{tag}"), path
-            except ValueError:
-                continue
+    def _entries(self, parts: tuple[str, ...], directories: bool) -> list[str]:
+        """Names under ``manifests/parts…`` that are directories (or regular files), no links."""
+        try:
+            with self._dir("manifests", *parts) as fd, os.scandir(fd) as it:
+                found = [
+                    e.name
+                    for e in it
+                    if not e.name.startswith(".")
+                    and (
+                        e.is_dir(follow_symlinks=False)
+                        if directories
+                        else e.is_file(follow_symlinks=False)
+                    )
+                ]
+        except (FileNotFoundError, NotADirectoryError, LinkInStoreError):
+            return []
+        return sorted(found)
 
     # -- reading -----------------------------------------------------------------------------
 
+    def blob_size(self, digest: str) -> int | None:
+        """A blob's size; None when absent; LinkInStoreError when it is not a regular file."""
+        name = blob_filename(digest)
+        try:
+            with self._dir("blobs") as fd:
+                st = entry_stat(fd, name)
+        except FileNotFoundError:
+            return None
+        if st is None:
+            return None
+        if not is_regular(st):
+            raise LinkInStoreError(f"blobs/{name}")
+        return st.st_size
+
     def has_blob(self, digest: str) -> bool:
-        return self.blob_path(digest).is_file()
+        """A blob is present: a regular file at its path (a link there is no blob of ours)."""
+        try:
+            return self.blob_size(digest) is not None
+        except LinkInStoreError:
+            return False
+
+    @contextlib.contextmanager
+    def open_blob(self, digest: str) -> Iterator[BinaryIO]:
+        """A blob opened for reading, never through a link (LinkInStoreError)."""
+        with self._dir("blobs") as dir_fd:
+            fd = open_file(dir_fd, blob_filename(digest))
+        with os.fdopen(fd, "rb") as f:
+            yield f
 
     def read_blob_text(self, digest: str, limit: int = 16 * 1024 * 1024) -> str:
-        path = self.blob_path(digest)
-        if path.stat().st_size > limit:
-            raise CorruptStoreError(f"blob {digest} is larger than {limit} bytes")
-        return path.read_text(encoding="utf-8")
+        with self._dir("blobs") as fd:
+            data, _ = read_file(fd, blob_filename(digest), limit)
+        return data.decode("utf-8")
+
+    def _read_manifest(self, name: ModelName) -> tuple[Manifest, ModelName, os.stat_result]:
+        found = self._find_manifest(name)
+        if found is None:
+            raise ModelNotFoundError(name.display)
+        host, namespace, model, tag = found.parts
+        try:
+            with self._dir("manifests", host, namespace, model) as fd:
+                raw, st = read_file(fd, tag, MAX_MANIFEST_BYTES)
+        except FileNotFoundError as exc:
+            raise ModelNotFoundError(name.display) from exc
+        return Manifest.parse(raw), found, st
 
     def read_manifest(self, name: ModelName) -> tuple[Manifest, Path]:
-        path = self._find_manifest(name)
-        if path is None:
-            raise ModelNotFoundError(name.display)
-        return Manifest.parse(path.read_bytes()), path
+        manifest, found, _ = self._read_manifest(name)
+        return manifest, self.manifest_path(found)
 
     def names(self) -> list[ModelName]:
-        return [name for name, _ in self._iter_manifest_paths()]
+        found = []
+        for host in self._entries((), True):
+            for namespace in self._entries((host,), True):
+                for model in self._entries((host, namespace), True):
+                    for tag in self._entries((host, namespace, model), False):
+                        try:
+                            found.append(parse_name(f"{host}/{namespace}/{model}:{tag}"))
+                        except ValueError:
+                            continue
+        return found
 
     def get(self, name: ModelName | str) -> StoredModel:
         """Resolve a name to a model whose model blob exists; raise ModelNotFoundError if not."""
         if isinstance(name, str):
             name = parse_name(name)
-        manifest, path = self.read_manifest(name)
-        host, namespace, model, tag = path.relative_to(self.manifests).parts
-        name = ModelName(host=host, namespace=namespace, model=model, tag=tag)
+        manifest, name, st = self._read_manifest(name)
         model_layer = manifest.layer(MODEL_LAYER)
         if model_layer is None:
             raise CorruptStoreError(f"model '{name.display}' has no model layer")
-        model_path = self.blob_path(model_layer.digest)
-        if not model_path.is_file():
+        size = self.blob_size(model_layer.digest)
+        if size is None:
             raise ModelNotFoundError(name.display)
-        if model_path.stat().st_size != model_layer.size:
+        if size != model_layer.size:
             raise CorruptStoreError(
-                f"blob {model_layer.digest} has {model_path.stat().st_size} bytes, "
-                f"the manifest says {model_layer.size}"
+                f"blob {model_layer.digest} has {size} bytes, the manifest says {model_layer.size}"
             )
         texts: dict[str, str] = {}
         for media in (TEMPLATE_LAYER, SYSTEM_LAYER, PARAMS_LAYER, MESSAGES_LAYER, LICENSE_LAYER):
             layer = manifest.layer(media)
-            if layer is not None and self.has_blob(layer.digest):
+            if layer is not None and self.blob_size(layer.digest) is not None:
                 texts[media] = self.read_blob_text(layer.digest)
         params = json.loads(texts[PARAMS_LAYER]) if PARAMS_LAYER in texts else {}
         messages = json.loads(texts[MESSAGES_LAYER]) if MESSAGES_LAYER in texts else []
         return StoredModel(
             name=name,
             manifest=manifest,
-            model_path=model_path,
-            modified=path.stat().st_mtime,
+            model_path=self.blob_path(model_layer.digest),
+            modified=st.st_mtime,
             template=texts.get(TEMPLATE_LAYER),
             system=texts.get(SYSTEM_LAYER),
             params=params if isinstance(params, dict) else {},
@@ -211,56 +316,153 @@ class ModelStore:
             license=texts.get(LICENSE_LAYER),
         )
 
-    # -- writing -----------------------------------------------------------------------------
+    # -- verification ------------------------------------------------------------------------
 
-    def _tempfile(self) -> tuple[int, Path]:
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.blobs)
-        return fd, Path(tmp)
+    def check_blob(self, digest: str, size: int | None = None) -> BlobState:
+        """Whether the blob at ``digest``'s path is present and holds exactly that content.
+
+        The size is checked every time, the sha256 once per file (see the class docstring).
+        """
+        digest = parse_digest(digest)
+        try:
+            with self.open_blob(digest) as f:
+                st = os.fstat(f.fileno())
+                if size is not None and st.st_size != size:
+                    return BlobState.INVALID
+                if self._is_recorded(digest, st):
+                    return BlobState.VALID
+                actual = sha256_stream(f)
+                if actual != digest:
+                    log.warning("blob %s does not hash to its digest", digest)
+                    return BlobState.INVALID
+                if _stat_key(os.fstat(f.fileno())) == _stat_key(st):
+                    self._record(digest, st)
+                return BlobState.VALID
+        except FileNotFoundError:
+            return BlobState.MISSING
+        except LinkInStoreError:
+            return BlobState.INVALID
+
+    def record_verified(self, digest: str) -> None:
+        """Note that the blob now at ``digest``'s path was just hashed (by its writer)."""
+        name = blob_filename(digest)
+        with self._dir("blobs") as fd:
+            st = entry_stat(fd, name)
+        if is_regular(st):
+            assert st is not None
+            self._record(parse_digest(digest), st)
+
+    def discard_blob(self, digest: str) -> None:
+        """Remove a blob (a link there is removed itself, never what it points to)."""
+        name = blob_filename(digest)
+        with contextlib.suppress(FileNotFoundError), self._dir("blobs") as fd:
+            os.unlink(name, dir_fd=fd)
+        self._forget(parse_digest(digest))
+
+    def check_model(self, stored: StoredModel) -> GGUFDetails:
+        """What must hold before llama.cpp is given a model's blob; the blob's GGUF details.
+
+        The blob is present, of its manifest's size, verified against its digest, and a valid
+        GGUF file (``check_model_file``); InvalidModelFileError or CorruptStoreError if not.
+        """
+        layer = stored.manifest.layer(MODEL_LAYER)
+        assert layer is not None
+        return self.check_model_blob(layer.digest, layer.size, model=stored.name.display)
+
+    def check_model_blob(
+        self, digest: str, size: int | None = None, *, model: str = ""
+    ) -> GGUFDetails:
+        """``check_model`` for a blob by digest (a file given to create, pull or load)."""
+        state = self.check_blob(digest, size)
+        if state is BlobState.MISSING:
+            raise ModelNotFoundError(model or digest)
+        if state is BlobState.INVALID:
+            raise CorruptStoreError(
+                f"blob {digest} does not match its digest or size; pull the model again"
+            )
+        with self.open_blob(digest) as f:
+            return check_model_file(f, os.fstat(f.fileno()).st_size)
+
+    def _record_dir(self, create: bool) -> contextlib.AbstractContextManager[int]:
+        return self._dir(STATE_DIR, "verified", create=create)
+
+    def _is_recorded(self, digest: str, st: os.stat_result) -> bool:
+        key = _stat_key(st)
+        with self._verified_lock:
+            if self._verified.get(digest) == key:
+                return True
+        try:
+            with self._record_dir(False) as fd:
+                raw, _ = read_file(fd, blob_filename(digest), 4096)
+            recorded = tuple(json.loads(raw))
+        except (OSError, ValueError, TypeError, CorruptStoreError):
+            return False
+        if recorded != key:
+            return False
+        with self._verified_lock:
+            self._verified[digest] = key
+        return True
+
+    def _record(self, digest: str, st: os.stat_result) -> None:
+        key = _stat_key(st)
+        with self._verified_lock:
+            self._verified[digest] = key
+        try:
+            with self._record_dir(True) as fd:
+                write_atomic(fd, blob_filename(digest), json.dumps(key).encode(), fsync=False)
+        except OSError as exc:  # a read-only store: remembered by this process only
+            log.debug("could not record blob %s as verified: %s", digest, exc)
+
+    def _forget(self, digest: str) -> None:
+        with self._verified_lock:
+            self._verified.pop(digest, None)
+        with contextlib.suppress(OSError, CorruptStoreError), self._record_dir(False) as fd:
+            os.unlink(blob_filename(digest), dir_fd=fd)
+
+    # -- writing -----------------------------------------------------------------------------
 
     def put_bytes(self, data: bytes, expected_digest: str | None = None) -> Layer:
         """Store bytes as a blob (atomic: temp file, verify, rename). Returns its digest/size."""
         digest = sha256_bytes(data)
         if expected_digest is not None and parse_digest(expected_digest) != digest:
             raise CorruptStoreError(f"digest mismatch: expected {expected_digest}, got {digest}")
-        target = self.blob_path(digest)
-        if not target.is_file():
-            fd, tmp = self._tempfile()
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                tmp.chmod(0o644)
-                tmp.replace(target)
-            finally:
-                tmp.unlink(missing_ok=True)
+        if self.check_blob(digest, len(data)) is not BlobState.VALID:
+            with self._dir("blobs", create=True) as fd:
+                write_atomic(fd, blob_filename(digest), data)
+            self.record_verified(digest)
         return Layer(media_type="", digest=digest, size=len(data))
 
     def import_file(self, source: Path, *, link: bool = True) -> Layer:
         """Copy (or hard-link, when on the same file system) a file into the store as a blob."""
         digest = sha256_file(source)
-        target = self.blob_path(digest)
-        if not target.is_file():
-            fd, tmp = self._tempfile()
-            os.close(fd)
-            tmp.unlink()
+        size = Path(source).stat().st_size
+        if self.check_blob(digest, size) is BlobState.VALID:
+            return Layer(media_type="", digest=digest, size=size)
+        with self._dir("blobs", create=True) as dir_fd:
+            tmp = f".tmp-{secrets.token_hex(8)}"
             try:
                 linked = False
                 if link:
                     try:
-                        os.link(source, tmp)
+                        os.link(source, tmp, dst_dir_fd=dir_fd)
                         linked = True
                     except OSError:
                         linked = False
                 if not linked:
-                    shutil.copyfile(source, tmp)
-                    if sha256_file(tmp) != digest:
-                        raise CorruptStoreError(f"{source} changed while it was being copied")
-                tmp.replace(target)
+                    fd = open_file(dir_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                        shutil.copyfileobj(src, out, CHUNK)
+                        out.flush()
+                        os.fsync(out.fileno())
+                with os.fdopen(open_file(dir_fd, tmp), "rb") as f:
+                    if sha256_stream(f) != digest:
+                        raise CorruptStoreError("the file changed while it was being imported")
+                os.rename(tmp, blob_filename(digest), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             finally:
-                tmp.unlink(missing_ok=True)
-        return Layer(media_type="", digest=digest, size=target.stat().st_size)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+        self.record_verified(digest)
+        return Layer(media_type="", digest=digest, size=size)
 
     def write_manifest(self, name: ModelName, raw: bytes) -> Path:
         """Write a manifest last, atomically, after every blob it names is present."""
@@ -268,17 +470,23 @@ class ModelStore:
         for layer in (manifest.config, *manifest.layers):
             if not self.has_blob(layer.digest):
                 raise CorruptStoreError(f"manifest names missing blob {layer.digest}")
-        path = self.manifest_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-            Path(tmp).chmod(0o644)
-            Path(tmp).replace(path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        host, namespace, model, tag = name.parts
+        with self._dir("manifests", host, namespace, model, create=True) as fd:
+            write_atomic(fd, tag, raw)
+        return self.manifest_path(name)
+
+    def remove_manifest(self, name: ModelName) -> None:
+        """Remove a model's manifest, then its directories left empty (up to ``manifests/``)."""
+        _, found, _ = self._read_manifest(name)
+        parts = found.parts
+        with self._dir("manifests", *parts[:-1]) as fd:
+            os.unlink(parts[-1], dir_fd=fd)
+        for depth in range(len(parts) - 1, 0, -1):
+            try:
+                with self._dir("manifests", *parts[: depth - 1]) as fd:
+                    os.rmdir(parts[depth - 1], dir_fd=fd)
+            except OSError:
+                break
 
     def create_model(
         self,

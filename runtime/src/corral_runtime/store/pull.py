@@ -19,7 +19,7 @@ import httpx
 
 from corral_runtime.store.digests import parse_digest
 from corral_runtime.store.download import BlobDownloader, BlobRequest
-from corral_runtime.store.gguf import GGUFError, read_gguf_details
+from corral_runtime.store.gguf import GGUFDetails
 from corral_runtime.store.layout import (
     MODEL_LAYER,
     PARAMS_LAYER,
@@ -93,12 +93,8 @@ def pulling_status(digest: str) -> str:
     return f"pulling {digest.removeprefix('sha256:')[:12]}"
 
 
-def model_config(path: Path) -> dict[str, Any]:
-    """Config-blob fields Ollama fills from the GGUF (empty strings when unreadable)."""
-    try:
-        details = read_gguf_details(path)
-    except (GGUFError, OSError, ValueError):
-        return {"model_format": "gguf"}
+def model_config(details: GGUFDetails) -> dict[str, Any]:
+    """Config-blob fields Ollama fills from the GGUF."""
     return {
         "model_format": "gguf",
         "model_family": details.family,
@@ -190,6 +186,8 @@ class Puller:
                 )
             emit(PullEvent("verifying sha256 digest"))
             self._verify_sizes(manifest)
+            # Refused here (not at first use) when it is not a model llama.cpp can be given.
+            self.store.check_model_blob(model_layer.digest, model_layer.size)
             emit(PullEvent("writing manifest"))
             if self._has_overrides():
                 self._write_with_overrides(target, manifest)
@@ -253,11 +251,10 @@ class Puller:
     def _verify_sizes(self, manifest: Manifest) -> None:
         # Content was verified as it arrived; a blob that was already present is checked here.
         for layer in (manifest.config, *manifest.layers):
-            path = self.store.blob_path(layer.digest)
-            if path.stat().st_size != layer.size:
+            size = self.store.blob_size(layer.digest)
+            if size != layer.size:
                 raise PullError(
-                    f"blob {layer.digest} has {path.stat().st_size} bytes, "
-                    f"the manifest says {layer.size}"
+                    f"blob {layer.digest} has {size} bytes, the manifest says {layer.size}"
                 )
 
     # -- hf:// and https:// ------------------------------------------------------------------
@@ -332,10 +329,7 @@ class Puller:
             return self._compose(target, blob, pin, emit)
 
     def _compose(self, target: ModelName, blob: Layer, pin: PullPin, emit: Reporter) -> StoredModel:
-        blob_path = self.store.blob_path(blob.digest)
-        with open(blob_path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise PullError(f"{blob.digest} is not a GGUF file")
+        details = self.store.check_model_blob(blob.digest, blob.size)
         emit(PullEvent("writing manifest"))
         model = self.store.compose_model(
             target,
@@ -343,7 +337,7 @@ class Puller:
             template=self.options.template,
             system=self.options.system,
             params=self.options.params,
-            config=model_config(blob_path),
+            config=model_config(details),
         )
         emit(PullEvent("success"))
         return model

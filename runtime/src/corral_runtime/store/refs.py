@@ -25,6 +25,7 @@ from pathlib import Path
 from corral_runtime.store.digests import parse_digest
 from corral_runtime.store.layout import CorruptStoreError, Manifest, ModelStore
 from corral_runtime.store.names import ModelName, parse_name
+from corral_runtime.store.safefs import LinkInStoreError, clear_foreign, open_path
 
 _BLOB_NAME_LEN = len("sha256-") + 64
 
@@ -36,7 +37,8 @@ def _state_dir(store: ModelStore) -> Path:
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    clear_foreign(path)
+    fd = open_path(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, mode)
         yield
@@ -57,7 +59,7 @@ class PullPin:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Locked before it gets the name GC looks for, so GC never takes it for a stale pin.
         tmp = self.path.with_suffix(".tmp")
-        self._fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = open_path(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         tmp.rename(self.path)
         return self
@@ -85,8 +87,8 @@ def pinned_digests(store: ModelStore) -> set[str]:
         return pins
     for path in folder.glob("*.json"):
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+            fd = open_path(path)
+        except (FileNotFoundError, LinkInStoreError):
             continue
         try:
             try:
@@ -156,7 +158,7 @@ def collect_garbage(
             if digest not in blobs:
                 continue
             if not dry_run:
-                store.blob_path(digest).unlink(missing_ok=True)
+                store.discard_blob(digest)
             report.removed.append(digest)
             report.freed_bytes += blobs[digest]
     return report
@@ -166,16 +168,9 @@ def delete_model(store: ModelStore, name: ModelName | str, in_use: Iterable[str]
     """Remove a model's manifest, then those of its blobs nothing else uses."""
     if isinstance(name, str):
         name = parse_name(name)
-    manifest, path = store.read_manifest(name)
-    path.unlink()
-    # Tidy empty directories up to (not including) manifests/, as Ollama does.
-    parent = path.parent
-    while parent != store.manifests and parent.is_relative_to(store.manifests):
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent
+    manifest, _ = store.read_manifest(name)
+    # Its empty directories go too, up to (not including) manifests/, as Ollama does.
+    store.remove_manifest(name)
     return collect_garbage(store, in_use, candidates=manifest_digests(manifest))
 
 
@@ -183,5 +178,5 @@ def copy_model(store: ModelStore, source: ModelName | str, destination: ModelNam
     """Give a model a second name (the manifest is copied; blobs are shared)."""
     src = parse_name(source) if isinstance(source, str) else source
     dst = parse_name(destination) if isinstance(destination, str) else destination
-    _, path = store.read_manifest(src)
-    return store.write_manifest(dst, path.read_bytes())
+    manifest, _ = store.read_manifest(src)
+    return store.write_manifest(dst, manifest.raw)
