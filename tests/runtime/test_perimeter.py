@@ -1,6 +1,7 @@
 """The runtime's perimeter on real servers: DNS rebinding and foreign browser origins are
 refused, inference keys cannot manage models, management can be turned off, the OpenAPI schema
-is public, and SIGTERM lets a stream in flight finish while new connections are refused."""
+is public, and SIGTERM lets a stream in flight finish while new requests and readiness answer
+503 (``corral serve`` as a process of its own, since the test sends it a signal)."""
 
 from __future__ import annotations
 
@@ -257,19 +258,19 @@ def test_the_gateway_passes_on_no_management_and_keeps_origins_to_itself(
 
 
 SMALL = ("--context-length", "2048", "--threads", "2")
-# uvicorn ends a graceful shutdown by raising the signal it caught again: 143 in a shell.
-EXITED = (0, -signal.SIGTERM)
 
 
-def _refused(base: str) -> bool:
-    try:
-        httpx.get(base + "/readyz", timeout=2)
-    except httpx.TransportError:
-        return True
-    return False
+def _wait_draining(base: str) -> httpx.Response:
+    """The first /readyz answer that is not 200 (the server saw SIGTERM)."""
+    deadline = time.monotonic() + 10
+    while True:
+        answer = httpx.get(base + "/readyz", timeout=5)
+        if answer.status_code != 200 or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
 
 
-def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
+def test_sigterm_drains_a_stream_and_refuses_new_requests(
     model_store: ModelStore, tmp_path: Path
 ) -> None:
     request = {
@@ -278,26 +279,41 @@ def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
         "raw": True,
         "options": {"num_predict": 48, "temperature": 0},
     }
-    with serving_process(
-        model_store.root, *SMALL, "--graceful-shutdown", "60", log=tmp_path / "serve.log"
-    ) as served:
-        with httpx.Client(base_url=served.base_url, timeout=120) as client:
-            client.post("/api/generate", json={"model": MODEL, "prompt": ""})  # load first
-            assert client.get("/readyz").status_code == 200
-            with client.stream("POST", "/api/generate", json=request) as stream:
-                lines = stream.iter_lines()
-                assert json.loads(next(lines))["done"] is False
-                served.process.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + 10
-                while not _refused(served.base_url):
-                    assert time.monotonic() < deadline, "still accepting after SIGTERM"
-                    time.sleep(0.05)
-                assert served.alive(), served.log_tail()
-                chunks = [json.loads(line) for line in lines if line]
+    with (
+        serving_process(
+            model_store.root, *SMALL, "--graceful-shutdown", "60", log=tmp_path / "serve.log"
+        ) as served,
+        httpx.Client(base_url=served.base_url, timeout=120) as client,
+    ):
+        client.post("/api/generate", json={"model": MODEL, "prompt": ""})  # load first
+        assert client.get("/readyz").status_code == 200
+        with client.stream("POST", "/api/generate", json=request) as stream:
+            lines = stream.iter_lines()
+            assert json.loads(next(lines))["done"] is False
+            served.process.send_signal(signal.SIGTERM)
+            readiness = _wait_draining(served.base_url)
+            assert readiness.status_code == 503
+            late = httpx.post(served.base_url + "/api/generate", json=request, timeout=30)
+            late_openai = httpx.post(
+                served.base_url + "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            )
+            alive = httpx.get(served.base_url + "/healthz", timeout=5)
+            chunks = [json.loads(line) for line in lines if line]
+        # The stream in flight ran to its end.
         assert chunks[-1]["done"] is True
         assert chunks[-1]["done_reason"] == "length"
         assert chunks[-1]["eval_count"] == 48
-        assert served.process.wait(timeout=30) in EXITED, served.log_tail()
+        # New requests were refused, in each API's shape, and liveness stayed green.
+        assert late.status_code == 503
+        assert late.headers["retry-after"] == "1"
+        assert late.json() == {"error": "the server is shutting down; try again"}
+        assert late_openai.status_code == 503
+        assert late_openai.json()["error"]["message"] == "the server is shutting down; try again"
+        assert alive.status_code == 200
+        # Nothing left in flight: the server exits on its own, well within the grace.
+        assert served.process.wait(timeout=20) == 0, served.log_tail()
 
 
 def test_sigterm_stops_a_stream_that_outlasts_the_grace(
@@ -320,6 +336,6 @@ def test_sigterm_stops_a_stream_that_outlasts_the_grace(
         assert json.loads(next(lines))["done"] is False
         served.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        assert served.process.wait(timeout=30) in EXITED, served.log_tail()
+        assert served.process.wait(timeout=30) == 0, served.log_tail()
         elapsed = time.monotonic() - started
     assert elapsed < 15, f"took {elapsed:.1f}s to exit with a 2s grace"

@@ -5,7 +5,8 @@ State lives on ``app.state`` (never in module globals), for every router to reac
 - ``app.state.settings`` — the ``RuntimeSettings`` the app was built with;
 - ``app.state.store`` — the ``ModelStore`` (Ollama layout) models are resolved from;
 - ``app.state.models`` — the ``ModelManager`` that loads, keeps alive and evicts models;
-- ``app.state.metrics`` — the app's ``RuntimeMetrics`` (its own Prometheus registry).
+- ``app.state.metrics`` — the app's ``RuntimeMetrics`` (its own Prometheus registry);
+- ``app.state.drain`` — the ``DrainState`` a SIGTERM sets draining (``corral serve``).
 
 With no models directory configured, the store is a directory in the user's cache seeded with
 the bundled test model (``gemma3:270m``), so a bare ``corral serve`` answers requests.
@@ -31,6 +32,7 @@ from corral_runtime.engine.manager import ModelManager
 from corral_runtime.gpu import probe_gpu
 from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.settings import RuntimeSettings, default_models_dir
+from corral_runtime.shutdown import Draining, DrainState
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TestModelUnavailableError, ensure_test_model
 
@@ -199,6 +201,7 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.drain = DrainState()  # set draining by the server on SIGTERM (shutdown.py)
     install_error_handlers(app)
     for router in (ollama.router, openai.router, health.router, model_management.router):
         app.include_router(router)
@@ -211,6 +214,7 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
     )
     app.add_middleware(JsonBodies, limit=settings.max_body_bytes)
     app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(Draining, state=app.state.drain)
     # Outermost: a request for an unknown host or from a foreign origin goes no further.
     app.add_middleware(
         Perimeter,

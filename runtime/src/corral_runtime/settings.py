@@ -74,8 +74,8 @@ class RuntimeSettings(BaseSettings):
         default=30,
         ge=1,
         description=(
-            "On SIGTERM the server stops accepting connections and lets requests in flight "
-            "(streams included) finish for up to this long before it exits."
+            "On SIGTERM the server drains: new requests and /readyz answer 503 while requests "
+            "in flight (streams included) finish, for up to this long; then it exits."
         ),
     )
     context_length: int = Field(

@@ -67,7 +67,10 @@ def register(subparsers: Any) -> None:
         type=int,
         dest="graceful_shutdown_seconds",
         metavar="SECONDS",
-        help="on SIGTERM, let requests in flight finish for up to this long (default 30)",
+        help=(
+            "on SIGTERM, answer new requests 503 and let those in flight finish for up to this "
+            "long (default 30; CORRAL_GRACEFUL_SHUTDOWN_SECONDS)"
+        ),
     )
     parser.add_argument(
         "--parallel",
@@ -137,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from corral_runtime.app import create_app
+    from corral_runtime.shutdown import DrainingServer
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -148,14 +152,16 @@ def run(args: argparse.Namespace) -> int:
             settings.host,
             "every holder of the API key" if settings.api_key else "every client",
         )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
-        # SIGTERM: stop accepting connections, let requests in flight finish, then exit.
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
+    # SIGTERM: drain (new requests 503, those in flight finish), then shut down.
+    DrainingServer(config, app.state.drain, settings.graceful_shutdown_seconds).run()
     return 0
 
 
