@@ -80,6 +80,17 @@ def runtime_labels(server_name: str) -> dict[str, str]:
     }
 
 
+def child_metadata(server: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata of each object made for a ModelServer: its name, labels and owner."""
+    meta = server["metadata"]
+    return {
+        "name": api.server_child_name(meta["name"]),
+        "namespace": meta["namespace"],
+        "labels": runtime_labels(meta["name"]),
+        "ownerReferences": [owner_reference(server)],
+    }
+
+
 def _quantity(value: object) -> str:
     return str(value)
 
@@ -244,12 +255,7 @@ def build_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": api.server_child_name(name),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "ownerReferences": [owner_reference(server)],
-        },
+        "metadata": child_metadata(server),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(name)},
@@ -267,20 +273,13 @@ def build_deployment(
 
 def build_service(server: Mapping[str, Any]) -> dict[str, Any]:
     """A ClusterIP Service in front of the runtime pods."""
-    meta = server["metadata"]
-    name = meta["name"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": api.server_child_name(name),
-            "namespace": meta["namespace"],
-            "labels": runtime_labels(name),
-            "ownerReferences": [owner_reference(server)],
-        },
+        "metadata": child_metadata(server),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(name),
+            "selector": selector_labels(server["metadata"]["name"]),
             "ports": [
                 {"name": "http", "port": api.RUNTIME_PORT, "targetPort": "http", "protocol": "TCP"}
             ],
@@ -291,8 +290,6 @@ def build_service(server: Mapping[str, Any]) -> dict[str, Any]:
 def build_network_policy(server: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """The runtime pods' NetworkPolicy: ingress from the gateway pods (and the configured extra
     peers) on the runtime port only; egress to DNS only, since pods never pull (Jobs do)."""
-    meta = server["metadata"]
-    name = meta["name"]
     gateway: dict[str, Any] = {"podSelector": {"matchLabels": dict(settings.gateway_pod_labels)}}
     if settings.gateway_namespace:
         gateway["namespaceSelector"] = {
@@ -302,14 +299,9 @@ def build_network_policy(server: Mapping[str, Any], settings: OperatorSettings) 
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": api.server_child_name(name),
-            "namespace": meta["namespace"],
-            "labels": runtime_labels(name),
-            "ownerReferences": [owner_reference(server)],
-        },
+        "metadata": child_metadata(server),
         "spec": {
-            "podSelector": {"matchLabels": selector_labels(name)},
+            "podSelector": {"matchLabels": selector_labels(server["metadata"]["name"])},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 {
