@@ -1,0 +1,155 @@
+"""Blobs at their final path are verified before use, once per file, and a pull repairs them.
+
+A real store filled by the puller from the loopback registry, the runtime serving it (the tiny
+llama model, loaded by llama.cpp), and the official ollama client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from corral_runtime.store.digests import blob_filename
+from corral_runtime.store.layout import BlobState, ModelStore
+from corral_runtime.store.pull import Puller, PullOptions
+from tests.runtime.conftest import RunningServer, serve, settings_for
+from tests.support.gguf_corpus import encode, tiny_model
+from tests.support.registry import TestRegistry, running_registry
+
+pytestmark = pytest.mark.runtime
+
+MODEL = encode(tiny_model())
+DIGEST = "sha256:" + hashlib.sha256(MODEL).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestRegistry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        reg.add_model("library", "tiny", "latest", MODEL, template="{{ .Prompt }}")
+        yield reg
+
+
+@pytest.fixture
+def store(tmp_path: Path, registry: TestRegistry) -> ModelStore:
+    s = ModelStore(tmp_path / "models")
+    pull(s, registry)
+    return s
+
+
+@pytest.fixture
+def server(store: ModelStore) -> Iterator[RunningServer]:
+    with serve(settings_for(store.root), store) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[ollama.Client]:
+    with ollama.Client(host=server.base_url) as c:
+        yield c
+
+
+def name(registry: TestRegistry) -> str:
+    return f"{registry.host}/library/tiny"
+
+
+def pull(store: ModelStore, registry: TestRegistry) -> None:
+    Puller(store, PullOptions(insecure=True)).pull(f"ollama://{registry.host}/library/tiny")
+
+
+def blob_requests(registry: TestRegistry) -> int:
+    digest = DIGEST.removeprefix("sha256:")
+    return sum(1 for r in registry.requests() if digest in r.path and r.method == "GET")
+
+
+def record_path(store: ModelStore) -> Path:
+    return store.root / ".corral" / "verified" / blob_filename(DIGEST)
+
+
+def flip_one_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def generate(client: ollama.Client, registry: TestRegistry) -> ollama.GenerateResponse:
+    return client.generate(model=name(registry), prompt="hello", options={"num_predict": 2})
+
+
+def test_a_flipped_byte_is_not_served_and_a_pull_repairs_it(
+    store: ModelStore, registry: TestRegistry, server: RunningServer, client: ollama.Client
+) -> None:
+    path = store.blob_path(DIGEST)
+    flip_one_byte(path, len(MODEL) - 10)  # in the tensor data: the GGUF header still parses
+    assert path.stat().st_size == len(MODEL)
+
+    with pytest.raises(ollama.ResponseError) as caught:
+        generate(client, registry)
+    assert caught.value.status_code == 500
+    assert str(store.root) not in str(caught.value)
+    assert httpx.head(f"{server.base_url}/api/blobs/{DIGEST}").status_code == 404
+
+    registry.reset()
+    pull(store, registry)  # reported success before, without fixing anything
+    assert blob_requests(registry) >= 1
+    assert path.read_bytes() == MODEL
+    assert generate(client, registry).done
+
+
+def test_a_truncated_blob_is_fetched_again(store: ModelStore, registry: TestRegistry) -> None:
+    path = store.blob_path(DIGEST)
+    os.truncate(path, len(MODEL) // 2)
+    assert store.check_blob(DIGEST, len(MODEL)) is BlobState.INVALID
+    registry.reset()
+    pull(store, registry)  # failed on every try before ("has N bytes, the manifest says M")
+    assert blob_requests(registry) >= 1
+    assert path.read_bytes() == MODEL
+    assert store.check_blob(DIGEST, len(MODEL)) is BlobState.VALID
+
+
+def test_an_upload_replaces_a_corrupt_blob(store: ModelStore, server: RunningServer) -> None:
+    path = store.blob_path(DIGEST)
+    flip_one_byte(path, 100)
+    url = f"{server.base_url}/api/blobs/{DIGEST}"
+    assert httpx.head(url).status_code == 404
+    assert httpx.post(url, content=MODEL).status_code == 201
+    assert path.read_bytes() == MODEL
+    assert httpx.head(url).status_code == 200
+
+
+def test_a_blob_is_hashed_once_and_the_record_survives_a_restart(
+    store: ModelStore, registry: TestRegistry, client: ollama.Client
+) -> None:
+    # The pull hashed the blob as it landed and recorded it: no load hashes it again.
+    record = record_path(store)
+    assert record.is_file()
+    written = record.stat().st_ino  # a new hash would rewrite the record (a new file)
+    assert generate(client, registry).done
+
+    restarted = ModelStore(store.root)  # another process: nothing in memory
+    stored = restarted.get(name(registry))
+    restarted.check_model(stored)
+    assert record.stat().st_ino == written
+
+    # Touching the blob (its mtime and ctime change) makes the next check hash it again.
+    os.utime(store.blob_path(DIGEST))
+    ModelStore(store.root).check_model(stored)
+    assert record.stat().st_ino != written
+
+
+def test_a_pull_does_not_hash_a_verified_blob_again(
+    store: ModelStore, registry: TestRegistry
+) -> None:
+    record = record_path(store)
+    written = record.stat().st_ino
+    registry.reset()
+    pull(store, registry)
+    assert blob_requests(registry) == 0
+    assert record.stat().st_ino == written
