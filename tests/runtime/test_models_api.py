@@ -40,7 +40,10 @@ def client(store: ModelStore) -> Iterator[TestClient]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(models_api.router)
-    app.state.settings = RuntimeSettings()  # no keys, management on: a local `corral serve`
+    # No keys, management on (a local `corral serve`), pulls from the loopback test registry.
+    app.state.settings = RuntimeSettings(
+        pull_allowed_hosts=["127.0.0.1", "localhost"], pull_allow_insecure=True
+    )
     app.state.store = store
     with TestClient(app) as c:
         yield c

@@ -12,6 +12,11 @@ N requests with a status, drop the connection after some bytes, corrupt bytes, s
 ignore Range, or hold every body once a number of bytes went out (``hold_after_bytes``: a pull
 stopped at an exact point, to be killed there). Every request is logged so that tests can check
 what was asked, and with which headers.
+
+It can also be hostile, as a registry on the internet may be: manifests that declare whatever
+sizes, counts and media types it likes (``add_declared_manifest``), files that claim any size
+(``Hostility.file_size``), and redirects of manifests, blobs and files to any URL
+(``Hostility.redirect_*``: a cloud metadata address, loopback, another port).
 """
 
 from __future__ import annotations
@@ -75,6 +80,15 @@ def hold_allowance(sent: int, limit: int | None, want: int) -> int:
 
 
 @dataclass
+class Hostility:
+    """A registry that lies or points elsewhere; applies until ``reset()``."""
+
+    redirect_manifests_to: str | None = None  # every manifest request answers 307 here
+    redirect_blobs_to: str | None = None  # every blob and file request answers 307 here
+    file_size: int | None = None  # the size files claim (X-Linked-Size, HEAD's Content-Length)
+
+
+@dataclass
 class LoggedRequest:
     server: str
     method: str
@@ -97,6 +111,7 @@ class RegistryState:
     manifests: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # /files/<name> and hf paths -> digest
     faults: Faults = field(default_factory=Faults)
+    hostility: Hostility = field(default_factory=Hostility)
     auth: bool = False
     redirect: bool = True
     redirect_credentials: bool = False  # put user:password@ into the CDN Location
@@ -205,6 +220,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, "NOT_FOUND", "no such file")
                 return
             blob = self.state.blobs[digest]
+            claimed = self.state.hostility.file_size
+            if claimed is not None and self.command == "HEAD":
+                self._reply(200, b"", {"X-Linked-Size": str(claimed)}, "application/octet-stream")
+                return
             extra = {"X-Linked-Size": str(blob.size)}
             if match:
                 extra["X-Linked-Etag"] = f'"{digest.removeprefix("sha256:")}"'
@@ -213,6 +232,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "NOT_FOUND", f"unknown path {path}")
 
     def _manifest(self, namespace: str, model: str, tag: str) -> None:
+        if self.state.hostility.redirect_manifests_to:
+            self._reply(307, b"", {"Location": self.state.hostility.redirect_manifests_to})
+            return
         if self.state.faults.take("manifest_fail_next"):
             self._error(self.state.faults.fail_status, "UNAVAILABLE", "injected failure")
             return
@@ -223,6 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, raw, content_type=MANIFEST_MEDIA_TYPE)
 
     def _redirect_or_serve(self, digest: str, extra: dict[str, str]) -> None:
+        if self.state.hostility.redirect_blobs_to:
+            self._reply(307, b"", {"Location": self.state.hostility.redirect_blobs_to, **extra})
+            return
         if digest not in self.state.blobs:
             self._error(404, "BLOB_UNKNOWN", "blob unknown")
             return
@@ -395,8 +420,13 @@ class TestRegistry:
     def faults(self) -> Faults:
         return self.state.faults
 
+    @property
+    def hostility(self) -> Hostility:
+        return self.state.hostility
+
     def reset(self) -> None:
         self.state.faults = Faults()
+        self.state.hostility = Hostility()
         self.state.log.clear()
         self.state.redirect_credentials = False
         self.state.cdn_alias_base = ""
@@ -462,6 +492,46 @@ class TestRegistry:
                 "mediaType": MANIFEST_MEDIA_TYPE,
                 "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": cd, "size": cs},
                 "layers": layers,
+            }
+        ).encode()
+        self.state.manifests[(namespace, model, tag)] = raw
+        return raw
+
+    def add_declared_manifest(
+        self,
+        namespace: str,
+        model: str,
+        tag: str,
+        layers: list[tuple[str, object]],
+        *,
+        config_size: object = 2,
+        media_prefix: str = LAYER,
+    ) -> bytes:
+        """Publish a manifest whose layers declare what a hostile registry likes: ``(kind,
+        size)`` pairs, ``kind`` a layer kind ("model", "template", …) or any media type after
+        ``media_prefix``, ``size`` any JSON value (2**62, -1, 1.5, "12"). Its digests name no
+        blob here: a pull that plans or fetches them has already failed the test."""
+
+        def fake_digest(text: str) -> str:
+            return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+        raw = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_MEDIA_TYPE,
+                "config": {
+                    "mediaType": CONFIG_MEDIA_TYPE,
+                    "digest": fake_digest(f"{model}-config"),
+                    "size": config_size,
+                },
+                "layers": [
+                    {
+                        "mediaType": media_prefix + kind,
+                        "digest": fake_digest(f"{model}-{i}-{kind}"),
+                        "size": size,
+                    }
+                    for i, (kind, size) in enumerate(layers)
+                ],
             }
         ).encode()
         self.state.manifests[(namespace, model, tag)] = raw

@@ -126,7 +126,25 @@ class RuntimeSettings(BaseSettings):
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
-    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    pull_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Hosts /api/pull may fetch from (registries, files, the CDNs they redirect to): "
+            "names, 'name:port', '.example.com', networks such as '10.0.0.0/8', or '*'; "
+            "comma-separated in CORRAL_PULL_ALLOWED_HOSTS. Empty: any host with a public "
+            "address, never loopback, private or link-local (metadata) ones. `corral pull` is "
+            "not limited."
+        ),
+    )
+    pull_allow_insecure: bool = Field(
+        default=False, description="Let /api/pull use plain HTTP (a request's 'insecure')."
+    )
+    pull_allow_local_paths: bool = Field(
+        default=False,
+        description="Let /api/pull import files from this machine (paths, file://, pvc://).",
+    )
+
+    @field_validator("allowed_hosts", "allowed_origins", "pull_allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         # "a,b" is friendlier in an environment variable than a JSON list.

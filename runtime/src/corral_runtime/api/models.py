@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral_runtime.api.deps import require_management
+from corral_runtime.api.deps import SettingsDep, require_management
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.streaming import ndjson_response
+from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.digests import InvalidDigestError, parse_digest
 from corral_runtime.store.gguf import GGUFDetails, GGUFError
 from corral_runtime.store.layout import (
@@ -35,7 +36,9 @@ from corral_runtime.store.layout import (
     ModelStore,
     StoredModel,
 )
+from corral_runtime.store.limits import DeclaredSizeError, InsufficientSpaceError
 from corral_runtime.store.names import InvalidNameError, parse_name
+from corral_runtime.store.policy import SourcePolicy, SourceRefusedError
 from corral_runtime.store.pull import Puller, PullEvent, PullOptions, model_config
 from corral_runtime.store.refs import copy_model, delete_model, manifest_digests
 from corral_runtime.store.registry import ManifestNotFoundError
@@ -138,13 +141,29 @@ class PullRequest(BaseModel):
 def _pull_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ManifestNotFoundError):
         return ApiError(404, str(exc))
-    if isinstance(exc, (InvalidSourceError, InvalidNameError, InvalidDigestError, GGUFError)):
+    if isinstance(exc, SourceRefusedError):
+        return ApiError(403, str(exc), param="model")
+    if isinstance(exc, InsufficientSpaceError):
+        return ApiError(507, str(exc))
+    if isinstance(
+        exc,
+        (InvalidSourceError, InvalidNameError, InvalidDigestError, DeclaredSizeError, GGUFError),
+    ):
         return ApiError(400, str(exc))
     return ApiError(500, str(exc))
 
 
+def pull_policy(settings: RuntimeSettings) -> SourcePolicy:
+    """What pulls through the API may reach (``corral pull`` on the machine is not limited)."""
+    return SourcePolicy.restricted(
+        allowed_hosts=settings.pull_allowed_hosts,
+        allow_insecure=settings.pull_allow_insecure,
+        allow_local_paths=settings.pull_allow_local_paths,
+    )
+
+
 @router.post("/api/pull")
-async def pull(body: PullRequest, request: Request) -> Any:
+async def pull(body: PullRequest, request: Request, settings: SettingsDep) -> Any:
     raw = body.model or body.name
     if not raw:
         raise ApiError(400, "model is required", param="model")
@@ -152,17 +171,22 @@ async def pull(body: PullRequest, request: Request) -> Any:
         source = parse_source(raw)
     except InvalidSourceError as exc:
         raise ApiError(400, str(exc), param="model") from exc
+    policy = pull_policy(settings)
+    try:
+        # (Resolves the source's host name: off the event loop.)
+        await asyncio.to_thread(policy.check_source, source, insecure=body.insecure)
+    except SourceRefusedError as exc:
+        raise _pull_error(exc) from exc
     store = _store(request)
     cancel = threading.Event()
+    options = PullOptions(insecure=body.insecure, sources=policy)
 
     def run(emit: Callable[[dict[str, Any]], None]) -> None:
         def report(event: PullEvent) -> None:
             emit(event.to_json())
 
         try:
-            Puller(store, PullOptions(insecure=body.insecure), cancel=cancel).pull(
-                source, report=report
-            )
+            Puller(store, options, cancel=cancel).pull(source, report=report)
         except (
             PullError,
             CorruptStoreError,

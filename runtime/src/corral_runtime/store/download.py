@@ -47,6 +47,7 @@ from corral_runtime.store.direct import (
     proxies_configured,
 )
 from corral_runtime.store.layout import BlobState, Layer, ModelStore
+from corral_runtime.store.limits import check_blob_size
 from corral_runtime.store.safefs import CorruptStoreError, clear_foreign, open_path
 from corral_runtime.store.transfer import (
     HttpStatusError,
@@ -59,6 +60,8 @@ from corral_runtime.store.transfer import (
 from corral_runtime.store.writeback import WRITEBACK_AVAILABLE, Writeback
 
 DEFAULT_CHUNK = 16 * 1024 * 1024
+# A blob is fetched in at most this many parts (the sidecar and the plan stay small).
+MAX_PARTS = 1 << 16
 DEFAULT_WORKERS = 4
 READ_SIZE = 1024 * 1024
 SIDECAR_INTERVAL = 0.5
@@ -110,6 +113,11 @@ def chunk_ranges(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
 
 
+def part_size(size: int, chunk: int) -> int:
+    """``chunk``, or larger where ``size`` would need more than ``MAX_PARTS`` parts."""
+    return max(chunk, -(-size // MAX_PARTS))
+
+
 def contiguous_done(ranges: list[tuple[int, int]], done: list[int]) -> int:
     """Bytes from offset 0 that are certainly on disk (the prefix the hasher may read)."""
     total = 0
@@ -152,7 +160,9 @@ class _State:
             )
         except (OSError, ValueError, KeyError, TypeError, CorruptStoreError):
             return None
-        ranges = chunk_ranges(state.size, state.chunk) if state.chunk > 0 else []
+        if state.chunk <= 0 or state.size > state.chunk * MAX_PARTS:
+            return None  # (not a plan this downloader makes: start over)
+        ranges = chunk_ranges(state.size, state.chunk)
         if (
             state.key != key
             or state.size != size
@@ -364,16 +374,19 @@ class BlobDownloader:
             size, validator = req.size, ""
         else:
             size, validator = self._probe(req)
+        # Declared sizes are untrusted: bounded before a part list is planned for them.
+        check_blob_size(size, req.url)
         clear_foreign(base)  # a link at the partial's path is replaced, never written through
         clear_foreign(sidecar)
         state = _State.load(sidecar, key, size, validator) if base.is_file() else None
         if state is None:
             self._discard(base, sidecar)
+            chunk = part_size(size, self.chunk_size)
             state = _State(
                 key=key,
                 size=size,
-                chunk=self.chunk_size,
-                done=[0] * len(chunk_ranges(size, self.chunk_size)),
+                chunk=chunk,
+                done=[0] * len(chunk_ranges(size, chunk)),
                 validator=validator,
             )
         ranges = chunk_ranges(size, state.chunk)

@@ -9,6 +9,7 @@ sha256 digest``, ``writing manifest``, ``success``).
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from corral_runtime.store.layout import (
     ModelStore,
     StoredModel,
 )
+from corral_runtime.store.limits import check_blob_size, check_manifest, check_space
 from corral_runtime.store.names import ModelName
+from corral_runtime.store.policy import SourcePolicy
 from corral_runtime.store.refs import PullPin, manifest_digests
 from corral_runtime.store.registry import RegistryClient
 from corral_runtime.store.sources import (
@@ -87,6 +90,8 @@ class PullOptions:
     params: dict[str, Any] | None = None
     expected_digest: str | None = None
     connect_timeout: float = 15.0
+    # What the pull may reach: everything for the CLI; a server passes its restricted policy.
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
 
 
 def pulling_status(digest: str) -> str:
@@ -125,12 +130,18 @@ class Puller:
             timeout=timeout,
             headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=self.options.workers + 4),
+            # Every request the client sends (each redirect hop, token realms) meets the policy.
+            event_hooks={"request": [self._check_request]},
         )
+
+    def _check_request(self, request: httpx.Request) -> None:
+        self.options.sources.check_url(str(request.url))
 
     def pull(
         self, source: Source | str, name: ModelName | None = None, report: Reporter | None = None
     ) -> StoredModel:
         src = parse_source(source) if isinstance(source, str) else source
+        self.options.sources.check_source(src, insecure=self.options.insecure)
         emit = report or (lambda event: None)
         target = name or src.default_name()
         with self._client() as client:
@@ -165,6 +176,13 @@ class Puller:
         )
         emit(PullEvent("pulling manifest"))
         manifest = registry.fetch_manifest(src.name)
+        # The registry's numbers are checked before anything is planned or downloaded.
+        missing = [
+            layer.digest
+            for layer in (manifest.config, *manifest.layers)
+            if not self.store.has_blob(layer.digest)
+        ]
+        check_manifest(manifest, src.name.display, missing, self._free_bytes())
         model_layer = manifest.layer(MODEL_LAYER)
         if model_layer is None:
             raise PullError(f"{src.name.display}: the manifest has no model layer")
@@ -195,6 +213,13 @@ class Puller:
                 self.store.write_manifest(target, manifest.raw)
         emit(PullEvent("success"))
         return self.store.get(target)
+
+    def _free_bytes(self) -> int:
+        """Free space on the store's filesystem (its root, before the first blob exists)."""
+        where = self.store.blobs if self.store.blobs.is_dir() else self.store.root
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        return shutil.disk_usage(where).free
 
     def _has_overrides(self) -> bool:
         opts = self.options
@@ -271,6 +296,10 @@ class Puller:
         digest, size = self._known_digest(client, url)
         if self.options.expected_digest is not None:
             digest = self.options.expected_digest
+        if size is not None:
+            check_blob_size(size, url)
+            if digest is None or not self.store.has_blob(digest):
+                check_space(size, self._free_bytes())
         with PullPin(self.store) as pin:
             if digest is not None:
                 pin.add([digest])
