@@ -165,18 +165,13 @@ def test_corral_pull_refuses_a_huge_layer_with_a_clear_error_in_bounded_memory(
 
 
 @pytest.fixture
-def own_store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "served")
-
-
-@pytest.fixture
-def default_server(own_store: ModelStore) -> Iterator[RunningServer]:
-    with serve(settings_for(own_store.root), own_store) as server:
+def default_server(store: ModelStore) -> Iterator[RunningServer]:
+    with serve(settings_for(store.root), store) as server:
         yield server
 
 
 def test_local_paths_are_refused_alike_whether_they_exist_or_not(
-    default_server: RunningServer, own_store: ModelStore, tmp_path: Path
+    default_server: RunningServer, store: ModelStore, tmp_path: Path
 ) -> None:
     existing = tmp_path / "present.gguf"
     existing.write_bytes(GGUF)
@@ -193,7 +188,7 @@ def test_local_paths_are_refused_alike_whether_they_exist_or_not(
                 r = http.post("/api/pull", json={"model": model, "stream": stream})
                 answers.append((r.status_code, r.json()))
     assert answers == [(403, {"error": "pulling local files is not allowed on this server"})] * 10
-    assert not own_store.blobs.exists()
+    assert not store.blobs.exists()
 
 
 def test_loopback_and_plain_http_registries_are_refused_by_default(
@@ -228,23 +223,23 @@ def test_internal_addresses_are_refused_by_default(
 
 
 @pytest.fixture
-def allowing_server(own_store: ModelStore, registry: TestRegistry) -> Iterator[RunningServer]:
+def allowing_server(store: ModelStore, registry: TestRegistry) -> Iterator[RunningServer]:
     settings = settings_for(
-        own_store.root,
+        store.root,
         pull_allowed_hosts=f"{registry.host},127.0.0.1:{registry.cdn_port}",
         pull_allow_insecure=True,
     )
-    with serve(settings, own_store) as server:
+    with serve(settings, store) as server:
         yield server
 
 
 def test_a_configured_loopback_registry_is_allowed(
-    allowing_server: RunningServer, registry: TestRegistry, own_store: ModelStore
+    allowing_server: RunningServer, registry: TestRegistry, store: ModelStore
 ) -> None:
     with ollama.Client(host=allowing_server.base_url) as client:
         done = client.pull(f"{registry.host}/library/tiny", insecure=True)
     assert done.status == "success"
-    assert own_store.get(f"{registry.host}/library/tiny").model_path.read_bytes() == GGUF
+    assert store.get(f"{registry.host}/library/tiny").model_path.read_bytes() == GGUF
 
 
 @pytest.mark.parametrize(
@@ -259,7 +254,7 @@ def test_a_configured_loopback_registry_is_allowed(
 def test_redirects_are_held_to_the_policy(
     allowing_server: RunningServer,
     registry: TestRegistry,
-    own_store: ModelStore,
+    store: ModelStore,
     where: str,
     target: str,
 ) -> None:
@@ -277,4 +272,4 @@ def test_redirects_are_held_to_the_policy(
     assert "is not allowed on this server" in refused.value.error
     assert registry.requests("cdn") == []
     with pytest.raises(ModelNotFoundError):
-        own_store.get(f"{registry.host}/library/tiny")
+        store.get(f"{registry.host}/library/tiny")
