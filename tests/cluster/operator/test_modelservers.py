@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from tests.cluster.operator.support import Cluster, Operator, wait_for
 
@@ -98,6 +99,18 @@ def test_waits_for_models_then_builds_restricted_runtime(
     assert status["endpoint"] == f"{DEPLOYMENT}.{cluster.ns}.svc.cluster.local:11434"
     cluster.wait_condition("modelservers", "srv", "ScaledToZero", "False")
     cluster.wait_condition("modelservers", "srv", "Ready", "False", "Starting")
+
+    # The perimeter: no management in pods, a drain on removal, and a NetworkPolicy.
+    assert env["CORRAL_MANAGEMENT"].value == "false"
+    assert pod.termination_grace_period_seconds == 60
+    assert c.lifecycle.pre_stop._exec.command == ["sleep", "5"]
+    policy = client.NetworkingV1Api(cluster.core.api_client).read_namespaced_network_policy(
+        DEPLOYMENT, cluster.ns
+    )
+    assert policy.spec.pod_selector.match_labels == dep.spec.selector.match_labels  # type: ignore[attr-defined]
+    assert policy.spec.policy_types == ["Ingress", "Egress"]
+    assert [p.port for p in policy.spec.ingress[0].ports] == [11434]
+    assert policy.metadata.owner_references[0].kind == "ModelServer"
 
 
 def test_gpu_scheduling_binds_two_of_three(
