@@ -53,3 +53,27 @@ def test_batch_invariance_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CORRAL_BATCH_INVARIANT", "false")
     assert settings_from_args(parse(["serve"])).batch_invariant is False
     assert settings_from_args(parse(["serve", "--batch-invariant"])).batch_invariant is True
+
+
+def test_pull_policy_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ALLOWED_HOSTS", "ALLOW_INSECURE", "ALLOW_LOCAL_PATHS"):
+        monkeypatch.delenv(f"CORRAL_PULL_{name}", raising=False)
+    parse = build_parser().parse_args
+    closed = settings_from_args(parse(["serve"]))
+    assert closed.pull_allowed_hosts == []
+    assert not closed.pull_allow_insecure and not closed.pull_allow_local_paths
+    opened = settings_from_args(
+        parse(
+            [
+                "serve",
+                "--pull-allowed-hosts",
+                "registry.corp:5000, .corp.example",
+                "--pull-allow-insecure",
+                "--pull-allow-local-paths",
+            ]
+        )
+    )
+    assert opened.pull_allowed_hosts == ["registry.corp:5000", ".corp.example"]
+    assert opened.pull_allow_insecure and opened.pull_allow_local_paths
+    monkeypatch.setenv("CORRAL_PULL_ALLOWED_HOSTS", "10.0.0.0/8,.x.example")
+    assert settings_from_args(parse(["serve"])).pull_allowed_hosts == ["10.0.0.0/8", ".x.example"]

@@ -63,6 +63,25 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
+        "--pull-allowed-hosts",
+        metavar="HOSTS",
+        help=(
+            "comma-separated hosts /api/pull may fetch from ('name', 'name:port', "
+            "'.example.com', '10.0.0.0/8', '*'); default: any public host, never loopback, "
+            "private or link-local ones (CORRAL_PULL_ALLOWED_HOSTS)"
+        ),
+    )
+    parser.add_argument(
+        "--pull-allow-insecure",
+        action=argparse.BooleanOptionalAction,
+        help="let /api/pull use plain HTTP (default off; CORRAL_PULL_ALLOW_INSECURE)",
+    )
+    parser.add_argument(
+        "--pull-allow-local-paths",
+        action=argparse.BooleanOptionalAction,
+        help="let /api/pull import local files (default off; CORRAL_PULL_ALLOW_LOCAL_PATHS)",
+    )
+    parser.add_argument(
         "--graceful-shutdown",
         type=int,
         dest="graceful_shutdown_seconds",
@@ -120,6 +139,9 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "management",
             "allowed_hosts",
             "allowed_origins",
+            "pull_allowed_hosts",
+            "pull_allow_insecure",
+            "pull_allow_local_paths",
             "graceful_shutdown_seconds",
             "parallel",
             "max_queue",
