@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import ollama
 import pytest
 import uvicorn
 
@@ -73,3 +74,17 @@ def runtime_server(model_store: ModelStore) -> Iterator[RunningServer]:
     """The runtime serving the seeded store (``gemma3:270m``), shared by the session."""
     with serve(settings_for(model_store.root), model_store) as server:
         yield server
+
+
+@pytest.fixture
+def store_server(store: ModelStore) -> Iterator[RunningServer]:
+    """The runtime serving the requesting test module's own ``store`` fixture."""
+    with serve(settings_for(store.root), store) as server:
+        yield server
+
+
+@pytest.fixture
+def store_client(store_server: RunningServer) -> Iterator[ollama.Client]:
+    """The official ollama client of ``store_server``."""
+    with ollama.Client(host=store_server.base_url) as client:
+        yield client

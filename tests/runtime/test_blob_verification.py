@@ -18,7 +18,7 @@ import pytest
 from corral_runtime.store.digests import blob_filename
 from corral_runtime.store.layout import BlobState, ModelStore
 from corral_runtime.store.pull import Puller, PullOptions
-from tests.runtime.conftest import RunningServer, serve, settings_for
+from tests.runtime.conftest import RunningServer
 from tests.support.gguf_corpus import encode, tiny_model
 from tests.support.registry import TestRegistry, running_registry
 
@@ -40,18 +40,6 @@ def store(tmp_path: Path, registry: TestRegistry) -> ModelStore:
     s = ModelStore(tmp_path / "models")
     pull(s, registry)
     return s
-
-
-@pytest.fixture
-def server(store: ModelStore) -> Iterator[RunningServer]:
-    with serve(settings_for(store.root), store) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: RunningServer) -> Iterator[ollama.Client]:
-    with ollama.Client(host=server.base_url) as c:
-        yield c
 
 
 def name(registry: TestRegistry) -> str:
@@ -84,23 +72,26 @@ def generate(client: ollama.Client, registry: TestRegistry) -> ollama.GenerateRe
 
 
 def test_a_flipped_byte_is_not_served_and_a_pull_repairs_it(
-    store: ModelStore, registry: TestRegistry, server: RunningServer, client: ollama.Client
+    store: ModelStore,
+    registry: TestRegistry,
+    store_server: RunningServer,
+    store_client: ollama.Client,
 ) -> None:
     path = store.blob_path(DIGEST)
     flip_one_byte(path, len(MODEL) - 10)  # in the tensor data: the GGUF header still parses
     assert path.stat().st_size == len(MODEL)
 
     with pytest.raises(ollama.ResponseError) as caught:
-        generate(client, registry)
+        generate(store_client, registry)
     assert caught.value.status_code == 500
     assert str(store.root) not in str(caught.value)
-    assert httpx.head(f"{server.base_url}/api/blobs/{DIGEST}").status_code == 404
+    assert httpx.head(f"{store_server.base_url}/api/blobs/{DIGEST}").status_code == 404
 
     registry.reset()
     pull(store, registry)  # reported success before, without fixing anything
     assert blob_requests(registry) >= 1
     assert path.read_bytes() == MODEL
-    assert generate(client, registry).done
+    assert generate(store_client, registry).done
 
 
 def test_a_truncated_blob_is_fetched_again(store: ModelStore, registry: TestRegistry) -> None:
@@ -114,10 +105,10 @@ def test_a_truncated_blob_is_fetched_again(store: ModelStore, registry: TestRegi
     assert store.check_blob(DIGEST, len(MODEL)) is BlobState.VALID
 
 
-def test_an_upload_replaces_a_corrupt_blob(store: ModelStore, server: RunningServer) -> None:
+def test_an_upload_replaces_a_corrupt_blob(store: ModelStore, store_server: RunningServer) -> None:
     path = store.blob_path(DIGEST)
     flip_one_byte(path, 100)
-    url = f"{server.base_url}/api/blobs/{DIGEST}"
+    url = f"{store_server.base_url}/api/blobs/{DIGEST}"
     assert httpx.head(url).status_code == 404
     assert httpx.post(url, content=MODEL).status_code == 201
     assert path.read_bytes() == MODEL
@@ -125,13 +116,13 @@ def test_an_upload_replaces_a_corrupt_blob(store: ModelStore, server: RunningSer
 
 
 def test_a_blob_is_hashed_once_and_the_record_survives_a_restart(
-    store: ModelStore, registry: TestRegistry, client: ollama.Client
+    store: ModelStore, registry: TestRegistry, store_client: ollama.Client
 ) -> None:
     # The pull hashed the blob as it landed and recorded it: no load hashes it again.
     record = record_path(store)
     assert record.is_file()
     written = record.stat().st_ino  # a new hash would rewrite the record (a new file)
-    assert generate(client, registry).done
+    assert generate(store_client, registry).done
 
     restarted = ModelStore(store.root)  # another process: nothing in memory
     stored = restarted.get(name(registry))

@@ -22,7 +22,7 @@ from corral_runtime.store.layout import MODEL_LAYER, TEMPLATE_LAYER, ModelStore
 from corral_runtime.store.pull import Puller, PullOptions
 from corral_runtime.store.refs import collect_garbage
 from corral_runtime.store.safefs import LinkInStoreError
-from tests.runtime.conftest import RunningServer, serve, settings_for
+from tests.runtime.conftest import RunningServer
 from tests.support.gguf_corpus import encode, tiny_model
 from tests.support.registry import TestRegistry, running_registry
 
@@ -54,18 +54,6 @@ def store(tmp_path: Path) -> ModelStore:
     return ModelStore(tmp_path / "models")
 
 
-@pytest.fixture
-def server(store: ModelStore) -> Iterator[RunningServer]:
-    with serve(settings_for(store.root), store) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: RunningServer) -> Iterator[ollama.Client]:
-    with ollama.Client(host=server.base_url) as c:
-        yield c
-
-
 def pull(store: ModelStore, registry: TestRegistry) -> None:
     Puller(store, PullOptions(insecure=True)).pull(f"ollama://{registry.host}/library/tiny")
 
@@ -85,7 +73,7 @@ def no_path_in(text: str, *roots: Path) -> None:
 
 
 def test_a_linked_text_layer_is_not_read_through_show(
-    store: ModelStore, registry: TestRegistry, server: RunningServer, outside: Path
+    store: ModelStore, registry: TestRegistry, store_server: RunningServer, outside: Path
 ) -> None:
     pull(store, registry)
     stored = store.get(f"{registry.host}/library/tiny")
@@ -96,10 +84,12 @@ def test_a_linked_text_layer_is_not_read_through_show(
     path.symlink_to(outside / "secret.txt")
     before = snapshot(outside)
 
-    r = httpx.post(f"{server.base_url}/api/show", json={"model": f"{registry.host}/library/tiny"})
+    r = httpx.post(
+        f"{store_server.base_url}/api/show", json={"model": f"{registry.host}/library/tiny"}
+    )
     assert r.status_code == 500 and SECRET not in r.text
     no_path_in(r.text, store.root, outside)
-    tags = httpx.get(f"{server.base_url}/api/tags").text
+    tags = httpx.get(f"{store_server.base_url}/api/tags").text
     assert SECRET not in tags
     assert snapshot(outside) == before
 
@@ -107,8 +97,8 @@ def test_a_linked_text_layer_is_not_read_through_show(
 def test_a_linked_model_blob_is_not_loaded_listed_or_shown(
     store: ModelStore,
     registry: TestRegistry,
-    server: RunningServer,
-    client: ollama.Client,
+    store_server: RunningServer,
+    store_client: ollama.Client,
     outside: Path,
 ) -> None:
     pull(store, registry)
@@ -119,21 +109,21 @@ def test_a_linked_model_blob_is_not_loaded_listed_or_shown(
     name = f"{registry.host}/library/tiny"
 
     with pytest.raises(ollama.ResponseError) as caught:
-        client.generate(model=name, prompt="hello", options={"num_predict": 1})
+        store_client.generate(model=name, prompt="hello", options={"num_predict": 1})
     assert caught.value.status_code == 500
     no_path_in(str(caught.value), store.root, outside)
     with pytest.raises(ollama.ResponseError):
-        client.show(name)
-    assert name not in [m.model for m in client.list().models]
+        store_client.show(name)
+    assert name not in [m.model for m in store_client.list().models]
     # The blob endpoint does not take the link for a blob: it is absent, and an upload
     # replaces the link with the real bytes (the outside file is untouched).
-    assert httpx.head(f"{server.base_url}/api/blobs/{MODEL_DIGEST}").status_code == 404
+    assert httpx.head(f"{store_server.base_url}/api/blobs/{MODEL_DIGEST}").status_code == 404
     before = snapshot(outside)
-    posted = httpx.post(f"{server.base_url}/api/blobs/{MODEL_DIGEST}", content=MODEL)
+    posted = httpx.post(f"{store_server.base_url}/api/blobs/{MODEL_DIGEST}", content=MODEL)
     assert posted.status_code == 201
     assert not path.is_symlink() and path.read_bytes() == MODEL
     assert snapshot(outside) == before
-    reply = client.generate(model=name, prompt="hello", options={"num_predict": 2})
+    reply = store_client.generate(model=name, prompt="hello", options={"num_predict": 2})
     assert reply.done
 
 
@@ -169,7 +159,7 @@ def test_a_link_at_the_lock_path_creates_nothing_outside(
 
 
 def test_linked_manifests_and_manifest_directories_are_not_followed(
-    store: ModelStore, registry: TestRegistry, client: ollama.Client, outside: Path
+    store: ModelStore, registry: TestRegistry, store_client: ollama.Client, outside: Path
 ) -> None:
     pull(store, registry)
     real = store.manifest_path(store.get(f"{registry.host}/library/tiny").name)
@@ -184,28 +174,28 @@ def test_linked_manifests_and_manifest_directories_are_not_followed(
     (store.manifests / "registry.ollama.ai" / "linked").symlink_to(outside / "tree")
     before = snapshot(outside)
 
-    listed = [m.model for m in client.list().models]
+    listed = [m.model for m in store_client.list().models]
     assert not any("evil" in name or "linked" in name for name in listed)
     for name in ("evil", "linked/tiny"):
         with pytest.raises(ollama.ResponseError) as caught:
-            client.show(name)
+            store_client.show(name)
         assert caught.value.status_code in (404, 500)
         no_path_in(str(caught.value), store.root, outside)
     # Writing a name under the linked directory goes nowhere outside.
     with pytest.raises(ollama.ResponseError):
-        client.copy(f"{registry.host}/library/tiny", "linked/copied")
+        store_client.copy(f"{registry.host}/library/tiny", "linked/copied")
     with pytest.raises(ollama.ResponseError):
-        client.delete("linked/tiny")
+        store_client.delete("linked/tiny")
     assert snapshot(outside) == before
 
 
 def test_a_linked_blobs_directory_is_refused(
-    store: ModelStore, server: RunningServer, outside: Path
+    store: ModelStore, store_server: RunningServer, outside: Path
 ) -> None:
     store.root.mkdir(parents=True, exist_ok=True)
     (store.root / "blobs").symlink_to(outside)
     before = snapshot(outside)
-    r = httpx.post(f"{server.base_url}/api/blobs/{MODEL_DIGEST}", content=MODEL)
+    r = httpx.post(f"{store_server.base_url}/api/blobs/{MODEL_DIGEST}", content=MODEL)
     assert r.status_code >= 400
     no_path_in(r.text, store.root, outside)
     assert snapshot(outside) == before
