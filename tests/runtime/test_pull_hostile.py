@@ -273,3 +273,24 @@ def test_redirects_are_held_to_the_policy(
     assert registry.requests("cdn") == []
     with pytest.raises(ModelNotFoundError):
         store.get(f"{registry.host}/library/tiny")
+
+
+def test_api_pull_answers_impossible_sizes_in_its_own_shape(
+    allowing_server: RunningServer, registry: TestRegistry, store: ModelStore
+) -> None:
+    registry.add_declared_manifest("library", "liar", "latest", [("model", 2**62)])
+    free = shutil.disk_usage(store.root.parent).free
+    registry.add_declared_manifest("library", "wide", "latest", [("model", free + 1024**3)])
+    with httpx.Client(base_url=allowing_server.base_url, timeout=30) as http:
+        liar = {"model": f"{registry.host}/library/liar", "insecure": True}
+        r = http.post("/api/pull", json={**liar, "stream": False})
+        assert r.status_code == 400
+        assert "more than the 4.0 TiB corral accepts for one blob" in r.json()["error"]
+        streamed = http.post("/api/pull", json=liar).text.splitlines()
+        assert streamed[0] == '{"status":"pulling manifest"}'
+        assert "more than the 4.0 TiB" in streamed[-1] and '"error"' in streamed[-1]
+        wide = {"model": f"{registry.host}/library/wide", "insecure": True, "stream": False}
+        r = http.post("/api/pull", json=wide)
+        assert r.status_code == 507
+        assert "not enough space in the model store" in r.json()["error"]
+    assert blob_requests(registry) == []
