@@ -1,0 +1,91 @@
+"""``corral serve`` as a separate process on loopback, for tests and benches that must see a crash.
+
+The runtime tier's ``serve()`` fixture runs uvicorn in a thread inside pytest: an input that
+aborts the process (a llama.cpp ``GGML_ASSERT``) would take pytest down with it. Here the server
+is its own process, so an abort shows as ``ServedProcess.alive() is False`` (with the tail of its
+log) instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.controlplane import free_port
+
+
+@dataclass(frozen=True, slots=True)
+class ServedProcess:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def serving_process(
+    models: Path,
+    *args: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 60,
+) -> Iterator[ServedProcess]:
+    """``corral serve --models MODELS ARGS…`` on a free loopback port, until the block ends.
+
+    Waits for ``/healthz``; the server's output goes to ``log``. On exit the server gets SIGTERM
+    (then SIGKILL after 30 s).
+    """
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "corral_runtime.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models",
+        str(models),
+        *args,
+    ]
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        served = ServedProcess(base, process, log)
+        try:
+            deadline = time.monotonic() + start_timeout
+            while True:
+                try:
+                    if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    out.flush()
+                    raise RuntimeError(f"corral serve did not start:\n{served.log_tail()}")
+                time.sleep(0.1)
+            yield served
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
