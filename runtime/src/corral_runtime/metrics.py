@@ -84,6 +84,12 @@ class RuntimeMetrics:
             buckets=_LOAD_BUCKETS,
             registry=self.registry,
         )
+        self.engine_failures = Counter(
+            "corral_engine_failures_total",
+            "Decode threads that died, per model (their requests failed; the model reloads).",
+            ["model"],
+            registry=self.registry,
+        )
         self.last_request_time = Gauge(
             "corral_last_request_timestamp_seconds",
             "Unix time of the last inference request (for scale-to-zero).",

@@ -1,5 +1,10 @@
-"""Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (a model can answer:
-one is loaded, or the default model resolves in the store), ``/metrics`` (Prometheus)."""
+"""Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (the server can serve
+now), ``/metrics`` (Prometheus).
+
+Ready means "can serve now", not "the process is alive": no loaded model has failed without
+being loaded again yet (a model whose decode thread died answers 503 here until its reload is
+done), and a model can answer (one is loaded, or the store holds one to load).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request, manager: ManagerDep) -> JSONResponse:
+    failed = manager.unavailable()
+    if failed:
+        return JSONResponse(
+            {"status": "model failed, reloading", "failed": failed}, status_code=503
+        )
     if manager.loaded():
         return JSONResponse({"status": "ready", "models": [m.name for m in manager.loaded()]})
     if await asyncio.to_thread(list_models, manager.store):

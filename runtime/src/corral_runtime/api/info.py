@@ -16,9 +16,13 @@ FOREVER_RFC3339 = "2318-11-26T00:00:00Z"  # keep_alive < 0: a time that never co
 
 
 def rfc3339(timestamp: float) -> str:
-    if math.isinf(timestamp):
+    """A Unix time as RFC 3339; one past what a datetime holds (or not finite) is "never"."""
+    if not math.isfinite(timestamp):
         return FOREVER_RFC3339
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return FOREVER_RFC3339
     return moment.isoformat().replace("+00:00", "Z")
 
 

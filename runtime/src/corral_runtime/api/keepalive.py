@@ -2,13 +2,18 @@
 
 A number is seconds, a string is a Go duration (``"10m"``, ``"1h30m"``, ``"-1s"``; a bare
 number other than ``"0"`` lacks its unit and is refused, as Go's ``time.ParseDuration`` does), a
-negative value keeps the model loaded forever, and 0 unloads it after the request.
+negative value keeps the model loaded forever, and 0 unloads it after the request. Anything
+longer than ``MAX_KEEP_ALIVE_SECONDS`` (a century, ``1e308``, ``"999999999h"``, infinity) is
+forever too, so no expiry time ever overflows a timestamp; NaN and text that is no duration are
+refused.
 """
 
 from __future__ import annotations
 
 import math
 import re
+
+from corral_runtime.engine.types import MAX_KEEP_ALIVE_SECONDS
 
 FOREVER = math.inf
 
@@ -58,6 +63,12 @@ def parse_keep_alive(value: float | str | None, default: float) -> float:
         seconds = float(value)
     else:
         seconds = parse_duration(value)
+    return bounded_keep_alive(seconds)
+
+
+def bounded_keep_alive(seconds: float) -> float:
+    """Seconds as the manager takes them: negative, infinite or beyond
+    ``MAX_KEEP_ALIVE_SECONDS`` is ``FOREVER``; NaN is refused."""
     if math.isnan(seconds):
         raise InvalidKeepAliveError("keep_alive must be a number or a duration string")
-    return FOREVER if seconds < 0 else seconds
+    return FOREVER if seconds < 0 or seconds > MAX_KEEP_ALIVE_SECONDS else seconds

@@ -6,15 +6,25 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.keepalive import parse_keep_alive
 from corral_runtime.api.options import OllamaOptions, validate_options
+from corral_runtime.api.text import ValidText
 from corral_runtime.engine.manager import LoadedModel
 from corral_runtime.engine.types import GenerationStats, OutputFormat
 from corral_runtime.store.layout import PROJECTOR_LAYER
-from corral_runtime.templates.messages import ChatMessage, Tool, ToolCall
+from corral_runtime.templates.messages import CHAT_ROLES, ChatMessage, Tool, ToolCall
 
 KeepAlive = StrictInt | StrictFloat | StrictStr | None
 Think = bool | str | None
@@ -35,11 +45,22 @@ def parse_format(value: Any) -> OutputFormat | None:
     raise ApiError(400, 'invalid format: expected "json" or a JSON Schema object', param="format")
 
 
+def check_role(role: str, allowed: frozenset[str]) -> str:
+    """A message's role, if it is one the API knows (a pydantic field validator)."""
+    if role not in allowed:
+        raise PydanticCustomError(
+            "unknown_role",
+            "unknown role '{role}': expected one of {allowed}",
+            {"role": role, "allowed": ", ".join(sorted(allowed))},
+        )
+    return role
+
+
 def wants_thinking(think: Think) -> bool:
     return think is True or (isinstance(think, str) and think not in ("", "false", "none"))
 
 
-class _Request(BaseModel):
+class _Request(ValidText):
     model_config = ConfigDict(extra="ignore")
 
     model: str = ""
@@ -92,6 +113,11 @@ class Message(BaseModel):
     tool_calls: list[WireToolCall] | None = None
     thinking: str | None = None
     tool_name: str | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        return check_role(role, CHAT_ROLES)
 
     def to_chat(self) -> ChatMessage:
         return ChatMessage(
@@ -159,7 +185,7 @@ class EmbeddingsRequest(_Request):
     prompt: str = ""
 
 
-class ModelRequest(BaseModel):
+class ModelRequest(ValidText):
     """``/api/show`` and friends: ``model`` (or the older ``name``)."""
 
     model_config = ConfigDict(extra="ignore")

@@ -8,12 +8,20 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral_runtime.api.errors import ApiError
-from corral_runtime.api.options import OllamaOptions, validate_options
+from corral_runtime.api.ollama_protocol import check_role
+from corral_runtime.api.options import InvalidOptionsError, OllamaOptions, validate_options
+from corral_runtime.api.text import ValidText
 from corral_runtime.engine.types import OutputFormat
-from corral_runtime.templates.messages import ChatMessage, Tool, ToolCall
+from corral_runtime.templates.messages import (
+    OPENAI_ROLE_ALIASES,
+    OPENAI_ROLES,
+    ChatMessage,
+    Tool,
+    ToolCall,
+)
 
 # Ollama's OpenAI layer samples at temperature 1.0 unless told otherwise, as OpenAI does.
 OPENAI_DEFAULT_TEMPERATURE = 1.0
@@ -23,7 +31,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-class _Request(BaseModel):
+# The OpenAI parameter behind each Ollama option a request sets, for errors that name it.
+OPENAI_PARAMS = {"num_predict": "max_tokens"}
+
+
+class _Request(ValidText):
     model_config = ConfigDict(extra="ignore")
 
     model: str
@@ -62,7 +74,13 @@ class _Request(BaseModel):
                 raw[key] = value
         if self.stop is not None:
             raw["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
-        return validate_options(raw)
+        try:
+            return validate_options(raw)
+        except InvalidOptionsError as exc:
+            option = exc.option or ""
+            param = OPENAI_PARAMS.get(option, option) or None
+            message = str(exc).replace(repr(option), repr(param)) if param else str(exc)
+            raise ApiError(400, message, param=param) from exc
 
 
 class FunctionDef(BaseModel):
@@ -96,6 +114,11 @@ class ChatMessageIn(BaseModel):
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
 
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        return check_role(role, OPENAI_ROLES)
+
     def to_chat(self) -> ChatMessage:
         texts: list[str] = []
         images: list[str] = []
@@ -123,12 +146,13 @@ class ChatMessageIn(BaseModel):
             if not isinstance(arguments, dict):
                 raise ApiError(400, "tool call arguments must be a JSON object", param="messages")
             calls.append(ToolCall(name=call.function.name, arguments=arguments, id=call.id))
+        role = OPENAI_ROLE_ALIASES.get(self.role, self.role)
         return ChatMessage(
-            role=self.role,
+            role=role,
             content="".join(texts),
             images=tuple(images),
             tool_calls=tuple(calls),
-            tool_name=self.name if self.role == "tool" else None,
+            tool_name=self.name if role == "tool" else None,
             tool_call_id=self.tool_call_id,
         )
 
@@ -233,7 +257,7 @@ class CompletionRequest(_Request):
         return self.options(self.max_tokens)
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(ValidText):
     model_config = ConfigDict(extra="ignore")
 
     model: str

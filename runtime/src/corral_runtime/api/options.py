@@ -2,17 +2,27 @@
 sampling needs and what loading needs.
 
 Unknown keys are ignored with a warning (as Ollama does); a known key with a value of the wrong
-type is an error that names the key.
+type, or outside the bounds below, is an error that names the key. Every option that reaches
+llama.cpp is bounded here, since llama.cpp asserts (and takes the process down), allocates
+without limit or misbehaves beyond them: a context too small for one prompt chunk, a thread
+count past ggml's maximum, numbers past a C ``int``, NaN and infinity.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, ValidationError
 
-from corral_runtime.engine.types import LoadOptions, OutputFormat, SamplingParams
+from corral_runtime.engine.types import (
+    MAX_NUM_CTX,
+    MIN_NUM_CTX,
+    LoadOptions,
+    OutputFormat,
+    SamplingParams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +30,9 @@ Number = StrictInt | StrictFloat
 
 
 class InvalidOptionsError(ValueError):
-    pass
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class OllamaOptions(BaseModel):
@@ -63,35 +75,60 @@ def validate_options(raw: dict[str, Any] | None, *, source: str = "options") -> 
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise InvalidOptionsError(f"invalid option {key!r}: {first['msg']}") from exc
+        raise InvalidOptionsError(
+            f"invalid option {key!r}: {first['msg']}", option=str(first["loc"][0])
+        ) from exc
     for key in options.model_extra or {}:
         log.warning("invalid option provided: %s", key)
-    _check_ranges(options)
+    check_ranges(options)
     return options
 
 
-# Inclusive bounds of the numeric options (None: unbounded on that side).
-_RANGES: dict[str, tuple[float | None, float | None]] = {
+INT32_MAX = 2**31 - 1
+INT64 = 2**63
+# ggml's GGML_MAX_N_THREADS: llama.cpp asserts on more.
+MAX_THREADS = 512
+MAX_NUM_BATCH = 1 << 16
+
+# Inclusive bounds of the numeric options (None: unbounded on that side; floats must also be
+# finite). Sizes llama.cpp takes as a C int stop at INT32_MAX.
+RANGES: dict[str, tuple[float | None, float | None]] = {
     "temperature": (0, None),
     "top_p": (0, 1),
     "min_p": (0, 1),
     "typical_p": (0, 1),
-    "top_k": (0, None),
-    "num_ctx": (1, None),
-    "num_predict": (-2, None),
-    "repeat_last_n": (-1, None),
-    "num_thread": (0, None),
-    "num_batch": (1, None),
+    "top_k": (0, INT32_MAX),
+    "num_ctx": (MIN_NUM_CTX, MAX_NUM_CTX),
+    "num_predict": (-2, INT32_MAX),
+    "num_keep": (-1, INT32_MAX),
+    "repeat_last_n": (-1, INT32_MAX),
+    "repeat_penalty": (0, None),
+    "presence_penalty": (None, None),
+    "frequency_penalty": (None, None),
+    "seed": (-INT64, INT64 - 1),
+    "num_thread": (0, MAX_THREADS),
+    "num_batch": (1, MAX_NUM_BATCH),
+    "num_gpu": (-1, INT32_MAX),
+    "main_gpu": (0, INT32_MAX),
 }
 
 
-def _check_ranges(options: OllamaOptions) -> None:
-    for name, (low, high) in _RANGES.items():
+def out_of_range(value: float, low: float | None, high: float | None) -> bool:
+    """Whether a number lies outside [low, high] (NaN and infinities always do)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return True
+    return (low is not None and value < low) or (high is not None and value > high)
+
+
+def check_ranges(options: OllamaOptions) -> None:
+    for name, (low, high) in RANGES.items():
         value = getattr(options, name)
-        if value is None:
+        if value is None or not out_of_range(value, low, high):
             continue
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise InvalidOptionsError(f"invalid option {name!r}: {value} is out of range")
+        bounds = f"{'' if low is None else low}..{'' if high is None else high}"
+        raise InvalidOptionsError(
+            f"invalid option {name!r}: {value} is out of range ({bounds})", option=name
+        )
 
 
 def merge_options(*layers: OllamaOptions) -> OllamaOptions:

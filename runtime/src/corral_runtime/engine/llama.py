@@ -59,6 +59,15 @@ def select_cpu_kernels(batch_invariant: bool) -> None:
     os.environ.setdefault("GGML_CPU_TILED_MM", "0" if batch_invariant else "1")
 
 
+def utf8(text: str) -> bytes:
+    """Text as llama.cpp's tokenizer takes it; text UTF-8 cannot encode (a lone surrogate) is
+    the request's fault, not the engine's."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError("the input is not valid Unicode text") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class ContextConfig:
     model_path: Path
@@ -99,7 +108,9 @@ class LlamaBatchContext:
             str(config.model_path).encode("utf-8"), model_params
         )
         if not self.model:
-            raise EngineError(f"failed to load model from {config.model_path}")
+            raise EngineError(
+                "llama.cpp could not load the model file", detail=str(config.model_path)
+            )
         self.capacity = config.n_batch
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = config.n_ctx * config.parallel
@@ -119,7 +130,13 @@ class LlamaBatchContext:
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
-            raise EngineError(f"failed to create a context for {config.model_path}")
+            raise EngineError(
+                "llama.cpp could not create a context for the model (out of memory?)",
+                detail=str(config.model_path),
+            )
+        # llama.cpp shrinks the batch to a small context and asserts on a larger one (taking
+        # the process down): what it holds is the capacity, and ``decode`` refuses more.
+        self.capacity = min(config.n_batch, int(llama_cpp.llama_n_batch(self.ctx)))
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
@@ -147,7 +164,7 @@ class LlamaBatchContext:
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: special tokens parsed, BOS added unless already there."""
-        data = text.encode("utf-8")
+        data = utf8(text)
         size = len(data) + 8
         while True:
             buffer = (self._llama.llama_token * size)()

@@ -4,6 +4,10 @@ A request takes a ``Lease`` on a model (loading it if needed) and returns it whe
 request's keep_alive then decides when the model unloads (0: right away, negative: never). When
 a load would exceed the configured number of models or the memory budget, the least recently
 used idle models are unloaded first.
+
+A model whose decode thread dies (``ModelWorker.failure``) is unloaded and loaded again with
+the same settings; until that is done ``unavailable()`` names it (``/readyz`` answers 503), and
+a request for it waits for the reload.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral_runtime.engine.scheduling import default_parallel
-from corral_runtime.engine.types import LoadOptions
+from corral_runtime.engine.types import MAX_KEEP_ALIVE_SECONDS, LoadOptions
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
 from corral_runtime.gpu import GpuInfo, GpuPlan, ModelFootprint, kv_cache_bytes, plan_gpu_layers
 from corral_runtime.settings import RuntimeSettings
@@ -38,6 +42,8 @@ class LoadedModel:
     worker: ModelWorker
     plan: GpuPlan
     keep_alive: float
+    num_ctx: int  # as requested (the context may be smaller: the model's trained length)
+    load: LoadOptions
     last_used: float = field(default_factory=time.monotonic)
     expires_at: float = math.inf  # wall-clock seconds; inf: never
     in_flight: int = 0
@@ -92,6 +98,7 @@ class ModelManager:
         *,
         on_change: Callable[[ModelManager], None] | None = None,
         on_load: Callable[[str, float], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -100,10 +107,18 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._on_change = on_change
         self._on_load = on_load
+        self._on_failure = on_failure
         self._expiries: set[asyncio.Task[None]] = set()
+        self._recovering: set[str] = set()
+        self._recoveries: set[asyncio.Task[None]] = set()
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
+
+    def unavailable(self) -> list[str]:
+        """Models that failed and are not loaded again yet: the server cannot serve them now."""
+        failed = {m.name for m in self._models.values() if m.worker.failed}
+        return sorted(failed | self._recovering)
 
     def resolve(self, name: str) -> StoredModel:
         """Look a name up in the store (validating it first); raises LookupError/ValueError."""
@@ -128,7 +143,10 @@ class ModelManager:
         n_ctx = (load.num_ctx if load and load.num_ctx else None) or self.settings.context_length
         async with self._lock:
             model = self._models.get(key)
-            if model is not None and model.n_ctx != n_ctx and model.in_flight == 0:
+            if model is not None and model.worker.failed:
+                await self._unload(model)  # Its thread died; those holding it get its error.
+                model = None
+            if model is not None and model.num_ctx != n_ctx and model.in_flight == 0:
                 await self._unload(model)  # A different num_ctx means a new context, as Ollama.
                 model = None
             load_seconds = 0.0
@@ -152,6 +170,8 @@ class ModelManager:
             return True
 
     async def close(self) -> None:
+        for task in list(self._recoveries):
+            task.cancel()
         async with self._lock:
             for model in list(self._models.values()):
                 await self._unload(model)
@@ -173,10 +193,11 @@ class ModelManager:
         requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
         plan = plan_gpu_layers(requested, footprint, self.gpu)
         await self._make_room(plan.size_bytes)
-        parallel = self.settings.parallel or default_parallel(n_ctx)
+        context = trained_context(n_ctx, details.context_length)
+        parallel = self.settings.parallel or default_parallel(context)
         config = LoadConfig(
             model_path=stored.model_path,
-            n_ctx=n_ctx,
+            n_ctx=context,
             n_gpu_layers=plan.gpu_layers,
             n_threads=load.num_thread or self.settings.threads or _default_threads(),
             n_batch=load.num_batch or self.settings.batch_size,
@@ -190,6 +211,7 @@ class ModelManager:
             stored.name.display,
             config,
             max_pending=parallel + self.settings.max_queue,
+            on_failure=self._worker_failed,
         )
         try:
             await worker.start()
@@ -203,6 +225,8 @@ class ModelManager:
             worker=worker,
             plan=plan,
             keep_alive=self.settings.keep_alive_seconds,
+            num_ctx=n_ctx,
+            load=load,
         )
         self._models[model.name] = model
         log.info(
@@ -238,14 +262,14 @@ class ModelManager:
         model.last_used = time.monotonic()
         if model.in_flight > 0 or self._models.get(model.name) is not model:
             return
-        if model.keep_alive <= 0:
+        if model.keep_alive == 0:
             self._spawn_expiry(model)
             return
         self._schedule_expiry(model)
 
     def _schedule_expiry(self, model: LoadedModel) -> None:
         self._cancel_timer(model)
-        if math.isinf(model.keep_alive):
+        if never_expires(model.keep_alive):
             model.expires_at = math.inf
             return
         model.expires_at = time.time() + model.keep_alive
@@ -274,9 +298,52 @@ class ModelManager:
         await model.worker.close()
         self._changed()
 
+    def _worker_failed(self, worker: ModelWorker) -> None:
+        """A decode thread died (called on the event loop): count it, and reload the model."""
+        model = next((m for m in self._models.values() if m.worker is worker), None)
+        if model is None:
+            return
+        if self._on_failure is not None:
+            self._on_failure(model.name)
+        self._recovering.add(model.name)
+        task = asyncio.get_running_loop().create_task(self._recover(model))
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, model: LoadedModel) -> None:
+        try:
+            async with self._lock:
+                if self._models.get(model.name) is not model:
+                    return  # A request has already replaced it.
+                await self._unload(model)
+                if model.keep_alive == 0:
+                    return  # It would be unloaded once idle anyway.
+                log.warning("reloading %s after its decode thread died", model.name)
+                try:
+                    fresh = await self._load(model.stored, model.num_ctx, model.load)
+                except Exception:
+                    log.exception("reloading %s failed; the next request loads it", model.name)
+                    return
+                fresh.keep_alive = model.keep_alive
+                self._schedule_expiry(fresh)
+        finally:
+            self._recovering.discard(model.name)
+
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self)
+
+
+def trained_context(requested: int, trained: int | None) -> int:
+    """The context a model loads with: as requested, but no longer than it was trained for
+    (as Ollama does; llama.cpp would allocate the memory and then degrade past it)."""
+    return min(requested, trained) if trained and trained > 0 else requested
+
+
+def never_expires(keep_alive: float) -> bool:
+    """Whether a keep_alive keeps its model loaded forever: negative, not finite, or longer
+    than a timestamp should be asked to hold."""
+    return keep_alive < 0 or not math.isfinite(keep_alive) or keep_alive > MAX_KEEP_ALIVE_SECONDS
 
 
 def _default_threads() -> int:

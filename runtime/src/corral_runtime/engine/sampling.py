@@ -82,7 +82,12 @@ def build_chain(
         if grammar is not None:
             llama_cpp.llama_sampler_chain_add(chain, context.grammar_sampler(grammar))
         if penalized(params):
-            last_n = context.n_ctx if params.repeat_last_n < 0 else params.repeat_last_n
+            # Never more than the context: llama.cpp allocates a window of this many tokens.
+            last_n = (
+                context.n_ctx
+                if params.repeat_last_n < 0
+                else min(params.repeat_last_n, context.n_ctx)
+            )
             penalties = llama_cpp.llama_sampler_init_penalties(
                 context.n_vocab,
                 last_n,

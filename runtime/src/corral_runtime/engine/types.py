@@ -16,6 +16,16 @@ DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.9
 
+# num_ctx bounds. Below the minimum llama.cpp cannot hold one prompt chunk per sequence (it
+# shrinks its batch to the context and then asserts on a full chunk, taking the process down);
+# above the model's trained context a request gets the trained context, as in Ollama, and the
+# maximum bounds what any request may ask for.
+MIN_NUM_CTX = 64
+MAX_NUM_CTX = 1 << 20
+
+# A keep_alive beyond this means "forever": a century, far below what a timestamp can hold.
+MAX_KEEP_ALIVE_SECONDS = 100 * 365.25 * 86400
+
 
 @dataclass(frozen=True, slots=True)
 class OutputFormat:
@@ -77,7 +87,18 @@ class EmbeddingResult:
 
 
 class EngineError(RuntimeError):
-    """A request the engine could not serve for a reason of the server's own."""
+    """A request the engine could not serve for a reason of the server's own.
+
+    Its message is what a client reads; ``detail`` (files, llama.cpp's words) is only logged.
+    """
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class EngineFailedError(EngineError):
+    """The model's decode thread died: its requests fail, and the model is reloaded."""
 
 
 class GenerationTimeoutError(EngineError):

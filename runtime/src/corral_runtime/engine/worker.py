@@ -16,12 +16,19 @@ leaves its slot at the next step.
 Requests reach the thread through an inbox; results come back through
 ``loop.call_soon_threadsafe``. The scheduling rules themselves are pure functions in
 ``scheduling.py``.
+
+A failed step fails the sequences in it and the thread goes on. Should the thread itself die
+(an exception outside a step: a bug, or the test seam ``inject_fault``), it first fails every
+request it holds (in slots, waiting, or still in its inbox) with ``EngineFailedError``, frees
+the model, sets ``failure`` (so nothing new is queued: ``generate`` and the jobs raise it at
+once) and tells its owner through ``on_failure``; the manager then reloads the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import logging
 import math
 import queue
@@ -33,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row
+from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row, utf8
 from corral_runtime.engine.sampling import GrammarCache, build_chain, free_chain, plain_greedy
 from corral_runtime.engine.scheduling import (
     PREFILL_CHUNK,
@@ -51,6 +58,7 @@ from corral_runtime.engine.types import (
     DoneReason,
     EmbeddingResult,
     EngineError,
+    EngineFailedError,
     GenerationRequest,
     GenerationStats,
     GenerationTimeoutError,
@@ -87,6 +95,21 @@ def prompt_too_long_message(n_tokens: int, n_ctx: int) -> str:
 @dataclass(frozen=True, slots=True)
 class _Started:
     prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """Work for the decode thread, and how to tell its caller should it never run."""
+
+    run: Callable[[], None]
+    fail: Callable[[BaseException], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fault:
+    """An error for the decode thread to raise between steps (``inject_fault``)."""
+
+    error: BaseException
 
 
 class GenerationStream:
@@ -196,15 +219,26 @@ class _Slot:
 class ModelWorker:
     """A model's llama.cpp state and the thread that owns it."""
 
-    def __init__(self, name: str, config: LoadConfig, *, max_pending: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: LoadConfig,
+        *,
+        max_pending: int,
+        on_failure: Callable[[ModelWorker], None] | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.max_pending = max_pending
         self.parallel = config.parallel or default_parallel(config.n_ctx)
         self._chunk = max(1, min(config.n_batch, PREFILL_CHUNK))
-        self._inbox: queue.SimpleQueue[Callable[[], None] | _Submission | None] = (
-            queue.SimpleQueue()
-        )
+        self._inbox: queue.SimpleQueue[_Job | _Submission | _Fault | None] = queue.SimpleQueue()
+        # Held while queueing and while the thread marks itself failed, so nothing is queued
+        # after the thread has emptied its inbox for the last time.
+        self._gate = threading.Lock()
+        self.failure: EngineFailedError | None = None
+        self._on_failure = on_failure
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"llama:{name}", daemon=True)
@@ -221,16 +255,30 @@ class ModelWorker:
 
     async def start(self) -> None:
         """Start the thread and load the model on it."""
+        self._loop = asyncio.get_running_loop()
         self._thread.start()
         await self._call(self._load)
 
     async def close(self) -> None:
-        """Free the model once the jobs already queued have run, then end the thread."""
+        """Free the model once the jobs already queued have run, then end the thread (a thread
+        that died has freed the model already)."""
         if not self._thread.is_alive():
             return
-        await self._call(self._free)
+        if self.failure is None:
+            with contextlib.suppress(EngineFailedError):
+                await self._call(self._free)
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the decode thread died (the model can serve nothing more)."""
+        return self.failure is not None
+
+    def inject_fault(self, error: BaseException) -> None:
+        """Test seam: the decode thread raises ``error`` before its next step, as a bug
+        outside any step would, and dies as such a thread does (see the module docstring)."""
+        self._inbox.put(_Fault(error))
 
     @property
     def pending(self) -> int:
@@ -252,7 +300,11 @@ class ModelWorker:
         """Queue a generation; raises QueueFullError when the wait queue is full."""
         stream = GenerationStream(asyncio.get_running_loop())
         self._admit()
-        self._inbox.put(_Submission(request, stream, time.perf_counter()))
+        try:
+            self._enqueue(_Submission(request, stream, time.perf_counter()))
+        except BaseException:
+            self._release()
+            raise
         return stream
 
     async def embed(self, texts: list[str], *, truncate: bool) -> EmbeddingResult:
@@ -264,6 +316,12 @@ class ModelWorker:
 
     async def tokenize(self, text: str) -> list[int]:
         return await self._call(lambda: self._require_context().tokenize(text))
+
+    def _enqueue(self, item: _Job | _Submission) -> None:
+        with self._gate:
+            if self.failure is not None:
+                raise EngineFailedError(str(self.failure))
+            self._inbox.put(item)
 
     def _admit(self) -> None:
         with self._pending_lock:
@@ -295,12 +353,21 @@ class ModelWorker:
             else:
                 loop.call_soon_threadsafe(settle, result, None)
 
-        self._inbox.put(job)
+        def fail(error: BaseException) -> None:
+            loop.call_soon_threadsafe(settle, None, error)
+
+        self._enqueue(_Job(job, fail))
         return await future
 
     # -- the decode thread: the loop ---------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            self._die(exc)
+
+    def _serve(self) -> None:
         while True:
             if not self._take_inbox():
                 return
@@ -311,7 +378,7 @@ class ModelWorker:
                     self._step()
             except Exception as exc:  # A failed step fails its sequences, not the thread.
                 log.exception("decode step on %s failed", self.name)
-                self._fail_all(EngineError(f"generation failed: {exc}"))
+                self._fail_all(EngineError("generation failed", detail=repr(exc)))
 
     def _take_inbox(self) -> bool:
         """Handle everything in the inbox, blocking while there is nothing else to do;
@@ -330,11 +397,13 @@ class ModelWorker:
                 return True
             if item is None:
                 return False
+            if isinstance(item, _Fault):
+                raise item.error
             if isinstance(item, _Submission):
                 self._receive(item)
                 continue
             try:
-                item()
+                item.run()
             except Exception:  # A job reports its own errors; this is a last resort.
                 log.exception("job on %s failed", self.name)
 
@@ -346,6 +415,8 @@ class ModelWorker:
         try:
             context = self._require_context()
             tokens = context.tokenize(submission.request.prompt)
+            if not tokens:  # Nothing to evaluate, so no logits to sample from.
+                raise InvalidRequestError("the prompt is empty")
             if len(tokens) >= self.n_ctx:
                 raise InvalidRequestError(prompt_too_long_message(len(tokens), self.n_ctx))
         except (InvalidRequestError, EngineError) as exc:
@@ -570,6 +641,42 @@ class ModelWorker:
             if self._context is not None:
                 self._context.clear(slot.seq_id)
 
+    def _die(self, exc: BaseException) -> None:
+        """The thread's last act: fail everything it holds, free the model, tell the owner."""
+        log.error("the decode thread of %s died", self.name, exc_info=exc)
+        error = EngineFailedError(
+            f"model {self.name} failed while serving this request and is being reloaded; try again",
+            detail=repr(exc),
+        )
+        with self._gate:
+            self.failure = error
+        for slot in self._slots:
+            if slot.sequence is not None:
+                sequence, slot.sequence = slot.sequence, None
+                self._busy -= 1
+                self._release()
+                sequence.stream._put(error)
+        while self._waiting:
+            self._finish_unstarted(self._waiting.popleft().submission, error)
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Submission):
+                self._finish_unstarted(item, error)
+            elif isinstance(item, _Job):
+                item.fail(error)
+        try:
+            if self._context is not None:
+                self._context.close()
+        except Exception:
+            log.exception("freeing %s after its decode thread died failed", self.name)
+        self._context = None
+        if self._loop is not None and self._on_failure is not None:
+            with contextlib.suppress(RuntimeError):  # The loop is closed: nobody to tell.
+                self._loop.call_soon_threadsafe(self._on_failure, self)
+
     # -- the decode thread: jobs -------------------------------------------------------------
 
     def _require_context(self) -> LlamaBatchContext:
@@ -592,8 +699,17 @@ class ModelWorker:
         try:
             self._context = LlamaBatchContext(config)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise EngineError(f"failed to load model {self.name}: {exc}") from exc
+            detail = getattr(exc, "detail", None)
+            raise EngineError(
+                f"failed to load model {self.name}: {exc}"
+                if isinstance(exc, EngineError)
+                else f"failed to load model {self.name}",
+                detail=f"{exc!r}" + (f" ({detail})" if detail else ""),
+            ) from exc
         self.n_ctx = self._context.n_ctx
+        # A prompt chunk must fit in one decode (options keep num_ctx above that; this holds
+        # whatever a caller asks).
+        self._chunk = min(self._chunk, self._context.capacity)
         self._slots = [_Slot(seq_id=i) for i in range(self.parallel)]
         self.load_seconds = time.perf_counter() - started
 
@@ -627,7 +743,7 @@ class ModelWorker:
                 n_threads_batch=self.config.n_threads,
                 verbose=False,
             )
-        counts = [len(self._embedder.tokenize(t.encode("utf-8"), add_bos=True)) for t in texts]
+        counts = [len(self._embedder.tokenize(utf8(t), add_bos=True)) for t in texts]
         too_long = [c for c in counts if c > self.n_ctx]
         if too_long and not truncate:
             raise InvalidRequestError(prompt_too_long_message(max(too_long), self.n_ctx))

@@ -15,6 +15,14 @@ class ToolCall:
     id: str | None = None
 
 
+# The roles a conversation may hold: Ollama's four, and on the OpenAI API also "developer"
+# (read as "system") and the deprecated "function" (read as "tool"). Anything else is refused,
+# since templates would render it as nobody's turn.
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+OPENAI_ROLES = CHAT_ROLES | {"developer", "function"}
+OPENAI_ROLE_ALIASES = {"developer": "system", "function": "tool"}
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
