@@ -17,8 +17,9 @@ import httpx
 import ollama
 import pytest
 
+from corral_runtime.engine.probe import probe_model, probe_model_file
 from corral_runtime.store.gguf import GGML_TYPES, InvalidModelFileError
-from corral_runtime.store.layout import ModelStore
+from corral_runtime.store.layout import LOADS, ModelStore
 from corral_runtime.store.pull import Puller, PullOptions
 from tests.support.gguf_corpus import Variant, encode, malformed_variants, tiny_model
 from tests.support.registry import running_registry
@@ -123,6 +124,26 @@ def test_a_malformed_model_from_a_registry_is_refused_before_its_manifest(
             with pytest.raises(InvalidModelFileError, match=variant.reason):
                 Puller(store, PullOptions(insecure=True)).pull(source)
     assert store.names() == []
+
+
+def test_a_file_that_aborts_llama_cpp_is_refused_by_the_probe(tmp_path: Path) -> None:
+    """The probe loads a file in a child process: llama.cpp's abort ends the child, not us."""
+    aborting = next(v for v in VARIANTS if v.name == "block_count_zero").write(tmp_path)
+    with pytest.raises(InvalidModelFileError, match=r"llama\.cpp aborted while loading it"):
+        probe_model_file(aborting)
+    broken = next(v for v in VARIANTS if v.name == "tensor_past_the_end").write(tmp_path)
+    with pytest.raises(InvalidModelFileError, match=r"llama\.cpp cannot load it"):
+        probe_model_file(broken)
+
+
+def test_a_blob_is_probed_once(store: ModelStore) -> None:
+    stored = store.get("tiny")
+    probe_model(store, stored)
+    assert store.is_marked(stored.model_digest, LOADS)
+    record = store.root / ".corral" / LOADS / stored.model_path.name
+    written = record.stat().st_ino
+    probe_model(ModelStore(store.root), stored)  # a restart: the record says it loads
+    assert record.stat().st_ino == written
 
 
 def test_the_tensor_types_are_llama_cpps() -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import default_parallel
 from corral_runtime.engine.types import MAX_KEEP_ALIVE_SECONDS, LoadOptions
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
@@ -181,6 +182,8 @@ class ModelManager:
     async def _load(self, stored: StoredModel, n_ctx: int, load: LoadOptions) -> LoadedModel:
         # Verified against its digest (once per blob) and a valid GGUF, before llama.cpp sees it.
         details = await asyncio.to_thread(self.store.check_model, stored)
+        # Loaded once in a child process first: a file llama.cpp dies on is refused, not fatal.
+        await asyncio.to_thread(probe_model, self.store, stored)
         template = model_template(stored, details)
         weights = stored.model_path.stat().st_size
         footprint = ModelFootprint(

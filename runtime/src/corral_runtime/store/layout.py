@@ -52,6 +52,10 @@ ADAPTER_LAYER = LAYER_PREFIX + "adapter"
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".corral"
+# What is recorded about a blob (a folder of records each under STATE_DIR): its content matches
+# its digest; llama.cpp loaded it in a child process (engine/probe.py).
+VERIFIED, LOADS = "verified", "loads"
+FACTS = (VERIFIED, LOADS)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 
@@ -159,15 +163,16 @@ class ModelStore:
     sha256 was checked: by the download or import that wrote it, or by ``check_blob`` before its
     first use. The result is recorded under ``.corral/verified/`` keyed by the file's size, inode,
     device, mtime and ctime, so another process or a restart does not hash the blob again while
-    any write, replacement or touch of the file makes it hashed again. Where the store is
-    read-only (a pod's mount) the result is kept in memory only.
+    any write, replacement or touch of the file makes it hashed again (``mark`` records other
+    facts the same way). Where the store is read-only (a pod's mount) the result is kept in
+    memory only.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
-        self._verified: dict[str, tuple[int, ...]] = {}
+        self._verified: dict[tuple[str, str], tuple[int, ...]] = {}
         self._verified_lock = threading.Lock()
 
     # -- paths -------------------------------------------------------------------------------
@@ -383,16 +388,32 @@ class ModelStore:
         with self.open_blob(digest) as f:
             return check_model_file(f, os.fstat(f.fileno()).st_size)
 
-    def _record_dir(self, create: bool) -> contextlib.AbstractContextManager[int]:
-        return self._dir(STATE_DIR, "verified", create=create)
+    def is_marked(self, digest: str, fact: str) -> bool:
+        """Whether ``mark`` recorded ``fact`` (e.g. "loads") about the blob as it is now."""
+        digest = parse_digest(digest)
+        with self._dir("blobs") as fd:
+            st = entry_stat(fd, blob_filename(digest))
+        return is_regular(st) and st is not None and self._is_recorded(digest, st, fact)
 
-    def _is_recorded(self, digest: str, st: os.stat_result) -> bool:
+    def mark(self, digest: str, fact: str) -> None:
+        """Record ``fact`` about the blob as it is now (forgotten once the file changes)."""
+        digest = parse_digest(digest)
+        with self._dir("blobs") as fd:
+            st = entry_stat(fd, blob_filename(digest))
+        if is_regular(st):
+            assert st is not None
+            self._record(digest, st, fact)
+
+    def _record_dir(self, fact: str, create: bool) -> contextlib.AbstractContextManager[int]:
+        return self._dir(STATE_DIR, fact, create=create)
+
+    def _is_recorded(self, digest: str, st: os.stat_result, fact: str = VERIFIED) -> bool:
         key = _stat_key(st)
         with self._verified_lock:
-            if self._verified.get(digest) == key:
+            if self._verified.get((fact, digest)) == key:
                 return True
         try:
-            with self._record_dir(False) as fd:
+            with self._record_dir(fact, False) as fd:
                 raw, _ = read_file(fd, blob_filename(digest), 4096)
             recorded = tuple(json.loads(raw))
         except (OSError, ValueError, TypeError, CorruptStoreError):
@@ -400,24 +421,28 @@ class ModelStore:
         if recorded != key:
             return False
         with self._verified_lock:
-            self._verified[digest] = key
+            self._verified[(fact, digest)] = key
         return True
 
-    def _record(self, digest: str, st: os.stat_result) -> None:
+    def _record(self, digest: str, st: os.stat_result, fact: str = VERIFIED) -> None:
         key = _stat_key(st)
         with self._verified_lock:
-            self._verified[digest] = key
+            self._verified[(fact, digest)] = key
         try:
-            with self._record_dir(True) as fd:
+            with self._record_dir(fact, True) as fd:
                 write_atomic(fd, blob_filename(digest), json.dumps(key).encode(), fsync=False)
         except OSError as exc:  # a read-only store: remembered by this process only
-            log.debug("could not record blob %s as verified: %s", digest, exc)
+            log.debug("could not record blob %s as %s: %s", digest, fact, exc)
 
     def _forget(self, digest: str) -> None:
-        with self._verified_lock:
-            self._verified.pop(digest, None)
-        with contextlib.suppress(OSError, CorruptStoreError), self._record_dir(False) as fd:
-            os.unlink(blob_filename(digest), dir_fd=fd)
+        for fact in FACTS:
+            with self._verified_lock:
+                self._verified.pop((fact, digest), None)
+            with (
+                contextlib.suppress(OSError, CorruptStoreError),
+                self._record_dir(fact, False) as fd,
+            ):
+                os.unlink(blob_filename(digest), dir_fd=fd)
 
     # -- writing -----------------------------------------------------------------------------
 
