@@ -77,9 +77,36 @@ class Meter:
             raise TemplateBudgetError("size", f"{self.budget.max_output_chars} characters")
 
     def sized(self, value: _T) -> _T:
+        """``value``, if the text it stands for fits the size budget (a list holding one long
+        string a thousand times stands for a thousand of them: printed, it would be that)."""
         if isinstance(value, str | bytes | list | tuple | dict):
-            self.check_size(len(value))
+            self.check_size(text_size(value, self.budget.max_output_chars))
         return value
+
+
+# What a value that is not a string or a container counts for (a number, a boolean).
+_SCALAR_SIZE = 32
+# What each element of a container adds beyond its own text (separators, quotes).
+_ELEMENT_SIZE = 4
+
+
+def text_size(value: Any, limit: int) -> int:
+    """About how many characters ``value`` prints as: strings exactly, containers as the sum of
+    their elements (shared elements counted each time), anything else a few. Stops counting
+    beyond ``limit`` (the answer is then only known to be larger)."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, dict | list | tuple | set | frozenset):
+            total += _ELEMENT_SIZE * len(item)
+            if total <= limit:  # (a huge container is not copied onto the stack)
+                stack.extend(item.items() if isinstance(item, dict) else item)
+        else:
+            total += _SCALAR_SIZE
+    return total
 
 
 _CURRENT: ContextVar[Meter | None] = ContextVar("corral_template_meter", default=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import inspect
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from corral_runtime.templates.budget import (
     TemplateBudgetError,
     bounded_args,
     current_meter,
+    text_size,
 )
 from corral_runtime.templates.gotemplate import TemplateError
 from corral_runtime.templates.messages import ChatMessage, Tool
@@ -72,41 +74,95 @@ def _join_measured(pieces: Iterable[str]) -> str:
 
 
 def _metered_filter(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter whose result is estimated before it is made and measured after."""
+    signature = inspect.signature(func)
+
     @functools.wraps(func)  # (keeps the pass_context/pass_environment marks Jinja reads)
     def run(*args: Any, **kwargs: Any) -> Any:
         meter = current_meter()
         bounded_args(meter, args[1:], kwargs)
-        if func.__name__ == "do_format":
-            _check_format(args)
-        elif func.__name__ == "do_replace":
-            _check_replace(meter, *args[1:4])
-        result = func(*args, **kwargs)
-        return meter.sized(result)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return meter.sized(func(*args, **kwargs))  # (Jinja reports the wrong arguments)
+        _estimate_filter(meter, func.__name__, bound.arguments)
+        return meter.sized(func(*bound.args, **bound.kwargs))
 
     return run
 
 
-def _check_format(args: tuple[Any, ...]) -> None:
-    """Refuse %-formats whose widths would make a string larger than the budget."""
-    text = next((a for a in args if isinstance(a, str)), None)
-    if text is None:
-        return
-    meter = current_meter()
-    for match in _FORMAT_WIDTH.finditer(text):
-        for group in match.groups():
-            if group == "*":
-                meter.check_size(meter.budget.max_output_chars + 1)
-            elif group:
-                meter.check_size(int(group))
+def _estimate_filter(meter: Meter, name: str, arguments: dict[str, Any]) -> None:
+    """Refuse a filter whose result would exceed the size budget, before it is made: the ones
+    that repeat a piece of their input (a separator, an indent, a format's arguments)."""
+    limit = meter.budget.max_output_chars
+    text = arguments.get("s", arguments.get("value"))
+    if name == "do_join":
+        items = arguments["value"] = list(arguments["value"])  # (a generator is read once)
+        separator = str(arguments.get("d", ""))
+        meter.check_size(text_size(items, limit) + len(separator) * len(items))
+    elif name == "do_format" and isinstance(text, str):
+        values = [*arguments.get("args", ()), *arguments.get("kwargs", {}).values()]
+        _check_format(meter, text, values)
+    elif name == "do_replace":
+        _check_replace(meter, text, arguments.get("old"), arguments.get("new"))
+    elif name == "do_indent" and isinstance(text, str):
+        width = arguments.get("width", 4)
+        indent = len(width) if isinstance(width, str) else int(width)
+        meter.check_size(len(text) + (text.count("\n") + 1) * indent)
+    elif name == "do_wordwrap" and isinstance(text, str):
+        lines = len(text) // max(int(arguments.get("width", 79)), 1) + text.count("\n") + 1
+        meter.check_size(len(text) + lines * len(str(arguments.get("wrapstring") or "\n")))
 
 
-def _check_replace(meter: Meter, text: Any = "", old: Any = "", new: Any = "", *_: Any) -> None:
+def _check_format(meter: Meter, text: str, values: list[Any], marker: str = "%") -> None:
+    """Refuse a format whose result would exceed the budget: widths ("%0999999999d") and
+    arguments repeated by its placeholders ("%(a)s%(a)s…", "{0}{0}…")."""
+    limit = meter.budget.max_output_chars
+    if marker == "%":
+        for match in _FORMAT_WIDTH.finditer(text):
+            for group in match.groups():
+                if group == "*":
+                    meter.check_size(limit + 1)
+                elif group:
+                    meter.check_size(int(group))
+    largest = max((text_size(v, limit) for v in values), default=0)
+    meter.check_size(len(text) + text.count(marker) * largest)
+
+
+def _check_replace(meter: Meter, text: Any, old: Any, new: Any) -> None:
     """Refuse a replacement whose result would exceed the budget, before it is made."""
     if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
         growth = len(new) - len(old)
         if growth > 0:
             count = len(text) + 1 if not old else text.count(old)
             meter.check_size(len(text) + count * growth)
+
+
+def _check_str_method(
+    meter: Meter, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """The string methods that repeat something (``"x".join``, ``replace``, ``expandtabs``)."""
+    owner = getattr(method, "__self__", None)
+    if not isinstance(owner, str):
+        return
+    name = getattr(method, "__name__", "")
+    limit = meter.budget.max_output_chars
+    if name == "replace" and len(args) >= 2:
+        _check_replace(meter, owner, args[0], args[1])
+    elif name == "join" and args:
+        items = args[0]
+        if isinstance(items, list | tuple | set | frozenset | dict | str):
+            meter.check_size(text_size(items, limit) + len(owner) * len(items))
+        else:
+            meter.check_size(limit + 1)  # (an iterator cannot be measured before it is read)
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(size, int):
+            meter.check_size(len(owner) + owner.count("\t") * size)
+
+
+def _measured_output(value: Any) -> Any:
+    return current_meter().sized(value)
 
 
 class _MeteredSandbox(ImmutableSandboxedEnvironment):
@@ -122,17 +178,39 @@ class _MeteredSandbox(ImmutableSandboxedEnvironment):
     def sized(self, value: Any) -> Any:
         return current_meter().sized(value)
 
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``str.format``/``format_map``, refusing what would exceed the budget ("{0}{0}…")."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+        by_name = value.__name__ == "format_map"
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            values = [*args, *kwargs.values()]
+            if by_name and args and isinstance(args[0], dict):
+                values = list(args[0].values())
+            _check_format(current_meter(), fmt, values, marker="{")
+            return wrapped(*args, **kwargs)
+
+        return checked
+
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         meter = current_meter()
         if operator == "*":
+            limit = meter.budget.max_output_chars
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and isinstance(times, int):
-                    meter.check_size(len(seq) * max(times, 0))
+                    meter.check_size(text_size(seq, limit) * max(times, 0))
         elif operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
             if isinstance(left, int | float) and abs(left) > 1:
                 meter.check_size(meter.budget.max_output_chars + 1)
         elif operator == "%" and isinstance(left, str):
-            _check_format((left,))
+            if isinstance(right, dict):
+                values = list(right.values())
+            else:
+                values = list(right) if isinstance(right, tuple) else [right]
+            _check_format(meter, left, values)
         return meter.sized(super().call_binop(context, operator, left, right))
 
     def call(
@@ -144,16 +222,17 @@ class _MeteredSandbox(ImmutableSandboxedEnvironment):
     ) -> Any:
         meter = current_meter()
         bounded_args(meter, args, kwargs)
-        if getattr(__obj, "__name__", "") == "replace" and isinstance(
-            getattr(__obj, "__self__", None), str
-        ):
-            _check_replace(meter, __obj.__self__, *args)
+        _check_str_method(meter, __obj, args, kwargs)
         return meter.sized(super().call(__context, __obj, *args, **kwargs))
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
     env = _MeteredSandbox(
-        trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.Undefined
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        undefined=jinja2.Undefined,
+        finalize=_measured_output,  # ({{ x }} of a list is measured before it becomes text)
     )
     env.globals.pop("lipsum", None)  # generates as much text as it is asked for
     env.filters["tojson"] = _tojson

@@ -61,6 +61,20 @@ class TestJinja:
             "{% set ns.s = ns.s + ns.s %}{% endfor %}",
             "{% set s = 'y' * 10000000 %}{% macro m() %}{% for i in range(1000) %}{{ s }}"
             "{% endfor %}{% endmacro %}{% set t = m() %}",
+            # One long string held many times stands for all of its copies.
+            "{% set s = 'y' * 1000000 %}{{ [s] * 1000 }}",
+            "{% set s = 'y' * 1000000 %}{% set l = [s] * 10 %}{{ [l, l, l, l] }}",
+            "{% set s = 'y' * 1000000 %}{{ range(100000)|join(s) }}",
+            "{% set s = 'y' * 1000000 %}{{ s.join(range(100)|map('string')|list) }}",
+            "{% set s = 'y' * 1000000 %}{{ ('%s' * 100) % (([s] * 100)|list|first,) }}",
+            "{% set s = 'y' * 1000000 %}{{ '%(a)s%(a)s%(a)s' * 10 % {'a': s} }}",
+            "{% set s = 'y' * 1000000 %}{{ ('{0}' * 100).format(s) }}",
+            "{% set s = 'y' * 1000000 %}{{ ('{a}' * 100).format_map({'a': s}) }}",
+            "{% set s = 'y' * 1000000 %}{{ '%s%s%s'|format(s, s, s) * 10 }}",
+            "{{ ('a\\n' * 4000000)|indent(100) }}",
+            "{{ ('a\\n' * 1000000)|indent('x' * 1000) }}",
+            "{{ ('a' * 1000000)|wordwrap(1, wrapstring='x' * 1000) }}",
+            "{{ ('\\t' * 1000000).expandtabs(1000) }}",
         ],
     )
     def test_nothing_larger_than_the_budget_is_built(self, source: str) -> None:
