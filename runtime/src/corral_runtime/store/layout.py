@@ -64,6 +64,11 @@ def _stat_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _content_key(st: os.stat_result) -> tuple[int, ...]:
+    """One file's content as of a moment (a hard link made since leaves it the same)."""
+    return (st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns)
+
+
 class ModelNotFoundError(LookupError):
     """No manifest for the name, or a manifest whose blobs are missing."""
 
@@ -459,8 +464,9 @@ class ModelStore:
 
     def import_file(self, source: Path, *, link: bool = True) -> Layer:
         """Copy (or hard-link, when on the same file system) a file into the store as a blob."""
+        hashed = Path(source).stat()
         digest = sha256_file(source)
-        size = Path(source).stat().st_size
+        size = hashed.st_size
         if self.check_blob(digest, size) is BlobState.VALID:
             return Layer(media_type="", digest=digest, size=size)
         with self._dir("blobs", create=True) as dir_fd:
@@ -480,7 +486,10 @@ class ModelStore:
                         out.flush()
                         os.fsync(out.fileno())
                 with os.fdopen(open_file(dir_fd, tmp), "rb") as f:
-                    if sha256_stream(f) != digest:
+                    # A link is the file that was hashed, unless it was written since; a copy
+                    # is hashed again.
+                    same = linked and _content_key(os.fstat(f.fileno())) == _content_key(hashed)
+                    if not same and sha256_stream(f) != digest:
                         raise CorruptStoreError("the file changed while it was being imported")
                 os.rename(tmp, blob_filename(digest), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             finally:
