@@ -190,7 +190,7 @@ def test_linked_manifests_and_manifest_directories_are_not_followed(
 
 
 def test_a_linked_blobs_directory_is_refused(
-    store: ModelStore, store_server: RunningServer, outside: Path
+    store: ModelStore, registry: TestRegistry, store_server: RunningServer, outside: Path
 ) -> None:
     store.root.mkdir(parents=True, exist_ok=True)
     (store.root / "blobs").symlink_to(outside)
@@ -201,6 +201,11 @@ def test_a_linked_blobs_directory_is_refused(
     assert snapshot(outside) == before
     with pytest.raises(LinkInStoreError):
         store.put_bytes(b"x")
+    with pytest.raises(LinkInStoreError):
+        pull(store, registry)
+    registry.add_file("/files/tiny.gguf", MODEL)
+    with pytest.raises(LinkInStoreError):  # a plain URL: no digest known before it lands
+        Puller(store, PullOptions(insecure=True)).pull(f"{registry.base_url}/files/tiny.gguf")
     assert snapshot(outside) == before
 
 

@@ -279,11 +279,11 @@ class BlobDownloader:
     def download(self, req: BlobRequest, progress: Progress | None = None) -> Layer:
         """Make the blob present in the store and return its digest and size."""
         report = progress or (lambda done, total: None)
+        self.store.ensure_blobs_dir()  # a real directory: LinkInStoreError for a link
         if req.digest is not None:
             digest = parse_digest(req.digest)
             if req.size is not None and req.size < 0:
                 raise SizeMismatchError(f"invalid size {req.size} for {digest}")
-            self.store.ensure_blobs_dir()
             existing = self._existing(digest, req.size)
             if existing is not None:
                 report(existing.size, existing.size)
