@@ -73,6 +73,24 @@ def test_a_requests_nested_loops_are_refused_and_health_answers_meanwhile(
     assert ok.done
 
 
+def test_a_requests_broken_template_is_a_400_answered_at_once(
+    runtime_server: RunningServer, ollama_client: ollama.Client
+) -> None:
+    # 200,000 unclosed "{{": the old lexer would have rescanned the rest from each one (hours).
+    for template, message in (
+        ("{{" * 200_000, "invalid template: unclosed action"),
+        ("{{ $nope }}", "invalid template: undefined variable: $nope"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(ollama.ResponseError) as caught:
+            ollama_client.generate(
+                model=MODEL, prompt="hi", template=template, options={"num_predict": 1}
+            )
+        assert caught.value.status_code == 400
+        assert message in caught.value.error
+        assert time.monotonic() - started < 5.0
+
+
 @pytest.fixture
 def slow_template_model(runtime_server: RunningServer) -> Iterator[str]:
     name = "slow-template:latest"

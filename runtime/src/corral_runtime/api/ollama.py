@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from corral_runtime import __version__
 from corral_runtime.api import info
 from corral_runtime.api.deps import ManagerDep, MetricsDep, SettingsDep, StoreDep
+from corral_runtime.api.errors import ApiError
 from corral_runtime.api.generation import Generation, acquire_model, start_generation
 from corral_runtime.api.ollama_protocol import (
     ChatRequest,
@@ -37,7 +38,9 @@ from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel, ModelManager
 from corral_runtime.store.catalog import list_models
+from corral_runtime.templates.budget import TemplateBudgetError
 from corral_runtime.templates.chat import GoChatTemplate, generate_messages
+from corral_runtime.templates.gotemplate import TemplateError
 from corral_runtime.templates.messages import ChatMessage
 
 router = APIRouter()
@@ -81,12 +84,16 @@ def _generate_prompt(body: GenerateRequest) -> Any:
         if body.raw:
             return body.prompt
         system = body.system if body.system is not None else model.stored.system
-        template = (
-            GoChatTemplate(body.template, label="the request's template")
-            if body.template
-            else model.template
-        )
-        return template.render(generate_messages(body.prompt, system), suffix=body.suffix)
+        messages = generate_messages(body.prompt, system)
+        if not body.template:
+            return model.template.render(messages, suffix=body.suffix)
+        try:
+            own = GoChatTemplate(body.template, label="the request's template")
+            return own.render(messages, suffix=body.suffix)
+        except TemplateBudgetError:
+            raise
+        except TemplateError as exc:  # the client's template, not the model's: a 400
+            raise ApiError(400, f"invalid template: {exc}", param="template") from exc
 
     return build
 
