@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,3 +218,20 @@ def test_the_store_itself_makes_no_links_and_cleans_none_of_its_own(
         for entry in (*dirnames, *filenames):
             assert not Path(dirpath, entry).is_symlink()
     assert store.get(f"{registry.host}/library/tiny").manifest.layer(MODEL_LAYER) is not None
+
+
+def test_a_linked_state_directory_is_refused_and_nothing_outside_is_removed(
+    store: ModelStore, registry: TestRegistry, outside: Path
+) -> None:
+    pull(store, registry)
+    (outside / "stale-looking-pin.json").write_text("[]")
+    state = store.root / ".corral"
+    shutil.rmtree(state)
+    state.mkdir()
+    (state / "pulls").symlink_to(outside)
+    before = snapshot(outside)
+    with pytest.raises(LinkInStoreError):
+        collect_garbage(store)
+    with pytest.raises(LinkInStoreError):
+        pull(store, registry)
+    assert snapshot(outside) == before

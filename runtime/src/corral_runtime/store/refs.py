@@ -23,20 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral_runtime.store.digests import parse_digest
-from corral_runtime.store.layout import CorruptStoreError, Manifest, ModelStore
+from corral_runtime.store.layout import STATE_DIR, CorruptStoreError, Manifest, ModelStore
 from corral_runtime.store.names import ModelName, parse_name
-from corral_runtime.store.safefs import LinkInStoreError, clear_foreign, open_path
+from corral_runtime.store.safefs import LinkInStoreError, clear_foreign, open_path, opened_dir
 
 _BLOB_NAME_LEN = len("sha256-") + 64
 
 
-def _state_dir(store: ModelStore) -> Path:
-    return store.root / ".corral"
+def _state_dir(store: ModelStore, *parts: str) -> Path:
+    """``<root>/.corral[/parts…]``, made if needed: LinkInStoreError where a part is a link."""
+    with opened_dir(store.root, (STATE_DIR, *parts), create=True):
+        pass
+    return store.root.joinpath(STATE_DIR, *parts)
 
 
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
     clear_foreign(path)
     fd = open_path(path, os.O_RDWR | os.O_CREAT)
     try:
@@ -51,12 +53,12 @@ class PullPin:
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store
-        self.path = _state_dir(store) / "pulls" / f"{uuid.uuid4().hex}.json"
+        self.path = store.root / STATE_DIR / "pulls" / f"{uuid.uuid4().hex}.json"
         self.digests: set[str] = set()
         self._fd: int | None = None
 
     def __enter__(self) -> PullPin:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _state_dir(self.store, "pulls")
         # Locked before it gets the name GC looks for, so GC never takes it for a stale pin.
         tmp = self.path.with_suffix(".tmp")
         self._fd = open_path(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
@@ -82,8 +84,11 @@ class PullPin:
 def pinned_digests(store: ModelStore) -> set[str]:
     """Digests pinned by live pulls; pins of dead processes are removed on the way."""
     pins: set[str] = set()
-    folder = _state_dir(store) / "pulls"
-    if not folder.is_dir():
+    folder = store.root / STATE_DIR / "pulls"
+    try:
+        with opened_dir(store.root, (STATE_DIR, "pulls")):  # LinkInStoreError for a link
+            pass
+    except FileNotFoundError:
         return pins
     for path in folder.glob("*.json"):
         try:
