@@ -294,3 +294,22 @@ def test_api_pull_answers_impossible_sizes_in_its_own_shape(
         assert r.status_code == 507
         assert "not enough space in the model store" in r.json()["error"]
     assert blob_requests(registry) == []
+
+
+@pytest.mark.parametrize(
+    ("auth", "what", "message"),
+    [
+        (False, "manifest_body_bytes", "is larger than 4194304 bytes"),
+        (True, "token_body_bytes", "is larger than 65536 bytes"),
+    ],
+)
+def test_a_registry_cannot_make_the_puller_hold_a_huge_answer(
+    tmp_path: Path, store: ModelStore, auth: bool, what: str, message: str
+) -> None:
+    # 64 MiB sent under a claim of a terabyte: a reader that takes it all before looking at its
+    # size holds it all.
+    with running_registry(tmp_path / "registry", auth=auth) as reg:
+        reg.add_model("library", "tiny", "latest", GGUF)
+        setattr(reg.hostility, what, 64 * 1024 * 1024)
+        error = pull_refused(store, f"ollama://{reg.host}/library/tiny")
+    assert message in str(error)

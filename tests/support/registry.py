@@ -86,6 +86,9 @@ class Hostility:
     redirect_manifests_to: str | None = None  # every manifest request answers 307 here
     redirect_blobs_to: str | None = None  # every blob and file request answers 307 here
     file_size: int | None = None  # the size files claim (X-Linked-Size, HEAD's Content-Length)
+    # Manifest and token answers this long (claiming a terabyte), then the connection closes.
+    manifest_body_bytes: int | None = None
+    token_body_bytes: int | None = None
 
 
 @dataclass
@@ -197,6 +200,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _registry(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/token":
+            if self.state.hostility.token_body_bytes is not None:
+                self._endless_body(self.state.hostility.token_body_bytes)
+                return
             token = secrets.token_hex(16)
             with self.state.lock:
                 self.state.tokens.add(token)
@@ -235,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.state.hostility.redirect_manifests_to:
             self._reply(307, b"", {"Location": self.state.hostility.redirect_manifests_to})
             return
+        if self.state.hostility.manifest_body_bytes is not None:
+            self._endless_body(self.state.hostility.manifest_body_bytes)
+            return
         if self.state.faults.take("manifest_fail_next"):
             self._error(self.state.faults.fail_status, "UNAVAILABLE", "injected failure")
             return
@@ -243,6 +252,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "MANIFEST_UNKNOWN", "manifest unknown")
             return
         self._reply(200, raw, content_type=MANIFEST_MEDIA_TYPE)
+
+    def _endless_body(self, length: int) -> None:
+        """A 200 claiming a terabyte of JSON; ``length`` bytes of it, then a hang-up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(1 << 40))
+        self.end_headers()
+        block = b" " * (64 * 1024)
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < length:
+                self.wfile.write(block[: length - sent])
+                sent += min(len(block), length - sent)
+        self.close_connection = True
 
     def _redirect_or_serve(self, digest: str, extra: dict[str, str]) -> None:
         if self.state.hostility.redirect_blobs_to:

@@ -29,6 +29,8 @@ from corral_runtime.store.transfer import (
 
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Token and error answers are a few hundred bytes.
+MAX_REPLY_BYTES = 64 * 1024
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -95,7 +97,11 @@ class RegistryClient:
         check_scheme(realm, self.insecure)
         query = {k: v for k, v in challenge.items() if k in ("service", "scope")}
         url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
-        response = send(self.client, "GET", url, insecure=self.insecure)
+        response = read_bounded(
+            send(self.client, "GET", url, insecure=self.insecure, stream=True),
+            MAX_REPLY_BYTES,
+            f"the answer of token endpoint {realm}",
+        )
         if response.status_code != 200:
             raise HttpStatusError(response.status_code, realm, "token request failed")
         try:
@@ -118,8 +124,11 @@ class RegistryClient:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def get(self, url: str, accept: str | None = None) -> httpx.Response:
-        """GET with one token refresh on 401 and backoff on 5xx/429/transport errors."""
+    def get(
+        self, url: str, accept: str | None = None, limit: int = MAX_REPLY_BYTES
+    ) -> httpx.Response:
+        """GET with one token refresh on 401 and backoff on 5xx/429/transport errors; the body
+        is read up to ``limit`` bytes (PullError beyond: a registry cannot make us hold more)."""
         authenticated = False
         attempt = 0
         while True:
@@ -127,7 +136,18 @@ class RegistryClient:
             if accept:
                 headers["Accept"] = accept
             try:
-                response = send(self.client, "GET", url, headers=headers, insecure=self.insecure)
+                response = read_bounded(
+                    send(
+                        self.client,
+                        "GET",
+                        url,
+                        headers=headers,
+                        insecure=self.insecure,
+                        stream=True,
+                    ),
+                    limit,
+                    f"the answer of {url}",
+                )
             except httpx.TransportError as exc:
                 if not self.insecure and "ssl" in str(exc).lower():
                     raise InsecureSourceError(
@@ -154,19 +174,43 @@ class RegistryClient:
 
     def fetch_manifest(self, name: ModelName) -> Manifest:
         url = self.manifest_url(name)
-        response = self.get(url, accept=f"{MANIFEST_MEDIA_TYPE}, {OCI_MANIFEST_MEDIA_TYPE}")
+        response = self.get(
+            url,
+            accept=f"{MANIFEST_MEDIA_TYPE}, {OCI_MANIFEST_MEDIA_TYPE}",
+            limit=MAX_MANIFEST_BYTES,
+        )
         if response.status_code == 404:
             raise ManifestNotFoundError(name)
         if response.status_code != 200:
             raise HttpStatusError(response.status_code, url, _error_detail(response))
         raw = response.content
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise PullError(f"manifest of {name.display} is larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             manifest = Manifest.parse(raw)
         except (ValueError, RuntimeError) as exc:
             raise PullError(f"invalid manifest for {name.display}: {exc}") from exc
         return manifest
+
+
+def read_bounded(response: httpx.Response, limit: int, what: str) -> httpx.Response:
+    """A streamed response read into memory, refused (and closed) past ``limit`` bytes, whatever
+    its Content-Length says or leaves unsaid."""
+    try:
+        body = bytearray()
+        for block in response.iter_bytes():
+            body += block
+            if len(body) > limit:
+                raise PullError(f"{what} is larger than {limit} bytes")
+    finally:
+        response.close()
+    # The body is decoded already: the headers that describe its transfer no longer apply.
+    kept = [
+        (key, value)
+        for key, value in response.headers.multi_items()
+        if key.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code, headers=kept, content=bytes(body), request=response.request
+    )
 
 
 def _error_detail(response: httpx.Response) -> str:
