@@ -69,7 +69,7 @@ def test_a_rebound_name_cannot_list_copy_or_delete(
         assert answer.status_code == 403
         assert "evil.example.com" in answer.json()["error"]
     assert openai_listing.status_code == 403
-    assert openai_listing.json()["error"]["type"] == "invalid_request_error"
+    assert openai_listing.json()["error"]["type"] == "permission_error"
     assert _exists(own_store, MODEL)
     assert not _exists(own_store, "stolen")
 

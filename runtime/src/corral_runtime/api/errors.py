@@ -57,6 +57,8 @@ def openai_type(status: int) -> str:
         return "not_found_error"
     if status == 401:
         return "authentication_error"
+    if status == 403:
+        return "permission_error"
     if 400 <= status < 500:
         return "invalid_request_error"
     return "api_error"
