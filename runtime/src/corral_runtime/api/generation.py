@@ -7,7 +7,6 @@ things and the clean-up (a cancelled client frees its slot and its lease at once
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from corral_runtime.engine.types import GenerationRequest, GenerationStats, Outp
 from corral_runtime.engine.worker import GenerationStream
 from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.store.layout import StoredModel
-from corral_runtime.templates.budget import DEFAULT_BUDGET, render_within
+from corral_runtime.templates.budget import DEFAULT_BUDGET, render_off_loop
 from corral_runtime.templates.fallback import FallbackChatTemplate
 
 PromptBuilder = Callable[[LoadedModel], str]
@@ -120,7 +119,7 @@ async def start_generation(
             params = replace(params, stop=tuple(model.template.format.stop))
         # Off the event loop, within a budget the renderer itself enforces (a thread cannot be
         # stopped from outside): a slow template must not stall /healthz or other requests.
-        prompt = await asyncio.to_thread(render_within, DEFAULT_BUDGET, lambda: build_prompt(model))
+        prompt = await render_off_loop(DEFAULT_BUDGET, lambda: build_prompt(model))
         stream = model.worker.generate(GenerationRequest(prompt=prompt, params=params))
         try:
             await stream.started()

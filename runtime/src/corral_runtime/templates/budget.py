@@ -5,15 +5,20 @@ Templates are untrusted (a GGUF's Jinja template, an Ollama template layer, a re
 own work against a ``Meter``: every loop iteration and block entered is a step, every piece of
 output and every string they build counts against the size limit, and the clock is read at each
 step. Once any part is spent they stop with ``TemplateBudgetError``, whichever thread they run
-in. Routes render in a worker thread (never on the event loop) inside ``metered(budget)``, so one
-deadline covers the whole prompt (a legacy Go template is rendered once per turn).
+in. Routes render in threads of their own (``render_off_loop``, never on the event loop) inside
+``metered(budget)``, so one deadline covers the whole prompt (a legacy Go template is rendered
+once per turn).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import functools
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -130,9 +135,24 @@ def metered(budget: RenderBudget = DEFAULT_BUDGET) -> Iterator[Meter]:
 
 
 def render_within(budget: RenderBudget, render: Callable[[], _T]) -> _T:
-    """Run ``render`` under one budget (call it through ``asyncio.to_thread``)."""
+    """Run ``render`` under one budget (in a thread: see ``render_off_loop``)."""
     with metered(budget):
         return render()
+
+
+# Renders have threads of their own: a burst of templates that spend their whole budget waits
+# here, not in the default executor that the rest of the server's blocking work shares.
+RENDER_THREADS = 4
+_RENDER_POOL = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="corral-render")
+
+
+async def render_off_loop(budget: RenderBudget, render: Callable[[], _T]) -> _T:
+    """``render`` under ``budget`` in a render thread, the event loop free meanwhile."""
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _RENDER_POOL, functools.partial(context.run, render_within, budget, render)
+    )
 
 
 def bounded_args(meter: Meter, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import pytest
 
-from corral_runtime.templates.budget import RenderBudget, TemplateBudgetError, metered
+from corral_runtime.templates.budget import (
+    RenderBudget,
+    TemplateBudgetError,
+    metered,
+    render_off_loop,
+)
 from corral_runtime.templates.chat import GoChatTemplate
 from corral_runtime.templates.gotemplate import TemplateError
 from corral_runtime.templates.jinja import JinjaChatTemplate
@@ -151,3 +158,13 @@ def test_parsing_a_go_template_is_linear_in_its_length() -> None:
             GoChatTemplate(source)
     assert time.monotonic() - started < 2.0
     assert GoChatTemplate("a {{- .Prompt -}} b {{/* c */}}d").render(HELLO) == "ahib d"
+
+
+def test_renders_run_in_threads_of_their_own_under_one_budget() -> None:
+    def render() -> str:
+        return threading.current_thread().name
+
+    assert asyncio.run(render_off_loop(RenderBudget(), render)).startswith("corral-render")
+    nested = GoChatTemplate(NESTED_GO)
+    with pytest.raises(TemplateBudgetError):
+        asyncio.run(render_off_loop(RenderBudget(max_steps=1_000), lambda: nested.render(HELLO)))
