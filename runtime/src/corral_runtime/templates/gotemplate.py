@@ -661,7 +661,10 @@ class GoTemplate:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._nodes = _Parser(_lex_items(source)).parse()
+        try:
+            self._nodes = _Parser(_lex_items(source)).parse()
+        except RecursionError as exc:
+            raise TemplateError("template nests too deeply") from exc
 
     def render(self, data: Any) -> str:
         """Render within the current budget (``metered``), raising TemplateBudgetError beyond."""

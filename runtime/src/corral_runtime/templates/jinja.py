@@ -277,6 +277,8 @@ class JinjaChatTemplate:
             self._template = _ENV.from_string(source)
         except jinja2.TemplateError as exc:
             raise TemplateError(f"invalid chat template: {exc}") from exc
+        except RecursionError as exc:
+            raise TemplateError("invalid chat template: it nests too deeply") from exc
 
     @property
     def supports_tools(self) -> bool:

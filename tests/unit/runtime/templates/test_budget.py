@@ -168,3 +168,22 @@ def test_renders_run_in_threads_of_their_own_under_one_budget() -> None:
     nested = GoChatTemplate(NESTED_GO)
     with pytest.raises(TemplateBudgetError):
         asyncio.run(render_off_loop(RenderBudget(max_steps=1_000), lambda: nested.render(HELLO)))
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ if 1 }}" * 5000 + "{{ end }}" * 5000, "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"],
+)
+def test_a_deeply_nested_go_template_is_a_template_error(source: str) -> None:
+    with pytest.raises(TemplateError, match="nests too deeply"):
+        GoChatTemplate(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{% if 1 %}" * 3000 + "{% endif %}" * 3000, "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}"],
+)
+def test_a_deeply_nested_jinja_template_is_invalid(source: str) -> None:
+    # (A model whose GGUF template is refused falls back to its template layer or format.)
+    with pytest.raises(TemplateError, match="nests too deeply"):
+        JinjaChatTemplate(source)
