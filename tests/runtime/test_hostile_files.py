@@ -21,6 +21,7 @@ from corral_runtime.engine.probe import probe_model, probe_model_file
 from corral_runtime.store.gguf import GGML_TYPES, InvalidModelFileError
 from corral_runtime.store.layout import LOADS, ModelStore
 from corral_runtime.store.pull import Puller, PullOptions
+from tests.runtime.conftest import serve, settings_for
 from tests.support.gguf_corpus import Variant, encode, malformed_variants, tiny_model
 from tests.support.registry import running_registry
 from tests.support.serveproc import ServedProcess, serving_process
@@ -124,6 +125,22 @@ def test_a_malformed_model_from_a_registry_is_refused_before_its_manifest(
             with pytest.raises(InvalidModelFileError, match=variant.reason):
                 Puller(store, PullOptions(insecure=True)).pull(source)
     assert store.names() == []
+
+
+def test_api_pull_of_a_malformed_model_is_a_400(tmp_path: Path) -> None:
+    variant = next(v for v in VARIANTS if v.name == "block_count_zero")
+    store = ModelStore(tmp_path / "models")
+    settings = settings_for(store.root, pull_allowed_hosts=["127.0.0.1"], pull_allow_insecure=True)
+    with (
+        running_registry(tmp_path / "registry") as registry,
+        serve(settings, store) as server,
+        ollama.Client(host=server.base_url) as client,
+    ):
+        registry.add_model("library", "zero-blocks", "latest", variant.data)
+        with pytest.raises(ollama.ResponseError) as caught:
+            client.pull(f"{registry.host}/library/zero-blocks", insecure=True)
+        refused(caught, variant)
+        assert client.list().models == []
 
 
 def test_a_file_that_aborts_llama_cpp_is_refused_by_the_probe(tmp_path: Path) -> None:

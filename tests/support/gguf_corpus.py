@@ -187,11 +187,14 @@ def model_of_size(size: int, seed: int = 0) -> bytes:
     """The tiny model and one more tensor of seeded random bytes: a valid model file of about
     ``size`` bytes, for tests that move large files (pulls in many parts) rather than run them."""
     base = tiny_model(seed)
-    padding = max(0, size - len(encode(base)))
-    data = random.Random(seed).randbytes(padding)
-    return encode(
-        replace(base, tensors=(*base.tensors, Tensor("corral.padding", (padding,), data, GGML_I8)))
-    )
+
+    def padded(data: bytes) -> bytes:
+        tensor = Tensor("corral.padding", (len(data),), data, GGML_I8)
+        return encode(replace(base, tensors=(*base.tensors, tensor)))
+
+    # Exactly ``size`` bytes when it is a multiple of the alignment (32).
+    padding = max(0, size - len(padded(b"")))
+    return padded(random.Random(seed).randbytes(padding))
 
 
 # -- the malformed variants ----------------------------------------------------------------------
