@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,42 +16,29 @@ import pytest
 
 from corral_runtime.store.digests import blob_filename
 from corral_runtime.store.layout import BlobState, ModelStore
-from corral_runtime.store.pull import Puller, PullOptions
-from tests.runtime.conftest import RunningServer
-from tests.support.gguf_corpus import encode, tiny_model
-from tests.support.registry import TestRegistry, running_registry
+from tests.runtime.conftest import TINY_MODEL, RunningServer, pull_tiny
+from tests.support.registry import TestRegistry
 
 pytestmark = pytest.mark.runtime
 
-MODEL = encode(tiny_model())
+MODEL = TINY_MODEL
 DIGEST = "sha256:" + hashlib.sha256(MODEL).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestRegistry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        reg.add_model("library", "tiny", "latest", MODEL, template="{{ .Prompt }}")
-        yield reg
-
-
 @pytest.fixture
-def store(tmp_path: Path, registry: TestRegistry) -> ModelStore:
+def store(tmp_path: Path, tiny_registry: TestRegistry) -> ModelStore:
     s = ModelStore(tmp_path / "models")
-    pull(s, registry)
+    pull_tiny(s, tiny_registry)
     return s
 
 
-def name(registry: TestRegistry) -> str:
-    return f"{registry.host}/library/tiny"
+def name(tiny_registry: TestRegistry) -> str:
+    return f"{tiny_registry.host}/library/tiny"
 
 
-def pull(store: ModelStore, registry: TestRegistry) -> None:
-    Puller(store, PullOptions(insecure=True)).pull(f"ollama://{registry.host}/library/tiny")
-
-
-def blob_requests(registry: TestRegistry) -> int:
+def blob_requests(tiny_registry: TestRegistry) -> int:
     digest = DIGEST.removeprefix("sha256:")
-    return sum(1 for r in registry.requests() if digest in r.path and r.method == "GET")
+    return sum(1 for r in tiny_registry.requests() if digest in r.path and r.method == "GET")
 
 
 def record_path(store: ModelStore) -> Path:
@@ -67,13 +53,13 @@ def flip_one_byte(path: Path, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def generate(client: ollama.Client, registry: TestRegistry) -> ollama.GenerateResponse:
-    return client.generate(model=name(registry), prompt="hello", options={"num_predict": 2})
+def generate(client: ollama.Client, tiny_registry: TestRegistry) -> ollama.GenerateResponse:
+    return client.generate(model=name(tiny_registry), prompt="hello", options={"num_predict": 2})
 
 
 def test_a_flipped_byte_is_not_served_and_a_pull_repairs_it(
     store: ModelStore,
-    registry: TestRegistry,
+    tiny_registry: TestRegistry,
     store_server: RunningServer,
     store_client: ollama.Client,
 ) -> None:
@@ -82,25 +68,26 @@ def test_a_flipped_byte_is_not_served_and_a_pull_repairs_it(
     assert path.stat().st_size == len(MODEL)
 
     with pytest.raises(ollama.ResponseError) as caught:
-        generate(store_client, registry)
+        generate(store_client, tiny_registry)
     assert caught.value.status_code == 500
     assert str(store.root) not in str(caught.value)
     assert httpx.head(f"{store_server.base_url}/api/blobs/{DIGEST}").status_code == 404
 
-    registry.reset()
-    pull(store, registry)  # reported success before, without fixing anything
-    assert blob_requests(registry) >= 1
+    tiny_registry.reset()
+    pull_tiny(store, tiny_registry)  # reported success before, without fixing anything
+    assert blob_requests(tiny_registry) >= 1
     assert path.read_bytes() == MODEL
-    assert generate(store_client, registry).done
+    assert generate(store_client, tiny_registry).done
 
 
-def test_a_truncated_blob_is_fetched_again(store: ModelStore, registry: TestRegistry) -> None:
+def test_a_truncated_blob_is_fetched_again(store: ModelStore, tiny_registry: TestRegistry) -> None:
     path = store.blob_path(DIGEST)
     os.truncate(path, len(MODEL) // 2)
     assert store.check_blob(DIGEST, len(MODEL)) is BlobState.INVALID
-    registry.reset()
-    pull(store, registry)  # failed on every try before ("has N bytes, the manifest says M")
-    assert blob_requests(registry) >= 1
+    tiny_registry.reset()
+    # Before, every pull failed here ("has N bytes, the manifest says M").
+    pull_tiny(store, tiny_registry)
+    assert blob_requests(tiny_registry) >= 1
     assert path.read_bytes() == MODEL
     assert store.check_blob(DIGEST, len(MODEL)) is BlobState.VALID
 
@@ -116,16 +103,16 @@ def test_an_upload_replaces_a_corrupt_blob(store: ModelStore, store_server: Runn
 
 
 def test_a_blob_is_hashed_once_and_the_record_survives_a_restart(
-    store: ModelStore, registry: TestRegistry, store_client: ollama.Client
+    store: ModelStore, tiny_registry: TestRegistry, store_client: ollama.Client
 ) -> None:
     # The pull hashed the blob as it landed and recorded it: no load hashes it again.
     record = record_path(store)
     assert record.is_file()
     written = record.stat().st_ino  # a new hash would rewrite the record (a new file)
-    assert generate(store_client, registry).done
+    assert generate(store_client, tiny_registry).done
 
     restarted = ModelStore(store.root)  # another process: nothing in memory
-    stored = restarted.get(name(registry))
+    stored = restarted.get(name(tiny_registry))
     restarted.check_model(stored)
     assert record.stat().st_ino == written
 
@@ -136,11 +123,11 @@ def test_a_blob_is_hashed_once_and_the_record_survives_a_restart(
 
 
 def test_a_pull_does_not_hash_a_verified_blob_again(
-    store: ModelStore, registry: TestRegistry
+    store: ModelStore, tiny_registry: TestRegistry
 ) -> None:
     record = record_path(store)
     written = record.stat().st_ino
-    registry.reset()
-    pull(store, registry)
-    assert blob_requests(registry) == 0
+    tiny_registry.reset()
+    pull_tiny(store, tiny_registry)
+    assert blob_requests(tiny_registry) == 0
     assert record.stat().st_ino == written

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,22 +22,14 @@ from corral_runtime.store.layout import MODEL_LAYER, TEMPLATE_LAYER, ModelStore
 from corral_runtime.store.pull import Puller, PullOptions
 from corral_runtime.store.refs import collect_garbage
 from corral_runtime.store.safefs import LinkInStoreError
-from tests.runtime.conftest import RunningServer
-from tests.support.gguf_corpus import encode, tiny_model
-from tests.support.registry import TestRegistry, running_registry
+from tests.runtime.conftest import TINY_MODEL, RunningServer, pull_tiny
+from tests.support.registry import TestRegistry
 
 pytestmark = pytest.mark.runtime
 
-MODEL = encode(tiny_model())
+MODEL = TINY_MODEL
 MODEL_DIGEST = "sha256:" + hashlib.sha256(MODEL).hexdigest()
 SECRET = "corral-secret-outside-the-store-4f1e"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestRegistry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        reg.add_model("library", "tiny", "latest", MODEL, template="{{ .Prompt }}")
-        yield reg
 
 
 @pytest.fixture
@@ -53,10 +44,6 @@ def outside(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> ModelStore:
     return ModelStore(tmp_path / "models")
-
-
-def pull(store: ModelStore, registry: TestRegistry) -> None:
-    Puller(store, PullOptions(insecure=True)).pull(f"ollama://{registry.host}/library/tiny")
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -74,10 +61,10 @@ def no_path_in(text: str, *roots: Path) -> None:
 
 
 def test_a_linked_text_layer_is_not_read_through_show(
-    store: ModelStore, registry: TestRegistry, store_server: RunningServer, outside: Path
+    store: ModelStore, tiny_registry: TestRegistry, store_server: RunningServer, outside: Path
 ) -> None:
-    pull(store, registry)
-    stored = store.get(f"{registry.host}/library/tiny")
+    pull_tiny(store, tiny_registry)
+    stored = store.get(f"{tiny_registry.host}/library/tiny")
     template = stored.manifest.layer(TEMPLATE_LAYER)
     assert template is not None
     path = store.blob_path(template.digest)
@@ -86,7 +73,7 @@ def test_a_linked_text_layer_is_not_read_through_show(
     before = snapshot(outside)
 
     r = httpx.post(
-        f"{store_server.base_url}/api/show", json={"model": f"{registry.host}/library/tiny"}
+        f"{store_server.base_url}/api/show", json={"model": f"{tiny_registry.host}/library/tiny"}
     )
     assert r.status_code == 500 and SECRET not in r.text
     no_path_in(r.text, store.root, outside)
@@ -97,17 +84,17 @@ def test_a_linked_text_layer_is_not_read_through_show(
 
 def test_a_linked_model_blob_is_not_loaded_listed_or_shown(
     store: ModelStore,
-    registry: TestRegistry,
+    tiny_registry: TestRegistry,
     store_server: RunningServer,
     store_client: ollama.Client,
     outside: Path,
 ) -> None:
-    pull(store, registry)
+    pull_tiny(store, tiny_registry)
     (outside / "model.gguf").write_bytes(MODEL)
     path = store.blob_path(MODEL_DIGEST)
     path.unlink()
     path.symlink_to(outside / "model.gguf")
-    name = f"{registry.host}/library/tiny"
+    name = f"{tiny_registry.host}/library/tiny"
 
     with pytest.raises(ollama.ResponseError) as caught:
         store_client.generate(model=name, prompt="hello", options={"num_predict": 1})
@@ -129,7 +116,7 @@ def test_a_linked_model_blob_is_not_loaded_listed_or_shown(
 
 
 def test_a_linked_partial_is_replaced_not_written_through(
-    store: ModelStore, registry: TestRegistry, outside: Path
+    store: ModelStore, tiny_registry: TestRegistry, outside: Path
 ) -> None:
     store.blobs.mkdir(parents=True)
     partial = store.blobs / (blob_filename(MODEL_DIGEST) + "-partial")
@@ -139,31 +126,31 @@ def test_a_linked_partial_is_replaced_not_written_through(
     (store.blobs / (partial.name + ".json.tmp")).symlink_to(outside / "sidecar-tmp")
     before = snapshot(outside)
 
-    pull(store, registry)
+    pull_tiny(store, tiny_registry)
     assert store.blob_path(MODEL_DIGEST).read_bytes() == MODEL
     assert snapshot(outside) == before
     assert not (outside / "sidecar-tmp").exists()
 
 
 def test_a_link_at_the_lock_path_creates_nothing_outside(
-    store: ModelStore, registry: TestRegistry, outside: Path
+    store: ModelStore, tiny_registry: TestRegistry, outside: Path
 ) -> None:
     store.blobs.mkdir(parents=True)
     lock = store.blobs / (blob_filename(MODEL_DIGEST) + "-partial.lock")
     lock.symlink_to(outside / "created-by-lock")
     (store.root / ".corral").mkdir()
     (store.root / ".corral" / "gc.lock").symlink_to(outside / "created-by-gc")
-    pull(store, registry)
+    pull_tiny(store, tiny_registry)
     collect_garbage(store)
     assert store.blob_path(MODEL_DIGEST).read_bytes() == MODEL
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
 
 
 def test_linked_manifests_and_manifest_directories_are_not_followed(
-    store: ModelStore, registry: TestRegistry, store_client: ollama.Client, outside: Path
+    store: ModelStore, tiny_registry: TestRegistry, store_client: ollama.Client, outside: Path
 ) -> None:
-    pull(store, registry)
-    real = store.manifest_path(store.get(f"{registry.host}/library/tiny").name)
+    pull_tiny(store, tiny_registry)
+    real = store.manifest_path(store.get(f"{tiny_registry.host}/library/tiny").name)
     # A manifest that is a link, and a namespace directory that is a link to a tree outside.
     evil_tree = outside / "tree" / "tiny"
     evil_tree.mkdir(parents=True)
@@ -184,14 +171,14 @@ def test_linked_manifests_and_manifest_directories_are_not_followed(
         no_path_in(str(caught.value), store.root, outside)
     # Writing a name under the linked directory goes nowhere outside.
     with pytest.raises(ollama.ResponseError):
-        store_client.copy(f"{registry.host}/library/tiny", "linked/copied")
+        store_client.copy(f"{tiny_registry.host}/library/tiny", "linked/copied")
     with pytest.raises(ollama.ResponseError):
         store_client.delete("linked/tiny")
     assert snapshot(outside) == before
 
 
 def test_a_linked_blobs_directory_is_refused(
-    store: ModelStore, registry: TestRegistry, store_server: RunningServer, outside: Path
+    store: ModelStore, tiny_registry: TestRegistry, store_server: RunningServer, outside: Path
 ) -> None:
     store.root.mkdir(parents=True, exist_ok=True)
     (store.root / "blobs").symlink_to(outside)
@@ -203,27 +190,27 @@ def test_a_linked_blobs_directory_is_refused(
     with pytest.raises(LinkInStoreError):
         store.put_bytes(b"x")
     with pytest.raises(LinkInStoreError):
-        pull(store, registry)
-    registry.add_file("/files/tiny.gguf", MODEL)
+        pull_tiny(store, tiny_registry)
+    tiny_registry.add_file("/files/tiny.gguf", MODEL)
     with pytest.raises(LinkInStoreError):  # a plain URL: no digest known before it lands
-        Puller(store, PullOptions(insecure=True)).pull(f"{registry.base_url}/files/tiny.gguf")
+        Puller(store, PullOptions(insecure=True)).pull(f"{tiny_registry.base_url}/files/tiny.gguf")
     assert snapshot(outside) == before
 
 
 def test_the_store_itself_makes_no_links_and_cleans_none_of_its_own(
-    store: ModelStore, registry: TestRegistry
+    store: ModelStore, tiny_registry: TestRegistry
 ) -> None:
-    pull(store, registry)
+    pull_tiny(store, tiny_registry)
     for dirpath, dirnames, filenames in os.walk(store.root):
         for entry in (*dirnames, *filenames):
             assert not Path(dirpath, entry).is_symlink()
-    assert store.get(f"{registry.host}/library/tiny").manifest.layer(MODEL_LAYER) is not None
+    assert store.get(f"{tiny_registry.host}/library/tiny").manifest.layer(MODEL_LAYER) is not None
 
 
 def test_a_linked_state_directory_is_refused_and_nothing_outside_is_removed(
-    store: ModelStore, registry: TestRegistry, outside: Path
+    store: ModelStore, tiny_registry: TestRegistry, outside: Path
 ) -> None:
-    pull(store, registry)
+    pull_tiny(store, tiny_registry)
     (outside / "stale-looking-pin.json").write_text("[]")
     state = store.root / ".corral"
     shutil.rmtree(state)
@@ -233,5 +220,5 @@ def test_a_linked_state_directory_is_refused_and_nothing_outside_is_removed(
     with pytest.raises(LinkInStoreError):
         collect_garbage(store)
     with pytest.raises(LinkInStoreError):
-        pull(store, registry)
+        pull_tiny(store, tiny_registry)
     assert snapshot(outside) == before
