@@ -231,6 +231,8 @@ def test_the_gateway_passes_on_no_management_and_keeps_origins_to_itself(
 ) -> None:
     settings = GatewaySettings.model_validate(
         {
+            # The gateway allows this origin; the pod, which does not, never sees it.
+            "allowed_origins": ["https://chat.example.org"],
             "static_servers": {
                 "local": {"models": [MODEL], "endpoints": [pod_address(runtime_server)]}
             }

@@ -3,7 +3,9 @@
 Routed endpoints (``/api/generate``, ``/api/chat``, ``/v1/chat/completions``, …) go by their
 ``model`` field to a pod of the ModelServer that serves it; listings are answered from the
 routing table (``/api/tags``, ``/v1/models``) or gathered from the pods (``/api/ps``).
-State lives on ``app.state``: ``settings``, ``metrics``, ``dispatcher``, ``proxy``.
+State lives on ``app.state``: ``settings``, ``metrics``, ``dispatcher``, ``proxy``, and
+``drain`` (the ``DrainState`` a SIGTERM sets draining, see ``shutdown``). Outermost, the
+``Perimeter`` refuses unknown hosts and foreign browser origins.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from corral_operator.gateway.backend import Backend, StaticBackend
 from corral_operator.gateway.dispatcher import Dispatcher, QueueFullError
 from corral_operator.gateway.listing import merge_ps, ollama_tags, openai_model, openai_models
 from corral_operator.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from corral_operator.gateway.perimeter import Perimeter
 from corral_operator.gateway.protocol import (
     ROUTED,
     Api,
@@ -36,6 +39,7 @@ from corral_operator.gateway.protocol import (
 )
 from corral_operator.gateway.proxy import Proxy, forward_headers, upstream_session
 from corral_operator.gateway.settings import GatewaySettings
+from corral_operator.gateway.shutdown import Draining, DrainState
 
 
 def _version() -> str:
@@ -85,6 +89,15 @@ def create_gateway_app(settings: GatewaySettings, backend: Backend | None = None
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.drain = DrainState()
+    app.add_middleware(Draining, state=app.state.drain)
+    # Outermost: a request for an unknown host or from a foreign origin goes no further.
+    app.add_middleware(
+        Perimeter,
+        bind_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
 
     def denied(request: Request) -> Response | None:
         dispatcher: Dispatcher = request.app.state.dispatcher

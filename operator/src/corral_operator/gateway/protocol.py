@@ -111,7 +111,12 @@ def normalize_model_name(name: str) -> str:
 
 # -- errors ----------------------------------------------------------------------------------
 
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+}
 
 
 def error_body(api: Api, status: int, message: str) -> dict[str, Any]:

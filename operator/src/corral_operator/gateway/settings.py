@@ -70,7 +70,25 @@ class GatewaySettings(BaseSettings):
         description="namespace/name of a Secret whose every value is an accepted API key.",
     )
 
-    @field_validator("namespaces", "api_keys", mode="before")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names served besides IP addresses and localhost (comma-separated; "
+        "'*' any, '.example.com' that name and those below it). Bound to loopback, only those "
+        "are served; bound to any other address, every Host is served while this is empty.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed besides local ones (comma-separated, '*' "
+        "wildcards, e.g. 'https://chat.example.com'); other origins are refused (403).",
+    )
+    graceful_shutdown_seconds: int = Field(
+        default=30,
+        ge=1,
+        description="On SIGTERM new requests answer 503 while held and proxied requests finish, "
+        "for up to this long; then the gateway exits.",
+    )
+
+    @field_validator("namespaces", "api_keys", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str) and not value.lstrip().startswith("["):
