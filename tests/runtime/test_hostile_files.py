@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,30 @@ def test_the_tensor_types_are_llama_cpps() -> None:
     ggml.ggml_blck_size.argtypes = [ctypes.c_int]
     for ggml_type, (block, size) in GGML_TYPES.items():
         assert (ggml.ggml_blck_size(ggml_type), ggml.ggml_type_size(ggml_type)) == (block, size)
+
+
+def test_corral_pull_records_that_the_model_loads(tmp_path: Path) -> None:
+    """``corral pull`` (a pull Job's command) probes the model where the store is writable, so
+    runtime pods, whose mount of it is read-only, find the record and do not load it twice."""
+    store = ModelStore(tmp_path / "models")
+    with running_registry(tmp_path / "registry") as registry:
+        registry.add_model("library", "tiny", "latest", encode(tiny_model()))
+        pulled = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "corral_runtime.cli",
+                "pull",
+                f"ollama://{registry.host}/library/tiny",
+                "--insecure",
+                "--models",
+                str(store.root),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert pulled.returncode == 0, pulled.stderr
+    stored = store.get(f"{registry.host}/library/tiny")
+    assert store.is_marked(stored.model_digest, LOADS)

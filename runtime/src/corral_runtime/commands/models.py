@@ -238,6 +238,7 @@ def pull_result(model: Any) -> dict[str, Any]:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from corral_runtime.engine.probe import probe_model
     from corral_runtime.store.layout import ModelStore
     from corral_runtime.store.names import InvalidNameError, parse_name
     from corral_runtime.store.pull import Puller, PullOptions
@@ -265,6 +266,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     printer = ProgressPrinter(sys.stdout, sys.stdout.isatty())
     try:
         model = Puller(store, options).pull(source, name, printer)
+        # Load it once in a child process here, where the store is writable (a pull Job), and
+        # record that it loads: servers with the store mounted read-only then skip the probe.
+        probe_model(store, model)
     except (RuntimeError, OSError, ValueError) as exc:
         printer.finish_line()
         _write_result({"error": str(exc)})

@@ -69,6 +69,9 @@ def _load_and_tokenize(path: str) -> int:
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0
+    # Weights stay in the file's mapping: repacking them for the CPU's kernels would copy a large
+    # model into memory (a GPU pod's memory limit is not sized for that).
+    params.use_extra_bufts = False
     model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     if not model:
         return 1
