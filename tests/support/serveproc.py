@@ -1,4 +1,5 @@
-"""``corral serve`` as a separate process on loopback, for tests and benches that must see a crash.
+"""``corral serve`` (and the gateway) as a separate process on loopback, for tests and benches that
+must see a crash or send a signal.
 
 The runtime tier's ``serve()`` fixture runs uvicorn in a thread inside pytest: an input that
 aborts the process (a llama.cpp ``GGML_ASSERT``) would take pytest down with it. Here the server
@@ -63,10 +64,38 @@ def serving_process(
         str(models),
         *args,
     ]
+    with running_process("corral serve", command, port, log, env or {}, start_timeout) as s:
+        yield s
+
+
+@contextmanager
+def gateway_process(
+    env: dict[str, str], *, log: Path, start_timeout: float = 60
+) -> Iterator[ServedProcess]:
+    """The gateway (``python -m corral_operator.gateway``) on a free loopback port, with its
+    ``CORRAL_GATEWAY_*`` settings in ``env``; waits for ``/healthz`` and stops as above."""
+    port = free_port()
+    command = [sys.executable, "-m", "corral_operator.gateway"]
+    bound = {"CORRAL_GATEWAY_HOST": "127.0.0.1", "CORRAL_GATEWAY_PORT": str(port)}
+    with running_process("the gateway", command, port, log, {**env, **bound}, start_timeout) as s:
+        yield s
+
+
+@contextmanager
+def running_process(
+    name: str,
+    command: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str],
+    start_timeout: float,
+) -> Iterator[ServedProcess]:
+    """``command`` (called ``name`` in errors), serving HTTP on 127.0.0.1:``port``, until the
+    block ends."""
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
         served = ServedProcess(base, process, log)
         try:
@@ -79,7 +108,7 @@ def serving_process(
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
                     out.flush()
-                    raise RuntimeError(f"corral serve did not start:\n{served.log_tail()}")
+                    raise RuntimeError(f"{name} did not start:\n{served.log_tail()}")
                 time.sleep(0.1)
             yield served
         finally:
