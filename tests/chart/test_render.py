@@ -49,6 +49,10 @@ def test_lint(args: tuple[str, ...]) -> None:
         (("--set", "operator.unknownKey=1"), "unknownKey"),
         (("--set", "image.digest=latest"), "/image/digest"),
         (("--set", "operator.serviceAccount.create=false"), "operator.serviceAccount.name"),
+        (("--set", "gateway.terminationGracePeriodSeconds=5"), "terminationGracePeriodSeconds"),
+        (("--set", "gateway.terminationGracePeriodSeconds=86400"), "terminationGracePeriodSeconds"),
+        (("--set", "gateway.allowedHosts={evil host}"), "/gateway/allowedHosts/0"),
+        (("--set", "gateway.allowedHosts={http://a.example}"), "/gateway/allowedHosts/0"),
     ],
 )
 def test_bad_values_are_refused(args: tuple[str, ...], error: str) -> None:
@@ -196,6 +200,14 @@ def test_gateway_default(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _gateway_settings(plain_env(gateway), monkeypatch)
     assert (settings.host, settings.port, settings.namespaces) == ("0.0.0.0", 11434, [])
     assert settings.api_key_secret is None
+    # Bound to every address, with no allowed hosts: every Host is served; local origins only.
+    assert (settings.allowed_hosts, settings.allowed_origins) == ([], [])
+    # Graceful removal: a preStop sleep while the Endpoints drop the pod, then a drain that
+    # ends before the grace does.
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 60
+    assert gateway["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+    assert settings.graceful_shutdown_seconds == 50
     service = one(objects, "Service", "corral-gateway")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
@@ -220,6 +232,18 @@ def test_gateway_custom(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api_key_secret == "corral-system/corral-api-keys"
     assert (settings.hold_deadline_seconds, settings.hold_queue_size) == (120, 10)
     assert settings.target_in_flight_per_pod == 2.5
+    # The Service's own names join the allowed hosts, so that clients in the cluster still work.
+    assert settings.allowed_hosts == [
+        "llm.example.com",
+        ".corp.example",
+        "llm-gateway",
+        "llm-gateway.corral-system",
+        "llm-gateway.corral-system.svc",
+        "llm-gateway.corral-system.svc.cluster.local",
+    ]
+    assert settings.allowed_origins == ["https://chat.example.com", "https://*.corp.example"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 130
+    assert settings.graceful_shutdown_seconds == 120
     assert gateway["ports"][0]["containerPort"] == 8000
     service = one(objects, "Service", "llm-gateway")
     assert service["spec"]["type"] == "LoadBalancer"
