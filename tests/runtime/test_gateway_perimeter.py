@@ -21,7 +21,7 @@ import pytest
 from corral_operator.gateway.settings import GatewaySettings
 from tests.runtime.conftest import RunningServer
 from tests.runtime.test_gateway_proxy import GREEDY, MODEL, pod_address, run_gateway
-from tests.support.serveproc import ServedProcess, gateway_process
+from tests.support.serveproc import gateway_process, wait_draining
 
 pytestmark = pytest.mark.runtime
 
@@ -146,25 +146,20 @@ def gateway_env(runtime_server: RunningServer, grace_seconds: int) -> dict[str, 
     }
 
 
-def wait_draining(gateway: ServedProcess) -> httpx.Response:
-    """The first /readyz answer that is not 200 (the gateway saw SIGTERM)."""
-    deadline = time.monotonic() + 10
-    while True:
-        answer = httpx.get(gateway.base_url + "/readyz", timeout=5)
-        if answer.status_code != 200 or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.05)
+def counting(num_predict: int) -> dict[str, Any]:
+    """A raw generation that runs exactly ``num_predict`` tokens (unless stopped)."""
+    return {
+        "model": MODEL,
+        "prompt": "1, 2, 3, 4, 5,",
+        "raw": True,
+        "options": {"num_predict": num_predict, "temperature": 0},
+    }
 
 
 def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(
     runtime_server: RunningServer, tmp_path: Path
 ) -> None:
-    request = {
-        "model": MODEL,
-        "prompt": "1, 2, 3, 4, 5,",
-        "raw": True,
-        "options": {"num_predict": 48, "temperature": 0},
-    }
+    request = counting(48)
     with (
         gateway_process(gateway_env(runtime_server, 60), log=tmp_path / "gateway.log") as gateway,
         httpx.Client(base_url=gateway.base_url, timeout=120) as client,
@@ -173,7 +168,7 @@ def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(
             lines = stream.iter_lines()
             assert json.loads(next(lines))["done"] is False
             gateway.process.send_signal(signal.SIGTERM)
-            readiness = wait_draining(gateway)
+            readiness = wait_draining(gateway.base_url)
             late = httpx.post(gateway.base_url + "/api/generate", json=request, timeout=30)
             late_openai = httpx.post(
                 gateway.base_url + "/v1/chat/completions",
@@ -199,16 +194,10 @@ def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(
 def test_sigterm_ends_a_stream_that_outlasts_the_grace(
     runtime_server: RunningServer, tmp_path: Path
 ) -> None:
-    long = {
-        "model": MODEL,
-        "prompt": "1, 2, 3, 4, 5,",
-        "raw": True,
-        "options": {"num_predict": 1000, "temperature": 0},
-    }
     with (
         gateway_process(gateway_env(runtime_server, 2), log=tmp_path / "gateway.log") as gateway,
         httpx.Client(base_url=gateway.base_url, timeout=120) as client,
-        client.stream("POST", "/api/generate", json=long) as stream,
+        client.stream("POST", "/api/generate", json=counting(1000)) as stream,
     ):
         assert json.loads(next(stream.iter_lines()))["done"] is False
         gateway.process.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ from corral_runtime.store.names import parse_name
 from corral_runtime.testmodel import ensure_test_model
 from tests.runtime.conftest import RunningServer, serve, settings_for
 from tests.runtime.test_gateway_proxy import pod_address, run_gateway
-from tests.support.serveproc import serving_process
+from tests.support.serveproc import serving_process, wait_draining
 
 pytestmark = pytest.mark.runtime
 
@@ -235,7 +235,7 @@ def test_the_gateway_passes_on_no_management_and_keeps_origins_to_itself(
             "allowed_origins": ["https://chat.example.org"],
             "static_servers": {
                 "local": {"models": [MODEL], "endpoints": [pod_address(runtime_server)]}
-            }
+            },
         }
     )
     blob = "/api/blobs/sha256:" + "0" * 64
@@ -262,16 +262,6 @@ def test_the_gateway_passes_on_no_management_and_keeps_origins_to_itself(
 SMALL = ("--context-length", "2048", "--threads", "2")
 
 
-def _wait_draining(base: str) -> httpx.Response:
-    """The first /readyz answer that is not 200 (the server saw SIGTERM)."""
-    deadline = time.monotonic() + 10
-    while True:
-        answer = httpx.get(base + "/readyz", timeout=5)
-        if answer.status_code != 200 or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.05)
-
-
 def test_sigterm_drains_a_stream_and_refuses_new_requests(
     model_store: ModelStore, tmp_path: Path
 ) -> None:
@@ -293,7 +283,7 @@ def test_sigterm_drains_a_stream_and_refuses_new_requests(
             lines = stream.iter_lines()
             assert json.loads(next(lines))["done"] is False
             served.process.send_signal(signal.SIGTERM)
-            readiness = _wait_draining(served.base_url)
+            readiness = wait_draining(served.base_url)
             assert readiness.status_code == 503
             late = httpx.post(served.base_url + "/api/generate", json=request, timeout=30)
             late_openai = httpx.post(

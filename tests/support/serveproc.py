@@ -37,6 +37,17 @@ class ServedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def wait_draining(base_url: str, timeout: float = 10) -> httpx.Response:
+    """The first ``/readyz`` answer that is not 200 (the server saw SIGTERM), or the last 200
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = httpx.get(base_url + "/readyz", timeout=5)
+        if answer.status_code != 200 or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
 @contextmanager
 def serving_process(
     models: Path,
