@@ -41,7 +41,11 @@ sys.path.insert(0, str(ROOT))  # tests.support when run as a script
 
 from tests.support.gguf_corpus import encode, malformed_variants, tiny_model  # noqa: E402
 from tests.support.registry import TestRegistry, running_registry  # noqa: E402
-from tests.support.serveproc import ServedProcess, serving_process  # noqa: E402
+from tests.support.serveproc import (  # noqa: E402
+    ServedProcess,
+    gateway_process,
+    serving_process,
+)
 
 from corral_runtime.store.digests import blob_filename  # noqa: E402
 from corral_runtime.store.layout import TEMPLATE_LAYER, ModelStore  # noqa: E402
@@ -433,31 +437,58 @@ def run_store_links(
 # -- the perimeter ---------------------------------------------------------------------------
 
 
-def run_perimeter(http: httpx.Client, tally: Tally) -> None:
-    for host in ["evil.example.com", "evil.example.com:11434", "localhost.evil.example.com", "x"]:
-        for method, path, body in [
-            ("GET", "/api/tags", None),
-            ("POST", "/api/copy", {"source": MODEL, "destination": "stolen"}),
-            ("DELETE", "/api/delete", {"model": MODEL}),
-            ("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False}),
-        ]:
-            r = http.request(
-                method,
-                path,
-                json=body,
-                headers={"Host": host, "Origin": f"http://{host}"},
-            )
-            tally.record("perimeter", f"host={host} {method} {path}", r.status_code == 403)
-    for origin in ["http://evil.example.com", "null-ish://x", "https://127.0.0.1.evil.example.com"]:
-        r = http.post(
-            "/api/copy",
-            json={"source": MODEL, "destination": "stolen"},
-            headers={"Origin": origin},
-        )
-        tally.record("perimeter", f"origin={origin}", r.status_code == 403)
+FOREIGN_HOSTS = ["evil.example.com", "evil.example.com:11434", "localhost.evil.example.com", "x"]
+FOREIGN_ORIGINS = ["http://evil.example.com", "null-ish://x", "https://127.0.0.1.evil.example.com"]
+INFERENCE = [
+    ("GET", "/api/tags", None),
+    ("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False}),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    ),
+]
+MANAGEMENT = [
+    ("POST", "/api/copy", {"source": MODEL, "destination": "stolen"}),
+    ("DELETE", "/api/delete", {"model": MODEL}),
+]
+
+
+def run_perimeter(
+    http: httpx.Client,
+    tally: Tally,
+    kind: str = "perimeter",
+    operations: list[tuple[str, str, dict[str, Any] | None]] = INFERENCE + MANAGEMENT,
+) -> None:
+    """A rebound name (with its page's Origin) and foreign origins get a 403 for everything."""
+    for host in FOREIGN_HOSTS:
+        for method, path, body in operations:
+            headers = {"Host": host, "Origin": f"http://{host}"}
+            r = http.request(method, path, json=body, headers=headers)
+            tally.record(kind, f"host={host} {method} {path}", r.status_code == 403)
+    for origin in FOREIGN_ORIGINS:
+        for method, path, body in operations:
+            r = http.request(method, path, json=body, headers={"Origin": origin})
+            tally.record(kind, f"origin={origin} {method} {path}", r.status_code == 403)
+
+
+def run_gateway(http: httpx.Client, tally: Tally) -> None:
+    """The gateway in front of the server: its own perimeter, and hostile requests relayed as
+    the server's 4xx (never a 5xx of the gateway's)."""
+    run_perimeter(http, tally, "gateway", INFERENCE)
+    for name, path, body, expected in request_probes():
+        if not name.startswith(("surrogate", "option-num_ctx", "keep_alive", "role")):
+            continue
+        r = http.post(path, content=json.dumps({"model": MODEL, "stream": False, **body}))
+        ok = is_4xx(r) if expected == "4xx" else r.status_code < 500
+        tally.record("gateway", f"relayed {name}", ok)
+
+
+def run_server_perimeter(http: httpx.Client, tally: Tally) -> None:
+    run_perimeter(http, tally)
     still_there = http.post("/api/show", json={"model": MODEL}).status_code == 200
-    nothing_copied = http.post("/api/show", json={"model": "stolen"}).status_code == 404
-    tally.record("perimeter", "model-untouched", still_there and nothing_copied)
+    copied = http.post("/api/show", json={"model": "stolen"}).status_code != 404
+    tally.record("perimeter", "model-untouched", still_there and not copied)
 
 
 # -- templates -------------------------------------------------------------------------------
@@ -529,6 +560,18 @@ def outside_snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.is_symlink()
     } | {str(p.relative_to(folder)): (b"<dir>", 0) for p in folder.rglob("*") if p.is_dir()}
+
+
+def run_through_gateway(server: ServedProcess, tally: Tally, work: Path) -> None:
+    endpoint = server.base_url.removeprefix("http://")
+    servers = {"local": {"models": [MODEL], "endpoints": [endpoint]}}
+    env = {"CORRAL_GATEWAY_STATIC_SERVERS": json.dumps(servers)}
+    with (
+        gateway_process(env, log=work / "gateway.log") as gateway,
+        httpx.Client(base_url=gateway.base_url, timeout=120) as http,
+    ):
+        run_gateway(http, tally)
+        tally.record("gateway", "gateway-alive", gateway.alive())
 
 
 @contextmanager
@@ -607,7 +650,8 @@ def main() -> int:
                     "store_links",
                     lambda h: run_store_links(h, tally, server, store, registry, outside),
                 ),
-                ("perimeter", lambda h: run_perimeter(h, tally)),
+                ("perimeter", lambda h: run_server_perimeter(h, tally)),
+                ("gateway", lambda h: run_through_gateway(server(), tally, work)),
                 ("templates", lambda h: run_templates(h, tally)),
             ]
             for name, run in classes:

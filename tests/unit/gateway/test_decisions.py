@@ -125,6 +125,11 @@ class TestIdleDeadline:
         assert extended_idle_deadline(NOW, 10**6, 3600, None) == NOW + timedelta(hours=1)
         assert extended_idle_deadline(NOW, math.inf, 3600, None) == NOW + timedelta(hours=1)
 
+    def test_not_a_number_asks_for_nothing(self) -> None:
+        later = NOW + timedelta(minutes=30)
+        assert extended_idle_deadline(NOW, math.nan, 3600, later) == later
+        assert extended_idle_deadline(NOW, math.nan, 3600, None) is None
+
     def test_zero_or_absent_never_shortens(self) -> None:
         later = NOW + timedelta(minutes=30)
         assert extended_idle_deadline(NOW, 0, 3600, later) == later

@@ -145,6 +145,11 @@ def test_inband_errors() -> None:
         ("-1m", math.inf),
         ("soon", None),
         ([1], None),
+        # Not a duration: a hint the gateway ignores (the runtime answers it with a 400).
+        ("nan", None),
+        (math.nan, None),
+        ("inf", math.inf),
+        (1e308, 1e308),
     ],
 )
 def test_keep_alive_seconds(value: object, seconds: float | None) -> None:

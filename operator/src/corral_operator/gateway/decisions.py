@@ -98,7 +98,7 @@ def extended_idle_deadline(
     for nothing, so the deadline never moves earlier than it already is — ``keep_alive: 0``
     cannot shorten the server's own keepAliveSeconds.
     """
-    if keep_alive is None or keep_alive <= 0:
+    if keep_alive is None or not keep_alive > 0:  # NaN asks for nothing either
         return current
     candidate = now + timedelta(seconds=min(keep_alive, cap_seconds))
     if current is None or candidate > current:

@@ -194,6 +194,8 @@ def keep_alive_seconds(value: Any) -> float | None:
             seconds = parsed
     else:
         return None
+    if math.isnan(seconds):  # "nan", or a bare NaN (which Python's JSON parser accepts)
+        return None
     return math.inf if seconds < 0 else seconds
 
 
