@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from corral_runtime.api.info import FOREVER_RFC3339, rfc3339
 from corral_runtime.api.keepalive import FOREVER, InvalidKeepAliveError, parse_keep_alive
 
 pytestmark = pytest.mark.unit
@@ -38,3 +41,20 @@ def test_negative_is_forever(value: object) -> None:
 def test_invalid(value: object) -> None:
     with pytest.raises(InvalidKeepAliveError):
         parse_keep_alive(value, 300.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e308, float("inf"), float("-inf"), -1e308, 10**30, "999999999h", "-999999999h", 4e9],
+)
+def test_beyond_a_century_is_forever(value: object) -> None:
+    assert parse_keep_alive(value, 300.0) == FOREVER  # type: ignore[arg-type]
+
+
+def test_a_long_but_bounded_keep_alive_stays_a_duration() -> None:
+    assert parse_keep_alive("87600h", 300.0) == 87600 * 3600.0  # ten years
+
+
+@pytest.mark.parametrize("timestamp", [math.inf, -math.inf, math.nan, 1e308, -1e308, 1e15])
+def test_any_expiry_formats_as_rfc3339(timestamp: float) -> None:
+    assert rfc3339(timestamp) == FOREVER_RFC3339

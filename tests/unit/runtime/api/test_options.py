@@ -68,3 +68,52 @@ def test_unknown_keys_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixtur
     assert options.top_k == 3
     assert "mirostat_whatever" in caplog.text
     assert "mirostat_whatever" not in merge_options(options).model_dump()
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"num_ctx": 1}, "num_ctx"),
+        ({"num_ctx": 8}, "num_ctx"),
+        ({"num_ctx": 1_000_000_000}, "num_ctx"),
+        ({"num_batch": 0}, "num_batch"),
+        ({"num_batch": 10**9}, "num_batch"),
+        ({"num_thread": 513}, "num_thread"),
+        ({"num_gpu": -2}, "num_gpu"),
+        ({"num_gpu": 2**31}, "num_gpu"),
+        ({"top_k": 2**31}, "top_k"),
+        ({"num_predict": 2**31}, "num_predict"),
+        ({"repeat_last_n": 2**31}, "repeat_last_n"),
+        ({"num_keep": -2}, "num_keep"),
+        ({"seed": 2**63}, "seed"),
+        ({"repeat_penalty": -1}, "repeat_penalty"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"presence_penalty": float("-inf")}, "presence_penalty"),
+    ],
+)
+def test_what_llama_cpp_cannot_take_is_refused_naming_the_option(
+    options: dict[str, object], key: str
+) -> None:
+    with pytest.raises(InvalidOptionsError, match=key) as raised:
+        validate_options(options)
+    assert raised.value.option == key
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_ctx": 64},
+        {"num_ctx": 131072},
+        {"num_gpu": -1},
+        {"num_gpu": 999},
+        {"num_thread": 0},
+        {"seed": -1},
+        {"seed": 2**32},
+        {"num_predict": -2},
+        {"repeat_last_n": -1},
+        {"temperature": 0, "top_p": 1, "min_p": 0, "top_k": 0},
+    ],
+)
+def test_values_within_the_bounds_pass(options: dict[str, object]) -> None:
+    validate_options(options)
