@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from corral_runtime.engine.grammar import schema_to_gbnf
 from corral_runtime.engine.llama import LlamaBatchContext
 from corral_runtime.engine.types import InvalidRequestError, OutputFormat, SamplingParams
 
@@ -23,15 +24,16 @@ class GrammarCache:
         self._texts: dict[str, str] = {}
 
     def gbnf(self, output_format: OutputFormat) -> str:
-        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+        from llama_cpp.llama_grammar import JSON_GBNF
 
-        key = json.dumps(output_format.schema, sort_keys=True)
+        # Not sorted: the schema's property order is the order of the output.
+        key = json.dumps(output_format.schema)
         if key not in self._texts:
             if output_format.schema is None:
                 text = JSON_GBNF
             else:
                 try:
-                    text = json_schema_to_gbnf(key)
+                    text = schema_to_gbnf(output_format.schema)
                 except Exception as exc:  # The converter raises bare Exceptions and others.
                     raise InvalidRequestError(f"invalid JSON schema in format: {exc}") from exc
             self._texts[key] = text

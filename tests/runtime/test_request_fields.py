@@ -1,0 +1,75 @@
+"""Request fields do what they say, through the official clients against the real model:
+JSON-schema formats keep their order and bounds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import ollama
+import openai
+import pytest
+
+from tests.runtime.conftest import RunningServer
+
+pytestmark = pytest.mark.runtime
+
+MODEL = "gemma3:270m"
+# "Reason first, answer last", with a bounded answer: the order and the bound must both hold.
+AGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "reasoning": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["reasoning", "age"],
+    "additionalProperties": False,
+}
+PROMPT = "How many years did the oldest tree on Earth live? Answer in JSON."
+
+
+@pytest.fixture
+def client(runtime_server: RunningServer) -> Iterator[ollama.Client]:
+    with ollama.Client(host=runtime_server.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+def oai(runtime_server: RunningServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=runtime_server.openai_url, api_key="unused") as client:
+        yield client
+
+
+def check_age_answer(text: str) -> None:
+    answer = json.loads(text)
+    assert list(answer) == ["reasoning", "age"]
+    assert isinstance(answer["age"], int) and 0 <= answer["age"] <= 120, answer
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ollama_format_schema_keeps_order_and_bounds(client: ollama.Client, seed: int) -> None:
+    response = client.generate(
+        model=MODEL,
+        prompt=PROMPT,
+        format=AGE_SCHEMA,
+        options={"temperature": 1.5, "seed": seed, "num_predict": 48},
+    )
+    assert response.done_reason == "stop"
+    check_age_answer(response.response)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_openai_json_schema_keeps_order_and_bounds(oai: openai.OpenAI, seed: int) -> None:
+    completion = oai.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "age", "schema": AGE_SCHEMA},
+        },
+        temperature=1.5,
+        seed=seed,
+        max_tokens=48,
+    )
+    assert completion.choices[0].finish_reason == "stop"
+    check_age_answer(completion.choices[0].message.content or "")
