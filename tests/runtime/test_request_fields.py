@@ -1,11 +1,13 @@
 """Request fields do what they say, through the official clients against the real model:
-JSON-schema formats keep their order and bounds."""
+JSON-schema formats keep their order and bounds, and metrics label known models only."""
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -25,6 +27,7 @@ AGE_SCHEMA = {
     "required": ["reasoning", "age"],
     "additionalProperties": False,
 }
+MESSAGE = {"role": "user", "content": "Hi"}
 PROMPT = "How many years did the oldest tree on Earth live? Answer in JSON."
 
 
@@ -73,3 +76,29 @@ def test_openai_json_schema_keeps_order_and_bounds(oai: openai.OpenAI, seed: int
     )
     assert completion.choices[0].finish_reason == "stop"
     check_age_answer(completion.choices[0].message.content or "")
+
+
+def request_series(text: str) -> set[str]:
+    return {line.split(" ")[0] for line in text.splitlines() if line.startswith("corral_requests")}
+
+
+def test_metrics_label_only_models_the_server_has(runtime_server: RunningServer) -> None:
+    base = runtime_server.base_url
+    with httpx.Client(base_url=base, timeout=60) as http:
+        http.post(
+            "/api/generate",
+            json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 1}},
+        )
+        before = request_series(http.get("/metrics").text)
+        for i in range(40):
+            name = f"nobody-has-this-{secrets.token_hex(4)}:{i}"
+            assert http.post("/api/chat", json={"model": name, "messages": []}).status_code == 404
+            http.post("/v1/chat/completions", json={"model": name, "messages": [MESSAGE]})
+            http.post("/api/show", json={"model": f"Not A Valid Name {i}!"})
+        text = http.get("/metrics").text
+    after = request_series(text)
+    assert "nobody-has-this" not in text and "Not A Valid" not in text
+    # The 120 names add at most one series per endpoint and status.
+    assert len(after - before) <= 6, after - before
+    assert 'corral_requests_total{endpoint="/api/chat",model="unknown",status="404"}' in text
+    assert f'endpoint="/api/generate",model="{MODEL}",status="200"' in text

@@ -178,9 +178,7 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
             settings,
             probe_gpu(_offload_supported()),
             on_change=lambda m: metrics.loaded_models.set(len(m.loaded())),
-            on_load=lambda name, seconds: metrics.model_load_seconds.labels(model=name).observe(
-                seconds
-            ),
+            on_load=metrics.observe_load,
             on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),
         )
         app.state.store = store

@@ -1,5 +1,10 @@
 """Prometheus metrics of one runtime server, in a registry of its own (not the global one), so
-that several apps in one process (tests) never share counters."""
+that several apps in one process (tests) never share counters.
+
+Model labels name models this server has loaded, by their full name: any other name a client
+sends (a typo, a model it does not have, a random string) counts under ``unknown``, so clients
+cannot grow the number of series without bound.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,22 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from corral_runtime.store.names import InvalidNameError, parse_name
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The label of a request for a model this server has not loaded.
+UNKNOWN_MODEL = "unknown"
 
 
 class RuntimeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The full names of the models loaded since the start, by their case-folded form.
+        self._known: dict[str, str] = {}
         self.requests = Counter(
             "corral_requests_total",
             "Requests answered, by endpoint, model and status code.",
@@ -96,8 +107,28 @@ class RuntimeMetrics:
             registry=self.registry,
         )
 
+    def know(self, model: str) -> None:
+        """A model this server loaded: its name becomes a label value."""
+        self._known[model.casefold()] = model
+
+    def model_label(self, requested: str) -> str:
+        """The label of a model a client named: its full name if this server has loaded it,
+        ``unknown`` otherwise, and empty for no name."""
+        if not requested:
+            return ""
+        try:
+            name = parse_name(requested).display
+        except InvalidNameError:
+            return UNKNOWN_MODEL
+        return self._known.get(name.casefold(), UNKNOWN_MODEL)
+
+    def observe_load(self, model: str, seconds: float) -> None:
+        self.know(model)
+        self.model_load_seconds.labels(model=model).observe(seconds)
+
     def observe_request(self, endpoint: str, model: str, status: int) -> None:
-        self.requests.labels(endpoint=endpoint, model=model, status=str(status)).inc()
+        label = self.model_label(model)
+        self.requests.labels(endpoint=endpoint, model=label, status=str(status)).inc()
 
     def touch(self) -> None:
         self.last_request_time.set(time.time())
