@@ -41,7 +41,7 @@ from corral_runtime.store.catalog import list_models
 from corral_runtime.templates.budget import TemplateBudgetError
 from corral_runtime.templates.chat import GoChatTemplate, generate_messages
 from corral_runtime.templates.gotemplate import TemplateError
-from corral_runtime.templates.messages import ChatMessage
+from corral_runtime.templates.messages import with_model_defaults
 
 router = APIRouter()
 
@@ -171,10 +171,10 @@ async def chat(
     think = body.think
 
     def build(model: LoadedModel) -> str:
-        messages = body.chat_messages()
         stored = model.stored
-        if stored.system and not any(m.role == "system" for m in messages):
-            messages = [ChatMessage(role="system", content=stored.system), *messages]
+        messages = with_model_defaults(
+            body.chat_messages(), system=stored.system, stored=stored.messages
+        )
         return model.template.render(
             messages, tools=tools or None, think=None if think is None else wants_thinking(think)
         )

@@ -37,6 +37,7 @@ from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel
 from corral_runtime.store.catalog import list_models
 from corral_runtime.store.layout import StoredModel
+from corral_runtime.templates.messages import with_model_defaults
 
 router = APIRouter(prefix="/v1")
 
@@ -56,7 +57,10 @@ async def chat_completions(
     has_images = any(m.images for m in messages)
 
     def build(model: LoadedModel) -> str:
-        return model.template.render(messages, tools=tools or None)
+        # The model's SYSTEM and MESSAGES layers apply here as on /api/chat.
+        stored = model.stored
+        conversation = with_model_defaults(messages, system=stored.system, stored=stored.messages)
+        return model.template.render(conversation, tools=tools or None)
 
     generation = await start_generation(
         manager,

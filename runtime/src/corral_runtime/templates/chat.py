@@ -1,8 +1,13 @@
 """Choosing a model's chat template and rendering prompts with it.
 
-Order of preference: the GGUF's own Jinja template, the Ollama template layer (Go
-text/template), the built-in format for the architecture. ``/api/generate`` renders a prompt
-(plus optional system and suffix) through the same template as a one-turn conversation.
+Order of preference, most specific first: a request's own ``template`` (``/api/generate``),
+the model's Ollama template layer (Go text/template; what ``/api/create``'s ``template``, a
+Modelfile's TEMPLATE or a ``Model``'s ``spec.template`` wrote, and what Ollama's registry
+ships), the GGUF's own Jinja ``tokenizer.chat_template``, then the built-in format for the
+architecture. What a user configures thus wins over what the file's author shipped, as in
+Ollama, which never reads the GGUF's template when a template layer exists. ``/api/generate``
+renders a prompt (plus optional system and suffix) through the same template as a one-turn
+conversation.
 """
 
 from __future__ import annotations
@@ -189,14 +194,16 @@ def select_template(
     bos_token: str = "",
     eos_token: str = "",
 ) -> ChatTemplate:
-    """The template a model's chats are rendered with (see the module docstring)."""
+    """The template a model's chats are rendered with: its template layer, else the GGUF's,
+    else the built-in format (see the module docstring; a request's own template is the
+    caller's)."""
+    if layer_template:
+        return GoChatTemplate(layer_template)
     if gguf_template:
         try:
             return JinjaChatTemplate(gguf_template, bos_token=bos_token, eos_token=eos_token)
         except TemplateError:
             pass  # A broken GGUF template must not make the model unusable.
-    if layer_template:
-        return GoChatTemplate(layer_template)
     return FallbackChatTemplate(format_for(architecture))
 
 

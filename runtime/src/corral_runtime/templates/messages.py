@@ -52,3 +52,23 @@ class Tool:
                 "parameters": self.parameters,
             },
         }
+
+
+def with_model_defaults(
+    messages: list[ChatMessage], *, system: str | None, stored: list[dict[str, Any]]
+) -> list[ChatMessage]:
+    """The conversation a chat renders, as Ollama builds it on both APIs: the model's MESSAGES
+    layer (turns its creator put before every chat), then the request's messages, led by the
+    model's SYSTEM prompt unless the request brings a system message of its own. Stored turns
+    that are no chat message (an unknown role, content that is not text) are left out."""
+    defaults = [
+        ChatMessage(role=m["role"], content=m.get("content") or "")
+        for m in stored
+        if isinstance(m, dict)
+        and m.get("role") in CHAT_ROLES
+        and isinstance(m.get("content") or "", str)
+    ]
+    conversation = [*defaults, *messages]
+    if system and not any(m.role == "system" for m in messages):
+        conversation.insert(0, ChatMessage(role="system", content=system))
+    return conversation

@@ -32,17 +32,20 @@ WEATHER = Tool(name="get_weather", description="Weather", parameters={"type": "o
 
 
 class TestSelection:
-    def test_gguf_template_comes_first(self) -> None:
+    def test_the_template_layer_wins_over_the_ggufs_own(self) -> None:
+        # What a user configured (Model.spec.template, /api/create, a Modelfile) is what the
+        # chats get, as in Ollama: the GGUF's template is only the file author's default.
         chosen = select_template(
             gguf_template=HF_CHATML, layer_template=GEMMA_TEMPLATE, architecture="gemma3"
         )
-        assert isinstance(chosen, JinjaChatTemplate)
-
-    def test_then_the_template_layer(self) -> None:
-        chosen = select_template(
-            gguf_template=None, layer_template=GEMMA_TEMPLATE, architecture="llama"
-        )
         assert isinstance(chosen, GoChatTemplate)
+        assert chosen.render(CONVERSATION).startswith("<start_of_turn>user\n")
+
+    def test_then_the_ggufs_template(self) -> None:
+        chosen = select_template(gguf_template=HF_CHATML, layer_template=None, architecture="llama")
+        assert isinstance(chosen, JinjaChatTemplate)
+        chosen = select_template(gguf_template=HF_CHATML, layer_template="", architecture="llama")
+        assert isinstance(chosen, JinjaChatTemplate)
 
     @pytest.mark.parametrize(
         ("architecture", "expected"),
