@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
+from corral_runtime.api.keepalive import DEFAULT_KEEP_ALIVE_SECONDS, parse_default_keep_alive
 
-DEFAULT_KEEP_ALIVE_SECONDS = 300.0
+GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
 
 
 def default_models_dir() -> Path:
@@ -26,7 +26,9 @@ def default_models_dir() -> Path:
 class RuntimeSettings(BaseSettings):
     """Everything the inference server can be told; every field is ``CORRAL_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+    # validate_by_name: fields with environment aliases (keep_alive_seconds) still take their
+    # own name as an argument.
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore", validate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=11434, ge=0, le=65535)
@@ -108,7 +110,13 @@ class RuntimeSettings(BaseSettings):
     )
     keep_alive_seconds: float = Field(
         default=DEFAULT_KEEP_ALIVE_SECONDS,
-        description="Default keep_alive; negative keeps models loaded forever.",
+        validation_alias=AliasChoices("CORRAL_KEEP_ALIVE", "CORRAL_KEEP_ALIVE_SECONDS"),
+        description=(
+            "Default keep_alive of requests that set none (the OpenAI API's): seconds or an "
+            "Ollama duration ('5m', '1h30m'); negative keeps models loaded forever, exactly as "
+            "a request's keep_alive -1 (stored as infinity); CORRAL_KEEP_ALIVE or "
+            "CORRAL_KEEP_ALIVE_SECONDS."
+        ),
     )
     gpu_layers: GpuLayers = "auto"
     threads: int | None = Field(default=None, ge=1, description="Decode threads (default: cores).")
@@ -151,6 +159,12 @@ class RuntimeSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("keep_alive_seconds", mode="before")
+    @classmethod
+    def _keep_alive(cls, value: object) -> float:
+        # One parser with the requests' keep_alive: "-1" is forever here as it is there.
+        return parse_default_keep_alive(value)
 
     @field_validator("gpu_layers", mode="before")
     @classmethod

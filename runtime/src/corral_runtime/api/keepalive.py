@@ -16,6 +16,7 @@ import re
 from corral_runtime.engine.types import MAX_KEEP_ALIVE_SECONDS
 
 FOREVER = math.inf
+DEFAULT_KEEP_ALIVE_SECONDS = 300.0  # Ollama's five minutes
 
 _UNITS = {
     "ns": 1e-9,
@@ -64,6 +65,27 @@ def parse_keep_alive(value: float | str | None, default: float) -> float:
     else:
         seconds = parse_duration(value)
     return bounded_keep_alive(seconds)
+
+
+def parse_default_keep_alive(value: object) -> float:
+    """The server's default keep_alive (``--keep-alive``, ``CORRAL_KEEP_ALIVE``): what a request
+    takes, or a bare number of seconds (``"300"``, ``"-1"``) as flags and environment variables
+    write it; negative is ``FOREVER``. Raises ``InvalidKeepAliveError`` with a one-line message."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+    try:
+        if not isinstance(value, int | float | str):
+            raise InvalidKeepAliveError(str(value))
+        return parse_keep_alive(value, DEFAULT_KEEP_ALIVE_SECONDS)
+    except InvalidKeepAliveError:
+        raise InvalidKeepAliveError(
+            f"invalid keep-alive {str(value)!r}: use seconds (300), a duration (5m, 1h30m) "
+            "or a negative value to keep models loaded forever"
+        ) from None
 
 
 def bounded_keep_alive(seconds: float) -> float:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import sys
 from typing import Any
 
+from pydantic import ValidationError
+
+from corral_runtime.api.keepalive import InvalidKeepAliveError, parse_default_keep_alive
 from corral_runtime.settings import RuntimeSettings
 
 
@@ -108,9 +112,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--gpu-layers", help="'auto' (default), a number, or 0 for CPU only")
     parser.add_argument(
         "--keep-alive",
-        type=float,
+        type=_keep_alive,
         dest="keep_alive_seconds",
-        help="default keep_alive in seconds (negative: forever)",
+        help=(
+            "keep_alive of requests that set none: seconds or a duration (default 5m; "
+            "negative: forever; CORRAL_KEEP_ALIVE)"
+        ),
     )
     parser.add_argument("--threads", type=int, help="decode threads (default: all cores)")
     parser.add_argument(
@@ -155,7 +162,31 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
         )
         if getattr(args, key, None) is not None
     }
-    return RuntimeSettings(**overrides)
+    try:
+        return RuntimeSettings(**overrides)
+    except ValidationError as exc:
+        # One line per setting, not pydantic's dump: "corral serve: keep-alive: invalid …".
+        sys.stderr.write(settings_error(exc) + "\n")
+        raise SystemExit(2) from None  # as argparse's own errors
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A ``ValidationError`` of RuntimeSettings as ``corral serve: <setting>: <problem>``, one
+    line per setting."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        name = field.removeprefix("CORRAL_").lower().removesuffix("_seconds").replace("_", "-")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"corral serve: {name}: {message}")
+    return "\n".join(lines)
+
+
+def _keep_alive(text: str) -> float:
+    try:
+        return parse_default_keep_alive(text)
+    except InvalidKeepAliveError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
