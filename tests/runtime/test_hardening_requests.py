@@ -120,6 +120,16 @@ def test_lone_surrogates_are_a_400_naming_the_field(
     still_answers(http)
 
 
+def test_a_lone_surrogate_in_a_created_template_is_a_400(http: httpx.Client) -> None:
+    response = post_raw(
+        http,
+        "/api/create",
+        {"model": "surrogate-test", "from": MODEL, "template": f"{LONE} {{{{ .Prompt }}}}"},
+    )
+    assert response.status_code == 400, response.text
+    assert "template is not valid Unicode" in response.json()["error"]
+
+
 def test_after_a_lone_surrogate_the_official_clients_are_served(
     http: httpx.Client, client: ollama.Client, oai: openai.OpenAI
 ) -> None:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from corral_runtime.api.deps import SettingsDep, require_management
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.streaming import ndjson_response
+from corral_runtime.api.text import ValidText
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.digests import InvalidDigestError, parse_digest
 from corral_runtime.store.gguf import GGUFDetails, GGUFError
@@ -130,7 +131,7 @@ def _stream_or_last(
 # -- /api/pull ---------------------------------------------------------------------------------
 
 
-class PullRequest(BaseModel):
+class PullRequest(ValidText):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     name: str | None = None  # older clients
@@ -207,7 +208,7 @@ async def pull(body: PullRequest, request: Request, settings: SettingsDep) -> An
 # -- /api/delete, /api/copy --------------------------------------------------------------------
 
 
-class DeleteRequest(BaseModel):
+class DeleteRequest(ValidText):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     name: str | None = None
@@ -231,7 +232,7 @@ async def delete(body: DeleteRequest, request: Request) -> Response:
     return Response(status_code=200)
 
 
-class CopyRequest(BaseModel):
+class CopyRequest(ValidText):
     model_config = ConfigDict(extra="ignore")
     source: str
     destination: str
@@ -251,7 +252,7 @@ async def copy(body: CopyRequest, request: Request) -> Response:
 # -- /api/create -------------------------------------------------------------------------------
 
 
-class CreateRequest(BaseModel):
+class CreateRequest(ValidText):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     model: str | None = None
     name: str | None = None
