@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import ollama
@@ -102,3 +103,24 @@ def test_metrics_label_only_models_the_server_has(runtime_server: RunningServer)
     assert len(after - before) <= 6, after - before
     assert 'corral_requests_total{endpoint="/api/chat",model="unknown",status="404"}' in text
     assert f'endpoint="/api/generate",model="{MODEL}",status="200"' in text
+
+
+def test_openai_embeddings_take_token_ids(oai: openai.OpenAI, test_model_path: Path) -> None:
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(test_model_path), vocab_only=True, verbose=False)
+    tokens = vocab.tokenize(b"The sky is blue.", add_bos=True)
+    other = vocab.tokenize(b"Rust is a language.", add_bos=True)
+    text = oai.embeddings.create(model=MODEL, input="The sky is blue.").data[0].embedding
+    one = oai.embeddings.create(model=MODEL, input=tokens)
+    many = oai.embeddings.create(model=MODEL, input=[tokens, other])
+    assert len(one.data) == 1 and len(many.data) == 2
+    assert one.usage.prompt_tokens == len(tokens)
+    for vector in (one.data[0].embedding, many.data[0].embedding):
+        assert max(abs(a - b) for a, b in zip(vector, text, strict=True)) < 1e-4
+    assert many.data[1].embedding != many.data[0].embedding
+
+
+def test_openai_embeddings_refuse_token_ids_outside_the_vocabulary(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="not in the model's vocabulary"):
+        oai.embeddings.create(model=MODEL, input=[2, 10**9])

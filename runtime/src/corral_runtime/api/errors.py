@@ -123,6 +123,20 @@ def error_response(path: str, exc: BaseException) -> JSONResponse:
     return JSONResponse(error_body(path, error), status_code=error.status, headers=error.headers)
 
 
+# The parts of a pydantic error location that name a member of a union type (``int``,
+# ``list[str]``, ``function-after[...]``) rather than a field: a client sent a field.
+_UNION_MEMBER = re.compile(
+    r"^(int|float|str|bool|bytes|none|[\w-]+\[.*\]|(function|constrained|lax|strict|json)-.*)$"
+)
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A validation error's location as the request's own field path (``keep_alive``, not
+    ``body.keep_alive.int``)."""
+    parts = [str(p) for p in loc if p != "body" and not _UNION_MEMBER.match(str(p))]
+    return ".".join(parts)
+
+
 def validation_message(exc: RequestValidationError) -> str:
     errors = exc.errors()
     if not errors:
@@ -130,12 +144,17 @@ def validation_message(exc: RequestValidationError) -> str:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "invalid JSON in request body"
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return (
-        f"invalid request: {loc}: {first.get('msg', 'invalid value')}"
-        if loc
-        else (f"invalid request: {first.get('msg', 'invalid value')}")
-    )
+    loc = field_path(first.get("loc", ()))
+    # A union's members each report: one message lists what the field takes.
+    wanted = [
+        str(e.get("msg", "")).removeprefix("Input should be ")
+        for e in errors
+        if field_path(e.get("loc", ())) == loc
+    ]
+    msg = str(first.get("msg", "invalid value"))
+    if len(wanted) > 1:
+        msg = "expected " + ", ".join(dict.fromkeys(wanted[:-1])) + " or " + wanted[-1]
+    return f"invalid request: {loc}: {msg}" if loc else f"invalid request: {msg}"
 
 
 def install_error_handlers(app: FastAPI) -> None:

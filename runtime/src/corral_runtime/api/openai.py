@@ -211,11 +211,11 @@ async def embeddings(
     metrics: MetricsDep,
 ) -> dict[str, Any]:
     request.state.model = body.model
-    texts = body.texts()
+    inputs = body.inputs()
     metrics.touch()
     lease, _ = await acquire_model(manager, body.model, OllamaOptions(), None)
     async with lease:
-        result = await lease.model.worker.embed(texts, truncate=True)
+        result = await lease.model.worker.embed(inputs, truncate=True)
     data = []
     for i, vector in enumerate(result.vectors):
         vector = l2_normalize(vector[: body.dimensions] if body.dimensions else vector)

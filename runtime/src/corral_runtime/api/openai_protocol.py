@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.ollama_protocol import check_role
@@ -261,17 +261,30 @@ class EmbeddingRequest(ValidText):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    input: str | list[str]
+    # Text, texts, token ids, or lists of token ids, as OpenAI's embeddings take them.
+    input: str | list[StrictInt] | list[str] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
 
-    def texts(self) -> list[str]:
-        texts = [self.input] if isinstance(self.input, str) else list(self.input)
-        if not texts or any(not t for t in texts):
+    def inputs(self) -> list[str] | list[list[int]]:
+        """One entry per embedding: a text, or the token ids of one input."""
+        value = self.input
+        inputs: list[str] | list[list[int]]
+        if isinstance(value, str):
+            inputs = [value]
+        elif value and all(isinstance(v, int) for v in value):
+            inputs = [[v for v in value if isinstance(v, int)]]
+        elif all(isinstance(v, str) for v in value):
+            inputs = [v for v in value if isinstance(v, str)]
+        else:
+            inputs = [v for v in value if isinstance(v, list)]
+        if not inputs or any(not item for item in inputs):
             raise ApiError(
-                400, "input must be a non-empty string or list of strings", param="input"
+                400,
+                "input must be a non-empty string, list of strings, or list of token ids",
+                param="input",
             )
-        return texts
+        return inputs
 
 
 # -- responses ---------------------------------------------------------------------------------

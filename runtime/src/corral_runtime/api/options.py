@@ -73,15 +73,27 @@ def validate_options(raw: dict[str, Any] | None, *, source: str = "options") -> 
     try:
         options = OllamaOptions.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
+        key = str(exc.errors()[0]["loc"][0])
         raise InvalidOptionsError(
-            f"invalid option {key!r}: {first['msg']}", option=str(first["loc"][0])
+            f"invalid option {key!r}: expected {expected_type(key)}", option=key
         ) from exc
     for key in options.model_extra or {}:
         log.warning("invalid option provided: %s", key)
     check_ranges(options)
     return options
+
+
+def expected_type(option: str) -> str:
+    """What an option takes, in a client's words (pydantic's own words name its union members,
+    as in ``temperature.int``)."""
+    annotation = str(OllamaOptions.model_fields[option].annotation)
+    if "list" in annotation:
+        return "a string or a list of strings"
+    if "float" in annotation:
+        return "a number"
+    if "bool" in annotation:
+        return "true or false"
+    return "an integer"
 
 
 INT32_MAX = 2**31 - 1

@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +79,7 @@ class LoadConfig:
     n_threads: int | None = None
     n_batch: int = 512
     flash_attn: bool = False
+    kv_cache_type: str = "f16"  # see ``llama.ContextConfig``
     batch_invariant: bool = True  # see ``llama.ContextConfig``
     parallel: int | None = None  # None: ``default_parallel(n_ctx)``
     queue_timeout_s: float | None = None  # None: wait as long as it takes
@@ -307,10 +308,11 @@ class ModelWorker:
             raise
         return stream
 
-    async def embed(self, texts: list[str], *, truncate: bool) -> EmbeddingResult:
+    async def embed(self, inputs: Sequence[str | list[int]], *, truncate: bool) -> EmbeddingResult:
+        """Embed texts, or token ids as they are (OpenAI's embeddings take either)."""
         self._admit()
         try:
-            return await self._call(lambda: self._embed(texts, truncate))
+            return await self._call(lambda: self._embed(inputs, truncate))
         finally:
             self._release()
 
@@ -694,6 +696,7 @@ class ModelWorker:
             n_gpu_layers=self.config.n_gpu_layers,
             n_threads=self.config.n_threads,
             flash_attn=self.config.flash_attn,
+            kv_cache_type=self.config.kv_cache_type,
             batch_invariant=self.config.batch_invariant,
         )
         try:
@@ -725,7 +728,7 @@ class ModelWorker:
             self._context.close()
             self._context = None
 
-    def _embed(self, texts: list[str], truncate: bool) -> EmbeddingResult:
+    def _embed(self, inputs: Sequence[str | list[int]], truncate: bool) -> EmbeddingResult:
         import llama_cpp
 
         if self._embedder is None:
@@ -743,14 +746,48 @@ class ModelWorker:
                 n_threads_batch=self.config.n_threads,
                 verbose=False,
             )
-        counts = [len(self._embedder.tokenize(utf8(t), add_bos=True)) for t in texts]
-        too_long = [c for c in counts if c > self.n_ctx]
+        n_vocab = int(self._embedder.n_vocab())
+        sequences = [
+            self._embedder.tokenize(utf8(item), add_bos=True)
+            if isinstance(item, str)
+            else checked_tokens(item, n_vocab)
+            for item in inputs
+        ]
+        too_long = [len(tokens) for tokens in sequences if len(tokens) > self.n_ctx]
         if too_long and not truncate:
             raise InvalidRequestError(prompt_too_long_message(max(too_long), self.n_ctx))
-        vectors = [list(map(float, self._embedder.embed(t, truncate=True))) for t in texts]
-        return EmbeddingResult(
-            vectors=vectors, prompt_tokens=sum(min(c, self.n_ctx) for c in counts)
+        sequences = [tokens[: self.n_ctx] for tokens in sequences]
+        vectors = [self._embed_tokens(tokens) for tokens in sequences]
+        return EmbeddingResult(vectors=vectors, prompt_tokens=sum(map(len, sequences)))
+
+    def _embed_tokens(self, tokens: list[int]) -> list[float]:
+        """The mean-pooled embedding of one token sequence (as ``Llama.embed`` computes it for
+        one text, here for tokens a client gave)."""
+        import llama_cpp
+
+        embedder = self._embedder
+        embedder._ctx.kv_cache_clear()
+        embedder._batch.reset()
+        embedder._batch.add_sequence(tokens, 0, True)
+        embedder._ctx.decode(embedder._batch)
+        embedder._batch.reset()
+        pooled = llama_cpp.llama_get_embeddings_seq(embedder._ctx.ctx, 0)
+        vector = [float(x) for x in pooled[: embedder.n_embd()]]
+        embedder._ctx.kv_cache_clear()
+        return vector
+
+
+def checked_tokens(tokens: list[int], n_vocab: int) -> list[int]:
+    """Token ids a client sent, if each is in the vocabulary (llama.cpp reads out of bounds or
+    aborts on others) and there is at least one."""
+    if not tokens:
+        raise InvalidRequestError("input must not be an empty list of tokens")
+    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"token id {bad} is not in the model's vocabulary (0..{n_vocab - 1})"
         )
+    return tokens
 
 
 def _stats(

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
-from corral_runtime.api.errors import STORE_DAMAGED, as_api_error, without_paths
+from corral_runtime.api.errors import (
+    STORE_DAMAGED,
+    as_api_error,
+    validation_message,
+    without_paths,
+)
+from corral_runtime.api.ollama_protocol import GenerateRequest
+from corral_runtime.api.openai_protocol import ChatCompletionRequest
 from corral_runtime.engine.types import EngineError, EngineFailedError
 from corral_runtime.store.layout import CorruptStoreError
 
@@ -44,3 +53,24 @@ def test_a_damaged_store_answers_a_stable_message() -> None:
 )
 def test_without_paths(message: str, expected: str) -> None:
     assert without_paths(message) == expected
+
+
+def validation_error(model: type[BaseModel], body: dict[str, object]) -> RequestValidationError:
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+    raise AssertionError("the body was valid")
+
+
+def test_a_union_field_is_named_as_the_client_sent_it() -> None:
+    message = validation_message(validation_error(GenerateRequest, {"keep_alive": [1]}))
+    assert message.startswith("invalid request: keep_alive: expected ")
+    assert ".int" not in message and ".str" not in message and "float" not in message
+
+
+def test_a_nested_union_field_keeps_its_index() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": 5}]}
+    message = validation_message(validation_error(ChatCompletionRequest, body))
+    assert message.startswith("invalid request: messages.0.content: expected ")
+    assert "list[" not in message

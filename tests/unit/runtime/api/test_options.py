@@ -117,3 +117,21 @@ def test_what_llama_cpp_cannot_take_is_refused_naming_the_option(
 )
 def test_values_within_the_bounds_pass(options: dict[str, object]) -> None:
     validate_options(options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": "hot"}, "invalid option 'temperature': expected a number"),
+        ({"top_p": [1]}, "invalid option 'top_p': expected a number"),
+        ({"top_k": 1.5}, "invalid option 'top_k': expected an integer"),
+        ({"stop": 3}, "invalid option 'stop': expected a string or a list of strings"),
+        ({"use_mmap": "yes"}, "invalid option 'use_mmap': expected true or false"),
+    ],
+)
+def test_a_wrong_type_names_the_option_and_what_it_takes(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidOptionsError) as raised:
+        validate_options(options)
+    assert str(raised.value) == message
