@@ -9,6 +9,7 @@ again, the failure is counted, and the next request is served.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import threading
@@ -26,7 +27,13 @@ import pytest
 from corral_runtime.api.errors import as_api_error
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext
 from corral_runtime.engine.manager import ModelManager
-from corral_runtime.engine.types import EngineError
+from corral_runtime.engine.types import (
+    EngineError,
+    EngineFailedError,
+    GenerationRequest,
+    SamplingParams,
+)
+from corral_runtime.engine.worker import GenerationStream, LoadConfig, ModelWorker
 from corral_runtime.store.layout import ModelStore
 from tests.runtime.conftest import RunningServer, serve, settings_for
 from tests.support.serveproc import serving_process
@@ -418,3 +425,37 @@ def test_a_dead_decode_thread_fails_its_requests_and_the_model_is_reloaded(
         assert _metric(metrics, "corral_engine_failures_total", MODEL) == 1.0
         still_answers(client)
         assert client.get("/readyz").status_code == 200
+
+
+async def test_a_worker_whose_thread_died_refuses_at_once_and_tells_its_owner(
+    test_model_path: Path,
+) -> None:
+    told = asyncio.Event()
+    config = LoadConfig(model_path=test_model_path, n_ctx=256, n_threads=2, parallel=1)
+    worker = ModelWorker(MODEL, config, max_pending=4, on_failure=lambda _w: told.set())
+    await worker.start()
+    try:
+        running = worker.generate(
+            GenerationRequest(prompt="Once upon a time", params=SamplingParams(num_predict=200))
+        )
+        await running.started()
+        waiting = worker.generate(GenerationRequest(prompt="Hi"))
+        worker.inject_fault(RuntimeError("injected"))
+        await asyncio.wait_for(told.wait(), 30)
+        assert worker.failed and worker.pending == 0
+        with pytest.raises(EngineFailedError):
+            await asyncio.wait_for(_drain(running), 30)
+        with pytest.raises(EngineFailedError):
+            await asyncio.wait_for(waiting.started(), 30)
+        with pytest.raises(EngineFailedError):
+            worker.generate(GenerationRequest(prompt="Hi"))
+        with pytest.raises(EngineFailedError):
+            await asyncio.wait_for(worker.embed(["Hi"], truncate=True), 30)
+        assert worker.pending == 0
+    finally:
+        await asyncio.wait_for(worker.close(), 30)
+
+
+async def _drain(stream: GenerationStream) -> None:
+    async for _piece in stream:
+        pass
