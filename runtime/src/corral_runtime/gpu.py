@@ -79,12 +79,21 @@ def plan_gpu_layers(
     return GpuPlan(gpu_layers=layers, size_bytes=size, size_vram_bytes=min(vram, size))
 
 
-def kv_cache_bytes(n_ctx: int, block_count: int, embedding_length: int) -> int:
-    """An upper-bound estimate of an f16 KV cache: K and V, one row per layer per position.
+# Bytes per cached value of each KV cache type, as (numerator, denominator): ggml's q8_0 and
+# q4_0 store blocks of 32 values in 34 and 18 bytes.
+_KV_VALUE_BYTES = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
+
+
+def kv_cache_bytes(
+    n_ctx: int, block_count: int, embedding_length: int, kv_cache_type: str = "f16"
+) -> int:
+    """An upper-bound estimate of a KV cache: K and V, one row per layer per position, of
+    ``kv_cache_type`` values.
 
     Models with grouped-query attention need less; the estimate errs on the side of fitting.
     """
-    return 2 * 2 * n_ctx * block_count * embedding_length
+    numerator, denominator = _KV_VALUE_BYTES[kv_cache_type]
+    return 2 * n_ctx * block_count * embedding_length * numerator // denominator
 
 
 def parse_free_vram(nvidia_smi_output: str) -> int:

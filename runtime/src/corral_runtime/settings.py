@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from corral_runtime.api.keepalive import DEFAULT_KEEP_ALIVE_SECONDS, parse_default_keep_alive
 
 GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
+# The KV cache's element types, as Ollama's OLLAMA_KV_CACHE_TYPE names them.
+KvCacheType = Literal["f16", "q8_0", "q4_0"]
 
 
 def default_models_dir() -> Path:
@@ -122,6 +124,14 @@ class RuntimeSettings(BaseSettings):
     threads: int | None = Field(default=None, ge=1, description="Decode threads (default: cores).")
     batch_size: int = Field(default=512, ge=1)
     flash_attention: bool = False
+    kv_cache_type: KvCacheType = Field(
+        default="f16",
+        description=(
+            "Element type of the KV cache (as Ollama's OLLAMA_KV_CACHE_TYPE): f16, or q8_0 / "
+            "q4_0 for about a half / a quarter of its memory at some cost in precision. A "
+            "quantized cache turns flash attention on (llama.cpp needs it for the V cache)."
+        ),
+    )
     batch_invariant: bool = Field(
         default=True,
         description=(
@@ -165,6 +175,11 @@ class RuntimeSettings(BaseSettings):
     def _keep_alive(cls, value: object) -> float:
         # One parser with the requests' keep_alive: "-1" is forever here as it is there.
         return parse_default_keep_alive(value)
+
+    @field_validator("kv_cache_type", mode="before")
+    @classmethod
+    def _kv_cache_type_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("gpu_layers", mode="before")
     @classmethod

@@ -80,6 +80,12 @@ def test_kv_cache_estimate() -> None:
     )
 
 
+def test_a_quantized_kv_cache_is_estimated_by_its_block_size() -> None:
+    values = 2 * 2048 * 18 * 640  # K and V
+    assert kv_cache_bytes(2048, 18, 640, "q8_0") == values * 34 // 32
+    assert kv_cache_bytes(2048, 18, 640, "q4_0") == values * 18 // 32
+
+
 def test_parse_nvidia_smi() -> None:
     assert parse_free_vram("81000\n80000\n") == 81000 * 1024 * 1024
     assert parse_free_vram("") == 0

@@ -10,12 +10,12 @@ import argparse
 import ipaddress
 import logging
 import sys
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from corral_runtime.api.keepalive import InvalidKeepAliveError, parse_default_keep_alive
-from corral_runtime.settings import RuntimeSettings
+from corral_runtime.settings import KvCacheType, RuntimeSettings
 
 
 def register(subparsers: Any) -> None:
@@ -121,6 +121,15 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--threads", type=int, help="decode threads (default: all cores)")
     parser.add_argument(
+        "--kv-cache-type",
+        choices=get_args(KvCacheType),
+        type=str.lower,
+        help=(
+            "KV cache element type (default f16; q8_0 or q4_0 take less memory and turn flash "
+            "attention on; CORRAL_KV_CACHE_TYPE, as Ollama's OLLAMA_KV_CACHE_TYPE)"
+        ),
+    )
+    parser.add_argument(
         "--batch-invariant",
         action=argparse.BooleanOptionalAction,
         help=(
@@ -158,6 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "gpu_layers",
             "keep_alive_seconds",
             "threads",
+            "kv_cache_type",
             "batch_invariant",
         )
         if getattr(args, key, None) is not None

@@ -59,6 +59,14 @@ def select_cpu_kernels(batch_invariant: bool) -> None:
     os.environ.setdefault("GGML_CPU_TILED_MM", "0" if batch_invariant else "1")
 
 
+def flash_attention_for(kv_cache_type: str, flash_attention: bool) -> bool:
+    """Whether a context gets flash attention: when asked, and always with a quantized KV
+    cache, since llama.cpp cannot make a context with a quantized V cache without it. (Ollama
+    instead falls back to an f16 cache with a warning; here the cache a user set is the cache
+    they get.)"""
+    return flash_attention or kv_cache_type != "f16"
+
+
 def utf8(text: str) -> bytes:
     """Text as llama.cpp's tokenizer takes it; text UTF-8 cannot encode (a lone surrogate) is
     the request's fault, not the engine's."""
@@ -77,6 +85,8 @@ class ContextConfig:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     flash_attn: bool = False
+    # The KV cache's element type: "f16", "q8_0" or "q4_0" (see ``flash_attention_for``).
+    kv_cache_type: str = "f16"
     # Each sequence's logits the same whatever decodes beside it (see the module docstring).
     batch_invariant: bool = True
 
@@ -121,8 +131,11 @@ class LlamaBatchContext:
         params.swa_full = True  # any cached prefix stays reusable on sliding-window models
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if config.flash_attn
+            if flash_attention_for(config.kv_cache_type, config.flash_attn)
             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        params.type_k = params.type_v = getattr(
+            llama_cpp, f"GGML_TYPE_{config.kv_cache_type.upper()}"
         )
         if config.n_threads is not None:
             params.n_threads = config.n_threads

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corral_runtime.engine.llama import flash_attention_for
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import default_parallel
 from corral_runtime.engine.types import MAX_KEEP_ALIVE_SECONDS, LoadOptions
@@ -190,7 +191,10 @@ class ModelManager:
             weights_bytes=weights,
             block_count=details.block_count or 0,
             kv_cache_bytes=kv_cache_bytes(
-                n_ctx, details.block_count or 0, details.embedding_length or 0
+                n_ctx,
+                details.block_count or 0,
+                details.embedding_length or 0,
+                self.settings.kv_cache_type,
             ),
         )
         requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
@@ -205,6 +209,7 @@ class ModelManager:
             n_threads=load.num_thread or self.settings.threads or _default_threads(),
             n_batch=load.num_batch or self.settings.batch_size,
             flash_attn=self.settings.flash_attention,
+            kv_cache_type=self.settings.kv_cache_type,
             batch_invariant=self.settings.batch_invariant,
             parallel=parallel,
             queue_timeout_s=self.settings.queue_timeout_seconds,
@@ -233,10 +238,12 @@ class ModelManager:
         )
         self._models[model.name] = model
         log.info(
-            "loaded %s (n_ctx=%d, gpu_layers=%d) in %.2fs",
+            "loaded %s (n_ctx=%d, gpu_layers=%d, kv_cache_type=%s, flash_attention=%s) in %.2fs",
             model.name,
             model.n_ctx,
             plan.gpu_layers,
+            config.kv_cache_type,
+            "on" if flash_attention_for(config.kv_cache_type, config.flash_attn) else "off",
             worker.load_seconds,
         )
         if self._on_load is not None:

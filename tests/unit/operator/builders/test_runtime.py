@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from corral_operator.builders.runtime import (
     shutdown_budget,
 )
 from corral_operator.settings import OperatorSettings
+from corral_runtime.settings import RuntimeSettings
 from tests.unit.operator.factories import server
 
 pytestmark = pytest.mark.unit
@@ -93,6 +95,29 @@ class TestDeployment:
         secret = next(e for e in container["env"] if e["name"] == "CORRAL_API_KEY")
         assert secret["valueFrom"]["secretKeyRef"] == {"name": "keys", "key": "k"}
         assert container["args"][-2:] == ["--threads", "2"]
+
+    def test_the_runtime_reads_every_setting_the_builder_passes(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Each spec.runtime field becomes an environment variable the runtime's settings read
+        # (kvCacheType was once passed and never read).
+        runtime = {
+            "contextLength": 8192,
+            "parallel": 4,
+            "gpuLayers": 12,
+            "flashAttention": True,
+            "kvCacheType": "q8_0",
+        }
+        env = {e["name"]: e["value"] for e in _container(_deployment(runtime=runtime))["env"]}
+        for name in list(os.environ):
+            if name.startswith("CORRAL_"):
+                monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = RuntimeSettings()
+        assert (settings.context_length, settings.parallel, settings.gpu_layers) == (8192, 4, 12)
+        assert settings.flash_attention is True
+        assert settings.kv_cache_type == "q8_0"
 
     def test_probes_sized_for_model_load(self) -> None:
         container = _container(_deployment(runtime={"startupSeconds": 600}))
