@@ -215,7 +215,8 @@ def test_a_generation_without_num_predict_stops_at_the_context(model_store: Mode
 
 
 # Each made llama.cpp assert (taking the process down), allocate without bound, or misbehave:
-# num_ctx 1 (eight slots) and 8 (one slot) shrank llama.cpp's batch below one prompt chunk.
+# num_ctx 1 (eight slots) and 8 (one slot) shrank llama.cpp's batch below one prompt chunk; a
+# hundred thousand stop strings slowed every sequence on the model's decode thread.
 BAD_OPTIONS = [
     ({"num_ctx": 1}, "num_ctx"),
     ({"num_ctx": 8}, "num_ctx"),
@@ -227,6 +228,7 @@ BAD_OPTIONS = [
     ({"num_batch": 0}, "num_batch"),
     ({"num_gpu": -5}, "num_gpu"),
     ({"seed": 2**70}, "seed"),
+    ({"stop": [f"stop {i}" for i in range(100_000)]}, "stop"),
 ]
 
 

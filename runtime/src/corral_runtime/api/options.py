@@ -80,6 +80,7 @@ def validate_options(raw: dict[str, Any] | None, *, source: str = "options") -> 
     for key in options.model_extra or {}:
         log.warning("invalid option provided: %s", key)
     check_ranges(options)
+    check_stops(options)
     return options
 
 
@@ -101,6 +102,10 @@ INT64 = 2**63
 # ggml's GGML_MAX_N_THREADS: llama.cpp asserts on more.
 MAX_THREADS = 512
 MAX_NUM_BATCH = 1 << 16
+# Every stop string is matched against every token on the model's one decode thread: many or
+# long ones would slow every sequence of the model, not just the request's own.
+MAX_STOPS = 32
+MAX_STOP_CHARS = 512
 
 # Inclusive bounds of the numeric options (None: unbounded on that side; floats must also be
 # finite). Sizes llama.cpp takes as a C int stop at INT32_MAX.
@@ -130,6 +135,17 @@ def out_of_range(value: float, low: float | None, high: float | None) -> bool:
     if isinstance(value, float) and not math.isfinite(value):
         return True
     return (low is not None and value < low) or (high is not None and value > high)
+
+
+def check_stops(options: OllamaOptions) -> None:
+    stop = options.stop
+    stops = [stop] if isinstance(stop, str) else stop or []
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise InvalidOptionsError(
+            f"invalid option 'stop': at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} "
+            "characters each",
+            option="stop",
+        )
 
 
 def check_ranges(options: OllamaOptions) -> None:

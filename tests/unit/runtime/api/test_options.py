@@ -135,3 +135,11 @@ def test_a_wrong_type_names_the_option_and_what_it_takes(
     with pytest.raises(InvalidOptionsError) as raised:
         validate_options(options)
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("stop", [["x"] * 33, ["x" * 513], "x" * 513])
+def test_stop_strings_are_bounded_in_number_and_length(stop: object) -> None:
+    with pytest.raises(InvalidOptionsError, match="stop"):
+        validate_options({"stop": stop})
+    validate_options({"stop": ["x"] * 32})
+    validate_options({"stop": "x" * 512})
