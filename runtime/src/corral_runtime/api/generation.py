@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
+from corral_runtime.api.errors import ApiError
 from corral_runtime.api.options import (
     OllamaOptions,
     load_options,
@@ -40,6 +41,9 @@ async def acquire_model(
 ) -> tuple[Lease, OllamaOptions]:
     """Resolve, merge the model's params under the request's options, and take a lease."""
     stored = await manager.resolve_async(name)
+    unsupported = stored.manifest.unsupported_parts()
+    if unsupported is not None:  # never run without them, as if they were not there
+        raise ApiError(400, f'"{name}" has {unsupported}, which are not supported yet')
     merged = effective_options(stored, options)
     lease = await manager.acquire(stored, keep_alive=keep_alive, load=load_options(merged))
     return lease, merged

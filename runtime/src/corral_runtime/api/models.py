@@ -28,7 +28,6 @@ from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.digests import InvalidDigestError, parse_digest
 from corral_runtime.store.gguf import GGUFDetails, GGUFError
 from corral_runtime.store.layout import (
-    ADAPTER_LAYER,
     MODEL_LAYER,
     BlobState,
     CorruptStoreError,
@@ -44,7 +43,7 @@ from corral_runtime.store.pull import Puller, PullEvent, PullOptions, model_conf
 from corral_runtime.store.refs import copy_model, delete_model, manifest_digests
 from corral_runtime.store.registry import ManifestNotFoundError
 from corral_runtime.store.sources import InvalidSourceError, parse_source
-from corral_runtime.store.transfer import PullError
+from corral_runtime.store.transfer import PullError, UnsupportedModelError
 
 # Every route here changes (or probes) what the store holds: guarded as management.
 router = APIRouter(dependencies=[Depends(require_management)])
@@ -148,7 +147,14 @@ def _pull_error(exc: BaseException) -> ApiError:
         return ApiError(507, str(exc))
     if isinstance(
         exc,
-        (InvalidSourceError, InvalidNameError, InvalidDigestError, DeclaredSizeError, GGUFError),
+        (
+            InvalidSourceError,
+            InvalidNameError,
+            InvalidDigestError,
+            DeclaredSizeError,
+            GGUFError,
+            UnsupportedModelError,
+        ),
     ):
         return ApiError(400, str(exc))
     return ApiError(500, str(exc))
@@ -307,7 +313,7 @@ def create_model(
     if body.quantize:
         raise ApiError(400, "quantization is not supported")
     if body.adapters:
-        raise ApiError(400, "adapters are not supported")
+        raise ApiError(400, "LoRA adapters are not supported yet", param="adapters")
     base: StoredModel | None = None
     if body.from_:
         try:
@@ -327,9 +333,10 @@ def create_model(
     params = dict(base.params) if base is not None else {}
     params.update(body.parameters or {})
     license_text = "\n".join(body.license) if isinstance(body.license, list) else body.license
-    extra: tuple[Layer, ...] = ()
     if base is not None and not body.files:
-        extra = tuple(lyr for lyr in base.manifest.layers if lyr.media_type == ADAPTER_LAYER)
+        unsupported = base.manifest.unsupported_parts()
+        if unsupported is not None:  # refused rather than carried into a model that ignores them
+            raise ApiError(400, f"{body.from_} has {unsupported}, which are not supported yet")
     emit({"status": "writing manifest"})
     model = store.compose_model(
         target,
@@ -339,7 +346,6 @@ def create_model(
         params=params,
         messages=_first(body.messages, base.messages if base else None),
         license=_first(license_text, base.license if base else None),
-        extra_layers=extra,
         config=model_config(details),
     )
     emit({"status": "success"})

@@ -207,7 +207,12 @@ def check_capabilities(model: LoadedModel, *, think: Think, images: bool, tools:
     name = model.name
     if wants_thinking(think) and not model.template.supports_thinking:
         raise ApiError(400, f'"{name}" does not support thinking')
-    if images and not has_vision(model):
+    if images and has_vision(model):
+        raise ApiError(
+            400,
+            f'"{name}": images are not supported yet (the model\'s vision projector is not run)',
+        )
+    if images:
         raise ApiError(400, f'"{name}" does not support images (the model has no vision input)')
     if tools and not model.template.supports_tools:
         raise ApiError(400, f"registry.ollama.ai/library/{name} does not support tools")

@@ -100,6 +100,13 @@ class Manifest:
     def layer(self, media_type: str) -> Layer | None:
         return next((lyr for lyr in self.layers if lyr.media_type == media_type), None)
 
+    def unsupported_parts(self) -> str | None:
+        """What the model holds that corral cannot run yet, in a user's words (None: nothing).
+        Such a model is refused when it is pulled, created or loaded, never run without it."""
+        if self.layer(ADAPTER_LAYER) is not None:
+            return "LoRA adapter layers"
+        return None
+
     @classmethod
     def parse(cls, raw: bytes) -> Manifest:
         try:

@@ -47,6 +47,7 @@ from corral_runtime.store.transfer import (
     MAX_REDIRECTS,
     PullError,
     RetryPolicy,
+    UnsupportedModelError,
     check_scheme,
     redirect_target,
 )
@@ -183,6 +184,11 @@ class Puller:
             if not self.store.has_blob(layer.digest)
         ]
         check_manifest(manifest, src.name.display, missing, self._free_bytes())
+        unsupported = manifest.unsupported_parts()
+        if unsupported is not None:
+            raise UnsupportedModelError(
+                f"{src.name.display} has {unsupported}, which are not supported yet"
+            )
         model_layer = manifest.layer(MODEL_LAYER)
         if model_layer is None:
             raise PullError(f"{src.name.display}: the manifest has no model layer")

@@ -24,6 +24,10 @@ class PullError(RuntimeError):
     """A pull that cannot succeed; the message is meant for the user."""
 
 
+class UnsupportedModelError(PullError):
+    """A model with parts corral cannot run yet (``Manifest.unsupported_parts``)."""
+
+
 class InsecureSourceError(PullError):
     """A plain-HTTP URL without ``--insecure``."""
 
