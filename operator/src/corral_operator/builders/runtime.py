@@ -109,6 +109,16 @@ def _resources(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str,
     return {"requests": requests, "limits": limits}
 
 
+# spec.runtime fields and the runtime settings (CORRAL_* variables) they become.
+RUNTIME_SETTINGS_ENV = {
+    "contextLength": "CORRAL_CONTEXT_LENGTH",
+    "parallel": "CORRAL_PARALLEL",
+    "gpuLayers": "CORRAL_GPU_LAYERS",
+    "flashAttention": "CORRAL_FLASH_ATTENTION",
+    "kvCacheType": "CORRAL_KV_CACHE_TYPE",
+}
+
+
 def _env(server: Mapping[str, Any]) -> list[dict[str, Any]]:
     meta, spec = server["metadata"], server["spec"]
     runtime = spec.get("runtime") or {}
@@ -130,18 +140,11 @@ def _env(server: Mapping[str, Any]) -> list[dict[str, Any]]:
             "value": str(shutdown_budget(termination_grace(spec))[1]),
         },
     ]
-    settings_env = {
-        "CORRAL_CONTEXT_LENGTH": runtime.get("contextLength"),
-        "CORRAL_PARALLEL": runtime.get("parallel"),
-        "CORRAL_GPU_LAYERS": runtime.get("gpuLayers"),
-        "CORRAL_FLASH_ATTENTION": (
-            None
-            if runtime.get("flashAttention") is None
-            else str(bool(runtime["flashAttention"])).lower()
-        ),
-        "CORRAL_KV_CACHE_TYPE": runtime.get("kvCacheType"),
-    }
-    env += [{"name": k, "value": str(v)} for k, v in settings_env.items() if v is not None]
+    for field_name, variable in RUNTIME_SETTINGS_ENV.items():
+        value = runtime.get(field_name)
+        if value is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            env.append({"name": variable, "value": text})
     secret = ((spec.get("auth") or {}).get("apiKeySecretRef")) or None
     if secret:
         env.append(

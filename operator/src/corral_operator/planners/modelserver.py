@@ -10,6 +10,7 @@ from typing import Any
 
 from corral_operator import api
 from corral_operator.builders.runtime import (
+    RUNTIME_SETTINGS_ENV,
     ServedModel,
     build_deployment,
     build_network_policy,
@@ -37,7 +38,8 @@ class ServerPlan:
 
 
 def spec_problems(spec: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
-    """Cross-field rules the CRD schema cannot express on Kubernetes 1.20 (no CEL)."""
+    """Cross-field rules the CRD schema cannot express on Kubernetes 1.20 (no CEL): settings
+    that contradict each other, so that one of them would silently not happen."""
     problems = []
     low, high = int(spec.get("minReplicas", 0)), int(spec.get("maxReplicas", 1))
     if low > high:
@@ -45,6 +47,36 @@ def spec_problems(spec: Mapping[str, Any], settings: OperatorSettings) -> list[s
     models = list(spec.get("models") or ())
     if len(set(models)) != len(models):
         problems.append("spec.models lists a Model more than once")
+    return problems + _runtime_problems(spec)
+
+
+def _runtime_problems(spec: Mapping[str, Any]) -> list[str]:
+    runtime = spec.get("runtime") or {}
+    problems = []
+    kv_cache = runtime.get("kvCacheType")
+    if kv_cache not in (None, "f16") and runtime.get("flashAttention") is False:
+        problems.append(
+            f"spec.runtime.kvCacheType {kv_cache} needs flash attention (llama.cpp cannot "
+            "quantize the V cache without it), but spec.runtime.flashAttention is false"
+        )
+    gpus = int((spec.get("resources") or {}).get("gpus", 0))
+    layers = str(runtime.get("gpuLayers", "auto"))
+    if gpus == 0 and layers not in ("auto", "0"):
+        problems.append(
+            f"spec.runtime.gpuLayers is {layers} but spec.resources.gpus is 0: "
+            "there is no GPU to offload layers to"
+        )
+    if gpus > 0 and layers == "0":
+        problems.append(
+            f"spec.resources.gpus is {gpus} but spec.runtime.gpuLayers is 0: "
+            "every layer would stay on the CPU"
+        )
+    overridden = {str(item.get("name")) for item in runtime.get("env") or ()}
+    for field_name, variable in RUNTIME_SETTINGS_ENV.items():
+        if runtime.get(field_name) is not None and variable in overridden:
+            problems.append(
+                f"spec.runtime.{field_name} and spec.runtime.env {variable} both set it"
+            )
     return problems
 
 
