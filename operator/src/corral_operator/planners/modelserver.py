@@ -19,7 +19,7 @@ from corral_operator.builders.runtime import (
     service_endpoint,
 )
 from corral_operator.planners.model import model_cache
-from corral_operator.planners.replicas import decide_replicas
+from corral_operator.planners.replicas import server_replicas
 from corral_operator.settings import OperatorSettings
 from corral_operator.status.conditions import Condition, is_true
 
@@ -80,11 +80,6 @@ def _runtime_problems(spec: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _idle_seconds(status: Mapping[str, Any], now: datetime) -> float | None:
-    last = api.parse_time(status.get("lastRequestTime"))
-    return None if last is None else max(0.0, (now - last).total_seconds())
-
-
 def _waiting(reason: str, message: str, replicas: int) -> tuple[Condition, ...]:
     return (
         Condition(MODELS_READY, "False", reason, message),
@@ -111,7 +106,6 @@ def plan_modelserver(
     ``deployment`` is the runtime Deployment as it is now, if any.
     """
     meta, spec = server["metadata"], server["spec"]
-    status: Mapping[str, Any] = server.get("status") or {}
     name, namespace = meta["name"], meta["namespace"]
     dep_status = (deployment or {}).get("status") or {}
     current = int(dep_status.get("replicas") or 0)
@@ -175,13 +169,8 @@ def plan_modelserver(
         if obj is not None
     ]
     cache = caches.pop()
-    decision = decide_replicas(
-        min_replicas=int(spec.get("minReplicas", 0)),
-        max_replicas=int(spec.get("maxReplicas", 1)),
-        requested=spec.get("replicas"),
-        idle_seconds=_idle_seconds(status, now),
-        keep_alive_seconds=spec.get("keepAliveSeconds"),
-    )
+    # The keep-alive timer's decision too: a resync never undoes a request's keep_alive.
+    decision = server_replicas(server, now)
     deployment_obj = build_deployment(
         server,
         replicas=decision.replicas,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -73,6 +73,32 @@ def test_keep_alive_expiry_scales_to_min() -> None:
     plan = _plan(srv, {"gemma": READY})
     assert plan.children[0]["spec"]["replicas"] == 0
     assert _reasons(plan)["ScaledToZero"] == ("True", "KeepAliveExpired")
+
+
+@pytest.mark.parametrize(
+    ("annotations", "replicas"),
+    [
+        ({"corral.dev/idle-deadline": "2024-01-01T00:30:00Z"}, 1),
+        ({"corral.dev/in-flight": "2"}, 1),
+        ({"corral.dev/idle-deadline": "2023-12-31T23:59:00Z"}, 0),
+    ],
+    ids=["requested-keep-alive", "in-flight", "deadline-passed"],
+)
+def test_the_reconcile_honours_the_gateways_annotations(
+    annotations: dict[str, str], replicas: int
+) -> None:
+    # Past keepAliveSeconds, the resync's reconcile decides as the keep-alive timer does: a
+    # request's keep_alive or requests in flight keep the server up.
+    srv = server(
+        replicas=1,
+        maxReplicas=2,
+        keepAliveSeconds=30,
+        status={"lastRequestTime": "2023-12-31T23:59:50Z"},
+    )
+    srv["metadata"]["annotations"] = annotations
+    late = NOW + timedelta(seconds=60)
+    plan = plan_modelserver(srv, {"gemma": READY}, None, OperatorSettings(), late)
+    assert plan.children[0]["spec"]["replicas"] == replicas
 
 
 def test_the_network_policy_can_be_left_out() -> None:
