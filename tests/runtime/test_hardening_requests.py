@@ -194,6 +194,20 @@ def test_openai_developer_and_function_roles_are_read_as_system_and_tool(
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_prompt_far_past_the_context_is_refused_without_tokenizing_it(
+    http: httpx.Client,
+) -> None:
+    """Tokenizing runs on the model's decode thread: ten megabytes of prompt held every other
+    sequence of the model for seconds before it was refused as too long."""
+    response = http.post(
+        "/api/generate",
+        json={"model": MODEL, "prompt": "word " * 2_000_000, "options": SMALL},
+    )
+    assert response.status_code == 400, response.text
+    assert "(over 2048 tokens) exceeds the context length (2048 tokens)" in response.json()["error"]
+    still_answers(http)
+
+
 def test_a_generation_without_num_predict_stops_at_the_context(model_store: ModelStore) -> None:
     with serve(settings_for(model_store.root, context_length=256), model_store) as server:
         response = httpx.post(

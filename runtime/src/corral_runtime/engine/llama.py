@@ -38,6 +38,7 @@ offloaded to a GPU is repeatable alone but not invariant in a batch, with either
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -193,6 +194,12 @@ class LlamaBatchContext:
         ):
             tokens.insert(0, self.bos)
         return tokens
+
+    @functools.cached_property
+    def max_piece_bytes(self) -> int:
+        """The longest token's bytes: a text of more than ``n * max_piece_bytes`` bytes (or
+        characters) has more than ``n`` tokens, without tokenizing it."""
+        return max(1, max((len(self.piece(t)) for t in range(self.n_vocab)), default=1))
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token, special tokens included."""

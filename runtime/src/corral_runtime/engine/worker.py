@@ -86,9 +86,10 @@ class LoadConfig:
     generation_timeout_s: float | None = None  # from taking a slot; None: no limit
 
 
-def prompt_too_long_message(n_tokens: int, n_ctx: int) -> str:
+def prompt_too_long_message(n_tokens: int | None, n_ctx: int) -> str:
+    length = f"{n_tokens} tokens" if n_tokens is not None else f"over {n_ctx} tokens"
     return (
-        f"the input length ({n_tokens} tokens) exceeds the context length ({n_ctx} tokens); "
+        f"the input length ({length}) exceeds the context length ({n_ctx} tokens); "
         "shorten the input or raise num_ctx"
     )
 
@@ -416,7 +417,13 @@ class ModelWorker:
             return
         try:
             context = self._require_context()
-            tokens = context.tokenize(submission.request.prompt)
+            prompt = submission.request.prompt
+            # Tokenizing runs on this thread, which every sequence of the model shares: a
+            # prompt that cannot fit (megabytes of it) is refused without. (Only one of more
+            # than n_ctx characters can be, so short ones never ask for the longest token.)
+            if len(prompt) > self.n_ctx and len(prompt) > self.n_ctx * context.max_piece_bytes:
+                raise InvalidRequestError(prompt_too_long_message(None, self.n_ctx))
+            tokens = context.tokenize(prompt)
             if not tokens:  # Nothing to evaluate, so no logits to sample from.
                 raise InvalidRequestError("the prompt is empty")
             if len(tokens) >= self.n_ctx:
