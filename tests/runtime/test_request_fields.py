@@ -7,6 +7,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -124,3 +125,131 @@ def test_openai_embeddings_take_token_ids(oai: openai.OpenAI, test_model_path: P
 def test_openai_embeddings_refuse_token_ids_outside_the_vocabulary(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="not in the model's vocabulary"):
         oai.embeddings.create(model=MODEL, input=[2, 10**9])
+
+
+# -- log-probabilities and context -------------------------------------------------------------
+
+GREEDY = {"temperature": 0, "num_predict": 6}
+
+
+def check_entries(entries: list[Any], top: int) -> None:
+    """Each token's record: a log-probability, its bytes, and the ``top`` most likely tokens,
+    most likely first, the greedy choice among them first."""
+    assert entries
+    for entry in entries:
+        token, logprob, alternatives = entry_fields(entry)
+        assert logprob <= 0
+        assert len(alternatives) == top
+        values = [lp for _, lp in alternatives]
+        assert values == sorted(values, reverse=True)
+        if top:
+            assert alternatives[0] == (token, logprob)
+
+
+def entry_fields(entry: Any) -> tuple[str, float, list[tuple[str, float]]]:
+    top = [(t.token, t.logprob) for t in entry.top_logprobs or ()]
+    return entry.token, entry.logprob, top
+
+
+def test_openai_chat_logprobs(oai: openai.OpenAI) -> None:
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count to ten."}],
+        "temperature": 0,
+        "max_tokens": 6,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    completion = oai.chat.completions.create(**request)
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entries = choice.logprobs.content
+    check_entries(entries, 3)
+    assert completion.usage is not None and len(entries) == completion.usage.completion_tokens
+    assert "".join(e.token for e in entries) == choice.message.content
+    assert (
+        bytes(b for e in entries for b in e.bytes or ()) == (choice.message.content or "").encode()
+    )
+    streamed = [
+        entry
+        for chunk in oai.chat.completions.create(**request, stream=True)
+        for c in chunk.choices
+        if c.logprobs is not None
+        for entry in c.logprobs.content or ()
+    ]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    plain = oai.chat.completions.create(**{**request, "logprobs": False, "top_logprobs": None})
+    assert plain.choices[0].logprobs is None
+
+
+def test_openai_top_logprobs_without_logprobs_is_a_400(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="top_logprobs") as raised:
+        oai.chat.completions.create(model=MODEL, messages=[MESSAGE], max_tokens=2, top_logprobs=2)
+    assert raised.value.body["param"] == "top_logprobs"  # type: ignore[index]
+
+
+def test_openai_completion_logprobs(oai: openai.OpenAI) -> None:
+    completion = oai.completions.create(
+        model=MODEL, prompt="One, two, three,", max_tokens=5, temperature=0, logprobs=2
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None
+    tokens = choice.logprobs.tokens or []
+    assert "".join(tokens) == choice.text and len(tokens) == 5
+    assert choice.logprobs.text_offset == [len("".join(tokens[:i])) for i in range(len(tokens))]
+    for token, logprob, top in zip(
+        tokens,
+        choice.logprobs.token_logprobs or [],
+        choice.logprobs.top_logprobs or [],
+        strict=True,
+    ):
+        assert len(top) == 2 and top[token] == logprob == max(top.values())
+
+
+def test_ollama_logprobs_streamed_and_not(client: ollama.Client) -> None:
+    answer = client.generate(
+        model=MODEL, prompt="Count to ten.", options=GREEDY, logprobs=True, top_logprobs=2
+    )
+    assert answer.logprobs is not None
+    check_entries(list(answer.logprobs), 2)
+    assert "".join(e.token for e in answer.logprobs) == answer.response
+    streamed = [
+        e
+        for chunk in client.generate(
+            model=MODEL,
+            prompt="Count to ten.",
+            options=GREEDY,
+            logprobs=True,
+            top_logprobs=2,
+            stream=True,
+        )
+        for e in chunk.logprobs or ()
+    ]
+    assert [(e.token, e.logprob) for e in streamed] == [
+        (e.token, e.logprob) for e in answer.logprobs
+    ]
+    chat = client.chat(
+        model=MODEL, messages=[MESSAGE], options=GREEDY, logprobs=True, top_logprobs=1
+    )
+    assert chat.logprobs is not None
+    check_entries(list(chat.logprobs), 1)
+    assert "".join(e.token for e in chat.logprobs) == chat.message.content
+    with pytest.raises(ollama.ResponseError, match="top_logprobs"):
+        client.generate(model=MODEL, prompt="Hi", options=GREEDY, top_logprobs=2)
+
+
+def test_ollama_generate_returns_and_takes_context(client: ollama.Client) -> None:
+    first = client.generate(model=MODEL, prompt="Name a colour.", options=GREEDY)
+    context = list(first.context or [])
+    assert len(context) == (first.prompt_eval_count or 0) + (first.eval_count or 0)
+    second = client.generate(model=MODEL, prompt="Another one.", context=context, options=GREEDY)
+    assert list(second.context or [])[: len(context)] == context
+    assert (second.prompt_eval_count or 0) > len(context)
+    streamed = list(
+        client.generate(
+            model=MODEL, prompt="Another one.", context=context, options=GREEDY, stream=True
+        )
+    )
+    assert streamed[-1].context == second.context
+    with pytest.raises(ollama.ResponseError, match="not in the model's vocabulary"):
+        client.generate(model=MODEL, prompt="Hi", context=[2, 10**9], options=GREEDY)

@@ -20,7 +20,12 @@ from corral_runtime.api.options import (
     validate_options,
 )
 from corral_runtime.engine.manager import Lease, LoadedModel, ModelManager
-from corral_runtime.engine.types import GenerationRequest, GenerationStats, OutputFormat
+from corral_runtime.engine.types import (
+    GenerationRequest,
+    GenerationStats,
+    OutputFormat,
+    TokenLogprob,
+)
 from corral_runtime.engine.worker import GenerationStream
 from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.store.layout import StoredModel
@@ -93,6 +98,11 @@ class Generation:
     async def text(self) -> str:
         return "".join([piece async for piece in self.pieces()])
 
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The log-probabilities of the tokens since the last call (asked for with
+        ``logprobs``): after each piece, those of its tokens; after the last, the rest."""
+        return self.stream.take_logprobs()
+
     def close(self) -> None:
         """Give up on a generation that will not be iterated (e.g. a failed handler)."""
         self.stream.cancel()
@@ -109,6 +119,8 @@ async def start_generation(
     keep_alive: float | None,
     build_prompt: PromptBuilder,
     check: ModelCheck | None = None,
+    logprobs: int | None = None,
+    context: tuple[int, ...] = (),
 ) -> Generation:
     """Everything up to the first token: errors raised here still become a status code."""
     started_ns = time.perf_counter_ns()
@@ -118,13 +130,15 @@ async def start_generation(
         model = lease.model
         if check is not None:
             check(model)
-        params = sampling_params(merged, output_format)
+        params = replace(sampling_params(merged, output_format), logprobs=logprobs)
         if not params.stop and isinstance(model.template, FallbackChatTemplate):
             params = replace(params, stop=tuple(model.template.format.stop))
         # Off the event loop, within a budget the renderer itself enforces (a thread cannot be
         # stopped from outside): a slow template must not stall /healthz or other requests.
         prompt = await render_off_loop(DEFAULT_BUDGET, lambda: build_prompt(model))
-        stream = model.worker.generate(GenerationRequest(prompt=prompt, params=params))
+        stream = model.worker.generate(
+            GenerationRequest(prompt=prompt, params=params, context=context)
+        )
         try:
             await stream.started()
         except BaseException:

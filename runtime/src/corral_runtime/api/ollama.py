@@ -20,6 +20,7 @@ from corral_runtime.api import info
 from corral_runtime.api.deps import ManagerDep, MetricsDep, SettingsDep, StoreDep
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.generation import Generation, acquire_model, start_generation
+from corral_runtime.api.logprobs import token_entries
 from corral_runtime.api.ollama_protocol import (
     ChatRequest,
     EmbeddingsRequest,
@@ -111,6 +112,7 @@ async def generate(
     keep_alive = body.keep_alive_seconds(settings.keep_alive_seconds)
     options = body.validated_options()
     output_format = parse_format(body.format)
+    logprobs = body.logprobs_wanted()
     if body.is_load_only:
         return JSONResponse(
             await _load_or_unload(manager, name, keep_alive, options, {"response": ""})
@@ -126,21 +128,36 @@ async def generate(
         check=lambda m: check_capabilities(
             m, think=body.think, images=bool(body.images), tools=False
         ),
+        logprobs=logprobs,
+        context=tuple(body.context or ()),
     )
 
     def final(g: Generation) -> dict[str, Any]:
-        return final_fields(g.stats, total_ns=g.total_duration_ns(), load_ns=g.load_duration_ns)
+        fields = final_fields(g.stats, total_ns=g.total_duration_ns(), load_ns=g.load_duration_ns)
+        # Ollama's (deprecated) context: the prompt's tokens and the answer's, to send back.
+        return {**fields, "context": list(g.stats.tokens)}
+
+    def with_logprobs(chunk: dict[str, Any]) -> dict[str, Any]:
+        if logprobs is not None:
+            chunk["logprobs"] = token_entries(generation.take_logprobs())
+        return chunk
 
     if not body.stream:
         text = await generation.text()
         return JSONResponse(
-            {"model": name, "created_at": now_rfc3339(), "response": text, **final(generation)}
+            with_logprobs(
+                {"model": name, "created_at": now_rfc3339(), "response": text, **final(generation)}
+            )
         )
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async for piece in generation.pieces():
-            yield {"model": name, "created_at": now_rfc3339(), "response": piece, "done": False}
-        yield {"model": name, "created_at": now_rfc3339(), "response": "", **final(generation)}
+            yield with_logprobs(
+                {"model": name, "created_at": now_rfc3339(), "response": piece, "done": False}
+            )
+        yield with_logprobs(
+            {"model": name, "created_at": now_rfc3339(), "response": "", **final(generation)}
+        )
 
     return ndjson_response(request.url.path, chunks())
 
@@ -157,6 +174,7 @@ async def chat(
     keep_alive = body.keep_alive_seconds(settings.keep_alive_seconds)
     options = body.validated_options()
     output_format = parse_format(body.format)
+    logprobs = body.logprobs_wanted()
     if not body.messages:
         return JSONResponse(
             await _load_or_unload(
@@ -190,8 +208,14 @@ async def chat(
         check=lambda m: check_capabilities(
             m, think=think, images=body.has_images, tools=bool(tools)
         ),
+        logprobs=logprobs,
     )
     names = {t.name for t in tools}
+
+    def with_logprobs(chunk: dict[str, Any]) -> dict[str, Any]:
+        if logprobs is not None:
+            chunk["logprobs"] = token_entries(generation.take_logprobs())
+        return chunk
 
     def message(content: str, calls: list[Any] | None = None) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": content}
@@ -210,28 +234,32 @@ async def chat(
     if not body.stream:
         text = await generation.text()
         calls = (parse_tool_calls(text, names) if tools else None) or []
-        return JSONResponse(final(generation, "" if calls else text, calls))
+        return JSONResponse(with_logprobs(final(generation, "" if calls else text, calls)))
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         buffer = ToolCallBuffer(names) if tools else None
         async for piece in generation.pieces():
             text = buffer.feed(piece) if buffer is not None else piece
             if text:
-                yield {
-                    "model": name,
-                    "created_at": now_rfc3339(),
-                    "message": message(text),
-                    "done": False,
-                }
+                yield with_logprobs(
+                    {
+                        "model": name,
+                        "created_at": now_rfc3339(),
+                        "message": message(text),
+                        "done": False,
+                    }
+                )
         held, calls = buffer.finish() if buffer is not None else ("", [])
         if held or calls:
-            yield {
-                "model": name,
-                "created_at": now_rfc3339(),
-                "message": message(held, calls),
-                "done": False,
-            }
-        yield final(generation, "", [])
+            yield with_logprobs(
+                {
+                    "model": name,
+                    "created_at": now_rfc3339(),
+                    "message": message(held, calls),
+                    "done": False,
+                }
+            )
+        yield with_logprobs(final(generation, "", []))
 
     return ndjson_response(request.url.path, chunks())
 

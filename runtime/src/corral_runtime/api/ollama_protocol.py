@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.keepalive import parse_keep_alive
+from corral_runtime.api.logprobs import requested
 from corral_runtime.api.options import OllamaOptions, validate_options
 from corral_runtime.api.text import ValidText
 from corral_runtime.engine.manager import LoadedModel
@@ -79,6 +80,19 @@ class _Request(ValidText):
         return validate_options(self.options)
 
 
+class _Generating(_Request):
+    """What ``/api/generate`` and ``/api/chat`` share beyond the model and its options."""
+
+    format: Any = None
+    stream: bool = True
+    think: Think = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def logprobs_wanted(self) -> int | None:
+        return requested(self.logprobs, self.top_logprobs, top_param="top_logprobs")
+
+
 class FunctionSpec(BaseModel):
     name: str
     description: str = ""
@@ -133,17 +147,14 @@ class Message(BaseModel):
         )
 
 
-class GenerateRequest(_Request):
+class GenerateRequest(_Generating):
     prompt: str = ""
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
-    context: list[int] | None = None
-    stream: bool = True
+    context: list[StrictInt] | None = None
     raw: bool = False
-    format: Any = None
     images: list[str] | None = None
-    think: Think = None
 
     def check(self) -> None:
         if self.raw and (self.template or self.system or self.context):
@@ -154,12 +165,9 @@ class GenerateRequest(_Request):
         return not self.prompt and not self.suffix and not self.images
 
 
-class ChatRequest(_Request):
+class ChatRequest(_Generating):
     messages: list[Message] = Field(default_factory=list)
     tools: list[ToolSpec] | None = None
-    format: Any = None
-    stream: bool = True
-    think: Think = None
 
     def chat_messages(self) -> list[ChatMessage]:
         return [m.to_chat() for m in self.messages]

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from corral_runtime.api.deps import ManagerDep, MetricsDep, SettingsDep, StoreDep
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.generation import acquire_model, start_generation
+from corral_runtime.api.logprobs import chat_logprobs, completion_logprobs
 from corral_runtime.api.ollama import l2_normalize
 from corral_runtime.api.ollama_protocol import check_capabilities
 from corral_runtime.api.openai_protocol import (
@@ -55,6 +56,7 @@ async def chat_completions(
     messages = [m.to_chat() for m in body.messages]
     output_format = body.output_format()
     has_images = any(m.images for m in messages)
+    logprobs = body.logprobs_wanted()
 
     def build(model: LoadedModel) -> str:
         # The model's SYSTEM and MESSAGES layers apply here as on /api/chat.
@@ -71,8 +73,13 @@ async def chat_completions(
         keep_alive=None,
         build_prompt=build,
         check=lambda m: check_capabilities(m, think=None, images=has_images, tools=bool(tools)),
+        logprobs=logprobs,
     )
     completion_id = new_id("chatcmpl")
+
+    def taken_logprobs() -> dict[str, Any] | None:
+        return chat_logprobs(generation.take_logprobs() if logprobs is not None else None)
+
     names = {t.name for t in tools}
 
     if not body.stream:
@@ -85,7 +92,7 @@ async def chat_completions(
         choice = {
             "index": 0,
             "message": message,
-            "logprobs": None,
+            "logprobs": taken_logprobs(),
             "finish_reason": finish_reason(stats.done_reason, bool(calls)),
         }
         return JSONResponse(
@@ -99,7 +106,7 @@ async def chat_completions(
         )
 
     def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        choice = {"index": 0, "delta": delta, "logprobs": taken_logprobs(), "finish_reason": reason}
         return chat_object(completion_id, body.model, choices=[choice], chunk=True)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
@@ -139,6 +146,7 @@ async def completions(
     prompt = body.text()
     if body.echo:
         raise ApiError(400, "echo is not supported", param="echo")
+    logprobs = body.logprobs_wanted()
     generation = await start_generation(
         manager,
         metrics,
@@ -148,8 +156,17 @@ async def completions(
         keep_alive=None,
         # The legacy completions API continues plain text: no chat template.
         build_prompt=lambda _model: prompt,
+        logprobs=logprobs,
     )
     completion_id = new_id("cmpl")
+    answered = 0  # characters of text sent so far, where the next logprobs' offsets start
+
+    def taken_logprobs(text: str) -> dict[str, Any] | None:
+        nonlocal answered
+        records = generation.take_logprobs() if logprobs is not None else None
+        taken = completion_logprobs(records, answered)
+        answered += len(text)
+        return taken
 
     if not body.stream:
         text = await generation.text()
@@ -157,7 +174,7 @@ async def completions(
         choice = {
             "index": 0,
             "text": text,
-            "logprobs": None,
+            "logprobs": taken_logprobs(text),
             "finish_reason": finish_reason(stats.done_reason, False),
         }
         return JSONResponse(
@@ -175,7 +192,14 @@ async def completions(
                 completion_id,
                 body.model,
                 chunk=True,
-                choices=[{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}],
+                choices=[
+                    {
+                        "index": 0,
+                        "text": piece,
+                        "logprobs": taken_logprobs(piece),
+                        "finish_reason": None,
+                    }
+                ],
             )
         stats = generation.stats
         yield completion_object(
@@ -186,7 +210,7 @@ async def completions(
                 {
                     "index": 0,
                     "text": "",
-                    "logprobs": None,
+                    "logprobs": taken_logprobs(""),
                     "finish_reason": finish_reason(stats.done_reason, False),
                 }
             ],

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from corral_runtime.api.errors import ApiError
+from corral_runtime.api.logprobs import requested
 from corral_runtime.api.ollama_protocol import check_role
 from corral_runtime.api.options import InvalidOptionsError, OllamaOptions, validate_options
 from corral_runtime.api.text import ValidText
@@ -184,6 +185,11 @@ class ChatCompletionRequest(_Request):
     response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    def logprobs_wanted(self) -> int | None:
+        return requested(self.logprobs, self.top_logprobs, top_param="top_logprobs")
 
     def engine_options(self) -> OllamaOptions:
         limit = (
@@ -245,6 +251,10 @@ class CompletionRequest(_Request):
     suffix: str | None = None
     echo: bool = False
     max_tokens: int | None = Field(default=16, ge=0)
+    logprobs: int | None = None  # the legacy API's: how many alternatives per token
+
+    def logprobs_wanted(self) -> int | None:
+        return requested(self.logprobs is not None, self.logprobs, top_param="logprobs")
 
     def text(self) -> str:
         if isinstance(self.prompt, str):

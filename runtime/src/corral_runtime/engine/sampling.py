@@ -8,9 +8,12 @@ the sequence ran alone or beside others.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from corral_runtime.engine.grammar import schema_to_gbnf
 from corral_runtime.engine.llama import LlamaBatchContext
@@ -131,6 +134,23 @@ def build_chain(
         llama_cpp.llama_sampler_free(chain)
         raise
     return chain
+
+
+def token_logprobs(
+    logits: np.ndarray[Any, np.dtype[np.float32]], token: int, top: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """The log-softmax of ``logits`` at ``token``, and the ``top`` most likely tokens with
+    theirs, most likely first (ties by token id)."""
+    values = logits.astype(np.float64)
+    peak = float(values.max())
+    log_total = peak + math.log(float(np.exp(values - peak).sum()))
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        count = min(top, values.size)
+        candidates = np.argpartition(-values, count - 1)[:count]
+        ranked = sorted(candidates.tolist(), key=lambda t: (-values[t], t))
+        best = [(int(t), float(values[t]) - log_total) for t in ranked]
+    return float(values[token]) - log_total, best
 
 
 def free_chain(chain: Any) -> None:

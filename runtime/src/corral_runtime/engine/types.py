@@ -34,6 +34,28 @@ class OutputFormat:
     schema: dict[str, Any] | None = None
 
 
+# The most alternatives a request may ask to see per token (OpenAI's and Ollama's limit).
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChoice:
+    """A token as the model's vocabulary spells it, and its log-probability."""
+
+    text: str
+    data: bytes
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (before sampling reshapes it) and
+    the most likely tokens at its position."""
+
+    chosen: TokenChoice
+    top: tuple[TokenChoice, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     temperature: float = DEFAULT_TEMPERATURE
@@ -49,6 +71,8 @@ class SamplingParams:
     num_predict: int = -1  # -1: until the context is full
     stop: tuple[str, ...] = ()
     output_format: OutputFormat | None = None
+    # None: no log-probabilities; n: each token's, with the n most likely tokens beside it.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +89,8 @@ class LoadOptions:
 class GenerationRequest:
     prompt: str
     params: SamplingParams = field(default_factory=SamplingParams)
+    # Token ids evaluated before the prompt (Ollama's ``context`` from an earlier answer).
+    context: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +104,7 @@ class GenerationStats:
     eval_duration_ns: int
     time_to_first_token_s: float | None = None
     cached_prompt_tokens: int = 0  # of prompt_eval_count, reused from a slot's cache
+    tokens: tuple[int, ...] = ()  # the prompt's tokens, then the answer's (Ollama's context)
 
 
 @dataclass(frozen=True, slots=True)

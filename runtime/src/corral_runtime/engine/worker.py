@@ -41,7 +41,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row, utf8
-from corral_runtime.engine.sampling import GrammarCache, build_chain, free_chain, plain_greedy
+from corral_runtime.engine.sampling import (
+    GrammarCache,
+    build_chain,
+    free_chain,
+    plain_greedy,
+    token_logprobs,
+)
 from corral_runtime.engine.scheduling import (
     PREFILL_CHUNK,
     SlotView,
@@ -65,6 +71,8 @@ from corral_runtime.engine.types import (
     InvalidRequestError,
     QueueFullError,
     QueueTimeoutError,
+    TokenChoice,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -127,6 +135,7 @@ class GenerationStream:
         self._cancelled = threading.Event()
         self.prompt_tokens = 0
         self.stats: GenerationStats | None = None
+        self._logprobs: list[TokenLogprob] = []
 
     # -- decode thread side --
 
@@ -153,6 +162,12 @@ class GenerationStream:
         self.prompt_tokens = item.prompt_tokens
         return item.prompt_tokens
 
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The log-probabilities of the tokens received since the last call (those of a
+        piece's tokens arrive before it)."""
+        taken, self._logprobs = self._logprobs, []
+        return taken
+
     def __aiter__(self) -> AsyncIterator[str]:
         return self._pieces()
 
@@ -161,6 +176,8 @@ class GenerationStream:
             item = await self._queue.get()
             if isinstance(item, str):
                 yield item
+            elif isinstance(item, TokenLogprob):
+                self._logprobs.append(item)
             elif isinstance(item, GenerationStats):
                 self.stats = item
                 return
@@ -198,6 +215,8 @@ class _Sequence:
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
     next_token: int | None = None  # sampled, to be fed at the next step
     count: int = 0
+    generated: list[int] = field(default_factory=list)
+    logprob: TokenLogprob | None = None  # of the token just sampled, when asked for
     first_token_at: float | None = None
 
     @property
@@ -424,6 +443,7 @@ class ModelWorker:
             if len(prompt) > self.n_ctx and len(prompt) > self.n_ctx * context.max_piece_bytes:
                 raise InvalidRequestError(prompt_too_long_message(None, self.n_ctx))
             tokens = context.tokenize(prompt)
+            tokens = with_context(submission.request.context, tokens, context)
             if not tokens:  # Nothing to evaluate, so no logits to sample from.
                 raise InvalidRequestError("the prompt is empty")
             if len(tokens) >= self.n_ctx:
@@ -560,7 +580,22 @@ class ModelWorker:
         )
         if sequence.first_token_at is None:
             sequence.first_token_at = time.perf_counter()
+        wanted = sequence.submission.request.params.logprobs
+        if wanted is not None:
+            sequence.logprob = self._logprob(index, token, wanted)
         return token
+
+    def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        """A sampled token's log-probability and the ``top`` most likely at its position,
+        from the logits of batch row ``index`` (still there: sampling reads, never writes)."""
+        context = self._require_context()
+        chosen, best = token_logprobs(context.logits(index), token, top)
+
+        def choice(token_id: int, logprob: float) -> TokenChoice:
+            data = context.piece(token_id)
+            return TokenChoice(data.decode("utf-8", "replace"), data, logprob)
+
+        return TokenLogprob(choice(token, chosen), tuple(choice(t, lp) for t, lp in best))
 
     def _drop_abandoned(self) -> None:
         """Free the slots of cancelled sequences and of those past their generation
@@ -581,6 +616,9 @@ class ModelWorker:
         end = context.is_end_of_generation(token)
         if not end:
             sequence.count += 1
+            sequence.generated.append(token)
+            if sequence.logprob is not None:  # ahead of its text, which a stop may hold back
+                sequence.stream._put(sequence.logprob)
             text = sequence.stops.feed(sequence.decoder.decode(context.piece(token)))
             if text:
                 sequence.stream._put(text)
@@ -626,6 +664,7 @@ class ModelWorker:
                 ended - first,
                 ttft=first - sequence.submission.submitted_at,
                 cached=sequence.reused,
+                tokens=(*sequence.tokens, *sequence.generated),
             )
         )
 
@@ -797,6 +836,19 @@ def checked_tokens(tokens: list[int], n_vocab: int) -> list[int]:
     return tokens
 
 
+def with_context(
+    context: tuple[int, ...], tokens: list[int], llama: LlamaBatchContext
+) -> list[int]:
+    """A prompt's tokens after an earlier answer's ``context`` (checked against the
+    vocabulary); the prompt's own BOS goes, since the context began with one."""
+    if not context:
+        return tokens
+    checked = checked_tokens(list(context), llama.n_vocab)
+    if llama.bos is not None and tokens[:1] == [llama.bos]:
+        tokens = tokens[1:]
+    return [*checked, *tokens]
+
+
 def _stats(
     reason: DoneReason,
     prompt_tokens: int,
@@ -806,6 +858,7 @@ def _stats(
     *,
     ttft: float | None = None,
     cached: int = 0,
+    tokens: tuple[int, ...] = (),
 ) -> GenerationStats:
     return GenerationStats(
         done_reason=reason,
@@ -815,4 +868,5 @@ def _stats(
         eval_duration_ns=int(eval_s * 1e9),
         time_to_first_token_s=ttft,
         cached_prompt_tokens=cached,
+        tokens=tokens,
     )
