@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral_runtime.api.keepalive import InvalidKeepAliveError
 from corral_runtime.api.options import InvalidOptionsError
+from corral_runtime.api.text import INVALID_TEXT
 from corral_runtime.engine.types import (
     EngineError,
     GenerationTimeoutError,
@@ -157,13 +158,29 @@ def validation_message(exc: RequestValidationError) -> str:
     return f"invalid request: {loc}: {msg}" if loc else f"invalid request: {msg}"
 
 
+def validation_param(exc: RequestValidationError) -> str | None:
+    """The request field a validation error is about (OpenAI's ``param``): the first part of
+    its path, or of the field a whole-body check names."""
+    errors = exc.errors()
+    if not errors:
+        return None
+    first = errors[0]
+    path = field_path(first.get("loc", ()))
+    if not path and first.get("type") == INVALID_TEXT:
+        path = str((first.get("ctx") or {}).get("path", ""))
+    return path.split(".")[0] or None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(request.url.path, exc)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(request.url.path, ApiError(400, validation_message(exc)))
+        return error_response(
+            request.url.path,
+            ApiError(400, validation_message(exc), param=validation_param(exc)),
+        )
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -63,6 +63,6 @@ class ValidText(BaseModel):
             raise PydanticCustomError(
                 INVALID_TEXT,
                 "{field} is not valid Unicode text (it holds a lone surrogate)",
-                {"field": where or "the body"},
+                {"field": where or "the body", "path": where},
             )
         return data
