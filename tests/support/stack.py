@@ -383,9 +383,16 @@ class Stack:
 
     # -- the sample ----------------------------------------------------------------------------
 
-    def seed(self, namespace: str, claim: str = SEED_CLAIM, timeout: float = 60) -> Path:
-        """Make the bundled GGUF available on ``claim`` (created when missing); returns the
-        file's local path. The node agent's provisioner binds the claim to a local directory."""
+    def seed(
+        self,
+        namespace: str,
+        claim: str = SEED_CLAIM,
+        timeout: float = 60,
+        source: Path | None = None,
+    ) -> Path:
+        """Make the bundled GGUF (or ``source``) available on ``claim`` (created when missing);
+        returns the file's local path. The node agent's provisioner binds the claim to a local
+        directory."""
         if self.get("persistentvolumeclaim", claim, namespace) is None:
             self.kubectl(
                 "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(seed_claim(claim))
@@ -401,7 +408,7 @@ class Stack:
         pv = self.get("persistentvolume", volume, "") or {}
         directory = Path(pv["spec"]["hostPath"]["path"])
         directory.mkdir(parents=True, exist_ok=True)
-        source = test_model_path()
+        source = source or test_model_path()
         target = directory / source.name
         if not target.exists():
             partial = directory / f".{source.name}.partial"
