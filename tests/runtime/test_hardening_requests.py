@@ -311,6 +311,24 @@ def test_any_keep_alive_leaves_ps_answering(
     assert http.get("/api/ps").status_code == 200
 
 
+def test_numbers_past_any_float_are_answered_not_500(http: httpx.Client) -> None:
+    """JSON integers have no limit: 10**400 made float() overflow into a bare 500."""
+    huge = "1" + "0" * 400
+    body = (
+        f'{{"model": "{MODEL}", "prompt": "Hi", "stream": false, '
+        f'"options": {{"temperature": {huge}}}}}'
+    )
+    response = http.post("/api/generate", content=body)
+    assert response.status_code == 400 and "temperature" in response.json()["error"]
+    body = (
+        f'{{"model": "{MODEL}", "prompt": "Hi", "stream": false, "keep_alive": {huge}, '
+        '"options": {"temperature": 0, "num_predict": 2}}'
+    )
+    assert http.post("/api/generate", content=body).status_code == 200
+    assert http.get("/api/ps").status_code == 200
+    http.post("/api/generate", json={"model": MODEL, "keep_alive": "5m"})
+
+
 def test_keep_alive_infinity_is_forever_and_nan_is_a_400(http: httpx.Client) -> None:
     for literal, status in (("Infinity", 200), ("-Infinity", 200), ("NaN", 400)):
         body = (

@@ -61,7 +61,10 @@ def parse_keep_alive(value: float | str | None, default: float) -> float:
     elif isinstance(value, bool):
         raise InvalidKeepAliveError("keep_alive must be a number or a duration string")
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # An integer past any float: past the bound either way.
+            return FOREVER
     else:
         seconds = parse_duration(value)
     return bounded_keep_alive(seconds)

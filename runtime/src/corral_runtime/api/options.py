@@ -131,8 +131,12 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 
 
 def out_of_range(value: float, low: float | None, high: float | None) -> bool:
-    """Whether a number lies outside [low, high] (NaN and infinities always do)."""
-    if isinstance(value, float) and not math.isfinite(value):
+    """Whether a number lies outside [low, high] (NaN, infinities and integers past any float
+    always do)."""
+    try:
+        if not math.isfinite(float(value)):
+            return True
+    except OverflowError:
         return True
     return (low is not None and value < low) or (high is not None and value > high)
 

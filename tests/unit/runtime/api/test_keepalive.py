@@ -45,7 +45,19 @@ def test_invalid(value: object) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [1e308, float("inf"), float("-inf"), -1e308, 10**30, "999999999h", "-999999999h", 4e9],
+    [
+        1e308,
+        float("inf"),
+        float("-inf"),
+        -1e308,
+        10**30,
+        10**400,
+        -(10**400),
+        "999999999h",
+        "-999999999h",
+        "1" * 500 + "h",
+        4e9,
+    ],
 )
 def test_beyond_a_century_is_forever(value: object) -> None:
     assert parse_keep_alive(value, 300.0) == FOREVER  # type: ignore[arg-type]

@@ -90,6 +90,8 @@ def test_unknown_keys_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixtur
         ({"top_p": float("nan")}, "top_p"),
         ({"temperature": float("inf")}, "temperature"),
         ({"presence_penalty": float("-inf")}, "presence_penalty"),
+        ({"temperature": 10**400}, "temperature"),
+        ({"frequency_penalty": -(10**400)}, "frequency_penalty"),
     ],
 )
 def test_what_llama_cpp_cannot_take_is_refused_naming_the_option(
