@@ -4,6 +4,7 @@ JSON-schema formats keep their order and bounds, and metrics label known models 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,85 @@ def test_ollama_generate_returns_and_takes_context(client: ollama.Client) -> Non
     assert streamed[-1].context == second.context
     with pytest.raises(ollama.ResponseError, match="not in the model's vocabulary"):
         client.generate(model=MODEL, prompt="Hi", context=[2, 10**9], options=GREEDY)
+
+
+# -- thinking ------------------------------------------------------------------------------------
+
+# Gemma's turns, and a reasoning block the template opens itself: "<think>" and the level when
+# thinking, an empty block when not. (It shows earlier reasoning, so it supports thinking.)
+THINKING_TEMPLATE = (
+    "{{- range .Messages }}<start_of_turn>"
+    '{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
+    "{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<end_of_turn>\n"
+    "{{ end }}<start_of_turn>model\n"
+    "{{ if .Think }}<think>{{ .ThinkLevel }}\n{{ else }}<think></think>{{ end }}"
+)
+QUESTION = "Why is the sky blue?"
+THINK_GREEDY = {"temperature": 0, "num_predict": 12}
+
+
+@pytest.fixture
+def thinker(client: ollama.Client) -> Iterator[str]:
+    name = f"thinker-{secrets.token_hex(3)}"
+    client.create(model=name, from_=MODEL, template=THINKING_TEMPLATE)
+    try:
+        yield name
+    finally:
+        client.delete(name)
+
+
+def raw_answer(client: ollama.Client, opening: str) -> str:
+    prompt = f"<start_of_turn>user\n{QUESTION}<end_of_turn>\n<start_of_turn>model\n{opening}"
+    return client.generate(model=MODEL, prompt=prompt, raw=True, options=THINK_GREEDY).response
+
+
+def expected_split(raw: str) -> tuple[str, str]:
+    thinking, _, content = raw.partition("</think>")
+    return thinking, content
+
+
+def test_think_levels_reach_the_template_and_reasoning_is_split(
+    client: ollama.Client, oai: openai.OpenAI, thinker: str
+) -> None:
+    thinking, content = expected_split(raw_answer(client, "<think>high\n"))
+    assert thinking
+    ask = [{"role": "user", "content": QUESTION}]
+    answer = client.chat(model=thinker, messages=ask, think="high", options=THINK_GREEDY)
+    assert (answer.message.thinking, answer.message.content) == (thinking, content)
+    chunks = list(
+        client.chat(model=thinker, messages=ask, think="high", options=THINK_GREEDY, stream=True)
+    )
+    assert "".join(c.message.thinking or "" for c in chunks) == thinking
+    assert "".join(c.message.content for c in chunks) == content
+    completion = oai.chat.completions.create(
+        model=thinker, messages=ask, reasoning_effort="high", temperature=0, max_tokens=12
+    )
+    message = completion.choices[0].message
+    assert (getattr(message, "reasoning_content", None), message.content) == (thinking, content)
+    streamed = list(
+        oai.chat.completions.create(
+            model=thinker,
+            messages=ask,
+            reasoning_effort="high",
+            temperature=0,
+            max_tokens=12,
+            stream=True,
+        )
+    )
+    deltas = [c.choices[0].delta for c in streamed if c.choices]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == thinking
+
+
+def test_generate_passes_think_and_hides_reasoning_when_it_is_off(
+    client: ollama.Client, thinker: str
+) -> None:
+    thinking, content = expected_split(raw_answer(client, "<think>\n"))
+    answer = client.generate(model=thinker, prompt=QUESTION, think=True, options=THINK_GREEDY)
+    assert (answer.thinking, answer.response) == (thinking, content)
+    off = raw_answer(client, "<think></think>")
+    plain = client.generate(model=thinker, prompt=QUESTION, think=False, options=THINK_GREEDY)
+    # Whatever reasoning the model still writes is not shown; the rest is the answer.
+    assert plain.thinking is None
+    assert plain.response == re.sub(r"<think>.*?(</think>|$)", "", off, flags=re.DOTALL)
+    with pytest.raises(ollama.ResponseError, match="does not support thinking"):
+        client.generate(model=MODEL, prompt=QUESTION, think="low", options=THINK_GREEDY)

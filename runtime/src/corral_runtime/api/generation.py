@@ -62,6 +62,7 @@ class Generation:
     stream: GenerationStream
     metrics: RuntimeMetrics
     started_ns: int
+    prompt: str  # as rendered
 
     @property
     def model(self) -> LoadedModel:
@@ -147,4 +148,4 @@ async def start_generation(
     except BaseException:
         lease.release()
         raise
-    return Generation(lease, stream, metrics, started_ns)
+    return Generation(lease, stream, metrics, started_ns, prompt)

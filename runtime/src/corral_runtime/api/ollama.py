@@ -31,11 +31,11 @@ from corral_runtime.api.ollama_protocol import (
     final_fields,
     now_rfc3339,
     parse_format,
-    wants_thinking,
     wire_tool_calls,
 )
 from corral_runtime.api.options import OllamaOptions
 from corral_runtime.api.streaming import ndjson_response
+from corral_runtime.api.thinking import Split, ThinkValue, reasoning_splitter, split_answer
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel, ModelManager
 from corral_runtime.store.catalog import list_models
@@ -80,17 +80,17 @@ async def _load_or_unload(
     return {"model": name, "created_at": now_rfc3339(), **body, "done": True, "done_reason": reason}
 
 
-def _generate_prompt(body: GenerateRequest) -> Any:
+def _generate_prompt(body: GenerateRequest, think: ThinkValue) -> Any:
     def build(model: LoadedModel) -> str:
         if body.raw:
             return body.prompt
         system = body.system if body.system is not None else model.stored.system
         messages = generate_messages(body.prompt, system)
         if not body.template:
-            return model.template.render(messages, suffix=body.suffix)
+            return model.template.render(messages, suffix=body.suffix, think=think)
         try:
             own = GoChatTemplate(body.template, label="the request's template")
-            return own.render(messages, suffix=body.suffix)
+            return own.render(messages, suffix=body.suffix, think=think)
         except TemplateBudgetError:
             raise
         except TemplateError as exc:  # the client's template, not the model's: a 400
@@ -113,6 +113,7 @@ async def generate(
     options = body.validated_options()
     output_format = parse_format(body.format)
     logprobs = body.logprobs_wanted()
+    think = body.think_setting()
     if body.is_load_only:
         return JSONResponse(
             await _load_or_unload(manager, name, keep_alive, options, {"response": ""})
@@ -124,10 +125,8 @@ async def generate(
         options=options,
         output_format=output_format,
         keep_alive=keep_alive,
-        build_prompt=_generate_prompt(body),
-        check=lambda m: check_capabilities(
-            m, think=body.think, images=bool(body.images), tools=False
-        ),
+        build_prompt=_generate_prompt(body, think),
+        check=lambda m: check_capabilities(m, think=think, images=bool(body.images), tools=False),
         logprobs=logprobs,
         context=tuple(body.context or ()),
     )
@@ -142,22 +141,27 @@ async def generate(
             chunk["logprobs"] = token_entries(generation.take_logprobs())
         return chunk
 
+    splitter = reasoning_splitter(generation.model.template.supports_thinking, generation.prompt)
+    show_thinking = think is not False
+
+    def answer(split: Split) -> dict[str, Any]:
+        fields: dict[str, Any] = {"model": name, "created_at": now_rfc3339()}
+        fields["response"] = split.content
+        if show_thinking and split.thinking:
+            fields["thinking"] = split.thinking
+        return fields
+
     if not body.stream:
-        text = await generation.text()
-        return JSONResponse(
-            with_logprobs(
-                {"model": name, "created_at": now_rfc3339(), "response": text, **final(generation)}
-            )
-        )
+        split = split_answer(splitter, await generation.text())
+        return JSONResponse(with_logprobs({**answer(split), **final(generation)}))
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async for piece in generation.pieces():
-            yield with_logprobs(
-                {"model": name, "created_at": now_rfc3339(), "response": piece, "done": False}
-            )
-        yield with_logprobs(
-            {"model": name, "created_at": now_rfc3339(), "response": "", **final(generation)}
-        )
+            split = splitter.feed(piece) if splitter is not None else Split(content=piece)
+            if split.content or (show_thinking and split.thinking):
+                yield with_logprobs({**answer(split), "done": False})
+        rest = splitter.finish() if splitter is not None else Split()
+        yield with_logprobs({**answer(rest), **final(generation)})
 
     return ndjson_response(request.url.path, chunks())
 
@@ -186,16 +190,14 @@ async def chat(
             )
         )
     tools = body.tool_list()
-    think = body.think
+    think = body.think_setting()
 
     def build(model: LoadedModel) -> str:
         stored = model.stored
         messages = with_model_defaults(
             body.chat_messages(), system=stored.system, stored=stored.messages
         )
-        return model.template.render(
-            messages, tools=tools or None, think=None if think is None else wants_thinking(think)
-        )
+        return model.template.render(messages, tools=tools or None, think=think)
 
     generation = await start_generation(
         manager,
@@ -217,38 +219,64 @@ async def chat(
             chunk["logprobs"] = token_entries(generation.take_logprobs())
         return chunk
 
-    def message(content: str, calls: list[Any] | None = None) -> dict[str, Any]:
+    splitter = reasoning_splitter(generation.model.template.supports_thinking, generation.prompt)
+    show_thinking = think is not False
+
+    def message(content: str, calls: list[Any] | None = None, thinking: str = "") -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": content}
+        if show_thinking and thinking:
+            msg["thinking"] = thinking
         if calls:
             msg["tool_calls"] = wire_tool_calls(calls)
         return msg
 
-    def final(g: Generation, content: str, calls: list[Any]) -> dict[str, Any]:
+    def final(g: Generation, content: str, calls: list[Any], thinking: str = "") -> dict[str, Any]:
         return {
             "model": name,
             "created_at": now_rfc3339(),
-            "message": message(content, calls),
+            "message": message(content, calls, thinking),
             **final_fields(g.stats, total_ns=g.total_duration_ns(), load_ns=g.load_duration_ns),
         }
 
     if not body.stream:
-        text = await generation.text()
+        split = split_answer(splitter, await generation.text())
+        text = split.content
         calls = (parse_tool_calls(text, names) if tools else None) or []
-        return JSONResponse(with_logprobs(final(generation, "" if calls else text, calls)))
+        return JSONResponse(
+            with_logprobs(final(generation, "" if calls else text, calls, split.thinking))
+        )
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         buffer = ToolCallBuffer(names) if tools else None
         async for piece in generation.pieces():
-            text = buffer.feed(piece) if buffer is not None else piece
-            if text:
+            split = splitter.feed(piece) if splitter is not None else Split(content=piece)
+            text = buffer.feed(split.content) if buffer is not None else split.content
+            if text or (show_thinking and split.thinking):
                 yield with_logprobs(
                     {
                         "model": name,
                         "created_at": now_rfc3339(),
-                        "message": message(text),
+                        "message": message(text, thinking=split.thinking),
                         "done": False,
                     }
                 )
+        rest = splitter.finish() if splitter is not None else Split()
+        if rest.thinking and show_thinking:
+            yield {
+                "model": name,
+                "created_at": now_rfc3339(),
+                "message": message("", thinking=rest.thinking),
+                "done": False,
+            }
+        if rest.content and buffer is not None:
+            rest = Split(content=buffer.feed(rest.content))
+        if rest.content:
+            yield {
+                "model": name,
+                "created_at": now_rfc3339(),
+                "message": message(rest.content),
+                "done": False,
+            }
         held, calls = buffer.finish() if buffer is not None else ("", [])
         if held or calls:
             yield with_logprobs(

@@ -22,6 +22,7 @@ from corral_runtime.api.keepalive import parse_keep_alive
 from corral_runtime.api.logprobs import requested
 from corral_runtime.api.options import OllamaOptions, validate_options
 from corral_runtime.api.text import ValidText
+from corral_runtime.api.thinking import ThinkValue, parse_think, wants_thinking
 from corral_runtime.engine.manager import LoadedModel
 from corral_runtime.engine.types import GenerationStats, OutputFormat
 from corral_runtime.store.layout import PROJECTOR_LAYER
@@ -57,10 +58,6 @@ def check_role(role: str, allowed: frozenset[str]) -> str:
     return role
 
 
-def wants_thinking(think: Think) -> bool:
-    return think is True or (isinstance(think, str) and think not in ("", "false", "none"))
-
-
 class _Request(ValidText):
     model_config = ConfigDict(extra="ignore")
 
@@ -91,6 +88,9 @@ class _Generating(_Request):
 
     def logprobs_wanted(self) -> int | None:
         return requested(self.logprobs, self.top_logprobs, top_param="top_logprobs")
+
+    def think_setting(self) -> ThinkValue:
+        return parse_think(self.think)
 
 
 class FunctionSpec(BaseModel):
@@ -211,7 +211,7 @@ class ModelRequest(ValidText):
 # -- capability checks -------------------------------------------------------------------------
 
 
-def check_capabilities(model: LoadedModel, *, think: Think, images: bool, tools: bool) -> None:
+def check_capabilities(model: LoadedModel, *, think: ThinkValue, images: bool, tools: bool) -> None:
     name = model.name
     if wants_thinking(think) and not model.template.supports_thinking:
         raise ApiError(400, f'"{name}" does not support thinking')

@@ -34,6 +34,7 @@ from corral_runtime.api.openai_protocol import (
 )
 from corral_runtime.api.options import OllamaOptions
 from corral_runtime.api.streaming import sse_response
+from corral_runtime.api.thinking import Split, reasoning_splitter, split_answer
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel
 from corral_runtime.store.catalog import list_models
@@ -57,12 +58,13 @@ async def chat_completions(
     output_format = body.output_format()
     has_images = any(m.images for m in messages)
     logprobs = body.logprobs_wanted()
+    think = body.think_setting()
 
     def build(model: LoadedModel) -> str:
         # The model's SYSTEM and MESSAGES layers apply here as on /api/chat.
         stored = model.stored
         conversation = with_model_defaults(messages, system=stored.system, stored=stored.messages)
-        return model.template.render(conversation, tools=tools or None)
+        return model.template.render(conversation, tools=tools or None, think=think)
 
     generation = await start_generation(
         manager,
@@ -72,10 +74,13 @@ async def chat_completions(
         output_format=output_format,
         keep_alive=None,
         build_prompt=build,
-        check=lambda m: check_capabilities(m, think=None, images=has_images, tools=bool(tools)),
+        check=lambda m: check_capabilities(m, think=think, images=has_images, tools=bool(tools)),
         logprobs=logprobs,
     )
     completion_id = new_id("chatcmpl")
+    # Reasoning goes to reasoning_content, as OpenAI-compatible servers send it.
+    splitter = reasoning_splitter(generation.model.template.supports_thinking, generation.prompt)
+    show_thinking = think is not False
 
     def taken_logprobs() -> dict[str, Any] | None:
         return chat_logprobs(generation.take_logprobs() if logprobs is not None else None)
@@ -83,12 +88,15 @@ async def chat_completions(
     names = {t.name for t in tools}
 
     if not body.stream:
-        text = await generation.text()
+        split = split_answer(splitter, await generation.text())
+        text = split.content
         calls = (parse_tool_calls(text, names) if tools else None) or []
         stats = generation.stats
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
             message = {"role": "assistant", "content": None, "tool_calls": wire_tool_calls(calls)}
+        if show_thinking and split.thinking:
+            message["reasoning_content"] = split.thinking
         choice = {
             "index": 0,
             "message": message,
@@ -113,9 +121,18 @@ async def chat_completions(
         buffer = ToolCallBuffer(names) if tools else None
         yield chunk({"role": "assistant", "content": ""})
         async for piece in generation.pieces():
-            text = buffer.feed(piece) if buffer is not None else piece
+            split = splitter.feed(piece) if splitter is not None else Split(content=piece)
+            if show_thinking and split.thinking:
+                yield chunk({"reasoning_content": split.thinking})
+            text = buffer.feed(split.content) if buffer is not None else split.content
             if text:
                 yield chunk({"content": text})
+        rest = splitter.finish() if splitter is not None else Split()
+        if show_thinking and rest.thinking:
+            yield chunk({"reasoning_content": rest.thinking})
+        text = buffer.feed(rest.content) if buffer is not None else rest.content
+        if text:
+            yield chunk({"content": text})
         held, calls = buffer.finish() if buffer is not None else ("", [])
         if held:
             yield chunk({"content": held})

@@ -15,6 +15,7 @@ from corral_runtime.api.logprobs import requested
 from corral_runtime.api.ollama_protocol import check_role
 from corral_runtime.api.options import InvalidOptionsError, OllamaOptions, validate_options
 from corral_runtime.api.text import ValidText
+from corral_runtime.api.thinking import ThinkValue, parse_think
 from corral_runtime.engine.types import OutputFormat
 from corral_runtime.templates.messages import (
     OPENAI_ROLE_ALIASES,
@@ -187,9 +188,18 @@ class ChatCompletionRequest(_Request):
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    reasoning_effort: str | None = None  # "low", "medium", "high", or "none": no thinking
 
     def logprobs_wanted(self) -> int | None:
         return requested(self.logprobs, self.top_logprobs, top_param="top_logprobs")
+
+    def think_setting(self) -> ThinkValue:
+        """``reasoning_effort`` as Ollama's ``think`` (unset: the model's default)."""
+        if self.reasoning_effort is None:
+            return None
+        if self.reasoning_effort.strip().lower() == "none":
+            return False
+        return parse_think(self.reasoning_effort, param="reasoning_effort")
 
     def engine_options(self) -> OllamaOptions:
         limit = (

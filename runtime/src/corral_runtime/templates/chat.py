@@ -42,7 +42,7 @@ class ChatTemplate(Protocol):
         messages: list[ChatMessage],
         *,
         tools: list[Tool] | None = None,
-        think: bool | None = None,
+        think: bool | str | None = None,
         suffix: str | None = None,
     ) -> str: ...
 
@@ -119,7 +119,7 @@ class GoChatTemplate:
         messages: list[ChatMessage],
         *,
         tools: list[Tool] | None = None,
-        think: bool | None = None,
+        think: bool | str | None = None,
         suffix: str | None = None,
     ) -> str:
         try:
@@ -132,13 +132,14 @@ class GoChatTemplate:
         messages: list[ChatMessage],
         *,
         tools: list[Tool] | None,
-        think: bool | None,
+        think: bool | str | None,
         suffix: str | None,
     ) -> str:
         base: dict[str, Any] = {
             "Tools": [_tool_record(t) for t in tools or []],
-            "Think": bool(think),
-            "ThinkLevel": "",
+            # Ollama's: a level ("low", "medium", "high") thinks, and is also the level.
+            "Think": think is True or isinstance(think, str),
+            "ThinkLevel": think if isinstance(think, str) else "",
             "IsThinkSet": think is not None,
             "Suffix": suffix or "",
         }

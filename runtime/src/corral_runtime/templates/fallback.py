@@ -91,7 +91,7 @@ class FallbackChatTemplate:
         messages: list[ChatMessage],
         *,
         tools: list[Tool] | None = None,
-        think: bool | None = None,
+        think: bool | str | None = None,
         suffix: str | None = None,
     ) -> str:
         del think, suffix

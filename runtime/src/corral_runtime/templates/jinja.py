@@ -297,7 +297,7 @@ class JinjaChatTemplate:
         messages: list[ChatMessage],
         *,
         tools: list[Tool] | None = None,
-        think: bool | None = None,
+        think: bool | str | None = None,
         suffix: str | None = None,
     ) -> str:
         del suffix  # Jinja chat templates have no fill-in-the-middle slot.
@@ -310,7 +310,11 @@ class JinjaChatTemplate:
         if tools:
             context["tools"] = [tool.to_json() for tool in tools]
         if think is not None:
-            context["enable_thinking"] = think
+            # As llama.cpp and Ollama pass it; a level also as gpt-oss's reasoning_effort.
+            thinking = think is True or isinstance(think, str)
+            context["enable_thinking"] = context["thinking"] = thinking
+            if isinstance(think, str):
+                context["reasoning_effort"] = think
         meter = current_meter()
         pieces: list[str] = []
         try:
