@@ -64,7 +64,8 @@ def test_ollama_images_to_a_projector_model_are_refused(store_client: ollama.Cli
         store_client.generate(
             model="tiny-vision", prompt="Describe", images=[PIXEL], options={"num_predict": 2}
         )
-    # Text alone still runs on such a model.
+    # Nor does the model claim what it cannot do; text alone still runs on it.
+    assert "vision" not in (store_client.show("tiny-vision").capabilities or [])
     assert store_client.generate(model="tiny-vision", prompt="a", options={"num_predict": 2}).done
 
 

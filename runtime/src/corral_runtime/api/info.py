@@ -10,7 +10,7 @@ from typing import Any
 from corral_runtime.engine.manager import LoadedModel, model_template
 from corral_runtime.store.catalog import ModelEntry, model_details
 from corral_runtime.store.gguf import ArrayInfo, read_gguf_metadata
-from corral_runtime.store.layout import PROJECTOR_LAYER, StoredModel
+from corral_runtime.store.layout import StoredModel
 
 FOREVER_RFC3339 = "2318-11-26T00:00:00Z"  # keep_alive < 0: a time that never comes
 
@@ -51,8 +51,7 @@ def capabilities(stored: StoredModel) -> list[str]:
         caps.append("insert")
     if template.supports_thinking:
         caps.append("thinking")
-    if stored.manifest.layer(PROJECTOR_LAYER) is not None:
-        caps.append("vision")
+    # No "vision" for a model with a projector: images are refused until corral runs it.
     return caps
 
 
