@@ -22,7 +22,12 @@ from corral_operator.gateway import kubeapi
 from corral_operator.gateway.app import create_gateway_app
 from corral_operator.gateway.settings import GatewaySettings
 from corral_operator.handlers.context import Context
-from corral_operator.keepalive import KeepAliveSettings, tick
+from corral_operator.keepalive import (
+    ANNOTATION_IDLE_DEADLINE,
+    ANNOTATION_IN_FLIGHT,
+    KeepAliveSettings,
+    tick,
+)
 from corral_operator.kube import Kube
 from corral_operator.settings import OperatorSettings
 
@@ -157,3 +162,55 @@ async def test_keep_alive_scales_an_idle_server_to_zero(
     kubeapi.set_last_request_time(k8s_client, namespace, "idle", now - timedelta(seconds=6))
     tick(ctx, namespace, "idle", now, KeepAliveSettings(), log)
     assert get_server(k8s_client, namespace, "idle")["spec"]["replicas"] == 0
+
+
+async def _annotation(k8s_client: Any, namespace: str, name: str, wanted: Any) -> datetime | None:
+    """The server's idle-deadline annotation once ``wanted(deadline)`` holds and nothing is in
+    flight (the gateway writes activity every 0.5 s here)."""
+    for _ in range(100):
+        annotations = get_server(k8s_client, namespace, name)["metadata"].get("annotations") or {}
+        deadline = kubeapi.parse_time(annotations.get(ANNOTATION_IDLE_DEADLINE))
+        if wanted(deadline) and ANNOTATION_IN_FLIGHT not in annotations:
+            return deadline
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the idle deadline stayed {deadline}")
+
+
+async def test_a_keep_alive_zero_through_the_gateway_undoes_a_forever(
+    gateway: httpx.AsyncClient, k8s_client: Any, namespace: str
+) -> None:
+    # A request's keep_alive -1 keeps the server up past keepAliveSeconds (5 s) up to its
+    # maxKeepAliveSeconds; a later keep_alive 0 lets it go to minReplicas at once.
+    create_ready_model(k8s_client, namespace, "gemma", "gemma3:270m")
+    create_server(k8s_client, namespace, "kept", ["gemma"])
+    await wait_listed(gateway, "gemma3:270m")
+    ctx = Context(kube=Kube(k8s_client), settings=OperatorSettings())
+    log = logging.getLogger("test")
+
+    started = datetime.now(UTC)
+    body = {"model": "gemma3:270m", "prompt": "", "stream": False, "keep_alive": -1}
+    assert (await gateway.post("/api/generate", json=body)).status_code == 504  # no pod here
+    forever = await _annotation(
+        k8s_client,
+        namespace,
+        "kept",
+        lambda d: d is not None and d > started + timedelta(minutes=30),
+    )
+    assert forever is not None and forever <= datetime.now(UTC) + timedelta(hours=1)
+    assert get_server(k8s_client, namespace, "kept")["spec"]["replicas"] == 1
+    later = datetime.now(UTC) + timedelta(minutes=30)
+    tick(ctx, namespace, "kept", later, KeepAliveSettings(), log)
+    assert get_server(k8s_client, namespace, "kept")["spec"]["replicas"] == 1
+
+    body["keep_alive"] = 0
+    assert (await gateway.post("/api/generate", json=body)).status_code == 504
+    now = await _annotation(
+        k8s_client,
+        namespace,
+        "kept",
+        lambda d: d is not None and d < started + timedelta(minutes=30),
+    )
+    assert now is not None
+    # Right away, long before keepAliveSeconds: the model may go now.
+    tick(ctx, namespace, "kept", datetime.now(UTC) + timedelta(seconds=1), KeepAliveSettings(), log)
+    assert get_server(k8s_client, namespace, "kept")["spec"]["replicas"] == 0

@@ -1,5 +1,5 @@
 """The gateway's pure decisions: picker, scale-up, queue admission, activity flushes,
-keep_alive extensions."""
+idle deadlines from the requests' keep_alive."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from corral_operator.gateway.decisions import (
+    ModelKeep,
     decide_scale_up,
     early_endpoints,
-    extended_idle_deadline,
     hold_failure_message,
     may_hold,
     pick_endpoint,
+    server_idle_deadline,
     should_flush_activity,
 )
+from corral_operator.planners.replicas import FOREVER
 
 pytestmark = pytest.mark.unit
 
@@ -118,27 +120,40 @@ class TestActivityFlush:
 
 
 class TestIdleDeadline:
-    def test_keep_alive_pushes_the_deadline(self) -> None:
-        assert extended_idle_deadline(NOW, 600, 3600, None) == NOW + timedelta(seconds=600)
+    """Ollama's keep_alive per model, mapped onto the server: it may go once every model
+    expired."""
 
-    def test_capped(self) -> None:
-        assert extended_idle_deadline(NOW, 10**6, 3600, None) == NOW + timedelta(hours=1)
-        assert extended_idle_deadline(NOW, math.inf, 3600, None) == NOW + timedelta(hours=1)
+    T = NOW.timestamp()
 
-    def test_not_a_number_asks_for_nothing(self) -> None:
-        later = NOW + timedelta(minutes=30)
-        assert extended_idle_deadline(NOW, math.nan, 3600, later) == later
-        assert extended_idle_deadline(NOW, math.nan, 3600, None) is None
+    def deadline(self, max_seconds: float | None = 3600, **models: ModelKeep) -> datetime | None:
+        return server_idle_deadline(
+            models, keep_alive_seconds=300, max_keep_alive_seconds=max_seconds
+        )
 
-    def test_zero_or_absent_never_shortens(self) -> None:
-        later = NOW + timedelta(minutes=30)
-        assert extended_idle_deadline(NOW, 0, 3600, later) == later
-        assert extended_idle_deadline(NOW, None, 3600, later) == later
-        assert extended_idle_deadline(NOW, 0, 3600, None) is None
+    def test_none_while_no_request_set_a_keep_alive(self) -> None:
+        assert self.deadline() is None
+        assert self.deadline(a=ModelKeep(None, self.T)) is None
 
-    def test_a_shorter_request_keeps_the_longer_deadline(self) -> None:
-        later = NOW + timedelta(minutes=30)
-        assert extended_idle_deadline(NOW, 60, 3600, later) == later
+    def test_a_requests_keep_alive_counts_from_the_models_last_activity(self) -> None:
+        assert self.deadline(a=ModelKeep(600, self.T)) == NOW + timedelta(seconds=600)
+        assert self.deadline(a=ModelKeep(60, self.T)) == NOW + timedelta(seconds=60)
+
+    def test_zero_lets_the_server_go_now(self) -> None:
+        assert self.deadline(a=ModelKeep(0, self.T)) == NOW
+
+    def test_forever_is_bounded_by_the_servers_max(self) -> None:
+        assert self.deadline(a=ModelKeep(math.inf, self.T)) == NOW + timedelta(hours=1)
+        assert self.deadline(a=ModelKeep(10**6, self.T)) == NOW + timedelta(hours=1)
+        assert self.deadline(None, a=ModelKeep(math.inf, self.T)) == FOREVER
+        assert self.deadline(None, a=ModelKeep(1e300, self.T)) == FOREVER  # no overflow
+
+    def test_the_furthest_model_decides(self) -> None:
+        # One model let go (0), another without a keep_alive: the server's keepAliveSeconds.
+        both = self.deadline(a=ModelKeep(0, self.T), b=ModelKeep(None, self.T - 100))
+        assert both == NOW + timedelta(seconds=200)
+        assert self.deadline(a=ModelKeep(0, self.T), b=ModelKeep(900, self.T - 100)) == (
+            NOW + timedelta(seconds=800)
+        )
 
 
 def test_hold_failure_message_names_model_and_reason() -> None:

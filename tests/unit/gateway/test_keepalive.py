@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from corral_operator.gateway.metrics import GatewayMetrics
 from corral_operator.keepalive import (
     ANNOTATION_IDLE_DEADLINE,
     ANNOTATION_IN_FLIGHT,
@@ -14,7 +15,7 @@ from corral_operator.keepalive import (
     idle_replicas,
 )
 from corral_operator.planners.modelserver import plan_modelserver
-from corral_operator.planners.replicas import effective_in_flight
+from corral_operator.planners.replicas import FOREVER, effective_in_flight
 from corral_operator.settings import OperatorSettings
 from tests.unit.operator.factories import GEMMA_STATUS, model
 from tests.unit.operator.factories import server as make_server
@@ -61,3 +62,15 @@ def test_the_timer_and_the_reconcile_decide_alike(
     plan = plan_modelserver(srv, {"gemma": ready}, None, OperatorSettings(), NOW)
     requested = srv["spec"].get("replicas", 0)
     assert plan.children[0]["spec"]["replicas"] == (requested if timer is None else timer)
+
+
+def test_the_idle_deadline_gauge() -> None:
+    metrics = GatewayMetrics()
+    metrics.observe_idle_deadline(("ns", "s"), FOREVER)  # maxKeepAliveSeconds -1 and a -1
+    assert b'corral_gateway_idle_deadline_timestamp_seconds{namespace="ns",server="s"} +Inf' in (
+        metrics.exposition()
+    )
+    metrics.observe_idle_deadline(("ns", "s"), NOW)
+    assert b'{namespace="ns",server="s"} 1.7357328e+09' in metrics.exposition()  # NOW
+    metrics.observe_idle_deadline(("ns", "s"), None)  # no request set a keep_alive
+    assert b"corral_gateway_idle_deadline_timestamp_seconds{" not in metrics.exposition()

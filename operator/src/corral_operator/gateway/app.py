@@ -30,6 +30,7 @@ from corral_operator.gateway.protocol import (
     ROUTED,
     Api,
     BadRequestError,
+    Kind,
     api_of_path,
     error_body,
     keep_alive_seconds,
@@ -123,7 +124,9 @@ def create_gateway_app(settings: GatewaySettings, backend: Backend | None = None
         if entry is None:
             metrics.requests.labels(path=path, model="", status="404").inc()
             return JSONResponse(model_not_found(route.api, facts.model), status_code=404)
-        dispatcher.touch(entry.server, keep_alive_seconds(facts.keep_alive))
+        # Each inference request sets its model's keep_alive (none: the server's default).
+        keep = keep_alive_seconds(facts.keep_alive)
+        dispatcher.touch(entry.server, keep, None if route.kind is Kind.SHOW else entry.name)
         proxy: Proxy = request.app.state.proxy
         try:
             response = await proxy.forward(

@@ -24,7 +24,8 @@ KeysListener = Callable[[frozenset[str]], None]
 class ActivityReport:
     last_request_time: datetime
     idle_deadline: datetime | None
-    """The furthest ``keep_alive`` any request asked for (capped), if beyond the spec's."""
+    """When every served model has expired by its latest request's ``keep_alive`` (bounded by
+    the server's maxKeepAliveSeconds); None while no request set one."""
     in_flight: int
 
 

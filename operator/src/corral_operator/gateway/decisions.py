@@ -1,12 +1,15 @@
 """The gateway's decisions as pure functions: which pod takes a request, when to scale a server
-up, whether a held request may queue, when activity is worth writing to the API server, and how
-far a request's ``keep_alive`` pushes its server's idle deadline."""
+up, whether a held request may queue, when activity is worth writing to the API server, and when
+the requests' ``keep_alive`` lets a server go (its idle deadline)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from corral_operator.planners.replicas import FOREVER
 
 
 def pick_endpoint(
@@ -86,24 +89,49 @@ def should_flush_activity(
     return last_flush is None or now - last_flush >= interval
 
 
-def extended_idle_deadline(
-    now: datetime,
-    keep_alive: float | None,
-    cap_seconds: float,
-    current: datetime | None,
-) -> datetime | None:
-    """The idle deadline after a request that asked to stay loaded for ``keep_alive`` seconds.
+@dataclass(frozen=True, slots=True)
+class ModelKeep:
+    """The ``keep_alive`` of a model's latest request through the gateway, and when that
+    model was last active (its requests' start, then their end once the server is idle)."""
 
-    Negative (forever) and oversized values are capped at ``cap_seconds``; 0 or no value asks
-    for nothing, so the deadline never moves earlier than it already is — ``keep_alive: 0``
-    cannot shorten the server's own keepAliveSeconds.
+    keep_alive: float | None
+    """Seconds (``inf``: forever); None: the request set none, the server's keepAliveSeconds."""
+    last: float
+    """Wall-clock seconds."""
+
+
+def server_idle_deadline(
+    models: Mapping[str, ModelKeep],
+    *,
+    keep_alive_seconds: float,
+    max_keep_alive_seconds: float | None,
+) -> datetime | None:
+    """When every model of a server has expired, Ollama's ``keep_alive`` per model mapped onto
+    the server: the furthest of each model's last activity plus its keep_alive (a request's own,
+    at most ``max_keep_alive_seconds``, which None leaves unbounded; else ``keep_alive_seconds``).
+
+    The latest request of a model sets its keep_alive, so a ``keep_alive: 0`` undoes an earlier
+    ``-1``. None while no request set one: the operator then takes ``lastRequestTime +
+    keepAliveSeconds``, and ``FOREVER`` for an unbounded forever.
     """
-    if keep_alive is None or not keep_alive > 0:  # NaN asks for nothing either
-        return current
-    candidate = now + timedelta(seconds=min(keep_alive, cap_seconds))
-    if current is None or candidate > current:
-        return candidate
-    return current
+    if all(m.keep_alive is None for m in models.values()):
+        return None
+    furthest: datetime | None = None
+    for model in models.values():
+        if model.keep_alive is None:
+            keep = keep_alive_seconds
+        elif max_keep_alive_seconds is None:
+            keep = model.keep_alive
+        else:
+            keep = min(model.keep_alive, max_keep_alive_seconds)
+        if math.isinf(keep):
+            return FOREVER
+        try:
+            moment = datetime.fromtimestamp(model.last, UTC) + timedelta(seconds=keep)
+        except (OverflowError, ValueError):
+            return FOREVER
+        furthest = moment if furthest is None else max(furthest, moment)
+    return furthest
 
 
 def hold_failure_message(model: str, waited_seconds: float, reason: str | None) -> str:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,11 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corral_operator.gateway.backend import ActivityReport, Backend
 from corral_operator.gateway.decisions import (
+    ModelKeep,
     decide_scale_up,
     early_endpoints,
-    extended_idle_deadline,
     may_hold,
     pick_endpoint,
+    server_idle_deadline,
     should_flush_activity,
 )
 from corral_operator.gateway.metrics import GatewayMetrics
@@ -59,7 +60,17 @@ class _Activity:
     last: float | None = None
     flushed: float | None = None
     last_flush: float | None = None
-    idle_deadline: datetime | None = None
+    models: dict[str, ModelKeep] = field(default_factory=dict)
+    """The keep_alive of each model's latest request (the key "" stands for direct traffic)."""
+    idle_since: float = float("-inf")
+    """When the server last had nothing in flight: models touched since were in this burst."""
+
+    def settle(self, now: float) -> None:
+        """Nothing is in flight any more: the models of this burst were active until now."""
+        for name, keep in self.models.items():
+            if keep.last >= self.idle_since:
+                self.models[name] = ModelKeep(keep.keep_alive, now)
+        self.idle_since = now
 
 
 class Dispatcher:
@@ -200,6 +211,9 @@ class Dispatcher:
         self.server_held[key] -= 1
         self.metrics.held.labels(model=name).set(self.held[name])
         self.metrics.hold_seconds.labels(model=name).observe(seconds)
+        # News for the activity record: a held request that failed is no longer in flight (its
+        # count would otherwise stay on the server until it went stale).
+        self.touch(key)
 
     def lease(self, key: ServerKey, endpoint: str) -> Lease:
         """One request in flight on ``endpoint``: counted for the picker, the load-based
@@ -222,6 +236,9 @@ class Dispatcher:
             self.server_in_flight[key]
         )
         self.touch(key)
+        if self.server_in_flight[key] <= 0 and self.server_held[key] <= 0:
+            # A model's keep_alive counts from the end of its requests, as in Ollama.
+            self._activity[key].settle(time.time())
 
     # -- scaling -----------------------------------------------------------------------------
 
@@ -315,17 +332,32 @@ class Dispatcher:
 
     # -- activity ----------------------------------------------------------------------------
 
-    def touch(self, key: ServerKey, keep_alive: float | None = None) -> None:
-        """Record activity now; ``keep_alive`` (seconds) may push the idle deadline out."""
+    def touch(
+        self, key: ServerKey, keep_alive: float | None = None, model: str | None = None
+    ) -> None:
+        """Record activity now; a request for ``model`` sets that model's ``keep_alive``
+        (seconds, ``inf`` for forever; None: the server's keepAliveSeconds), as in Ollama."""
         activity = self._activity.setdefault(key, _Activity())
         activity.last = time.time()
-        if keep_alive is not None:
-            activity.idle_deadline = extended_idle_deadline(
-                datetime.now(UTC),
-                keep_alive,
-                self.settings.max_keep_alive_seconds,
-                activity.idle_deadline,
-            )
+        if model is not None:
+            activity.models[normalize_model_name(model)] = ModelKeep(keep_alive, activity.last)
+
+    def idle_deadline(self, key: ServerKey) -> datetime | None:
+        """When every model of the server has expired by its requests' keep_alive (None: no
+        request set one), bounded by the ModelServer's maxKeepAliveSeconds."""
+        activity = self._activity.get(key)
+        if activity is None:
+            return None
+        view = self.snapshot.servers.get(key)
+        keep_alive = 300.0 if view is None else float(view.keep_alive_seconds)
+        bound = (
+            view.max_keep_alive_seconds
+            if view is not None and view.scalable
+            else self.settings.max_keep_alive_seconds
+        )
+        return server_idle_deadline(
+            activity.models, keep_alive_seconds=keep_alive, max_keep_alive_seconds=bound
+        )
 
     def _mark_flushed(self, key: ServerKey) -> None:
         # scale() recorded the activity of this moment already.
@@ -349,9 +381,11 @@ class Dispatcher:
                 continue
             # Requests in flight are activity happening now.
             last = time.time() if in_flight else activity.last
+            deadline = self.idle_deadline(key)
+            self.metrics.observe_idle_deadline(key, deadline)
             report = ActivityReport(
                 last_request_time=datetime.fromtimestamp(last, UTC),
-                idle_deadline=activity.idle_deadline,
+                idle_deadline=deadline,
                 in_flight=in_flight,
             )
             try:
@@ -372,6 +406,10 @@ class Dispatcher:
                 activity = self._activity.setdefault(key, _Activity())
                 if stamp and (activity.last is None or stamp > activity.last):
                     activity.last = stamp
+                    if not self.server_in_flight[key] and not self.server_held[key]:
+                        # Not the gateway's own requests: direct traffic keeps the server
+                        # up for keepAliveSeconds.
+                        activity.models[""] = ModelKeep(None, stamp)
 
     async def _pod_last_request(self, endpoint: str) -> float | None:
         try:

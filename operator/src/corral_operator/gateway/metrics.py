@@ -3,8 +3,14 @@ process in tests)."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from corral_operator.planners.replicas import FOREVER
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -52,11 +58,28 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self.idle_deadline = Gauge(
+            "corral_gateway_idle_deadline_timestamp_seconds",
+            "When every model of a ModelServer has expired by its requests' keep_alive "
+            "(+Inf: never); absent while no request set a keep_alive.",
+            ["namespace", "server"],
+            registry=self.registry,
+        )
         self.retries = Counter(
             "corral_gateway_upstream_retries_total",
             "Requests retried on another pod before their first byte was sent.",
             registry=self.registry,
         )
+
+    def observe_idle_deadline(self, server: tuple[str, str], deadline: datetime | None) -> None:
+        namespace, name = server
+        if deadline is None:
+            with contextlib.suppress(KeyError):
+                self.idle_deadline.remove(namespace, name)
+        elif deadline >= FOREVER:
+            self.idle_deadline.labels(namespace=namespace, server=name).set(math.inf)
+        else:
+            self.idle_deadline.labels(namespace=namespace, server=name).set(deadline.timestamp())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -53,7 +53,12 @@ class GatewaySettings(BaseSettings):
         default=10.0, gt=0, description="At most one lastRequestTime write per server per this."
     )
     max_keep_alive_seconds: float = Field(
-        default=3600.0, ge=0, description="Cap on how far a request's keep_alive extends idleness."
+        default=3600.0,
+        ge=0,
+        description=(
+            "How long after its last request a request's keep_alive may keep a static server's "
+            "models counted as alive (a ModelServer's bound is its spec.maxKeepAliveSeconds)."
+        ),
     )
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     probe_starting_pods: bool = Field(
