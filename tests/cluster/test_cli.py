@@ -162,7 +162,8 @@ def test_deploy_converges_and_the_operator_takes_over(
 
     changed = corral(
         kubeconfig, "deploy", "ollama://gemma3:270m", "-n", namespace,
-        "--max", "3", "--keep-alive", "10m", "--cpu", "500m", "--memory", "1Gi",
+        "--max", "3", "--keep-alive", "10m", "--max-keep-alive", "-1",
+        "--cpu", "500m", "--memory", "1Gi",
     )  # fmt: skip
     assert changed.returncode == 0, changed.stderr
     assert "model.corral.dev/gemma3-270m unchanged" in changed.stdout
@@ -174,6 +175,7 @@ def test_deploy_converges_and_the_operator_takes_over(
     assert server is not None
     assert server["spec"]["maxReplicas"] == 3
     assert server["spec"]["keepAliveSeconds"] == 600
+    assert server["spec"]["maxKeepAliveSeconds"] == -1
     resources = server["spec"]["resources"]
     assert (resources["gpus"], resources["cpu"], resources["memory"]) == (0, "500m", "1Gi")
     managers = {f["manager"] for f in server["metadata"]["managedFields"]}

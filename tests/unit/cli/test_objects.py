@@ -27,6 +27,7 @@ def test_default_deploy() -> None:
             "minReplicas": 0,
             "maxReplicas": 1,
             "keepAliveSeconds": 300,
+            "maxKeepAliveSeconds": 3600,
             "resources": {"gpus": 0},
         },
     }
@@ -39,6 +40,7 @@ def test_every_flag_lands_in_the_spec() -> None:
         min_replicas=1,
         max_replicas=3,
         keep_alive_seconds=60,
+        max_keep_alive_seconds=-1,
         cpu="500m",
         memory="8Gi",
     )
@@ -47,6 +49,7 @@ def test_every_flag_lands_in_the_spec() -> None:
     spec = server_object(request, "ns")["spec"]
     assert spec["models"] == [model["metadata"]["name"]] == ["tiny-q8-0"]
     assert (spec["minReplicas"], spec["maxReplicas"], spec["keepAliveSeconds"]) == (1, 3, 60)
+    assert spec["maxKeepAliveSeconds"] == -1
     assert spec["resources"] == {"gpus": 2, "cpu": "500m", "memory": "8Gi"}
 
 

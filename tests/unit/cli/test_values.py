@@ -29,16 +29,23 @@ pytestmark = pytest.mark.unit
         ("1.5h", 5400),
         (" 2M ", 120),
         ("1m0.6s", 61),
+        ("1500ms", 2),  # Ollama's spellings, as the requests' keep_alive takes them
+        ("1h0m0s", 3600),
     ],
 )
 def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "-1", "-5m", "5x", "m", "5m junk", "1d"])
+@pytest.mark.parametrize("text", ["", "-1", "-5m", "5x", "m", "5m junk", "1d", "nan", "inf"])
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["-1", "-5m", "-1s"])
+def test_a_negative_bound_is_no_bound(text: str) -> None:
+    assert parse_duration(text, forever=True) == -1
 
 
 @pytest.mark.parametrize(

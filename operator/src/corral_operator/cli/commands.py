@@ -81,6 +81,14 @@ def register(subparsers: Any) -> None:
         default="5m",
         help="idle time before scaling to --min: 300, 300s, 5m, 1h (default 5m)",
     )
+    deploy.add_argument(
+        "--max-keep-alive",
+        default="1h",
+        help=(
+            "how long after its last request a request's keep_alive may keep the server up "
+            "(e.g. 30m; -1: no bound; default 1h)"
+        ),
+    )
     deploy.add_argument("--cpu", help="CPU request per replica (e.g. 2 or 500m)")
     deploy.add_argument("--memory", help="memory request and limit per replica (e.g. 8Gi)")
     deploy.set_defaults(func=_reported(cmd_deploy))
@@ -149,6 +157,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             min_replicas=args.min_replicas,
             max_replicas=args.max_replicas,
             keep_alive_seconds=parse_duration(args.keep_alive),
+            max_keep_alive_seconds=parse_duration(args.max_keep_alive, forever=True),
             cpu=args.cpu,
             memory=args.memory,
         )

@@ -18,6 +18,8 @@ class DeployRequest:
     min_replicas: int = 0
     max_replicas: int = 1
     keep_alive_seconds: int = 300
+    max_keep_alive_seconds: int = 3600
+    """How long a request's keep_alive may keep the server up; -1: no bound."""
     cpu: str | None = None
     memory: str | None = None
 
@@ -58,6 +60,7 @@ def server_object(request: DeployRequest, namespace: str) -> dict[str, Any]:
             "minReplicas": request.min_replicas,
             "maxReplicas": request.max_replicas,
             "keepAliveSeconds": request.keep_alive_seconds,
+            "maxKeepAliveSeconds": request.max_keep_alive_seconds,
             "resources": resources,
         },
     }

@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from corral_operator.gateway.protocol import parse_go_duration
+
 DEFAULT_PORT = 11434
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|m|s)")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
 
-def parse_duration(text: str) -> int:
-    """Seconds in ``300``, ``300s``, ``5m``, ``1h30m`` (Ollama's keep-alive spellings, rounded
-    to whole seconds). Negative values ("never unload") have no meaning for a ModelServer,
-    whose ``minReplicas`` says how many replicas stay up."""
+def parse_duration(text: str, *, forever: bool = False) -> int:
+    """Seconds in ``300``, ``300s``, ``5m``, ``1h30m``, ``500ms`` (Ollama's keep-alive spellings,
+    the requests' parser, rounded to whole seconds). A negative value means "no bound" (-1)
+    where ``forever`` allows it; a ModelServer's keepAliveSeconds has no forever (its
+    ``minReplicas`` says how many replicas stay up)."""
     raw = text.strip().lower()
-    if re.fullmatch(r"\d+", raw):
-        return int(raw)
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(raw):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not raw or pos != len(raw):
+    seconds = float(raw) if re.fullmatch(r"-?\d+", raw) else parse_go_duration(raw)
+    if seconds is None or math.isnan(seconds) or math.isinf(seconds):
         raise ValueError(
-            f"invalid duration {text!r}: use seconds (300) or units h, m, s (5m, 1h30m)"
+            f"invalid duration {text!r}: use seconds (300) or units h, m, s, ms (5m, 1h30m)"
         )
-    return round(total)
+    if seconds < 0:
+        if forever:
+            return -1
+        raise ValueError(
+            f"invalid duration {text!r}: it cannot be negative (replicas that stay up: --min)"
+        )
+    return round(seconds)
 
 
 def format_duration(seconds: float) -> str:

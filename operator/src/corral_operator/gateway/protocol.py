@@ -188,7 +188,7 @@ def keep_alive_seconds(value: Any) -> float | None:
         try:
             seconds = float(text)
         except ValueError:
-            parsed = _parse_duration(text)
+            parsed = parse_go_duration(text)
             if parsed is None:
                 return None
             seconds = parsed
@@ -199,7 +199,9 @@ def keep_alive_seconds(value: Any) -> float | None:
     return math.inf if seconds < 0 else seconds
 
 
-def _parse_duration(text: str) -> float | None:
+def parse_go_duration(text: str) -> float | None:
+    """A Go duration (``time.ParseDuration``: ``"5m"``, ``"1h30m"``, ``"-1s"``, ``"300ms"``) in
+    seconds; None when it is none."""
     sign = -1.0 if text.startswith("-") else 1.0
     body = text.lstrip("+-")
     if not body:
