@@ -19,6 +19,7 @@ from corral_runtime.api.options import (
     sampling_params,
     validate_options,
 )
+from corral_runtime.api.thinking import ThinkingSplitter, reasoning_splitter
 from corral_runtime.engine.manager import Lease, LoadedModel, ModelManager
 from corral_runtime.engine.types import (
     GenerationRequest,
@@ -63,6 +64,7 @@ class Generation:
     metrics: RuntimeMetrics
     started_ns: int
     prompt: str  # as rendered
+    logprobs: bool = False  # whether the request asked for them
 
     @property
     def model(self) -> LoadedModel:
@@ -99,10 +101,14 @@ class Generation:
     async def text(self) -> str:
         return "".join([piece async for piece in self.pieces()])
 
-    def take_logprobs(self) -> list[TokenLogprob]:
-        """The log-probabilities of the tokens since the last call (asked for with
-        ``logprobs``): after each piece, those of its tokens; after the last, the rest."""
-        return self.stream.take_logprobs()
+    def take_logprobs(self) -> list[TokenLogprob] | None:
+        """The log-probabilities of the tokens since the last call (None unless asked for):
+        after each piece, those of its tokens; after the last, the rest."""
+        return self.stream.take_logprobs() if self.logprobs else None
+
+    def reasoning_splitter(self) -> ThinkingSplitter | None:
+        """What splits this answer's reasoning out (None: its template has none)."""
+        return reasoning_splitter(self.model.template.supports_thinking, self.prompt)
 
     def close(self) -> None:
         """Give up on a generation that will not be iterated (e.g. a failed handler)."""
@@ -148,4 +154,4 @@ async def start_generation(
     except BaseException:
         lease.release()
         raise
-    return Generation(lease, stream, metrics, started_ns, prompt)
+    return Generation(lease, stream, metrics, started_ns, prompt, logprobs is not None)

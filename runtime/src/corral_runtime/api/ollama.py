@@ -35,7 +35,7 @@ from corral_runtime.api.ollama_protocol import (
 )
 from corral_runtime.api.options import OllamaOptions
 from corral_runtime.api.streaming import ndjson_response
-from corral_runtime.api.thinking import Split, ThinkValue, reasoning_splitter, split_answer
+from corral_runtime.api.thinking import Split, ThinkValue, split_answer
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel, ModelManager
 from corral_runtime.store.catalog import list_models
@@ -99,6 +99,14 @@ def _generate_prompt(body: GenerateRequest, think: ThinkValue) -> Any:
     return build
 
 
+def _with_logprobs(chunk: dict[str, Any], generation: Generation) -> dict[str, Any]:
+    """A chunk with the log-probabilities of its tokens, when the request asked for them."""
+    records = generation.take_logprobs()
+    if records is not None:
+        chunk["logprobs"] = token_entries(records)
+    return chunk
+
+
 @router.post("/api/generate")
 async def generate(
     body: GenerateRequest,
@@ -137,11 +145,9 @@ async def generate(
         return {**fields, "context": list(g.stats.tokens)}
 
     def with_logprobs(chunk: dict[str, Any]) -> dict[str, Any]:
-        if logprobs is not None:
-            chunk["logprobs"] = token_entries(generation.take_logprobs())
-        return chunk
+        return _with_logprobs(chunk, generation)
 
-    splitter = reasoning_splitter(generation.model.template.supports_thinking, generation.prompt)
+    splitter = generation.reasoning_splitter()
     show_thinking = think is not False
 
     def answer(split: Split) -> dict[str, Any]:
@@ -215,11 +221,9 @@ async def chat(
     names = {t.name for t in tools}
 
     def with_logprobs(chunk: dict[str, Any]) -> dict[str, Any]:
-        if logprobs is not None:
-            chunk["logprobs"] = token_entries(generation.take_logprobs())
-        return chunk
+        return _with_logprobs(chunk, generation)
 
-    splitter = reasoning_splitter(generation.model.template.supports_thinking, generation.prompt)
+    splitter = generation.reasoning_splitter()
     show_thinking = think is not False
 
     def message(content: str, calls: list[Any] | None = None, thinking: str = "") -> dict[str, Any]:

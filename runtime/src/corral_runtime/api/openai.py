@@ -34,7 +34,7 @@ from corral_runtime.api.openai_protocol import (
 )
 from corral_runtime.api.options import OllamaOptions
 from corral_runtime.api.streaming import sse_response
-from corral_runtime.api.thinking import Split, reasoning_splitter, split_answer
+from corral_runtime.api.thinking import Split, split_answer
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.engine.manager import LoadedModel
 from corral_runtime.store.catalog import list_models
@@ -79,11 +79,11 @@ async def chat_completions(
     )
     completion_id = new_id("chatcmpl")
     # Reasoning goes to reasoning_content, as OpenAI-compatible servers send it.
-    splitter = reasoning_splitter(generation.model.template.supports_thinking, generation.prompt)
+    splitter = generation.reasoning_splitter()
     show_thinking = think is not False
 
     def taken_logprobs() -> dict[str, Any] | None:
-        return chat_logprobs(generation.take_logprobs() if logprobs is not None else None)
+        return chat_logprobs(generation.take_logprobs())
 
     names = {t.name for t in tools}
 
@@ -180,8 +180,7 @@ async def completions(
 
     def taken_logprobs(text: str) -> dict[str, Any] | None:
         nonlocal answered
-        records = generation.take_logprobs() if logprobs is not None else None
-        taken = completion_logprobs(records, answered)
+        taken = completion_logprobs(generation.take_logprobs(), answered)
         answered += len(text)
         return taken
 
