@@ -336,3 +336,13 @@ def test_generate_passes_think_and_hides_reasoning_when_it_is_off(
     assert plain.response == re.sub(r"<think>.*?(</think>|$)", "", off, flags=re.DOTALL)
     with pytest.raises(ollama.ResponseError, match="does not support thinking"):
         client.generate(model=MODEL, prompt=QUESTION, think="low", options=THINK_GREEDY)
+
+
+def test_openai_fields_not_implemented_are_refused_by_name(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="logit_bias") as raised:
+        oai.chat.completions.create(
+            model=MODEL, messages=[MESSAGE], max_tokens=2, logit_bias={"123": 5}
+        )
+    assert raised.value.body["param"] == "logit_bias"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        oai.completions.create(model=MODEL, prompt="def f(", suffix="\n", max_tokens=2)

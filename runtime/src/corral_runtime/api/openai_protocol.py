@@ -51,6 +51,7 @@ class _Request(ValidText):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     n: int = 1
+    logit_bias: dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -60,6 +61,8 @@ class _Request(ValidText):
     def options(self, max_tokens: int | None) -> OllamaOptions:
         if self.n != 1:
             raise ApiError(400, "only n=1 is supported", param="n")
+        if self.logit_bias:  # refused rather than ignored
+            raise ApiError(400, "logit_bias is not supported yet", param="logit_bias")
         raw: dict[str, Any] = {
             "temperature": (
                 self.temperature if self.temperature is not None else OPENAI_DEFAULT_TEMPERATURE
@@ -274,6 +277,8 @@ class CompletionRequest(_Request):
         return self.prompt[0]
 
     def engine_options(self) -> OllamaOptions:
+        if self.suffix:  # refused rather than ignored: completions here take no template
+            raise ApiError(400, "suffix is not supported", param="suffix")
         return self.options(self.max_tokens)
 
 
