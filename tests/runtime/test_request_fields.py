@@ -346,3 +346,19 @@ def test_openai_fields_not_implemented_are_refused_by_name(oai: openai.OpenAI) -
     assert raised.value.body["param"] == "logit_bias"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError, match="suffix"):
         oai.completions.create(model=MODEL, prompt="def f(", suffix="\n", max_tokens=2)
+
+
+def test_errors_name_the_field_not_the_validator(
+    client: ollama.Client, runtime_server: RunningServer
+) -> None:
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.generate(model=MODEL, prompt="Hi", options={"temperature": "hot"})
+    assert raised.value.error == "invalid option 'temperature': expected a number"
+    response = httpx.post(
+        runtime_server.base_url + "/api/chat",
+        json={"model": MODEL, "messages": [MESSAGE], "keep_alive": [5]},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("invalid request: keep_alive: expected ")
+    assert ".int" not in error and ".str" not in error
