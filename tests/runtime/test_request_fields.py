@@ -26,8 +26,9 @@ AGE_SCHEMA = {
     "properties": {
         "reasoning": {"type": "string", "maxLength": 12},
         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
     },
-    "required": ["reasoning", "age"],
+    "required": ["reasoning", "age", "score"],
     "additionalProperties": False,
 }
 MESSAGE = {"role": "user", "content": "Hi"}
@@ -48,8 +49,9 @@ def oai(runtime_server: RunningServer) -> Iterator[openai.OpenAI]:
 
 def check_age_answer(text: str) -> None:
     answer = json.loads(text)
-    assert list(answer) == ["reasoning", "age"]
+    assert list(answer) == ["reasoning", "age", "score"]
     assert isinstance(answer["age"], int) and 0 <= answer["age"] <= 120, answer
+    assert 0 < answer["score"] <= 10, answer
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -58,7 +60,7 @@ def test_ollama_format_schema_keeps_order_and_bounds(client: ollama.Client, seed
         model=MODEL,
         prompt=PROMPT,
         format=AGE_SCHEMA,
-        options={"temperature": 1.5, "seed": seed, "num_predict": 48},
+        options={"temperature": 1.5, "seed": seed, "num_predict": 64},
     )
     assert response.done_reason == "stop"
     check_age_answer(response.response)
@@ -75,7 +77,7 @@ def test_openai_json_schema_keeps_order_and_bounds(oai: openai.OpenAI, seed: int
         },
         temperature=1.5,
         seed=seed,
-        max_tokens=48,
+        max_tokens=64,
     )
     assert completion.choices[0].finish_reason == "stop"
     check_age_answer(completion.choices[0].message.content or "")
