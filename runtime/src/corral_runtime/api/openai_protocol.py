@@ -118,6 +118,7 @@ class ChatMessageIn(BaseModel):
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier answer's reasoning, sent back
 
     @field_validator("role")
     @classmethod
@@ -159,6 +160,7 @@ class ChatMessageIn(BaseModel):
             tool_calls=tuple(calls),
             tool_name=self.name if role == "tool" else None,
             tool_call_id=self.tool_call_id,
+            thinking=self.reasoning_content,
         )
 
 

@@ -87,3 +87,14 @@ def test_templates_without_thinking_are_not_split() -> None:
         content="<think>x</think>y"
     )
     assert split_answer(reasoning_splitter(True, "<think>"), "x</think>y") == Split("x", "y")
+
+
+def test_openai_reasoning_sent_back_reaches_the_template() -> None:
+    from corral_runtime.api.openai_protocol import ChatMessageIn
+
+    earlier = ChatMessageIn(role="assistant", content="4", reasoning_content="2+2").to_chat()
+    template = GoChatTemplate(
+        "{{ range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}"
+        "{{ .Content }}|{{ end }}"
+    )
+    assert template.render([*HELLO, earlier]) == "Hi|<think>2+2</think>4|"
