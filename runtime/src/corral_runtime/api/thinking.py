@@ -26,6 +26,8 @@ def parse_think(value: ThinkValue, *, param: str = "think") -> ThinkValue:
     if value is None or isinstance(value, bool):
         return value
     level = value.strip().lower()
+    if not level:
+        return None
     if level in THINK_LEVELS:
         return level
     if level in ("true", "false"):

@@ -23,7 +23,7 @@ HELLO = [ChatMessage(role="user", content="Hi")]
 
 
 def test_think_values() -> None:
-    assert parse_think(None) is None
+    assert parse_think(None) is None and parse_think("") is None
     assert parse_think(True) is True and parse_think(False) is False
     assert parse_think("high") == "high" and parse_think(" Low ") == "low"
     assert parse_think("false") is False
