@@ -17,20 +17,27 @@ from typing import Any
 # Beyond this many digits a bound is no bound: llama.cpp's own integer rule stops at 16 digits.
 MAX_DIGITS = 16
 LARGEST = 10**MAX_DIGITS - 1
+_BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
 def integer_bounds(schema: dict[str, Any]) -> tuple[int, int] | None:
     """The inclusive integer range a numeric schema allows (None if it sets no bound).
+    ``exclusiveMinimum``/``exclusiveMaximum`` are numbers, or (JSON Schema draft 4) true to
+    make ``minimum``/``maximum`` exclusive.
 
     Raises ValueError for bounds that are no numbers or leave no integer."""
-    keys = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-    if not any(k in schema for k in keys):
+    bounds = {k: schema[k] for k in _BOUND_KEYS if k in schema}
+    for side in ("Minimum", "Maximum"):
+        flag = bounds.get(f"exclusive{side}")
+        if isinstance(flag, bool):  # draft 4: a flag on minimum/maximum
+            del bounds[f"exclusive{side}"]
+            plain = bounds.get(side.lower())
+            if flag and plain is not None:
+                bounds[f"exclusive{side}"] = bounds.pop(side.lower())
+    if not bounds:
         return None
     low, high = -LARGEST, LARGEST
-    for key in keys:
-        if key not in schema:
-            continue
-        value = schema[key]
+    for key, value in bounds.items():
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
@@ -46,7 +53,7 @@ def integer_bounds(schema: dict[str, Any]) -> tuple[int, int] | None:
         else:
             high = min(high, math.ceil(value) - 1)
     if low > high:
-        raise ValueError("its bounds leave no integer")
+        raise ValueError(f"the bounds {bounds} leave no integer; bounded numbers need one in range")
     return max(low, -LARGEST), min(high, LARGEST)
 
 

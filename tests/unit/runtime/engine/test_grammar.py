@@ -8,6 +8,7 @@ import re
 import pytest
 
 from corral_runtime.engine.grammar import (
+    LARGEST,
     integer_bounds,
     integer_range,
     number_range,
@@ -59,6 +60,10 @@ def test_bounds_read_exclusive_and_fractional_limits() -> None:
     assert integer_bounds({"minimum": 0, "maximum": 120}) == (0, 120)
     assert integer_bounds({"exclusiveMinimum": 0, "exclusiveMaximum": 10}) == (1, 9)
     assert integer_bounds({"minimum": 0.5, "maximum": 2.5}) == (1, 2)
+    # Draft 4's flags make minimum and maximum exclusive.
+    assert integer_bounds({"minimum": 0, "exclusiveMinimum": True, "maximum": 10}) == (1, 10)
+    assert integer_bounds({"maximum": 10, "exclusiveMaximum": True}) == (-LARGEST, 9)
+    assert integer_bounds({"exclusiveMaximum": False}) is None
     with pytest.raises(ValueError, match="no integer"):
         integer_bounds({"minimum": 3, "maximum": 2})
     with pytest.raises(ValueError, match="finite"):
