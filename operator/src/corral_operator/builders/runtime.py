@@ -124,7 +124,9 @@ def _env(server: Mapping[str, Any]) -> list[dict[str, Any]]:
     runtime = spec.get("runtime") or {}
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
-        # Scale-to-zero is the operator's job; inside a pod, loaded models stay loaded.
+        # Scale-to-zero is the operator's job; inside a pod, loaded models stay loaded (-1 is
+        # forever, as a request's keep_alive -1; the gateway maps requests' keep_alive onto
+        # the ModelServer's replicas).
         {"name": "CORRAL_KEEP_ALIVE_SECONDS", "value": "-1"},
         # What the cache holds is the operator's job too (Models and pull Jobs): no client of
         # a pod may create, pull, copy or delete models.
