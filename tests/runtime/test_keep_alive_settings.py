@@ -81,12 +81,31 @@ def test_a_duration_default_sets_the_expiry(
     model_store: ModelStore, tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
 ) -> None:
     with serving_process(model_store.root, *args, log=tmp_path / "serve.log", env=env) as served:
-        before = time.time()
-        _openai_chat(served.base_url)
-        expiry = _expiry(served.base_url)
-        assert expiry is not None and expiry != FOREVER_RFC3339
-        left = datetime.fromisoformat(expiry).timestamp() - before
-        assert 290 <= left <= 310, expiry
+        _expires_in_five_minutes(served.base_url)
+
+
+def _expires_in_five_minutes(base_url: str) -> None:
+    """An OpenAI request (no keep_alive) leaves its model expiring 5 minutes after it ended."""
+    before = time.time()
+    _openai_chat(base_url)
+    after = time.time()
+    expiry = _expiry(base_url)
+    assert expiry is not None and expiry != FOREVER_RFC3339
+    at = datetime.fromisoformat(expiry).timestamp()
+    assert before + 295 <= at <= after + 305, (expiry, before, after)
+
+
+def test_an_openai_request_brings_back_the_default_after_a_forever(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    """As in Ollama, a request without keep_alive gets the server's default, not whatever the
+    model's previous request asked for."""
+    with serving_process(model_store.root, "--keep-alive", "5m", log=tmp_path / "s.log") as served:
+        forever = {"model": MODEL, "prompt": "Hi", "stream": False, "keep_alive": -1}
+        answer = httpx.post(f"{served.base_url}/api/generate", json=forever, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert _expiry(served.base_url) == FOREVER_RFC3339
+        _expires_in_five_minutes(served.base_url)
 
 
 @pytest.mark.parametrize(

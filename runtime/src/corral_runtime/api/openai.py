@@ -72,7 +72,8 @@ async def chat_completions(
         name=body.model,
         options=body.engine_options(),
         output_format=output_format,
-        keep_alive=None,
+        # The OpenAI API carries no keep_alive: the server's default, as Ollama does.
+        keep_alive=settings.keep_alive_seconds,
         build_prompt=build,
         check=lambda m: check_capabilities(m, think=think, images=has_images, tools=bool(tools)),
         logprobs=logprobs,
@@ -158,6 +159,7 @@ async def completions(
     request: Request,
     manager: ManagerDep,
     metrics: MetricsDep,
+    settings: SettingsDep,
 ) -> Response:
     request.state.model = body.model
     prompt = body.text()
@@ -170,7 +172,8 @@ async def completions(
         name=body.model,
         options=body.engine_options(),
         output_format=None,
-        keep_alive=None,
+        # The OpenAI API carries no keep_alive: the server's default, as Ollama does.
+        keep_alive=settings.keep_alive_seconds,
         # The legacy completions API continues plain text: no chat template.
         build_prompt=lambda _model: prompt,
         logprobs=logprobs,
@@ -249,11 +252,14 @@ async def embeddings(
     request: Request,
     manager: ManagerDep,
     metrics: MetricsDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     request.state.model = body.model
     inputs = body.inputs()
     metrics.touch()
-    lease, _ = await acquire_model(manager, body.model, OllamaOptions(), None)
+    lease, _ = await acquire_model(
+        manager, body.model, OllamaOptions(), settings.keep_alive_seconds
+    )
     async with lease:
         result = await lease.model.worker.embed(inputs, truncate=True)
     data = []
