@@ -133,8 +133,7 @@ def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
     """Whether a browser page from ``origin`` may call (see ``_origin_pattern``)."""
     origin = origin.strip().lower()
     return any(
-        _origin_pattern(pattern).fullmatch(origin)
-        for pattern in (*DEFAULT_ORIGINS, *allowed)
+        _origin_pattern(pattern).fullmatch(origin) for pattern in (*DEFAULT_ORIGINS, *allowed)
     )
 
 
