@@ -11,6 +11,7 @@ the refusal should mention. Nothing here is checked in as a binary.
 from __future__ import annotations
 
 import random
+import string
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -184,17 +185,19 @@ def tiny_model(seed: int = 0) -> GGUFSpec:
 
 
 def model_of_size(size: int, seed: int = 0) -> bytes:
-    """The tiny model and one more tensor of seeded random bytes: a valid model file of about
-    ``size`` bytes, for tests that move large files (pulls in many parts) rather than run them."""
+    """The tiny model with one more metadata string of seeded random letters: a model file of
+    about ``size`` bytes (exactly, when it is a multiple of the alignment, 32) that llama.cpp
+    loads like the tiny model, for tests that move large files (pulls in many parts). llama.cpp
+    ignores metadata it does not know, where an extra tensor would fail its tensor count."""
     base = tiny_model(seed)
+    letters = string.ascii_letters.encode()
+    table = bytes(letters[i % len(letters)] for i in range(256))
 
-    def padded(data: bytes) -> bytes:
-        tensor = Tensor("corral.padding", (len(data),), data, GGML_I8)
-        return encode(replace(base, tensors=(*base.tensors, tensor)))
+    def padded(length: int) -> bytes:
+        text = random.Random(seed).randbytes(length).translate(table)
+        return encode(replace(base, kvs=(*base.kvs, KV("corral.padding", STRING, text))))
 
-    # Exactly ``size`` bytes when it is a multiple of the alignment (32).
-    padding = max(0, size - len(padded(b"")))
-    return padded(random.Random(seed).randbytes(padding))
+    return padded(max(0, size - len(padded(0))))
 
 
 # -- the malformed variants ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from corral_operator.settings import OperatorSettings
 from tests.cluster.operator.support import Cluster, NodeAgent, Operator, wait_for
+from tests.support.gguf_corpus import model_of_size
 from tests.support.nodeagent.imagemap import image_repository
 from tests.support.registry import TestRegistry, running_registry
 
@@ -66,7 +67,9 @@ def registry(node_agent: NodeAgent, tmp_path: Path) -> Iterator[TestRegistry]:
 def test_progress_moves_while_the_pull_runs_and_ends_at_the_size(
     node_agent: NodeAgent, registry: TestRegistry, cluster: Cluster, operator: Operator
 ) -> None:
-    registry.add_model("library", "tiny", "1", os.urandom(BLOB_MIB << 20), template="{{ .Prompt }}")
+    # A model file the pull's checks accept (a GGUF llama.cpp loads), of BLOB_MIB MiB.
+    blob = model_of_size(BLOB_MIB << 20, seed=int.from_bytes(os.urandom(8)))
+    registry.add_model("library", "tiny", "1", blob, template="{{ .Prompt }}")
     registry.faults.slow_seconds_per_mib = SECONDS_PER_MIB
     source = f"ollama://{registry.host}/library/tiny:1"
     cluster.create(
