@@ -28,6 +28,10 @@ down: ## Stop everything `make up` started (logs stay in .stack/logs)
 run: install ## Serve the bundled test model on 127.0.0.1:11434 without Kubernetes (corral serve)
 	$(VENV)/bin/corral serve
 
+.PHONY: images
+images: install ## Build the runtime and operator images with buildah (cached by content) as OCI archives
+	@bash scripts/build-images.sh $(IMAGES_ARGS)
+
 .PHONY: control-plane
 control-plane: ## Build (once, cached) the Kubernetes control-plane binaries
 	@bash scripts/build-control-plane.sh

@@ -113,3 +113,17 @@ def test_dockerignore_admits_only_package_sources() -> None:
     for name, dockerfile in DOCKERFILES.items():
         for source in re.findall(r"^COPY (?!--from)(\S+)", dockerfile.read_text(), flags=re.M):
             assert any(source.startswith(a.rstrip("/")) for a in admitted), (name, source)
+
+
+@pytest.mark.parametrize("name", ["runtime", "operator"])
+def test_base_and_wheels_can_come_from_the_build(name: str) -> None:
+    """`make images` passes a locally made base and installs wheels it collected, offline; a
+    plain `docker build` still starts from the public image and fetches what is missing."""
+    text = DOCKERFILES[name].read_text()
+    assert _args(text)["PYTHON_IMAGE"].startswith("python:3.11")
+    assert re.search(rf"^COPY {name}/wheels/ /wheels/$", text, flags=re.M)
+    assert re.search(r"^ARG PIP_NO_INDEX$", text, flags=re.M)
+    assert "PIP_FIND_LINKS=/wheels" in text
+    if name == "runtime":
+        # The compilers only when there is no llama-cpp-python wheel to install.
+        assert "if ! ls /wheels/llama_cpp_python-*.whl" in text
