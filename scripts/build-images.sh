@@ -37,7 +37,7 @@ fi
 missing=()
 command -v buildah >/dev/null || missing+=(buildah)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
-if [ -n "$IMPORT" ] && ! command -v ctr >/dev/null; then missing+=(containerd); fi
+command -v ctr >/dev/null || missing+=(containerd) # what runs them: a node, the image tests
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing ${missing[*]} (Debian packages)"
   apt-get update -qq
@@ -45,6 +45,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock 9 # one build at a time: builds share the store and the contexts
 STORE="$OUT/buildah"
 buildah_() {
   buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs "$@"
@@ -77,8 +79,9 @@ collect_wheels() { # package -> directory of wheels
   if [ ! -d "$dir" ]; then
     echo "==> collecting the wheels $pkg depends on" >&2
     rm -rf "$dir.part"
-    "$PYTHON" -m pip wheel --quiet --find-links "$WHEELS" --wheel-dir "$dir.part" "./$pkg" >&2
-    "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$dir.part" "setuptools>=77" >&2
+    { "$PYTHON" -m pip wheel --quiet --find-links "$WHEELS" --wheel-dir "$dir.part" "./$pkg" &&
+      "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$dir.part" "setuptools>=77"; } \
+      >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log" >&2; exit 1; }
     rm -f "$dir.part"/corral_*.whl # the package itself is installed from its sources
     mv "$dir.part" "$dir"
   fi

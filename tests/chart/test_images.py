@@ -210,7 +210,7 @@ def _mounts_under(directory: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def containerd(images: dict[str, Image]) -> Iterator[Containerd]:
     if shutil.which("containerd") is None or shutil.which("ctr") is None:
-        pytest.fail("containerd is missing: scripts/build-images.sh --import installs it")
+        pytest.fail("containerd is missing: scripts/build-images.sh installs it")
     directory = Path(tempfile.mkdtemp(prefix="corral-containerd-"))
     daemon = Containerd(directory)
     try:
