@@ -41,7 +41,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.support when run as a script
+
+from tests.support.serveproc import running_process  # noqa: E402
 
 LEVELS = (1, 4, 8, 16)
 CACHE = Path.home() / ".cache" / "corral"
@@ -144,34 +148,18 @@ class Level:
 
 @contextmanager
 def running(server: Server, port: int, log: Path) -> Iterator[str]:
-    base = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            server.command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **server.env}
-        )
+    """``server`` on ``port`` until the block ends (llama-server and llama-cpp-python's server
+    have no /healthz: /v1/models answers once each is up)."""
+    with ExitStack() as stack:
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(base + "/v1/models", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    out.flush()
-                    tail = log.read_text(errors="replace").splitlines()[-15:]
-                    raise SystemExit(
-                        f"{server.name} did not start; its log ends:\n" + "\n".join(tail)
-                    )
-                time.sleep(0.2)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            served = stack.enter_context(
+                running_process(
+                    server.name, server.command, port, log, server.env, 120, "/v1/models"
+                )
+            )
+        except RuntimeError as exc:  # it did not start: the message ends with its log's tail
+            raise SystemExit(str(exc)) from exc
+        yield served.base_url
 
 
 async def one_completion(

@@ -100,9 +100,10 @@ def running_process(
     log: Path,
     env: dict[str, str],
     start_timeout: float,
+    ready_path: str = "/healthz",
 ) -> Iterator[ServedProcess]:
     """``command`` (called ``name`` in errors), serving HTTP on 127.0.0.1:``port``, until the
-    block ends."""
+    block ends; started once ``ready_path`` answers 200."""
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -113,7 +114,7 @@ def running_process(
             deadline = time.monotonic() + start_timeout
             while True:
                 try:
-                    if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+                    if httpx.get(base + ready_path, timeout=5).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
