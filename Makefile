@@ -59,12 +59,12 @@ typecheck: install ## mypy (strict) over both packages
 
 .PHONY: cluster
 cluster: install control-plane ## Start the control plane in the background; kubeconfig in .cluster/kubeconfig
-	$(PY) -m tests.support.controlplane up --dir .cluster
+	$(PY) -m devstack.controlplane up --dir .cluster
 
 .PHONY: cluster-down
 cluster-down: ## Stop the control plane and remove its state
-	@if [ -x $(PY) ]; then $(PY) -m tests.support.controlplane down --dir .cluster; \
-	else python3 -m tests.support.controlplane down --dir .cluster; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack.controlplane down --dir .cluster; \
+	else python3 -m devstack.controlplane down --dir .cluster; fi
 
 .PHONY: generate
 generate: install ## Regenerate the chart's CRDs from crds/ and manifests/install.yaml from the chart

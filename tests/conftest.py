@@ -23,7 +23,7 @@ from corral_runtime.instructmodel import instruct_model_path as _instruct_model_
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import ensure_test_model
 from corral_runtime.testmodel import test_model_path as _test_model_path
-from tests.support.controlplane import ControlPlane
+from devstack.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / ".tools" / "bin"

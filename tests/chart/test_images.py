@@ -26,7 +26,7 @@ import pytest
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TEST_MODEL_NAME, ensure_test_model
 from tests.chart.chart import ROOT
-from tests.support.controlplane import free_port
+from devstack.controlplane import free_port
 
 pytestmark = pytest.mark.chart
 

@@ -27,7 +27,7 @@ from corral_operator import api
 from corral_runtime.store.layout import ModelStore
 from tests.cluster.operator.support import Cluster, Operator, wait_for
 from tests.conftest import TOOLS_BIN
-from tests.support.controlplane import free_port
+from devstack.controlplane import free_port
 
 pytestmark = pytest.mark.cluster
 

@@ -24,7 +24,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.support import poll
+from devstack import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests" / "samples" / "gemma3-270m.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e_local.support import brought_down_cleanly
-from tests.support.controlplane import ControlPlane, free_port
+from devstack.controlplane import ControlPlane, free_port
 from tests.support.stack import Stack
 
 # The session gateway: a generous hold deadline (a cold pod loads the model on 2 busy cores),

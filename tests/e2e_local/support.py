@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.controlplane import _alive
+from devstack.controlplane import _alive
 from tests.support.nodeagent.network import list_netns
 from tests.support.stack import SAMPLE, Stack, wait_for
 

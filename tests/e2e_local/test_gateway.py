@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.e2e_local.support import MESSAGES, OPTIONS, deploy, server_pods
-from tests.support.controlplane import free_port
+from devstack.controlplane import free_port
 from tests.support.stack import Stack, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -20,7 +20,7 @@ from tests.e2e_local.support import (
     ready_pod,
     server_pods,
 )
-from tests.support.controlplane import _alive
+from devstack.controlplane import _alive
 from tests.support.nodeagent.network import list_netns
 from tests.support.stack import Stack, wait_for
 

@@ -164,7 +164,7 @@ def test_unknown_model_is_one_error_line(runtime_server: RunningServer) -> None:
 
 
 def test_nothing_listening_is_one_error_line() -> None:
-    from tests.support.controlplane import free_port
+    from devstack.controlplane import free_port
 
     result = corral("run", MODEL, "hi", "--host", f"127.0.0.1:{free_port()}")
     assert result.returncode == 1

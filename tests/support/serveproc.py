@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.controlplane import free_port
+from devstack.controlplane import free_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
-from tests.support import poll
-from tests.support.controlplane import free_port
+from devstack import poll
+from devstack.controlplane import free_port
 
 T = TypeVar("T")
 CRDS = Path(__file__).resolve().parents[3] / "crds"

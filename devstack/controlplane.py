@@ -3,8 +3,8 @@ and kube-scheduler, built from Debian's packages by scripts/build-control-plane.
 
 Used by the pytest ``cluster`` fixture and by ``make cluster`` / ``make cluster-down``::
 
-    python -m tests.support.controlplane up   [--dir .cluster]
-    python -m tests.support.controlplane down [--dir .cluster]
+    python -m devstack.controlplane up   [--dir .cluster]
+    python -m devstack.controlplane down [--dir .cluster]
 
 RBAC is on; an admin (group system:masters) authenticates with a static token written into the
 kubeconfig. Nothing runs pods: the scheduler binds them to Nodes created through the API.
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KUBE_DEB_VERSION = "1.20.5+really1.20.2-1.1+deb12u1"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CACHE_ROOT = Path(
     os.environ.get("CORRAL_CACHE")
     or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "corral"
