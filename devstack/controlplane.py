@@ -46,6 +46,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 SERVICE_CIDR = "10.96.0.0/12"
 # The first address of SERVICE_CIDR: the ClusterIP the API server gives the `kubernetes` Service.
 SERVICE_ADDRESS = "10.96.0.1"
+NODE_PORT_RANGE = "11434-32767"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -198,6 +199,10 @@ class ControlPlane:
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=Node,RBAC",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # The node's InternalIP, for logs, exec and port-forward (there is no DNS).
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                # A NodePort can be Ollama's port, so the gateway answers on 127.0.0.1:11434.
+                f"--service-node-port-range={NODE_PORT_RANGE}",
                 "--allow-privileged=false",
                 "--insecure-port=0",
                 "--enable-priority-and-fairness=false",

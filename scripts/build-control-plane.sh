@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager and kube-scheduler from Debian bookworm's
-# `kubernetes` source package, and install etcd from Debian, for the test control plane.
+# Build the local cluster's Kubernetes binaries from Debian bookworm's `kubernetes` source
+# package, and install etcd from Debian:
+# - the control plane: kube-apiserver, kube-controller-manager, kube-scheduler;
+# - the node (devstack/node.py): kubelet, kube-proxy, the pause binary (build/pause/linux/pause.c,
+#   static) and corral-fake-gpu (devstack/fakegpu, a device plugin built against the tree's
+#   vendored device-plugin API).
 #
-# The binaries are cached outside the checkout, keyed by the Debian version, so only the first
-# run on a machine pays for the build (about 7 minutes on 2 cores).
+# The binaries are cached outside the checkout, keyed by the Debian version (the device plugin
+# also by the hash of its source), so only the first run on a machine pays for the build (about
+# 10 minutes on 2 cores).
 set -euo pipefail
 
 KUBE_DEB_VERSION="${KUBE_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
 CACHE_ROOT="${CORRAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/corral}"
 OUT="$CACHE_ROOT/kube/$KUBE_DEB_VERSION"
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PLUGIN_SRC="$ROOT/devstack/fakegpu/main.go"
+PLUGIN_KEY="$(sha256sum "$PLUGIN_SRC" | cut -c1-16)"
+
+plugin_ok() { [ -x "$OUT/bin/corral-fake-gpu" ] && [ "$(cat "$OUT/bin/corral-fake-gpu.key" 2>/dev/null)" = "$PLUGIN_KEY" ]; }
 
 have_all() {
-  for b in "${BINARIES[@]}"; do [ -x "$OUT/bin/$b" ] || return 1; done
+  for b in "${BINARIES[@]}" pause; do [ -x "$OUT/bin/$b" ] || return 1; done
+  plugin_ok || return 1
   command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || return 1
 }
 
@@ -27,10 +38,11 @@ SUDO=""
 echo "==> installing build dependencies and etcd from Debian"
 $SUDO apt-get update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-  golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev >/dev/null
+  golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev gcc libc6-dev >/dev/null
 
-for b in "${BINARIES[@]}"; do [ -x "$OUT/bin/$b" ] || missing=1; done
-if [ -z "${missing:-}" ]; then exit 0; fi
+WHAT=()
+for b in "${BINARIES[@]}"; do [ -x "$OUT/bin/$b" ] || WHAT+=("cmd/$b"); done
+if [ ${#WHAT[@]} -eq 0 ] && [ -x "$OUT/bin/pause" ] && plugin_ok; then exit 0; fi
 
 WORK="$CACHE_ROOT/kube/build-$KUBE_DEB_VERSION"
 rm -rf "$WORK"
@@ -63,13 +75,29 @@ rm -rf "$WORK/src/vendor/github.com/modern-go/reflect2"
 cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$WORK/src/vendor/github.com/modern-go/reflect2"
 rm -f "$WORK/src/vendor/github.com/modern-go/reflect2/go.mod"
 
-echo "==> building (several minutes)"
-(cd "$WORK/src" && CGO_ENABLED=0 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler")
-
 mkdir -p "$OUT/bin"
-for b in "${BINARIES[@]}"; do
-  install -m 0755 "$WORK/src/_output/bin/$b" "$OUT/bin/$b.tmp"
-  mv "$OUT/bin/$b.tmp" "$OUT/bin/$b"
-done
+put() { install -m 0755 "$1" "$OUT/bin/$2.tmp" && mv "$OUT/bin/$2.tmp" "$OUT/bin/$2"; }
+
+if [ ${#WHAT[@]} -gt 0 ]; then
+  echo "==> building ${WHAT[*]} (several minutes)"
+  (cd "$WORK/src" && CGO_ENABLED=0 make WHAT="${WHAT[*]}")
+  for w in "${WHAT[@]}"; do put "$WORK/src/_output/bin/${w#cmd/}" "${w#cmd/}"; done
+fi
+
+if [ ! -x "$OUT/bin/pause" ]; then
+  echo "==> building the pause binary"
+  gcc -Os -static -Wall -Werror -o "$WORK/pause" "$WORK/src/build/pause/linux/pause.c"
+  strip "$WORK/pause" 2>/dev/null || true
+  put "$WORK/pause" pause
+fi
+
+if ! plugin_ok; then
+  echo "==> building corral-fake-gpu (the node's device plugin)"
+  mkdir -p "$WORK/src/cmd/corral-fake-gpu"
+  cp "$PLUGIN_SRC" "$WORK/src/cmd/corral-fake-gpu/main.go"
+  (cd "$WORK/src" && CGO_ENABLED=0 make WHAT=cmd/corral-fake-gpu)
+  put "$WORK/src/_output/bin/corral-fake-gpu" corral-fake-gpu
+  echo "$PLUGIN_KEY" > "$OUT/bin/corral-fake-gpu.key"
+fi
 rm -rf "$WORK"
 echo "control plane binaries cached in $OUT/bin"
