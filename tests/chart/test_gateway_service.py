@@ -16,7 +16,8 @@ pytestmark = pytest.mark.chart
 
 def _gateway_port(*args: str) -> Mapping[str, Any]:
     service = one(render(*args), "Service", "corral-gateway")
-    [port] = service["spec"]["ports"]
+    ports: list[Mapping[str, Any]] = service["spec"]["ports"]
+    [port] = ports
     return port
 
 
