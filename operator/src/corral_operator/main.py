@@ -8,10 +8,13 @@ runs the same reconcile function, which reads the current state and converges it
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity
 
 from corral_operator import api, keepalive
 from corral_operator.handlers import models, modelservers, startup
@@ -136,12 +139,20 @@ if TIMERS.resync_seconds > 0:
         )(_resync)
 
 
+def identity(hostname: str, pid: int) -> str:
+    """The operator's identity among kopf peers: the pod's name (its hostname) and the process.
+    kopf's own default asks the password database for the user's name, which a container running
+    as an arbitrary uid (runAsUser 65532, OpenShift's random uids) does not have."""
+    return f"corral-operator@{hostname}/{pid}"
+
+
 def main() -> None:
     """``corral-operator``: run the operator on the namespaces from the settings."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = OperatorSettings()
     kopf.run(
         standalone=True,
+        identity=Identity(identity(socket.gethostname(), os.getpid())),
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness_endpoint,
