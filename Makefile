@@ -16,13 +16,17 @@ install: ## Create .venv and install corral, its dev tools, helm and kubectl
 	@bash scripts/setup.sh
 
 .PHONY: up
-up: install control-plane ## Start the whole stack: control plane, node agent, operator, gateway on 127.0.0.1:11434, sample model
-	$(PY) -m tests.support.stack up --dir .stack
+up: install control-plane node-deps ## Start corral on a local cluster (control plane, a real node, the chart with images built here); gateway on 127.0.0.1:11434, sample model Ready
+	$(PY) -m devstack up --dir .stack
 
 .PHONY: down
-down: ## Stop everything `make up` started (logs stay in .stack/logs)
-	@if [ -x $(PY) ]; then $(PY) -m tests.support.stack down --dir .stack; \
-	else python3 -m tests.support.stack down --dir .stack; fi
+down: ## Stop everything `make up` started and remove what it made on this machine (logs stay in .stack/logs)
+	@if [ -x $(PY) ]; then $(PY) -m devstack down --dir .stack; \
+	else python3 -m devstack down --dir .stack; fi
+
+.PHONY: node-deps
+node-deps: ## Install what the local node runs (containerd, runc, CNI plugins, iptables, buildah) from Debian
+	@bash scripts/node-deps.sh
 
 .PHONY: run
 run: install ## Serve the bundled test model on 127.0.0.1:11434 without Kubernetes (corral serve)
@@ -33,11 +37,11 @@ images: install ## Build the runtime and operator images with buildah (cached by
 	@bash scripts/build-images.sh $(IMAGES_ARGS)
 
 .PHONY: control-plane
-control-plane: ## Build (once, cached) the Kubernetes control-plane binaries
+control-plane: ## Build (once, cached) the Kubernetes binaries: control plane, kubelet, kube-proxy, pause, fake GPU plugin
 	@bash scripts/build-control-plane.sh
 
 .PHONY: test
-test: install control-plane ## Run every test tier this machine can run
+test: install control-plane node-deps images ## Run every test tier this machine can run
 	$(PY) -m pytest -m "not e2e_kind" $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -77,6 +81,6 @@ check-generated: install ## Fail when the chart's CRDs or manifests/install.yaml
 	bash scripts/render-manifests.sh --check
 
 .PHONY: bench
-bench: install control-plane ## Run the benchmarks under bench/ (each prints ratios against a reference)
+bench: install control-plane node-deps images ## Run the benchmarks under bench/ (each prints ratios against a reference)
 	@bash bench/setup_references.sh
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -400,6 +400,7 @@ class Node:
         preflight()
         if self.state_dir.exists():
             self.stop()
+        shutil.rmtree(self.logs, ignore_errors=True)
         self._take_lock()
         for d in ("logs", "cni/net.d", "cni/ipam", "containerd", "kubelet", "volumes"):
             (self.state_dir / d).mkdir(parents=True, exist_ok=True)
@@ -627,7 +628,11 @@ class Node:
         if record:
             self._clean_machine(record)
         _unmount_under(self.state_dir)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        # The logs stay for a look after the fact; the next start replaces them.
+        if self.state_dir.is_dir():
+            for entry in self.state_dir.iterdir():
+                if entry.name != "logs":
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
         self._release_lock()
 
     def _kill_shims(self) -> None:

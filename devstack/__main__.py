@@ -1,0 +1,5 @@
+"""``python -m devstack up|down|status``: see devstack.stack."""
+
+from devstack.stack import main
+
+raise SystemExit(main())
