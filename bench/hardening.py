@@ -39,6 +39,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support when run as a script
 
+from corral_runtime.store.digests import blob_filename  # noqa: E402
+from corral_runtime.store.layout import TEMPLATE_LAYER, ModelStore  # noqa: E402
+from corral_runtime.testmodel import ensure_test_model  # noqa: E402
 from tests.support.gguf_corpus import encode, malformed_variants, tiny_model  # noqa: E402
 from tests.support.registry import TestRegistry, running_registry  # noqa: E402
 from tests.support.serveproc import (  # noqa: E402
@@ -46,10 +49,6 @@ from tests.support.serveproc import (  # noqa: E402
     gateway_process,
     serving_process,
 )
-
-from corral_runtime.store.digests import blob_filename  # noqa: E402
-from corral_runtime.store.layout import TEMPLATE_LAYER, ModelStore  # noqa: E402
-from corral_runtime.testmodel import ensure_test_model  # noqa: E402
 
 MODEL = "gemma3:270m"
 SECRET = "corral-bench-secret-outside-the-store"

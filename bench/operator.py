@@ -26,8 +26,8 @@ from kubernetes import client, config, watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.operator.support import Cluster, Operator, wait_for  # noqa: E402
 from devstack.controlplane import ControlPlane  # noqa: E402
+from tests.cluster.operator.support import Cluster, Operator, wait_for  # noqa: E402
 
 SINGLE = 50
 BULK = 100

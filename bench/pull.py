@@ -30,10 +30,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.registry import running_registry  # noqa: E402
-
 from corral_runtime.store.layout import ModelStore  # noqa: E402
 from corral_runtime.store.pull import Puller, PullOptions  # noqa: E402
+from tests.support.registry import running_registry  # noqa: E402
 
 RUNS = 5
 

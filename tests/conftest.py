@@ -23,7 +23,9 @@ from corral_runtime.instructmodel import instruct_model_path as _instruct_model_
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import ensure_test_model
 from corral_runtime.testmodel import test_model_path as _test_model_path
+from devstack import images
 from devstack.controlplane import ControlPlane
+from devstack.node import Node
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / ".tools" / "bin"
@@ -111,6 +113,25 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A real node joined to the session's control plane (``devstack.node``: containerd, the
+    kubelet, kube-proxy, two fake GPUs, the default StorageClass), holding the images built from
+    this tree under the names the chart and the operator ask for. Started by the first test that
+    needs pods to run; a node that cannot start fails that test loudly (nothing is skipped)."""
+    state = tmp_path_factory.mktemp("node")
+    built = images.build(state.parent / "images.log")
+    running = Node(state / "state", control_plane.kubeconfig, gpus=2)
+    running.start([image.archive for image in built])
+    try:
+        public = images.public_names()
+        for image in built:
+            running.tag(image.ref, public[image.name])
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="session")

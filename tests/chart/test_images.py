@@ -25,8 +25,8 @@ import pytest
 
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TEST_MODEL_NAME, ensure_test_model
-from tests.chart.chart import ROOT
 from devstack.controlplane import free_port
+from tests.chart.chart import ROOT
 
 pytestmark = pytest.mark.chart
 

@@ -25,9 +25,9 @@ import pytest
 
 from corral_operator import api
 from corral_runtime.store.layout import ModelStore
+from devstack.controlplane import free_port
 from tests.cluster.operator.support import Cluster, Operator, wait_for
 from tests.conftest import TOOLS_BIN
-from devstack.controlplane import free_port
 
 pytestmark = pytest.mark.cluster
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_local.support import brought_down_cleanly
 from devstack.controlplane import ControlPlane, free_port
+from tests.e2e_local.support import brought_down_cleanly
 from tests.support.stack import Stack
 
 # The session gateway: a generous hold deadline (a cold pod loads the model on 2 busy cores),

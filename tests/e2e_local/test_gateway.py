@@ -16,8 +16,8 @@ import ollama
 import openai
 import pytest
 
-from tests.e2e_local.support import MESSAGES, OPTIONS, deploy, server_pods
 from devstack.controlplane import free_port
+from tests.e2e_local.support import MESSAGES, OPTIONS, deploy, server_pods
 from tests.support.stack import Stack, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -11,6 +11,7 @@ from pathlib import Path
 import ollama
 import pytest
 
+from devstack.controlplane import _alive
 from tests.e2e_local.support import (
     MESSAGES,
     OPTIONS,
@@ -20,7 +21,6 @@ from tests.e2e_local.support import (
     ready_pod,
     server_pods,
 )
-from devstack.controlplane import _alive
 from tests.support.nodeagent.network import list_netns
 from tests.support.stack import Stack, wait_for
 

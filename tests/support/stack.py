@@ -40,10 +40,10 @@ import yaml
 
 from corral_operator.settings import OperatorSettings
 from corral_runtime.testmodel import test_model_path
-from tests.cluster.operator.support import Operator
 from devstack.controlplane import ControlPlane, _alive, _signal_group
-from tests.support.nodeagent.network import kill_netns, list_netns
 from devstack.poll import wait_for
+from tests.cluster.operator.support import Operator
+from tests.support.nodeagent.network import kill_netns, list_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"

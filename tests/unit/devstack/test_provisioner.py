@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from devstack.node import PROVISIONER as NODE_PROVISIONER
 from devstack.node import STORAGE_CLASS, storage_class
 from devstack.provisioner import DEFAULT_CLASS, LABEL, PROVISIONER, claim_class, ours, volume_for
