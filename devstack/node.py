@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -88,31 +89,36 @@ def containerd_config(state_dir: Path) -> str:
     c = state_dir / "containerd"
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return f"""version = 2
-root = "{c / "root"}"
-state = "{c / "state"}"
+root = {_toml(c / "root")}
+state = {_toml(c / "state")}
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
 
 [grpc]
-  address = "{c / "containerd.sock"}"
+  address = {_toml(c / "containerd.sock")}
 
 [ttrpc]
-  address = "{c / "containerd.sock.ttrpc"}"
+  address = {_toml(c / "containerd.sock.ttrpc")}
 
 [{cri}]
-  sandbox_image = "{PAUSE_IMAGE}"
+  sandbox_image = {_toml(PAUSE_IMAGE)}
   restrict_oom_score_adj = true
   enable_selinux = false
   [{cri}.cni]
-    bin_dir = "{CNI_BIN}"
-    conf_dir = "{state_dir / "cni" / "net.d"}"
+    bin_dir = {_toml(CNI_BIN)}
+    conf_dir = {_toml(state_dir / "cni" / "net.d")}
   [{cri}.containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
     [{cri}.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 """
+
+
+def _toml(value: object) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(str(value))
 
 
 def cni_config(state_dir: Path) -> dict[str, Any]:
@@ -250,6 +256,9 @@ def chains_to_remove(
 # -- the pause image --------------------------------------------------------------------------
 
 
+GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
 def pause_archive(binary: Path, out: Path, name: str = PAUSE_IMAGE) -> Path:
     """An OCI archive of one layer holding ``/pause`` (built from Kubernetes' pause.c), named
     ``name`` for containerd's import."""
@@ -263,7 +272,7 @@ def pause_archive(binary: Path, out: Path, name: str = PAUSE_IMAGE) -> Path:
     compressed = gzip.compress(diff, mtime=0)
     config = json.dumps(
         {
-            "architecture": "amd64",
+            "architecture": GOARCH.get(platform.machine(), platform.machine()),
             "os": "linux",
             "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
             "rootfs": {"type": "layers", "diff_ids": [_digest(diff)]},
@@ -284,7 +293,7 @@ def pause_archive(binary: Path, out: Path, name: str = PAUSE_IMAGE) -> Path:
                 **_descriptor("application/vnd.oci.image.manifest.v1+json", manifest),
                 "annotations": {
                     "io.containerd.image.name": name,
-                    "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+                    "org.opencontainers.image.ref.name": _tag(name),
                 },
             }
         ],
@@ -300,6 +309,12 @@ def pause_archive(binary: Path, out: Path, name: str = PAUSE_IMAGE) -> Path:
             info.size, info.mtime = len(blob), 0
             tar.addfile(info, io.BytesIO(blob))
     return out
+
+
+def _tag(name: str) -> str:
+    """The tag of an image name (``latest`` when it has none; a registry's port is no tag)."""
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else "latest"
 
 
 def _digest(data: bytes) -> str:

@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args.root = args.root.resolve()
     args.root.mkdir(parents=True, exist_ok=True)
     provisioner = Provisioner(config.new_client_from_config(str(args.kubeconfig)), args.root)
     for sig in (signal.SIGTERM, signal.SIGINT):

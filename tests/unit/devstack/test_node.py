@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devstack import node
 from devstack.node import (
     BRIDGE,
     CNI_BIN,
@@ -263,3 +264,24 @@ def test_pause_archive_is_reproducible_and_named(tmp_path: Path, fake_pause: Pat
         "io.containerd.image.name": "localhost/other:9.9",
         "org.opencontainers.image.ref.name": "9.9",
     }
+
+
+def test_containerd_config_quotes_paths_toml_would_misread(tmp_path: Path) -> None:
+    odd = tmp_path / 'a "quoted" dir' / "back\\bslash"
+    config = tomllib.loads(node.containerd_config(odd))
+    assert config["root"] == str(odd / "containerd" / "root")
+    cri = config["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["cni"]["conf_dir"] == str(odd / "cni" / "net.d")
+
+
+@pytest.mark.parametrize(
+    ("name", "tag"),
+    [
+        ("localhost/corral-pause:3.2", "3.2"),
+        ("localhost:5000/pause", "latest"),
+        ("localhost:5000/pause:1", "1"),
+        ("pause", "latest"),
+    ],
+)
+def test_tag_of_an_image_name(name: str, tag: str) -> None:
+    assert node._tag(name) == tag
