@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from devstack.controlplane import BIN_DIR, ROOT, _alive, _signal_group, free_port
 
@@ -403,7 +403,8 @@ class Node:
         from kubernetes import client, config
 
         assert self.kubeconfig is not None
-        return client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        loader: Any = config  # partly typed
+        return client.CoreV1Api(loader.new_client_from_config(str(self.kubeconfig)))
 
     # -- start -------------------------------------------------------------------------------
 
@@ -562,11 +563,11 @@ class Node:
 
     def _apply_storage_class(self) -> None:
         from kubernetes import client
-        from kubernetes.client.rest import ApiException
+        from kubernetes.client.exceptions import ApiException
 
         storage = client.StorageV1Api(self.api().api_client)
         try:
-            storage.create_storage_class(storage_class())
+            storage.create_storage_class(cast(Any, storage_class()))
         except ApiException as error:
             if error.status != 409:
                 raise
@@ -580,7 +581,7 @@ class Node:
     def drain(self, timeout: float = 60.0) -> None:
         """``kubectl drain``: cordon the node and delete its pods, then wait until containerd
         runs no pod sandbox (the kubelet has torn each one down, its network through CNI)."""
-        from kubernetes.client.rest import ApiException
+        from kubernetes.client.exceptions import ApiException
 
         core = self.api()
         try:
@@ -603,7 +604,7 @@ class Node:
     def _forget_node(self) -> None:
         """Delete the Node object (a node leaving the cluster), so the next start registers a
         fresh, schedulable one."""
-        from kubernetes.client.rest import ApiException
+        from kubernetes.client.exceptions import ApiException
 
         with contextlib.suppress(ApiException, OSError):
             self.api().delete_node(NODE_NAME)

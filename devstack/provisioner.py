@@ -20,7 +20,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -129,7 +129,7 @@ class Provisioner:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o777)
         try:
-            self.core.create_persistent_volume(volume_for(pvc, path, storage_class))
+            self.core.create_persistent_volume(cast(Any, volume_for(pvc, path, storage_class)))
         except ApiException as error:
             if error.status != 409:
                 raise
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args.root = args.root.resolve()
     args.root.mkdir(parents=True, exist_ok=True)
-    provisioner = Provisioner(config.new_client_from_config(str(args.kubeconfig)), args.root)
+    loader: Any = config  # partly typed
+    provisioner = Provisioner(loader.new_client_from_config(str(args.kubeconfig)), args.root)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: provisioner.stopped.set())
     provisioner.run()
