@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -445,3 +446,12 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_node_port(low: int = 30000, high: int = 32767) -> int:
+    """A port in the NodePort range that nothing on 127.0.0.1 listens on (for a gateway Service
+    of a stack that should not take Ollama's port, e.g. a test's or a benchmark's)."""
+    for port in random.sample(range(low, high + 1), 200):
+        if _port_free(port):
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
