@@ -9,15 +9,17 @@ measures, interleaving direct and gateway calls so both see the same machine loa
 - streaming throughput: tokens/s of a 64-token stream through the gateway over direct (median of
   several runs each).
 
-- scale from zero on the local stack (``tests.support.stack``: control plane, node agent,
-  operator, gateway; needs root for the pods' network namespaces): a streamed ``/api/generate``
-  through the gateway to a ModelServer at zero replicas, timed to its first token, minus the
-  model load time the runtime itself reports (``load_duration``): what waking adds (scale write,
-  scheduling, process start, readiness, proxying). Median of ``COLD_RUNS``; the server is scaled
-  back to zero and its pod waited out between runs. ``--no-cold`` skips it (prints ``nan``).
-  Runs alternate between the stack's gateway, which probes a starting pod itself and sends it
-  the request as soon as it answers, and a second gateway that waits for the pod to be Ready in
-  the Endpoints (``scale_from_zero_overhead_ms_without_probing``).
+- scale from zero on the local cluster (``devstack``: the control plane, a real node running
+  containers from the images built here, the chart installed; needs root): a streamed
+  ``/api/generate`` through the gateway (the chart's, in a pod, reached through its NodePort and
+  kube-proxy) to a ModelServer at zero replicas, timed to its first token, minus the model load
+  time the runtime itself reports (``load_duration``): what waking adds (scale write,
+  scheduling, sandbox and container start, readiness, proxying). Median of ``COLD_RUNS``; the
+  server is scaled back to zero and its pod waited out between runs. ``--no-cold`` skips it
+  (prints ``nan``). Runs alternate between the chart's gateway, which probes a starting pod
+  itself and sends it the request as soon as it answers, and a second gateway (a process on
+  this machine, which reaches pod IPs) that waits for the pod to be Ready in the Endpoints
+  (``scale_from_zero_overhead_ms_without_probing``).
   Each run also prints where the time went: when this process saw (by watching the API server)
   the ModelServer and Deployment asked for a replica, the pod created, scheduled, given an IP,
   listed as a not-ready endpoint, Ready, and a ready endpoint; then the first token.
@@ -29,6 +31,7 @@ Last lines: ``gateway_overhead_p50_ms=<x>`` (goal ≤ 2), ``gateway_stream_ratio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -48,7 +51,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.support (the local stack) when run as a script
+sys.path.insert(0, str(ROOT))  # devstack (the local cluster) when run as a script
 BIN = ROOT / ".venv" / "bin"
 MODEL = "gemma3:270m"
 ROUNDS = 200
@@ -265,21 +268,38 @@ def scale_from_zero() -> dict[str, list[float]]:
     """Cold first-token time minus reported load time, in seconds, for each run: through the
     stack's gateway (``probing``: it probes a starting pod itself) and through a second gateway
     that waits for the cluster to mark the pod Ready (``waiting``), runs alternating."""
-    from tests.support.stack import Stack, wait_for
+    from devstack.poll import wait_for
+    from devstack.stack import Stack, free_node_port
 
     overheads: dict[str, list[float]] = {"probing": [], "waiting": []}
     wakes: dict[str, list[float]] = {"probing": [], "waiting": []}
-    with tempfile.TemporaryDirectory(prefix="corral-bench-") as state:
+    with (
+        tempfile.TemporaryDirectory(prefix="corral-bench-") as state,
+        contextlib.ExitStack() as processes,
+    ):
         stack = Stack(Path(state))
         milestones: Milestones | None = None
         try:
             activity = {"CORRAL_GATEWAY_ACTIVITY_INTERVAL_SECONDS": "1"}
-            stack.up(gateway_port=free_port(), gateway_env=activity)
+            extra_env = [{"name": k, "value": v} for k, v in activity.items()]
+            stack.up(gateway_port=free_node_port(), values={"gateway": {"extraEnv": extra_env}})
+            waiting_port = free_port()
+            processes.enter_context(
+                process(
+                    [sys.executable, "-m", "corral_operator.gateway"],
+                    {
+                        **activity,
+                        "CORRAL_GATEWAY_PROBE_STARTING_PODS": "false",
+                        "CORRAL_GATEWAY_KUBECONFIG": str(stack.kubeconfig),
+                        "CORRAL_GATEWAY_HOST": "127.0.0.1",
+                        "CORRAL_GATEWAY_PORT": str(waiting_port),
+                    },
+                    f"http://127.0.0.1:{waiting_port}/healthz",
+                )
+            )
             gateways = {
                 "probing": stack.gateway_url,
-                "waiting": stack.start_gateway(
-                    free_port(), {**activity, "CORRAL_GATEWAY_PROBE_STARTING_PODS": "false"}
-                ),
+                "waiting": f"http://127.0.0.1:{waiting_port}",
             }
             stack.kubectl("create", "namespace", COLD_NAMESPACE)
             wait_for(
@@ -336,6 +356,7 @@ def scale_from_zero() -> dict[str, list[float]]:
         finally:
             if milestones is not None:
                 milestones.stop()
+            processes.close()
             stack.down()
     # The first prompt evaluation of a fresh runtime swings with the machine's load (llama.cpp
     # threads compete for the cores); without it, what remains is the wake-up path itself.
