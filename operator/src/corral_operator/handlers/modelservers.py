@@ -21,7 +21,8 @@ def reconcile_modelserver(ctx: Context, namespace: str, name: str) -> None:
     wanted = list(dict.fromkeys(server["spec"].get("models") or ()))
     models = {m: kube.get("Model", namespace, m) for m in wanted}
     deployment = kube.get("Deployment", namespace, api.server_child_name(name))
-    plan = plan_modelserver(server, models, deployment, ctx.settings, datetime.now(UTC))
+    pods = kube.list("Pod", namespace, selector=f"{api.LABEL_MODELSERVER}={name}")
+    plan = plan_modelserver(server, models, deployment, ctx.settings, datetime.now(UTC), pods)
     for child in plan.children:
         kube.apply(child)
     write_status(ctx, server, plan.status, plan.conditions)

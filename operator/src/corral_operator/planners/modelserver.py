@@ -3,7 +3,7 @@ and its status."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,7 @@ from corral_operator.planners.model import model_cache
 from corral_operator.planners.replicas import server_replicas
 from corral_operator.settings import OperatorSettings
 from corral_operator.status.conditions import Condition, is_true
+from corral_operator.status.pods import pods_trouble
 
 READY = "Ready"
 MODELS_READY = "ModelsReady"
@@ -99,11 +100,13 @@ def plan_modelserver(
     deployment: Mapping[str, Any] | None,
     settings: OperatorSettings,
     now: datetime,
+    pods: Iterable[Mapping[str, Any]] = (),
 ) -> ServerPlan:
     """Decide the children and status of ``server``.
 
     ``models`` maps each name in ``spec.models`` to its Model (None when it does not exist);
-    ``deployment`` is the runtime Deployment as it is now, if any.
+    ``deployment`` is the runtime Deployment as it is now, if any; ``pods`` its runtime pods
+    (while none is ready, what keeps them from it is the Ready condition's reason).
     """
     meta, spec = server["metadata"], server["spec"]
     name, namespace = meta["name"], meta["namespace"]
@@ -187,6 +190,8 @@ def plan_modelserver(
         ready_cond = Condition(
             READY, "True", "Available", f"{ready}/{decision.replicas} replicas ready"
         )
+    elif trouble := pods_trouble(pods):
+        ready_cond = Condition(READY, "False", trouble.reason, trouble.message)
     else:
         ready_cond = Condition(READY, "False", "Starting", f"0/{decision.replicas} replicas ready")
     zero = (
