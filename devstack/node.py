@@ -259,6 +259,16 @@ def chains_to_remove(
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
+def task_pids(tasks_ls: str) -> dict[str, int]:
+    """Container id to host pid, from ``ctr tasks ls`` (a header, then ``TASK PID STATUS``)."""
+    pids = {}
+    for line in tasks_ls.splitlines()[1:]:
+        words = line.split()
+        if len(words) >= 2 and words[1].isdigit():
+            pids[words[0]] = int(words[1])
+    return pids
+
+
 def pause_archive(binary: Path, out: Path, name: str = PAUSE_IMAGE) -> Path:
     """An OCI archive of one layer holding ``/pause`` (built from Kubernetes' pause.c), named
     ``name`` for containerd's import."""
@@ -608,6 +618,15 @@ class Node:
 
         with contextlib.suppress(ApiException, OSError):
             self.api().delete_node(NODE_NAME)
+
+    def container_pid(self, container_id: str) -> int:
+        """The host pid of a running container's first process; ``container_id`` as a pod's
+        status gives it (``containerd://<id>``) or bare."""
+        bare = container_id.removeprefix("containerd://")
+        pids = task_pids(self.ctr("tasks", "ls").stdout)
+        if not pids.get(bare):
+            raise NodeError(f"no running task for container {bare} on {NODE_NAME}")
+        return pids[bare]
 
     def _running_tasks(self) -> list[str]:
         if not self.socket.exists():
