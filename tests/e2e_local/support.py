@@ -1,40 +1,68 @@
 """Helpers for the e2e tests: deploy the sample's Model with a ModelServer into a namespace, find
-a pod's processes, poll."""
+a pod's container on the node, run an extra gateway on the host, check a stack went down clean."""
 
 from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from devstack.controlplane import _alive
-from tests.support.nodeagent.network import list_netns
-from tests.support.stack import SAMPLE, Stack, wait_for
+from corral_operator import api
+from devstack.poll import wait_for
+from devstack.stack import NAMESPACE, RELEASE, SAMPLE, Stack
+from tests.support.serveproc import ServedProcess, gateway_process
 
 # Small context, few tokens: the runtime pods share two cores with everything else.
 OPTIONS = {"temperature": 0, "seed": 1, "num_predict": 8, "num_ctx": 1024}
 MESSAGES = [{"role": "user", "content": "Say hello."}]
+RUNTIME_PODS = f"{api.LABEL_NAME}={api.RUNTIME_APP}"
+
+
+def pods(stack: Stack, *selector: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    """Pods matching the label ``selector`` in ``namespace`` (every namespace when None)."""
+    where = ["-n", namespace] if namespace else ["-A"]
+    labels = ["-l", ",".join(selector)] if selector else []
+    done = stack.kubectl("get", "pods", *where, *labels, "-o", "json")
+    return list(json.loads(done.stdout)["items"])
+
+
+def terminating_namespaces(stack: Stack) -> list[str]:
+    done = stack.kubectl("get", "namespaces", "-o", "json")
+    return [
+        ns["metadata"]["name"]
+        for ns in json.loads(done.stdout)["items"]
+        if (ns.get("status") or {}).get("phase") == "Terminating"
+    ]
 
 
 @contextmanager
 def brought_down_cleanly(running: Stack, before_down: Callable[[], None]) -> Iterator[Stack]:
-    """Yield a started stack; afterwards run ``before_down``, take the stack down, and check that
-    no process it started and no network namespace of its node agent remains."""
-    pids = [int(p) for p in running._read("pids.json").values()]
-    agent = str(running.info["agent"])
+    """Yield an installed stack; afterwards let the tests' namespaces finish going (the release's
+    operator releases their Models' finalizers), run ``before_down``, take the stack down, and
+    check that none of the release's pods and no corral runtime pod is left on the node."""
     try:
         yield running
     finally:
-        before_down()
-        running.down()
-    left = [n for n in list_netns() if n.startswith(f"corral-{agent}-")]
-    alive = [p for p in pids if _alive(p)]
-    assert not left and not alive, f"the stack left namespaces {left} and processes {alive}"
+        try:
+            wait_for(
+                "the tests' namespaces to go", lambda: not terminating_namespaces(running), 180
+            )
+        finally:
+            before_down()
+            running.down()
+    release = f"app.kubernetes.io/instance={RELEASE}"
+    wait_for(
+        "the release's pods to go", lambda: not pods(running, release, namespace=NAMESPACE), 60
+    )
+    left = [
+        f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods(running, RUNTIME_PODS)
+    ]
+    assert not left, f"runtime pods outlived the stack: {left}"
 
 
 def sample(kind: str) -> dict[str, Any]:
@@ -77,10 +105,7 @@ def deploy(
 
 
 def server_pods(stack: Stack, namespace: str, server: str) -> list[dict[str, Any]]:
-    done = stack.kubectl(
-        "get", "pods", "-n", namespace, "-l", f"corral.dev/modelserver={server}", "-o", "json"
-    )
-    return list(json.loads(done.stdout)["items"])
+    return pods(stack, f"corral.dev/modelserver={server}", namespace=namespace)
 
 
 def ready_pod(stack: Stack, namespace: str, server: str, timeout: float = 180) -> dict[str, Any]:
@@ -96,20 +121,41 @@ def ready_pod(stack: Stack, namespace: str, server: str, timeout: float = 180) -
     return wait_for(f"a Ready pod of {server}", ready, timeout)
 
 
-def pod_netns(stack: Stack, pod_ip: str) -> str:
-    """The node agent's network namespace that holds ``pod_ip``."""
-    prefix = f"corral-{stack.info['agent']}-"
-    for netns in list_netns():
-        if not netns.startswith(prefix):
-            continue
-        addresses = subprocess.run(
-            ["ip", "-n", netns, "-4", "-o", "addr", "show"], capture_output=True, text=True
-        ).stdout
-        if f" {pod_ip}/" in addresses:
-            return netns
-    raise LookupError(f"no network namespace holds {pod_ip}")
+def task_pids(tasks_ls: str) -> dict[str, tuple[int, str]]:
+    """``ctr tasks ls`` output -> {container id: (host pid, status)}."""
+    tasks = {}
+    for line in tasks_ls.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 3 and fields[1].isdigit():
+            tasks[fields[0]] = (int(fields[1]), fields[2])
+    return tasks
 
 
-def netns_pids(netns: str) -> list[int]:
-    done = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
-    return [int(p) for p in done.stdout.split()]
+def container_id(pod: dict[str, Any]) -> str:
+    """The pod's (one) container's containerd id, from its status."""
+    (status,) = pod["status"]["containerStatuses"]
+    runtime, _, cid = str(status["containerID"]).partition("://")
+    assert runtime == "containerd", status
+    return cid
+
+
+def running_task(stack: Stack, cid: str) -> int | None:
+    """The host pid of container ``cid``'s task while it runs on the node, else None."""
+    pid, status = task_pids(stack.the_node.ctr("tasks", "ls").stdout).get(cid, (0, ""))
+    return pid if status == "RUNNING" else None
+
+
+def container_pid(stack: Stack, pod: dict[str, Any]) -> int:
+    """The host pid of the pod's running container (its process is visible from the host)."""
+    cid = container_id(pod)
+    return wait_for(f"container {cid[:12]} running", lambda: running_task(stack, cid), 30)
+
+
+@contextmanager
+def host_gateway(stack: Stack, env: dict[str, str], log_dir: Path) -> Iterator[ServedProcess]:
+    """A gateway with settings of its own as a process on this machine (``python -m
+    corral_operator.gateway`` with the stack's kubeconfig): it reaches the pods at their IPs as
+    the chart's gateway does from its pod. Stopped when the block ends."""
+    settings = {"CORRAL_GATEWAY_KUBECONFIG": str(stack.kubeconfig), **env}
+    with gateway_process(settings, log=log_dir / "gateway.log") as served:
+        yield served

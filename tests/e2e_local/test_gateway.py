@@ -1,4 +1,4 @@
-"""The gateway on the local stack, with real pods: held requests wake a server at zero with one
+"""The gateway on the local cluster, with real pods: held requests wake a server at zero with one
 scale-up and all succeed; the official ``ollama`` and ``openai`` clients work through it; an
 idle server goes back to zero; requests for a server whose pod cannot start fail at the
 deadline with the reason, and a full hold queue answers 503 with Retry-After.
@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import httpx
 import ollama
 import openai
 import pytest
 
-from devstack.controlplane import free_port
-from tests.e2e_local.support import MESSAGES, OPTIONS, deploy, server_pods
-from tests.support.stack import Stack, wait_for
+from devstack.poll import wait_for
+from devstack.stack import Stack
+from tests.e2e_local.support import MESSAGES, OPTIONS, deploy, host_gateway, server_pods
 
 pytestmark = pytest.mark.cluster
 
@@ -29,8 +30,8 @@ def listed(gateway: str, served: str) -> bool:
 
 
 def scale_targets(stack: Stack, namespace: str, server: str) -> set[int]:
-    """The replica counts the session gateway asked ``server`` for (from its log)."""
-    text = (stack.logs / "gateway.log").read_text()
+    """The replica counts the session gateway asked ``server`` for (from its pod's log)."""
+    text = stack.component_logs("gateway")
     return {int(n) for n in re.findall(rf"scaling {namespace}/{server} to (\d+)", text)}
 
 
@@ -93,24 +94,23 @@ async def test_held_requests_wake_a_server_once_and_it_idles_to_zero(
 
 
 async def test_unstartable_server_fails_held_requests_and_a_full_queue_answers_503(
-    stack: Stack, namespace: str
+    stack: Stack, namespace: str, tmp_path: Path
 ) -> None:
     model = f"x{namespace}"
     deploy(
         stack, namespace, model, "broken", min_replicas=0, runtime={"image": "corral-test/none:1"}
     )
-    # A gateway of this test's own: a short deadline and a two-request hold queue.
-    port = free_port()
-    gateway = stack.start_gateway(
-        port,
-        {
-            "CORRAL_GATEWAY_NAMESPACES": namespace,
-            "CORRAL_GATEWAY_HOLD_DEADLINE_SECONDS": "8",
-            "CORRAL_GATEWAY_HOLD_QUEUE_SIZE": "2",
-            "CORRAL_GATEWAY_RETRY_AFTER_SECONDS": "7",
-        },
-    )
-    try:
+    # A gateway of this test's own (a process on this machine, reaching pods at their IPs): a
+    # short deadline and a two-request hold queue. The pod's image exists nowhere, so the
+    # kubelet never starts it.
+    settings = {
+        "CORRAL_GATEWAY_NAMESPACES": namespace,
+        "CORRAL_GATEWAY_HOLD_DEADLINE_SECONDS": "8",
+        "CORRAL_GATEWAY_HOLD_QUEUE_SIZE": "2",
+        "CORRAL_GATEWAY_RETRY_AFTER_SECONDS": "7",
+    }
+    with host_gateway(stack, settings, tmp_path) as own:
+        gateway = own.base_url
         wait_for(f"{model} listed", lambda: listed(gateway, f"{model}:latest"), 30)
         body = {"model": model, "messages": MESSAGES, "stream": False, "options": OPTIONS}
         async with httpx.AsyncClient(base_url=gateway, timeout=60) as http:
@@ -126,5 +126,3 @@ async def test_unstartable_server_fails_held_requests_and_a_full_queue_answers_5
             error = response.json()["error"]
             assert "did not become ready within 8s" in error, error
         assert replicas(stack, namespace, "broken") == 1
-    finally:
-        stack.stop_process(f"gateway-{port}")

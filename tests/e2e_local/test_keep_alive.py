@@ -1,4 +1,4 @@
-"""Keep-alive on the local stack with a real runtime pod, in the order a user meets it: an
+"""Keep-alive on the local cluster with a real runtime pod, in the order a user meets it: an
 OpenAI-first client against a fresh pod (the model is loaded once and stays: the pod's -1 is
 forever), an Ollama ``keep_alive: -1``, then ``keep_alive: 0`` letting the server go to zero
 right after the request, long before its ``keepAliveSeconds`` (a request's keep_alive outliving
@@ -14,9 +14,10 @@ import ollama
 import openai
 import pytest
 
+from devstack.poll import wait_for
+from devstack.stack import Stack
 from tests.e2e_local.support import deploy, ready_pod, server_pods
 from tests.e2e_local.test_gateway import listed, replicas
-from tests.support.stack import Stack, wait_for
 
 pytestmark = pytest.mark.cluster
 

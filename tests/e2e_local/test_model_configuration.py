@@ -16,7 +16,7 @@ import openai
 import pytest
 import yaml
 
-from tests.support.stack import Stack
+from devstack.stack import Stack
 
 pytestmark = pytest.mark.cluster
 

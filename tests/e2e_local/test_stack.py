@@ -1,6 +1,7 @@
-"""The operator's whole loop on the local stack, with real pods: a Model is pulled by its Job
+"""The operator's whole loop on the local cluster, with real pods: a Model is pulled by its Job
 into the cache, a ModelServer's pod serves it (the official ``ollama`` client at the pod's IP),
-deleting the ModelServer stops the process, and a crashed runtime is restarted and reported."""
+deleting the ModelServer stops its container's process, and a runtime killed on the node is
+restarted by the kubelet and reported."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ import ollama
 import pytest
 
 from devstack.controlplane import _alive
+from devstack.poll import wait_for
+from devstack.stack import Stack
 from tests.e2e_local.support import (
     MESSAGES,
     OPTIONS,
+    container_id,
+    container_pid,
     deploy,
-    netns_pids,
-    pod_netns,
     ready_pod,
+    running_task,
     server_pods,
 )
-from tests.support.nodeagent.network import list_netns
-from tests.support.stack import Stack, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -59,21 +61,22 @@ def test_model_is_pulled_served_and_stopped(stack: Stack, namespace: str) -> Non
     stack.wait_ready("modelserver", "gemma", namespace, timeout=60)
     assert chat(pod["status"]["podIP"], "gemma").strip()
 
-    netns = pod_netns(stack, pod["status"]["podIP"])
-    pids = netns_pids(netns)
-    assert pids, "the runtime runs in the pod's network namespace"
+    # The runtime is the container's process on the node, running the image's `corral serve`.
+    cid = container_id(pod)
+    pid = container_pid(stack, pod)
+    assert b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"), pid
     stack.kubectl("delete", "modelserver", "gemma", "-n", namespace, "--wait=false")
-    wait_for("the runtime process to exit", lambda: not any(_alive(p) for p in pids), 90)
+    wait_for("the runtime process to exit", lambda: not _alive(pid), 90)
     wait_for("the pod to go", lambda: not server_pods(stack, namespace, "gemma"), 60)
-    wait_for("its network namespace to go", lambda: netns not in list_netns(), 30)
+    assert running_task(stack, cid) is None, "the container still runs on the node"
 
 
 def test_crashed_runtime_is_restarted_and_reported(stack: Stack, namespace: str) -> None:
     deploy(stack, namespace, "gemma", "crashy", min_replicas=1)
     pod = ready_pod(stack, namespace, "crashy")
     name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
-    (pid,) = netns_pids(pod_netns(stack, ip))
-    os.kill(pid, signal.SIGKILL)
+    # Kill the container's process on the node, as the kernel's OOM killer or a crash would.
+    os.kill(container_pid(stack, pod), signal.SIGKILL)
 
     def restarted() -> dict[str, object] | None:
         current = stack.get("pod", name, namespace) or {}

@@ -3,11 +3,15 @@ kubelet (nothing runs pods on the test control plane), and polling."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -309,47 +313,70 @@ class Cluster:
 # -- pods that really run -------------------------------------------------------------------
 
 
-class NodeAgent:
-    """The test node agent (``tests.support.nodeagent``) in a subprocess: one Node whose pods run
-    as local processes, images mapped to local commands by ``images`` (an image map)."""
+def layered_archive(base: Path, out: Path, name: str, files: Mapping[str, bytes]) -> Path:
+    """An OCI archive of the image in the OCI archive ``base`` with one more layer holding
+    ``files`` (path in the image -> content, executable), named ``name`` for containerd's import:
+    an image derived from another the way a Dockerfile's ``COPY`` derives one."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), 0o755, 0
+            tar.addfile(info, io.BytesIO(data))
+    diff = layer.getvalue()
+    compressed = gzip.compress(diff, mtime=0)
+    with tarfile.open(base) as source:
 
-    def __init__(self, kubeconfig: Path, state_dir: Path, images: Mapping[str, Any]) -> None:
-        self.kubeconfig, self.state_dir = kubeconfig, state_dir
-        self.images = dict(images)
-        self.node = f"op-{os.urandom(4).hex()}"
-        self.address = ""
-        self.proc: subprocess.Popen[str] | None = None
+        def blob(digest: str) -> bytes:
+            return blob_of(source, f"blobs/sha256/{digest.removeprefix('sha256:')}")
 
-    def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        image_map = self.state_dir / "images.json"
-        image_map.write_text(json.dumps({"images": self.images}))
-        argv = [sys.executable, "-m", "tests.support.nodeagent", "--kubeconfig"]
-        argv += [str(self.kubeconfig), "--node", self.node, "--image-map", str(image_map)]
-        argv += ["--state-dir", str(self.state_dir / "state"), "--heartbeat", "2"]
-        argv += ["--restart-backoff", "1", "--shutdown-grace", "3"]
-        with open(self.state_dir / "agent.log", "a") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=Path(__file__).resolve().parents[3],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        assert self.proc.stdout is not None
-        # "node agent ready: agent <id>; <node>=<address> pods <cidr>; logs under <dir>"
-        line = self.proc.stdout.readline()
-        if "node agent ready" not in line:
-            self.stop()
-            raise AssertionError(f"node agent did not start: {self.log()[-3000:]}")
-        self.address = line.split(f"{self.node}=", 1)[1].split()[0]
+        (entry,) = json.loads(blob_of(source, "index.json"))["manifests"]
+        manifest = json.loads(blob(entry["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        config["rootfs"]["diff_ids"].append(_digest(diff))
+        config.setdefault("history", []).append({"created_by": f"layered_archive: {sorted(files)}"})
+        config_bytes = json.dumps(config).encode()
+        manifest["config"] = _descriptor(manifest["config"]["mediaType"], config_bytes)
+        manifest["layers"].append(
+            _descriptor("application/vnd.oci.image.layer.v1.tar+gzip", compressed)
+        )
+        manifest_bytes = json.dumps(manifest).encode()
+        index = {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    **_descriptor(entry["mediaType"], manifest_bytes),
+                    "annotations": {
+                        "io.containerd.image.name": name,
+                        "org.opencontainers.image.ref.name": name,
+                    },
+                }
+            ],
+        }
+        new = {"index.json": json.dumps(index).encode()}
+        for data in (config_bytes, manifest_bytes, compressed):
+            new[f"blobs/sha256/{_digest(data).removeprefix('sha256:')}"] = data
+        with tarfile.open(out, mode="w") as tar:
+            for member in source.getmembers():
+                if member.name in new or not member.isfile():
+                    continue
+                tar.addfile(member, source.extractfile(member))
+            for path, data in new.items():
+                info = tarfile.TarInfo(path)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        terminate(self.proc, grace=60, reap=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
-    def log(self) -> str:
-        return (self.state_dir / "agent.log").read_text(errors="replace")
+def blob_of(archive: tarfile.TarFile, path: str) -> bytes:
+    member = archive.extractfile(path)
+    assert member is not None, path
+    return member.read()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _descriptor(media_type: str, data: bytes) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": _digest(data), "size": len(data)}
