@@ -1,5 +1,7 @@
 """Helpers for the operator's cluster tests: the operator as a subprocess, a stand-in for the
-kubelet (nothing runs pods on the test control plane), and polling."""
+kubelet (most tests write their pods' statuses themselves; the real node, when the session runs
+one, is tainted for them), an image derived from a built one for pods that really run, and
+polling."""
 
 from __future__ import annotations
 
@@ -308,6 +310,28 @@ class Cluster:
                 },
             }
         )
+
+
+# The taint that keeps the session's real node from running the pods of a test that plays the
+# kubelet (tests/cluster/conftest.py).
+PLAYED_TAINT = {"key": "corral.dev/kubelet-played", "value": "true", "effect": "NoSchedule"}
+
+
+def _taint_dict(taint: Any) -> dict[str, Any]:
+    if isinstance(taint, Mapping):
+        return dict(taint)
+    return dict(client.ApiClient().sanitize_for_serialization(taint))
+
+
+def with_taint(taints: list[Any] | None, taint: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A node's taints plus ``taint`` (replacing one with its key and effect)."""
+    return [*without_taint(taints, taint), dict(taint)]
+
+
+def without_taint(taints: list[Any] | None, taint: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A node's taints less any with ``taint``'s key and effect."""
+    kept = [_taint_dict(t) for t in taints or ()]
+    return [t for t in kept if (t.get("key"), t.get("effect")) != (taint["key"], taint["effect"])]
 
 
 # -- pods that really run -------------------------------------------------------------------
