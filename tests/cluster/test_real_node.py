@@ -1,0 +1,579 @@
+"""What a real kubelet and kube-proxy do to corral's pods, on the devstack node (containerd, the
+kubelet, kube-proxy in iptables mode, a CNI bridge, two fake GPUs, a hostPath provisioner).
+
+None of this could be asserted on the process node agent: it ran no container (no uid from an
+image, no read-only root, no seccomp, no memory cgroup), routed no ClusterIP, scheduled nothing
+by extended resources and mounted no claim. Every pod here runs from the images built from this
+tree; the operator runs on the host, as in the rest of the cluster tier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from devstack.controlplane import ControlPlane
+from devstack.node import PAUSE_IMAGE, Node
+from devstack.stack import SEED_CLAIM, Stack
+from tests.cluster.operator.support import Cluster, Operator, wait_for
+from tests.conftest import TOOLS_BIN, KubectlRunner
+
+pytestmark = pytest.mark.cluster
+T = TypeVar("T")
+
+RUNTIME_IMAGE = "ghcr.io/corral-dev/corral-runtime:0.1.0"
+RUNTIME_UID = 65532
+PORT = 11434
+MODEL = "gemma"
+CACHE_CLAIM = "corral-cache-default"
+# Labels of the gateway's pods: the runtime's NetworkPolicy admits them.
+GATEWAY_LABELS = {"app.kubernetes.io/name": "corral", "app.kubernetes.io/component": "gateway"}
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def answers(url: str) -> dict[str, Any] | None:
+    """``/api/version`` at ``url``, or None while nothing answers there yet."""
+    try:
+        return dict(http_json(f"{url}/api/version", timeout=5))
+    except OSError:
+        return None
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a mapping (the host's view of a container's process)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            queue += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def volume_directory(cluster: Cluster, claim: str) -> Path:
+    """The directory on this machine behind a claim the node's provisioner bound."""
+    pvc = cluster.core.read_namespaced_persistent_volume_claim(claim, cluster.ns)
+    pv = cluster.core.read_persistent_volume(pvc.spec.volume_name)
+    return Path(pv.spec.host_path.path)
+
+
+def explain(cluster: Cluster) -> str:
+    """The namespace's pods and events, for a failure message."""
+    pods = [
+        f"{p.metadata.name}: {p.status.phase} {p.status.conditions} {p.status.container_statuses}"
+        for p in cluster.core.list_namespaced_pod(cluster.ns).items
+    ]
+    events = [
+        f"{e.involved_object.kind}/{e.involved_object.name}: {e.reason}: {e.message}"
+        for e in cluster.core.list_namespaced_event(cluster.ns).items
+    ]
+    return "\n".join([*pods, *events])
+
+
+def wait_in(cluster: Cluster, check: Callable[[], T | None], timeout: float, what: str) -> T:
+    """``wait_for``, failing with what the namespace's pods and events say."""
+    try:
+        return wait_for(check, timeout, what)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{explain(cluster)}") from None
+
+
+def wait_condition(
+    cluster: Cluster,
+    plural: str,
+    name: str,
+    type_: str,
+    status: str,
+    reason: str | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """``Cluster.wait_condition``, failing with the object's status and the namespace's pods."""
+    try:
+        return cluster.wait_condition(plural, name, type_, status, reason, timeout)
+    except TimeoutError as exc:
+        current = (cluster.get(plural, name) or {}).get("status")
+        raise AssertionError(f"{exc}\nstatus: {current}\n{explain(cluster)}") from None
+
+
+def container_state(cluster: Cluster, pod: str) -> client.V1ContainerStatus | None:
+    statuses = cluster.core.read_namespaced_pod(pod, cluster.ns).status.container_statuses
+    return statuses[0] if statuses else None
+
+
+def ready_pod(cluster: Cluster, server: str, timeout: float = 300) -> client.V1Pod:
+    """A ready runtime pod of ``server`` (not one being deleted)."""
+
+    def check() -> client.V1Pod | None:
+        for pod in cluster.job_pods(f"corral.dev/modelserver={server}"):
+            if pod.metadata.deletion_timestamp:
+                continue
+            if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or ()):
+                return pod
+        return None
+
+    return wait_in(cluster, check, timeout, f"a ready runtime pod of {server}")
+
+
+def served_name(cluster: Cluster, server: str) -> str:
+    status = (cluster.get("modelservers", server) or {}).get("status") or {}
+    return str(status["models"][0]["name"])
+
+
+def create_server(cluster: Cluster, name: str, memory: str = "1Gi", **spec: Any) -> None:
+    resources = {"cpu": "100m", "memory": memory, **spec.pop("resources", {})}
+    cluster.create(
+        "modelservers",
+        {
+            "kind": "ModelServer",
+            "metadata": {"name": name},
+            "spec": {
+                "models": [MODEL],
+                "minReplicas": 1,
+                "maxReplicas": 1,
+                "resources": resources,
+                "runtime": {"contextLength": 1024, "parallel": 1},
+                **spec,
+            },
+        },
+    )
+
+
+def exec_in(
+    kubectl: KubectlRunner, ns: str, pod: str, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    return kubectl("exec", "-n", ns, pod, "--", *argv)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded(control_plane: ControlPlane, node: Node, namespace: str, tmp_path: Path) -> Path:
+    """The bundled GGUF on the claim ``corral-seed`` (made and bound by the node's provisioner),
+    as ``make up`` seeds the sample's claim."""
+    return Stack(tmp_path / "stack", plane=control_plane, node=node).seed(namespace)
+
+
+@pytest.fixture
+def operator(
+    kubeconfig: Path, namespace: str, cluster: Cluster, node: Node, tmp_path: Path
+) -> Iterator[Operator]:
+    """The operator on the host, resyncing every 2s (what it reads from pods has no watch)."""
+    op = Operator(kubeconfig, namespace, tmp_path, {"CORRAL_OPERATOR_RESYNC_SECONDS": "2"})
+    op.start()
+    try:
+        yield op
+    finally:
+        for plural in ("modelservers", "models"):
+            for obj in cluster.custom.list_namespaced_custom_object(
+                "corral.dev", "v1alpha1", namespace, plural
+            )["items"]:
+                cluster.delete(plural, obj["metadata"]["name"])
+        try:
+            # Each Model's collect Job runs on the node before its finalizer goes.
+            wait_for(
+                lambda: (
+                    not cluster.custom.list_namespaced_custom_object(
+                        "corral.dev", "v1alpha1", namespace, "models"
+                    )["items"]
+                ),
+                120,
+                "Models deleted",
+            )
+        finally:
+            op.stop()
+
+
+@pytest.fixture
+def model(cluster: Cluster, operator: Operator, seeded: Path) -> dict[str, Any]:
+    """The Model ``gemma`` pulled from the seed claim by its pull Job, Ready."""
+    cluster.create(
+        "models",
+        {
+            "kind": "Model",
+            "metadata": {"name": MODEL},
+            "spec": {"source": f"pvc://{SEED_CLAIM}/{seeded.name}"},
+        },
+    )
+    wait_condition(cluster, "models", MODEL, "Ready", "True", timeout=300)
+    return cluster.get("models", MODEL) or {}
+
+
+@pytest.fixture
+def server(cluster: Cluster, model: dict[str, Any]) -> client.V1Pod:
+    """ModelServer ``srv`` serving the Model with one replica; returns its ready pod."""
+    create_server(cluster, "srv")
+    pod = ready_pod(cluster, "srv")
+    wait_condition(cluster, "modelservers", "srv", "Ready", "True", "Available", timeout=60)
+    return pod
+
+
+# -- 1. the kubelet enforces the pod security context -------------------------------------------
+
+
+def test_run_as_non_root_refuses_a_root_image_and_runs_the_restricted_runtime(
+    cluster: Cluster, node: Node, kubectl: KubectlRunner
+) -> None:
+    root = {
+        "metadata": {"name": "root"},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True},
+            "containers": [{"name": "pause", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}],
+        },
+    }
+    restricted = {
+        "metadata": {"name": "restricted"},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "securityContext": RESTRICTED_POD,
+            "containers": [
+                {
+                    "name": "runtime",
+                    "image": RUNTIME_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "env": [{"name": "CORRAL_MODELS", "value": "/tmp/models"}],
+                    "securityContext": RESTRICTED_CONTAINER,
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+    cluster.core.create_namespaced_pod(cluster.ns, root)
+    cluster.core.create_namespaced_pod(cluster.ns, restricted)
+
+    def refused() -> client.V1ContainerStateWaiting | None:
+        state = container_state(cluster, "root")
+        waiting = state.state.waiting if state else None
+        return waiting if waiting and waiting.reason == "CreateContainerConfigError" else None
+
+    waiting = wait_in(cluster, refused, 120, "the kubelet to refuse the root container")
+    assert "runAsNonRoot and image will run as root" in waiting.message
+
+    def running() -> client.V1ContainerStatus | None:
+        state = container_state(cluster, "restricted")
+        return state if state and state.state.running else None
+
+    status = wait_in(cluster, running, 120, "the restricted runtime container running")
+    # The process the kubelet started, seen from the host: the image's user, no privileges.
+    proc = proc_status(node.container_pid(status.container_id))
+    assert proc["Uid"].split() == [str(RUNTIME_UID)] * 4
+    assert proc["Gid"].split() == [str(RUNTIME_UID)] * 4
+    assert proc["NoNewPrivs"] == "1"
+    assert proc["Seccomp"] == "2"  # filtered: the runtime's default profile
+    assert int(proc["CapEff"], 16) == 0 and int(proc["CapBnd"], 16) == 0
+    pod_ip = cluster.core.read_namespaced_pod("restricted", cluster.ns).status.pod_ip
+    version = wait_for(lambda: answers(f"http://{pod_ip}:{PORT}"), 60, "corral serve answering")
+    assert version["version"]
+    uid = exec_in(kubectl, cluster.ns, "restricted", "id", "-u")
+    assert uid.stdout.strip() == str(RUNTIME_UID), uid.stderr
+    # The root container never started: nothing ran, it only waits.
+    assert container_state(cluster, "root").state.running is None  # type: ignore[union-attr]
+
+
+# -- 2. a read-only root: the runtime writes only to its volumes ---------------------------------
+
+
+def test_read_only_root_serves_from_the_claim(
+    cluster: Cluster,
+    node: Node,
+    kubectl: KubectlRunner,
+    model: dict[str, Any],
+    server: client.V1Pod,
+) -> None:
+    name, ns = server.metadata.name, cluster.ns
+    root = exec_in(kubectl, ns, name, "touch", "/probe")
+    assert root.returncode != 0 and "Read-only file system" in root.stderr
+    models = exec_in(kubectl, ns, name, "touch", "/models/probe")
+    assert models.returncode != 0 and "Read-only file system" in models.stderr
+    scratch = exec_in(kubectl, ns, name, "touch", "/tmp/probe")
+    assert scratch.returncode == 0, scratch.stderr
+
+    # The root mount of the container's process is read-only, as the host sees it.
+    pid = node.container_pid(server.status.container_statuses[0].container_id)
+    mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    root_mount = next(m.split() for m in mounts if m.split()[4] == "/")
+    assert "ro" in root_mount[5].split(",")
+
+    # The store the runtime reads is the cache claim's directory on the node.
+    blob = "sha256-" + model["status"]["digest"].removeprefix("sha256:")
+    assert (volume_directory(cluster, CACHE_CLAIM) / "blobs" / blob).is_file()
+    listed = exec_in(kubectl, ns, name, "ls", "/models/blobs")
+    assert blob in listed.stdout.split(), listed.stderr
+    answer = http_json(
+        f"http://{server.status.pod_ip}:{PORT}/api/generate",
+        {
+            "model": served_name(cluster, "srv"),
+            "prompt": "The capital of France is",
+            "raw": True,
+            "stream": False,
+            "options": {"num_predict": 8, "temperature": 0},
+        },
+    )
+    assert answer["done"] is True and answer["response"].strip()
+
+
+# -- 3. a ClusterIP through kube-proxy ---------------------------------------------------------
+
+
+def test_cluster_ip_routes_through_kube_proxy(
+    cluster: Cluster, server: client.V1Pod, kubectl: KubectlRunner
+) -> None:
+    service = cluster.core.read_namespaced_service("corral-srv", cluster.ns)
+    cluster_ip = service.spec.cluster_ip
+    assert cluster_ip and cluster_ip != server.status.pod_ip
+    # kube-proxy wrote the Service's rules (its comment names namespace/service:port).
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    assert f"{cluster.ns}/corral-srv:" in nat and f"-d {cluster_ip}/32" in nat
+
+    url = f"http://{cluster_ip}:{PORT}"
+    assert wait_for(lambda: answers(url), 30, "the ClusterIP answering from the host")
+    answer = http_json(
+        f"{url}/api/generate",
+        {
+            "model": served_name(cluster, "srv"),
+            "prompt": "One, two, three,",
+            "raw": True,
+            "stream": False,
+            "options": {"num_predict": 6, "temperature": 0},
+        },
+    )
+    assert answer["done"] is True and answer["response"].strip()
+
+    # From another pod (labelled as the gateway, which the runtime's NetworkPolicy admits).
+    fetch = (
+        "import sys, urllib.request;"
+        "print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())"
+    )
+    cluster.core.create_namespaced_pod(
+        cluster.ns,
+        {
+            "metadata": {"name": "client", "labels": GATEWAY_LABELS},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "securityContext": RESTRICTED_POD,
+                "containers": [
+                    {
+                        "name": "client",
+                        "image": RUNTIME_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["python3", "-c", fetch, f"{url}/api/version"],
+                        "securityContext": RESTRICTED_CONTAINER,
+                    }
+                ],
+            },
+        },
+    )
+    phase = wait_in(
+        cluster,
+        lambda: (
+            p
+            if (p := cluster.core.read_namespaced_pod("client", cluster.ns).status.phase)
+            in ("Succeeded", "Failed")
+            else None
+        ),
+        120,
+        "the client pod to finish",
+    )
+    log = kubectl("logs", "-n", cluster.ns, "client")
+    assert phase == "Succeeded", log.stdout + log.stderr
+    assert json.loads(log.stdout)["version"]
+
+
+# -- 4. the pull Job and the runtime share the cache claim --------------------------------------
+
+
+def test_pull_job_and_runtime_share_the_cache_claim(
+    cluster: Cluster, node: Node, model: dict[str, Any], server: client.V1Pod
+) -> None:
+    digest = model["status"]["digest"]
+    # The pull Job's pod ran on the node and wrote to the cache claim the runtime mounts.
+    job = f"corral-pull-{MODEL}"
+    pull_pods = cluster.job_pods(f"job-name={job}")
+    assert [p.status.phase for p in pull_pods] == ["Succeeded"]
+    assert pull_pods[0].spec.node_name == server.spec.node_name == "corral-node"
+    claims_of = [
+        {v.persistent_volume_claim.claim_name for v in p.spec.volumes if v.persistent_volume_claim}
+        for p in (pull_pods[0], server)
+    ]
+    assert CACHE_CLAIM in claims_of[0] and CACHE_CLAIM in claims_of[1]
+
+    # The blob it wrote is the digest the Model reports, byte for byte.
+    blob = volume_directory(cluster, CACHE_CLAIM) / "blobs" / ("sha256-" + digest.split(":")[1])
+    sha = hashlib.sha256()
+    with blob.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    assert f"sha256:{sha.hexdigest()}" == digest
+    assert (cluster.get("modelservers", "srv") or {})["status"]["models"][0]["digest"] == digest
+
+    # And it is that file the runtime serves from: after a generate, the model is mapped.
+    answer = http_json(
+        f"http://{server.status.pod_ip}:{PORT}/api/generate",
+        {
+            "model": served_name(cluster, "srv"),
+            "prompt": "Water is",
+            "raw": True,
+            "stream": False,
+            "options": {"num_predict": 6, "temperature": 0},
+        },
+    )
+    assert answer["done"] is True and answer["response"].strip()
+    pid = node.container_pid(server.status.container_statuses[0].container_id)
+    mapped = "".join(Path(f"/proc/{p}/maps").read_text() for p in process_tree(pid))
+    assert f"/models/blobs/{blob.name}" in mapped
+
+
+# -- 5. SIGTERM in the middle of a stream -------------------------------------------------------
+
+
+def _endpoint_ips(cluster: Cluster, service: str) -> set[str]:
+    endpoints = cluster.core.read_namespaced_endpoints(service, cluster.ns)
+    return {a.ip for s in endpoints.subsets or () for a in s.addresses or ()}
+
+
+def test_sigterm_mid_stream_finishes_the_answer_after_leaving_the_endpoints(
+    cluster: Cluster, server: client.V1Pod, kubeconfig: Path
+) -> None:
+    pod_ip, name = server.status.pod_ip, server.metadata.name
+    wait_for(lambda: pod_ip in _endpoint_ips(cluster, "corral-srv"), 30, "the pod in Endpoints")
+    log = subprocess.Popen(
+        [
+            str(TOOLS_BIN / "kubectl"),
+            f"--kubeconfig={kubeconfig}",
+            "logs",
+            "-f",
+            "-n",
+            cluster.ns,
+            name,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    chunks: list[tuple[float, dict[str, Any]]] = []
+    errors: list[BaseException] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        body = {
+            "model": served_name(cluster, "srv"),
+            "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+            "raw": True,
+            "options": {"num_predict": 1500, "temperature": 0},
+        }
+        request = urllib.request.Request(
+            f"http://{pod_ip}:{PORT}/api/generate",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                for line in response:
+                    chunks.append((time.monotonic(), json.loads(line)))
+                    first.set()
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+        finally:
+            first.set()
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    assert first.wait(60) and not errors, errors
+    deleted = time.monotonic()
+    cluster.core.delete_namespaced_pod(name, cluster.ns)  # the pod's own grace period
+    wait_for(
+        lambda: pod_ip not in _endpoint_ips(cluster, "corral-srv"),
+        30,
+        "the deleted pod to leave the Endpoints",
+    )
+    left_endpoints = time.monotonic()
+    reader.join(90)
+    assert not reader.is_alive() and not errors, errors
+    ended, last = chunks[-1]
+    assert last["done"] is True, last
+    assert left_endpoints < ended, "the stream ended before the pod left the Endpoints"
+    # The preStop sleep (5s) ran first, then the kubelet sent SIGTERM: the stream outlived it.
+    assert ended - deleted > 6, f"the stream ended {ended - deleted:.1f}s after the delete"
+    try:
+        output, _ = log.communicate(timeout=60)
+    finally:
+        log.kill()
+    assert "SIGTERM: draining" in output, output[-2000:]
+    text = "".join(c["response"] for _, c in chunks)
+    assert len(chunks) > 20 and text.strip()
+
+
+# -- 6. a runtime killed for memory -------------------------------------------------------------
+
+
+def test_oom_killed_runtime_shows_in_status_and_recovers(
+    cluster: Cluster, model: dict[str, Any]
+) -> None:
+    create_server(cluster, "small", memory="40Mi")
+    cond = wait_condition(cluster, "modelservers", "small", "Ready", "False", "OOMKilled", 180)
+    assert "memory limit" in cond["message"]
+    pods = cluster.job_pods("corral.dev/modelserver=small")
+    killed = [
+        s
+        for p in pods
+        for s in p.status.container_statuses or ()
+        if "OOMKilled"
+        in (
+            (s.state.terminated.reason if s.state.terminated else None),
+            (s.last_state.terminated.reason if s.last_state.terminated else None),
+        )
+    ]
+    assert killed, "no container reports OOMKilled"
+
+    cluster.patch("modelservers", "small", {"spec": {"resources": {"memory": "1Gi"}}})
+    ready_pod(cluster, "small")
+    wait_condition(cluster, "modelservers", "small", "Ready", "True", "Available", 120)
+
+
+# -- 7. more GPUs than the node has ---------------------------------------------------------------
+
+
+def test_gpu_pod_beyond_the_devices_is_pending_with_the_reason(
+    cluster: Cluster, node: Node, model: dict[str, Any]
+) -> None:
+    allocatable = node.node()["status"]["allocatable"]["nvidia.com/gpu"]
+    assert allocatable == "2"
+    create_server(cluster, "big", resources={"gpus": 3})
+    cond = wait_condition(cluster, "modelservers", "big", "Ready", "False", "Unschedulable", 60)
+    assert "Insufficient nvidia.com/gpu" in cond["message"]
+    (pod,) = cluster.job_pods("corral.dev/modelserver=big")
+    assert pod.status.phase == "Pending" and not pod.spec.node_name
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "3"
