@@ -31,38 +31,31 @@ def pods(stack: Stack, *selector: str, namespace: str | None = None) -> list[dic
     return list(json.loads(done.stdout)["items"])
 
 
-def terminating_namespaces(stack: Stack) -> list[str]:
-    done = stack.kubectl("get", "namespaces", "-o", "json")
-    return [
-        ns["metadata"]["name"]
-        for ns in json.loads(done.stdout)["items"]
-        if (ns.get("status") or {}).get("phase") == "Terminating"
-    ]
-
-
 @contextmanager
 def brought_down_cleanly(running: Stack, before_down: Callable[[], None]) -> Iterator[Stack]:
-    """Yield an installed stack; afterwards let the tests' namespaces finish going (the release's
-    operator releases their Models' finalizers), run ``before_down``, take the stack down, and
-    check that none of the release's pods and no corral runtime pod is left on the node."""
+    """Yield an installed stack; afterwards run ``before_down``, take the stack down (the release
+    is uninstalled), and check that none of the release's pods and no corral runtime pod (the
+    tests' namespaces are being deleted) is left on the node."""
     try:
         yield running
     finally:
-        try:
-            wait_for(
-                "the tests' namespaces to go", lambda: not terminating_namespaces(running), 180
-            )
-        finally:
-            before_down()
-            running.down()
+        before_down()
+        running.down()
     release = f"app.kubernetes.io/instance={RELEASE}"
     wait_for(
         "the release's pods to go", lambda: not pods(running, release, namespace=NAMESPACE), 60
     )
-    left = [
-        f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods(running, RUNTIME_PODS)
-    ]
-    assert not left, f"runtime pods outlived the stack: {left}"
+
+    def runtime_pods_left() -> list[str]:
+        return [
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+            for p in pods(running, RUNTIME_PODS)
+        ]
+
+    try:
+        wait_for("the runtime pods to go", lambda: not runtime_pods_left(), 120)
+    except TimeoutError:
+        raise AssertionError(f"runtime pods outlived the stack: {runtime_pods_left()}") from None
 
 
 def sample(kind: str) -> dict[str, Any]:
