@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client
 
 from devstack.controlplane import ControlPlane
-from devstack.node import PAUSE_IMAGE, Node
+from devstack.node import Node
 from devstack.stack import SEED_CLAIM, Stack
 from tests.cluster.operator.support import Cluster, Operator, wait_for
 from tests.conftest import TOOLS_BIN, KubectlRunner
@@ -245,11 +245,21 @@ def server(cluster: Cluster, model: dict[str, Any]) -> client.V1Pod:
 def test_run_as_non_root_refuses_a_root_image_and_runs_the_restricted_runtime(
     cluster: Cluster, node: Node, kubectl: KubectlRunner
 ) -> None:
+    # The image's user is 65532; asking for uid 0 under runAsNonRoot is what the kubelet (not
+    # the API server) refuses, when it builds the container's configuration.
     root = {
         "metadata": {"name": "root"},
         "spec": {
+            "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True},
-            "containers": [{"name": "pause", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}],
+            "containers": [
+                {
+                    "name": "runtime",
+                    "image": RUNTIME_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "securityContext": {"runAsUser": 0},
+                }
+            ],
         },
     }
     restricted = {
@@ -279,7 +289,7 @@ def test_run_as_non_root_refuses_a_root_image_and_runs_the_restricted_runtime(
         return waiting if waiting and waiting.reason == "CreateContainerConfigError" else None
 
     waiting = wait_in(cluster, refused, 120, "the kubelet to refuse the root container")
-    assert "runAsNonRoot and image will run as root" in waiting.message
+    assert "container's runAsUser breaks non-root policy" in waiting.message
 
     def running() -> client.V1ContainerStatus | None:
         state = container_state(cluster, "restricted")
@@ -483,16 +493,32 @@ def test_sigterm_mid_stream_finishes_the_answer_after_leaving_the_endpoints(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    model_name = served_name(cluster, "srv")
+    prompt = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+    # A stream of about 15 seconds on this machine (its speed measured first): longer than the
+    # preStop sleep, well within the runtime's drain (the grace period less the sleep).
+    probe = http_json(
+        f"http://{pod_ip}:{PORT}/api/generate",
+        {
+            "model": model_name,
+            "prompt": prompt,
+            "raw": True,
+            "stream": False,
+            "options": {"num_predict": 48, "temperature": 0},
+        },
+    )
+    per_second = probe["eval_count"] / (probe["eval_duration"] / 1e9)
+    tokens = max(96, min(3000, int(per_second * 15)))
     chunks: list[tuple[float, dict[str, Any]]] = []
     errors: list[BaseException] = []
     first = threading.Event()
 
     def stream() -> None:
         body = {
-            "model": served_name(cluster, "srv"),
-            "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+            "model": model_name,
+            "prompt": prompt,
             "raw": True,
-            "options": {"num_predict": 1500, "temperature": 0},
+            "options": {"num_predict": tokens, "temperature": 0},
         }
         request = urllib.request.Request(
             f"http://{pod_ip}:{PORT}/api/generate",
@@ -523,10 +549,10 @@ def test_sigterm_mid_stream_finishes_the_answer_after_leaving_the_endpoints(
     reader.join(90)
     assert not reader.is_alive() and not errors, errors
     ended, last = chunks[-1]
-    assert last["done"] is True, last
+    assert last["done"] is True, (last, tokens)
     assert left_endpoints < ended, "the stream ended before the pod left the Endpoints"
     # The preStop sleep (5s) ran first, then the kubelet sent SIGTERM: the stream outlived it.
-    assert ended - deleted > 6, f"the stream ended {ended - deleted:.1f}s after the delete"
+    assert ended - deleted > 6, f"the stream ended {ended - deleted:.1f}s after the delete ({last})"
     try:
         output, _ = log.communicate(timeout=60)
     finally:
