@@ -1,7 +1,7 @@
 """Why a ModelServer's runtime pods are not ready, read from what the scheduler and the kubelet
-report on the pods: a pod the scheduler cannot place (``Insufficient nvidia.com/gpu``), a
-container killed for exceeding its memory limit, a container the kubelet refuses to create or
-whose image it cannot get. The ModelServer's ``Ready`` condition carries it, so that
+report on the pods: a pod the scheduler cannot place (``Insufficient nvidia.com/gpu``) or a
+container killed for exceeding its memory limit, the two a ModelServer's own spec causes and
+fixes (``resources``). The ModelServer's ``Ready`` condition carries it, so that
 ``kubectl get modelserver`` says what a look at the pods would."""
 
 from __future__ import annotations
@@ -10,19 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Waiting reasons of a container that will not start by waiting.
-STUCK_REASONS = frozenset(
-    {
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "ErrImageNeverPull",
-        "InvalidImageName",
-        "RunContainerError",
-    }
-)
 OOM_KILLED = "OOMKilled"
 UNSCHEDULABLE = "Unschedulable"
 
@@ -46,13 +33,6 @@ def _container_trouble(pod: str, status: Mapping[str, Any]) -> PodTrouble | None
             OOM_KILLED,
             f"container {name} of pod {pod} was killed for exceeding its memory limit "
             f"(restarted {restarts} times); raise spec.resources.memory",
-        )
-    waiting = state.get("waiting") or {}
-    reason = waiting.get("reason")
-    if reason in STUCK_REASONS:
-        detail = waiting.get("message") or last.get("message") or ""
-        return PodTrouble(
-            str(reason), f"container {name} of pod {pod}: {reason}{': ' if detail else ''}{detail}"
         )
     return None
 

@@ -81,22 +81,15 @@ def test_a_recovered_container_and_a_starting_one_are_no_trouble() -> None:
     assert pod_trouble(leaving) is None
 
 
-def test_refused_container_carries_the_kubelets_message() -> None:
+def test_other_waiting_reasons_are_left_to_starting() -> None:
+    # A missing Secret or image is not the spec's resources: the pods say it, Ready stays
+    # Starting as before.
     refused = _container(
         name="runtime",
         ready=False,
-        state={
-            "waiting": {
-                "reason": "CreateContainerConfigError",
-                "message": "container has runAsNonRoot and image will run as root",
-            }
-        },
+        state={"waiting": {"reason": "CreateContainerConfigError", "message": "secret not found"}},
     )
-    assert pod_trouble(refused) == PodTrouble(
-        "CreateContainerConfigError",
-        "container runtime of pod corral-srv-b: CreateContainerConfigError: "
-        "container has runAsNonRoot and image will run as root",
-    )
+    assert pod_trouble(refused) is None
 
 
 def test_first_trouble_by_pod_name() -> None:
