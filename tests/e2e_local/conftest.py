@@ -26,11 +26,11 @@ from tests.e2e_local.support import brought_down_cleanly
 
 # The session gateway: a generous hold deadline (a cold pod loads the model on 2 busy cores),
 # activity written every second so the keep-alive sees it quickly, and a load target high enough
-# that ten requests on one ready pod ask for no second one.
+# that ten requests on one ready pod ask for no second one. What the chart has a value for is set
+# through it (an extraEnv entry naming a variable the chart sets is a duplicate the API server
+# refuses); the rest through ``gateway.extraEnv``.
+GATEWAY_VALUES = {"holdDeadlineSeconds": 180, "holdQueueSize": 16, "targetInFlightPerPod": 16}
 GATEWAY_ENV = {
-    "CORRAL_GATEWAY_HOLD_DEADLINE_SECONDS": "180",
-    "CORRAL_GATEWAY_HOLD_QUEUE_SIZE": "16",
-    "CORRAL_GATEWAY_TARGET_IN_FLIGHT_PER_POD": "16",
     "CORRAL_GATEWAY_ACTIVITY_INTERVAL_SECONDS": "1",
     "CORRAL_GATEWAY_HEARTBEAT_SECONDS": "1",
 }
@@ -46,7 +46,7 @@ def env_list(env: dict[str, str]) -> list[dict[str, str]]:
 def session_values() -> dict[str, Any]:
     return {
         "crds": {"install": False},
-        "gateway": {"extraEnv": env_list(GATEWAY_ENV)},
+        "gateway": {**GATEWAY_VALUES, "extraEnv": env_list(GATEWAY_ENV)},
         "operator": {"extraEnv": env_list(OPERATOR_ENV)},
     }
 
