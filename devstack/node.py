@@ -45,6 +45,11 @@ from devstack.controlplane import BIN_DIR, ROOT, _alive, _signal_group, free_por
 
 NODE_NAME = "corral-node"
 BRIDGE = "corral0"
+# The bridge's own MAC, set explicitly: a bridge whose address the kernel picked takes the lowest
+# MAC among its ports, so it changed whenever a pod came or went, and pods kept sending to the old
+# one (their ARP entry for the node's IP still valid) -- replies to the kubelet's probes and to
+# connections from the host were lost for tens of seconds after another pod went away.
+BRIDGE_MAC = "02:42:0a:f4:00:01"
 # The pods' subnet; the bridge holds its first address, which is also the node's InternalIP
 # (an address of this host that the API server dials for logs, exec and port-forward, and that
 # is not exposed on any outside interface).
@@ -510,6 +515,7 @@ class Node:
     def _bridge_up(self) -> None:
         if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
             _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "link", "set", BRIDGE, "address", BRIDGE_MAC)
         _run("ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
 

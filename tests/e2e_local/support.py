@@ -114,14 +114,14 @@ def ready_pod(stack: Stack, namespace: str, server: str, timeout: float = 180) -
     return wait_for(f"a Ready pod of {server}", ready, timeout)
 
 
-def task_pids(tasks_ls: str) -> dict[str, tuple[int, str]]:
-    """``ctr tasks ls`` output -> {container id: (host pid, status)}."""
-    tasks = {}
+def task_states(tasks_ls: str) -> dict[str, str]:
+    """``ctr tasks ls`` output (a header, then ``TASK PID STATUS``) -> {container id: status}."""
+    states = {}
     for line in tasks_ls.splitlines()[1:]:
         fields = line.split()
-        if len(fields) == 3 and fields[1].isdigit():
-            tasks[fields[0]] = (int(fields[1]), fields[2])
-    return tasks
+        if len(fields) == 3:
+            states[fields[0]] = fields[2]
+    return states
 
 
 def container_id(pod: dict[str, Any]) -> str:
@@ -132,16 +132,16 @@ def container_id(pod: dict[str, Any]) -> str:
     return cid
 
 
-def running_task(stack: Stack, cid: str) -> int | None:
-    """The host pid of container ``cid``'s task while it runs on the node, else None."""
-    pid, status = task_pids(stack.the_node.ctr("tasks", "ls").stdout).get(cid, (0, ""))
-    return pid if status == "RUNNING" else None
+def task_running(stack: Stack, cid: str) -> bool:
+    """Whether container ``cid`` has a running task on the node."""
+    return task_states(stack.the_node.ctr("tasks", "ls").stdout).get(cid) == "RUNNING"
 
 
 def container_pid(stack: Stack, pod: dict[str, Any]) -> int:
     """The host pid of the pod's running container (its process is visible from the host)."""
     cid = container_id(pod)
-    return wait_for(f"container {cid[:12]} running", lambda: running_task(stack, cid), 30)
+    wait_for(f"container {cid[:12]} running", lambda: task_running(stack, cid), 30)
+    return stack.the_node.container_pid(cid)
 
 
 @contextmanager

@@ -22,8 +22,8 @@ from tests.e2e_local.support import (
     container_pid,
     deploy,
     ready_pod,
-    running_task,
     server_pods,
+    task_running,
 )
 
 pytestmark = pytest.mark.cluster
@@ -68,7 +68,7 @@ def test_model_is_pulled_served_and_stopped(stack: Stack, namespace: str) -> Non
     stack.kubectl("delete", "modelserver", "gemma", "-n", namespace, "--wait=false")
     wait_for("the runtime process to exit", lambda: not _alive(pid), 90)
     wait_for("the pod to go", lambda: not server_pods(stack, namespace, "gemma"), 60)
-    assert running_task(stack, cid) is None, "the container still runs on the node"
+    assert not task_running(stack, cid), "the container still runs on the node"
 
 
 def test_crashed_runtime_is_restarted_and_reported(stack: Stack, namespace: str) -> None:
