@@ -123,3 +123,18 @@ Where the RBAC rules of a component apply: a list of namespaces, or [""] for the
 {{- toJson (list "") }}
 {{- end }}
 {{- end }}
+
+{{/*
+One container environment variable, unless the component's extraEnv names it (an extra entry
+replaces the chart's own instead of repeating the name, which API servers refuse or mis-track).
+Arguments: (list NAME VALUE EXTRA_ENV).
+*/}}
+{{- define "corral.envVar" -}}
+{{- $name := index . 0 }}
+{{- $overridden := false }}
+{{- range (index . 2) }}{{ if eq .name $name }}{{ $overridden = true }}{{ end }}{{ end }}
+{{- if not $overridden -}}
+- name: {{ $name }}
+  value: {{ index . 1 | toString | quote }}
+{{- end }}
+{{- end }}
