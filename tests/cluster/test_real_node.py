@@ -299,6 +299,8 @@ def test_run_as_non_root_refuses_a_root_image_and_runs_the_restricted_runtime(
     # The process the kubelet started, seen from the host: the image's user, no privileges.
     proc = proc_status(node.container_pid(status.container_id))
     assert proc["Uid"].split() == [str(RUNTIME_UID)] * 4
+    # The image's group too, though the pod names no runAsGroup (the image lists the user).
+    assert proc["Gid"].split() == [str(RUNTIME_UID)] * 4
     assert proc["NoNewPrivs"] == "1"
     assert proc["Seccomp"] == "2"  # filtered: the runtime's default profile
     assert int(proc["CapEff"], 16) == 0 and int(proc["CapBnd"], 16) == 0
