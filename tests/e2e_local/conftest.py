@@ -27,8 +27,7 @@ from tests.e2e_local.support import brought_down_cleanly
 # The session gateway: a generous hold deadline (a cold pod loads the model on 2 busy cores),
 # activity written every second so the keep-alive sees it quickly, and a load target high enough
 # that ten requests on one ready pod ask for no second one. What the chart has a value for is set
-# through it (an extraEnv entry naming a variable the chart sets is a duplicate the API server
-# refuses); the rest through ``gateway.extraEnv``.
+# through that value, the rest through ``gateway.extraEnv``.
 GATEWAY_VALUES = {"holdDeadlineSeconds": 180, "holdQueueSize": 16, "targetInFlightPerPod": 16}
 GATEWAY_ENV = {
     "CORRAL_GATEWAY_ACTIVITY_INTERVAL_SECONDS": "1",
