@@ -98,7 +98,10 @@ def test_waits_for_models_then_builds_restricted_runtime(
     status = cluster.get("modelservers", "srv")["status"]  # type: ignore[index]
     assert status["endpoint"] == f"{DEPLOYMENT}.{cluster.ns}.svc.cluster.local:11434"
     cluster.wait_condition("modelservers", "srv", "ScaledToZero", "False")
-    cluster.wait_condition("modelservers", "srv", "Ready", "False", "Starting")
+    # No node here takes the pod (none, or the session's real node tainted against this tier's
+    # pods): the server says so instead of Starting forever.
+    ready = cluster.wait_condition("modelservers", "srv", "Ready", "False", "Unschedulable")
+    assert "cannot be scheduled" in ready["message"]
 
     # The perimeter: no management in pods, a drain on removal, and a NetworkPolicy.
     assert env["CORRAL_MANAGEMENT"].value == "false"
