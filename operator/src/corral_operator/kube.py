@@ -39,6 +39,19 @@ _API_VERSIONS = {
 }
 
 
+def namespace_terminating(error: ApiException) -> bool:
+    """Whether the API server refused a create because the namespace is being deleted (403 with
+    the cause NamespaceTerminating): nothing new can live there any more."""
+    if error.status != 403:
+        return False
+    try:
+        body = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        return False
+    causes = (body.get("details") or {}).get("causes") or () if isinstance(body, dict) else ()
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
+
 def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
     api_version = _API_VERSIONS[kind]
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.operator.support import GEMMA_RESULT, Cluster, Operator, wait_for
 
@@ -157,3 +158,22 @@ def test_delete_collects_blobs_only_when_no_other_model_uses_them(
     assert cluster.get("models", "b") is not None, "the finalizer holds b until the Job is done"
     cluster.finish_pod(gc_pod, exit_code=0, message="")
     wait_for(lambda: cluster.get("models", "b") is None, what="Model b deleted")
+
+
+def test_deleting_the_namespace_of_a_ready_model_finishes(
+    cluster: Cluster, operator: Operator
+) -> None:
+    # The collect Job cannot be created in a namespace being deleted; the finalizer must not
+    # hold the namespace's deletion forever (the cache claim goes with the namespace).
+    cluster.ready_model("gemma")
+    cluster.core.delete_namespace(cluster.ns)
+
+    def gone() -> bool:
+        try:
+            cluster.core.read_namespace(cluster.ns)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(gone, 90, f"namespace {cluster.ns} deleted")
+    assert not cluster.job_pods("app.kubernetes.io/component=gc")

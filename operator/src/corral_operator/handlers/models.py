@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from corral_operator import api, pull
 from corral_operator.builders.jobs import build_gc_job
 from corral_operator.handlers.context import Context
+from corral_operator.kube import namespace_terminating
 from corral_operator.planners.model import gc_needed, job_label_selector, model_cache, plan_model
 from corral_operator.status.conditions import merge_conditions, status_changes
 
@@ -96,7 +97,15 @@ def collect_model(
     if job is None:
         status = model.get("status") or {}
         claim = api.cache_pvc_name(model_cache(model))
-        ctx.kube.apply(build_gc_job(dict(model), str(status["name"]), claim, ctx.settings))
+        try:
+            ctx.kube.apply(build_gc_job(dict(model), str(status["name"]), claim, ctx.settings))
+        except ApiException as error:
+            if not namespace_terminating(error):
+                raise
+            # The cache claim goes with the namespace: nothing to collect, and holding the
+            # finalizer would hold the namespace's deletion forever.
+            logger.info("namespace %s is being deleted: its cache goes with it", namespace)
+            return
         raise kopf.TemporaryError("removing the model from the cache", delay=GC_POLL_SECONDS)
     phase = pull.job_phase(job)
     if phase == "Failed":
