@@ -1,20 +1,23 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager
 and kube-scheduler, built from Debian's packages by scripts/build-control-plane.sh.
 
-Used by the pytest ``cluster`` fixture and by ``make cluster`` / ``make cluster-down``::
+Used by the pytest ``control_plane`` fixture, by ``devstack.stack`` (``make up``) and by
+``make cluster`` / ``make cluster-down``::
 
     python -m devstack.controlplane up   [--dir .cluster]
     python -m devstack.controlplane down [--dir .cluster]
 
 RBAC is on; an admin (group system:masters) authenticates with a static token written into the
-kubeconfig. Nothing runs pods: the scheduler binds them to Nodes created through the API.
+kubeconfig. Pods run only once a node joins (``devstack.node``); the API server reaches its
+kubelet at the node's InternalIP (logs, exec, port-forward), and allows NodePorts from 11434 up,
+so a Service can answer on Ollama's port.
 
-Pods (the node agent's network namespaces) reach the API server the way in-cluster clients do:
-it listens on every address, and advertises ``SERVICE_ADDRESS`` -- the ``kubernetes`` Service's
-ClusterIP, added once as a /32 on the host's loopback device and shared by every control plane
-on the machine (each has its own port) -- so the ``kubernetes`` Endpoints name an address every
-pod routes to the host, and the serving certificate carries it. Where the address cannot be
-added (no CAP_NET_ADMIN), the API server advertises 127.0.0.1 as before and pods cannot reach it.
+Pods reach the API server the way in-cluster clients do: it listens on every address and
+advertises ``SERVICE_ADDRESS`` -- the ``kubernetes`` Service's ClusterIP, added once as a /32 on
+the host's loopback device and shared by every control plane on the machine (each has its own
+port) -- so the ``kubernetes`` Endpoints name an address every pod routes to the host (through
+kube-proxy's rules for the Service), and the serving certificate carries it. Where the address
+cannot be added (no CAP_NET_ADMIN), the API server advertises 127.0.0.1 and pods cannot reach it.
 """
 
 from __future__ import annotations

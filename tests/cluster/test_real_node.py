@@ -1,9 +1,9 @@
 """What a real kubelet and kube-proxy do to corral's pods, on the devstack node (containerd, the
 kubelet, kube-proxy in iptables mode, a CNI bridge, two fake GPUs, a hostPath provisioner).
 
-None of this could be asserted on the process node agent: it ran no container (no uid from an
-image, no read-only root, no seccomp, no memory cgroup), routed no ClusterIP, scheduled nothing
-by extended resources and mounted no claim. Every pod here runs from the images built from this
+Each of these needs the real parts: a container runtime (a uid from the image, a read-only root,
+seccomp, a memory cgroup), kube-proxy (ClusterIPs), a scheduler and kubelet that count extended
+resources, and volumes mounted from claims. Every pod here runs from the images built from this
 tree; the operator runs on the host, as in the rest of the cluster tier.
 """
 
