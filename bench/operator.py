@@ -1,6 +1,8 @@
-"""Operator benchmark on the real control plane (started and stopped here when none runs).
+"""Operator benchmark on the local cluster (``devstack``: the control plane and a real node, as
+root; started and stopped here).
 
-Measures, with the real operator in a subprocess:
+The Model is pulled for real (a pull Job on the node copies the bundled GGUF into the cache
+claim). Measures, with the real operator in a subprocess on this machine:
 - the time from applying a ModelServer (with a Ready Model) to its Deployment existing,
   p50 and p99 over 50 servers applied one after another;
 - the time to reconcile 100 ModelServers applied at once (all Deployments present and every
@@ -12,22 +14,22 @@ Last line: ``apply_to_deployment_p50_ms=<x>`` (goal: at most 500).
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import yaml
 from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devstack.controlplane import ControlPlane  # noqa: E402
-from tests.cluster.operator.support import Cluster, Operator, wait_for  # noqa: E402
+from devstack.operator import Operator  # noqa: E402
+from devstack.poll import wait_for  # noqa: E402
+from devstack.stack import SAMPLE, Stack  # noqa: E402
 
 SINGLE = 50
 BULK = 100
@@ -48,35 +50,44 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run(kubeconfig: Path, work: Path) -> float:
+def _model(name: str) -> dict[str, object]:
+    """The sample's Model (the bundled GGUF from a claim), named ``name``."""
+    docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
+    model = next(d for d in docs if d["kind"] == "Model")
+    return {**model, "metadata": {"name": name}}
+
+
+def run(stack: Stack, work: Path) -> float:
+    kubeconfig = stack.kubeconfig
     api = config.new_client_from_config(config_file=str(kubeconfig))
     core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": ns}})
-    subprocess.run(
-        [
-            str(ROOT / ".tools/bin/kubectl"),
-            f"--kubeconfig={kubeconfig}",
-            "apply",
-            "-f",
-            str(ROOT / "crds"),
-        ],
-        check=True,
-        capture_output=True,
+    stack.kubectl("apply", "-f", str(ROOT / "crds"))
+    for crd in ("models.corral.dev", "modelservers.corral.dev"):
+        stack.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    wait_for(
+        "the namespace's service account", lambda: stack.get("serviceaccount", "default", ns), 30
     )
-    time.sleep(2)  # let the new CRDs' endpoints settle
-    cluster = Cluster(api, ns)
     operator = Operator(kubeconfig, ns, work)
     operator.start()
+
+    def create(plural: str, body: dict[str, object]) -> None:
+        custom.create_namespaced_custom_object("corral.dev", "v1alpha1", ns, plural, body)
+
     try:
-        cluster.ready_model("gemma")
+        # A Model really pulled (a pull Job on the node copies the bundled GGUF into the cache).
+        stack.seed(ns)
+        create("models", _model("gemma"))
+        stack.wait_ready("model", "gemma", ns, timeout=300)
         apps = client.AppsV1Api(api)
         latencies = []
         for i in range(SINGLE):
             name = f"single-{i}"
             stream = watch.Watch()
             started = time.perf_counter()
-            cluster.create("modelservers", _server(name))
+            create("modelservers", _server(name))
             for _ in stream.stream(
                 apps.list_namespaced_deployment,
                 ns,
@@ -93,10 +104,10 @@ def run(kubeconfig: Path, work: Path) -> float:
 
         started = time.perf_counter()
         for i in range(BULK):
-            cluster.create("modelservers", _server(f"bulk-{i}"))
+            create("modelservers", _server(f"bulk-{i}"))
 
         def all_reconciled() -> bool:
-            items = cluster.custom.list_namespaced_custom_object(
+            items = custom.list_namespaced_custom_object(
                 "corral.dev", "v1alpha1", ns, "modelservers"
             )["items"]
             done = [
@@ -115,7 +126,7 @@ def run(kubeconfig: Path, work: Path) -> float:
             ]
             return len(done) == BULK and len(deployments) == BULK
 
-        wait_for(all_reconciled, 300, f"{BULK} ModelServers reconciled")
+        wait_for(f"{BULK} ModelServers reconciled", all_reconciled, 300)
         print(f"reconcile_{BULK}_modelservers_s={time.perf_counter() - started:.2f}")
         assert operator.proc is not None
         print(f"operator_rss_mib={_rss_mib(operator.proc.pid):.1f}")
@@ -126,24 +137,15 @@ def run(kubeconfig: Path, work: Path) -> float:
 
 
 def main() -> int:
-    kubeconfig_env = os.environ.get("KUBECONFIG")
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         work = Path(tmp)
-        plane: ControlPlane | None = None
-        running = ControlPlane(ROOT / ".cluster")  # `make cluster`
-        if kubeconfig_env:
-            kubeconfig = Path(kubeconfig_env)
-        elif running.is_running():
-            kubeconfig = running.kubeconfig
-        else:
-            plane = ControlPlane(work / "cluster")
-            plane.start()
-            kubeconfig = plane.kubeconfig
+        # The control plane and a real node, without the chart: the operator runs here.
+        stack = Stack(work / "stack")
+        stack.up(install=False)
         try:
-            p50 = run(kubeconfig, work)
+            p50 = run(stack, work)
         finally:
-            if plane is not None:
-                plane.stop()
+            stack.down()
     print(f"apply_to_deployment_p50_ms={p50:.1f}")
     return 0
 

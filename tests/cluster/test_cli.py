@@ -26,7 +26,8 @@ import pytest
 from corral_operator import api
 from corral_runtime.store.layout import ModelStore
 from devstack.controlplane import free_port
-from tests.cluster.operator.support import Cluster, Operator, wait_for
+from devstack.operator import Operator
+from tests.cluster.operator.support import Cluster, wait_for
 from tests.conftest import TOOLS_BIN
 
 pytestmark = pytest.mark.cluster

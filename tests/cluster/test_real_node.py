@@ -24,8 +24,9 @@ from kubernetes import client
 
 from devstack.controlplane import ControlPlane
 from devstack.node import Node
+from devstack.operator import Operator
 from devstack.stack import SEED_CLAIM, Stack
-from tests.cluster.operator.support import Cluster, Operator, wait_for
+from tests.cluster.operator.support import Cluster, wait_for
 from tests.conftest import TOOLS_BIN, KubectlRunner
 
 pytestmark = pytest.mark.cluster

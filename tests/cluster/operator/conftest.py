@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.operator.support import Cluster, Operator, wait_for
+from devstack.operator import Operator
+from tests.cluster.operator.support import Cluster, wait_for
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.operator.support import Cluster, Operator, wait_for
+from devstack.operator import Operator
+from tests.cluster.operator.support import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

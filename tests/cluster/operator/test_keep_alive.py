@@ -17,7 +17,8 @@ import pytest
 from corral_operator.gateway import kubeapi
 from corral_operator.keepalive import ANNOTATION_IDLE_DEADLINE
 from corral_operator.planners.replicas import FOREVER
-from tests.cluster.operator.support import Cluster, Operator, wait_for
+from devstack.operator import Operator
+from tests.cluster.operator.support import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -11,7 +11,8 @@ import json
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.operator.support import GEMMA_RESULT, Cluster, Operator, wait_for
+from devstack.operator import Operator
+from tests.cluster.operator.support import GEMMA_RESULT, Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

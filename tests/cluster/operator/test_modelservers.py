@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.operator.support import Cluster, Operator, wait_for
+from devstack.operator import Operator
+from tests.cluster.operator.support import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -14,7 +14,8 @@ import pytest
 
 from devstack import images
 from devstack.node import NODE_IP, NODE_NAME, Node
-from tests.cluster.operator.support import Cluster, Operator, layered_archive, wait_for
+from devstack.operator import Operator
+from tests.cluster.operator.support import Cluster, layered_archive, wait_for
 from tests.support.gguf_corpus import model_of_size
 from tests.support.registry import TestRegistry, running_registry
 
