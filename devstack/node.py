@@ -437,10 +437,8 @@ class Node:
             (self.state_dir / d).mkdir(parents=True, exist_ok=True)
         self._record(
             kubeconfig=str(self.kubeconfig),
-            netns_before=sorted(p.name for p in NETNS_DIR.glob("*")) if NETNS_DIR.is_dir() else [],
-            shims_before=sorted(p.name for p in SHIM_SOCKETS.glob("*"))
-            if SHIM_SOCKETS.is_dir()
-            else [],
+            netns_before=_names(NETNS_DIR),
+            shims_before=_names(SHIM_SOCKETS),
             existed={str(p): p.exists() for p in MACHINE_DIRS},
             chains_before={t: chains(_iptables_save(t)) for t in IPTABLES_TABLES},
             sysctls={k: _sysctl(k) for k in SYSCTLS_RESTORED if (Path("/proc/sys") / k).exists()},
@@ -716,6 +714,34 @@ class Node:
         for path, existed in (record.get("existed") or {}).items():
             if not existed:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def machine_state() -> dict[str, Any]:
+    """What a node changes on this machine outside its state directory, for checking that a
+    stopped node left it as it found it: network links and namespaces, iptables chains, the
+    sysctls it sets, the fixed directories it may create."""
+    links = _run("ip", "-o", "link", "show", check=False).stdout.splitlines()
+    return {
+        "links": sorted(line.split(":")[1].strip().split("@")[0] for line in links if ":" in line),
+        "netns": _names(NETNS_DIR),
+        "chains": {t: sorted(chains(_iptables_save(t))) for t in IPTABLES_TABLES},
+        "sysctls": {k: _sysctl(k) for k in SYSCTLS_RESTORED if (Path("/proc/sys") / k).exists()},
+        "dirs": {str(d): d.exists() for d in MACHINE_DIRS},
+        "device_plugin_socket": (DEVICE_PLUGIN_DIR / "corral-fake-gpu.sock").exists(),
+    }
+
+
+def mounts_under(root: Path) -> list[str]:
+    prefix = str(root) + "/"
+    return [
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if line.split()[1].startswith(prefix) or line.split()[1] == str(root)
+    ]
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*")) if directory.is_dir() else []
 
 
 def _iptables_save(table: str) -> str:
