@@ -92,6 +92,11 @@ class ControlPlane:
         return self.state_dir / "kubeconfig"
 
     @property
+    def client_ca(self) -> Path:
+        """The CA that signs the API server's client certificates (a kubelet trusts it)."""
+        return self.state_dir / "pki" / "server.crt"
+
+    @property
     def pid_file(self) -> Path:
         return self.state_dir / "pids.json"
 
@@ -196,6 +201,8 @@ class ControlPlane:
                 f"--tls-cert-file={pki / 'server.crt'}",
                 f"--tls-private-key-file={pki / 'server.key'}",
                 f"--client-ca-file={pki / 'server.crt'}",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc",
@@ -349,6 +356,20 @@ def _make_pki(pki: Path, advertise: str) -> None:
     )
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+    # The API server's client certificate for kubelets (logs, exec, port-forward), signed by the
+    # cluster's CA: a node's kubelet accepts only clients that CA signed, and asks the API server
+    # whether each may do what it asks (system:masters may).
+    openssl(
+        "req", "-new", "-newkey", "rsa:2048", "-nodes",
+        "-keyout", str(pki / "kubelet-client.key"), "-out", str(pki / "kubelet-client.csr"),
+        "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+    )  # fmt: skip
+    (pki / "kubelet-client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    openssl(
+        "x509", "-req", "-in", str(pki / "kubelet-client.csr"), "-days", "30",
+        "-CA", str(pki / "server.crt"), "-CAkey", str(pki / "server.key"), "-CAcreateserial",
+        "-extfile", str(pki / "kubelet-client.ext"), "-out", str(pki / "kubelet-client.crt"),
+    )  # fmt: skip
 
 
 def _kubeconfig(server: str, ca: Path, token: str) -> str:

@@ -152,14 +152,23 @@ def cni_config(state_dir: Path) -> dict[str, Any]:
     }
 
 
-def kubelet_args(state_dir: Path, kubeconfig: Path, healthz_port: int) -> list[str]:
+def kubelet_args(
+    state_dir: Path, kubeconfig: Path, healthz_port: int, client_ca: Path
+) -> list[str]:
     """The kubelet's flags: a remote runtime (our containerd), cgroupfs without QoS cgroups (this
     machine has no systemd), image garbage collection off (no registry can give an image back),
-    evictions only when the machine is really out of space or memory."""
+    evictions only when the machine is really out of space or memory. Its API (logs, exec,
+    port-forward) answers only clients with a certificate ``client_ca`` signed or a token the API
+    server vouches for, and asks the API server whether each may do what it asks, as a
+    production kubelet does (a pod that reaches the node's address gets nothing)."""
     kubelet_root = state_dir / "kubelet"
     return [
         str(BIN_DIR / "kubelet"),
         f"--kubeconfig={kubeconfig}",
+        "--anonymous-auth=false",
+        f"--client-ca-file={client_ca}",
+        "--authentication-token-webhook=true",
+        "--authorization-mode=Webhook",
         f"--hostname-override={NODE_NAME}",
         f"--node-ip={NODE_IP}",
         f"--address={NODE_IP}",
@@ -382,12 +391,22 @@ class Node:
     state_dir: Path
     kubeconfig: Path | None = None
     gpus: int = 2
+    # The CA that signs the API server's client certificates (ControlPlane.client_ca); None: the
+    # one next to the kubeconfig, where devstack.controlplane keeps it.
+    client_ca_file: Path | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
 
     # -- paths and records -------------------------------------------------------------------
+
+    @property
+    def client_ca(self) -> Path:
+        if self.client_ca_file is not None:
+            return self.client_ca_file
+        assert self.kubeconfig is not None
+        return self.kubeconfig.parent / "pki" / "server.crt"
 
     @property
     def socket(self) -> Path:
@@ -428,6 +447,8 @@ class Node:
         failure, stop what was started and re-raise."""
         if self.kubeconfig is None:
             raise NodeError("a node needs the control plane's kubeconfig")
+        if not self.client_ca.is_file():
+            raise NodeError(f"the API server's client CA {self.client_ca} is missing")
         preflight()
         if self.state_dir.exists():
             self.stop()
@@ -455,7 +476,10 @@ class Node:
             (self.state_dir / "cni" / "net.d" / "10-corral.conflist").write_text(
                 json.dumps(cni_config(self.state_dir), indent=2)
             )
-            self._spawn("kubelet", kubelet_args(self.state_dir, self.kubeconfig, free_port()))
+            self._spawn(
+                "kubelet",
+                kubelet_args(self.state_dir, self.kubeconfig, free_port(), self.client_ca),
+            )
             self._spawn("kube-proxy", kube_proxy_args(self.kubeconfig, free_port(), free_port()))
             self._spawn(
                 "fake-gpu",
@@ -791,12 +815,23 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dir", type=Path, default=Path(".node"))
     up.add_argument("--gpus", type=int, default=2, help="fake nvidia.com/gpu devices (default 2)")
     up.add_argument(
+        "--client-ca",
+        type=Path,
+        help="the CA of the API server's client certificates (default: the control plane's "
+        "pki/server.crt next to the kubeconfig)",
+    )
+    up.add_argument(
         "--image", type=Path, action="append", default=[], help="an OCI archive to import"
     )
     down = sub.add_parser("down", help="stop the node and remove everything it made")
     down.add_argument("--dir", type=Path, default=Path(".node"))
     args = parser.parse_args(argv)
-    node = Node(args.dir, getattr(args, "kubeconfig", None), getattr(args, "gpus", 2))
+    node = Node(
+        args.dir,
+        getattr(args, "kubeconfig", None),
+        getattr(args, "gpus", 2),
+        getattr(args, "client_ca", None),
+    )
     if args.command == "up":
         node.start(args.image)
         print(f"node {NODE_NAME} Ready (state in {node.state_dir})")

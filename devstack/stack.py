@@ -92,7 +92,12 @@ class Stack:
         if self.plane is None:
             self.plane = ControlPlane(self.state_dir / "control-plane")
         if self.node is None:
-            self.node = Node(self.state_dir / "node", self.plane.kubeconfig, gpus=self.gpus)
+            self.node = Node(
+                self.state_dir / "node",
+                self.plane.kubeconfig,
+                gpus=self.gpus,
+                client_ca_file=self.plane.client_ca,
+            )
 
     # -- paths and recorded state ------------------------------------------------------------
 

@@ -123,7 +123,9 @@ def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
     needs pods to run; a node that cannot start fails that test loudly (nothing is skipped)."""
     state = tmp_path_factory.mktemp("node")
     built = images.build(state.parent / "images.log")
-    running = Node(state / "state", control_plane.kubeconfig, gpus=2)
+    running = Node(
+        state / "state", control_plane.kubeconfig, gpus=2, client_ca_file=control_plane.client_ca
+    )
     running.start([image.archive for image in built])
     try:
         public = images.public_names()

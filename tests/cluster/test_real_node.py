@@ -9,11 +9,14 @@ tree; the operator runs on the host, as in the rest of the cluster tier.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import ssl
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ import pytest
 from kubernetes import client
 
 from devstack.controlplane import ControlPlane
-from devstack.node import Node
+from devstack.node import NODE_IP, PAUSE_IMAGE, Node
 from devstack.operator import Operator
 from devstack.stack import SEED_CLAIM, Stack
 from tests.cluster.operator.support import Cluster, wait_for
@@ -604,3 +607,54 @@ def test_gpu_pod_beyond_the_devices_is_pending_with_the_reason(
     (pod,) = cluster.job_pods("corral.dev/modelserver=big")
     assert pod.status.phase == "Pending" and not pod.spec.node_name
     assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "3"
+
+
+# -- 8. the kubelet's own API ---------------------------------------------------------------------
+
+
+def _kubelet_status(path: str, token: str | None = None) -> int:
+    """The HTTP status the node's kubelet API answers ``path`` with."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"https://{NODE_IP}:10250{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_the_kubelet_api_answers_only_whom_the_api_server_allows(
+    cluster: Cluster, node: Node, kubectl: KubectlRunner
+) -> None:
+    # Anonymous (a pod or a process that reaches the node's address): refused.
+    assert _kubelet_status("/pods") == 401
+    assert _kubelet_status(f"/run/{cluster.ns}/x/c") == 401
+    # A pod's ServiceAccount token: authenticated by the API server, not allowed nodes/proxy.
+    token = kubectl("create", "token", "default", "-n", cluster.ns)
+    if token.returncode != 0:  # kubectl newer than the API server's TokenRequest support
+        secret = cluster.core.read_namespaced_service_account("default", cluster.ns).secrets[0]
+        data = cluster.core.read_namespaced_secret(secret.name, cluster.ns).data["token"]
+        jwt = base64.b64decode(data).decode()
+    else:
+        jwt = token.stdout.strip()
+    assert _kubelet_status("/pods", jwt) == 403
+    # The API server itself (its client certificate) still reaches it: kubectl logs works.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "pause"},
+        "spec": {
+            "containers": [{"name": "pause", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}]
+        },
+    }
+    cluster.core.create_namespaced_pod(cluster.ns, pod)
+
+    def running() -> bool:
+        status = cluster.core.read_namespaced_pod("pause", cluster.ns).status
+        return status.phase == "Running"
+
+    wait_for(running, 120, "the pause pod running")
+    logs = kubectl("logs", "-n", cluster.ns, "pause")
+    assert logs.returncode == 0, logs.stderr

@@ -90,7 +90,7 @@ def test_cni_config_is_a_bridge_on_the_pod_subnet(tmp_path: Path) -> None:
 def test_kubelet_args(tmp_path: Path) -> None:
     node = Node(tmp_path / ".node")
     kubeconfig = tmp_path / "kubeconfig"
-    argv = kubelet_args(node.state_dir, kubeconfig, 10248)
+    argv = kubelet_args(node.state_dir, kubeconfig, 10248, tmp_path / "ca.crt")
     assert Path(argv[0]).name == "kubelet"
     flags = _flags(argv)
     assert flags["kubeconfig"] == str(kubeconfig)
@@ -111,6 +111,12 @@ def test_kubelet_args(tmp_path: Path) -> None:
     assert flags["root-dir"] == str(node.state_dir / "kubelet")
     assert Path(flags["cert-dir"]).is_relative_to(node.state_dir)
     assert flags["make-iptables-util-chains"] == "false"
+    # Its API serves no anonymous client: certificates of the cluster's CA or tokens the API
+    # server vouches for, each request authorized by the API server.
+    assert flags["anonymous-auth"] == "false"
+    assert flags["client-ca-file"] == str(tmp_path / "ca.crt")
+    assert flags["authorization-mode"] == "Webhook"
+    assert flags["authentication-token-webhook"] == "true"
 
 
 def test_kube_proxy_args(tmp_path: Path) -> None:
