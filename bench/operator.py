@@ -74,6 +74,7 @@ def run(stack: Stack, work: Path) -> float:
     operator.start()
 
     def create(plural: str, body: dict[str, object]) -> None:
+        body = {"apiVersion": "corral.dev/v1alpha1", **body}
         custom.create_namespaced_custom_object("corral.dev", "v1alpha1", ns, plural, body)
 
     try:
