@@ -12,6 +12,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from devstack.stack import merge
 from tests.chart.chart import CHART, CUSTOM_VALUES
 
 pytestmark = pytest.mark.chart
@@ -85,15 +86,5 @@ def test_values_satisfy_the_schema(values_file: Any) -> None:
     # helm merges a values file over the defaults (maps merge, lists and scalars replace).
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    merged = _merge(yaml.safe_load(VALUES.read_text()), yaml.safe_load(values_file.read_text()))
+    merged = merge(yaml.safe_load(VALUES.read_text()), yaml.safe_load(values_file.read_text()))
     jsonschema.Draft7Validator(schema).validate(merged)
-
-
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-            merged[key] = _merge(base[key], value)
-        else:
-            merged[key] = value
-    return merged
