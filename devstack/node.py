@@ -73,7 +73,9 @@ SYSCTLS = {
 # Set by kube-proxy (NodePorts on 127.0.0.1): recorded at start and restored at stop with ours.
 SYSCTLS_RESTORED = (*SYSCTLS, "net/ipv4/conf/all/route_localnet")
 STORAGE_CLASS = "standard"
+# The StorageClass's provisioner: devstack.provisioner, which the node runs.
 PROVISIONER = "devstack.corral.dev/hostpath"
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 # Directories of this machine the node's programs make when missing; removed again if they were.
 MACHINE_DIRS = (DEVICE_PLUGIN_DIR.parent, CNI_CACHE, Path("/run/containerd"), NETNS_DIR)
 IPTABLES_TABLES = ("nat", "filter", "mangle")
@@ -85,6 +87,10 @@ class NodeError(RuntimeError):
 
 
 # -- pure decisions ---------------------------------------------------------------------------
+
+
+def containerd_socket(state_dir: Path) -> Path:
+    return state_dir / "containerd" / "containerd.sock"
 
 
 def containerd_config(state_dir: Path) -> str:
@@ -101,7 +107,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
 
 [grpc]
-  address = {_toml(c / "containerd.sock")}
+  address = {_toml(containerd_socket(state_dir))}
 
 [ttrpc]
   address = {_toml(c / "containerd.sock.ttrpc")}
@@ -179,7 +185,7 @@ def kubelet_args(
         f"--cert-dir={kubelet_root / 'pki'}",
         f"--volume-plugin-dir={kubelet_root / 'volume-plugins'}",
         "--container-runtime=remote",
-        f"--container-runtime-endpoint=unix://{state_dir / 'containerd' / 'containerd.sock'}",
+        f"--container-runtime-endpoint=unix://{containerd_socket(state_dir)}",
         "--runtime-request-timeout=10m",
         f"--pod-infra-container-image={PAUSE_IMAGE}",
         "--cgroup-driver=cgroupfs",
@@ -235,7 +241,7 @@ def storage_class() -> dict[str, Any]:
         "kind": "StorageClass",
         "metadata": {
             "name": STORAGE_CLASS,
-            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            "annotations": {DEFAULT_CLASS: "true"},
         },
         "provisioner": PROVISIONER,
         "reclaimPolicy": "Delete",
@@ -267,20 +273,26 @@ def chains_to_remove(
     return rules, new
 
 
+@dataclass(frozen=True, slots=True)
+class Task:
+    pid: int
+    status: str  # RUNNING, STOPPED, ...
+
+
+def tasks(tasks_ls: str) -> dict[str, Task]:
+    """Container id to its task, from ``ctr tasks ls`` (a header, then ``TASK PID STATUS``)."""
+    found = {}
+    for line in tasks_ls.splitlines()[1:]:
+        words = line.split()
+        if len(words) >= 3 and words[1].isdigit():
+            found[words[0]] = Task(int(words[1]), words[2])
+    return found
+
+
 # -- the pause image --------------------------------------------------------------------------
 
 
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-
-
-def task_pids(tasks_ls: str) -> dict[str, int]:
-    """Container id to host pid, from ``ctr tasks ls`` (a header, then ``TASK PID STATUS``)."""
-    pids = {}
-    for line in tasks_ls.splitlines()[1:]:
-        words = line.split()
-        if len(words) >= 2 and words[1].isdigit():
-            pids[words[0]] = int(words[1])
-    return pids
 
 
 def pause_archive(binary: Path, out: Path, name: str = PAUSE_IMAGE) -> Path:
@@ -410,7 +422,7 @@ class Node:
 
     @property
     def socket(self) -> Path:
-        return self.state_dir / "containerd" / "containerd.sock"
+        return containerd_socket(self.state_dir)
 
     @property
     def logs(self) -> Path:
@@ -458,11 +470,8 @@ class Node:
             (self.state_dir / d).mkdir(parents=True, exist_ok=True)
         self._record(
             kubeconfig=str(self.kubeconfig),
-            netns_before=_names(NETNS_DIR),
+            before=machine_state(),
             shims_before=_names(SHIM_SOCKETS),
-            existed={str(p): p.exists() for p in MACHINE_DIRS},
-            chains_before={t: chains(_iptables_save(t)) for t in IPTABLES_TABLES},
-            sysctls={k: _sysctl(k) for k in SYSCTLS_RESTORED if (Path("/proc/sys") / k).exists()},
             pids={},
         )
         try:
@@ -591,7 +600,6 @@ class Node:
             return ""
 
     def node(self) -> dict[str, Any]:
-
         core = self.api()
         return dict(core.api_client.sanitize_for_serialization(core.read_node(NODE_NAME)))
 
@@ -647,14 +655,17 @@ class Node:
         with contextlib.suppress(ApiException, OSError):
             self.api().delete_node(NODE_NAME)
 
+    def task(self, container_id: str) -> Task | None:
+        """A container's task; ``container_id`` as a pod's status gives it
+        (``containerd://<id>``) or bare."""
+        return tasks(self.ctr("tasks", "ls").stdout).get(container_id.removeprefix("containerd://"))
+
     def container_pid(self, container_id: str) -> int:
-        """The host pid of a running container's first process; ``container_id`` as a pod's
-        status gives it (``containerd://<id>``) or bare."""
-        bare = container_id.removeprefix("containerd://")
-        pids = task_pids(self.ctr("tasks", "ls").stdout)
-        if not pids.get(bare):
-            raise NodeError(f"no running task for container {bare} on {NODE_NAME}")
-        return pids[bare]
+        """The host pid of a running container's first process."""
+        task = self.task(container_id)
+        if task is None or not task.pid:
+            raise NodeError(f"no running task for container {container_id} on {NODE_NAME}")
+        return task.pid
 
     def _running_tasks(self) -> list[str]:
         if not self.socket.exists():
@@ -707,10 +718,12 @@ class Node:
                     os.kill(int(proc.name), signal.SIGKILL)
 
     def _clean_machine(self, record: dict[str, Any]) -> None:
+        """Undo what the node did outside its state directory, against ``machine_state()`` as
+        it was when the node started."""
+        state = record.get("before") or {}
         if NETNS_DIR.is_dir():
-            before = set(record.get("netns_before", []))
             for netns in NETNS_DIR.glob("cni-*"):
-                if netns.name not in before:
+                if netns.name not in state.get("netns", []):
                     _run("ip", "netns", "delete", netns.name, check=False)
         if SHIM_SOCKETS.is_dir():
             before = set(record.get("shims_before", []))
@@ -719,7 +732,7 @@ class Node:
                     with contextlib.suppress(OSError):
                         sock.unlink()
         _run("ip", "link", "delete", BRIDGE, check=False)
-        for table, before in (record.get("chains_before") or {}).items():
+        for table, before in (state.get("chains") or {}).items():
             rules, new = chains_to_remove(_iptables_save(table), before)
             for rule in rules:
                 _run("iptables", "-t", table, "-D", *rule, check=False)
@@ -727,7 +740,7 @@ class Node:
                 _run("iptables", "-t", table, "-F", chain, check=False)
             for chain in new:
                 _run("iptables", "-t", table, "-X", chain, check=False)
-        for key, value in (record.get("sysctls") or {}).items():
+        for key, value in (state.get("sysctls") or {}).items():
             with contextlib.suppress(OSError):
                 _sysctl(key, value)
         with contextlib.suppress(OSError):
@@ -735,7 +748,7 @@ class Node:
         for cached in (CNI_CACHE / "results").glob(f"{CNI_NETWORK}-*"):
             with contextlib.suppress(OSError):
                 cached.unlink()
-        for path, existed in (record.get("existed") or {}).items():
+        for path, existed in (state.get("dirs") or {}).items():
             if not existed:
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -756,12 +769,13 @@ def machine_state() -> dict[str, Any]:
 
 
 def mounts_under(root: Path) -> list[str]:
+    """The mount points at or under ``root`` (the octal escapes of /proc/self/mounts decoded)."""
     prefix = str(root) + "/"
-    return [
-        line.split()[1]
+    points = (
+        line.split()[1].encode().decode("unicode_escape")
         for line in Path("/proc/self/mounts").read_text().splitlines()
-        if line.split()[1].startswith(prefix) or line.split()[1] == str(root)
-    ]
+    )
+    return [point for point in points if point.startswith(prefix) or point == str(root)]
 
 
 def _names(directory: Path) -> list[str]:
@@ -784,13 +798,8 @@ def _stop_pid(pid: int, grace: float) -> None:
 
 def _unmount_under(root: Path) -> None:
     """Unmount everything mounted under ``root``, deepest first."""
-    prefix = str(root) + "/"
     for _ in range(3):
-        mounts = [
-            line.split()[1].encode().decode("unicode_escape")
-            for line in Path("/proc/self/mounts").read_text().splitlines()
-            if line.split()[1].startswith(prefix) or line.split()[1] == str(root)
-        ]
+        mounts = mounts_under(root)
         if not mounts:
             return
         for mount in sorted(mounts, key=len, reverse=True):

@@ -25,10 +25,10 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from devstack.node import DEFAULT_CLASS, PROVISIONER
+
 log = logging.getLogger("devstack.provisioner")
-PROVISIONER = "devstack.corral.dev/hostpath"
 LABEL = "devstack.corral.dev/provisioned-by"
-DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 
 
 def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -114,16 +114,6 @@ def ready_pod(stack: Stack, namespace: str, server: str, timeout: float = 180) -
     return wait_for(f"a Ready pod of {server}", ready, timeout)
 
 
-def task_states(tasks_ls: str) -> dict[str, str]:
-    """``ctr tasks ls`` output (a header, then ``TASK PID STATUS``) -> {container id: status}."""
-    states = {}
-    for line in tasks_ls.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) == 3:
-            states[fields[0]] = fields[2]
-    return states
-
-
 def container_id(pod: dict[str, Any]) -> str:
     """The pod's (one) container's containerd id, from its status."""
     (status,) = pod["status"]["containerStatuses"]
@@ -134,7 +124,8 @@ def container_id(pod: dict[str, Any]) -> str:
 
 def task_running(stack: Stack, cid: str) -> bool:
     """Whether container ``cid`` has a running task on the node."""
-    return task_states(stack.the_node.ctr("tasks", "ls").stdout).get(cid) == "RUNNING"
+    task = stack.the_node.task(cid)
+    return task is not None and task.status == "RUNNING"
 
 
 def container_pid(stack: Stack, pod: dict[str, Any]) -> int:

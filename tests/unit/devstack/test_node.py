@@ -293,14 +293,16 @@ def test_tag_of_an_image_name(name: str, tag: str) -> None:
     assert node._tag(name) == tag
 
 
-def test_task_pids_read_ctr_tasks_ls() -> None:
+def test_tasks_read_ctr_tasks_ls() -> None:
     listing = (
         "TASK                                                                PID      STATUS    \n"
         "4f8c0e5d2a1b9f7e6d5c4b3a29180706f5e4d3c2b1a09f8e7d6c5b4a39281706    2817     RUNNING   \n"
         "9a8b7c6d    0        STOPPED   \n"
     )
-    assert node.task_pids(listing) == {
-        "4f8c0e5d2a1b9f7e6d5c4b3a29180706f5e4d3c2b1a09f8e7d6c5b4a39281706": 2817,
-        "9a8b7c6d": 0,
+    assert node.tasks(listing) == {
+        "4f8c0e5d2a1b9f7e6d5c4b3a29180706f5e4d3c2b1a09f8e7d6c5b4a39281706": node.Task(
+            2817, "RUNNING"
+        ),
+        "9a8b7c6d": node.Task(0, "STOPPED"),
     }
-    assert node.task_pids("TASK PID STATUS\n") == {}
+    assert node.tasks("TASK PID STATUS\n") == {}
