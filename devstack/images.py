@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from devstack.controlplane import CACHE_ROOT, ROOT
+from devstack.node import Node
 
 CHART = ROOT / "charts" / "corral"
 IMAGES_TSV = CACHE_ROOT / "images" / "images.tsv"
@@ -63,3 +64,10 @@ def public_names(chart: Path = CHART) -> dict[str, str]:
         "corral-operator": f"{values['image']['repository']}:{operator_tag}",
         "corral-runtime": f"{values['runtime']['image']['repository']}:{runtime_tag}",
     }
+
+
+def tag_public(node: Node, built: list[Image], chart: Path = CHART) -> None:
+    """Give ``node``'s imported images the names the chart and the operator ask for."""
+    public = public_names(chart)
+    for image in built:
+        node.tag(image.ref, public[image.name])

@@ -169,10 +169,7 @@ class Stack:
             else:
                 for image in images:
                     self.the_node.import_image(image.archive)
-            public = built_images.public_names()
-            for image in images:
-                if image.name in public:
-                    self.the_node.tag(image.ref, public[image.name])
+            built_images.tag_public(self.the_node, images)
             if install:
                 self.install(merge(install_values(gateway_port), values or {}), timeout)
                 self._record("info.json", gateway=f"http://127.0.0.1:{gateway_port}")

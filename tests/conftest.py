@@ -128,9 +128,7 @@ def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
     )
     running.start([image.archive for image in built])
     try:
-        public = images.public_names()
-        for image in built:
-            running.tag(image.ref, public[image.name])
+        images.tag_public(running, built)
         yield running
     finally:
         running.stop()
