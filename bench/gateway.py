@@ -270,6 +270,7 @@ def scale_from_zero() -> dict[str, list[float]]:
     that waits for the cluster to mark the pod Ready (``waiting``), runs alternating."""
     from devstack.poll import wait_for
     from devstack.stack import Stack, free_node_port
+    from tests.support.serveproc import gateway_process
 
     overheads: dict[str, list[float]] = {"probing": [], "waiting": []}
     wakes: dict[str, list[float]] = {"probing": [], "waiting": []}
@@ -283,24 +284,17 @@ def scale_from_zero() -> dict[str, list[float]]:
             activity = {"CORRAL_GATEWAY_ACTIVITY_INTERVAL_SECONDS": "1"}
             extra_env = [{"name": k, "value": v} for k, v in activity.items()]
             stack.up(gateway_port=free_node_port(), values={"gateway": {"extraEnv": extra_env}})
-            waiting_port = free_port()
-            processes.enter_context(
-                process(
-                    [sys.executable, "-m", "corral_operator.gateway"],
+            waiting = processes.enter_context(
+                gateway_process(
                     {
                         **activity,
                         "CORRAL_GATEWAY_PROBE_STARTING_PODS": "false",
                         "CORRAL_GATEWAY_KUBECONFIG": str(stack.kubeconfig),
-                        "CORRAL_GATEWAY_HOST": "127.0.0.1",
-                        "CORRAL_GATEWAY_PORT": str(waiting_port),
                     },
-                    f"http://127.0.0.1:{waiting_port}/healthz",
+                    log=stack.logs / "waiting-gateway.log",
                 )
             )
-            gateways = {
-                "probing": stack.gateway_url,
-                "waiting": f"http://127.0.0.1:{waiting_port}",
-            }
+            gateways = {"probing": stack.gateway_url, "waiting": waiting.base_url}
             stack.kubectl("create", "namespace", COLD_NAMESPACE)
             wait_for(
                 "the namespace's service account",
