@@ -149,6 +149,21 @@ def ready_pod(cluster: Cluster, server: str, timeout: float = 300) -> client.V1P
     return wait_in(cluster, check, timeout, f"a ready runtime pod of {server}")
 
 
+def generates(base_url: str, model: str, prompt: str, tokens: int) -> None:
+    """A raw, greedy ``/api/generate`` at ``base_url`` answers, done, with some text."""
+    answer = http_json(
+        f"{base_url}/api/generate",
+        {
+            "model": model,
+            "prompt": prompt,
+            "raw": True,
+            "stream": False,
+            "options": {"num_predict": tokens, "temperature": 0},
+        },
+    )
+    assert answer["done"] is True and answer["response"].strip()
+
+
 def served_name(cluster: Cluster, server: str) -> str:
     status = (cluster.get("modelservers", server) or {}).get("status") or {}
     return str(status["models"][0]["name"])
@@ -346,17 +361,12 @@ def test_read_only_root_serves_from_the_claim(
     assert (volume_directory(cluster, CACHE_CLAIM) / "blobs" / blob).is_file()
     listed = exec_in(kubectl, ns, name, "ls", "/models/blobs")
     assert blob in listed.stdout.split(), listed.stderr
-    answer = http_json(
-        f"http://{server.status.pod_ip}:{PORT}/api/generate",
-        {
-            "model": served_name(cluster, "srv"),
-            "prompt": "The capital of France is",
-            "raw": True,
-            "stream": False,
-            "options": {"num_predict": 8, "temperature": 0},
-        },
+    generates(
+        f"http://{server.status.pod_ip}:{PORT}",
+        served_name(cluster, "srv"),
+        "The capital of France is",
+        8,
     )
-    assert answer["done"] is True and answer["response"].strip()
 
 
 # -- 3. a ClusterIP through kube-proxy ---------------------------------------------------------
@@ -374,17 +384,7 @@ def test_cluster_ip_routes_through_kube_proxy(
 
     url = f"http://{cluster_ip}:{PORT}"
     assert wait_for(lambda: answers(url), 30, "the ClusterIP answering from the host")
-    answer = http_json(
-        f"{url}/api/generate",
-        {
-            "model": served_name(cluster, "srv"),
-            "prompt": "One, two, three,",
-            "raw": True,
-            "stream": False,
-            "options": {"num_predict": 6, "temperature": 0},
-        },
-    )
-    assert answer["done"] is True and answer["response"].strip()
+    generates(url, served_name(cluster, "srv"), "One, two, three,", 6)
 
     # From another pod (labelled as the gateway, which the runtime's NetworkPolicy admits).
     fetch = (
@@ -454,17 +454,7 @@ def test_pull_job_and_runtime_share_the_cache_claim(
     assert (cluster.get("modelservers", "srv") or {})["status"]["models"][0]["digest"] == digest
 
     # And it is that file the runtime serves from: after a generate, the model is mapped.
-    answer = http_json(
-        f"http://{server.status.pod_ip}:{PORT}/api/generate",
-        {
-            "model": served_name(cluster, "srv"),
-            "prompt": "Water is",
-            "raw": True,
-            "stream": False,
-            "options": {"num_predict": 6, "temperature": 0},
-        },
-    )
-    assert answer["done"] is True and answer["response"].strip()
+    generates(f"http://{server.status.pod_ip}:{PORT}", served_name(cluster, "srv"), "Water is", 6)
     pid = node.container_pid(server.status.container_statuses[0].container_id)
     mapped = "".join(Path(f"/proc/{p}/maps").read_text() for p in process_tree(pid))
     assert f"/models/blobs/{blob.name}" in mapped
