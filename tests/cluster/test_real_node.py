@@ -378,9 +378,14 @@ def test_cluster_ip_routes_through_kube_proxy(
     service = cluster.core.read_namespaced_service("corral-srv", cluster.ns)
     cluster_ip = service.spec.cluster_ip
     assert cluster_ip and cluster_ip != server.status.pod_ip
-    # kube-proxy wrote the Service's rules (its comment names namespace/service:port).
-    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
-    assert f"{cluster.ns}/corral-srv:" in nat and f"-d {cluster_ip}/32" in nat
+
+    # kube-proxy writes the Service's rules (its comment names namespace/service:port) at its
+    # next sync after the Service appears.
+    def rules_written() -> bool:
+        nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        return f"{cluster.ns}/corral-srv:" in nat and f"-d {cluster_ip}/32" in nat
+
+    assert wait_for(rules_written, 30, "kube-proxy's rules for the Service")
 
     url = f"http://{cluster_ip}:{PORT}"
     assert wait_for(lambda: answers(url), 30, "the ClusterIP answering from the host")
