@@ -26,7 +26,7 @@ import pytest
 
 from corral_operator import api
 from corral_operator.cli.naming import resource_name
-from corral_operator.planners.sources import parse_source, served_name
+from corral_operator.sources import parse_source, served_name
 from devstack.node import NODE_NAME
 from devstack.poll import wait_for
 from devstack.stack import CHART, HELM, NAMESPACE, RELEASE, SEED_CLAIM, Stack

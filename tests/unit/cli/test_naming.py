@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from corral_operator.cli.naming import client_model_name, dns_name, resource_name
-from corral_operator.planners.sources import InvalidSourceError
+from corral_operator.sources import InvalidSourceError
 
 pytestmark = pytest.mark.unit
 

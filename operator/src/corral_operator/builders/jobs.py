@@ -15,8 +15,8 @@ from corral_operator.builders.common import (
     pod_security_context,
     tmp_volume,
 )
-from corral_operator.planners.sources import parse_source
 from corral_operator.settings import OperatorSettings
+from corral_operator.sources import parse_source
 
 _PARAMETER_NAMES = {
     # Model.spec.parameters (camelCase, Kubernetes style) -> Ollama's Modelfile names.

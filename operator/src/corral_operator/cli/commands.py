@@ -148,7 +148,7 @@ def register(subparsers: Any) -> None:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from corral_operator.cli.objects import DeployRequest, model_object, server_object
     from corral_operator.cli.values import format_duration, parse_duration
-    from corral_operator.planners.sources import InvalidSourceError
+    from corral_operator.sources import InvalidSourceError
 
     try:
         request = DeployRequest(

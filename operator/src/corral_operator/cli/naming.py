@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from corral_operator.planners.sources import (
+from corral_operator.sources import (
     DEFAULT_TAG,
     InvalidSourceError,
     parse_source,

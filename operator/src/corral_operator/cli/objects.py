@@ -7,7 +7,7 @@ from typing import Any
 
 from corral_operator import api
 from corral_operator.cli.naming import resource_name
-from corral_operator.planners.sources import parse_source
+from corral_operator.sources import parse_source
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ from typing import Any
 from corral_operator import api, pull
 from corral_operator.builders.cache import build_cache_pvc
 from corral_operator.builders.jobs import build_pull_job
-from corral_operator.planners.sources import InvalidSourceError, parse_source, served_name
 from corral_operator.settings import OperatorSettings
+from corral_operator.sources import InvalidSourceError, parse_source, served_name
 from corral_operator.status.conditions import Condition, find_condition, is_true
 
 PULLED = "Pulled"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral_operator.planners.sources import InvalidSourceError, parse_source, served_name
+from corral_operator.sources import InvalidSourceError, parse_source, served_name
 
 pytestmark = pytest.mark.unit
 
