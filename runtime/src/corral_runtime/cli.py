@@ -1,43 +1,50 @@
-"""The ``corral`` command line: one entry point, one module per group of subcommands.
+"""The ``corral`` command line: one entry point, its subcommands contributed by the installed
+packages.
 
-Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands
-and sets ``func`` on each parser to a callable taking the parsed arguments and returning an exit
-code. Modules are imported lazily so that ``corral --help`` stays fast.
+A package adds subcommands by naming a module in the ``corral.commands`` entry-point group of its
+``pyproject.toml``; the module exposes ``register(subparsers)``, which adds its subcommands and
+sets ``func`` on each parser to a callable taking the parsed arguments and returning an exit code.
+So the runtime names no other package: the operator's cluster commands appear when the operator is
+installed (a workstation, the development environment) and are simply absent where it is not (the
+runtime image). Modules are imported only to build the parser, and import their heavy
+dependencies only when a command runs, so that ``corral --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 
 from corral_runtime import __version__
 
-COMMAND_MODULES = (
-    "corral_runtime.commands.serve",
-    "corral_runtime.commands.models",
-    "corral_operator.cli",
-)
+COMMANDS_GROUP = "corral.commands"
+RUNTIME_DISTRIBUTION = "corral-runtime"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_providers() -> list[EntryPoint]:
+    """The installed ``corral.commands`` entry points: the runtime's own first, then the other
+    packages', each package's by entry-point name, so the help lists local commands first and
+    never changes order between runs (installers do not keep the declared order)."""
+
+    def key(point: EntryPoint) -> tuple[bool, str, str]:
+        distribution = point.dist.name if point.dist is not None else ""
+        return (distribution != RUNTIME_DISTRIBUTION, distribution, point.name)
+
+    return sorted(entry_points(group=COMMANDS_GROUP), key=key)
+
+
+def build_parser(providers: Iterable[EntryPoint] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corral",
         description="Serve and manage local models (Ollama- and OpenAI-compatible).",
     )
     parser.add_argument("--version", action="version", version=f"corral {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # A module whose package is not installed (the operator's, in the runtime image)
-            # contributes no commands; any other missing import is a real error.
-            if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
-                raise
-            continue
-        module.register(subparsers)
+    # A provider that fails to import is a broken installation: say so rather than hide commands.
+    for provider in command_providers() if providers is None else providers:
+        provider.load().register(subparsers)
     return parser
 
 

@@ -3,6 +3,7 @@ one line and exit code 1 when there is no cluster to talk to."""
 
 from __future__ import annotations
 
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,29 @@ def test_cluster_commands_sit_beside_the_store_commands() -> None:
     assert {"serve", "pull", "list", "rm", "cp", "show"} <= names
 
 
-def test_a_missing_package_only_drops_its_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "corral_not_installed.commands")
-    )
-    assert "deploy" in subcommands()
+def provider(name: str, module: str, group: str = cli.COMMANDS_GROUP) -> EntryPoint:
+    return EntryPoint(name=name, value=module, group=group)
+
+
+def test_both_packages_register_through_the_entry_point_group() -> None:
+    # Nothing in the runtime names the operator: the cluster commands come from the operator's
+    # own distribution metadata, after the runtime's.
+    providers = [(p.dist.name if p.dist else "", p.value) for p in cli.command_providers()]
+    assert providers[:2] == [
+        ("corral-runtime", "corral_runtime.commands.serve"),
+        ("corral-runtime", "corral_runtime.commands.models"),
+    ]
+    assert ("corral-operator", "corral_operator.cli") in providers[2:]
+
+
+def test_without_the_operator_only_the_local_commands_exist() -> None:
+    # What the runtime image has: the runtime's own providers only.
+    local = [p for p in cli.command_providers() if p.value.startswith("corral_runtime.")]
+    parser = cli.build_parser(local)
+    action = next(a for a in parser._actions if a.dest == "command")
+    names = set(action.choices or ())
+    assert "serve" in names and "pull" in names
+    assert not names & {"deploy", "ps", "models"}
 
 
 def test_a_broken_import_inside_a_present_module_is_not_hidden(
@@ -36,9 +55,8 @@ def test_a_broken_import_inside_a_present_module_is_not_hidden(
 ) -> None:
     (tmp_path / "corral_broken_commands.py").write_text("import corral_no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("corral_broken_commands",))
     with pytest.raises(ModuleNotFoundError, match="corral_no_such_dependency"):
-        cli.build_parser()
+        cli.build_parser([provider("broken", "corral_broken_commands")])
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """``corral deploy|run|ps|models``: the cluster half of the ``corral`` command line.
 
-The runtime's CLI (corral_runtime.cli) imports this module when the operator package is
-installed and calls ``register``; the handlers import the Kubernetes client only when they run.
+This package names this module in the ``corral.commands`` entry-point group (its
+``pyproject.toml``), so ``corral`` (corral_runtime.cli) calls ``register`` wherever the operator
+is installed; the handlers import the Kubernetes client only when they run.
 """
 
 from __future__ import annotations
