@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from corral_operator.durations import keep_alive_seconds
 from corral_operator.gateway.protocol import (
     ROUTED,
     Api,
@@ -15,7 +16,6 @@ from corral_operator.gateway.protocol import (
     error_body,
     heartbeat,
     inband_error,
-    keep_alive_seconds,
     model_not_found,
     normalize_model_name,
     request_facts,

@@ -8,7 +8,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from corral_operator.gateway.protocol import parse_go_duration
+from corral_operator.durations import parse_go_duration
 
 DEFAULT_PORT = 11434
 

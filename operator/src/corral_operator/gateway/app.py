@@ -20,6 +20,7 @@ import aiohttp
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from corral_operator.durations import keep_alive_seconds
 from corral_operator.gateway.auth import authorized
 from corral_operator.gateway.backend import Backend, StaticBackend
 from corral_operator.gateway.dispatcher import Dispatcher, QueueFullError
@@ -33,7 +34,6 @@ from corral_operator.gateway.protocol import (
     Kind,
     api_of_path,
     error_body,
-    keep_alive_seconds,
     model_not_found,
     normalize_model_name,
     request_facts,
