@@ -53,9 +53,10 @@ e2e-kind: install ## Run the e2e_kind tier on a throwaway kind cluster (needs Do
 	@bash scripts/e2e-kind.sh $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## ruff check and format check
+lint: install ## ruff check, format check, and the import contracts between layers (.importlinter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports .importlinter --no-cache
 
 .PHONY: typecheck
 typecheck: install ## mypy (strict) over both packages
