@@ -25,6 +25,8 @@ from corral_runtime.store.digests import InvalidDigestError
 from corral_runtime.store.gguf import GGUFError
 from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError
 from corral_runtime.store.names import InvalidNameError
+from corral_runtime.store.recipe import RecipeError
+from corral_runtime.store.upload import UploadError, UploadTooLargeError
 from corral_runtime.templates.budget import TemplateBudgetError
 from corral_runtime.templates.gotemplate import TemplateError
 
@@ -87,6 +89,10 @@ def as_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, InvalidNameError | InvalidDigestError):
         return ApiError(400, f"invalid model name: {exc}", param="model")
     if isinstance(exc, InvalidOptionsError | InvalidKeepAliveError | InvalidRequestError):
+        return ApiError(400, str(exc))
+    if isinstance(exc, UploadTooLargeError):
+        return ApiError(413, str(exc))
+    if isinstance(exc, RecipeError | UploadError):  # refused input; the store kept none of it
         return ApiError(400, str(exc))
     if isinstance(exc, QueueFullError):
         return ApiError(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

@@ -9,13 +9,9 @@ the loaded-model manager on ``app.state.models`` is asked which digests its mode
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ConfigDict, Field
@@ -26,28 +22,21 @@ from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.api.text import ValidText
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.digests import InvalidDigestError, parse_digest
-from corral_runtime.store.gguf import GGUFDetails, GGUFError
-from corral_runtime.store.layout import (
-    MODEL_LAYER,
-    BlobState,
-    CorruptStoreError,
-    Layer,
-    ModelNotFoundError,
-    ModelStore,
-    StoredModel,
-)
+from corral_runtime.store.gguf import GGUFError
+from corral_runtime.store.layout import BlobState, CorruptStoreError, ModelNotFoundError, ModelStore
 from corral_runtime.store.limits import DeclaredSizeError, InsufficientSpaceError
 from corral_runtime.store.names import InvalidNameError, parse_name
 from corral_runtime.store.policy import SourcePolicy, SourceRefusedError
-from corral_runtime.store.pull import Puller, PullEvent, PullOptions, model_config
+from corral_runtime.store.pull import Puller, PullEvent, PullOptions
+from corral_runtime.store.recipe import Recipe, create_from_recipe
 from corral_runtime.store.refs import copy_model, delete_model, manifest_digests
 from corral_runtime.store.registry import ManifestNotFoundError
 from corral_runtime.store.sources import InvalidSourceError, parse_source
 from corral_runtime.store.transfer import PullError, UnsupportedModelError
+from corral_runtime.store.upload import put_blob
 
 # Every route here changes (or probes) what the store holds: guarded as management.
 router = APIRouter(dependencies=[Depends(require_management)])
-_T = TypeVar("_T")
 
 
 def _store(request: Request) -> ModelStore:
@@ -274,93 +263,32 @@ class CreateRequest(ValidText):
     stream: bool = True
 
 
-def _file_layer(store: ModelStore, files: dict[str, str]) -> Layer:
-    ggufs = [(name, digest) for name, digest in files.items() if name.lower().endswith(".gguf")]
-    if len(ggufs) != 1:
-        raise ApiError(400, "files must name exactly one .gguf file")
-    filename, raw_digest = ggufs[0]
-    try:
-        digest = parse_digest(raw_digest)
-    except InvalidDigestError as exc:
-        raise ApiError(400, str(exc)) from exc
-    size = store.blob_size(digest) if store.has_blob(digest) else None
-    if size is None:
-        raise ApiError(400, f"blob {digest} for {filename} does not exist; upload it first")
-    return Layer(MODEL_LAYER, digest, size)
-
-
-def _checked_model(store: ModelStore, layer: Layer) -> GGUFDetails:
-    """A model blob verified and validated before it becomes (part of) a model: else a 400."""
-    try:
-        return store.check_model_blob(layer.digest, layer.size)
-    except GGUFError as exc:
-        raise ApiError(400, str(exc)) from exc
-    except (ModelNotFoundError, CorruptStoreError) as exc:
-        raise ApiError(
-            400, f"blob {layer.digest} is missing or does not match its digest; upload it again"
-        ) from exc
-
-
-def _first(given: _T | None, inherited: _T | None) -> _T | None:
-    return given if given is not None else inherited
-
-
-def create_model(
-    store: ModelStore, body: CreateRequest, emit: Callable[[dict[str, Any]], None]
-) -> StoredModel:
-    """Build a model from a Modelfile's fields: from/files, template, system, parameters..."""
-    target = _name(body.model or body.name or "")
-    if body.quantize:
-        raise ApiError(400, "quantization is not supported")
-    if body.adapters:
-        raise ApiError(400, "LoRA adapters are not supported yet", param="adapters")
-    base: StoredModel | None = None
-    if body.from_:
-        try:
-            base = store.get(_name(body.from_, "from"))
-        except ModelNotFoundError as exc:
-            raise ApiError(404, f"model '{body.from_}' not found") from exc
-    if body.files:
-        model_layer = _file_layer(store, body.files)
-    elif base is not None:
-        layer = base.manifest.layer(MODEL_LAYER)
-        assert layer is not None
-        model_layer = layer
-    else:
-        raise ApiError(400, "neither 'from' nor 'files' was specified")
-    details = _checked_model(store, model_layer)
-    emit({"status": f"using existing layer {model_layer.digest}"})
-    params = dict(base.params) if base is not None else {}
-    params.update(body.parameters or {})
+def recipe(body: CreateRequest) -> Recipe:
+    """The request's Modelfile fields as the store's recipe (names parsed: a 400 if invalid)."""
     license_text = "\n".join(body.license) if isinstance(body.license, list) else body.license
-    if base is not None and not body.files:
-        unsupported = base.manifest.unsupported_parts()
-        if unsupported is not None:  # refused rather than carried into a model that ignores them
-            raise ApiError(400, f"{body.from_} has {unsupported}, which are not supported yet")
-    emit({"status": "writing manifest"})
-    model = store.compose_model(
-        target,
-        model_layer,
-        template=_first(body.template, base.template if base else None),
-        system=_first(body.system, base.system if base else None),
-        params=params,
-        messages=_first(body.messages, base.messages if base else None),
-        license=_first(license_text, base.license if base else None),
-        config=model_config(details),
+    return Recipe(
+        base=_name(body.from_, "from") if body.from_ else None,
+        files=body.files or {},
+        adapters=bool(body.adapters),
+        quantize=body.quantize,
+        template=body.template,
+        system=body.system,
+        parameters=body.parameters or {},
+        messages=body.messages,
+        license=license_text,
     )
-    emit({"status": "success"})
-    return model
 
 
 @router.post("/api/create")
 async def create(body: CreateRequest, request: Request) -> Any:
     if not (body.model or body.name):
         raise ApiError(400, "model is required", param="model")
-    _name(body.model or body.name or "")
+    target = _name(body.model or body.name or "")
+    wanted = recipe(body)
     store = _store(request)
 
     def run(emit: Callable[[dict[str, Any]], None]) -> None:
-        create_model(store, body, emit)
+        create_from_recipe(store, target, wanted, emit)
 
     result = _stream_or_last(request, body.stream, run)
     if isinstance(result, Response):
@@ -388,30 +316,5 @@ async def head_blob(digest: str, request: Request) -> Response:
 @router.post("/api/blobs/{digest}")
 async def post_blob(digest: str, request: Request) -> Response:
     """Store an uploaded blob; its bytes must hash to ``digest`` (else 400, nothing kept)."""
-    expected = _digest(digest)
-    store = _store(request)
-    if await asyncio.to_thread(store.check_blob, expected) is BlobState.VALID:
-        return Response(status_code=200)
-    await asyncio.to_thread(store.ensure_blobs_dir)
-    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", dir=store.blobs)
-    tmp = Path(tmp_name)
-    hasher = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async for chunk in request.stream():
-                hasher.update(chunk)
-                await asyncio.to_thread(f.write, chunk)
-        actual = "sha256:" + hasher.hexdigest()
-        if actual != expected:
-            raise ApiError(400, f"digest mismatch, expected {expected}, got {actual}")
-        await asyncio.to_thread(_publish, tmp, store.blob_path(expected))
-        await asyncio.to_thread(store.record_verified, expected)  # hashed as it arrived
-    finally:
-        await asyncio.to_thread(tmp.unlink, missing_ok=True)
-    return Response(status_code=201)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename over whatever is at ``target`` (a corrupt blob or a link is replaced, not used)."""
-    tmp.chmod(0o644)
-    tmp.replace(target)
+    created = await put_blob(_store(request), _digest(digest), request.stream())
+    return Response(status_code=201 if created else 200)

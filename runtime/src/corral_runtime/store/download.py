@@ -6,8 +6,9 @@ while the rest is still arriving). A small JSON sidecar, ``…-partial.json``, r
 bytes of each chunk are on disk, so a killed pull continues from what it had. The blob becomes
 visible only after its sha256 matches, by an atomic rename, and after an fsync (writeback starts
 while the rest is still arriving, so that fsync is short). An exclusive ``flock`` on
-``…-partial.lock`` makes concurrent pullers (threads or processes sharing the volume) produce
-one blob: the others wait and then find it in place.
+``…-partial.lock`` makes concurrent pullers (threads or processes sharing the volume, or an
+upload of the same digest: ``landing``) produce one blob: the others wait and then find it in
+place.
 
 The first part follows the registry's redirect through the httpx client; once the blob's
 download URL is known, each worker fetches its parts from it over a kept-alive connection of its
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import mmap
@@ -30,7 +30,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,21 @@ from typing import Any
 import httpcore
 import httpx
 
-from corral_runtime.store.digests import blob_filename, parse_digest
+from corral_runtime.store.digests import parse_digest
 from corral_runtime.store.direct import (
     BODY_READ_SIZE,
     DirectLane,
     DirectTransportError,
     Reply,
     proxies_configured,
+)
+from corral_runtime.store.landing import (
+    blob_partial,
+    exclusive_lock,
+    lock_path,
+    partial_path,
+    publish,
+    sidecar_path,
 )
 from corral_runtime.store.layout import BlobState, Layer, ModelStore
 from corral_runtime.store.limits import check_blob_size
@@ -174,47 +182,6 @@ class _State:
         return state
 
 
-@contextlib.contextmanager
-def exclusive_lock(
-    path: Path, on_wait: Callable[[], None] | None = None, poll: float = 0.2
-) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created if needed), removing it on release.
-
-    Because the holder removes the file, a waiter that finally gets the lock checks that the path
-    still names the file it locked, and starts over if not; so two holders never coexist.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        clear_foreign(path)  # a link at the lock's path is not followed: it is replaced
-        fd = open_path(path, os.O_RDWR | os.O_CREAT)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if on_wait is not None:
-                        on_wait()
-                    time.sleep(poll)
-            try:
-                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            os.close(fd)
-        return
-
-
 @dataclass
 class _Run:
     """One download attempt's shared state between workers and the hashing loop."""
@@ -288,16 +255,15 @@ class BlobDownloader:
             if existing is not None:
                 report(existing.size, existing.size)
                 return existing
-            base = self.store.blobs / (blob_filename(digest) + "-partial")
+            base = blob_partial(self.store, digest)
             key = digest
         else:
             digest = None
-            base = self.store.blobs / (
-                "url-" + hashlib.sha256(req.url.encode()).hexdigest()[:40] + "-partial"
+            base = partial_path(
+                self.store, "url-" + hashlib.sha256(req.url.encode()).hexdigest()[:40]
             )
             key = req.url
-        lock = base.with_name(base.name + ".lock")
-        sidecar = base.with_name(base.name + ".json")
+        sidecar = sidecar_path(base)
 
         def peek() -> None:
             # Another puller holds the lock: show its progress from its sidecar.
@@ -305,7 +271,7 @@ class BlobDownloader:
                 doc = json.loads(_read_text(sidecar))
                 report(sum(int(x) for x in doc["done"]), int(doc["size"]))
 
-        with exclusive_lock(lock, on_wait=peek):
+        with exclusive_lock(lock_path(base), on_wait=peek):
             if digest is not None:
                 existing = self._existing(digest, req.size, repair=True)
                 if existing is not None:
@@ -426,11 +392,7 @@ class BlobDownloader:
             raise DigestMismatchError(
                 f"downloaded bytes hash to {computed}, expected {digest} ({req.url})"
             )
-        if self.store.check_blob(computed, size) is BlobState.VALID:
-            base.unlink()
-        else:  # absent, or replaced (a link or a bad blob there is renamed over, not written)
-            base.replace(self.store.blob_path(computed))
-            self.store.record_verified(computed)  # its bytes were hashed as they landed
+        publish(self.store, base, computed, size)
         sidecar.unlink(missing_ok=True)
         report(size, size)
         return Layer(media_type="", digest=computed, size=size)
