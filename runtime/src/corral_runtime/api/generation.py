@@ -19,7 +19,12 @@ from corral_runtime.api.options import (
     sampling_params,
     validate_options,
 )
-from corral_runtime.api.thinking import ThinkingSplitter, reasoning_splitter
+from corral_runtime.api.thinking import (
+    ThinkingSplitter,
+    ThinkValue,
+    reasoning_splitter,
+    wants_thinking,
+)
 from corral_runtime.engine.manager import Lease, LoadedModel, ModelManager
 from corral_runtime.engine.types import (
     GenerationRequest,
@@ -29,9 +34,9 @@ from corral_runtime.engine.types import (
 )
 from corral_runtime.engine.worker import GenerationStream
 from corral_runtime.metrics import RuntimeMetrics
-from corral_runtime.store.layout import StoredModel
+from corral_runtime.store.layout import PROJECTOR_LAYER, StoredModel
 from corral_runtime.templates.budget import DEFAULT_BUDGET, render_off_loop
-from corral_runtime.templates.fallback import FallbackChatTemplate
+from corral_runtime.templates.messages import ChatMessage, Tool, with_model_defaults
 
 PromptBuilder = Callable[[LoadedModel], str]
 ModelCheck = Callable[[LoadedModel], None]
@@ -40,6 +45,39 @@ ModelCheck = Callable[[LoadedModel], None]
 def effective_options(stored: StoredModel, request_options: OllamaOptions) -> OllamaOptions:
     model_options = validate_options(stored.params, source="the model's parameters")
     return merge_options(model_options, request_options)
+
+
+def check_capabilities(model: LoadedModel, *, think: ThinkValue, images: bool, tools: bool) -> None:
+    """Refuse (400) what a request asks of a model that cannot do it, before any prompt is
+    rendered, in the words Ollama uses on both APIs."""
+    name = model.name
+    if wants_thinking(think) and not model.template.supports_thinking:
+        raise ApiError(400, f'"{name}" does not support thinking')
+    if images and has_vision(model):
+        raise ApiError(
+            400,
+            f'"{name}": images are not supported yet (the model\'s vision projector is not run)',
+        )
+    if images:
+        raise ApiError(400, f'"{name}" does not support images (the model has no vision input)')
+    if tools and not model.template.supports_tools:
+        raise ApiError(400, f"registry.ollama.ai/library/{name} does not support tools")
+
+
+def has_vision(model: LoadedModel) -> bool:
+    return model.stored.manifest.layer(PROJECTOR_LAYER) is not None
+
+
+def chat_prompt(messages: list[ChatMessage], tools: list[Tool], think: ThinkValue) -> PromptBuilder:
+    """How both chat APIs render a conversation: the model's SYSTEM and MESSAGES layers apply
+    first, then its template, with the tools (if any) and the request's ``think``."""
+
+    def build(model: LoadedModel) -> str:
+        stored = model.stored
+        conversation = with_model_defaults(messages, system=stored.system, stored=stored.messages)
+        return model.template.render(conversation, tools=tools or None, think=think)
+
+    return build
 
 
 async def acquire_model(
@@ -138,8 +176,8 @@ async def start_generation(
         if check is not None:
             check(model)
         params = replace(sampling_params(merged, output_format), logprobs=logprobs)
-        if not params.stop and isinstance(model.template, FallbackChatTemplate):
-            params = replace(params, stop=tuple(model.template.format.stop))
+        if not params.stop:
+            params = replace(params, stop=model.template.default_stops)
         # Off the event loop, within a budget the renderer itself enforces (a thread cannot be
         # stopped from outside): a slow template must not stall /healthz or other requests.
         prompt = await render_off_loop(DEFAULT_BUDGET, lambda: build_prompt(model))

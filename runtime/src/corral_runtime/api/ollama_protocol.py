@@ -22,10 +22,8 @@ from corral_runtime.api.keepalive import parse_keep_alive
 from corral_runtime.api.logprobs import requested
 from corral_runtime.api.options import OllamaOptions, validate_options
 from corral_runtime.api.text import ValidText
-from corral_runtime.api.thinking import ThinkValue, parse_think, wants_thinking
-from corral_runtime.engine.manager import LoadedModel
+from corral_runtime.api.thinking import ThinkValue, parse_think
 from corral_runtime.engine.types import GenerationStats, OutputFormat
-from corral_runtime.store.layout import PROJECTOR_LAYER
 from corral_runtime.templates.messages import CHAT_ROLES, ChatMessage, Tool, ToolCall
 
 KeepAlive = StrictInt | StrictFloat | StrictStr | None
@@ -206,28 +204,6 @@ class ModelRequest(ValidText):
         if not (self.model or self.name):
             raise ApiError(400, "model is required", param="model")
         return self.model or self.name
-
-
-# -- capability checks -------------------------------------------------------------------------
-
-
-def check_capabilities(model: LoadedModel, *, think: ThinkValue, images: bool, tools: bool) -> None:
-    name = model.name
-    if wants_thinking(think) and not model.template.supports_thinking:
-        raise ApiError(400, f'"{name}" does not support thinking')
-    if images and has_vision(model):
-        raise ApiError(
-            400,
-            f'"{name}": images are not supported yet (the model\'s vision projector is not run)',
-        )
-    if images:
-        raise ApiError(400, f'"{name}" does not support images (the model has no vision input)')
-    if tools and not model.template.supports_tools:
-        raise ApiError(400, f"registry.ollama.ai/library/{name} does not support tools")
-
-
-def has_vision(model: LoadedModel) -> bool:
-    return model.stored.manifest.layer(PROJECTOR_LAYER) is not None
 
 
 # -- responses ---------------------------------------------------------------------------------

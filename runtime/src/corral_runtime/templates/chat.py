@@ -37,6 +37,12 @@ class ChatTemplate(Protocol):
     @property
     def supports_insert(self) -> bool: ...
 
+    @property
+    def default_stops(self) -> tuple[str, ...]:
+        """Stop sequences for requests that set none: what ends a turn when the model's own
+        end-of-generation token may not (empty: the model's tokens suffice)."""
+        ...
+
     def render(
         self,
         messages: list[ChatMessage],
@@ -113,6 +119,10 @@ class GoChatTemplate:
     @property
     def supports_insert(self) -> bool:
         return self._template.references("Suffix")
+
+    @property
+    def default_stops(self) -> tuple[str, ...]:
+        return ()  # an Ollama template layer's stops are the model's ``stop`` parameters
 
     def render(
         self,

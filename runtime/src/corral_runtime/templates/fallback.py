@@ -86,6 +86,12 @@ class FallbackChatTemplate:
         self.format = fmt
         self.source = f"(built-in {fmt.name} format)"
 
+    @property
+    def default_stops(self) -> tuple[str, ...]:
+        """The family's end of turn: a model without a template of its own may not mark the
+        end of its turn with an end-of-generation token, so the turn marker stops it."""
+        return tuple(self.format.stop)
+
     def render(
         self,
         messages: list[ChatMessage],

@@ -292,6 +292,10 @@ class JinjaChatTemplate:
     def supports_insert(self) -> bool:
         return False
 
+    @property
+    def default_stops(self) -> tuple[str, ...]:
+        return ()  # a GGUF's template ends turns with the tokens its file marks as the end
+
     def render(
         self,
         messages: list[ChatMessage],

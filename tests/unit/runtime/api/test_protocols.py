@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from corral_runtime.api.errors import ApiError, as_api_error, error_body
-from corral_runtime.api.ollama_protocol import GenerateRequest, parse_format, wants_thinking
+from corral_runtime.api.ollama_protocol import GenerateRequest, parse_format
 from corral_runtime.api.openai_protocol import ChatCompletionRequest
+from corral_runtime.api.thinking import wants_thinking
 from corral_runtime.engine.types import OutputFormat, QueueFullError
 from corral_runtime.store.layout import ModelNotFoundError
 from corral_runtime.store.names import InvalidNameError

@@ -1,0 +1,90 @@
+"""A generation's answer as both APIs send it: the reasoning split out (and left out when the
+request's ``think`` is false), the content, and the tool calls recognised in it.
+
+Whole answers are read at once (``whole_answer``). Streamed ones go through ``AnswerStream``,
+the one loop that feeds each piece to the reasoning splitter and then to the tool-call buffer,
+so that Ollama's NDJSON and OpenAI's server-sent events differ only in how they frame its steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from corral_runtime.api.generation import Generation
+from corral_runtime.api.thinking import Split, ThinkValue, split_answer
+from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
+from corral_runtime.templates.messages import Tool, ToolCall
+
+
+def shows_thinking(think: ThinkValue) -> bool:
+    """Whether reasoning is sent: unless the request turned thinking off, as Ollama does."""
+    return think is not False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What to send: reasoning ("" when hidden), content, and the tool calls it made."""
+
+    thinking: str = ""
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """What a streamed answer still holds once its last piece is in: the reasoning and content
+    the splitter held back, then what the tool-call buffer held (content that only looked like
+    a call) and the calls it turned out to be."""
+
+    thinking: str = ""
+    content: str = ""
+    held: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+async def whole_answer(generation: Generation, *, think: ThinkValue, tools: list[Tool]) -> Answer:
+    """The answer of a generation read to its end. Content that is all tool calls is the calls
+    (and no content); with no tools offered it is always content."""
+    split = split_answer(generation.reasoning_splitter(), await generation.text())
+    names = {t.name for t in tools}
+    calls = (parse_tool_calls(split.content, names) if tools else None) or []
+    return Answer(
+        thinking=split.thinking if shows_thinking(think) else "",
+        content="" if calls else split.content,
+        tool_calls=calls,
+    )
+
+
+class AnswerStream:
+    """A generation's answer step by step: iterate ``steps()`` (one per piece the model wrote),
+    then take ``ending()``. Content that may be a tool call is held back until the end decides;
+    everything else passes at once."""
+
+    def __init__(self, generation: Generation, *, think: ThinkValue, tools: list[Tool]) -> None:
+        self._generation = generation
+        self._splitter = generation.reasoning_splitter()
+        self._buffer = ToolCallBuffer({t.name for t in tools}) if tools else None
+        self._show_thinking = shows_thinking(think)
+
+    async def steps(self) -> AsyncIterator[Answer]:
+        """Per piece, the reasoning and content it completes (either may be empty)."""
+        async for piece in self._generation.pieces():
+            split = (
+                self._splitter.feed(piece) if self._splitter is not None else Split(content=piece)
+            )
+            yield Answer(thinking=self._shown(split.thinking), content=self._passed(split.content))
+
+    def ending(self) -> Ending:
+        rest = self._splitter.finish() if self._splitter is not None else Split()
+        content = self._passed(rest.content)
+        held, calls = self._buffer.finish() if self._buffer is not None else ("", [])
+        return Ending(
+            thinking=self._shown(rest.thinking), content=content, held=held, tool_calls=calls
+        )
+
+    def _shown(self, thinking: str) -> str:
+        return thinking if self._show_thinking else ""
+
+    def _passed(self, content: str) -> str:
+        return self._buffer.feed(content) if self._buffer is not None else content

@@ -1,0 +1,296 @@
+"""Serving Ollama's generating endpoints: /api/generate, /api/chat, /api/embed and
+/api/embeddings.
+
+Each function turns a parsed request into a started generation (errors until then are still
+status codes) and frames its answer: one object, or NDJSON lines of chunks ending in a ``done``
+object with the final statistics. The routes in ``ollama.py`` only parse, call and return.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+
+from corral_runtime.api.errors import ApiError
+from corral_runtime.api.generation import (
+    Generation,
+    PromptBuilder,
+    acquire_model,
+    chat_prompt,
+    check_capabilities,
+    start_generation,
+)
+from corral_runtime.api.logprobs import token_entries
+from corral_runtime.api.ollama_protocol import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    final_fields,
+    now_rfc3339,
+    parse_format,
+    wire_tool_calls,
+)
+from corral_runtime.api.options import OllamaOptions
+from corral_runtime.api.serving_answers import Answer, AnswerStream, whole_answer
+from corral_runtime.api.serving_context import Serving
+from corral_runtime.api.serving_embeddings import embed as embed_inputs
+from corral_runtime.api.serving_embeddings import normalized
+from corral_runtime.api.streaming import ndjson_response
+from corral_runtime.api.thinking import ThinkValue
+from corral_runtime.engine.manager import LoadedModel, ModelManager
+from corral_runtime.templates.budget import TemplateBudgetError
+from corral_runtime.templates.chat import GoChatTemplate, generate_messages
+from corral_runtime.templates.gotemplate import TemplateError
+from corral_runtime.templates.messages import ToolCall
+
+Chunk = dict[str, Any]
+
+
+async def _load_or_unload(
+    manager: ModelManager,
+    name: str,
+    keep_alive: float,
+    options: OllamaOptions,
+    body: Chunk,
+) -> JSONResponse:
+    """An empty request loads the model (``done_reason: load``), or with keep_alive 0 unloads it."""
+    if keep_alive == 0:
+        await manager.resolve_async(name)
+        await manager.unload(name)
+        reason = "unload"
+    else:
+        lease, _ = await acquire_model(manager, name, options, keep_alive)
+        lease.release()
+        reason = "load"
+    return JSONResponse(
+        {"model": name, "created_at": now_rfc3339(), **body, "done": True, "done_reason": reason}
+    )
+
+
+def _generate_prompt(body: GenerateRequest, think: ThinkValue) -> PromptBuilder:
+    """/api/generate's prompt: as given (``raw``), else the prompt, system and suffix rendered
+    by the request's own template or the model's."""
+
+    def build(model: LoadedModel) -> str:
+        if body.raw:
+            return body.prompt
+        system = body.system if body.system is not None else model.stored.system
+        messages = generate_messages(body.prompt, system)
+        if not body.template:
+            return model.template.render(messages, suffix=body.suffix, think=think)
+        try:
+            own = GoChatTemplate(body.template, label="the request's template")
+            return own.render(messages, suffix=body.suffix, think=think)
+        except TemplateBudgetError:
+            raise
+        except TemplateError as exc:  # the client's template, not the model's: a 400
+            raise ApiError(400, f"invalid template: {exc}", param="template") from exc
+
+    return build
+
+
+def _logprobs_adder(generation: Generation) -> Callable[[Chunk], Chunk]:
+    """What adds to a chunk the log-probabilities of its tokens, when the request asked."""
+
+    def with_logprobs(chunk: Chunk) -> Chunk:
+        records = generation.take_logprobs()
+        if records is not None:
+            chunk["logprobs"] = token_entries(records)
+        return chunk
+
+    return with_logprobs
+
+
+def _final_fields(generation: Generation) -> Chunk:
+    return final_fields(
+        generation.stats,
+        total_ns=generation.total_duration_ns(),
+        load_ns=generation.load_duration_ns,
+    )
+
+
+# -- /api/generate -----------------------------------------------------------------------------
+
+
+async def generate(
+    body: GenerateRequest,
+    serving: Serving,
+    *,
+    path: str,
+) -> Response:
+    name = body.require_model()
+    body.check()
+    keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
+    options = body.validated_options()
+    output_format = parse_format(body.format)
+    logprobs = body.logprobs_wanted()
+    think = body.think_setting()
+    if body.is_load_only:
+        return await _load_or_unload(serving.manager, name, keep_alive, options, {"response": ""})
+    generation = await start_generation(
+        serving.manager,
+        serving.metrics,
+        name=name,
+        options=options,
+        output_format=output_format,
+        keep_alive=keep_alive,
+        build_prompt=_generate_prompt(body, think),
+        check=lambda m: check_capabilities(m, think=think, images=bool(body.images), tools=False),
+        logprobs=logprobs,
+        context=tuple(body.context or ()),
+    )
+    with_logprobs = _logprobs_adder(generation)
+
+    def response(answer: Answer) -> Chunk:
+        fields: Chunk = {"model": name, "created_at": now_rfc3339(), "response": answer.content}
+        if answer.thinking:
+            fields["thinking"] = answer.thinking
+        return fields
+
+    def final() -> Chunk:
+        # Ollama's (deprecated) context: the prompt's tokens and the answer's, to send back.
+        return {**_final_fields(generation), "context": list(generation.stats.tokens)}
+
+    if not body.stream:
+        answer = await whole_answer(generation, think=think, tools=[])
+        return JSONResponse(with_logprobs({**response(answer), **final()}))
+
+    async def chunks() -> AsyncIterator[Chunk]:
+        stream = AnswerStream(generation, think=think, tools=[])
+        async for step in stream.steps():
+            if step.content or step.thinking:
+                yield with_logprobs({**response(step), "done": False})
+        rest = stream.ending()
+        yield with_logprobs({**response(Answer(rest.thinking, rest.content)), **final()})
+
+    return ndjson_response(path, chunks())
+
+
+# -- /api/chat ---------------------------------------------------------------------------------
+
+
+def _message(content: str, calls: list[ToolCall] | None = None, thinking: str = "") -> Chunk:
+    message: Chunk = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    if calls:
+        message["tool_calls"] = wire_tool_calls(calls)
+    return message
+
+
+async def chat(
+    body: ChatRequest,
+    serving: Serving,
+    *,
+    path: str,
+) -> Response:
+    name = body.require_model()
+    keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
+    options = body.validated_options()
+    output_format = parse_format(body.format)
+    logprobs = body.logprobs_wanted()
+    if not body.messages:
+        empty = {"message": {"role": "assistant", "content": ""}}
+        return await _load_or_unload(serving.manager, name, keep_alive, options, empty)
+    tools = body.tool_list()
+    think = body.think_setting()
+    generation = await start_generation(
+        serving.manager,
+        serving.metrics,
+        name=name,
+        options=options,
+        output_format=output_format,
+        keep_alive=keep_alive,
+        build_prompt=chat_prompt(body.chat_messages(), tools, think),
+        check=lambda m: check_capabilities(
+            m, think=think, images=body.has_images, tools=bool(tools)
+        ),
+        logprobs=logprobs,
+    )
+    with_logprobs = _logprobs_adder(generation)
+
+    def chunk(message: Chunk) -> Chunk:
+        return {"model": name, "created_at": now_rfc3339(), "message": message, "done": False}
+
+    def final(answer: Answer) -> Chunk:
+        message = _message(answer.content, answer.tool_calls, answer.thinking)
+        return {
+            "model": name,
+            "created_at": now_rfc3339(),
+            "message": message,
+            **_final_fields(generation),
+        }
+
+    if not body.stream:
+        return JSONResponse(
+            with_logprobs(final(await whole_answer(generation, think=think, tools=tools)))
+        )
+
+    async def chunks() -> AsyncIterator[Chunk]:
+        stream = AnswerStream(generation, think=think, tools=tools)
+        async for step in stream.steps():
+            if step.content or step.thinking:
+                yield with_logprobs(chunk(_message(step.content, thinking=step.thinking)))
+        rest = stream.ending()
+        # What the splitter held back carries no log-probabilities: they go with what follows.
+        if rest.thinking:
+            yield chunk(_message("", thinking=rest.thinking))
+        if rest.content:
+            yield chunk(_message(rest.content))
+        if rest.held or rest.tool_calls:
+            yield with_logprobs(chunk(_message(rest.held, rest.tool_calls)))
+        yield with_logprobs(final(Answer()))
+
+    return ndjson_response(path, chunks())
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+
+async def embed(
+    body: EmbedRequest,
+    serving: Serving,
+) -> Chunk:
+    started = time.perf_counter_ns()
+    name = body.require_model()
+    keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
+    serving.metrics.touch()
+    embedded = await embed_inputs(
+        serving.manager,
+        name=name,
+        options=body.validated_options(),
+        keep_alive=keep_alive,
+        inputs=body.texts(),
+        truncate=body.truncate,
+    )
+    return {
+        "model": name,
+        "embeddings": normalized(embedded.result.vectors, body.dimensions),
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": int(embedded.load_seconds * 1e9),
+        "prompt_eval_count": embedded.result.prompt_tokens,
+    }
+
+
+async def embeddings(
+    body: EmbeddingsRequest,
+    serving: Serving,
+) -> Chunk:
+    """The legacy endpoint: one prompt, its vector as the model gives it (not normalised)."""
+    name = body.require_model()
+    keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
+    serving.metrics.touch()
+    embedded = await embed_inputs(
+        serving.manager,
+        name=name,
+        options=body.validated_options(),
+        keep_alive=keep_alive,
+        inputs=[body.prompt] if body.prompt else [],
+        truncate=True,
+    )
+    vectors = embedded.result.vectors
+    return {"embedding": vectors[0] if vectors else []}
