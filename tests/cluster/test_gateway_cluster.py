@@ -18,16 +18,11 @@ import pytest
 from kubernetes import client
 
 from corral_operator import api
-from corral_operator.gateway import kubeapi
+from corral_operator.api import ANNOTATION_IDLE_DEADLINE, ANNOTATION_IN_FLIGHT
 from corral_operator.gateway.app import create_gateway_app
 from corral_operator.gateway.settings import GatewaySettings
 from corral_operator.handlers.context import Context
-from corral_operator.keepalive import (
-    ANNOTATION_IDLE_DEADLINE,
-    ANNOTATION_IN_FLIGHT,
-    KeepAliveSettings,
-    tick,
-)
+from corral_operator.handlers.keepalive import tick
 from corral_operator.kube import Kube
 from corral_operator.settings import OperatorSettings
 
@@ -60,17 +55,11 @@ def create_ready_model(k8s_client: Any, namespace: str, name: str, served: str) 
                 "status": "True",
                 "reason": "Pulled",
                 "message": "pulled",
-                "lastTransitionTime": kubeapi.rfc3339(datetime.now(UTC)),
+                "lastTransitionTime": api.rfc3339(datetime.now(UTC)),
             }
         ],
     }
-    kubeapi.request(
-        k8s_client,
-        "PATCH",
-        f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.MODELS}/{name}/status",
-        {"status": status},
-        kubeapi.MERGE_PATCH,
-    )
+    Kube(k8s_client).merge_patch("Model", namespace, name, {"status": status}, "status")
 
 
 def create_server(k8s_client: Any, namespace: str, name: str, models: list[str]) -> None:
@@ -142,7 +131,7 @@ async def test_held_request_wakes_the_server_and_fails_at_deadline(
     assert "did not become ready within 3s" in held.json()["error"]
     server = get_server(k8s_client, namespace, "cold")
     assert server["spec"]["replicas"] == 1
-    last = kubeapi.parse_time(server["status"]["lastRequestTime"])
+    last = api.parse_time(server["status"]["lastRequestTime"])
     assert last is not None and last >= started.replace(microsecond=0)
     metrics = (await gateway.get("/metrics")).text
     assert "corral_gateway_scale_events_total{" in metrics
@@ -152,15 +141,17 @@ async def test_keep_alive_scales_an_idle_server_to_zero(
     crds: None, k8s_client: Any, namespace: str
 ) -> None:
     create_server(k8s_client, namespace, "idle", ["gemma"])
-    kubeapi.scale_replicas(k8s_client, namespace, "idle", 1, unset=True)
     ctx = Context(kube=Kube(k8s_client), settings=OperatorSettings())
+    ctx.kube.scale("ModelServer", namespace, "idle", 1, unset=True)
     log = logging.getLogger("test")
     now = datetime.now(UTC)
-    kubeapi.set_last_request_time(k8s_client, namespace, "idle", now - timedelta(seconds=2))
-    tick(ctx, namespace, "idle", now, KeepAliveSettings(), log)
+    last = {"lastRequestTime": api.rfc3339(now - timedelta(seconds=2))}
+    ctx.kube.patch_status("ModelServer", namespace, "idle", last)
+    tick(ctx, namespace, "idle", now, log)
     assert get_server(k8s_client, namespace, "idle")["spec"]["replicas"] == 1
-    kubeapi.set_last_request_time(k8s_client, namespace, "idle", now - timedelta(seconds=6))
-    tick(ctx, namespace, "idle", now, KeepAliveSettings(), log)
+    last = {"lastRequestTime": api.rfc3339(now - timedelta(seconds=6))}
+    ctx.kube.patch_status("ModelServer", namespace, "idle", last)
+    tick(ctx, namespace, "idle", now, log)
     assert get_server(k8s_client, namespace, "idle")["spec"]["replicas"] == 0
 
 
@@ -169,7 +160,7 @@ async def _annotation(k8s_client: Any, namespace: str, name: str, wanted: Any) -
     flight (the gateway writes activity every 0.5 s here)."""
     for _ in range(100):
         annotations = get_server(k8s_client, namespace, name)["metadata"].get("annotations") or {}
-        deadline = kubeapi.parse_time(annotations.get(ANNOTATION_IDLE_DEADLINE))
+        deadline = api.parse_time(annotations.get(ANNOTATION_IDLE_DEADLINE))
         if wanted(deadline) and ANNOTATION_IN_FLIGHT not in annotations:
             return deadline
         await asyncio.sleep(0.1)
@@ -199,7 +190,7 @@ async def test_a_keep_alive_zero_through_the_gateway_undoes_a_forever(
     assert forever is not None and forever <= datetime.now(UTC) + timedelta(hours=1)
     assert get_server(k8s_client, namespace, "kept")["spec"]["replicas"] == 1
     later = datetime.now(UTC) + timedelta(minutes=30)
-    tick(ctx, namespace, "kept", later, KeepAliveSettings(), log)
+    tick(ctx, namespace, "kept", later, log)
     assert get_server(k8s_client, namespace, "kept")["spec"]["replicas"] == 1
 
     body["keep_alive"] = 0
@@ -212,5 +203,5 @@ async def test_a_keep_alive_zero_through_the_gateway_undoes_a_forever(
     )
     assert now is not None
     # Right away, long before keepAliveSeconds: the model may go now.
-    tick(ctx, namespace, "kept", datetime.now(UTC) + timedelta(seconds=1), KeepAliveSettings(), log)
+    tick(ctx, namespace, "kept", datetime.now(UTC) + timedelta(seconds=1), log)
     assert get_server(k8s_client, namespace, "kept")["spec"]["replicas"] == 0

@@ -1,9 +1,13 @@
-"""Names shared by every part of the operator: the API group, labels, child-object names."""
+"""Names shared by every part of the operator: the API group, labels, child-object names, and
+the keep-alive contract between the gateway (which records activity on a ModelServer) and the
+controller (which scales it back down)."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 GROUP = "corral.dev"
 VERSION = "v1alpha1"
@@ -28,6 +32,23 @@ MANAGED_BY = "corral-operator"
 
 ANNOTATION_MODELS = f"{GROUP}/models"
 ANNOTATION_PULL_SPEC = f"{GROUP}/pull-spec"
+
+# Keep-alive: the gateway writes these on a ModelServer, the controller's one replica decision
+# reads them (planners.replicas).
+ANNOTATION_IDLE_DEADLINE = f"{GROUP}/idle-deadline"
+"""When every served model's requested ``keep_alive`` runs out (RFC 3339)."""
+ANNOTATION_IN_FLIGHT = f"{GROUP}/in-flight"
+"""Requests the gateway has in flight or held for the server."""
+ANNOTATION_WAKE = f"{GROUP}/wake-requested"
+"""Written by the gateway to make the controller reconcile a server whose replicas were asked
+for already but none run."""
+DEFAULT_KEEP_ALIVE_SECONDS = 300
+DEFAULT_MAX_KEEP_ALIVE_SECONDS = 3600
+# An in-flight count older than this (by lastRequestTime) is ignored: the gateway that wrote it
+# refreshes lastRequestTime while requests are in flight, so a dead gateway's count goes stale.
+IN_FLIGHT_STALE_SECONDS = 120.0
+# The idle deadline of a server a request asked to keep forever (maxKeepAliveSeconds -1).
+FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 _MAX_NAME = 63
 
@@ -68,6 +89,14 @@ def pull_job_name(model: str) -> str:
 
 def gc_job_name(model: str) -> str:
     return child_name("corral-gc", model)
+
+
+def max_keep_alive(spec: Mapping[str, Any]) -> float | None:
+    """``spec.maxKeepAliveSeconds`` of a ModelServer in seconds; None (no bound) for a negative
+    value. The gateway bounds the deadlines it writes by it, the controller the ones it reads."""
+    raw = spec.get("maxKeepAliveSeconds", DEFAULT_MAX_KEEP_ALIVE_SECONDS)
+    value = float(DEFAULT_MAX_KEEP_ALIVE_SECONDS if raw is None else raw)
+    return None if value < 0 else value
 
 
 def rfc3339(moment: datetime) -> str:

@@ -1,7 +1,11 @@
-"""The operator's one write path: server-side apply with the ``corral-operator`` field manager.
+"""The one write path of the controller and the gateway: server-side apply with the
+``corral-operator`` field manager for the objects the controller owns, merge patches for the
+status and the few fields other writers share (a ModelServer's ``spec.replicas``, activity
+annotations, ``status.lastRequestTime``).
 
 A thin, synchronous layer over the ``kubernetes`` client's ApiClient (kopf runs synchronous
-handlers in its thread pool). Objects are plain dicts, as the builders return them.
+handlers in its thread pool, the gateway writes from worker threads). Objects are plain dicts,
+as the builders return them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from corral_operator import api
 
+MERGE_PATCH = "application/merge-patch+json"
 # A log read must not hold a handler thread for long: a kubelet that does not answer is skipped.
 LOG_TIMEOUT_SECONDS = 10.0
 _PLURALS = {
@@ -52,9 +57,14 @@ def namespace_terminating(error: ApiException) -> bool:
     return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
+def api_version(kind: str) -> str:
+    """The apiVersion the operator reads and writes ``kind`` in."""
+    return _API_VERSIONS[kind]
+
+
 def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
-    api_version = _API_VERSIONS[kind]
-    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    version = api_version(kind)
+    prefix = "/api/v1" if version == "v1" else f"/apis/{version}"
     path = f"{prefix}/namespaces/{namespace}/{_PLURALS[kind]}"
     return f"{path}/{name}" if name else path
 
@@ -148,8 +158,9 @@ class Kube:
         items = self._call("GET", resource_path(kind, namespace), query=query).get("items") or []
         return [dict(item, kind=kind) for item in items]
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete with background propagation (a Job's pods go with it); gone is fine."""
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete with background propagation (a Job's pods go with it); gone is fine. Whether
+        this call deleted it (False: it was gone already)."""
         try:
             self._call(
                 "DELETE",
@@ -159,6 +170,8 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True
 
     def log_tail(
         self, namespace: str, pod: str, container: str, *, lines: int, limit_bytes: int
@@ -181,15 +194,51 @@ class Kube:
         )
         return data.decode(errors="replace")
 
+    def merge_patch(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386: None removes a key) of an object or one of its
+        subresources, for fields other writers share, which server-side apply would take over.
+        ApiException (404 included) unless it succeeded."""
+        path = resource_path(kind, namespace, name)
+        return self._call(
+            "PATCH",
+            f"{path}/{subresource}" if subresource else path,
+            body=dict(patch),
+            content_type=MERGE_PATCH,
+        )
+
     def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource (only the fields that changed are sent)."""
         try:
-            self._call(
-                "PATCH",
-                resource_path(kind, namespace, name) + "/status",
-                body={"status": dict(status)},
-                content_type="application/merge-patch+json",
-            )
+            self.merge_patch(kind, namespace, name, {"status": dict(status)}, "status")
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing left to describe
                 raise
+
+    def annotate(
+        self, kind: str, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Merge-patch annotations (None removes one)."""
+        self.merge_patch(kind, namespace, name, {"metadata": {"annotations": dict(annotations)}})
+
+    def read_replicas(self, kind: str, namespace: str, name: str) -> int | None:
+        """``spec.replicas`` (None while unset). Read from the object itself: the scale
+        subresource of a custom resource fails (500) while its replicas field is unset."""
+        found = self._call("GET", resource_path(kind, namespace, name))
+        replicas = (found.get("spec") or {}).get("replicas")
+        return None if replicas is None else int(replicas)
+
+    def scale(
+        self, kind: str, namespace: str, name: str, replicas: int, *, unset: bool = False
+    ) -> None:
+        """Set ``spec.replicas`` through the scale subresource; an object whose field is still
+        ``unset`` gets it through a patch of the object (its scale subresource cannot answer)."""
+        self.merge_patch(
+            kind, namespace, name, {"spec": {"replicas": replicas}}, None if unset else "scale"
+        )

@@ -16,16 +16,16 @@ from typing import Any
 import kopf
 from kopf._core.engines.peering import Identity
 
-from corral_operator import api, keepalive
-from corral_operator.handlers import models, modelservers, startup
+from corral_operator import api
+from corral_operator.handlers import keepalive, models, modelservers, startup
 from corral_operator.handlers.context import Context
 from corral_operator.planners.model import is_pulling
 from corral_operator.settings import OperatorSettings
 
 MANAGED = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
-KEEP_ALIVE = keepalive.KeepAliveSettings()
-# Timer intervals are fixed when the handlers are registered, that is at import.
-TIMERS = OperatorSettings()
+# Read once, at import: timer intervals are fixed when the handlers are registered; start-up and
+# main() use the same object.
+SETTINGS = OperatorSettings()
 
 
 def _ctx(memo: Any) -> Context:
@@ -41,7 +41,7 @@ def _ns(namespace: str | None) -> str:
 
 @kopf.on.startup()
 def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    startup.start(settings, memo)
+    startup.start(settings, memo, SETTINGS)
 
 
 # -- Model ---------------------------------------------------------------------------------------
@@ -50,8 +50,8 @@ def on_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 @kopf.on.resume(api.GROUP, api.VERSION, api.MODELS)
 @kopf.on.create(api.GROUP, api.VERSION, api.MODELS)
 @kopf.on.update(api.GROUP, api.VERSION, api.MODELS)
-def on_model(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    models.reconcile_model(_ctx(memo), _ns(namespace), name)
+def on_model(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    models.reconcile_model(_ctx(memo), _ns(namespace), name, logger)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.MODELS)
@@ -60,10 +60,12 @@ def on_model_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, api.LABEL_COMPONENT: "pull"})
-def on_pull_job(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+def on_pull_job(
+    namespace: str | None, labels: kopf.Labels, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
     model = models.model_of(labels)
     if model:
-        models.reconcile_model(_ctx(memo), _ns(namespace), model)
+        models.reconcile_model(_ctx(memo), _ns(namespace), model, logger)
 
 
 def _pulling(status: kopf.Status, **_: Any) -> bool:
@@ -73,18 +75,22 @@ def _pulling(status: kopf.Status, **_: Any) -> bool:
 # Nothing but the pull pod's log changes while bytes arrive: look at it now and then. The timer
 # runs only while a Model pulls (kopf stops it when the filter no longer matches).
 @kopf.timer(
-    api.GROUP, api.VERSION, api.MODELS, interval=TIMERS.pull_progress_seconds, when=_pulling
+    api.GROUP, api.VERSION, api.MODELS, interval=SETTINGS.pull_progress_seconds, when=_pulling
 )
-def on_pull_progress(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    models.reconcile_model(_ctx(memo), _ns(namespace), name)
+def on_pull_progress(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    models.reconcile_model(_ctx(memo), _ns(namespace), name, logger)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.MODELS)
-def on_model_event(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+def on_model_event(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
     # A Model becoming Ready (or going away) changes what its ModelServers can do.
     ctx = _ctx(memo)
     for server in modelservers.servers_using(ctx, _ns(namespace), name):
-        modelservers.reconcile_modelserver(ctx, _ns(namespace), server)
+        modelservers.reconcile_modelserver(ctx, _ns(namespace), server, logger)
 
 
 # -- ModelServer ---------------------------------------------------------------------------------
@@ -93,39 +99,47 @@ def on_model_event(namespace: str | None, name: str, memo: Any, **_: Any) -> Non
 @kopf.on.resume(api.GROUP, api.VERSION, api.MODELSERVERS)
 @kopf.on.create(api.GROUP, api.VERSION, api.MODELSERVERS)
 @kopf.on.update(api.GROUP, api.VERSION, api.MODELSERVERS)
-def on_modelserver(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), name)
+def on_modelserver(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), name, logger)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={**MANAGED, api.LABEL_COMPONENT: "runtime"})
 @kopf.on.event("", "v1", "services", labels={**MANAGED, api.LABEL_COMPONENT: "runtime"})
-def on_runtime_child(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+def on_runtime_child(
+    namespace: str | None, labels: kopf.Labels, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
     # Drift repair and status: any change to (or deletion of) a child re-converges its parent.
     server = modelservers.server_of(labels)
     if server:
-        modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), server)
+        modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), server, logger)
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.MODELSERVERS, interval=KEEP_ALIVE.keep_alive_check_seconds)
+@kopf.timer(api.GROUP, api.VERSION, api.MODELSERVERS, interval=SETTINGS.keep_alive_check_seconds)
 def on_keep_alive(
     namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
 ) -> None:
-    keepalive.tick(_ctx(memo), _ns(namespace), name, datetime.now(UTC), KEEP_ALIVE, logger)
+    keepalive.tick(_ctx(memo), _ns(namespace), name, datetime.now(UTC), logger)
 
 
 # -- periodic resync ------------------------------------------------------------------------------
 
 
-def on_model_resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+def on_model_resync(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
     # What no event reports (a deleted cache claim, a missed event) converges within a period.
-    models.reconcile_model(_ctx(memo), _ns(namespace), name)
+    models.reconcile_model(_ctx(memo), _ns(namespace), name, logger)
 
 
-def on_modelserver_resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), name)
+def on_modelserver_resync(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    modelservers.reconcile_modelserver(_ctx(memo), _ns(namespace), name, logger)
 
 
-if TIMERS.resync_seconds > 0:
+if SETTINGS.resync_seconds > 0:
     for _plural, _resync in (
         (api.MODELS, on_model_resync),
         (api.MODELSERVERS, on_modelserver_resync),
@@ -134,8 +148,8 @@ if TIMERS.resync_seconds > 0:
             api.GROUP,
             api.VERSION,
             _plural,
-            interval=TIMERS.resync_seconds,
-            initial_delay=TIMERS.resync_seconds,
+            interval=SETTINGS.resync_seconds,
+            initial_delay=SETTINGS.resync_seconds,
         )(_resync)
 
 
@@ -149,13 +163,12 @@ def identity(hostname: str, pid: int) -> str:
 def main() -> None:
     """``corral-operator``: run the operator on the namespaces from the settings."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = OperatorSettings()
     kopf.run(
         standalone=True,
         identity=Identity(identity(socket.gethostname(), os.getpid())),
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        liveness_endpoint=settings.liveness_endpoint,
+        clusterwide=not SETTINGS.namespaces,
+        namespaces=SETTINGS.namespaces,
+        liveness_endpoint=SETTINGS.liveness_endpoint,
     )
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from corral_operator import api
+
 AccessMode = Literal["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"]
 
 
@@ -72,6 +74,18 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="How often a pulling Model's status.completedBytes/totalBytes are refreshed "
         "from its pull pod's log.",
+    )
+    keep_alive_check_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often each ModelServer's keep-alive is checked (scale to minReplicas "
+        "once idle past its deadline with nothing in flight).",
+    )
+    in_flight_stale_seconds: float = Field(
+        default=api.IN_FLIGHT_STALE_SECONDS,
+        gt=0,
+        description="An in-flight count older than this (by lastRequestTime) is ignored: the "
+        "gateway that wrote it refreshes lastRequestTime while requests are in flight.",
     )
     runtime_network_policy: bool = Field(
         default=True,

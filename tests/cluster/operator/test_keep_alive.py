@@ -1,7 +1,7 @@
 """A request's keep_alive against the operator's two scale paths on the real control plane.
 
 The gateway writes what requests asked for on the ModelServer (``lastRequestTime``, the
-``corral.dev/idle-deadline`` annotation) with ``kubeapi``, as here. The reconcile (run by the
+``corral.dev/idle-deadline`` annotation) through ``Kube``, as here. The reconcile (run by the
 periodic resync, every second here) and the keep-alive timer (every second) must take the same
 decision: a deadline past ``keepAliveSeconds`` keeps the server up across resyncs, and a deadline
 that has passed (a ``keep_alive: 0``) lets it go to ``minReplicas`` at once.
@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from corral_operator.gateway import kubeapi
-from corral_operator.keepalive import ANNOTATION_IDLE_DEADLINE
-from corral_operator.planners.replicas import FOREVER
+from corral_operator.api import ANNOTATION_IDLE_DEADLINE, FOREVER, rfc3339
+from corral_operator.kube import Kube
 from devstack.operator import Operator
 from tests.cluster.operator.support import Cluster, wait_for
 
@@ -56,16 +55,20 @@ def _serving(cluster: Cluster, *, max_keep_alive: int) -> None:
         },
     )
     # A request arrives (as the gateway records one): activity first, then the scale.
-    kubeapi.set_last_request_time(cluster.api, cluster.ns, "srv", datetime.now(UTC))
-    kubeapi.scale_replicas(cluster.api, cluster.ns, "srv", 1, unset=True)
+    kube = Kube(cluster.api)
+    kube.patch_status(
+        "ModelServer", cluster.ns, "srv", {"lastRequestTime": rfc3339(datetime.now(UTC))}
+    )
+    kube.scale("ModelServer", cluster.ns, "srv", 1, unset=True)
 
 
 def _ask(cluster: Cluster, deadline: datetime) -> None:
     """What the gateway writes after a request's keep_alive: its activity and idle deadline."""
-    kubeapi.set_last_request_time(cluster.api, cluster.ns, "srv", datetime.now(UTC))
-    kubeapi.set_annotations(
-        cluster.api, cluster.ns, "srv", {ANNOTATION_IDLE_DEADLINE: kubeapi.rfc3339(deadline)}
+    kube = Kube(cluster.api)
+    kube.patch_status(
+        "ModelServer", cluster.ns, "srv", {"lastRequestTime": rfc3339(datetime.now(UTC))}
     )
+    kube.annotate("ModelServer", cluster.ns, "srv", {ANNOTATION_IDLE_DEADLINE: rfc3339(deadline)})
 
 
 def _stays_up(cluster: Cluster, seconds: float) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from corral_operator.api import FOREVER
 from corral_operator.gateway.decisions import (
     ModelKeep,
     decide_scale_up,
@@ -18,7 +19,6 @@ from corral_operator.gateway.decisions import (
     server_idle_deadline,
     should_flush_activity,
 )
-from corral_operator.planners.replicas import FOREVER
 
 pytestmark = pytest.mark.unit
 

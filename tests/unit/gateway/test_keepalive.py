@@ -7,15 +7,10 @@ from typing import Any
 
 import pytest
 
+from corral_operator.api import ANNOTATION_IDLE_DEADLINE, ANNOTATION_IN_FLIGHT, FOREVER
 from corral_operator.gateway.metrics import GatewayMetrics
-from corral_operator.keepalive import (
-    ANNOTATION_IDLE_DEADLINE,
-    ANNOTATION_IN_FLIGHT,
-    KeepAliveSettings,
-    idle_replicas,
-)
 from corral_operator.planners.modelserver import plan_modelserver
-from corral_operator.planners.replicas import FOREVER, effective_in_flight
+from corral_operator.planners.replicas import effective_in_flight, idle_replicas
 from corral_operator.settings import OperatorSettings
 from tests.unit.operator.factories import GEMMA_STATUS, model
 from tests.unit.operator.factories import server as make_server
@@ -56,7 +51,7 @@ CASES = {
 def test_the_timer_and_the_reconcile_decide_alike(
     srv: dict[str, Any], expected: int | None
 ) -> None:
-    timer = idle_replicas(srv, NOW, KeepAliveSettings())
+    timer = idle_replicas(srv, NOW, OperatorSettings().in_flight_stale_seconds)
     assert timer == expected
     ready = model(status=dict(GEMMA_STATUS))
     plan = plan_modelserver(srv, {"gemma": ready}, None, OperatorSettings(), NOW)

@@ -20,16 +20,11 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from corral_operator import api
-from corral_operator.gateway import kubeapi
 from corral_operator.gateway.auth import keys_from_secret
 from corral_operator.gateway.backend import ActivityReport, KeysListener, SnapshotListener
 from corral_operator.gateway.settings import GatewaySettings
 from corral_operator.gateway.topology import ServerKey, build_snapshot
-from corral_operator.keepalive import (
-    ANNOTATION_IDLE_DEADLINE,
-    ANNOTATION_IN_FLIGHT,
-    ANNOTATION_WAKE,
-)
+from corral_operator.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +48,7 @@ class ClusterBackend:
     def __init__(self, settings: GatewaySettings, client: k8s.ApiClient | None = None) -> None:
         self.settings = settings
         self.client = client or api_client(settings)
+        self.kube = Kube(self.client)
         self._stores: dict[str, Store] = {"servers": {}, "models": {}, "endpoints": {}}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -236,16 +232,16 @@ class ClusterBackend:
     def _scale(self, server: ServerKey, replicas: int, now: datetime) -> None:
         namespace, name = server
         # Activity first, so that the keep-alive cannot take the wake-up for idleness.
-        kubeapi.set_last_request_time(self.client, namespace, name, now)
-        current = kubeapi.read_replicas(self.client, namespace, name)
+        self._set_last_request_time(namespace, name, now)
+        current = self.kube.read_replicas("ModelServer", namespace, name)
         if current is None or current < replicas:
             log.info("scaling %s/%s to %d", namespace, name, replicas)
-            kubeapi.scale_replicas(self.client, namespace, name, replicas, unset=current is None)
+            self.kube.scale("ModelServer", namespace, name, replicas, unset=current is None)
         else:
             # Replicas were asked for already but none run (the operator's keep-alive scaled
             # the Deployment down alone): a metadata write makes it reconcile now.
-            kubeapi.set_annotations(
-                self.client, namespace, name, {ANNOTATION_WAKE: kubeapi.rfc3339(now)}
+            self.kube.annotate(
+                "ModelServer", namespace, name, {api.ANNOTATION_WAKE: api.rfc3339(now)}
             )
 
     async def report_activity(self, server: ServerKey, report: ActivityReport) -> None:
@@ -254,17 +250,26 @@ class ClusterBackend:
     def _report(self, server: ServerKey, report: ActivityReport) -> None:
         namespace, name = server
         try:
-            kubeapi.set_last_request_time(self.client, namespace, name, report.last_request_time)
+            self._set_last_request_time(namespace, name, report.last_request_time)
             annotations: dict[str, str | None] = {
-                ANNOTATION_IN_FLIGHT: str(report.in_flight) if report.in_flight else None,
-                ANNOTATION_IDLE_DEADLINE: (
-                    kubeapi.rfc3339(report.idle_deadline) if report.idle_deadline else None
+                api.ANNOTATION_IN_FLIGHT: str(report.in_flight) if report.in_flight else None,
+                api.ANNOTATION_IDLE_DEADLINE: (
+                    api.rfc3339(report.idle_deadline) if report.idle_deadline else None
                 ),
             }
             # Metadata writes wake the operator's handlers: only when something changed.
             if self._written.get(server) != annotations:
-                kubeapi.set_annotations(self.client, namespace, name, annotations)
+                self.kube.annotate("ModelServer", namespace, name, annotations)
                 self._written[server] = annotations
         except ApiException as exc:
             if exc.status != 404:  # the server was deleted meanwhile
                 raise
+
+    def _set_last_request_time(self, namespace: str, name: str, moment: datetime) -> None:
+        self.kube.merge_patch(
+            "ModelServer",
+            namespace,
+            name,
+            {"status": {"lastRequestTime": api.rfc3339(moment)}},
+            "status",
+        )

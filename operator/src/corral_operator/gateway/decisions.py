@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from corral_operator.planners.replicas import FOREVER
+from corral_operator.api import FOREVER
 
 
 def pick_endpoint(

@@ -10,7 +10,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from corral_operator.planners.replicas import FOREVER
+from corral_operator.api import FOREVER
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

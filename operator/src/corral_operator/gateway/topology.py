@@ -12,7 +12,6 @@ from typing import Any
 
 from corral_operator import api
 from corral_operator.gateway.protocol import normalize_model_name
-from corral_operator.planners.replicas import DEFAULT_MAX_KEEP_ALIVE_SECONDS, max_keep_alive
 
 ServerKey = tuple[str, str]
 """(namespace, name) of a ModelServer."""
@@ -32,7 +31,7 @@ class ServerView:
     min_replicas: int = 0
     max_replicas: int = 1
     keep_alive_seconds: int = 300
-    max_keep_alive_seconds: float | None = DEFAULT_MAX_KEEP_ALIVE_SECONDS
+    max_keep_alive_seconds: float | None = api.DEFAULT_MAX_KEEP_ALIVE_SECONDS
     """How long after its last request a request's keep_alive may keep the server up (None:
     no bound); ``spec.maxKeepAliveSeconds``."""
     status_message: str = ""
@@ -120,7 +119,7 @@ def server_view(
         min_replicas=low,
         max_replicas=int(spec.get("maxReplicas", 1)),
         keep_alive_seconds=int(spec.get("keepAliveSeconds", 300)),
-        max_keep_alive_seconds=max_keep_alive(spec),
+        max_keep_alive_seconds=api.max_keep_alive(spec),
         status_message=str(message or ""),
         scalable=scalable,
     )

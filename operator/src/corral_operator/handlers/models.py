@@ -12,17 +12,18 @@ from kubernetes.client.exceptions import ApiException
 
 from corral_operator import api, pull
 from corral_operator.builders.jobs import build_gc_job
+from corral_operator.handlers.apply import Logger, ObjectRef, apply_plan
 from corral_operator.handlers.context import Context
 from corral_operator.kube import namespace_terminating
 from corral_operator.planners.model import gc_needed, job_label_selector, model_cache, plan_model
-from corral_operator.status.conditions import merge_conditions, status_changes
+from corral_operator.status.patch import write_status
 
 log = logging.getLogger(__name__)
 
 GC_POLL_SECONDS = 2.0
 
 
-def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
+def reconcile_model(ctx: Context, namespace: str, name: str, logger: Logger) -> None:
     """Converge one Model: apply its PVC and pull Job, drop stale Jobs, report status."""
     kube = ctx.kube
     model = kube.get("Model", namespace, name)
@@ -31,18 +32,18 @@ def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
     jobs = kube.list("Job", namespace, job_label_selector(name, "pull"))
     pods = kube.list("Pod", namespace, job_label_selector(name, "pull"))
     plan = plan_model(model, jobs, pods, ctx.settings)
-    if plan.pvc is not None:
-        kube.apply(plan.pvc)
-    if plan.job is not None:
-        kube.apply(plan.job)
-    for stale in plan.stale_jobs:
-        kube.delete("Job", namespace, stale)
+    apply_plan(
+        ctx,
+        [obj for obj in (plan.pvc, plan.job) if obj is not None],
+        [ObjectRef("Job", namespace, stale) for stale in plan.stale_jobs],
+        logger,
+    )
     status = dict(plan.status)
     if plan.progress_pod is not None:
         progress = read_progress(ctx, namespace, plan.progress_pod)
         if progress is not None:
             status.update(progress.as_status())
-    write_status(ctx, model, status, plan.conditions)
+    write_status(kube, model, status, plan.conditions)
 
 
 def read_progress(ctx: Context, namespace: str, pod: str) -> pull.PullProgress | None:
@@ -63,26 +64,7 @@ def read_progress(ctx: Context, namespace: str, pod: str) -> pull.PullProgress |
     return pull.parse_progress(tail)
 
 
-def write_status(
-    ctx: Context, obj: Mapping[str, Any], fields: Mapping[str, Any], conditions: Any
-) -> None:
-    """Patch the status subresource with whatever differs from what is there."""
-    meta = obj["metadata"]
-    current = obj.get("status") or {}
-    generation = meta.get("generation")
-    desired = {
-        **fields,
-        "observedGeneration": generation,
-        "conditions": merge_conditions(current.get("conditions"), conditions, generation),
-    }
-    changes = status_changes(current, desired)
-    if changes:
-        ctx.kube.patch_status(obj["kind"], meta["namespace"], meta["name"], changes)
-
-
-def collect_model(
-    ctx: Context, model: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
+def collect_model(ctx: Context, model: Mapping[str, Any], logger: Logger) -> None:
     """On delete: remove the Model's entry from the cache unless another Model still serves it.
 
     Runs a collect Job on the cache PVC and holds the finalizer until it is done. A failed Job
@@ -98,7 +80,8 @@ def collect_model(
         status = model.get("status") or {}
         claim = api.cache_pvc_name(model_cache(model))
         try:
-            ctx.kube.apply(build_gc_job(dict(model), str(status["name"]), claim, ctx.settings))
+            gc_job = build_gc_job(dict(model), str(status["name"]), claim, ctx.settings)
+            apply_plan(ctx, [gc_job], (), logger)
         except ApiException as error:
             if not namespace_terminating(error):
                 raise

@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral_operator import api
+from corral_operator.handlers.apply import Logger, apply_plan
 from corral_operator.handlers.context import Context
-from corral_operator.handlers.models import write_status
 from corral_operator.planners.modelserver import plan_modelserver
+from corral_operator.status.patch import write_status
 
 
-def reconcile_modelserver(ctx: Context, namespace: str, name: str) -> None:
+def reconcile_modelserver(ctx: Context, namespace: str, name: str, logger: Logger) -> None:
     """Converge one ModelServer: apply its children when its Models are Ready; report status."""
     kube = ctx.kube
     server = kube.get("ModelServer", namespace, name)
@@ -23,9 +24,8 @@ def reconcile_modelserver(ctx: Context, namespace: str, name: str) -> None:
     deployment = kube.get("Deployment", namespace, api.server_child_name(name))
     pods = kube.list("Pod", namespace, selector=f"{api.LABEL_MODELSERVER}={name}")
     plan = plan_modelserver(server, models, deployment, ctx.settings, datetime.now(UTC), pods)
-    for child in plan.children:
-        kube.apply(child)
-    write_status(ctx, server, plan.status, plan.conditions)
+    apply_plan(ctx, plan.children, (), logger)
+    write_status(kube, server, plan.status, plan.conditions)
 
 
 def servers_using(ctx: Context, namespace: str, model: str) -> list[str]:

@@ -41,8 +41,9 @@ def configure(kopf_settings: Any, operator_settings: OperatorSettings) -> None:
     kopf_settings.watching.client_timeout = 330
 
 
-def start(kopf_settings: Any, memo: Any) -> Context:
-    operator_settings = OperatorSettings()
+def start(kopf_settings: Any, memo: Any, operator_settings: OperatorSettings) -> Context:
+    """Configure kopf and keep the handlers' context in ``memo``; the settings are the ones the
+    entry point read once (its timers' intervals came from them already)."""
     configure(kopf_settings, operator_settings)
     context = Context(kube=Kube(api_client()), settings=operator_settings)
     memo.context = context

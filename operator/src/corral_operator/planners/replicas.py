@@ -1,9 +1,10 @@
 """How many runtime pods a ModelServer should have: the one place scaling is decided.
 
-Both the reconcile (events and the periodic resync) and the keep-alive timer ask
-``server_replicas``, which reads everything the decision depends on from the ModelServer: its
-spec (bounds, ``replicas``, ``keepAliveSeconds``, ``maxKeepAliveSeconds``), ``lastRequestTime``
-and the gateway's ``corral.dev/in-flight`` and ``corral.dev/idle-deadline`` annotations.
+Both the reconcile (events and the periodic resync) and the keep-alive timer (through
+``idle_replicas``) ask ``server_replicas``, which reads everything the decision depends on from
+the ModelServer: its spec (bounds, ``replicas``, ``keepAliveSeconds``, ``maxKeepAliveSeconds``),
+``lastRequestTime`` and the gateway's ``corral.dev/in-flight`` and ``corral.dev/idle-deadline``
+annotations.
 
 What a request's ``keep_alive`` means for the server (Ollama's meaning, per model, mapped onto
 replicas): each model the server serves expires ``keep_alive`` after its last request (the
@@ -19,21 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from corral_operator import api
-
-ANNOTATION_IDLE_DEADLINE = f"{api.GROUP}/idle-deadline"
-ANNOTATION_IN_FLIGHT = f"{api.GROUP}/in-flight"
-
-DEFAULT_KEEP_ALIVE_SECONDS = 300
-DEFAULT_MAX_KEEP_ALIVE_SECONDS = 3600
-# An in-flight count older than this (by lastRequestTime) is ignored: the gateway that wrote it
-# refreshes lastRequestTime while requests are in flight, so a dead gateway's count goes stale.
-IN_FLIGHT_STALE_SECONDS = 120.0
-# The idle deadline of a server a request asked to keep forever (maxKeepAliveSeconds -1).
-FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +41,6 @@ class Activity:
     in_flight: int = 0
     idle_deadline: datetime | None = None
     """When every served model's requested keep_alive runs out; None: no request set one."""
-
-
-def max_keep_alive(spec: Mapping[str, Any]) -> float | None:
-    """``spec.maxKeepAliveSeconds`` in seconds; None (no bound) for a negative value."""
-    raw = spec.get("maxKeepAliveSeconds", DEFAULT_MAX_KEEP_ALIVE_SECONDS)
-    value = float(DEFAULT_MAX_KEEP_ALIVE_SECONDS if raw is None else raw)
-    return None if value < 0 else value
 
 
 def idle_deadline(
@@ -90,8 +73,8 @@ def decide_replicas(
     requested: int | None,
     now: datetime | None = None,
     activity: Activity | None = None,
-    keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS,
-    max_keep_alive_seconds: float | None = DEFAULT_MAX_KEEP_ALIVE_SECONDS,
+    keep_alive_seconds: float = api.DEFAULT_KEEP_ALIVE_SECONDS,
+    max_keep_alive_seconds: float | None = api.DEFAULT_MAX_KEEP_ALIVE_SECONDS,
 ) -> ReplicaDecision:
     """Desired replicas, always within ``[min_replicas, max(min_replicas, max_replicas)]``.
 
@@ -124,7 +107,7 @@ def effective_in_flight(
 
 
 def server_activity(
-    server: Mapping[str, Any], now: datetime, stale_seconds: float = IN_FLIGHT_STALE_SECONDS
+    server: Mapping[str, Any], now: datetime, stale_seconds: float = api.IN_FLIGHT_STALE_SECONDS
 ) -> Activity:
     """The activity the gateway recorded on ``server`` (status and annotations)."""
     status = server.get("status") or {}
@@ -133,14 +116,14 @@ def server_activity(
     return Activity(
         last_request_time=last,
         in_flight=effective_in_flight(
-            annotations.get(ANNOTATION_IN_FLIGHT), last, now, stale_seconds
+            annotations.get(api.ANNOTATION_IN_FLIGHT), last, now, stale_seconds
         ),
-        idle_deadline=api.parse_time(annotations.get(ANNOTATION_IDLE_DEADLINE)),
+        idle_deadline=api.parse_time(annotations.get(api.ANNOTATION_IDLE_DEADLINE)),
     )
 
 
 def server_replicas(
-    server: Mapping[str, Any], now: datetime, stale_seconds: float = IN_FLIGHT_STALE_SECONDS
+    server: Mapping[str, Any], now: datetime, stale_seconds: float = api.IN_FLIGHT_STALE_SECONDS
 ) -> ReplicaDecision:
     """``decide_replicas`` for a ModelServer as it is stored."""
     spec = server.get("spec") or {}
@@ -151,13 +134,23 @@ def server_replicas(
         requested=None if requested is None else int(requested),
         now=now,
         activity=server_activity(server, now, stale_seconds),
-        keep_alive_seconds=float(spec.get("keepAliveSeconds", DEFAULT_KEEP_ALIVE_SECONDS)),
-        max_keep_alive_seconds=max_keep_alive(spec),
+        keep_alive_seconds=float(spec.get("keepAliveSeconds", api.DEFAULT_KEEP_ALIVE_SECONDS)),
+        max_keep_alive_seconds=api.max_keep_alive(spec),
     )
+
+
+def idle_replicas(server: Mapping[str, Any], now: datetime, stale_seconds: float) -> int | None:
+    """The replicas the keep-alive timer should scale ``server`` to for idleness, or None to
+    leave it (not idle, already there, or ``spec.replicas`` unset, which means the minimum)."""
+    requested = (server.get("spec") or {}).get("replicas")
+    decision = server_replicas(server, now, stale_seconds)
+    if decision.reason != "KeepAliveExpired" or requested is None:
+        return None
+    return decision.replicas if decision.replicas != int(requested) else None
 
 
 def _after(moment: datetime, seconds: float) -> datetime:
     try:
         return moment + timedelta(seconds=seconds)
     except OverflowError:
-        return FOREVER
+        return api.FOREVER

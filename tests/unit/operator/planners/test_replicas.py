@@ -7,15 +7,13 @@ from typing import Any
 
 import pytest
 
-from corral_operator.planners.replicas import (
+from corral_operator.api import (
     ANNOTATION_IDLE_DEADLINE,
     ANNOTATION_IN_FLIGHT,
     FOREVER,
-    Activity,
-    decide_replicas,
     max_keep_alive,
-    server_replicas,
 )
+from corral_operator.planners.replicas import Activity, decide_replicas, server_replicas
 
 pytestmark = pytest.mark.unit
 

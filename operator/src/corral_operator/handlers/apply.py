@@ -1,0 +1,70 @@
+"""Executing a plan: every object a handler's plan wants is applied, every stale one deleted, here
+and only here, and what changed is logged the way ``kubectl apply`` says it (``job.batch/x
+created``, ``deployment.apps/y configured``, ``job.batch/z deleted``; unchanged objects at DEBUG).
+
+Whether an apply changed anything is what the API server says: the object's resourceVersion
+before and after the server-side apply (the server bumps it only when the stored object changes,
+so a no-op apply keeps it), not a guess from comparing our desired dict with what is stored
+(defaults and other managers' fields differ there without any change).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from corral_operator.handlers.context import Context
+from corral_operator.kube import api_version
+
+Verdict = Literal["created", "configured", "unchanged"]
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """An object to delete: its kind (as :mod:`corral_operator.kube` knows kinds) and place."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+def apply_verdict(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> Verdict:
+    """What a server-side apply did, from the object before it (None: there was none) and the
+    API server's answer."""
+    if before is None:
+        return "created"
+    old = (before.get("metadata") or {}).get("resourceVersion")
+    new = (after.get("metadata") or {}).get("resourceVersion")
+    return "unchanged" if old is not None and old == new else "configured"
+
+
+def display_name(kind: str, name: str) -> str:
+    """``kind.group/name`` as kubectl prints it (``deployment.apps/x``, ``service/y``)."""
+    group = api_version(kind).rpartition("/")[0]
+    return f"{kind.lower()}.{group}/{name}" if group else f"{kind.lower()}/{name}"
+
+
+def apply_plan(
+    ctx: Context,
+    applies: Iterable[Mapping[str, Any]],
+    deletes: Iterable[ObjectRef],
+    logger: Logger,
+) -> None:
+    """Apply ``applies`` (server-side, in order), then delete ``deletes``; log each change.
+
+    The read before each apply costs one GET per object: the price of knowing, from the API
+    server, whether the apply changed it.
+    """
+    kube = ctx.kube
+    for obj in applies:
+        meta = obj["metadata"]
+        before = kube.get(obj["kind"], meta["namespace"], meta["name"])
+        verdict = apply_verdict(before, kube.apply(obj))
+        level = logging.DEBUG if verdict == "unchanged" else logging.INFO
+        logger.log(level, "%s %s", display_name(obj["kind"], meta["name"]), verdict)
+    for ref in deletes:
+        if kube.delete(ref.kind, ref.namespace, ref.name):
+            logger.info("%s deleted", display_name(ref.kind, ref.name))
