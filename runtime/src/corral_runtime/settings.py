@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from corral_runtime.api.keepalive import DEFAULT_KEEP_ALIVE_SECONDS, parse_default_keep_alive
+from corral_runtime.durations import DEFAULT_KEEP_ALIVE_SECONDS, parse_default_keep_alive
 
 GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
 # The KV cache's element types, as Ollama's OLLAMA_KV_CACHE_TYPE names them.

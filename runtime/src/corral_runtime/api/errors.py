@@ -12,9 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corral_runtime.api.keepalive import InvalidKeepAliveError
 from corral_runtime.api.options import InvalidOptionsError
 from corral_runtime.api.text import INVALID_TEXT
+from corral_runtime.durations import InvalidKeepAliveError
 from corral_runtime.engine.types import (
     EngineError,
     GenerationTimeoutError,

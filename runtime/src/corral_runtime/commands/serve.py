@@ -14,7 +14,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from corral_runtime.api.keepalive import InvalidKeepAliveError, parse_default_keep_alive
+from corral_runtime.durations import InvalidKeepAliveError, parse_default_keep_alive
 from corral_runtime.settings import KvCacheType, RuntimeSettings
 
 

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
 from corral_runtime.engine.llama import flash_attention_for
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import default_parallel
-from corral_runtime.engine.types import MAX_KEEP_ALIVE_SECONDS, LoadOptions
+from corral_runtime.engine.types import LoadOptions
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
 from corral_runtime.gpu import GpuInfo, GpuPlan, ModelFootprint, kv_cache_bytes, plan_gpu_layers
 from corral_runtime.settings import RuntimeSettings

@@ -23,9 +23,6 @@ DEFAULT_TOP_P = 0.9
 MIN_NUM_CTX = 64
 MAX_NUM_CTX = 1 << 20
 
-# A keep_alive beyond this means "forever": a century, far below what a timestamp can hold.
-MAX_KEEP_ALIVE_SECONDS = 100 * 365.25 * 86400
-
 
 @dataclass(frozen=True, slots=True)
 class OutputFormat:

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from corral_runtime.api.info import FOREVER_RFC3339, rfc3339
-from corral_runtime.api.keepalive import FOREVER, InvalidKeepAliveError, parse_keep_alive
+from corral_runtime.api.keepalive import parse_keep_alive
+from corral_runtime.durations import FOREVER, InvalidKeepAliveError
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
 from corral_runtime.engine.manager import never_expires, trained_context
-from corral_runtime.engine.types import MAX_KEEP_ALIVE_SECONDS
 
 pytestmark = pytest.mark.unit
 
