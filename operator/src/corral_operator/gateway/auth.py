@@ -1,9 +1,25 @@
-"""API-key check: ``Authorization: Bearer <key>`` against the accepted keys (none: open)."""
+"""API keys: which requests need one, and whether ``Authorization: Bearer <key>`` carries one of
+the accepted keys (none configured: open)."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Collection, Mapping
+
+from corral_operator.gateway.protocol import is_routed
+
+# The gateway's own answers about models, read with GET: what is served is for key holders only.
+_LISTINGS = frozenset({"/api/tags", "/api/ps", "/v1/models"})
+_MODEL_PREFIX = "/v1/models/"
+
+
+def needs_key(method: str, path: str) -> bool:
+    """Whether a request must carry an accepted key: the routed endpoints (POST) and the model
+    listings (GET). Probes, metrics, the root and version answers, and the 404 of what the
+    gateway does not serve stay open, so that kubelets, Prometheus and clients finding their
+    way need no key."""
+    listing = method == "GET" and (path in _LISTINGS or path.startswith(_MODEL_PREFIX))
+    return listing or is_routed(method, path)
 
 
 def authorized(authorization: str | None, keys: Collection[str], required: bool = True) -> bool:

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+
+from corral_operator.gateway.protocol import normalize_model_name
 from corral_operator.gateway.topology import ModelEntry
 
 
@@ -60,6 +64,12 @@ def openai_models(entries: Iterable[ModelEntry]) -> dict[str, Any]:
     return {"object": "list", "data": [openai_model(e) for e in entries]}
 
 
+def listed_model(entries: Iterable[ModelEntry], name: str) -> ModelEntry | None:
+    """The listed entry ``name`` means, however it is spelled (see ``normalize_model_name``)."""
+    key = normalize_model_name(name)
+    return next((e for e in entries if normalize_model_name(e.name) == key), None)
+
+
 def merge_ps(answers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Every pod's loaded models in one list, the longest-lived first (as Ollama orders them);
     a model loaded on several pods appears once per pod."""
@@ -69,3 +79,21 @@ def merge_ps(answers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     far_future = datetime.max.replace(tzinfo=UTC).isoformat()
     models.sort(key=lambda m: str(m.get("expires_at") or far_future), reverse=True)
     return {"models": models}
+
+
+async def loaded_models(client: aiohttp.ClientSession, endpoints: Iterable[str]) -> dict[str, Any]:
+    """``/api/ps`` of the whole cluster: every pod asked at once, those that do not answer
+    left out (a pod going away must not fail the listing)."""
+    answers = await asyncio.gather(*(_pod_ps(client, e) for e in sorted(set(endpoints))))
+    return merge_ps(a for a in answers if a is not None)
+
+
+async def _pod_ps(client: aiohttp.ClientSession, endpoint: str) -> dict[str, Any] | None:
+    try:
+        async with client.get(
+            f"http://{endpoint}/api/ps", timeout=aiohttp.ClientTimeout(total=5.0)
+        ) as response:
+            data = await response.json(content_type=None) if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

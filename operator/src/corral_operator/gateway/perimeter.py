@@ -22,10 +22,9 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral_operator.gateway.protocol import api_of_path, error_body
+from corral_operator.gateway.errors import error_response
 
 # Origins a local browser application may use without configuration, as in Ollama.
 DEFAULT_ORIGINS: tuple[str, ...] = (
@@ -157,9 +156,7 @@ class Perimeter:
                 f"host {host_name(host or '')!r} is not allowed; "
                 "allow it with CORRAL_GATEWAY_ALLOWED_HOSTS"
             )
-            await JSONResponse(error_body(api_of_path(path), 403, message), 403)(
-                scope, receive, send
-            )
+            await error_response(path, 403, message)(scope, receive, send)
             return
         origin = _header(scope, b"origin")
         if origin is None:
@@ -169,9 +166,7 @@ class Perimeter:
             message = (
                 f"origin {origin!r} is not allowed; allow it with CORRAL_GATEWAY_ALLOWED_ORIGINS"
             )
-            await JSONResponse(error_body(api_of_path(path), 403, message), 403)(
-                scope, receive, send
-            )
+            await error_response(path, 403, message)(scope, receive, send)
             return
         cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
         if scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method"):

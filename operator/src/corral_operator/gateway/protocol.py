@@ -48,6 +48,11 @@ ROUTED: Mapping[str, Route] = {
 }
 
 
+def is_routed(method: str, path: str) -> bool:
+    """Whether a request goes to a pod by its ``model``: a POST to one of the ``ROUTED`` paths."""
+    return method == "POST" and path in ROUTED
+
+
 def api_of_path(path: str) -> Api:
     """Errors on any path take the shape of the API the path belongs to."""
     return Api.OPENAI if path.startswith("/v1/") else Api.OLLAMA
@@ -166,6 +171,3 @@ def heartbeat(route: Route, model: str, now: datetime) -> bytes:
 
 def _ollama_time(now: datetime) -> str:
     return now.isoformat().replace("+00:00", "Z")
-
-
-# -- keep_alive ------------------------------------------------------------------------------

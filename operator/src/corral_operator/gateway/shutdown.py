@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from corral_operator.gateway.protocol import api_of_path, error_body
+from corral_operator.gateway.errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,8 @@ class Draining:
             return
         path: str = scope.get("path", "")
         if refuses(self.state, path):
-            refused = JSONResponse(
-                error_body(api_of_path(path), 503, DRAINING_MESSAGE),
-                503,
-                headers={"Retry-After": "1", "Connection": "close"},
+            refused = error_response(
+                path, 503, DRAINING_MESSAGE, headers={"Retry-After": "1", "Connection": "close"}
             )
             await refused(scope, receive, send)
             return

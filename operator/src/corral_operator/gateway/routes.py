@@ -1,0 +1,134 @@
+"""The gateway's routes: the routed endpoints (``/api/generate``, ``/api/chat``,
+``/v1/chat/completions``, …) go by their ``model`` field to a pod of the ModelServer that serves
+it; the listings are answered from the routing table (``/api/tags``, ``/v1/models``) or gathered
+from the pods (``/api/ps``); the rest of ``/api`` and ``/v1`` is not served here.
+
+API keys and the request metrics are not the routes' business: ``middleware.AuthorizeAndCount``
+does both in front of every route. A routed request names its model for the metrics in
+``request.state.model`` once the model is resolved.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from corral_operator.durations import keep_alive_seconds
+from corral_operator.gateway.deps import DispatcherDep, MetricsDep, ProxyDep, SettingsDep
+from corral_operator.gateway.dispatcher import QueueFullError
+from corral_operator.gateway.errors import error_response
+from corral_operator.gateway.listing import (
+    listed_model,
+    loaded_models,
+    ollama_tags,
+    openai_model,
+    openai_models,
+)
+from corral_operator.gateway.metrics import CONTENT_TYPE
+from corral_operator.gateway.protocol import (
+    ROUTED,
+    Api,
+    BadRequestError,
+    Kind,
+    model_not_found,
+    normalize_model_name,
+    request_facts,
+)
+from corral_operator.gateway.proxy import forward_headers
+
+router = APIRouter()
+
+
+async def routed(
+    request: Request, dispatcher: DispatcherDep, proxy: ProxyDep, settings: SettingsDep
+) -> Response:
+    """A request routed by its model: resolved, recorded as activity, then forwarded (or held
+    while its server has no ready pod)."""
+    path = request.url.path
+    route = ROUTED[path]
+    body = await request.body()
+    try:
+        facts = request_facts(route, body)
+    except BadRequestError as exc:
+        return error_response(path, 400, str(exc))
+    entry = dispatcher.resolve(facts.model)
+    if entry is None:
+        return JSONResponse(model_not_found(route.api, facts.model), status_code=404)
+    request.state.model = normalize_model_name(facts.model)
+    # Each inference request sets its model's keep_alive (none: the server's default).
+    keep = keep_alive_seconds(facts.keep_alive)
+    dispatcher.touch(entry.server, keep, None if route.kind is Kind.SHOW else entry.name)
+    headers = forward_headers(request.headers.items())
+    try:
+        return await proxy.forward(route, facts, entry.server, path, headers, body)
+    except QueueFullError:
+        return error_response(
+            path,
+            503,
+            f"server busy, please try again: too many requests are waiting for "
+            f"model '{facts.model}' to start",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+
+
+for _path in ROUTED:
+    router.add_api_route(_path, routed, methods=["POST"], include_in_schema=False)
+
+
+@router.get("/")
+@router.head("/")
+async def root() -> PlainTextResponse:
+    return PlainTextResponse("Ollama is running")
+
+
+@router.get("/api/version")
+async def api_version(request: Request) -> dict[str, str]:
+    return {"version": request.app.version}
+
+
+@router.get("/healthz")
+@router.get("/readyz")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/metrics")
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@router.get("/api/tags")
+async def tags(dispatcher: DispatcherDep) -> Response:
+    return JSONResponse(ollama_tags(dispatcher.snapshot.listed()))
+
+
+@router.get("/v1/models")
+async def models(dispatcher: DispatcherDep) -> Response:
+    return JSONResponse(openai_models(dispatcher.snapshot.listed()))
+
+
+@router.get("/v1/models/{model:path}")
+async def model(model: str, dispatcher: DispatcherDep) -> Response:
+    entry = listed_model(dispatcher.snapshot.listed(), model)
+    if entry is None:
+        return JSONResponse(model_not_found(Api.OPENAI, model), status_code=404)
+    return JSONResponse(openai_model(entry))
+
+
+@router.get("/api/ps")
+async def ps(dispatcher: DispatcherDep) -> Response:
+    servers = dispatcher.snapshot.servers.values()
+    endpoints = (e for view in servers for e in view.endpoints)
+    return JSONResponse(await loaded_models(dispatcher.client, endpoints))
+
+
+@router.api_route("/api/{rest:path}", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
+@router.api_route("/v1/{rest:path}", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
+async def unrouted(request: Request) -> Response:
+    """Last: whatever ``/api`` and ``/v1`` path the routes above do not serve."""
+    return error_response(
+        request.url.path,
+        404,
+        f"{request.method} {request.url.path} is not served by the gateway "
+        "(models are managed with Model resources)",
+    )
