@@ -55,16 +55,21 @@ def apply_plan(
 ) -> None:
     """Apply ``applies`` (server-side, in order), then delete ``deletes``; log each change.
 
-    The read before each apply costs one GET per object: the price of knowing, from the API
-    server, whether the apply changed it.
+    Every object is read first, one GET each (the price of knowing from the API server whether
+    an apply changed it), and only then are they applied one after the other, so the writes
+    follow each other as closely as the plan's order says (a status written next comes right
+    after the last of them).
     """
     kube = ctx.kube
-    for obj in applies:
-        meta = obj["metadata"]
-        before = kube.get(obj["kind"], meta["namespace"], meta["name"])
+    objects = list(applies)
+    befores = [
+        kube.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        for obj in objects
+    ]
+    for obj, before in zip(objects, befores, strict=True):
         verdict = apply_verdict(before, kube.apply(obj))
         level = logging.DEBUG if verdict == "unchanged" else logging.INFO
-        logger.log(level, "%s %s", display_name(obj["kind"], meta["name"]), verdict)
+        logger.log(level, "%s %s", display_name(obj["kind"], obj["metadata"]["name"]), verdict)
     for ref in deletes:
         if kube.delete(ref.kind, ref.namespace, ref.name):
             logger.info("%s deleted", display_name(ref.kind, ref.name))
