@@ -1,5 +1,6 @@
-"""Dependencies the gateway's routes declare: its settings, metrics, dispatcher and proxy, all
-read from ``app.state`` (see app.py), never from module globals.
+"""Dependencies the gateway's routes declare (its metrics and dispatcher), and the accessors
+behind them, all reading ``app.state`` (see app.py), never module globals. The routed hot path
+(routes.routed) calls the accessors directly.
 
 They are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
 thread hop on every routed request for what is an attribute read.
@@ -24,8 +25,14 @@ def dispatcher_of(app: Starlette) -> Dispatcher:
     return dispatcher
 
 
-async def get_settings(request: Request) -> GatewaySettings:
-    settings: GatewaySettings = request.app.state.settings
+def proxy_of(app: Starlette) -> Proxy:
+    """The app's proxy (made by the app's lifespan, with the dispatcher)."""
+    proxy: Proxy = app.state.proxy
+    return proxy
+
+
+def settings_of(app: Starlette) -> GatewaySettings:
+    settings: GatewaySettings = app.state.settings
     return settings
 
 
@@ -38,12 +45,5 @@ async def get_dispatcher(request: Request) -> Dispatcher:
     return dispatcher_of(request.app)
 
 
-async def get_proxy(request: Request) -> Proxy:
-    proxy: Proxy = request.app.state.proxy
-    return proxy
-
-
-SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-ProxyDep = Annotated[Proxy, Depends(get_proxy)]
