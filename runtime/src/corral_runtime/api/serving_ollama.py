@@ -37,8 +37,8 @@ from corral_runtime.api.ollama_protocol import (
 from corral_runtime.api.options import OllamaOptions
 from corral_runtime.api.serving_answers import Answer, AnswerStream, whole_answer
 from corral_runtime.api.serving_context import Serving
+from corral_runtime.api.serving_embeddings import Embedded, normalized
 from corral_runtime.api.serving_embeddings import embed as embed_inputs
-from corral_runtime.api.serving_embeddings import normalized
 from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.api.thinking import ThinkValue
 from corral_runtime.engine.manager import LoadedModel, ModelManager
@@ -251,24 +251,28 @@ async def chat(
 # -- embeddings --------------------------------------------------------------------------------
 
 
-async def embed(
-    body: EmbedRequest,
-    serving: Serving,
-) -> Chunk:
-    started = time.perf_counter_ns()
-    name = body.require_model()
+async def _embedded(
+    body: EmbedRequest | EmbeddingsRequest, serving: Serving, inputs: list[str], *, truncate: bool
+) -> Embedded:
+    """Embed in Ollama's order: keep_alive is read and the request counts as activity before
+    its options are checked."""
     keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
     serving.metrics.touch()
-    embedded = await embed_inputs(
+    return await embed_inputs(
         serving.manager,
-        name=name,
+        name=body.require_model(),
         options=body.validated_options(),
         keep_alive=keep_alive,
-        inputs=body.texts(),
-        truncate=body.truncate,
+        inputs=inputs,
+        truncate=truncate,
     )
+
+
+async def embed(body: EmbedRequest, serving: Serving) -> Chunk:
+    started = time.perf_counter_ns()
+    embedded = await _embedded(body, serving, body.texts(), truncate=body.truncate)
     return {
-        "model": name,
+        "model": body.require_model(),
         "embeddings": normalized(embedded.result.vectors, body.dimensions),
         "total_duration": time.perf_counter_ns() - started,
         "load_duration": int(embedded.load_seconds * 1e9),
@@ -276,21 +280,8 @@ async def embed(
     }
 
 
-async def embeddings(
-    body: EmbeddingsRequest,
-    serving: Serving,
-) -> Chunk:
+async def embeddings(body: EmbeddingsRequest, serving: Serving) -> Chunk:
     """The legacy endpoint: one prompt, its vector as the model gives it (not normalised)."""
-    name = body.require_model()
-    keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
-    serving.metrics.touch()
-    embedded = await embed_inputs(
-        serving.manager,
-        name=name,
-        options=body.validated_options(),
-        keep_alive=keep_alive,
-        inputs=[body.prompt] if body.prompt else [],
-        truncate=True,
-    )
-    vectors = embedded.result.vectors
+    inputs = [body.prompt] if body.prompt else []
+    vectors = (await _embedded(body, serving, inputs, truncate=True)).result.vectors
     return {"embedding": vectors[0] if vectors else []}
