@@ -1,8 +1,9 @@
 """The steps every generating endpoint shares: resolve the model, merge its parameters with the
 request's options, take a lease, render the prompt, start the stream, and account for it.
 
-Protocol modules say how to render and how to frame the output; this module owns the order of
-things and the clean-up (a cancelled client frees its slot and its lease at once).
+The serving modules (``serving_ollama``, ``serving_openai``) say what to render and how to frame
+the output; this module owns the order of things, the checks of what a model can do, and the
+clean-up (a cancelled client frees its slot and its lease at once).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from corral_runtime.templates.chat import GoChatTemplate, generate_messages
 from corral_runtime.templates.gotemplate import TemplateError
 from corral_runtime.templates.messages import ToolCall
 
-Chunk = dict[str, Any]
+WireObject = dict[str, Any]  # a JSON object as the API sends it: a whole answer or one chunk
 
 
 async def _load_or_unload(
@@ -55,7 +55,7 @@ async def _load_or_unload(
     name: str,
     keep_alive: float,
     options: OllamaOptions,
-    body: Chunk,
+    body: WireObject,
 ) -> JSONResponse:
     """An empty request loads the model (``done_reason: load``), or with keep_alive 0 unloads it."""
     if keep_alive == 0:
@@ -93,10 +93,10 @@ def _generate_prompt(body: GenerateRequest, think: ThinkValue) -> PromptBuilder:
     return build
 
 
-def _logprobs_adder(generation: Generation) -> Callable[[Chunk], Chunk]:
+def _logprobs_adder(generation: Generation) -> Callable[[WireObject], WireObject]:
     """What adds to a chunk the log-probabilities of its tokens, when the request asked."""
 
-    def with_logprobs(chunk: Chunk) -> Chunk:
+    def with_logprobs(chunk: WireObject) -> WireObject:
         records = generation.take_logprobs()
         if records is not None:
             chunk["logprobs"] = token_entries(records)
@@ -105,7 +105,7 @@ def _logprobs_adder(generation: Generation) -> Callable[[Chunk], Chunk]:
     return with_logprobs
 
 
-def _final_fields(generation: Generation) -> Chunk:
+def _final_fields(generation: Generation) -> WireObject:
     return final_fields(
         generation.stats,
         total_ns=generation.total_duration_ns(),
@@ -116,12 +116,9 @@ def _final_fields(generation: Generation) -> Chunk:
 # -- /api/generate -----------------------------------------------------------------------------
 
 
-async def generate(
-    body: GenerateRequest,
-    serving: Serving,
-    *,
-    path: str,
-) -> Response:
+async def generate(body: GenerateRequest, serving: Serving, *, path: str) -> Response:
+    """A completion of one prompt (or, with none, a load or unload). Every field is checked
+    before the model is touched, so a bad request is a 400 whatever else it asks."""
     name = body.require_model()
     body.check()
     keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
@@ -145,13 +142,17 @@ async def generate(
     )
     with_logprobs = _logprobs_adder(generation)
 
-    def response(answer: Answer) -> Chunk:
-        fields: Chunk = {"model": name, "created_at": now_rfc3339(), "response": answer.content}
+    def response(answer: Answer) -> WireObject:
+        fields: WireObject = {
+            "model": name,
+            "created_at": now_rfc3339(),
+            "response": answer.content,
+        }
         if answer.thinking:
             fields["thinking"] = answer.thinking
         return fields
 
-    def final() -> Chunk:
+    def final() -> WireObject:
         # Ollama's (deprecated) context: the prompt's tokens and the answer's, to send back.
         return {**_final_fields(generation), "context": list(generation.stats.tokens)}
 
@@ -159,7 +160,7 @@ async def generate(
         answer = await whole_answer(generation, think=think, tools=[])
         return JSONResponse(with_logprobs({**response(answer), **final()}))
 
-    async def chunks() -> AsyncIterator[Chunk]:
+    async def chunks() -> AsyncIterator[WireObject]:
         stream = AnswerStream(generation, think=think, tools=[])
         async for step in stream.steps():
             if step.content or step.thinking:
@@ -173,8 +174,8 @@ async def generate(
 # -- /api/chat ---------------------------------------------------------------------------------
 
 
-def _message(content: str, calls: list[ToolCall] | None = None, thinking: str = "") -> Chunk:
-    message: Chunk = {"role": "assistant", "content": content}
+def _message(content: str, calls: list[ToolCall] | None = None, thinking: str = "") -> WireObject:
+    message: WireObject = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
     if calls:
@@ -182,12 +183,9 @@ def _message(content: str, calls: list[ToolCall] | None = None, thinking: str = 
     return message
 
 
-async def chat(
-    body: ChatRequest,
-    serving: Serving,
-    *,
-    path: str,
-) -> Response:
+async def chat(body: ChatRequest, serving: Serving, *, path: str) -> Response:
+    """The next assistant message of a conversation (or, with no messages, a load or unload);
+    a streamed answer ends with what the reasoning splitter and the tool-call buffer held."""
     name = body.require_model()
     keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
     options = body.validated_options()
@@ -213,10 +211,10 @@ async def chat(
     )
     with_logprobs = _logprobs_adder(generation)
 
-    def chunk(message: Chunk) -> Chunk:
+    def chunk(message: WireObject) -> WireObject:
         return {"model": name, "created_at": now_rfc3339(), "message": message, "done": False}
 
-    def final(answer: Answer) -> Chunk:
+    def final(answer: Answer) -> WireObject:
         message = _message(answer.content, answer.tool_calls, answer.thinking)
         return {
             "model": name,
@@ -230,7 +228,7 @@ async def chat(
             with_logprobs(final(await whole_answer(generation, think=think, tools=tools)))
         )
 
-    async def chunks() -> AsyncIterator[Chunk]:
+    async def chunks() -> AsyncIterator[WireObject]:
         stream = AnswerStream(generation, think=think, tools=tools)
         async for step in stream.steps():
             if step.content or step.thinking:
@@ -268,7 +266,8 @@ async def _embedded(
     )
 
 
-async def embed(body: EmbedRequest, serving: Serving) -> Chunk:
+async def embed(body: EmbedRequest, serving: Serving) -> WireObject:
+    """Normalised vectors of the inputs, with Ollama's timings."""
     started = time.perf_counter_ns()
     embedded = await _embedded(body, serving, body.texts(), truncate=body.truncate)
     return {
@@ -280,7 +279,7 @@ async def embed(body: EmbedRequest, serving: Serving) -> Chunk:
     }
 
 
-async def embeddings(body: EmbeddingsRequest, serving: Serving) -> Chunk:
+async def embeddings(body: EmbeddingsRequest, serving: Serving) -> WireObject:
     """The legacy endpoint: one prompt, its vector as the model gives it (not normalised)."""
     inputs = [body.prompt] if body.prompt else []
     vectors = (await _embedded(body, serving, inputs, truncate=True)).result.vectors

@@ -37,7 +37,7 @@ from corral_runtime.api.serving_embeddings import embed, normalized
 from corral_runtime.api.streaming import sse_response
 from corral_runtime.engine.types import GenerationStats
 
-Chunk = dict[str, Any]
+WireObject = dict[str, Any]  # a JSON object as the API sends it: a whole answer or one chunk
 
 
 def _usage(stats: GenerationStats) -> dict[str, int]:
@@ -47,12 +47,9 @@ def _usage(stats: GenerationStats) -> dict[str, int]:
 # -- /v1/chat/completions ----------------------------------------------------------------------
 
 
-async def chat_completions(
-    body: ChatCompletionRequest,
-    serving: Serving,
-    *,
-    path: str,
-) -> Response:
+async def chat_completions(body: ChatCompletionRequest, serving: Serving, *, path: str) -> Response:
+    """A chat.completion, or its chunks: the reasoning as ``reasoning_content`` and the calls
+    as ``tool_calls``, each step a chunk of its own."""
     tools = body.tool_list()
     messages = [m.to_chat() for m in body.messages]
     output_format = body.output_format()
@@ -72,12 +69,12 @@ async def chat_completions(
     )
     completion_id = new_id("chatcmpl")
 
-    def taken_logprobs() -> Chunk | None:
+    def taken_logprobs() -> WireObject | None:
         return chat_logprobs(generation.take_logprobs())
 
     if not body.stream:
         answer = await whole_answer(generation, think=think, tools=tools)
-        message: Chunk = {"role": "assistant", "content": answer.content}
+        message: WireObject = {"role": "assistant", "content": answer.content}
         if answer.tool_calls:
             message = {
                 "role": "assistant",
@@ -103,11 +100,11 @@ async def chat_completions(
             )
         )
 
-    def chunk(delta: Chunk, reason: str | None = None) -> Chunk:
+    def chunk(delta: WireObject, reason: str | None = None) -> WireObject:
         choice = {"index": 0, "delta": delta, "logprobs": taken_logprobs(), "finish_reason": reason}
         return chat_object(completion_id, body.model, choices=[choice], chunk=True)
 
-    async def events() -> AsyncIterator[Chunk]:
+    async def events() -> AsyncIterator[WireObject]:
         stream = AnswerStream(generation, think=think, tools=tools)
         yield chunk({"role": "assistant", "content": ""})
         async for step in stream.steps():
@@ -137,12 +134,8 @@ async def chat_completions(
 # -- /v1/completions ---------------------------------------------------------------------------
 
 
-async def completions(
-    body: CompletionRequest,
-    serving: Serving,
-    *,
-    path: str,
-) -> Response:
+async def completions(body: CompletionRequest, serving: Serving, *, path: str) -> Response:
+    """A text_completion of a plain prompt (no chat template), or its chunks."""
     prompt = body.text()
     if body.echo:
         raise ApiError(400, "echo is not supported", param="echo")
@@ -161,13 +154,13 @@ async def completions(
     completion_id = new_id("cmpl")
     answered = 0  # characters of text sent so far, where the next logprobs' offsets start
 
-    def choice(text: str, reason: str | None) -> Chunk:
+    def choice(text: str, reason: str | None) -> WireObject:
         nonlocal answered
         taken = completion_logprobs(generation.take_logprobs(), answered)
         answered += len(text)
         return {"index": 0, "text": text, "logprobs": taken, "finish_reason": reason}
 
-    def finished(text: str) -> Chunk:
+    def finished(text: str) -> WireObject:
         return choice(text, finish_reason(generation.stats.done_reason, False))
 
     if not body.stream:
@@ -181,7 +174,7 @@ async def completions(
             )
         )
 
-    async def events() -> AsyncIterator[Chunk]:
+    async def events() -> AsyncIterator[WireObject]:
         async for piece in generation.pieces():
             yield completion_object(
                 completion_id, body.model, chunk=True, choices=[choice(piece, None)]
@@ -202,10 +195,8 @@ async def completions(
 # -- /v1/embeddings ----------------------------------------------------------------------------
 
 
-async def embeddings(
-    body: EmbeddingRequest,
-    serving: Serving,
-) -> Chunk:
+async def embeddings(body: EmbeddingRequest, serving: Serving) -> WireObject:
+    """Normalised vectors of the inputs, as floats or as base64 of little-endian float32s."""
     inputs = body.inputs()
     serving.metrics.touch()
     embedded = await embed(
