@@ -12,14 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from corral_runtime.api.generation import Generation
-from corral_runtime.api.thinking import Split, ThinkValue, split_answer
+from corral_runtime.api.thinking import Split, ThinkValue, shows_thinking, split_answer
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.templates.messages import Tool, ToolCall
-
-
-def shows_thinking(think: ThinkValue) -> bool:
-    """Whether reasoning is sent: unless the request turned thinking off, as Ollama does."""
-    return think is not False
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,12 @@ def wants_thinking(think: ThinkValue) -> bool:
     return think is True or isinstance(think, str)
 
 
+def shows_thinking(think: ThinkValue) -> bool:
+    """Whether reasoning is sent: unless the request turned thinking off (unset sends what a
+    thinking model writes), as Ollama does."""
+    return think is not False
+
+
 def opens_thinking(prompt: str) -> bool:
     """Whether a rendered prompt leaves the model inside its reasoning: it opens a block it
     does not close (a template may put more after the tag, such as a level)."""
