@@ -2,10 +2,12 @@
 and only here, and what changed is logged the way ``kubectl apply`` says it (``job.batch/x
 created``, ``deployment.apps/y configured``, ``job.batch/z deleted``; unchanged objects at DEBUG).
 
-Whether an apply changed anything is what the API server says: the object's resourceVersion
-before and after the server-side apply (the server bumps it only when the stored object changes,
-so a no-op apply keeps it), not a guess from comparing our desired dict with what is stored
-(defaults and other managers' fields differ there without any change).
+Whether an apply changed anything is what the API server says, not a guess from comparing our
+desired dict with what is stored (defaults and other managers' fields differ there without any
+change): the object's resourceVersion before and after the server-side apply (a no-op apply
+keeps it), and, when it moved, our field manager's entry in ``managedFields`` (the server
+rewrites it when our apply changes a field, and leaves it when the version moved because
+another writer, a controller setting status, wrote between our read and our apply).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from corral_operator import api
 from corral_operator.handlers.context import Context
 from corral_operator.kube import api_version
 
@@ -31,14 +34,26 @@ class ObjectRef:
     name: str
 
 
+def _applied_by_us(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Our field manager's ``managedFields`` entry (what we own and when that last changed)."""
+    for entry in (obj.get("metadata") or {}).get("managedFields") or ():
+        if entry.get("manager") == api.FIELD_MANAGER and entry.get("operation") == "Apply":
+            return dict(entry)
+    return None
+
+
 def apply_verdict(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> Verdict:
     """What a server-side apply did, from the object before it (None: there was none) and the
-    API server's answer."""
+    API server's answer. Our entry's time has one-second resolution: a change of ours within the
+    second of our previous one reads as unchanged (it is then logged at DEBUG only)."""
     if before is None:
         return "created"
     old = (before.get("metadata") or {}).get("resourceVersion")
     new = (after.get("metadata") or {}).get("resourceVersion")
-    return "unchanged" if old is not None and old == new else "configured"
+    if old is not None and old == new:
+        return "unchanged"
+    ours = _applied_by_us(before)
+    return "unchanged" if ours is not None and ours == _applied_by_us(after) else "configured"
 
 
 def display_name(kind: str, name: str) -> str:
