@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.generation import (
     Generation,
+    ModelCheck,
     PromptBuilder,
     acquire_model,
     chat_prompt,
@@ -42,6 +44,7 @@ from corral_runtime.api.serving_embeddings import embed as embed_inputs
 from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.api.thinking import ThinkValue
 from corral_runtime.engine.manager import LoadedModel, ModelManager
+from corral_runtime.engine.types import OutputFormat
 from corral_runtime.templates.budget import TemplateBudgetError
 from corral_runtime.templates.chat import GoChatTemplate, generate_messages
 from corral_runtime.templates.gotemplate import TemplateError
@@ -50,25 +53,62 @@ from corral_runtime.templates.messages import ToolCall
 WireObject = dict[str, Any]  # a JSON object as the API sends it: a whole answer or one chunk
 
 
-async def _load_or_unload(
-    manager: ModelManager,
-    name: str,
-    keep_alive: float,
-    options: OllamaOptions,
-    body: WireObject,
-) -> JSONResponse:
-    """An empty request loads the model (``done_reason: load``), or with keep_alive 0 unloads it."""
-    if keep_alive == 0:
-        await manager.resolve_async(name)
-        await manager.unload(name)
-        reason = "unload"
-    else:
-        lease, _ = await acquire_model(manager, name, options, keep_alive)
-        lease.release()
-        reason = "load"
-    return JSONResponse(
-        {"model": name, "created_at": now_rfc3339(), **body, "done": True, "done_reason": reason}
-    )
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What /api/generate and /api/chat both read from a request, in this order, before any
+    model is touched: each is a 400 of its own, whatever else the request asks."""
+
+    name: str
+    keep_alive: float
+    options: OllamaOptions
+    output_format: OutputFormat | None
+    logprobs: int | None
+
+    @classmethod
+    def read(cls, body: GenerateRequest | ChatRequest, default_keep_alive: float) -> _Asked:
+        return cls(
+            name=body.require_model(),
+            keep_alive=body.keep_alive_seconds(default_keep_alive),
+            options=body.validated_options(),
+            output_format=parse_format(body.format),
+            logprobs=body.logprobs_wanted(),
+        )
+
+    async def start(
+        self,
+        serving: Serving,
+        build_prompt: PromptBuilder,
+        check: ModelCheck,
+        context: tuple[int, ...] = (),
+    ) -> Generation:
+        """The generation asked for, with what only the endpoint knows: the prompt it renders
+        and what the model must be able to do."""
+        return await start_generation(
+            serving.manager,
+            serving.metrics,
+            name=self.name,
+            options=self.options,
+            output_format=self.output_format,
+            keep_alive=self.keep_alive,
+            build_prompt=build_prompt,
+            check=check,
+            logprobs=self.logprobs,
+            context=context,
+        )
+
+    async def load_or_unload(self, manager: ModelManager, body: WireObject) -> JSONResponse:
+        """An empty request loads the model (``done_reason: load``), or with keep_alive 0
+        unloads it."""
+        if self.keep_alive == 0:
+            await manager.resolve_async(self.name)
+            await manager.unload(self.name)
+            reason = "unload"
+        else:
+            lease, _ = await acquire_model(manager, self.name, self.options, self.keep_alive)
+            lease.release()
+            reason = "load"
+        done = {"done": True, "done_reason": reason}
+        return JSONResponse({"model": self.name, "created_at": now_rfc3339(), **body, **done})
 
 
 def _generate_prompt(body: GenerateRequest, think: ThinkValue) -> PromptBuilder:
@@ -119,32 +159,22 @@ def _final_fields(generation: Generation) -> WireObject:
 async def generate(body: GenerateRequest, serving: Serving, *, path: str) -> Response:
     """A completion of one prompt (or, with none, a load or unload). Every field is checked
     before the model is touched, so a bad request is a 400 whatever else it asks."""
-    name = body.require_model()
     body.check()
-    keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
-    options = body.validated_options()
-    output_format = parse_format(body.format)
-    logprobs = body.logprobs_wanted()
+    asked = _Asked.read(body, serving.default_keep_alive)
     think = body.think_setting()
     if body.is_load_only:
-        return await _load_or_unload(serving.manager, name, keep_alive, options, {"response": ""})
-    generation = await start_generation(
-        serving.manager,
-        serving.metrics,
-        name=name,
-        options=options,
-        output_format=output_format,
-        keep_alive=keep_alive,
-        build_prompt=_generate_prompt(body, think),
-        check=lambda m: check_capabilities(m, think=think, images=bool(body.images), tools=False),
-        logprobs=logprobs,
+        return await asked.load_or_unload(serving.manager, {"response": ""})
+    generation = await asked.start(
+        serving,
+        _generate_prompt(body, think),
+        lambda m: check_capabilities(m, think=think, images=bool(body.images), tools=False),
         context=tuple(body.context or ()),
     )
     with_logprobs = _logprobs_adder(generation)
 
     def response(answer: Answer) -> WireObject:
         fields: WireObject = {
-            "model": name,
+            "model": asked.name,
             "created_at": now_rfc3339(),
             "response": answer.content,
         }
@@ -186,38 +216,26 @@ def _message(content: str, calls: list[ToolCall] | None = None, thinking: str = 
 async def chat(body: ChatRequest, serving: Serving, *, path: str) -> Response:
     """The next assistant message of a conversation (or, with no messages, a load or unload);
     a streamed answer ends with what the reasoning splitter and the tool-call buffer held."""
-    name = body.require_model()
-    keep_alive = body.keep_alive_seconds(serving.default_keep_alive)
-    options = body.validated_options()
-    output_format = parse_format(body.format)
-    logprobs = body.logprobs_wanted()
+    asked = _Asked.read(body, serving.default_keep_alive)
     if not body.messages:
         empty = {"message": {"role": "assistant", "content": ""}}
-        return await _load_or_unload(serving.manager, name, keep_alive, options, empty)
+        return await asked.load_or_unload(serving.manager, empty)
     tools = body.tool_list()
     think = body.think_setting()
-    generation = await start_generation(
-        serving.manager,
-        serving.metrics,
-        name=name,
-        options=options,
-        output_format=output_format,
-        keep_alive=keep_alive,
-        build_prompt=chat_prompt(body.chat_messages(), tools, think),
-        check=lambda m: check_capabilities(
-            m, think=think, images=body.has_images, tools=bool(tools)
-        ),
-        logprobs=logprobs,
+    generation = await asked.start(
+        serving,
+        chat_prompt(body.chat_messages(), tools, think),
+        lambda m: check_capabilities(m, think=think, images=body.has_images, tools=bool(tools)),
     )
     with_logprobs = _logprobs_adder(generation)
 
     def chunk(message: WireObject) -> WireObject:
-        return {"model": name, "created_at": now_rfc3339(), "message": message, "done": False}
+        return {"model": asked.name, "created_at": now_rfc3339(), "message": message, "done": False}
 
     def final(answer: Answer) -> WireObject:
         message = _message(answer.content, answer.tool_calls, answer.thinking)
         return {
-            "model": name,
+            "model": asked.name,
             "created_at": now_rfc3339(),
             "message": message,
             **_final_fields(generation),
