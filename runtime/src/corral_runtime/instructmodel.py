@@ -17,6 +17,7 @@ from importlib import import_module
 from importlib.resources import files
 from pathlib import Path
 
+from corral_runtime.settings import CacheSettings
 from corral_runtime.store.layout import ModelStore, StoredModel
 from corral_runtime.store.names import parse_name
 
@@ -36,8 +37,7 @@ class InstructModelCorruptError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "corral" / "testmodels"
+    return CacheSettings().cache_home / "corral" / "testmodels"
 
 
 def part_paths() -> list[Path]:

@@ -1,11 +1,15 @@
-"""The runtime server's settings: one pydantic-settings class, read from ``CORRAL_*`` variables.
+"""The runtime's settings: the only readers of environment variables in the runtime.
 
-``corral serve`` builds it from its flags (which win over the environment) and passes it to
-``create_app(settings)``; nothing else reads the environment.
+``RuntimeSettings`` is the server's (``CORRAL_*``): ``corral serve`` builds it from its flags
+(which win over the environment) and passes it to ``create_app(settings)``. ``SourceSettings``
+says where pulls find what a source names, ``PullJobSettings`` is what the operator's pull Job
+tells ``corral pull``, ``CacheSettings`` where this user's caches live. Everything below takes
+the values as arguments.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,6 +27,69 @@ def default_models_dir() -> Path:
     """The store used when neither ``--models`` nor ``CORRAL_MODELS`` names one (as Ollama uses
     ``~/.ollama/models``): ``corral serve`` serves it and ``corral pull`` fills it."""
     return Path.home() / ".corral" / "models"
+
+
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+PVC_DEFAULT_ROOT = "/mnt/pvc"
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def proxies_configured(environ: Mapping[str, str]) -> bool:
+    """Whether proxy variables name a proxy (which only the httpx client knows how to use)."""
+    return any(environ.get(name) or environ.get(name.upper()) for name in _PROXY_VARIABLES)
+
+
+class SourceSettings(BaseSettings):
+    """Where a pull finds what a source names (``CORRAL_HF_ENDPOINT``, ``CORRAL_PVC_ROOT``; the
+    operator's pull Job and the chart set them) and whether the environment names a proxy."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    hf_endpoint: str = Field(
+        default=HF_DEFAULT_ENDPOINT, description="Base URL of hf:// sources (a mirror, a test)."
+    )
+    pvc_root: str = Field(
+        default=PVC_DEFAULT_ROOT, description="Where pvc://<claim>/ paths are mounted."
+    )
+    # httpx reads these itself; a pull only needs to know whether it may bypass httpx.
+    http_proxy: str = Field(default="", validation_alias="http_proxy")
+    https_proxy: str = Field(default="", validation_alias="https_proxy")
+    all_proxy: str = Field(default="", validation_alias="all_proxy")
+
+    @property
+    def proxied(self) -> bool:
+        return proxies_configured(
+            {
+                "http_proxy": self.http_proxy,
+                "https_proxy": self.https_proxy,
+                "all_proxy": self.all_proxy,
+            }
+        )
+
+
+class PullJobSettings(BaseSettings):
+    """What the operator's pull Job tells ``corral pull`` (``CORRAL_PULL_*``, set by
+    corral_operator.builders.jobs): the Model's name, pinned digest, template, system prompt and
+    parameters (a JSON object), and the file the result is written to (the termination log)."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_PULL_", extra="ignore")
+
+    name: str | None = None
+    digest: str | None = None
+    template: str | None = None
+    system: str | None = None
+    parameters: str | None = None
+    result_file: str | None = None
+
+
+class CacheSettings(BaseSettings):
+    """This user's cache directory (``XDG_CACHE_HOME``, else ``~/.cache``)."""
+
+    xdg_cache_home: str = Field(default="", validation_alias="XDG_CACHE_HOME")
+
+    @property
+    def cache_home(self) -> Path:
+        return Path(self.xdg_cache_home) if self.xdg_cache_home else Path.home() / ".cache"
 
 
 class RuntimeSettings(BaseSettings):
@@ -143,6 +210,10 @@ class RuntimeSettings(BaseSettings):
         ),
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    source_settings: SourceSettings = Field(
+        default_factory=SourceSettings,
+        description="Where /api/pull finds hf:// and pvc:// sources (their own variables).",
+    )
 
     pull_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

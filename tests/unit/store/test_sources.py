@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from corral_runtime.settings import SourceSettings
 from corral_runtime.store.sources import (
     HuggingFaceSource,
     InvalidSourceError,
@@ -40,13 +41,13 @@ def test_huggingface_with_and_without_revision(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("CORRAL_HF_ENDPOINT", raising=False)
     src = parse_source("hf://unsloth/gemma-3-GGUF/sub/dir/gemma-3-Q4_K_M.gguf")
     assert src == HuggingFaceSource("unsloth", "gemma-3-GGUF", "sub/dir/gemma-3-Q4_K_M.gguf")
-    assert src.url() == (
+    assert src.url(SourceSettings().hf_endpoint) == (
         "https://huggingface.co/unsloth/gemma-3-GGUF/resolve/main/sub/dir/gemma-3-Q4_K_M.gguf"
     )
     pinned = parse_source("hf://org/repo/m.gguf@refs/pr/1")
     assert isinstance(pinned, HuggingFaceSource)
     assert pinned.revision == "refs/pr/1"
-    assert "/resolve/refs%2Fpr%2F1/m.gguf" in pinned.url()
+    assert "/resolve/refs%2Fpr%2F1/m.gguf" in pinned.url(SourceSettings().hf_endpoint)
     assert str(src.default_name()) == "hf.co/unsloth/gemma-3-GGUF:gemma-3-Q4_K_M"
 
 
@@ -54,7 +55,7 @@ def test_huggingface_endpoint_is_overridable(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CORRAL_HF_ENDPOINT", "http://127.0.0.1:9/")
     src = parse_source("hf://o/r/f.gguf@abc123")
     assert isinstance(src, HuggingFaceSource)
-    assert src.url() == "http://127.0.0.1:9/o/r/resolve/abc123/f.gguf"
+    assert src.url(SourceSettings().hf_endpoint) == "http://127.0.0.1:9/o/r/resolve/abc123/f.gguf"
 
 
 def test_huggingface_org_with_dot_gets_a_valid_store_name() -> None:
@@ -84,7 +85,7 @@ def test_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pvc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORRAL_PVC_ROOT", "/mnt/claims")
-    src = parse_source("pvc://model-cache/dir/m.gguf")
+    src = parse_source("pvc://model-cache/dir/m.gguf", pvc_root=SourceSettings().pvc_root)
     assert src == LocalSource("/mnt/claims/model-cache/dir/m.gguf", claim="model-cache")
     assert str(src.default_name()) == "pvc/model-cache/m:latest"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from corral_runtime.store.direct import proxies_configured
+from corral_runtime.settings import proxies_configured
 from corral_runtime.store.download import (
     SizeMismatchError,
     _check_content_range,

@@ -155,6 +155,7 @@ def pull_policy(settings: RuntimeSettings) -> SourcePolicy:
         allowed_hosts=settings.pull_allowed_hosts,
         allow_insecure=settings.pull_allow_insecure,
         allow_local_paths=settings.pull_allow_local_paths,
+        hf_endpoint=settings.source_settings.hf_endpoint,
     )
 
 
@@ -164,7 +165,7 @@ async def pull(body: PullRequest, request: Request, settings: SettingsDep) -> An
     if not raw:
         raise ApiError(400, "model is required", param="model")
     try:
-        source = parse_source(raw)
+        source = parse_source(raw, pvc_root=settings.source_settings.pvc_root)
     except InvalidSourceError as exc:
         raise ApiError(400, str(exc), param="model") from exc
     policy = pull_policy(settings)
@@ -175,7 +176,9 @@ async def pull(body: PullRequest, request: Request, settings: SettingsDep) -> An
         raise _pull_error(exc) from exc
     store = _store(request)
     cancel = threading.Event()
-    options = PullOptions(insecure=body.insecure, sources=policy)
+    options = PullOptions(
+        insecure=body.insecure, sources=policy, source_settings=settings.source_settings
+    )
 
     def run(emit: Callable[[dict[str, Any]], None]) -> None:
         def report(event: PullEvent) -> None:

@@ -1,23 +1,21 @@
 """``corral pull|list|rm|cp|show``: managing the model store from the command line.
 
 The store is ``--models DIR``, else ``CORRAL_MODELS``, else ``~/.corral/models``. ``corral pull``
-is also what the operator's pull Job runs: it reads the Model's name, pinned digest, template,
-system and parameters from ``CORRAL_PULL_*`` variables and, when ``CORRAL_PULL_RESULT_FILE`` is
-set, writes one JSON object describing the result there (see corral_operator.pull).
+is also what the operator's pull Job runs: its flags default to the Model's name, pinned digest,
+template, system and parameters the Job sets (``PullJobSettings``, ``CORRAL_PULL_*``) and, when
+``CORRAL_PULL_RESULT_FILE`` is set, it writes one JSON object describing the result there (see
+corral_operator.pull).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-
-RESULT_FILE_ENV = "CORRAL_PULL_RESULT_FILE"
 
 
 def default_models_dir() -> Path:
@@ -33,6 +31,9 @@ def _models_dir(args: argparse.Namespace) -> Path:
 
 
 def register(subparsers: Any) -> None:
+    from corral_runtime.settings import PullJobSettings
+
+    job = PullJobSettings()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--models",
@@ -55,23 +56,23 @@ def register(subparsers: Any) -> None:
     )
     pull.add_argument(
         "--name",
-        default=os.environ.get("CORRAL_PULL_NAME"),
+        default=job.name,
         help="store the model under this name (default: from the source)",
     )
     pull.add_argument(
         "--digest",
-        default=os.environ.get("CORRAL_PULL_DIGEST"),
+        default=job.digest,
         help="require this sha256 (of the GGUF, or of an Ollama manifest)",
     )
-    pull.add_argument("--template", default=os.environ.get("CORRAL_PULL_TEMPLATE"))
-    pull.add_argument("--system", default=os.environ.get("CORRAL_PULL_SYSTEM"))
+    pull.add_argument("--template", default=job.template)
+    pull.add_argument("--system", default=job.system)
     pull.add_argument(
         "--parameters",
-        default=os.environ.get("CORRAL_PULL_PARAMETERS"),
+        default=job.parameters,
         help="JSON object of Ollama parameters (temperature, stop, ...)",
     )
     pull.add_argument("--workers", type=int, default=4, help="parallel download parts")
-    pull.set_defaults(func=cmd_pull)
+    pull.set_defaults(func=cmd_pull, result_file=job.result_file)
 
     lst = subparsers.add_parser("list", aliases=["ls"], parents=[common], help="list models")
     lst.set_defaults(func=cmd_list)
@@ -201,8 +202,8 @@ class ProgressPrinter:
 # -- commands ----------------------------------------------------------------------------------
 
 
-def _write_result(doc: dict[str, Any]) -> None:
-    path = os.environ.get(RESULT_FILE_ENV)
+def _write_result(path: str | None, doc: dict[str, Any]) -> None:
+    """Write the pull's result where the Job asked (its termination log); nowhere if unset."""
     if not path:
         return
     data = json.dumps(doc, separators=(",", ":"))
@@ -239,19 +240,21 @@ def pull_result(model: Any) -> dict[str, Any]:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from corral_runtime.engine.probe import probe_model
+    from corral_runtime.settings import SourceSettings
     from corral_runtime.store.layout import ModelStore
     from corral_runtime.store.names import InvalidNameError, parse_name
     from corral_runtime.store.pull import Puller, PullOptions
     from corral_runtime.store.sources import InvalidSourceError, parse_source
 
     try:
-        source = parse_source(args.source)
+        where = SourceSettings()
+        source = parse_source(args.source, pvc_root=where.pvc_root)
         name = parse_name(args.name) if args.name else None
         params = json.loads(args.parameters) if args.parameters else None
         if params is not None and not isinstance(params, dict):
             raise ValueError("--parameters must be a JSON object")
     except (InvalidSourceError, InvalidNameError, ValueError) as exc:
-        _write_result({"error": str(exc)})
+        _write_result(args.result_file, {"error": str(exc)})
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     options = PullOptions(
@@ -261,6 +264,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         system=args.system,
         params=params,
         expected_digest=args.digest,
+        source_settings=where,
     )
     store = ModelStore(_models_dir(args))
     printer = ProgressPrinter(sys.stdout, sys.stdout.isatty())
@@ -271,10 +275,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
         probe_model(store, model)
     except (RuntimeError, OSError, ValueError) as exc:
         printer.finish_line()
-        _write_result({"error": str(exc)})
+        _write_result(args.result_file, {"error": str(exc)})
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    _write_result(pull_result(model))
+    _write_result(args.result_file, pull_result(model))
     return 0
 
 

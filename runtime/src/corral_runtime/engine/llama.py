@@ -57,6 +57,9 @@ def select_cpu_kernels(batch_invariant: bool) -> None:
     """Choose llama.cpp's tiled K-quant matrix product for this process (see the module
     docstring): off for batch invariance. It takes effect only before the process's first
     matrix product, and an explicit ``GGML_CPU_TILED_MM`` in the environment wins."""
+    # llama.cpp reads this switch from the process's environment and offers no API for it, so
+    # the setting can only travel there; setdefault keeps an operator's explicit value (a
+    # settings field would have to mirror llama.cpp's own variable to do the same).
     os.environ.setdefault("GGML_CPU_TILED_MM", "0" if batch_invariant else "1")
 
 

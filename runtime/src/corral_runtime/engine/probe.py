@@ -41,14 +41,11 @@ def probe_model(store: ModelStore, stored: StoredModel) -> None:
 
 def probe_model_file(path: Path, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
     """Load ``path`` in a child process; InvalidModelFileError when it dies or cannot load it."""
-    # The child stays off any GPU: only the file's structure is in question here.
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
     try:
         result = subprocess.run(
             [sys.executable, "-m", __name__, str(path)],
             capture_output=True,
             timeout=timeout,
-            env=env,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -86,4 +83,8 @@ def _load_and_tokenize(path: str) -> int:
 
 
 if __name__ == "__main__":
+    # The child stays off any GPU (only the file's structure is in question here): hidden from
+    # it before llama.cpp starts.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["HIP_VISIBLE_DEVICES"] = ""
     sys.exit(_load_and_tokenize(sys.argv[1]))

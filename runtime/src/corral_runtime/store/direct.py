@@ -11,7 +11,6 @@ redirect) is left to the httpx client, which handles it all.
 from __future__ import annotations
 
 import http.client
-import os
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,14 +36,7 @@ class DirectTransportError(Exception):
     """A network failure on a direct connection (retried like httpx's transport errors)."""
 
 
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def proxies_configured(environ: dict[str, str] | None = None) -> bool:
-    """Whether the environment names a proxy (which only the httpx client knows how to use)."""
-    env = os.environ if environ is None else environ
-    return any(env.get(name) or env.get(name.upper()) for name in _PROXY_VARIABLES)
 
 
 class DirectLane:

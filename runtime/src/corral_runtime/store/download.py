@@ -44,7 +44,6 @@ from corral_runtime.store.direct import (
     DirectLane,
     DirectTransportError,
     Reply,
-    proxies_configured,
 )
 from corral_runtime.store.landing import (
     blob_partial,
@@ -216,6 +215,7 @@ class BlobDownloader:
         chunk_size: int = DEFAULT_CHUNK,
         policy: RetryPolicy | None = None,
         fsync: bool = True,
+        proxied: bool = False,
     ) -> None:
         self.store = store
         self.client = client
@@ -226,9 +226,10 @@ class BlobDownloader:
         self.fsync = fsync
         # A signed CDN URL found by following the first redirect, reused for the other parts.
         self._resolved: dict[str, str] = {}
-        # Direct connections (see DirectLane) only where the httpx client would not use a proxy.
+        # Direct connections (see DirectLane) only where the httpx client would not use a proxy
+        # (``proxied``: the environment names one, SourceSettings.proxied).
         self._direct_context: Callable[[], ssl.SSLContext] | None = (
-            None if proxies_configured() else self._ssl_context
+            None if proxied else self._ssl_context
         )
         self._user_agent = client.headers.get("user-agent")
         self._ssl: ssl.SSLContext | None = None

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from corral_runtime.settings import HF_DEFAULT_ENDPOINT
 from corral_runtime.store.registry import registry_base
 from corral_runtime.store.sources import HuggingFaceSource, LocalSource, OllamaSource, Source
 from corral_runtime.store.transfer import PullError
@@ -91,6 +92,8 @@ class SourcePolicy:
     allow_insecure: bool = True
     allow_private: bool = True
     allowed_hosts: tuple[str, ...] = ()
+    # Where hf:// sources point (SourceSettings.hf_endpoint): their URLs are checked there.
+    hf_endpoint: str = HF_DEFAULT_ENDPOINT
     resolver: Resolver = resolve
 
     @classmethod
@@ -101,8 +104,10 @@ class SourcePolicy:
         allow_insecure: bool = False,
         allow_local_paths: bool = False,
         resolver: Resolver = resolve,
+        hf_endpoint: str = HF_DEFAULT_ENDPOINT,
     ) -> SourcePolicy:
         return cls(
+            hf_endpoint=hf_endpoint,
             allow_local_paths=allow_local_paths,
             allow_insecure=allow_insecure,
             allow_private=False,
@@ -122,7 +127,7 @@ class SourcePolicy:
         if isinstance(source, OllamaSource):
             self.check_url(registry_base(source.name.host, insecure) + "/")
         elif isinstance(source, HuggingFaceSource):
-            self.check_url(source.url())
+            self.check_url(source.url(self.hf_endpoint))
         else:
             self.check_url(source.url)
 

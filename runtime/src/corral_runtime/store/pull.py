@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from corral_runtime.settings import SourceSettings
 from corral_runtime.store.digests import parse_digest
 from corral_runtime.store.download import BlobDownloader, BlobRequest
 from corral_runtime.store.gguf import GGUFDetails
@@ -93,6 +94,8 @@ class PullOptions:
     connect_timeout: float = 15.0
     # What the pull may reach: everything for the CLI; a server passes its restricted policy.
     sources: SourcePolicy = field(default_factory=SourcePolicy)
+    # Where hf:// and pvc:// sources point, and whether a proxy is configured.
+    source_settings: SourceSettings = field(default_factory=SourceSettings)
 
 
 def pulling_status(digest: str) -> str:
@@ -141,7 +144,8 @@ class Puller:
     def pull(
         self, source: Source | str, name: ModelName | None = None, report: Reporter | None = None
     ) -> StoredModel:
-        src = parse_source(source) if isinstance(source, str) else source
+        where = self.options.source_settings
+        src = parse_source(source, pvc_root=where.pvc_root) if isinstance(source, str) else source
         self.options.sources.check_source(src, insecure=self.options.insecure)
         emit = report or (lambda event: None)
         target = name or src.default_name()
@@ -154,12 +158,13 @@ class Puller:
                 chunk_size=self.options.chunk_size,
                 policy=self.options.policy,
                 fsync=self.options.fsync,
+                proxied=where.proxied,
             )
             if isinstance(src, OllamaSource):
                 return self._pull_registry(src, target, client, downloader, emit)
             if isinstance(src, LocalSource):
                 return self._import_local(src, target, emit)
-            url = src.url() if isinstance(src, HuggingFaceSource) else src.url
+            url = src.url(where.hf_endpoint) if isinstance(src, HuggingFaceSource) else src.url
             return self._pull_file(url, target, client, downloader, emit)
 
     # -- ollama:// ---------------------------------------------------------------------------

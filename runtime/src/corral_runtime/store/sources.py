@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urlsplit
 
+from corral_runtime.settings import PVC_DEFAULT_ROOT
 from corral_runtime.store.names import (
     DEFAULT_NAMESPACE,
     DEFAULT_TAG,
@@ -29,11 +30,7 @@ from corral_runtime.store.names import (
     parse_name,
 )
 
-HF_ENDPOINT_ENV = "CORRAL_HF_ENDPOINT"
-HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 HF_HOST = "hf.co"
-PVC_ROOT_ENV = "CORRAL_PVC_ROOT"
-PVC_DEFAULT_ROOT = "/mnt/pvc"
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _HF_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
@@ -64,8 +61,9 @@ class HuggingFaceSource:
     path: str
     revision: str = "main"
 
-    def url(self, endpoint: str | None = None) -> str:
-        base = (endpoint or os.environ.get(HF_ENDPOINT_ENV) or HF_DEFAULT_ENDPOINT).rstrip("/")
+    def url(self, endpoint: str) -> str:
+        """The file's download URL under ``endpoint`` (``SourceSettings.hf_endpoint``)."""
+        base = endpoint.rstrip("/")
         return (
             f"{base}/{quote(self.org)}/{quote(self.repo)}/resolve/"
             f"{quote(self.revision, safe='')}/{quote(self.path)}"
@@ -109,7 +107,7 @@ class LocalSource:
 Source = OllamaSource | HuggingFaceSource | UrlSource | LocalSource
 
 
-def parse_source(raw: str, *, pvc_root: str | None = None) -> Source:
+def parse_source(raw: str, *, pvc_root: str = PVC_DEFAULT_ROOT) -> Source:
     """Parse a source string; raise InvalidSourceError with a message saying what is accepted."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidSourceError("empty model source")
@@ -201,13 +199,12 @@ def _url(text: str) -> UrlSource:
     return UrlSource(url=text)
 
 
-def _pvc(rest: str, raw: str, pvc_root: str | None) -> LocalSource:
+def _pvc(rest: str, raw: str, pvc_root: str) -> LocalSource:
     claim, _, path = rest.partition("/")
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", claim):
         raise InvalidSourceError(f"invalid source {raw!r}: bad claim name {claim!r}")
     path = _checked_relpath(path, raw)
-    root = pvc_root or os.environ.get(PVC_ROOT_ENV) or PVC_DEFAULT_ROOT
-    return LocalSource(path=str(PurePosixPath(root) / claim / path), claim=claim)
+    return LocalSource(path=str(PurePosixPath(pvc_root) / claim / path), claim=claim)
 
 
 def _file_tag(filename: str) -> str:
