@@ -266,6 +266,8 @@ class ClusterBackend:
                 raise
 
     def _set_last_request_time(self, namespace: str, name: str, moment: datetime) -> None:
+        # A plain merge patch, not Kube.patch_status: a deleted server's 404 must reach the
+        # caller (a wake-up fails; a report ends there).
         self.kube.merge_patch(
             "ModelServer",
             namespace,
