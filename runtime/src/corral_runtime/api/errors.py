@@ -24,8 +24,13 @@ from corral_runtime.engine.types import (
 from corral_runtime.store.digests import InvalidDigestError
 from corral_runtime.store.gguf import GGUFError
 from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError
+from corral_runtime.store.limits import DeclaredSizeError, InsufficientSpaceError
 from corral_runtime.store.names import InvalidNameError
+from corral_runtime.store.policy import SourceRefusedError
 from corral_runtime.store.recipe import RecipeError
+from corral_runtime.store.registry import ManifestNotFoundError
+from corral_runtime.store.sources import InvalidSourceError
+from corral_runtime.store.transfer import UnsupportedModelError
 from corral_runtime.store.upload import UploadError, UploadTooLargeError
 from corral_runtime.templates.budget import TemplateBudgetError
 from corral_runtime.templates.gotemplate import TemplateError
@@ -112,6 +117,30 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(500, STORE_DAMAGED)
     log.error("unexpected error", exc_info=exc)
     return ApiError(500, "internal server error")
+
+
+def pull_error(exc: BaseException) -> ApiError:
+    """What a failed pull answers: the store's and the puller's errors, each with its own
+    status (a missing manifest 404, a refused source 403, no space 507, bad input 400)."""
+    if isinstance(exc, ManifestNotFoundError):
+        return ApiError(404, str(exc))
+    if isinstance(exc, SourceRefusedError):
+        return ApiError(403, str(exc), param="model")
+    if isinstance(exc, InsufficientSpaceError):
+        return ApiError(507, str(exc))
+    if isinstance(
+        exc,
+        (
+            InvalidSourceError,
+            InvalidNameError,
+            InvalidDigestError,
+            DeclaredSizeError,
+            GGUFError,
+            UnsupportedModelError,
+        ),
+    ):
+        return ApiError(400, str(exc))
+    return ApiError(500, str(exc))
 
 
 STORE_DAMAGED = "the model's files in the store are damaged or incomplete; pull the model again"

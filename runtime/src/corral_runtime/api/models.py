@@ -17,22 +17,20 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ConfigDict, Field
 
 from corral_runtime.api.deps import SettingsDep, require_management
-from corral_runtime.api.errors import ApiError
+from corral_runtime.api.errors import ApiError, pull_error
 from corral_runtime.api.streaming import ndjson_response
 from corral_runtime.api.text import ValidText
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.digests import InvalidDigestError, parse_digest
 from corral_runtime.store.gguf import GGUFError
 from corral_runtime.store.layout import BlobState, CorruptStoreError, ModelNotFoundError, ModelStore
-from corral_runtime.store.limits import DeclaredSizeError, InsufficientSpaceError
 from corral_runtime.store.names import InvalidNameError, parse_name
 from corral_runtime.store.policy import SourcePolicy, SourceRefusedError
 from corral_runtime.store.pull import Puller, PullEvent, PullOptions
 from corral_runtime.store.recipe import Recipe, create_from_recipe
 from corral_runtime.store.refs import copy_model, delete_model, manifest_digests
-from corral_runtime.store.registry import ManifestNotFoundError
 from corral_runtime.store.sources import InvalidSourceError, parse_source
-from corral_runtime.store.transfer import PullError, UnsupportedModelError
+from corral_runtime.store.transfer import PullError
 from corral_runtime.store.upload import put_blob
 
 # Every route here changes (or probes) what the store holds: guarded as management.
@@ -127,28 +125,6 @@ class PullRequest(ValidText):
     stream: bool = True
 
 
-def _pull_error(exc: BaseException) -> ApiError:
-    if isinstance(exc, ManifestNotFoundError):
-        return ApiError(404, str(exc))
-    if isinstance(exc, SourceRefusedError):
-        return ApiError(403, str(exc), param="model")
-    if isinstance(exc, InsufficientSpaceError):
-        return ApiError(507, str(exc))
-    if isinstance(
-        exc,
-        (
-            InvalidSourceError,
-            InvalidNameError,
-            InvalidDigestError,
-            DeclaredSizeError,
-            GGUFError,
-            UnsupportedModelError,
-        ),
-    ):
-        return ApiError(400, str(exc))
-    return ApiError(500, str(exc))
-
-
 def pull_policy(settings: RuntimeSettings) -> SourcePolicy:
     """What pulls through the API may reach (``corral pull`` on the machine is not limited)."""
     return SourcePolicy.restricted(
@@ -173,7 +149,7 @@ async def pull(body: PullRequest, request: Request, settings: SettingsDep) -> An
         # (Resolves the source's host name: off the event loop.)
         await asyncio.to_thread(policy.check_source, source, insecure=body.insecure)
     except SourceRefusedError as exc:
-        raise _pull_error(exc) from exc
+        raise pull_error(exc) from exc
     store = _store(request)
     cancel = threading.Event()
     options = PullOptions(
@@ -193,7 +169,7 @@ async def pull(body: PullRequest, request: Request, settings: SettingsDep) -> An
             InvalidDigestError,
             GGUFError,
         ) as exc:
-            raise _pull_error(exc) from exc
+            raise pull_error(exc) from exc
         finally:
             cancel.set()
 
