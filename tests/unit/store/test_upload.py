@@ -138,7 +138,8 @@ def test_an_upload_waits_for_the_digests_other_writer(store: ModelStore) -> None
     assert leftovers(store) == [blob_filename(DIGEST)]
 
 
-def test_a_close_while_waiting_leaves_no_lock_behind(store: ModelStore) -> None:
+def test_nothing_begins_after_close(store: ModelStore) -> None:
+    # (A cancelled request closes its upload while begin may not have run yet.)
     upload = BlobUpload(store, DIGEST)
     upload.close()
     assert upload.begin() is False
