@@ -116,7 +116,7 @@ def test_an_upload_waits_for_the_digests_other_writer(store: ModelStore) -> None
     release = threading.Event()
 
     def writer() -> None:  # another process's pull holding the digest's lock
-        with exclusive_lock(lock_path(blob_partial(store, DIGEST))):
+        with exclusive_lock(lock_path(blob_partial(store.blobs, DIGEST))):
             held.set()
             release.wait(5)
             store.put_bytes(DATA)
@@ -152,7 +152,7 @@ def test_a_link_at_the_partial_is_replaced_not_written_through(
     store.ensure_blobs_dir()
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"keep me")
-    blob_partial(store, DIGEST).symlink_to(outside)
+    blob_partial(store.blobs, DIGEST).symlink_to(outside)
     assert put(store, DATA) is True
     assert outside.read_bytes() == b"keep me"
     assert store.blob_path(DIGEST).read_bytes() == DATA

@@ -50,7 +50,6 @@ from corral_runtime.store.landing import (
     exclusive_lock,
     lock_path,
     partial_path,
-    publish,
     sidecar_path,
 )
 from corral_runtime.store.layout import BlobState, Layer, ModelStore
@@ -256,12 +255,12 @@ class BlobDownloader:
             if existing is not None:
                 report(existing.size, existing.size)
                 return existing
-            base = blob_partial(self.store, digest)
+            base = blob_partial(self.store.blobs, digest)
             key = digest
         else:
             digest = None
             base = partial_path(
-                self.store, "url-" + hashlib.sha256(req.url.encode()).hexdigest()[:40]
+                self.store.blobs, "url-" + hashlib.sha256(req.url.encode()).hexdigest()[:40]
             )
             key = req.url
         sidecar = sidecar_path(base)
@@ -393,7 +392,7 @@ class BlobDownloader:
             raise DigestMismatchError(
                 f"downloaded bytes hash to {computed}, expected {digest} ({req.url})"
             )
-        publish(self.store, base, computed, size)
+        self.store.publish_blob(base, computed, size)
         sidecar.unlink(missing_ok=True)
         report(size, size)
         return Layer(media_type="", digest=computed, size=size)

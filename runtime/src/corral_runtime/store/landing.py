@@ -1,11 +1,12 @@
 """How a blob lands in the store, whoever writes it: one writer per digest, a partial file, a
 verified rename.
 
-A download (``download.py``) and an upload (``upload.py``) of ``sha256:<hex>`` both write
-``blobs/sha256-<hex>-partial`` while holding an exclusive ``flock`` on ``…-partial.lock``, hash
-the bytes as they land, fsync, and only then rename the partial over the blob's path
-(``publish``). So concurrent writers of one digest (threads, processes sharing the volume, a
-pull beside an upload) produce one blob, and no reader ever sees a blob that was not verified.
+A download (``download.py``), an upload (``upload.py``) and an import of a local file
+(``ModelStore.import_file``) of ``sha256:<hex>`` all write ``blobs/sha256-<hex>-partial`` while
+holding an exclusive ``flock`` on ``…-partial.lock``, hash the bytes as they land, fsync, and
+only then rename the partial over the blob's path (``ModelStore.publish_blob``). So concurrent
+writers of one digest (threads, processes sharing the volume, a pull beside an upload) produce
+one blob, and no reader ever sees a blob that was not verified.
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corral_runtime.store.digests import blob_filename
-from corral_runtime.store.layout import BlobState, ModelStore
 from corral_runtime.store.safefs import clear_foreign, open_path
 
 
-def partial_path(store: ModelStore, key: str) -> Path:
-    """Where the blob named ``key`` (a digest's file name, or a download's URL key) lands."""
-    return store.blobs / (key + "-partial")
+def partial_path(blobs: Path, key: str) -> Path:
+    """Where the blob named ``key`` (a digest's file name, or a download's URL key) lands, in
+    the store's ``blobs/``."""
+    return blobs / (key + "-partial")
 
 
-def blob_partial(store: ModelStore, digest: str) -> Path:
+def blob_partial(blobs: Path, digest: str) -> Path:
     """The partial file of a blob whose digest is known."""
-    return partial_path(store, blob_filename(digest))
+    return partial_path(blobs, blob_filename(digest))
 
 
 def lock_path(partial: Path) -> Path:
@@ -40,6 +41,14 @@ def lock_path(partial: Path) -> Path:
 def sidecar_path(partial: Path) -> Path:
     """A download's record of how much of ``partial`` is on disk (``download.py``)."""
     return partial.with_name(partial.name + ".json")
+
+
+def start_over(partial: Path) -> None:
+    """Clear the way for a writer that starts ``partial`` from nothing (under its lock): the
+    partial and a download's record of it go (a link there is removed, never followed)."""
+    for path in (sidecar_path(partial), partial):
+        clear_foreign(path)
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -81,17 +90,3 @@ def exclusive_lock(
                 path.unlink()
             os.close(fd)
         return
-
-
-def publish(store: ModelStore, partial: Path, digest: str, size: int) -> None:
-    """Make a verified, fsynced ``partial`` the blob ``digest`` (under the digest's lock).
-
-    A valid blob already there stays and the partial goes; anything else at the blob's path
-    (a corrupt blob, a link) is renamed over, never written through. The bytes were hashed as
-    they landed, so the blob is recorded as verified without reading it again.
-    """
-    if store.check_blob(digest, size) is BlobState.VALID:
-        partial.unlink()
-        return
-    partial.replace(store.blob_path(digest))
-    store.record_verified(digest)

@@ -7,7 +7,6 @@ import enum
 import json
 import logging
 import os
-import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from corral_runtime.store.digests import (
     sha256_stream,
 )
 from corral_runtime.store.gguf import GGUFDetails, check_model_file
+from corral_runtime.store.landing import blob_partial, exclusive_lock, lock_path, start_over
 from corral_runtime.store.names import ModelName, parse_name
 from corral_runtime.store.safefs import CorruptStoreError as CorruptStoreError
 from corral_runtime.store.safefs import (
@@ -31,6 +31,7 @@ from corral_runtime.store.safefs import (
     entry_stat,
     is_regular,
     open_file,
+    open_path,
     opened_dir,
     read_file,
     write_atomic,
@@ -62,6 +63,18 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 def _stat_key(st: os.stat_result) -> tuple[int, ...]:
     """What identifies one version of a file: any write, replacement or touch changes it."""
     return (st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+def _hard_link(source: Path, target: Path) -> bool:
+    """Link ``source`` at ``target``; False where it cannot be (another file system)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def _content_key(st: os.stat_result) -> tuple[int, ...]:
@@ -470,40 +483,53 @@ class ModelStore:
         return Layer(media_type="", digest=digest, size=len(data))
 
     def import_file(self, source: Path, *, link: bool = True) -> Layer:
-        """Copy (or hard-link, when on the same file system) a file into the store as a blob."""
+        """Copy (or hard-link, when on the same file system) a file into the store as a blob,
+        landing as every written blob does (``landing``: the digest's lock, its partial file)."""
         hashed = Path(source).stat()
         digest = sha256_file(source)
-        size = hashed.st_size
-        if self.check_blob(digest, size) is BlobState.VALID:
-            return Layer(media_type="", digest=digest, size=size)
-        with self._dir("blobs", create=True) as dir_fd:
-            tmp = f".tmp-{secrets.token_hex(8)}"
+        layer = Layer(media_type="", digest=digest, size=hashed.st_size)
+        if self.check_blob(digest, layer.size) is BlobState.VALID:
+            return layer
+        self.ensure_blobs_dir()  # a real directory: LinkInStoreError for a link
+        partial = blob_partial(self.blobs, digest)
+        with exclusive_lock(lock_path(partial)):
+            if self.check_blob(digest, layer.size) is BlobState.VALID:
+                return layer
+            start_over(partial)
             try:
-                linked = False
-                if link:
-                    try:
-                        os.link(source, tmp, dst_dir_fd=dir_fd)
-                        linked = True
-                    except OSError:
-                        linked = False
+                linked = link and _hard_link(source, partial)
                 if not linked:
-                    fd = open_file(dir_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-                    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                    with (
+                        os.fdopen(open_path(partial, _NEW_FILE), "wb") as out,
+                        open(source, "rb") as src,
+                    ):
                         shutil.copyfileobj(src, out, CHUNK)
                         out.flush()
                         os.fsync(out.fileno())
-                with os.fdopen(open_file(dir_fd, tmp), "rb") as f:
+                with os.fdopen(open_path(partial), "rb") as f:
                     # A link is the file that was hashed, unless it was written since; a copy
                     # is hashed again.
                     same = linked and _content_key(os.fstat(f.fileno())) == _content_key(hashed)
                     if not same and sha256_stream(f) != digest:
                         raise CorruptStoreError("the file changed while it was being imported")
-                os.rename(tmp, blob_filename(digest), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                self.publish_blob(partial, digest, layer.size)
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=dir_fd)
+                partial.unlink(missing_ok=True)
+        return layer
+
+    def publish_blob(self, partial: Path, digest: str, size: int) -> None:
+        """Make a verified ``partial`` the blob ``digest`` (its writer holds the digest's lock
+        and synced it to disk: ``landing``).
+
+        A valid blob already there stays and the partial goes; anything else at the blob's path
+        (a corrupt blob, a link) is renamed over, never written through. The bytes were hashed
+        as they landed, so the blob is recorded as verified without reading it again.
+        """
+        if self.check_blob(digest, size) is BlobState.VALID:
+            partial.unlink()
+            return
+        partial.replace(self.blob_path(digest))
         self.record_verified(digest)
-        return Layer(media_type="", digest=digest, size=size)
 
     def write_manifest(self, name: ModelName, raw: bytes) -> Path:
         """Write a manifest last, atomically, after every blob it names is present."""

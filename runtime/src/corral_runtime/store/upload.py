@@ -17,16 +17,10 @@ import threading
 from collections.abc import AsyncIterable
 
 from corral_runtime.store.digests import parse_digest
-from corral_runtime.store.landing import (
-    blob_partial,
-    exclusive_lock,
-    lock_path,
-    publish,
-    sidecar_path,
-)
+from corral_runtime.store.landing import blob_partial, exclusive_lock, lock_path, start_over
 from corral_runtime.store.layout import BlobState, ModelStore
 from corral_runtime.store.limits import MAX_BLOB_BYTES
-from corral_runtime.store.safefs import clear_foreign, open_path, write_all
+from corral_runtime.store.safefs import open_path, write_all
 
 
 class UploadError(ValueError):
@@ -68,7 +62,7 @@ class BlobUpload:
         self.store = store
         self.digest = parse_digest(digest)
         self.limit = limit
-        self._partial = blob_partial(store, self.digest)
+        self._partial = blob_partial(store.blobs, self.digest)
         self._held = contextlib.ExitStack()
         self._hasher = hashlib.sha256()
         self._fd: int | None = None
@@ -89,12 +83,8 @@ class BlobUpload:
         self._held.enter_context(exclusive_lock(lock_path(self._partial)))
         if self.store.check_blob(self.digest) is BlobState.VALID:
             return False
-        # A download's progress record would describe bytes this upload is about to replace.
-        sidecar = sidecar_path(self._partial)
-        clear_foreign(sidecar)
-        sidecar.unlink(missing_ok=True)
-        clear_foreign(self._partial)  # a link at the partial's path is replaced, not written
-        self._fd = open_path(self._partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        start_over(self._partial)  # (a download's partial and its record of it included)
+        self._fd = open_path(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         os.fchmod(self._fd, 0o644)
         return True
 
@@ -114,7 +104,7 @@ class BlobUpload:
             if actual != self.digest:
                 raise UploadDigestMismatchError(self.digest, actual)
             os.fsync(self._fd)
-            publish(self.store, self._partial, self.digest, self._written)
+            self.store.publish_blob(self._partial, self.digest, self._written)
 
     def close(self) -> None:
         with self._turn:
