@@ -10,11 +10,29 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from corral_runtime.api.generation import Generation
-from corral_runtime.api.thinking import Split, ThinkValue, shows_thinking, split_answer
+from corral_runtime.api.thinking import (
+    Split,
+    ThinkingSplitter,
+    ThinkValue,
+    shows_thinking,
+    split_answer,
+)
 from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
 from corral_runtime.templates.messages import Tool, ToolCall
+
+
+class AnswerSource(Protocol):
+    """What an answer is read from (a started ``Generation``): the text the model writes, and
+    what splits its reasoning out. Nothing more, so that the answer's rules stand on their own
+    (and are checked without a model)."""
+
+    def pieces(self) -> AsyncIterator[str]: ...
+
+    async def text(self) -> str: ...
+
+    def reasoning_splitter(self) -> ThinkingSplitter | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +56,7 @@ class Ending:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-async def whole_answer(generation: Generation, *, think: ThinkValue, tools: list[Tool]) -> Answer:
+async def whole_answer(generation: AnswerSource, *, think: ThinkValue, tools: list[Tool]) -> Answer:
     """The answer of a generation read to its end. Content that is all tool calls is the calls
     (and no content); with no tools offered it is always content."""
     split = split_answer(generation.reasoning_splitter(), await generation.text())
@@ -56,7 +74,7 @@ class AnswerStream:
     then take ``ending()``. Content that may be a tool call is held back until the end decides;
     everything else passes at once."""
 
-    def __init__(self, generation: Generation, *, think: ThinkValue, tools: list[Tool]) -> None:
+    def __init__(self, generation: AnswerSource, *, think: ThinkValue, tools: list[Tool]) -> None:
         self._generation = generation
         self._splitter = generation.reasoning_splitter()
         self._buffer = ToolCallBuffer({t.name for t in tools}) if tools else None
