@@ -37,6 +37,7 @@ from corral_runtime.engine.worker import GenerationStream
 from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.store.layout import PROJECTOR_LAYER, StoredModel
 from corral_runtime.templates.budget import DEFAULT_BUDGET, render_off_loop
+from corral_runtime.templates.chat import Capability, capabilities_of
 from corral_runtime.templates.messages import ChatMessage, Tool, with_model_defaults
 
 PromptBuilder = Callable[[LoadedModel], str]
@@ -52,7 +53,8 @@ def check_capabilities(model: LoadedModel, *, think: ThinkValue, images: bool, t
     """Refuse (400) what a request asks of a model that cannot do it, before any prompt is
     rendered, in the words Ollama uses on both APIs."""
     name = model.name
-    if wants_thinking(think) and not model.template.supports_thinking:
+    able = capabilities_of(model.template)
+    if wants_thinking(think) and Capability.THINKING not in able:
         raise ApiError(400, f'"{name}" does not support thinking')
     if images and has_vision(model):
         raise ApiError(
@@ -61,7 +63,7 @@ def check_capabilities(model: LoadedModel, *, think: ThinkValue, images: bool, t
         )
     if images:
         raise ApiError(400, f'"{name}" does not support images (the model has no vision input)')
-    if tools and not model.template.supports_tools:
+    if tools and Capability.TOOLS not in able:
         raise ApiError(400, f"registry.ollama.ai/library/{name} does not support tools")
 
 
@@ -147,7 +149,8 @@ class Generation:
 
     def reasoning_splitter(self) -> ThinkingSplitter | None:
         """What splits this answer's reasoning out (None: its template has none)."""
-        return reasoning_splitter(self.model.template.supports_thinking, self.prompt)
+        thinks = Capability.THINKING in capabilities_of(self.model.template)
+        return reasoning_splitter(thinks, self.prompt)
 
     def close(self) -> None:
         """Give up on a generation that will not be iterated (e.g. a failed handler)."""

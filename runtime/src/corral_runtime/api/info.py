@@ -11,6 +11,7 @@ from corral_runtime.engine.manager import LoadedModel, model_template
 from corral_runtime.store.catalog import ModelEntry, model_details
 from corral_runtime.store.gguf import ArrayInfo, read_gguf_metadata
 from corral_runtime.store.layout import StoredModel
+from corral_runtime.templates.chat import capabilities_of
 
 FOREVER_RFC3339 = "2318-11-26T00:00:00Z"  # keep_alive < 0: a time that never comes
 
@@ -40,19 +41,12 @@ def ps_entry(model: LoadedModel) -> dict[str, Any]:
 
 
 def capabilities(stored: StoredModel) -> list[str]:
+    """What its template lets the model do (none when the model file cannot be read). No
+    "vision" for a model with a projector: images are refused until corral runs it."""
     details = model_details(stored)
     if details is None:
         return []
-    template = model_template(stored, details)
-    caps = ["completion"]
-    if template.supports_tools:
-        caps.append("tools")
-    if template.supports_insert:
-        caps.append("insert")
-    if template.supports_thinking:
-        caps.append("thinking")
-    # No "vision" for a model with a projector: images are refused until corral runs it.
-    return caps
+    return [capability.value for capability in capabilities_of(model_template(stored, details))]
 
 
 def _format_param(key: str, value: Any) -> list[str]:

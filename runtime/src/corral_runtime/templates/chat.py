@@ -12,6 +12,7 @@ conversation.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Protocol
 
 from corral_runtime.templates.budget import DEFAULT_LABEL, TemplateBudgetError
@@ -51,6 +52,28 @@ class ChatTemplate(Protocol):
         think: bool | str | None = None,
         suffix: str | None = None,
     ) -> str: ...
+
+
+class Capability(StrEnum):
+    """What a model can be asked for, by the names Ollama's /api/show lists."""
+
+    COMPLETION = "completion"
+    TOOLS = "tools"
+    INSERT = "insert"
+    THINKING = "thinking"
+
+
+def capabilities_of(template: ChatTemplate) -> tuple[Capability, ...]:
+    """What a model whose prompts ``template`` renders can do, in the order Ollama lists it:
+    every model completes; tools, a suffix to fill in before (insert) and reasoning only where
+    the template renders them. The one list that /api/show reports and requests are held to,
+    so that a model never shows a capability it then refuses."""
+    rendered = (
+        (Capability.TOOLS, template.supports_tools),
+        (Capability.INSERT, template.supports_insert),
+        (Capability.THINKING, template.supports_thinking),
+    )
+    return (Capability.COMPLETION, *(capability for capability, on in rendered if on))
 
 
 def _tool_call_record(call: Any, index: int) -> Record:
