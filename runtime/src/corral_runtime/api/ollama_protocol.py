@@ -15,11 +15,11 @@ from pydantic import (
     StrictStr,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.keepalive import parse_keep_alive
 from corral_runtime.api.logprobs import requested
+from corral_runtime.api.messages_protocol import FunctionSpec, check_role
 from corral_runtime.api.options import OllamaOptions, validate_options
 from corral_runtime.api.text import ValidText
 from corral_runtime.api.thinking import ThinkValue, parse_think
@@ -43,17 +43,6 @@ def parse_format(value: Any) -> OutputFormat | None:
     if isinstance(value, dict):
         return OutputFormat(schema=value)
     raise ApiError(400, 'invalid format: expected "json" or a JSON Schema object', param="format")
-
-
-def check_role(role: str, allowed: frozenset[str]) -> str:
-    """A message's role, if it is one the API knows (a pydantic field validator)."""
-    if role not in allowed:
-        raise PydanticCustomError(
-            "unknown_role",
-            "unknown role '{role}': expected one of {allowed}",
-            {"role": role, "allowed": ", ".join(sorted(allowed))},
-        )
-    return role
 
 
 class _Request(ValidText):
@@ -91,19 +80,9 @@ class _Generating(_Request):
         return parse_think(self.think)
 
 
-class FunctionSpec(BaseModel):
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
 class ToolSpec(BaseModel):
     type: str = "function"
     function: FunctionSpec
-
-    def to_tool(self) -> Tool:
-        f = self.function
-        return Tool(name=f.name, description=f.description, parameters=f.parameters)
 
 
 class ToolCallFunction(BaseModel):
@@ -171,7 +150,7 @@ class ChatRequest(_Generating):
         return [m.to_chat() for m in self.messages]
 
     def tool_list(self) -> list[Tool]:
-        return [t.to_tool() for t in self.tools or ()]
+        return [t.function.to_tool() for t in self.tools or ()]
 
     @property
     def has_images(self) -> bool:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.logprobs import requested
-from corral_runtime.api.ollama_protocol import check_role
+from corral_runtime.api.messages_protocol import FunctionSpec, check_role
 from corral_runtime.api.options import InvalidOptionsError, OllamaOptions, validate_options
 from corral_runtime.api.text import ValidText
 from corral_runtime.api.thinking import ThinkValue, parse_think
@@ -88,15 +88,9 @@ class _Request(ValidText):
             raise ApiError(400, message, param=param) from exc
 
 
-class FunctionDef(BaseModel):
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
 class ToolDef(BaseModel):
     type: Literal["function"] = "function"
-    function: FunctionDef
+    function: FunctionSpec
 
 
 class FunctionCall(BaseModel):
@@ -217,14 +211,7 @@ class ChatCompletionRequest(_Request):
     def tool_list(self) -> list[Tool]:
         if self.tool_choice == "none":
             return []
-        return [
-            Tool(
-                name=t.function.name,
-                description=t.function.description,
-                parameters=t.function.parameters,
-            )
-            for t in self.tools or ()
-        ]
+        return [t.function.to_tool() for t in self.tools or ()]
 
     def output_format(self) -> OutputFormat | None:
         """``response_format``, or, when ``tool_choice`` forces a call, a grammar for one."""
