@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 from kubernetes import client as k8s
@@ -69,7 +72,36 @@ def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
     return f"{path}/{name}" if name else path
 
 
-def request_bytes(
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful answer: its status code, body and the server's clock (its Date header)."""
+
+    status: int
+    data: bytes
+    date: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What the API server answered to a server-side apply, as far as it tells what changed."""
+
+    created: bool
+    """201 Created: there was no such object."""
+    resource_version: str | None
+    ours: Mapping[str, Any] | None
+    """Our field manager's ``managedFields`` entry: the fields we own and ``time``, when our
+    applies last changed them (the server rewrites it only then)."""
+    server_time: datetime | None
+
+
+def _http_date(raw: str | None) -> datetime | None:
+    try:
+        return parsedate_to_datetime(raw) if raw else None
+    except (TypeError, ValueError):
+        return None
+
+
+def send(
     client: k8s.ApiClient,
     method: str,
     path: str,
@@ -79,10 +111,9 @@ def request_bytes(
     query: list[tuple[str, str]] | None = None,
     timeout: float | None = None,
     accept: str = "application/json",
-) -> bytes:
+) -> Answer:
     """One raw API call with an exact content type (the generated client would pick JSON Patch
-    for a merge patch, and has no server-side apply); its body, ApiException unless it
-    succeeded."""
+    for a merge patch, and has no server-side apply); ApiException unless it succeeded."""
     method_, url, headers, payload, _ = client.param_serialize(
         method,
         path,
@@ -99,7 +130,25 @@ def request_bytes(
         raise ApiException(
             status=response.status, reason=response.reason, body=data.decode(errors="replace")
         )
-    return data
+    date = response.getheader("Date")  # type: ignore[no-untyped-call]
+    return Answer(response.status, data, _http_date(date))
+
+
+def request_bytes(
+    client: k8s.ApiClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    *,
+    query: list[tuple[str, str]] | None = None,
+    timeout: float | None = None,
+    accept: str = "application/json",
+) -> bytes:
+    """``send``, for the answer's body."""
+    return send(
+        client, method, path, body, content_type, query=query, timeout=timeout, accept=accept
+    ).data
 
 
 def request(
@@ -134,15 +183,31 @@ class Kube:
     ) -> dict[str, Any]:
         return request(self.client, method, path, body, content_type, query=query)
 
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any]) -> Applied:
         """Server-side apply: create or converge ``obj``; fields we stop setting are dropped."""
         meta = obj["metadata"]
-        return self._call(
+        answer = send(
+            self.client,
             "PATCH",
             resource_path(obj["kind"], meta["namespace"], meta["name"]),
-            body=obj,
+            obj,
+            "application/apply-patch+yaml",
             query=[("fieldManager", api.FIELD_MANAGER), ("force", "true")],
-            content_type="application/apply-patch+yaml",
+        )
+        stored = json.loads(answer.data).get("metadata") or {}
+        ours = next(
+            (
+                entry
+                for entry in stored.get("managedFields") or ()
+                if entry.get("manager") == api.FIELD_MANAGER and entry.get("operation") == "Apply"
+            ),
+            None,
+        )
+        return Applied(
+            created=answer.status == 201,
+            resource_version=stored.get("resourceVersion"),
+            ours=ours,
+            server_time=answer.date,
         )
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -2,12 +2,14 @@
 and only here, and what changed is logged the way ``kubectl apply`` says it (``job.batch/x
 created``, ``deployment.apps/y configured``, ``job.batch/z deleted``; unchanged objects at DEBUG).
 
-Whether an apply changed anything is what the API server says, not a guess from comparing our
-desired dict with what is stored (defaults and other managers' fields differ there without any
-change): the object's resourceVersion before and after the server-side apply (a no-op apply
-keeps it), and, when it moved, our field manager's entry in ``managedFields`` (the server
-rewrites it when our apply changes a field, and leaves it when the version moved because
-another writer, a controller setting status, wrote between our read and our apply).
+Whether an apply changed anything is what the API server answers, not a guess from comparing
+our desired dict with what is stored (defaults and other managers' fields differ there without
+any change): 201 Created for a new object; else, against its answer to our previous apply, the
+resourceVersion (a no-op apply keeps it) and our field manager's ``managedFields`` entry (the
+server rewrites it only when our apply changes a field, so a version moved by another writer,
+a controller setting status, is not our change). The first apply of an object since the
+operator started has no previous answer: our entry's time against the server's clock (its Date
+header) says whether this apply changed it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from corral_operator import api
 from corral_operator.handlers.context import Context
-from corral_operator.kube import api_version
+from corral_operator.kube import Applied, api_version
 
 Verdict = Literal["created", "configured", "unchanged"]
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+_CLOCK_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,26 +38,21 @@ class ObjectRef:
     name: str
 
 
-def _applied_by_us(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """Our field manager's ``managedFields`` entry (what we own and when that last changed)."""
-    for entry in (obj.get("metadata") or {}).get("managedFields") or ():
-        if entry.get("manager") == api.FIELD_MANAGER and entry.get("operation") == "Apply":
-            return dict(entry)
-    return None
-
-
-def apply_verdict(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> Verdict:
-    """What a server-side apply did, from the object before it (None: there was none) and the
-    API server's answer. Our entry's time has one-second resolution: a change of ours within the
-    second of our previous one reads as unchanged (it is then logged at DEBUG only)."""
-    if before is None:
+def apply_verdict(previous: Applied | None, answer: Applied) -> Verdict:
+    """What a server-side apply did, from the API server's ``answer`` and its answer to our
+    previous apply of the object (None: none since the operator started). Our entry's time has
+    one-second resolution: a change of ours within the second of the one before it reads as
+    unchanged (and is logged at DEBUG only)."""
+    if answer.created:
         return "created"
-    old = (before.get("metadata") or {}).get("resourceVersion")
-    new = (after.get("metadata") or {}).get("resourceVersion")
-    if old is not None and old == new:
-        return "unchanged"
-    ours = _applied_by_us(before)
-    return "unchanged" if ours is not None and ours == _applied_by_us(after) else "configured"
+    if previous is not None:
+        same = previous.resource_version == answer.resource_version or previous.ours == answer.ours
+        return "unchanged" if same else "configured"
+    changed_at = api.parse_time((answer.ours or {}).get("time"))
+    if changed_at is None or answer.server_time is None:
+        return "configured"
+    # managedFields times have one-second resolution, and the request may span a second.
+    return "configured" if changed_at >= answer.server_time - _CLOCK_SLACK else "unchanged"
 
 
 def display_name(kind: str, name: str) -> str:
@@ -70,21 +69,18 @@ def apply_plan(
 ) -> None:
     """Apply ``applies`` (server-side, in order), then delete ``deletes``; log each change.
 
-    Every object is read first, one GET each (the price of knowing from the API server whether
-    an apply changed it), and only then are they applied one after the other, so the writes
-    follow each other as closely as the plan's order says (a status written next comes right
-    after the last of them).
+    No read before a write: each verdict comes from the apply's own answer and the one kept in
+    ``ctx.applied`` from the previous apply of that object.
     """
     kube = ctx.kube
-    objects = list(applies)
-    befores = [
-        kube.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        for obj in objects
-    ]
-    for obj, before in zip(objects, befores, strict=True):
-        verdict = apply_verdict(before, kube.apply(obj))
+    for obj in applies:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        answer = kube.apply(obj)
+        verdict = apply_verdict(ctx.applied.get(key), answer)
+        ctx.applied[key] = answer
         level = logging.DEBUG if verdict == "unchanged" else logging.INFO
-        logger.log(level, "%s %s", display_name(obj["kind"], obj["metadata"]["name"]), verdict)
+        logger.log(level, "%s %s", display_name(key[0], key[2]), verdict)
     for ref in deletes:
+        ctx.applied.pop((ref.kind, ref.namespace, ref.name), None)
         if kube.delete(ref.kind, ref.namespace, ref.name):
             logger.info("%s deleted", display_name(ref.kind, ref.name))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from corral_operator.kube import Kube
+from corral_operator.kube import Applied, Kube
 from corral_operator.settings import OperatorSettings
 
 
@@ -12,3 +12,7 @@ from corral_operator.settings import OperatorSettings
 class Context:
     kube: Kube
     settings: OperatorSettings
+    applied: dict[tuple[str, str, str], Applied] = field(default_factory=dict)
+    """The API server's last answer to our apply of each object (kind, namespace, name): what
+    tells the next apply's changes apart, since the operator may not read most of its
+    children (its RBAC grants create and patch only). A few short strings per object."""

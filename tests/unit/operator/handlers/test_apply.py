@@ -1,59 +1,52 @@
 """What a plan's execution reports: created, configured or unchanged, from the API server's
-resourceVersion and our field manager's entry before and after the apply, and the names kubectl
-would print."""
+answers to our applies (status code, resourceVersion, our managedFields entry, its clock), and
+the names kubectl would print."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 
-from corral_operator.api import FIELD_MANAGER
 from corral_operator.handlers.apply import apply_verdict, display_name
+from corral_operator.kube import Applied
 
 pytestmark = pytest.mark.unit
 
-
-def stored(resource_version: str | None, applied_at: str | None = None) -> dict[str, Any]:
-    """An object as the API server answers it; ``applied_at``: when our apply last changed it."""
-    meta: dict[str, Any] = {"name": "x"}
-    if resource_version is not None:
-        meta["resourceVersion"] = resource_version
-    if applied_at is not None:
-        ours = {"manager": FIELD_MANAGER, "operation": "Apply", "time": applied_at}
-        others = {"manager": "kube-controller-manager", "operation": "Update", "time": "t9"}
-        meta["managedFields"] = [others, ours]
-    return {"metadata": meta}
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(
-    ("before", "after", "verdict"),
-    [
-        (None, stored("7", "t1"), "created"),
-        (stored("7", "t1"), stored("7", "t1"), "unchanged"),
-        (stored("7", "t1"), stored("9", "t2"), "configured"),
-        # Another writer moved the version between our read and our apply; ours changed nothing.
-        (stored("7", "t1"), stored("9", "t1"), "unchanged"),
-        # Fields we did not own before are ours now.
-        (stored("7"), stored("9", "t2"), "configured"),
-        # No version to compare: say it may have changed rather than hide a change.
-        (stored(None), stored(None), "configured"),
-        (stored("7"), stored(None), "configured"),
-    ],
-    ids=[
-        "absent",
-        "same-version",
-        "new-version",
-        "another-writer",
-        "taken-over",
-        "no-versions",
-        "answer-without-version",
-    ],
-)
+def answer(
+    version: str, changed_at: str | None = "2026-01-02T03:04:05Z", *, created: bool = False
+) -> Applied:
+    """An apply's answer: ``changed_at`` is our managedFields entry's time (None: no entry)."""
+    ours = None if changed_at is None else {"manager": "corral-operator", "time": changed_at}
+    return Applied(created=created, resource_version=version, ours=ours, server_time=NOW)
+
+
+EARLIER = "2026-01-01T00:00:00Z"
+
+CASES = {
+    "created": (None, answer("7", created=True), "created"),
+    "recreated": (answer("7"), answer("12", created=True), "created"),
+    "same-version": (answer("7", EARLIER), answer("7", EARLIER), "unchanged"),
+    "our-change": (answer("7", EARLIER), answer("9"), "configured"),
+    # Another writer moved the version since our last apply; ours changed nothing.
+    "another-writer": (answer("7", EARLIER), answer("9", EARLIER), "unchanged"),
+    # The first apply since the operator started: our entry's time against the server's clock.
+    "first-changed-now": (None, answer("7"), "configured"),
+    "first-changed-a-second-ago": (None, answer("7", "2026-01-02T03:04:04Z"), "configured"),
+    "first-changed-earlier": (None, answer("7", EARLIER), "unchanged"),
+    # No entry of ours to read: say it may have changed rather than hide a change.
+    "first-without-entry": (None, answer("7", None), "configured"),
+}
+
+
+@pytest.mark.parametrize(("previous", "now", "verdict"), CASES.values(), ids=CASES.keys())
 def test_the_verdict_is_the_api_servers(
-    before: dict[str, Any] | None, after: dict[str, Any], verdict: str
+    previous: Applied | None, now: Applied, verdict: str
 ) -> None:
-    assert apply_verdict(before, after) == verdict
+    assert apply_verdict(previous, now) == verdict
 
 
 @pytest.mark.parametrize(
