@@ -134,23 +134,6 @@ def send(
     return Answer(response.status, data, _http_date(date))
 
 
-def request_bytes(
-    client: k8s.ApiClient,
-    method: str,
-    path: str,
-    body: Any = None,
-    content_type: str = "application/json",
-    *,
-    query: list[tuple[str, str]] | None = None,
-    timeout: float | None = None,
-    accept: str = "application/json",
-) -> bytes:
-    """``send``, for the answer's body."""
-    return send(
-        client, method, path, body, content_type, query=query, timeout=timeout, accept=accept
-    ).data
-
-
 def request(
     client: k8s.ApiClient,
     method: str,
@@ -161,8 +144,8 @@ def request(
     query: list[tuple[str, str]] | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """``request_bytes`` for a JSON answer (empty answers read as ``{}``)."""
-    data = request_bytes(client, method, path, body, content_type, query=query, timeout=timeout)
+    """``send`` for a JSON answer (empty answers read as ``{}``)."""
+    data = send(client, method, path, body, content_type, query=query, timeout=timeout).data
     return cast(dict[str, Any], json.loads(data)) if data else {}
 
 
@@ -243,7 +226,7 @@ class Kube:
     ) -> str:
         """The last ``lines`` lines of a container's log (at most ``limit_bytes``), through the
         API server's ``pods/log``, which asks the pod's kubelet."""
-        data = request_bytes(
+        answer = send(
             self.client,
             "GET",
             resource_path("Pod", namespace, pod) + "/log",
@@ -257,7 +240,7 @@ class Kube:
             accept="application/json, */*",
             timeout=LOG_TIMEOUT_SECONDS,
         )
-        return data.decode(errors="replace")
+        return answer.data.decode(errors="replace")
 
     def merge_patch(
         self,
