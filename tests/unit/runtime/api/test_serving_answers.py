@@ -134,29 +134,22 @@ class TestToolCalls:
             tool_calls=calls
         )
 
-    async def test_text_after_a_call_makes_it_all_content(self) -> None:
-        pieces = [ADD, " and then", " some words"]
+    @pytest.mark.parametrize(
+        "pieces",
+        [
+            pytest.param([ADD, " and then", " some words"], id="text after a call"),
+            pytest.param(['{"name": "add", ', '"arguments": {"a": 1'], id="unterminated call"),
+            pytest.param(['{"name": "delete_all", "arguments": {}}'], id="tool not offered"),
+        ],
+    )
+    async def test_what_only_looked_like_a_call_is_content_at_the_end(
+        self, pieces: list[str]
+    ) -> None:
         steps, ending = await streamed(Written(pieces), tools=TOOLS)
         assert all(step == Answer() for step in steps)
         assert ending == Ending(held="".join(pieces))
         answer = await whole_answer(Written(pieces), think=None, tools=TOOLS)
         assert answer == Answer(content="".join(pieces))
-
-    async def test_an_unterminated_call_at_the_end_is_content(self) -> None:
-        pieces = ['{"name": "add", ', '"arguments": {"a": 1']
-        steps, ending = await streamed(Written(pieces), tools=TOOLS)
-        assert all(step == Answer() for step in steps)
-        assert ending == Ending(held="".join(pieces))
-        answer = await whole_answer(Written(pieces), think=None, tools=TOOLS)
-        assert answer == Answer(content="".join(pieces))
-
-    async def test_a_call_to_a_tool_not_offered_is_content(self) -> None:
-        pieces = ['{"name": "delete_all", "arguments": {}}']
-        _, ending = await streamed(Written(pieces), tools=TOOLS)
-        assert ending == Ending(held=pieces[0])
-        assert await whole_answer(Written(pieces), think=None, tools=TOOLS) == Answer(
-            content=pieces[0]
-        )
 
     async def test_with_no_tools_offered_json_is_content_at_once(self) -> None:
         steps, ending = await streamed(Written([ADD]))
