@@ -53,6 +53,12 @@ def test_the_tree_keeps_every_contract(tmp_path: Path) -> None:
         ("corral_runtime/store/names.py", "import corral_runtime.app", "runtime's layers"),
         # The runtime stands alone in its image.
         ("corral_runtime/engine/types.py", "import corral_operator.api", "runtime stands alone"),
+        # Each API's front door stands without the other's.
+        (
+            "corral_runtime/api/serving_openai.py",
+            "import corral_runtime.api.ollama_protocol",
+            "imports nothing of Ollama's",
+        ),
         # The gateway never reaches into the controller.
         (
             "corral_operator/gateway/protocol.py",
