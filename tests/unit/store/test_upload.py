@@ -116,10 +116,12 @@ def test_an_upload_waits_for_the_digests_other_writer(store: ModelStore) -> None
     release = threading.Event()
 
     def writer() -> None:  # another process's pull holding the digest's lock
-        with exclusive_lock(lock_path(blob_partial(store.blobs, DIGEST))):
+        partial = blob_partial(store.blobs, DIGEST)
+        with exclusive_lock(lock_path(partial)):
             held.set()
             release.wait(5)
-            store.put_bytes(DATA)
+            partial.write_bytes(DATA)
+            store.publish_blob(partial, DIGEST, len(DATA))
 
     thread = threading.Thread(target=writer)
     thread.start()

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +34,7 @@ from corral_runtime.store.safefs import (
     open_path,
     opened_dir,
     read_file,
+    write_all,
     write_atomic,
 )
 
@@ -472,50 +473,69 @@ class ModelStore:
     # -- writing -----------------------------------------------------------------------------
 
     def put_bytes(self, data: bytes, expected_digest: str | None = None) -> Layer:
-        """Store bytes as a blob (atomic: temp file, verify, rename). Returns its digest/size."""
+        """Store bytes as a blob (as every blob lands: ``land``). Returns its digest/size."""
         digest = sha256_bytes(data)
         if expected_digest is not None and parse_digest(expected_digest) != digest:
             raise CorruptStoreError(f"digest mismatch: expected {expected_digest}, got {digest}")
-        if self.check_blob(digest, len(data)) is not BlobState.VALID:
-            with self._dir("blobs", create=True) as fd:
-                write_atomic(fd, blob_filename(digest), data)
-            self.record_verified(digest)
+
+        def fill(partial: Path) -> None:
+            fd = open_path(partial, _NEW_FILE)
+            try:
+                write_all(fd, data)  # (hashed above, in memory: it cannot have changed)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        self.land(digest, len(data), fill)
         return Layer(media_type="", digest=digest, size=len(data))
 
     def import_file(self, source: Path, *, link: bool = True) -> Layer:
-        """Copy (or hard-link, when on the same file system) a file into the store as a blob,
-        landing as every written blob does (``landing``: the digest's lock, its partial file)."""
+        """Copy (or hard-link, when on the same file system) a file into the store as a blob
+        (as every blob lands: ``land``)."""
         hashed = Path(source).stat()
         digest = sha256_file(source)
-        layer = Layer(media_type="", digest=digest, size=hashed.st_size)
-        if self.check_blob(digest, layer.size) is BlobState.VALID:
-            return layer
+
+        def fill(partial: Path) -> None:
+            linked = link and _hard_link(source, partial)
+            if not linked:
+                with (
+                    os.fdopen(open_path(partial, _NEW_FILE), "wb") as out,
+                    open(source, "rb") as src,
+                ):
+                    shutil.copyfileobj(src, out, CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+            with os.fdopen(open_path(partial), "rb") as f:
+                # A link is the file that was hashed, unless it was written since; a copy is
+                # hashed again.
+                same = linked and _content_key(os.fstat(f.fileno())) == _content_key(hashed)
+                if not same and sha256_stream(f) != digest:
+                    raise CorruptStoreError("the file changed while it was being imported")
+
+        self.land(digest, hashed.st_size, fill)
+        return Layer(media_type="", digest=digest, size=hashed.st_size)
+
+    def land(self, digest: str, size: int, fill: Callable[[Path], None]) -> None:
+        """Make blob ``digest`` present the way every writer does (``landing``).
+
+        Unless the store holds it verified (checked again once the digest's lock is held),
+        ``fill`` writes its bytes, already hashed to ``digest``, into a new partial file (raising
+        if they do not match); the partial is then published, or removed whatever goes wrong.
+        Downloads and uploads, which hash as the bytes arrive, take the same steps themselves.
+        """
+        if self.check_blob(digest, size) is BlobState.VALID:
+            return
         self.ensure_blobs_dir()  # a real directory: LinkInStoreError for a link
         partial = blob_partial(self.blobs, digest)
         with exclusive_lock(lock_path(partial)):
-            if self.check_blob(digest, layer.size) is BlobState.VALID:
-                return layer
+            if self.check_blob(digest, size) is BlobState.VALID:
+                return
             start_over(partial)
             try:
-                linked = link and _hard_link(source, partial)
-                if not linked:
-                    with (
-                        os.fdopen(open_path(partial, _NEW_FILE), "wb") as out,
-                        open(source, "rb") as src,
-                    ):
-                        shutil.copyfileobj(src, out, CHUNK)
-                        out.flush()
-                        os.fsync(out.fileno())
-                with os.fdopen(open_path(partial), "rb") as f:
-                    # A link is the file that was hashed, unless it was written since; a copy
-                    # is hashed again.
-                    same = linked and _content_key(os.fstat(f.fileno())) == _content_key(hashed)
-                    if not same and sha256_stream(f) != digest:
-                        raise CorruptStoreError("the file changed while it was being imported")
-                self.publish_blob(partial, digest, layer.size)
+                fill(partial)
+                self.publish_blob(partial, digest, size)
             finally:
                 partial.unlink(missing_ok=True)
-        return layer
 
     def publish_blob(self, partial: Path, digest: str, size: int) -> None:
         """Make a verified ``partial`` the blob ``digest`` (its writer holds the digest's lock
