@@ -1,12 +1,12 @@
 """How a blob lands in the store, whoever writes it: one writer per digest, a partial file, a
 verified rename.
 
-A download (``download.py``), an upload (``upload.py``) and an import of a local file
-(``ModelStore.import_file``) of ``sha256:<hex>`` all write ``blobs/sha256-<hex>-partial`` while
-holding an exclusive ``flock`` on ``…-partial.lock``, hash the bytes as they land, fsync, and
-only then rename the partial over the blob's path (``ModelStore.publish_blob``). So concurrent
-writers of one digest (threads, processes sharing the volume, a pull beside an upload) produce
-one blob, and no reader ever sees a blob that was not verified.
+A download (``download.py``), an upload (``upload.py``), an imported local file and bytes in
+memory (``ModelStore.land``) of ``sha256:<hex>`` all write ``blobs/sha256-<hex>-partial`` while
+holding an exclusive ``flock`` on ``…-partial.lock``, hash the bytes, fsync, and only then rename
+the partial over the blob's path (``ModelStore.publish_blob``). So concurrent writers of one
+digest (threads, processes sharing the volume, a pull beside an upload) produce one blob, and no
+reader ever sees a blob that was not verified.
 """
 
 from __future__ import annotations
