@@ -27,7 +27,7 @@ from tests.chart.chart import (
     plain_env,
     render,
 )
-from tests.unit.security.pod_security import pod_templates, restricted_violations
+from tests.support.pod_security import pod_templates, restricted_violations
 
 pytestmark = pytest.mark.chart
 

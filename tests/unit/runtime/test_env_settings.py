@@ -1,5 +1,6 @@
-"""The settings classes that read the runtime's environment besides the server's: pull sources,
-the operator's pull Job, the user's cache (the names are the ones the operator and users set)."""
+"""The settings classes that read the runtime's environment besides the server's: pull sources and
+the user's cache (the names are the ones the operator and users set; the pull Job's are checked
+against the operator's builder in tests/unit/test_pull_job_contract.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from corral_operator.builders.jobs import build_pull_job
-from corral_operator.settings import OperatorSettings
 from corral_runtime.settings import (
     HF_DEFAULT_ENDPOINT,
     PVC_DEFAULT_ROOT,
     CacheSettings,
-    PullJobSettings,
     SourceSettings,
 )
-from tests.unit.operator.factories import model
 
 pytestmark = pytest.mark.unit
 
@@ -53,24 +50,6 @@ def test_any_proxy_variable_in_either_case_is_a_proxy(
     assert SourceSettings().proxied
     monkeypatch.setenv(name, "")
     assert not SourceSettings().proxied
-
-
-def test_the_pull_jobs_variables_reach_corral_pull(monkeypatch: pytest.MonkeyPatch) -> None:
-    job = build_pull_job(
-        model(digest="sha256:" + "a" * 64, template="T", system="S", parameters={"topK": 40}),
-        "gemma3:270m",
-        "corral-cache-default",
-        OperatorSettings(),
-    )
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    for item in container["env"]:
-        monkeypatch.setenv(item["name"], item["value"])
-    settings = PullJobSettings()
-    assert settings.name == "gemma3:270m"
-    assert settings.digest == "sha256:" + "a" * 64
-    assert (settings.template, settings.system) == ("T", "S")
-    assert settings.parameters == '{"top_k": 40}'
-    assert settings.result_file == container["terminationMessagePath"]
 
 
 def test_the_cache_is_xdg_cache_home_else_home(

@@ -13,7 +13,7 @@ import pytest
 from corral_operator.builders.jobs import build_gc_job, build_pull_job
 from corral_operator.builders.runtime import ServedModel, build_deployment
 from corral_operator.settings import OperatorSettings
-from tests.unit.security.pod_security import pod_templates, restricted_violations
+from tests.support.pod_security import pod_templates, restricted_violations
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.security.pod_security import pod_templates, restricted_violations
+from tests.support.pod_security import pod_templates, restricted_violations
 
 pytestmark = pytest.mark.unit
 
