@@ -1,4 +1,5 @@
-"""The operator's keep-alive timer: the reconcile's own replica decision, written as a scale."""
+"""The keep-alive timer's decision (planners.replicas.idle_replicas) is the reconcile's own, and an
+in-flight count counts only while the gateway keeps it fresh."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from corral_operator.api import ANNOTATION_IDLE_DEADLINE, ANNOTATION_IN_FLIGHT, FOREVER
-from corral_operator.gateway.metrics import GatewayMetrics
+from corral_operator.api import ANNOTATION_IDLE_DEADLINE, ANNOTATION_IN_FLIGHT
 from corral_operator.planners.modelserver import plan_modelserver
 from corral_operator.planners.replicas import effective_in_flight, idle_replicas
 from corral_operator.settings import OperatorSettings
@@ -57,15 +57,3 @@ def test_the_timer_and_the_reconcile_decide_alike(
     plan = plan_modelserver(srv, {"gemma": ready}, None, OperatorSettings(), NOW)
     requested = srv["spec"].get("replicas", 0)
     assert plan.children[0]["spec"]["replicas"] == (requested if timer is None else timer)
-
-
-def test_the_idle_deadline_gauge() -> None:
-    metrics = GatewayMetrics()
-    metrics.observe_idle_deadline(("ns", "s"), FOREVER)  # maxKeepAliveSeconds -1 and a -1
-    assert b'corral_gateway_idle_deadline_timestamp_seconds{namespace="ns",server="s"} +Inf' in (
-        metrics.exposition()
-    )
-    metrics.observe_idle_deadline(("ns", "s"), NOW)
-    assert b'{namespace="ns",server="s"} 1.7357328e+09' in metrics.exposition()  # NOW
-    metrics.observe_idle_deadline(("ns", "s"), None)  # no request set a keep_alive
-    assert b"corral_gateway_idle_deadline_timestamp_seconds{" not in metrics.exposition()

@@ -13,7 +13,7 @@ from corral_operator.sources import InvalidSourceError
 
 pytestmark = pytest.mark.unit
 
-SAMPLES = Path(__file__).resolve().parents[3] / "manifests" / "samples"
+SAMPLES = Path(__file__).resolve().parents[4] / "manifests" / "samples"
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
