@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral_operator import api
 from corral_operator.gateway.backend import ActivityReport, Backend
 from corral_operator.gateway.decisions import (
     ModelKeep,
@@ -349,7 +350,8 @@ class Dispatcher:
         if activity is None:
             return None
         view = self.snapshot.servers.get(key)
-        keep_alive = 300.0 if view is None else float(view.keep_alive_seconds)
+        default = api.DEFAULT_KEEP_ALIVE_SECONDS
+        keep_alive = float(default if view is None else view.keep_alive_seconds)
         bound = (
             view.max_keep_alive_seconds
             if view is not None and view.scalable

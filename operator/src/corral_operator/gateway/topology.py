@@ -30,7 +30,7 @@ class ServerView:
     to zero, and its pods take no new requests."""
     min_replicas: int = 0
     max_replicas: int = 1
-    keep_alive_seconds: int = 300
+    keep_alive_seconds: int = api.DEFAULT_KEEP_ALIVE_SECONDS
     max_keep_alive_seconds: float | None = api.DEFAULT_MAX_KEEP_ALIVE_SECONDS
     """How long after its last request a request's keep_alive may keep the server up (None:
     no bound); ``spec.maxKeepAliveSeconds``."""
@@ -118,7 +118,7 @@ def server_view(
         desired=low if requested is None else int(requested),
         min_replicas=low,
         max_replicas=int(spec.get("maxReplicas", 1)),
-        keep_alive_seconds=int(spec.get("keepAliveSeconds", 300)),
+        keep_alive_seconds=int(spec.get("keepAliveSeconds", api.DEFAULT_KEEP_ALIVE_SECONDS)),
         max_keep_alive_seconds=api.max_keep_alive(spec),
         status_message=str(message or ""),
         scalable=scalable,
