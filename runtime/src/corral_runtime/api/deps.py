@@ -1,5 +1,8 @@
 """Dependencies the routers declare: the settings, the model manager, the store, the metrics,
-all read from ``app.state`` (see app.py), never from module globals."""
+all read from ``app.state`` (see app.py), never from module globals.
+
+They are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+thread hop on every request for what is an attribute read."""
 
 from __future__ import annotations
 
@@ -15,30 +18,30 @@ from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.layout import ModelStore
 
 
-def get_settings(request: Request) -> RuntimeSettings:
+async def get_settings(request: Request) -> RuntimeSettings:
     settings: RuntimeSettings = request.app.state.settings
     return settings
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.models
     return manager
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     store: ModelStore = request.app.state.store
     return store
 
 
-def get_metrics(request: Request) -> RuntimeMetrics:
+async def get_metrics(request: Request) -> RuntimeMetrics:
     metrics: RuntimeMetrics = request.app.state.metrics
     return metrics
 
 
-def require_management(request: Request) -> None:
+async def require_management(request: Request) -> None:
     """The guard of the model-management routes: on only when enabled (403), and only for a
     credential that grants management (see ``perimeter.credential_role``)."""
-    settings = get_settings(request)
+    settings: RuntimeSettings = request.app.state.settings
     if not settings.management:
         raise ApiError(
             403,

@@ -21,7 +21,7 @@ class Serving:
     default_keep_alive: float  # seconds; the OpenAI API has no keep_alive, so always this
 
 
-def get_serving(manager: ManagerDep, metrics: MetricsDep, settings: SettingsDep) -> Serving:
+async def get_serving(manager: ManagerDep, metrics: MetricsDep, settings: SettingsDep) -> Serving:
     return Serving(manager, metrics, settings.keep_alive_seconds)
 
 
