@@ -1,11 +1,17 @@
-"""The operator's settings: one pydantic-settings class, read from ``CORRAL_OPERATOR_*`` variables.
+"""The operator package's settings: the only readers of environment variables in it.
 
+``OperatorSettings`` is the controller's (``CORRAL_OPERATOR_*``), read once by its entry point.
 Nested values (cache profiles, default resources, tolerations) are JSON in the environment, e.g.
 ``CORRAL_OPERATOR_CACHE_PROFILES='{"default": {"size": "100Gi", "storageClassName": "nfs"}}'``.
+``KubeClientSettings`` is where an API client finds its cluster (``KUBECONFIG``,
+``KUBERNETES_SERVICE_HOST``), for the controller's start-up and the cluster CLI alike;
+``CliSettings`` the cluster CLI's own variables. Everything else takes the values as arguments.
+This module imports neither kopf nor the kubernetes client: the CLI imports it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,6 +43,63 @@ class DefaultResources(BaseModel):
 
     cpu: str = "1"
     memory: str = "2Gi"
+
+
+class KubeClientSettings(BaseSettings):
+    """Where a Kubernetes API client finds its cluster, from the variables kubectl and pods use.
+
+    Values are kept exactly as set: the names are matched case-sensitively, as the kubernetes
+    client reads them, and an empty ``KUBECONFIG`` stays empty (not unset) for the callers that
+    tell the two apart. Each caller decides what wins; the controller's start-up and the CLI
+    decide differently.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    kubeconfig: str | None = Field(
+        default=None,
+        validation_alias="KUBECONFIG",
+        description="Kubeconfig files, separated by os.pathsep as kubectl reads them.",
+    )
+    service_host: str | None = Field(
+        default=None,
+        validation_alias="KUBERNETES_SERVICE_HOST",
+        description="Set by Kubernetes in every pod: the process runs inside a cluster.",
+    )
+
+    @property
+    def in_pod(self) -> bool:
+        """Whether Kubernetes started this process (its service account is mounted)."""
+        return bool(self.service_host)
+
+    @property
+    def kubeconfig_paths(self) -> list[str]:
+        """``KUBECONFIG``'s files in order, skipping empty entries (``a::b``, a trailing ``:``)."""
+        return [path for path in (self.kubeconfig or "").split(os.pathsep) if path]
+
+
+class CliSettings(BaseSettings):
+    """What the environment tells the cluster CLI (``corral run`` and its siblings).
+
+    ``CORRAL_HOST`` wins over ``OLLAMA_HOST`` (so a shell set up for Ollama still works); a
+    blank one counts as unset. ``CORRAL_GATEWAY_NAMESPACE`` and ``CORRAL_API_KEY`` are the
+    defaults of ``--gateway-namespace`` and ``--api-key``.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    corral_host: str | None = Field(default=None, validation_alias="CORRAL_HOST")
+    ollama_host: str | None = Field(default=None, validation_alias="OLLAMA_HOST")
+    gateway_namespace: str | None = Field(default=None, validation_alias="CORRAL_GATEWAY_NAMESPACE")
+    api_key: str | None = Field(default=None, validation_alias="CORRAL_API_KEY")
+
+    @property
+    def host(self) -> str | None:
+        """The server named by the environment: the first of CORRAL_HOST and OLLAMA_HOST that
+        is not blank, as set."""
+        return next(
+            (raw for raw in (self.corral_host, self.ollama_host) if raw and raw.strip()), None
+        )
 
 
 class OperatorSettings(BaseSettings):
@@ -111,6 +174,11 @@ class OperatorSettings(BaseSettings):
     )
     liveness_endpoint: str | None = Field(
         default=None, description="e.g. http://0.0.0.0:8080/healthz for the pod's liveness probe."
+    )
+    kube_client: KubeClientSettings = Field(
+        default_factory=KubeClientSettings,
+        description="Where the operator finds its cluster (their own variables: KUBECONFIG, "
+        "KUBERNETES_SERVICE_HOST).",
     )
     finalizer: str = "corral.dev/finalizer"
     annotation_prefix: str = "corral.dev"

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from corral_operator.settings import OperatorSettings
+from corral_operator.settings import CliSettings, KubeClientSettings, OperatorSettings
 
 pytestmark = pytest.mark.unit
 
@@ -35,3 +37,110 @@ def test_timers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORRAL_OPERATOR_RESYNC_SECONDS", "-1")
     with pytest.raises(ValueError):
         OperatorSettings()
+
+
+KUBE_VARIABLES = ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
+CLI_VARIABLES = ("CORRAL_HOST", "OLLAMA_HOST", "CORRAL_GATEWAY_NAMESPACE", "CORRAL_API_KEY")
+
+
+@pytest.fixture
+def bare_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """None of the client variables set, whatever the shell running the tests has."""
+    for name in (*KUBE_VARIABLES, *CLI_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_kube_client_unset(bare_environment: pytest.MonkeyPatch) -> None:
+    kube = KubeClientSettings()
+    assert (kube.kubeconfig, kube.service_host) == (None, None)
+    assert not kube.in_pod
+    assert kube.kubeconfig_paths == []
+
+
+def test_kube_client_reads_its_variables(bare_environment: pytest.MonkeyPatch) -> None:
+    bare_environment.setenv("KUBECONFIG", "/etc/k/one")
+    bare_environment.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    kube = KubeClientSettings()
+    assert (kube.kubeconfig, kube.service_host) == ("/etc/k/one", "10.96.0.1")
+    assert kube.in_pod
+    assert kube.kubeconfig_paths == ["/etc/k/one"]
+
+
+def test_kubeconfig_is_a_path_list(bare_environment: pytest.MonkeyPatch) -> None:
+    bare_environment.setenv("KUBECONFIG", os.pathsep.join(["/a", "", "/b", ""]))
+    assert KubeClientSettings().kubeconfig_paths == ["/a", "/b"]
+
+
+def test_empty_kube_variables_stay_empty(bare_environment: pytest.MonkeyPatch) -> None:
+    # Empty is not unset: the operator's start-up hands an empty KUBECONFIG to the client as is.
+    bare_environment.setenv("KUBECONFIG", "")
+    bare_environment.setenv("KUBERNETES_SERVICE_HOST", "")
+    kube = KubeClientSettings()
+    assert (kube.kubeconfig, kube.service_host) == ("", "")
+    assert not kube.in_pod
+    assert kube.kubeconfig_paths == []
+
+
+def test_kube_variable_names_are_exact(bare_environment: pytest.MonkeyPatch) -> None:
+    bare_environment.setenv("kubeconfig", "/lower")
+    bare_environment.setenv("kubernetes_service_host", "10.96.0.1")
+    kube = KubeClientSettings()
+    assert (kube.kubeconfig, kube.service_host) == (None, None)
+
+
+def test_operator_settings_carry_the_kube_client(bare_environment: pytest.MonkeyPatch) -> None:
+    bare_environment.setenv("KUBECONFIG", "/etc/k/operator")
+    assert OperatorSettings().kube_client.kubeconfig == "/etc/k/operator"
+
+
+def test_cli_unset(bare_environment: pytest.MonkeyPatch) -> None:
+    cli = CliSettings()
+    assert (cli.corral_host, cli.ollama_host, cli.gateway_namespace, cli.api_key) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert cli.host is None
+
+
+def test_cli_reads_its_variables(bare_environment: pytest.MonkeyPatch) -> None:
+    bare_environment.setenv("CORRAL_HOST", "a:1")
+    bare_environment.setenv("OLLAMA_HOST", "b:2")
+    bare_environment.setenv("CORRAL_GATEWAY_NAMESPACE", "corral")
+    bare_environment.setenv("CORRAL_API_KEY", "secret")
+    cli = CliSettings()
+    assert (cli.corral_host, cli.ollama_host) == ("a:1", "b:2")
+    assert (cli.gateway_namespace, cli.api_key) == ("corral", "secret")
+
+
+@pytest.mark.parametrize(
+    ("corral_host", "ollama_host", "host"),
+    [
+        ("a:1", "b:2", "a:1"),  # CORRAL_HOST wins
+        (None, "b:2", "b:2"),
+        ("", "b:2", "b:2"),  # empty and blank count as unset
+        ("  ", "b:2", "b:2"),
+        ("a:1", "", "a:1"),
+        (" ", "", None),
+    ],
+)
+def test_corral_host_wins_over_ollama_host(
+    corral_host: str | None,
+    ollama_host: str,
+    host: str | None,
+    bare_environment: pytest.MonkeyPatch,
+) -> None:
+    if corral_host is not None:
+        bare_environment.setenv("CORRAL_HOST", corral_host)
+    bare_environment.setenv("OLLAMA_HOST", ollama_host)
+    assert CliSettings().host == host
+
+
+def test_empty_cli_defaults_stay_empty(bare_environment: pytest.MonkeyPatch) -> None:
+    # "" is what the flags' defaults were: `or corral-system` and `if api_key` read it as unset.
+    bare_environment.setenv("CORRAL_GATEWAY_NAMESPACE", "")
+    bare_environment.setenv("CORRAL_API_KEY", "")
+    cli = CliSettings()
+    assert (cli.gateway_namespace, cli.api_key) == ("", "")

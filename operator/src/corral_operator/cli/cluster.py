@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from corral_operator import api
+from corral_operator.settings import KubeClientSettings
 
 FIELD_MANAGER = "corral-cli"
 REQUEST_TIMEOUT = 10.0
@@ -38,12 +39,11 @@ class ApplyResult:
     """``created``, ``configured`` or ``unchanged`` (as kubectl says it)."""
 
 
-def _kubeconfig_files(explicit: str | None) -> list[str]:
+def _kubeconfig_files(explicit: str | None, kube: KubeClientSettings) -> list[str]:
     if explicit:
         return [explicit]
-    env = os.environ.get("KUBECONFIG", "")
-    if env:
-        return [p for p in env.split(os.pathsep) if p]
+    if kube.kubeconfig:
+        return kube.kubeconfig_paths
     default = Path("~/.kube/config").expanduser()
     return [str(default)] if default.exists() else []
 
@@ -57,16 +57,18 @@ class Cluster:
     @classmethod
     def connect(
         cls,
+        kube: KubeClientSettings,
         kubeconfig: str | None = None,
         context: str | None = None,
         namespace: str | None = None,
     ) -> Cluster:
+        """Connect as ``kubeconfig`` (the flag), else as ``kube`` (the environment) says."""
         # Imported here: the kubernetes client is slow to import and `corral --help` should not
         # pay for it.
         from kubernetes import client, config
 
         configuration = client.Configuration()
-        files = _kubeconfig_files(kubeconfig)
+        files = _kubeconfig_files(kubeconfig, kube)
         default_namespace = "default"
         try:
             if files:
@@ -86,7 +88,7 @@ class Cluster:
                 default_namespace = (chosen or {}).get("context", {}).get(
                     "namespace"
                 ) or default_namespace
-            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            elif kube.in_pod:
                 config.load_incluster_config(  # type: ignore[no-untyped-call]
                     client_configuration=configuration
                 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral_operator.cli.cluster import Cluster, CommandError
+from corral_operator.settings import CliSettings, KubeClientSettings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -50,7 +50,7 @@ def _reported(func: Handler) -> Handler:
 
 @contextmanager
 def _connected(args: argparse.Namespace) -> Iterator[Cluster]:
-    cluster = Cluster.connect(args.kubeconfig, args.context, args.namespace)
+    cluster = Cluster.connect(KubeClientSettings(), args.kubeconfig, args.context, args.namespace)
     try:
         yield cluster
     finally:
@@ -59,6 +59,8 @@ def _connected(args: argparse.Namespace) -> Iterator[Cluster]:
 
 def register(subparsers: Any) -> None:
     common = _cluster_options()
+    # Read once, as the parser is built: the environment gives defaults and run's host.
+    settings = CliSettings()
 
     deploy = subparsers.add_parser(
         "deploy",
@@ -109,7 +111,7 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--gateway-namespace",
-        default=os.environ.get("CORRAL_GATEWAY_NAMESPACE"),
+        default=settings.gateway_namespace,
         help="where corral is installed (default: CORRAL_GATEWAY_NAMESPACE or corral-system)",
     )
     run.add_argument("--system", help="a system message for the conversation")
@@ -125,10 +127,10 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--api-key",
-        default=os.environ.get("CORRAL_API_KEY"),
+        default=settings.api_key,
         help="bearer key for a gateway with API keys (default: CORRAL_API_KEY)",
     )
-    run.set_defaults(func=_reported(cmd_run))
+    run.set_defaults(func=_reported(functools.partial(cmd_run, settings=settings)))
 
     ps = subparsers.add_parser(
         "ps",
@@ -187,14 +189,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings: CliSettings) -> int:
     import httpx
 
     from corral_operator.cli import chat, gateway
     from corral_operator.cli.values import parse_option
 
     try:
-        host = gateway.explicit_host(args.host)
+        host = gateway.explicit_host(args.host, settings)
         options = dict(parse_option(text) for text in args.option)
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -13,7 +13,6 @@ on flat networks without kube-proxy. From anywhere else, forward a port and pass
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,19 +20,18 @@ import httpx
 
 from corral_operator.cli.cluster import Cluster, ClusterError, ready_addresses
 from corral_operator.cli.values import normalize_host
+from corral_operator.settings import CliSettings
 
 DEFAULT_GATEWAY_NAMESPACE = "corral-system"
 GATEWAY_SELECTOR = "app.kubernetes.io/part-of=corral,app.kubernetes.io/component=gateway"
-HOST_ENV = ("CORRAL_HOST", "OLLAMA_HOST")
 PROBE_TIMEOUT = 2.0
 
 
-def explicit_host(flag: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """``--host``, else the first of CORRAL_HOST and OLLAMA_HOST that is set, normalized."""
-    for raw in (flag, *(environ.get(name) for name in HOST_ENV)):
-        if raw and raw.strip():
-            return normalize_host(raw)
-    return None
+def explicit_host(flag: str | None, settings: CliSettings) -> str | None:
+    """``--host`` unless blank, else the environment's host (CORRAL_HOST, OLLAMA_HOST),
+    normalized; None: find the gateway."""
+    raw = flag if flag and flag.strip() else settings.host
+    return normalize_host(raw) if raw else None
 
 
 def gateway_candidates(

@@ -3,7 +3,6 @@ API client the handlers share."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, cast
 
 import kopf
@@ -12,16 +11,24 @@ from kubernetes import config as k8s_config
 
 from corral_operator.handlers.context import Context
 from corral_operator.kube import Kube
-from corral_operator.settings import OperatorSettings
+from corral_operator.settings import KubeClientSettings, OperatorSettings
 
 
-def api_client() -> k8s.ApiClient:
-    """A client for the cluster: in-cluster credentials in a pod, else the kubeconfig."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+def uses_service_account(kube: KubeClientSettings) -> bool:
+    """Whether the operator logs in with its pod's service account: in a pod and told of no
+    kubeconfig (an empty KUBECONFIG tells of none). Outside a pod, or with KUBECONFIG set (a
+    developer's operator pointed at another cluster), the kubeconfig decides."""
+    return kube.in_pod and not kube.kubeconfig
+
+
+def api_client(kube: KubeClientSettings) -> k8s.ApiClient:
+    """A client for the cluster: in-cluster credentials in a pod, else the kubeconfig (its
+    default file when KUBECONFIG is unset)."""
+    if uses_service_account(kube):
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
         return k8s.ApiClient()
     client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=os.environ.get("KUBECONFIG")
+        config_file=kube.kubeconfig
     )
     return cast(k8s.ApiClient, client)
 
@@ -45,6 +52,8 @@ def start(kopf_settings: Any, memo: Any, operator_settings: OperatorSettings) ->
     """Configure kopf and keep the handlers' context in ``memo``; the settings are the ones the
     entry point read once (its timers' intervals came from them already)."""
     configure(kopf_settings, operator_settings)
-    context = Context(kube=Kube(api_client()), settings=operator_settings)
+    context = Context(
+        kube=Kube(api_client(operator_settings.kube_client)), settings=operator_settings
+    )
     memo.context = context
     return context

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral_operator.cli.gateway import explicit_host, gateway_candidates
+from corral_operator.settings import CliSettings
 
 pytestmark = pytest.mark.unit
 
@@ -24,11 +25,12 @@ ENDPOINTS = {
 
 
 def test_flag_wins_over_environment() -> None:
-    env = {"CORRAL_HOST": "a:1", "OLLAMA_HOST": "b:2"}
+    # model_construct: these values only, whatever the test's own environment holds.
+    env = CliSettings.model_construct(corral_host="a:1", ollama_host="b:2")
     assert explicit_host("c", env) == "http://c:11434"
     assert explicit_host(None, env) == "http://a:1"
-    assert explicit_host(None, {"OLLAMA_HOST": "b:2"}) == "http://b:2"
-    assert explicit_host(None, {"CORRAL_HOST": " ", "OLLAMA_HOST": ""}) is None
+    assert explicit_host(None, CliSettings.model_construct(ollama_host="b:2")) == "http://b:2"
+    assert explicit_host(None, CliSettings.model_construct(corral_host=" ", ollama_host="")) is None
 
 
 def test_cluster_ip_first_then_ready_pods_only() -> None:
