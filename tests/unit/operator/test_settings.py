@@ -51,42 +51,40 @@ def bare_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_kube_client_unset(bare_environment: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("kubeconfig", "service_host", "in_pod", "paths"),
+    [
+        (None, None, False, []),
+        ("/etc/k/one", "10.96.0.1", True, ["/etc/k/one"]),
+        # A path list in order, empty entries skipped.
+        (os.pathsep.join(["/a", "", "/b", ""]), None, False, ["/a", "/b"]),
+        # Empty is not unset: the operator's start-up hands an empty KUBECONFIG to the client.
+        ("", "", False, []),
+    ],
+)
+def test_kube_client_reads_its_variables_as_set(
+    kubeconfig: str | None,
+    service_host: str | None,
+    in_pod: bool,
+    paths: list[str],
+    bare_environment: pytest.MonkeyPatch,
+) -> None:
+    for name, value in (("KUBECONFIG", kubeconfig), ("KUBERNETES_SERVICE_HOST", service_host)):
+        if value is not None:
+            bare_environment.setenv(name, value)
     kube = KubeClientSettings()
-    assert (kube.kubeconfig, kube.service_host) == (None, None)
-    assert not kube.in_pod
-    assert kube.kubeconfig_paths == []
+    assert (kube.kubeconfig, kube.service_host) == (kubeconfig, service_host)
+    assert kube.in_pod is in_pod
+    assert kube.kubeconfig_paths == paths
 
 
-def test_kube_client_reads_its_variables(bare_environment: pytest.MonkeyPatch) -> None:
-    bare_environment.setenv("KUBECONFIG", "/etc/k/one")
-    bare_environment.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    kube = KubeClientSettings()
-    assert (kube.kubeconfig, kube.service_host) == ("/etc/k/one", "10.96.0.1")
-    assert kube.in_pod
-    assert kube.kubeconfig_paths == ["/etc/k/one"]
-
-
-def test_kubeconfig_is_a_path_list(bare_environment: pytest.MonkeyPatch) -> None:
-    bare_environment.setenv("KUBECONFIG", os.pathsep.join(["/a", "", "/b", ""]))
-    assert KubeClientSettings().kubeconfig_paths == ["/a", "/b"]
-
-
-def test_empty_kube_variables_stay_empty(bare_environment: pytest.MonkeyPatch) -> None:
-    # Empty is not unset: the operator's start-up hands an empty KUBECONFIG to the client as is.
-    bare_environment.setenv("KUBECONFIG", "")
-    bare_environment.setenv("KUBERNETES_SERVICE_HOST", "")
-    kube = KubeClientSettings()
-    assert (kube.kubeconfig, kube.service_host) == ("", "")
-    assert not kube.in_pod
-    assert kube.kubeconfig_paths == []
-
-
-def test_kube_variable_names_are_exact(bare_environment: pytest.MonkeyPatch) -> None:
-    bare_environment.setenv("kubeconfig", "/lower")
-    bare_environment.setenv("kubernetes_service_host", "10.96.0.1")
-    kube = KubeClientSettings()
-    assert (kube.kubeconfig, kube.service_host) == (None, None)
+def test_variable_names_are_exact(bare_environment: pytest.MonkeyPatch) -> None:
+    # As os.environ.get read them: another case, or a field's own name, is not the variable.
+    lower = [name.lower() for name in (*KUBE_VARIABLES, *CLI_VARIABLES)]
+    for name in (*lower, "service_host", "ollama_host", "gateway_namespace", "api_key"):
+        bare_environment.setenv(name, "x")
+    assert KubeClientSettings().model_dump() == {"kubeconfig": None, "service_host": None}
+    assert set(CliSettings().model_dump().values()) == {None}
 
 
 def test_operator_settings_carry_the_kube_client(bare_environment: pytest.MonkeyPatch) -> None:
