@@ -27,7 +27,11 @@ def reconcile_model(ctx: Context, namespace: str, name: str, logger: Logger) -> 
     """Converge one Model: apply its PVC and pull Job, drop stale Jobs, report status."""
     kube = ctx.kube
     model = kube.get("Model", namespace, name)
-    if model is None or model["metadata"].get("deletionTimestamp"):
+    if model is None:
+        ctx.forget(namespace, api.pull_job_name(name))
+        ctx.forget(namespace, api.gc_job_name(name))
+        return
+    if model["metadata"].get("deletionTimestamp"):
         return
     jobs = kube.list("Job", namespace, job_label_selector(name, "pull"))
     pods = kube.list("Pod", namespace, job_label_selector(name, "pull"))

@@ -17,7 +17,10 @@ def reconcile_modelserver(ctx: Context, namespace: str, name: str, logger: Logge
     """Converge one ModelServer: apply its children when its Models are Ready; report status."""
     kube = ctx.kube
     server = kube.get("ModelServer", namespace, name)
-    if server is None or server["metadata"].get("deletionTimestamp"):
+    if server is None:
+        ctx.forget(namespace, api.server_child_name(name))
+        return
+    if server["metadata"].get("deletionTimestamp"):
         return
     wanted = list(dict.fromkeys(server["spec"].get("models") or ()))
     models = {m: kube.get("Model", namespace, m) for m in wanted}

@@ -5,11 +5,14 @@ the names kubectl would print."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 
 from corral_operator.handlers.apply import apply_verdict, display_name
-from corral_operator.kube import Applied
+from corral_operator.handlers.context import Context
+from corral_operator.kube import Applied, Kube
+from corral_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
 
@@ -62,3 +65,14 @@ def test_the_verdict_is_the_api_servers(
 )
 def test_objects_are_named_as_kubectl_names_them(kind: str, shown: str) -> None:
     assert display_name(kind, "x") == shown
+
+
+def test_a_gone_owner_takes_its_childrens_answers_along() -> None:
+    # Kept answers would otherwise pile up for every ModelServer and Model ever deleted.
+    ctx = Context(kube=cast(Kube, None), settings=OperatorSettings())
+    for kind in ("Deployment", "Service", "NetworkPolicy"):
+        ctx.applied[(kind, "ns", "srv")] = answer("1")
+    ctx.applied[("Deployment", "other", "srv")] = answer("2")
+    ctx.applied[("Job", "ns", "srv-pull")] = answer("3")
+    ctx.forget("ns", "srv")
+    assert set(ctx.applied) == {("Deployment", "other", "srv"), ("Job", "ns", "srv-pull")}
