@@ -101,5 +101,10 @@ def test_keep_alive_zero_undoes_an_earlier_forever(cluster: Cluster, operator: O
     # ... until a request's keep_alive 0 says the model may go now.
     _ask(cluster, datetime.now(UTC))
     wait_for(lambda: _replicas(cluster) == (0, 0), 10, "scaled to zero after keep_alive 0")
-    condition = cluster.condition("modelservers", "srv", "ScaledToZero") or {}
-    assert condition.get("status") == "True"
+
+    # The status is the reconcile's next write after the Deployment's: it may trail it.
+    def scaled_to_zero() -> bool:
+        condition = cluster.condition("modelservers", "srv", "ScaledToZero") or {}
+        return condition.get("status") == "True"
+
+    wait_for(scaled_to_zero, 10, "the ScaledToZero condition")
