@@ -2,10 +2,11 @@
 """Generate the chart's CRD templates from crds/, the single source of truth for the API.
 
 Each ``crds/*.yaml`` becomes ``charts/corral/templates/crds/<plural>.yaml``: the same
-CustomResourceDefinition, wrapped in ``crds.install``, with the chart's labels and, when
-``crds.keep`` is on, ``helm.sh/resource-policy: keep`` (so ``helm uninstall`` never deletes
-the CRDs and with them every Model and ModelServer). The CRDs live under templates/ rather than
-the chart's crds/ folder because Helm never upgrades what is in crds/.
+CustomResourceDefinition, wrapped in ``crds.install`` (the chart's "corral.crds.install"
+helper, which also leaves out a CRD that exists and is not the release's), with the chart's
+labels and, when ``crds.keep`` is on, ``helm.sh/resource-policy: keep`` (so ``helm uninstall``
+never deletes the CRDs and with them every Model and ModelServer). The CRDs live under
+templates/ rather than the chart's crds/ folder because Helm never upgrades what is in crds/.
 
     scripts/sync-crds.py           # rewrite the chart's copies
     scripts/sync-crds.py --check   # exit 1 (listing the files) when they are stale
@@ -83,7 +84,7 @@ def render_template(source: Path) -> tuple[str, str]:
 
     out = [
         f"{{{{- /* Generated from crds/{source.name} by scripts/sync-crds.py; do not edit. */}}}}",
-        "{{- if .Values.crds.install }}",
+        f'{{{{- if include "corral.crds.install" (list . "{meta["name"]}") }}}}',
         *_escape("\n".join(_leading_comments(text))).splitlines(),
         f"apiVersion: {crd['apiVersion']}",
         f"kind: {crd['kind']}",

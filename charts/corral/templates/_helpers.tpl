@@ -32,6 +32,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: corral
 {{- end }}
 
+{{/*
+Whether this release renders one CRD: include "corral.crds.install" (list . "models.corral.dev")
+is "true" or empty. With crds.install, a CRD is the release's when it does not exist yet or
+carries this release's ownership annotations (the release made it, or made it before an uninstall
+kept it). A CRD that exists without them (applied from crds/ with kubectl, or another release's)
+is left out: Helm refuses to install over an object it does not own, in a real install and in
+`--dry-run=server` alike, and rendering it anyway would take it from its owner. `helm template`
+and client-side dry runs look nothing up, so they render every CRD, as a fresh install does.
+*/}}
+{{- define "corral.crds.install" -}}
+{{- $root := index . 0 -}}
+{{- if $root.Values.crds.install -}}
+{{- $existing := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" (index . 1) -}}
+{{- $owner := dig "metadata" "annotations" (dict) $existing -}}
+{{- $release := get $owner "meta.helm.sh/release-name" -}}
+{{- $namespace := get $owner "meta.helm.sh/release-namespace" -}}
+{{- if or (not $existing) (and (eq $release $root.Release.Name) (eq $namespace $root.Release.Namespace)) -}}
+true
+{{- end -}}
+{{- end -}}
+{{- end }}
+
 {{/* Selector labels of one component: include "corral.selectorLabels" (list . "gateway"). */}}
 {{- define "corral.selectorLabels" -}}
 {{- $root := index . 0 -}}
