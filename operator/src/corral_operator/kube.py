@@ -34,6 +34,7 @@ _PLURALS = {
     "Job": "jobs",
     "Model": api.MODELS,
     "ModelServer": api.MODELSERVERS,
+    "Event": "events",
 }
 _API_VERSIONS = {
     "PersistentVolumeClaim": "v1",
@@ -44,7 +45,10 @@ _API_VERSIONS = {
     "Job": "batch/v1",
     "Model": api.API_VERSION,
     "ModelServer": api.API_VERSION,
+    "Event": "v1",
 }
+# What kubectl describe shows of a message is a line; the API server refuses more than 1 KiB.
+EVENT_MESSAGE_LIMIT = 1024
 
 
 def namespace_terminating(error: ApiException) -> bool:
@@ -92,6 +96,34 @@ class Applied:
     """Our field manager's ``managedFields`` entry: the fields we own and ``time``, when our
     applies last changed them (the server rewrites it only then)."""
     server_time: datetime | None
+
+
+def event_body(
+    obj: Mapping[str, Any], type_: str, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    """A ``v1`` Event about ``obj`` (the kind ``kubectl describe`` lists under Events, and the
+    one kopf posts too), from the operator, at ``now``."""
+    meta = obj["metadata"]
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion") or api_version(obj["kind"]),
+            "kind": obj["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:EVENT_MESSAGE_LIMIT],
+        "source": {"component": api.FIELD_MANAGER},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
 
 
 def _http_date(raw: str | None) -> datetime | None:
@@ -191,6 +223,18 @@ class Kube:
             resource_version=stored.get("resourceVersion"),
             ours=ours,
             server_time=answer.date,
+        )
+
+    def post_event(
+        self, obj: Mapping[str, Any], type_: str, reason: str, message: str, now: datetime
+    ) -> None:
+        """Create an Event about ``obj``: the one way the operator tells ``kubectl describe``
+        what happened to it."""
+        namespace = obj["metadata"]["namespace"]
+        self._call(
+            "POST",
+            resource_path("Event", namespace),
+            body=event_body(obj, type_, reason, message, now),
         )
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

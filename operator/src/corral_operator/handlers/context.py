@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from corral_operator.kube import Applied, Kube
@@ -16,6 +17,15 @@ class Context:
     """The API server's last answer to our apply of each object (kind, namespace, name): what
     tells the next apply's changes apart, since the operator may not read most of its
     children (its RBAC grants create and patch only). A few short strings per object."""
+
+    locks: dict[tuple[str, str, str], threading.Lock] = field(default_factory=dict)
+    """One lock per Model or ModelServer (kind, namespace, name): its reconciles run one at a
+    time (kopf calls them from its own and its children's watches at once), so each sees the
+    status the previous one wrote and posts a transition's Events once."""
+
+    def lock(self, kind: str, namespace: str, name: str) -> threading.Lock:
+        """The lock of one object (``setdefault`` is atomic: two threads get the same lock)."""
+        return self.locks.setdefault((kind, namespace, name), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop the kept answers for the objects called ``name`` in ``namespace``, of any kind:

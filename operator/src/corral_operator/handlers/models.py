@@ -14,7 +14,9 @@ from corral_operator import api, pull
 from corral_operator.builders.jobs import build_gc_job
 from corral_operator.handlers.apply import Logger, ObjectRef, apply_plan
 from corral_operator.handlers.context import Context
+from corral_operator.handlers.events import post_events
 from corral_operator.kube import namespace_terminating
+from corral_operator.planners.events import collected_event, model_events
 from corral_operator.planners.model import gc_needed, job_label_selector, model_cache, plan_model
 from corral_operator.status.patch import write_status
 
@@ -24,15 +26,23 @@ GC_POLL_SECONDS = 2.0
 
 
 def reconcile_model(ctx: Context, namespace: str, name: str, logger: Logger) -> None:
-    """Converge one Model: apply its PVC and pull Job, drop stale Jobs, report status."""
+    """Converge one Model: apply its PVC and pull Job, drop stale Jobs, report status, and
+    post the Events of what changed."""
+    with ctx.lock("Model", namespace, name):
+        if not _reconcile_model(ctx, namespace, name, logger):
+            ctx.locks.pop(("Model", namespace, name), None)
+
+
+def _reconcile_model(ctx: Context, namespace: str, name: str, logger: Logger) -> bool:
+    """``reconcile_model`` under the Model's lock; False once the Model is gone."""
     kube = ctx.kube
     model = kube.get("Model", namespace, name)
     if model is None:
         ctx.forget(namespace, api.pull_job_name(name))
         ctx.forget(namespace, api.gc_job_name(name))
-        return
+        return False
     if model["metadata"].get("deletionTimestamp"):
-        return
+        return True
     jobs = kube.list("Job", namespace, job_label_selector(name, "pull"))
     pods = kube.list("Pod", namespace, job_label_selector(name, "pull"))
     plan = plan_model(model, jobs, pods, ctx.settings)
@@ -48,6 +58,8 @@ def reconcile_model(ctx: Context, namespace: str, name: str, logger: Logger) -> 
         if progress is not None:
             status.update(progress.as_status())
     write_status(kube, model, status, plan.conditions)
+    post_events(ctx, model, model_events(model.get("status") or {}, status, plan.conditions))
+    return True
 
 
 def read_progress(ctx: Context, namespace: str, pod: str) -> pull.PullProgress | None:
@@ -104,6 +116,9 @@ def collect_model(ctx: Context, model: Mapping[str, Any], logger: Logger) -> Non
         return
     if phase != "Succeeded":
         raise kopf.TemporaryError("removing the model from the cache", delay=GC_POLL_SECONDS)
+    status = model.get("status") or {}
+    claim = api.cache_pvc_name(model_cache(model))
+    post_events(ctx, model, [collected_event(str(status.get("name")), claim)])
 
 
 def model_of(labels: Mapping[str, str]) -> str | None:
