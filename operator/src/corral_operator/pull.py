@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from corral_operator.status.sizes import format_progress
+
 RESULT_FILE_ENV = "CORRAL_PULL_RESULT_FILE"
 TERMINATION_LOG = "/dev/termination-log"
 PULL_CONTAINER = "pull"
@@ -181,8 +183,13 @@ class PullProgress:
     completed: int
     total: int
 
-    def as_status(self) -> dict[str, int]:
-        return {"completedBytes": self.completed, "totalBytes": self.total}
+    def as_status(self) -> dict[str, int | str]:
+        """The byte fields tools read, and ``progress`` for ``kubectl get -o wide``."""
+        return {
+            "completedBytes": self.completed,
+            "totalBytes": self.total,
+            "progress": format_progress(self.completed, self.total),
+        }
 
 
 def parse_progress(log_tail: str) -> PullProgress | None:

@@ -100,6 +100,7 @@ def test_progress_is_the_last_progress_line() -> None:
     assert parse_progress(tail).as_status() == {  # type: ignore[union-attr]
         "completedBytes": 253113032,
         "totalBytes": 253113032,
+        "progress": "253 MB / 253 MB (100%)",
     }
 
 

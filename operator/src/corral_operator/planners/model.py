@@ -12,6 +12,7 @@ from corral_operator.builders.jobs import build_pull_job
 from corral_operator.settings import OperatorSettings
 from corral_operator.sources import InvalidSourceError, parse_source, served_name
 from corral_operator.status.conditions import Condition, find_condition, is_true
+from corral_operator.status.sizes import format_progress, format_size
 
 PULLED = "Pulled"
 READY = "Ready"
@@ -32,6 +33,18 @@ class ModelPlan:
 
 def _not_ready(reason: str, message: str) -> tuple[Condition, ...]:
     return (Condition(PULLED, "False", reason, message), Condition(READY, "False", reason, message))
+
+
+def readable_sizes(fields: Mapping[str, Any]) -> dict[str, str]:
+    """``size`` and ``progress``, the strings ``kubectl get -o wide`` shows, for the byte fields
+    in ``fields`` (sizeBytes; completedBytes with totalBytes); those absent give none."""
+    readable = {}
+    if fields.get("sizeBytes") is not None:
+        readable["size"] = format_size(int(fields["sizeBytes"]))
+    completed, total = fields.get("completedBytes"), fields.get("totalBytes")
+    if completed is not None and total is not None:
+        readable["progress"] = format_progress(int(completed), int(total))
+    return readable
 
 
 def plan_model(
@@ -77,18 +90,19 @@ def plan_model(
     }
 
     if status.get("pullSpecHash") == spec_hash and is_true(status.get("conditions"), PULLED):
-        # Already pulled for this spec: the Job may be gone (cleaned up), nothing to redo.
+        # Already pulled for this spec: the Job may be gone (cleaned up), nothing to redo. The
+        # readable sizes are filled in for a Model pulled before the status carried them.
         return ModelPlan(
             pvc=pvc,
             stale_jobs=stale,
-            status=base_status,
+            status={**base_status, **readable_sizes(status)},
             conditions=(
                 Condition(PULLED, "True", "Pulled", f"{status.get('name', name)} is in the cache"),
                 Condition(READY, "True", "Ready", ""),
             ),
         )
     # No bytes to report until a pull of this spec runs (a re-pull starts from nothing).
-    no_progress = {"completedBytes": None, "totalBytes": None}
+    no_progress = {"completedBytes": None, "totalBytes": None, "progress": None}
     if current is None:
         return ModelPlan(
             pvc=pvc,
@@ -137,6 +151,7 @@ def plan_model(
     if result is not None and result.size_bytes is not None:
         # A finished pull ends at its full size, whatever the last progress line said.
         details.update(pull.PullProgress(result.size_bytes, result.size_bytes).as_status())
+    details.update(readable_sizes(details))
     stored_name = (result.name if result and result.name else None) or name
     message = "" if result else "the pull Job reported no details (no termination message)"
     return ModelPlan(

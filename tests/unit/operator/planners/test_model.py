@@ -118,6 +118,7 @@ def test_a_new_pull_starts_without_bytes() -> None:
     # A re-pull must not show the bytes of the pull before it.
     plan = plan_model(model(status={"completedBytes": 9, "totalBytes": 9}), [], [], SETTINGS)
     assert plan.status["completedBytes"] is None and plan.status["totalBytes"] is None
+    assert plan.status["progress"] is None
     assert plan.progress_pod is None
 
 
@@ -126,7 +127,7 @@ def test_a_running_pull_names_the_pod_to_read_progress_from() -> None:
     plan = plan_model(model(), [_job(name, active=1)], [_running_pod(name)], SETTINGS)
     assert plan.progress_pod == f"{name}-x1"
     # What was reported stays until the log says more.
-    assert "completedBytes" not in plan.status and "totalBytes" not in plan.status
+    assert {"completedBytes", "totalBytes", "progress"}.isdisjoint(plan.status)
     other = plan_model(model(), [_job(name, active=1)], [_running_pod("another-job")], SETTINGS)
     assert other.progress_pod is None
 
@@ -134,9 +135,32 @@ def test_a_running_pull_names_the_pod_to_read_progress_from() -> None:
 def test_a_finished_pull_ends_at_its_size() -> None:
     name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
     done = _job(name, conditions=[{"type": "Complete", "status": "True"}])
-    plan = plan_model(model(), [done], [_pod(name, '{"sizeBytes": 1234}')], SETTINGS)
-    assert plan.status["completedBytes"] == plan.status["totalBytes"] == 1234
+    plan = plan_model(model(), [done], [_pod(name, '{"sizeBytes": 291000000}')], SETTINGS)
+    assert plan.status["completedBytes"] == plan.status["totalBytes"] == 291_000_000
+    # The strings -o wide shows, beside the bytes tools read.
+    assert plan.status["size"] == "291 MB"
+    assert plan.status["progress"] == "291 MB / 291 MB (100%)"
     assert plan.progress_pod is None
+
+
+def test_a_model_pulled_before_readable_sizes_gets_them() -> None:
+    status = {
+        "pullSpecHash": pull_spec_hash(model()["spec"]),
+        "sizeBytes": 253_113_024,
+        "completedBytes": 253_113_024,
+        "totalBytes": 253_113_024,
+        "conditions": [{"type": "Pulled", "status": "True"}],
+    }
+    plan = plan_model(model(status=status), [], [], SETTINGS)
+    assert plan.status["size"] == "253 MB"
+    assert plan.status["progress"] == "253 MB / 253 MB (100%)"
+
+
+def test_a_pull_without_a_size_reports_no_size() -> None:
+    name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
+    done = _job(name, conditions=[{"type": "Complete", "status": "True"}])
+    plan = plan_model(model(), [done], [_pod(name, '{"digest": "sha256:ab"}')], SETTINGS)
+    assert "size" not in plan.status and "progress" not in plan.status
 
 
 @pytest.mark.parametrize(
