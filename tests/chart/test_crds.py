@@ -91,3 +91,54 @@ def test_template_actions_in_a_source_are_escaped(tmp_path: Path) -> None:
     source.write_text(yaml.safe_dump(crd))
     _, text = sync.render_template(source)
     assert '{{ "{{" }} .Prompt }}' in text
+
+
+def _undescribed(schema: dict[str, Any], path: str) -> list[str]:
+    """Paths under ``schema`` of properties with no description, array items' properties
+    included. A map that keeps unknown fields (a pass-through such as an Affinity) is described
+    once, as a whole: its inside is another API's, explained there."""
+    missing = []
+    for name, prop in (schema.get("properties") or {}).items():
+        where = f"{path}.{name}"
+        if not str(prop.get("description") or "").strip():
+            missing.append(where)
+        missing += _undescribed(prop, where)
+    items = schema.get("items")
+    if isinstance(items, dict):
+        missing += _undescribed(items, f"{path}[]")
+    return missing
+
+
+@pytest.mark.parametrize("source", sorted((ROOT / "crds").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_field_is_described(source: Path) -> None:
+    crd = yaml.safe_load(source.read_text())
+    kind = crd["spec"]["names"]["kind"]
+    missing = [
+        where
+        for version in crd["spec"]["versions"]
+        for where in _undescribed(version["schema"]["openAPIV3Schema"], kind.lower())
+        # ObjectMeta is Kubernetes' own, explained by it: the API server rejects a CRD that
+        # says anything of metadata but its name's rules.
+        if not where.startswith(f"{kind.lower()}.metadata")
+    ]
+    assert not missing, (
+        f"{kind}: fields with no description (kubectl explain shows nothing): {missing}"
+    )
+
+
+def test_a_field_without_a_description_is_named() -> None:
+    schema = {
+        "properties": {
+            "spec": {
+                "description": "wanted",
+                "properties": {
+                    "keep": {"description": "kept", "x-kubernetes-preserve-unknown-fields": True},
+                    "list": {
+                        "description": "a list",
+                        "items": {"properties": {"bare": {"type": "string"}}},
+                    },
+                },
+            }
+        }
+    }
+    assert _undescribed(schema, "x") == ["x.spec.list[].bare"]

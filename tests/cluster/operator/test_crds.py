@@ -1,4 +1,5 @@
-"""The CRDs on the real API server: schema rejections, defaults, short names, printer columns."""
+"""The CRDs on the real API server: schema rejections, defaults, short names, printer columns,
+and what ``kubectl explain`` says of their fields."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.operator.support import Cluster
+from tests.cluster.operator.support import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -134,10 +135,29 @@ def test_short_names_and_printer_columns(kubectl: Any, cluster: Cluster) -> None
         "PARAMS",
         "QUANT",
         "SIZE",
-        "PULLED",
-        "TOTAL",
+        "PROGRESS",
         "AGE",
     ]
+    # The size columns show the status' readable strings, not the raw bytes beside them.
+    cluster.custom.patch_namespaced_custom_object_status(
+        "corral.dev",
+        "v1alpha1",
+        ns,
+        "models",
+        "m",
+        {
+            "status": {
+                "sizeBytes": 291_000_000,
+                "size": "291 MB",
+                "completedBytes": 12_000_000,
+                "totalBytes": 291_000_000,
+                "progress": "12 MB / 291 MB (4%)",
+            }
+        },
+    )
+    row = kubectl("get", "models", "m", "-n", ns, "-o", "wide", check=True).stdout
+    assert "291 MB" in row and "12 MB / 291 MB (4%)" in row
+    assert "291000000" not in row
     servers = kubectl("get", "msrv", "-n", ns, check=True).stdout.splitlines()
     assert servers[0].split() == ["NAME", "READY", "MODELS", "REPLICAS", "AVAILABLE", "AGE"]
     assert '["m"]' in servers[1]
@@ -154,3 +174,26 @@ def test_short_names_and_printer_columns(kubectl: Any, cluster: Cluster) -> None
     ]
     both = kubectl("get", "corral", "-n", ns, check=True).stdout
     assert "model.corral.dev/m" in both and "modelserver.corral.dev/s" in both
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("model.spec.parameters", "a request's options override them"),
+        ("model.spec.parameters.temperature", "Defaults to 0.8"),
+        ("modelserver.spec.keepAliveSeconds", "in seconds"),
+        ("modelserver.spec.keepAliveSeconds", "Defaults to 300"),
+        ("model.status.progress", "12 MB / 291 MB (4%)"),
+        ("modelserver.status.lastRequestTime", "keep-alive counts from it"),
+    ],
+)
+def test_kubectl_explain_describes_the_fields(
+    kubectl: Any, crds: None, path: str, text: str
+) -> None:
+    def explained() -> str | None:
+        result = kubectl("explain", path, "--api-version=corral.dev/v1alpha1")
+        # kubectl wraps the text; the published schema may trail a CRD just applied.
+        said = " ".join(result.stdout.split())
+        return said if result.returncode == 0 and text in said else None
+
+    wait_for(explained, timeout=30, what=f"kubectl explain {path} saying {text!r}")
