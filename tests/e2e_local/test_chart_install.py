@@ -8,7 +8,9 @@ The package's release (``stack``) stays installed; nothing of the two may fight:
 
 - release ``corral-chart`` in namespace ``corral-chart-system``: every namespaced object and every
   cluster-scoped one (its ClusterRoles and bindings are named after the release) is its own;
-- ``crds.install: false``: the CRDs are the session's (applied from crds/), owned by no release;
+- the chart's default ``crds.install``: the CRDs exist, the session's (applied from crds/) and
+  owned by no release, so the chart leaves them out (an install over them would fail on their
+  ownership) and the uninstall leaves them in place;
 - two operators watching every namespace would reconcile the same objects, so the package
   release's operator is scaled to zero while this module runs, and back to one afterwards.
 """
@@ -107,7 +109,6 @@ def test_helm_install_deploy_run_uninstall(
     helm(
         cluster,
         "install", OWN_RELEASE, str(CHART), "--namespace", SYSTEM, "--create-namespace",
-        "--set", "crds.install=false",
         # A cold runtime pod loads the model on two busy cores.
         "--set", "gateway.holdDeadlineSeconds=300",
         "--wait", "--timeout=4m",
@@ -166,3 +167,5 @@ def test_helm_install_deploy_run_uninstall(
     names = {role.rsplit("/", 1)[1] for role in roles}
     assert not {n for n in names if n.startswith(f"{OWN_RELEASE}-")}, sorted(names)
     assert f"{RELEASE}-operator" in names
+    for crd in ("models.corral.dev", "modelservers.corral.dev"):
+        assert cluster.get("crd", crd, ""), f"{crd} went with the release"
