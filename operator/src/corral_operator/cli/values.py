@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from corral_operator.durations import parse_go_duration
+from corral_operator.status import sizes as status_sizes
 
 DEFAULT_PORT = 11434
 
@@ -49,17 +50,9 @@ def format_duration(seconds: float) -> str:
 
 
 def format_size(size: int | None) -> str:
-    """Bytes in decimal units, as ``ollama list`` prints them (``253 MB``, ``4.9 GB``)."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
+    """Bytes in decimal units, as ``ollama list`` prints them (``253 MB``, ``4.9 GB``), the way a
+    Model's status says them; ``-`` when unknown."""
+    return "-" if size is None else status_sizes.format_size(size)
 
 
 def normalize_host(raw: str) -> str:
