@@ -45,19 +45,33 @@ def has_reasons(cluster: Cluster, kind: str, name: str, *wanted: str) -> list[st
     return seen if set(wanted) <= set(seen) else None
 
 
+def posted(cluster: Cluster, kind: str, name: str, reason: str) -> list[Any]:
+    """The Events of one reason about one object, once there are any."""
+    return wait_for(
+        lambda: [e for e in events(cluster, kind, name) if e.reason == reason],
+        20,
+        f"a {reason} Event about {kind} {name}",
+    )
+
+
+def _model(cluster: Cluster, name: str, source: str) -> None:
+    cluster.create(
+        "models", {"kind": "Model", "metadata": {"name": name}, "spec": {"source": source}}
+    )
+
+
+def _server(cluster: Cluster, **spec: Any) -> None:
+    body = {
+        "kind": "ModelServer",
+        "metadata": {"name": "srv"},
+        "spec": {"models": ["gemma"], **spec},
+    }
+    cluster.create("modelservers", body)
+
+
 def test_a_model_and_its_server_tell_their_story_once(cluster: Cluster, operator: Operator) -> None:
-    cluster.create(
-        "models",
-        {"kind": "Model", "metadata": {"name": "gemma"}, "spec": {"source": "gemma3:270m"}},
-    )
-    cluster.create(
-        "modelservers",
-        {
-            "kind": "ModelServer",
-            "metadata": {"name": "srv"},
-            "spec": {"models": ["gemma"], "minReplicas": 1, "maxReplicas": 2},
-        },
-    )
+    _model(cluster, "gemma", "gemma3:270m")
+    _server(cluster, minReplicas=1, maxReplicas=2)
     cluster.wait_condition("modelservers", "srv", "ModelsReady", "False", "ModelsNotReady")
     job = cluster.play_pull("gemma")
     cluster.wait_condition("models", "gemma", "Ready", "True")
@@ -98,21 +112,9 @@ _OBJECTS = (("Model", "gemma"), ("ModelServer", "srv"))
 
 
 def test_a_failed_pull_warns_with_its_reason(cluster: Cluster, operator: Operator) -> None:
-    cluster.create(
-        "models",
-        {
-            "kind": "Model",
-            "metadata": {"name": "m"},
-            "spec": {"source": "https://example.com/missing.gguf"},
-        },
-    )
+    _model(cluster, "m", "https://example.com/missing.gguf")
     cluster.play_pull("m", {"error": "HTTP 404 from example.com"}, exit_code=1)
-    cluster.wait_condition("models", "m", "Ready", "False", "PullFailed")
-    failed = wait_for(
-        lambda: [e for e in events(cluster, "Model", "m") if e.reason == "PullFailed"],
-        20,
-        "a PullFailed Event",
-    )
+    failed = posted(cluster, "Model", "m", "PullFailed")
     assert len(failed) == 1 and failed[0].type == "Warning"
     assert "HTTP 404 from example.com" in failed[0].message
 
@@ -121,11 +123,7 @@ def test_a_collected_model_says_so(cluster: Cluster, operator: Operator) -> None
     cluster.ready_model("gemma")
     cluster.delete("models", "gemma")
     wait_for(lambda: cluster.finish_gc_pods(), 20, "the collect Job's pod")
-    collected = wait_for(
-        lambda: [e for e in events(cluster, "Model", "gemma") if e.reason == "CacheCollected"],
-        20,
-        "a CacheCollected Event",
-    )
+    collected = posted(cluster, "Model", "gemma", "CacheCollected")
     assert collected[0].message == "removed gemma3:270m from cache corral-cache-default"
     wait_for(lambda: cluster.get("models", "gemma") is None, 20, "the Model gone")
 
@@ -134,14 +132,7 @@ def test_a_request_wakes_the_server_and_its_keep_alive_puts_it_back(
     cluster: Cluster, operator: Operator
 ) -> None:
     cluster.ready_model("gemma")
-    cluster.create(
-        "modelservers",
-        {
-            "kind": "ModelServer",
-            "metadata": {"name": "srv"},
-            "spec": {"models": ["gemma"], "keepAliveSeconds": 2},
-        },
-    )
+    _server(cluster, keepAliveSeconds=2)
     cluster.wait_condition("modelservers", "srv", "ModelsReady", "True")
     # A request arrives, as the gateway records one: its activity, then the scale.
     kube = Kube(cluster.api)

@@ -17,6 +17,7 @@ from corral_operator import api
 from corral_operator.planners.replicas import idle_deadline, server_activity, server_replicas
 from corral_operator.status.conditions import Condition, find_condition
 from corral_operator.status.pods import OOM_KILLED, UNSCHEDULABLE
+from corral_operator.status.sizes import format_size
 
 EventType = Literal["Normal", "Warning"]
 PROGRESS_MILESTONES = (25, 50, 75)
@@ -60,11 +61,6 @@ def _percent(status: Mapping[str, Any]) -> int | None:
     return int(100 * int(done) // int(total))
 
 
-def megabytes(size: int) -> str:
-    """A size in (decimal) megabytes, enough to read in an Event (``291 MB``, ``4,920 MB``)."""
-    return f"{size / 1_000_000:,.0f} MB"
-
-
 def model_events(
     previous: Mapping[str, Any], status: Mapping[str, Any], conditions: Iterable[Condition]
 ) -> list[Event]:
@@ -87,11 +83,11 @@ def model_events(
         before, now = _percent(previous), _percent(status)
         crossed = [m for m in PROGRESS_MILESTONES if (before or 0) < m <= (now or 0)]
         if crossed:
-            total = megabytes(int(status["totalBytes"]))
+            total = format_size(int(status["totalBytes"]))
             events.append(Event("Normal", "PullProgress", f"{crossed[-1]}% of {total} pulled"))
     if changed is not None and changed.status == "True":
         size = status.get("sizeBytes")
-        facts = [megabytes(int(size))] if size is not None else []
+        facts = [format_size(int(size))] if size is not None else []
         facts += [str(status["digest"])] if status.get("digest") else []
         detail = f" ({', '.join(facts)})" if facts else ""
         events.append(
