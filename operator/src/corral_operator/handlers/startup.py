@@ -44,8 +44,9 @@ def configure(kopf_settings: Any, operator_settings: OperatorSettings) -> None:
         prefix=prefix, key="last-handled-configuration"
     )
     # Handlers are synchronous API calls; enough threads to reconcile many objects at once.
-    # The Events kubectl describe shows are the handlers' own (handlers.events); kopf posts only
-    # its warnings and errors, not an INFO line per handler run and applied child.
+    # The Events kubectl describe shows are the handlers' own (handlers.events); of kopf's log
+    # lines only warnings and errors (a handler that failed) may become Events, never an INFO
+    # line per handler run or applied child.
     kopf_settings.posting.level = logging.WARNING
     kopf_settings.execution.max_workers = 32
     kopf_settings.watching.server_timeout = 300
