@@ -5,6 +5,7 @@ none of kopf's per-handler INFO lines among them."""
 from __future__ import annotations
 
 import collections
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +70,9 @@ def _server(cluster: Cluster, **spec: Any) -> None:
     cluster.create("modelservers", body)
 
 
-def test_a_model_and_its_server_tell_their_story_once(cluster: Cluster, operator: Operator) -> None:
+def test_a_model_and_its_server_tell_their_story_once(
+    cluster: Cluster, operator: Operator, kubectl: Any
+) -> None:
     _model(cluster, "gemma", "gemma3:270m")
     _server(cluster, minReplicas=1, maxReplicas=2)
     cluster.wait_condition("modelservers", "srv", "ModelsReady", "False", "ModelsNotReady")
@@ -96,6 +99,14 @@ def test_a_model_and_its_server_tell_their_story_once(cluster: Cluster, operator
     by_reason = {e.reason: e for e in events(cluster, "ModelServer", "srv")}
     assert by_reason["ModelsNotReady"].type == "Warning"
     assert by_reason["ScaledUp"].message == "scaled from 0 to 1 replicas: minReplicas is 1"
+
+    # kubectl describe finds them (by the object's kind, name and uid).
+    described = kubectl("describe", "model", "gemma", "-n", cluster.ns, check=True).stdout
+    assert re.search(r"Normal\s+PullStarted\s", described), described
+    assert re.search(r"Normal\s+Pulled\s", described), described
+    described = kubectl("describe", "modelserver", "srv", "-n", cluster.ns, check=True).stdout
+    assert re.search(r"Warning\s+ModelsNotReady\s", described), described
+    assert re.search(r"Normal\s+ScaledUp\s", described), described
 
     # Several resync periods reconcile both objects again: nothing new to tell.
     before = {kind: reasons(cluster, kind, name) for kind, name in _OBJECTS}
