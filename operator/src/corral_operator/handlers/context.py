@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral_operator.kube import Applied, Kube
@@ -23,9 +24,15 @@ class Context:
     time (kopf calls them from its own and its children's watches at once), so each sees the
     status the previous one wrote and posts a transition's Events once."""
 
-    def lock(self, kind: str, namespace: str, name: str) -> threading.Lock:
-        """The lock of one object (``setdefault`` is atomic: two threads get the same lock)."""
-        return self.locks.setdefault((kind, namespace, name), threading.Lock())
+    def one_at_a_time(
+        self, kind: str, namespace: str, name: str, reconcile: Callable[[], bool]
+    ) -> None:
+        """Run ``reconcile`` under the object's lock (``setdefault`` is atomic: two threads get
+        the same lock); once it answers False (the object is gone) its lock goes too."""
+        key = (kind, namespace, name)
+        with self.locks.setdefault(key, threading.Lock()):
+            if not reconcile():
+                self.locks.pop(key, None)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop the kept answers for the objects called ``name`` in ``namespace``, of any kind:

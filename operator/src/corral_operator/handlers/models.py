@@ -28,9 +28,9 @@ GC_POLL_SECONDS = 2.0
 def reconcile_model(ctx: Context, namespace: str, name: str, logger: Logger) -> None:
     """Converge one Model: apply its PVC and pull Job, drop stale Jobs, report status, and
     post the Events of what changed."""
-    with ctx.lock("Model", namespace, name):
-        if not _reconcile_model(ctx, namespace, name, logger):
-            ctx.locks.pop(("Model", namespace, name), None)
+    ctx.one_at_a_time(
+        "Model", namespace, name, lambda: _reconcile_model(ctx, namespace, name, logger)
+    )
 
 
 def _reconcile_model(ctx: Context, namespace: str, name: str, logger: Logger) -> bool:

@@ -18,9 +18,9 @@ from corral_operator.status.patch import write_status
 def reconcile_modelserver(ctx: Context, namespace: str, name: str, logger: Logger) -> None:
     """Converge one ModelServer: apply its children when its Models are Ready; report status,
     and post the Events of what changed."""
-    with ctx.lock("ModelServer", namespace, name):
-        if not _reconcile_modelserver(ctx, namespace, name, logger):
-            ctx.locks.pop(("ModelServer", namespace, name), None)
+    ctx.one_at_a_time(
+        "ModelServer", namespace, name, lambda: _reconcile_modelserver(ctx, namespace, name, logger)
+    )
 
 
 def deployment_replicas(deployment: Mapping[str, Any] | None) -> int:
