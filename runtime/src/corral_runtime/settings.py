@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from corral_runtime.durations import DEFAULT_KEEP_ALIVE_SECONDS, parse_default_keep_alive
@@ -27,6 +28,35 @@ def default_models_dir() -> Path:
     """The store used when neither ``--models`` nor ``CORRAL_MODELS`` names one (as Ollama uses
     ``~/.ollama/models``): ``corral serve`` serves it and ``corral pull`` fills it."""
     return Path.home() / ".corral" / "models"
+
+
+DEFAULT_BIND_HOST = "127.0.0.1"
+DEFAULT_BIND_PORT = 11434
+
+
+def parse_bind_address(raw: str) -> tuple[str, int]:
+    """The address ``corral serve`` binds for an ``OLLAMA_HOST`` in Ollama's forms: ``0.0.0.0``,
+    ``host:port``, ``:port``, ``http://host:port``, ``[::1]:port``. A missing host is
+    127.0.0.1 and a missing port 11434, the port the clients (``corral run``, ``ps``, ``stop``)
+    assume for the same value, so one OLLAMA_HOST serves and reaches the same address. Raises
+    ValueError for what cannot be bound: another scheme, a port that is not 0-65535."""
+    text = raw.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text
+    if scheme.lower() != "http":
+        raise ValueError(f"invalid address {raw!r}: corral serve speaks plain http://")
+    hostport = rest.split("/", 1)[0]
+    try:
+        parts = urlsplit(f"http://{hostport}")
+        port = parts.port
+    except ValueError:
+        raise ValueError(
+            f"invalid address {raw!r}: expected [http://][host][:port], e.g. 0.0.0.0:11434"
+        ) from None
+    if hostport.endswith(":"):  # "host:" would otherwise read as no port at all
+        raise ValueError(f"invalid address {raw!r}: the port is missing after ':'")
+    return parts.hostname or DEFAULT_BIND_HOST, DEFAULT_BIND_PORT if port is None else port
 
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -99,8 +129,17 @@ class RuntimeSettings(BaseSettings):
     # own name as an argument.
     model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore", validate_by_name=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=11434, ge=0, le=65535)
+    host: str = DEFAULT_BIND_HOST
+    port: int = Field(default=DEFAULT_BIND_PORT, ge=0, le=65535)
+    ollama_host: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OLLAMA_HOST", "ollama_host"),
+        description=(
+            "Ollama's OLLAMA_HOST ('0.0.0.0', 'host:port', ':port', 'http://host:port'): the "
+            "address to bind where CORRAL_HOST / CORRAL_PORT (or their flags) do not say, so "
+            "a shell set up for Ollama serves where its clients look."
+        ),
+    )
     models: Path | None = Field(
         default=None,
         description=(
@@ -232,6 +271,26 @@ class RuntimeSettings(BaseSettings):
         default=False,
         description="Let /api/pull import files from this machine (paths, file://, pvc://).",
     )
+
+    @field_validator("ollama_host")
+    @classmethod
+    def _bindable(cls, value: str | None) -> str | None:
+        # A bad OLLAMA_HOST is refused even where the flags make it moot: it is a mistake.
+        if value is not None and value.strip():
+            parse_bind_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _bind_ollama_host(self) -> Self:
+        # Only what CORRAL_HOST / CORRAL_PORT and the flags left unsaid comes from OLLAMA_HOST.
+        given = self.model_fields_set
+        if self.ollama_host and self.ollama_host.strip() and not {"host", "port"} <= given:
+            host, port = parse_bind_address(self.ollama_host)
+            if "host" not in given:
+                self.host = host
+            if "port" not in given:
+                self.port = port
+        return self
 
     @field_validator("allowed_hosts", "allowed_origins", "pull_allowed_hosts", mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """``corral serve``: run the inference server (Ollama and OpenAI APIs) with uvicorn.
 
 Flags override ``CORRAL_*`` environment variables; with neither, it serves the bundled test
-model on 127.0.0.1:11434.
+model on 127.0.0.1:11434, or where Ollama's ``OLLAMA_HOST`` says (as ``ollama serve`` does).
 """
 
 from __future__ import annotations
@@ -23,9 +23,18 @@ def register(subparsers: Any) -> None:
         "serve",
         help="Serve models over the Ollama and OpenAI APIs",
         description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=(
+            "The address: --host/--port, else CORRAL_HOST/CORRAL_PORT, else Ollama's "
+            "OLLAMA_HOST (0.0.0.0, host:port, :port, http://host:port; a missing host is "
+            "127.0.0.1, a missing port 11434), else 127.0.0.1:11434."
+        ),
     )
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1; CORRAL_HOST)")
-    parser.add_argument("--port", type=int, help="port (default 11434; CORRAL_PORT)")
+    parser.add_argument(
+        "--host", help="address to bind (default 127.0.0.1; CORRAL_HOST, else OLLAMA_HOST)"
+    )
+    parser.add_argument(
+        "--port", type=int, help="port (default 11434; CORRAL_PORT, else OLLAMA_HOST's)"
+    )
     parser.add_argument(
         "--models",
         metavar="DIR",
