@@ -50,6 +50,31 @@ IN_FLIGHT_STALE_SECONDS = 120.0
 # The idle deadline of a server a request asked to keep forever (maxKeepAliveSeconds -1).
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
+# Model.spec.parameters (camelCase, as Kubernetes fields are named) -> Ollama's parameter names
+# (a Modelfile's PARAMETER lines, the runtime's options). The pull Job passes a Model's
+# parameters under Ollama's names; ``corral deploy -f Modelfile`` maps them back.
+PARAMETER_NAMES = {
+    "temperature": "temperature",
+    "topK": "top_k",
+    "topP": "top_p",
+    "minP": "min_p",
+    "typicalP": "typical_p",
+    "repeatPenalty": "repeat_penalty",
+    "repeatLastN": "repeat_last_n",
+    "presencePenalty": "presence_penalty",
+    "frequencyPenalty": "frequency_penalty",
+    "seed": "seed",
+    "numKeep": "num_keep",
+    "numCtx": "num_ctx",
+    "numPredict": "num_predict",
+    "numBatch": "num_batch",
+    "numGpu": "num_gpu",
+    "mainGpu": "main_gpu",
+    "useMmap": "use_mmap",
+    "numThread": "num_thread",
+    "stop": "stop",
+}
+
 _MAX_NAME = 63
 
 

@@ -25,8 +25,9 @@ standard way to see a container's output) and reports the last such line as the 
 ``status.completedBytes``/``totalBytes``.
 
 Everything that changes what ends up in the store (source, pinned digest, template, system,
-parameters, cache) is hashed into the Job's name, so a change starts a new Job (a re-pull) and
-an unchanged Model never pulls twice.
+parameters, messages, license, cache) is hashed into the Job's name, so a change starts a new Job
+(a re-pull) and an unchanged Model never pulls twice. A field a Model leaves unset is left out of
+the hash, so Models from before a field existed keep their hash and are not pulled again.
 """
 
 from __future__ import annotations
@@ -47,7 +48,16 @@ GC_CONTAINER = "gc"
 
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
-_PULL_FIELDS = ("source", "digest", "template", "system", "parameters", "cache")
+_PULL_FIELDS = (
+    "source",
+    "digest",
+    "template",
+    "system",
+    "parameters",
+    "messages",
+    "license",
+    "cache",
+)
 # The end of a progress line (corral_runtime.commands.models.pull_bytes_suffix).
 _PROGRESS = re.compile(r"\[pull (\d+)/(\d+) bytes\]\s*$")
 # How much of a pull pod's log is read per look: a few lines (one is printed every few seconds).

@@ -99,8 +99,9 @@ class SourceSettings(BaseSettings):
 
 class PullJobSettings(BaseSettings):
     """What the operator's pull Job tells ``corral pull`` (``CORRAL_PULL_*``, set by
-    corral_operator.builders.jobs): the Model's name, pinned digest, template, system prompt and
-    parameters (a JSON object), and the file the result is written to (the termination log)."""
+    corral_operator.builders.jobs): the Model's name, pinned digest, template, system prompt,
+    parameters (a JSON object), messages (a JSON array of role/content objects) and license, and
+    the file the result is written to (the termination log)."""
 
     model_config = SettingsConfigDict(env_prefix="CORRAL_PULL_", extra="ignore")
 
@@ -109,6 +110,8 @@ class PullJobSettings(BaseSettings):
     template: str | None = None
     system: str | None = None
     parameters: str | None = None
+    messages: str | None = None
+    license: str | None = None
     result_file: str | None = None
 
 

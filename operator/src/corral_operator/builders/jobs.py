@@ -18,27 +18,13 @@ from corral_operator.builders.common import (
 from corral_operator.settings import OperatorSettings
 from corral_operator.sources import parse_source
 
-_PARAMETER_NAMES = {
-    # Model.spec.parameters (camelCase, Kubernetes style) -> Ollama's Modelfile names.
-    "temperature": "temperature",
-    "topK": "top_k",
-    "topP": "top_p",
-    "minP": "min_p",
-    "repeatPenalty": "repeat_penalty",
-    "repeatLastN": "repeat_last_n",
-    "seed": "seed",
-    "numCtx": "num_ctx",
-    "numPredict": "num_predict",
-    "stop": "stop",
-}
-
 
 def ollama_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
     """Model parameters under the names Ollama's params layer uses."""
     return {
-        _PARAMETER_NAMES[key]: value
+        api.PARAMETER_NAMES[key]: value
         for key, value in (parameters or {}).items()
-        if key in _PARAMETER_NAMES
+        if key in api.PARAMETER_NAMES
     }
 
 
@@ -108,6 +94,10 @@ def build_pull_job(
     if spec.get("parameters"):
         params = json.dumps(ollama_parameters(spec["parameters"]), sort_keys=True)
         env.append({"name": "CORRAL_PULL_PARAMETERS", "value": params})
+    if spec.get("messages"):
+        env.append({"name": "CORRAL_PULL_MESSAGES", "value": json.dumps(spec["messages"])})
+    if spec.get("license") is not None:
+        env.append({"name": "CORRAL_PULL_LICENSE", "value": spec["license"]})
     labels = {**base_labels("pull"), api.LABEL_MODEL: meta["name"]}
     source: str = spec["source"]
     extra_volumes: tuple[dict[str, Any], ...] = ()

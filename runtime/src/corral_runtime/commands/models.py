@@ -2,9 +2,9 @@
 
 The store is ``--models DIR``, else ``CORRAL_MODELS``, else ``~/.corral/models``. ``corral pull``
 is also what the operator's pull Job runs: its flags default to the Model's name, pinned digest,
-template, system and parameters the Job sets (``PullJobSettings``, ``CORRAL_PULL_*``) and, when
-``CORRAL_PULL_RESULT_FILE`` is set, it writes one JSON object describing the result there (see
-corral_operator.pull).
+template, system, parameters, messages and license the Job sets (``PullJobSettings``,
+``CORRAL_PULL_*``) and, when ``CORRAL_PULL_RESULT_FILE`` is set, it writes one JSON object
+describing the result there (see corral_operator.pull).
 """
 
 from __future__ import annotations
@@ -71,6 +71,12 @@ def register(subparsers: Any) -> None:
         default=job.parameters,
         help="JSON object of Ollama parameters (temperature, stop, ...)",
     )
+    pull.add_argument(
+        "--messages",
+        default=job.messages,
+        help='JSON array of messages that start every chat ([{"role": "user", "content": "…"}])',
+    )
+    pull.add_argument("--license", default=job.license, help="the model's license text")
     pull.add_argument("--workers", type=int, default=4, help="parallel download parts")
     pull.set_defaults(func=cmd_pull, result_file=job.result_file)
 
@@ -238,6 +244,29 @@ def pull_result(model: Any) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if v not in (None, "")}
 
 
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+def parse_messages(raw: str) -> list[dict[str, str]]:
+    """``--messages`` (``CORRAL_PULL_MESSAGES``): a JSON array of ``{"role", "content"}`` objects,
+    as a Modelfile's MESSAGE lines and a Model's spec.messages say them. ValueError naming the
+    first thing wrong, so a bad value fails the pull before anything is downloaded."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ValueError("--messages must be a JSON array") from None
+    if not isinstance(doc, list):
+        raise ValueError("--messages must be a JSON array")
+    messages = []
+    for index, item in enumerate(doc):
+        if not isinstance(item, dict) or not isinstance(item.get("content"), str):
+            raise ValueError(f"--messages[{index}] must be an object with a string content")
+        if item.get("role") not in MESSAGE_ROLES:
+            raise ValueError(f"--messages[{index}]: role must be one of {', '.join(MESSAGE_ROLES)}")
+        messages.append({"role": item["role"], "content": item["content"]})
+    return messages
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from corral_runtime.engine.probe import probe_model
     from corral_runtime.settings import SourceSettings
@@ -253,6 +282,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         params = json.loads(args.parameters) if args.parameters else None
         if params is not None and not isinstance(params, dict):
             raise ValueError("--parameters must be a JSON object")
+        messages = parse_messages(args.messages) if args.messages is not None else None
     except (InvalidSourceError, InvalidNameError, ValueError) as exc:
         _write_result(args.result_file, {"error": str(exc)})
         print(f"Error: {exc}", file=sys.stderr)
@@ -263,6 +293,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         template=args.template,
         system=args.system,
         params=params,
+        messages=messages,
+        license=args.license,
         expected_digest=args.digest,
         source_settings=where,
     )

@@ -23,6 +23,8 @@ from corral_runtime.store.digests import parse_digest
 from corral_runtime.store.download import BlobDownloader, BlobRequest
 from corral_runtime.store.gguf import GGUFDetails
 from corral_runtime.store.layout import (
+    LICENSE_LAYER,
+    MESSAGES_LAYER,
     MODEL_LAYER,
     PARAMS_LAYER,
     SYSTEM_LAYER,
@@ -86,10 +88,13 @@ class PullOptions:
     chunk_size: int = 16 * 1024 * 1024
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     fsync: bool = True
-    # Extra layers for sources that only give a GGUF file (a Model's template/system/params).
+    # What a Model sets around the weights (its template/system/params/messages/license): the
+    # layers of a GGUF-only source, the registry model's own layers replaced.
     template: str | None = None
     system: str | None = None
     params: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    license: str | None = None
     expected_digest: str | None = None
     connect_timeout: float = 15.0
     # What the pull may reach: everything for the CLI; a server passes its restricted policy.
@@ -234,10 +239,12 @@ class Puller:
 
     def _has_overrides(self) -> bool:
         opts = self.options
-        return opts.template is not None or opts.system is not None or bool(opts.params)
+        given = (opts.template, opts.system, opts.messages, opts.license)
+        return any(value is not None for value in given) or bool(opts.params)
 
     def _write_with_overrides(self, target: ModelName, manifest: Manifest) -> None:
-        """The registry's model with the template/system/params a Model resource sets."""
+        """The registry's model with the template/system/params/messages/license a Model
+        resource sets (the registry's own where it sets none)."""
         opts = self.options
         texts = {TEMPLATE_LAYER: opts.template, SYSTEM_LAYER: opts.system}
         params: dict[str, Any] = {}
@@ -253,6 +260,12 @@ class Puller:
         model_layer = manifest.layer(MODEL_LAYER)
         assert model_layer is not None
         replaced = {MODEL_LAYER, TEMPLATE_LAYER, SYSTEM_LAYER, PARAMS_LAYER}
+        # The registry's messages and license layers (a model may have several licenses) stay
+        # unless the Model sets its own.
+        if opts.messages is not None:
+            replaced.add(MESSAGES_LAYER)
+        if opts.license is not None:
+            replaced.add(LICENSE_LAYER)
         kept = tuple(lyr for lyr in manifest.layers if lyr.media_type not in replaced)
         config: dict[str, Any] = json.loads(self.store.read_blob_text(manifest.config.digest))
         config.pop("rootfs", None)
@@ -262,6 +275,8 @@ class Puller:
             template=texts[TEMPLATE_LAYER],
             system=texts[SYSTEM_LAYER],
             params=params,
+            messages=opts.messages,
+            license=opts.license,
             extra_layers=kept,
             config=config,
         )
@@ -377,6 +392,8 @@ class Puller:
             template=self.options.template,
             system=self.options.system,
             params=self.options.params,
+            messages=self.options.messages,
+            license=self.options.license,
             config=model_config(details),
         )
         emit(PullEvent("success"))

@@ -44,6 +44,44 @@ def test_pull_job_passes_the_model_definition() -> None:
     }
 
 
+def test_pull_job_passes_messages_and_license() -> None:
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ahoy!"}]
+    job = build_pull_job(
+        model(messages=messages, license="MIT", parameters={"typicalP": 0.5, "numKeep": 8}),
+        "gemma3:270m",
+        "corral-cache-default",
+        OperatorSettings(),
+    )
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["CORRAL_PULL_MESSAGES"]) == messages
+    assert env["CORRAL_PULL_LICENSE"] == "MIT"
+    assert json.loads(env["CORRAL_PULL_PARAMETERS"]) == {"typical_p": 0.5, "num_keep": 8}
+
+
+def test_pull_job_without_messages_or_license_sets_neither() -> None:
+    job = build_pull_job(model(), "gemma3:270m", "corral-cache-default", OperatorSettings())
+    names = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not names & {"CORRAL_PULL_MESSAGES", "CORRAL_PULL_LICENSE", "CORRAL_PULL_PARAMETERS"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": [{"role": "user", "content": "Hi"}]},
+        {"license": "MIT"},
+    ],
+)
+def test_pull_job_name_changes_with_messages_and_license(
+    change: dict[str, object],
+) -> None:
+    """A changed Modelfile field is a new Job (a re-pull); an unset one keeps the old name, so a
+    Model from before the field existed is not pulled again."""
+    settings = OperatorSettings()
+    before = build_pull_job(model(), "n", "c", settings)["metadata"]["name"]
+    assert before == build_pull_job(model(messages=None), "n", "c", settings)["metadata"]["name"]
+    assert build_pull_job(model(**change), "n", "c", settings)["metadata"]["name"] != before
+
+
 def test_pull_job_name_changes_with_the_source() -> None:
     settings = OperatorSettings()
     a = build_pull_job(model(), "n", "c", settings)["metadata"]["name"]
