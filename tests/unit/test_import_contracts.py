@@ -65,6 +65,18 @@ def test_the_tree_keeps_every_contract(tmp_path: Path) -> None:
             "import corral_operator.handlers",
             "independent of each other",
         ),
+        # The operator image has no runtime: the controller (here through the ground floor it
+        # imports) and the gateway cannot use one of its modules.
+        (
+            "corral_operator/sources.py",
+            "import corral_runtime.store.modelfile",
+            "operator image has no runtime",
+        ),
+        (
+            "corral_operator/gateway/protocol.py",
+            "import corral_runtime.store.names",
+            "operator image has no runtime",
+        ),
         # Builders do not ask planners.
         (
             "corral_operator/builders/common.py",

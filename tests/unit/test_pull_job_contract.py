@@ -14,6 +14,7 @@ from corral_operator.settings import OperatorSettings
 from corral_runtime.api.options import OllamaOptions
 from corral_runtime.commands.models import parse_messages
 from corral_runtime.settings import PullJobSettings
+from corral_runtime.store.modelfile import PARAMETER_TYPES
 from tests.unit.operator.factories import model
 
 pytestmark = pytest.mark.unit
@@ -49,12 +50,14 @@ def test_the_pull_jobs_variables_reach_corral_pull(monkeypatch: pytest.MonkeyPat
     assert settings.result_file == container["terminationMessagePath"]
 
 
-def test_every_model_parameter_is_an_option_the_runtime_knows() -> None:
-    """Each field of the CRD's spec.parameters has an Ollama name (the pull Job passes it), and
-    that name is an option the runtime's Ollama options validate and apply, so no field of a
-    Model is dropped on the way to the served model."""
+def test_a_model_and_a_modelfile_take_the_same_parameters() -> None:
+    """Each field of the CRD's spec.parameters has an Ollama name (the pull Job passes it under
+    it), the names are exactly the parameters a Modelfile may set (so ``corral deploy -f`` maps
+    every one), and each is an option the runtime validates: no field of a Model is dropped on
+    the way to the served model, and no PARAMETER of a Modelfile is without a field."""
     crd = yaml.safe_load((ROOT / "crds" / "corral.dev_models.yaml").read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     fields = set(spec["properties"]["parameters"]["properties"])
     assert fields == set(PARAMETER_NAMES)
-    assert set(PARAMETER_NAMES.values()) <= set(OllamaOptions.model_fields)
+    assert set(PARAMETER_NAMES.values()) == set(PARAMETER_TYPES)
+    assert set(PARAMETER_TYPES) <= set(OllamaOptions.model_fields)

@@ -70,6 +70,7 @@ PARAMETER_NAMES = {
     "numBatch": "num_batch",
     "numGpu": "num_gpu",
     "mainGpu": "main_gpu",
+    "numa": "numa",
     "useMmap": "use_mmap",
     "numThread": "num_thread",
     "stop": "stop",
