@@ -1,4 +1,4 @@
-"""The cluster subcommands of ``corral``: deploy, run, ps, models.
+"""The cluster subcommands of ``corral``: deploy, run, ps, stop, models.
 
 ``corral list`` (and ``pull``/``rm``/``cp``/``show``) manage the local model store; these talk to
 a Kubernetes cluster with corral installed. Each handler returns an exit code and turns every
@@ -13,10 +13,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral_operator.cli.cluster import Cluster, CommandError
 from corral_operator.settings import CliSettings, KubeClientSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -135,9 +138,45 @@ def register(subparsers: Any) -> None:
     ps = subparsers.add_parser(
         "ps",
         parents=[common],
-        help="list the cluster's model servers, their replicas and loaded models",
+        help="list running models (a server's, as ollama ps) or the cluster's model servers",
+        description="Against one server (--host, CORRAL_HOST, OLLAMA_HOST, else a server at "
+        "127.0.0.1:11434): its loaded models, as `ollama ps` lists them. Against the cluster "
+        "(a cluster flag, else a kubeconfig): its ModelServers, their replicas and what their "
+        "pods have loaded.",
     )
-    ps.set_defaults(func=_reported(cmd_ps))
+    ps.add_argument(
+        "--host", help="server URL (default: CORRAL_HOST, OLLAMA_HOST, 127.0.0.1:11434, cluster)"
+    )
+    ps.add_argument(
+        "--api-key",
+        default=settings.api_key,
+        help="bearer key for a server with API keys (default: CORRAL_API_KEY)",
+    )
+    ps.set_defaults(func=_reported(functools.partial(cmd_ps, settings=settings)))
+
+    stop = subparsers.add_parser(
+        "stop",
+        parents=[common],
+        help="stop a running model (unload it), as ollama stop",
+        description="Unload MODEL from the server chosen as for `corral run`. MODEL is the "
+        "served name (gemma3:270m), not a ModelServer's name. Through the cluster's gateway a "
+        "server at zero replicas is not woken for it, and a running one scales down to its "
+        "minReplicas once nothing else keeps it up.",
+    )
+    stop.add_argument("model", metavar="MODEL", help="the served name, e.g. gemma3:270m")
+    stop.add_argument(
+        "--host", help="server URL (default: CORRAL_HOST, OLLAMA_HOST, 127.0.0.1:11434, cluster)"
+    )
+    stop.add_argument(
+        "--gateway-namespace",
+        help="where corral is installed (default: CORRAL_GATEWAY_NAMESPACE or corral-system)",
+    )
+    stop.add_argument(
+        "--api-key",
+        default=settings.api_key,
+        help="bearer key for a server with API keys (default: CORRAL_API_KEY)",
+    )
+    stop.set_defaults(func=_reported(functools.partial(cmd_stop, settings=settings)))
 
     models = subparsers.add_parser(
         "models",
@@ -224,11 +263,62 @@ def cmd_run(args: argparse.Namespace, settings: CliSettings) -> int:
     return 0
 
 
-def cmd_ps(args: argparse.Namespace) -> int:
+def _server_client(url: str, api_key: str | None) -> httpx.Client:
+    """A client of one server, with the bearer key when one is given."""
+    import httpx
+
+    from corral_operator.cli.local import TIMEOUT
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url, timeout=TIMEOUT, headers=headers)
+
+
+def cmd_stop(args: argparse.Namespace, settings: CliSettings) -> int:
+    from corral_operator.cli import gateway, local
+
+    try:
+        _, url = gateway.find_server(
+            args.host,
+            settings,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            namespace=args.namespace,
+            gateway_namespace=args.gateway_namespace,
+        )
+    except ValueError as exc:  # a host that is not one
+        raise CommandError(str(exc)) from None
+    with _server_client(url, args.api_key) as http:
+        local.stop_model(http, args.model)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace, settings: CliSettings) -> int:
     from corral_operator import api
-    from corral_operator.cli import tables
+    from corral_operator.cli import gateway, local, tables
     from corral_operator.cli.pods import loaded_models
 
+    def connect() -> Cluster:
+        return Cluster.connect(KubeClientSettings(), args.kubeconfig, args.context, args.namespace)
+
+    try:
+        choice = gateway.choose_server(
+            args.host,
+            settings,
+            cluster_flags=any(
+                v is not None for v in (args.kubeconfig, args.context, args.namespace)
+            ),
+            local_answers=lambda: gateway.answers(
+                gateway.LOCAL_SERVER, gateway.LOCAL_PROBE_TIMEOUT
+            ),
+            kubeconfig_loads=lambda: gateway.kubeconfig_loads(connect),
+        )
+    except ValueError as exc:  # a host that is not one
+        raise CommandError(str(exc)) from None
+    if choice.url is not None:
+        with _server_client(choice.url, args.api_key) as http:
+            running = local.running_models(http)
+        print(tables.running_table(running, datetime.now(UTC)))
+        return 0
     with _connected(args) as cluster:
         servers = cluster.list_corral(api.MODELSERVERS)
         loaded = {

@@ -69,7 +69,7 @@ def no_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["ps"], ["models"], ["deploy", "gemma3:270m"], ["run", "gemma3:270m", "hi"]]
+    "argv", [["models"], ["deploy", "gemma3:270m"], ["run", "gemma3:270m", "hi"]]
 )
 def test_no_kubeconfig_is_one_line_and_exit_1(
     argv: list[str], no_kubeconfig: None, capsys: pytest.CaptureFixture[str]
@@ -123,3 +123,37 @@ def test_bad_arguments_are_refused_before_any_cluster_call(
     err = capsys.readouterr().err
     assert err.startswith(message)
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["ps"], ["stop", "gemma3:270m"]])
+def test_ps_and_stop_with_no_server_and_no_cluster_say_how_to_start_one(
+    argv: list[str],
+    no_kubeconfig: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from corral_operator.cli import gateway
+    from devstack.controlplane import free_port
+
+    # Nothing listens at Ollama's default address, whatever else runs on this machine.
+    monkeypatch.setattr(gateway, "LOCAL_SERVER", f"http://127.0.0.1:{free_port()}")
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"Error: {gateway.NO_SERVER}\n")
+
+
+@pytest.mark.parametrize(
+    "argv", [["ps", "--host", "ftp://x"], ["stop", "m:1", "--host", "ftp://x"]]
+)
+def test_ps_and_stop_refuse_a_host_that_is_not_one(
+    argv: list[str], no_kubeconfig: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.startswith("Error: invalid host 'ftp://x'")
+
+
+def test_stop_takes_one_model() -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["stop"])
+    assert exited.value.code == 2
+    assert "stop" in subcommands()

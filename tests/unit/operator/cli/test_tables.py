@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,10 +11,13 @@ from corral_operator.cli.tables import (
     desired_replicas,
     model_row,
     models_table,
+    processor,
     ps_table,
     render,
+    running_table,
     server_row,
     state,
+    until,
 )
 
 pytestmark = pytest.mark.unit
@@ -136,3 +139,72 @@ def test_model_rows() -> None:
     lines = models_table([pulling, pulled]).splitlines()
     assert lines[0].split() == ["NAME", "SOURCE", "READY", "SIZE", "PARAMETERS", "QUANTIZATION"]
     assert [line.split()[0] for line in lines[1:]] == ["big", "gemma3-270m"]
+
+
+@pytest.mark.parametrize(
+    ("size", "size_vram", "text"),
+    [
+        (1000, 0, "100% CPU"),
+        (1000, 1000, "100% GPU"),
+        (1000, 520, "48%/52% CPU/GPU"),
+        (1000, 1001, "Unknown"),
+    ],
+)
+def test_processor_says_where_the_model_is_as_ollama_ps(
+    size: int, size_vram: int, text: str
+) -> None:
+    assert processor(size, size_vram) == text
+
+
+@pytest.mark.parametrize(
+    ("left", "text"),
+    [
+        (timedelta(seconds=0.5), "Less than a second from now"),
+        (timedelta(seconds=1), "1 second from now"),
+        (timedelta(seconds=42), "42 seconds from now"),
+        (timedelta(seconds=90), "About a minute from now"),
+        (timedelta(minutes=4, seconds=59), "4 minutes from now"),
+        (timedelta(minutes=70), "About an hour from now"),
+        (timedelta(hours=5, minutes=40), "6 hours from now"),
+        (timedelta(days=3), "3 days from now"),
+        (timedelta(days=30), "4 weeks from now"),
+        (timedelta(days=200), "6 months from now"),
+        (timedelta(days=3 * 365), "3 years from now"),
+        (timedelta(days=293 * 365), "Forever"),
+        (timedelta(seconds=-1), "Stopping..."),
+    ],
+)
+def test_until_reads_as_ollama_ps(left: timedelta, text: str) -> None:
+    assert until(NOW + left, NOW) == text
+
+
+def test_until_without_a_time_is_never() -> None:
+    assert until(None, NOW) == "Never"
+
+
+def test_running_table_is_ollama_ps_of_a_server() -> None:
+    loaded = [
+        {
+            "name": "gemma3:270m",
+            "model": "gemma3:270m",
+            "size": 291_000_000,
+            "digest": "e7d36fb2c3b3293cfe56d55889867a064b3a2b22e98335f2e6e8a387e081d6be",
+            "expires_at": "2025-06-01T12:04:30.123456789Z",
+            "size_vram": 0,
+            "context_length": 4096,
+        },
+        {
+            "name": "qwen3:8b",
+            "size": 6_100_000_000,
+            "digest": "sha256:500a1f067a9f782620b40bee6f7b0c89e17ae61f686b92c24933e4ca4b2b8b41",
+            "expires_at": "2318-11-26T00:00:00Z",
+            "size_vram": 3_172_000_000,
+            "context_length": 40960,
+        },
+    ]
+    assert running_table(loaded, NOW).splitlines() == [
+        "NAME          ID             SIZE     PROCESSOR         CONTEXT   UNTIL",
+        "gemma3:270m   e7d36fb2c3b3   291 MB   100% CPU          4096      4 minutes from now",
+        "qwen3:8b      500a1f067a9f   6.1 GB   48%/52% CPU/GPU   40960     Forever",
+    ]
+    assert running_table([], NOW) == "NAME   ID   SIZE   PROCESSOR   CONTEXT   UNTIL"
