@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -166,3 +167,69 @@ def test_openai_tool_choice_forces_a_call(tools_server: RunningServer) -> None:
     streamed_calls = [t for d in deltas for t in d.tool_calls or []]
     assert [t.function.name for t in streamed_calls if t.function] == ["get_weather"]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+TWO_CALLS_SCHEMA = {"type": "array", "items": CALL_SCHEMA, "minItems": 2, "maxItems": 2}
+
+
+def test_streamed_calls_arrive_each_as_soon_as_it_is_complete(
+    tools_server: RunningServer,
+) -> None:
+    """Two calls in one answer: the first reaches the client while the model still writes the
+    second, in a chunk of its own; Ollama numbers them 0 and 1, OpenAI's deltas too."""
+    request = {
+        "model": TOOLS_MODEL,
+        "messages": [{"role": "user", "content": "Weather in Paris and in Oslo?"}],
+        "tools": [WEATHER_TOOL],
+    }
+    with ollama.Client(host=tools_server.base_url) as client:
+        chunks = list(
+            client.chat(
+                **request,
+                format=TWO_CALLS_SCHEMA,
+                stream=True,
+                options={"temperature": 0, "num_predict": 96},
+            )
+        )
+    carrying = [i for i, chunk in enumerate(chunks) if chunk.message.tool_calls]
+    assert len(carrying) == 2, [c.message for c in chunks]
+    first, second = (chunks[i].message.tool_calls or [] for i in carrying)
+    assert [len(first), len(second)] == [1, 1]
+    assert not chunks[carrying[1]].done and chunks[-1].done
+    # On the wire, Ollama numbers each call within the answer (the client drops the index).
+    body = {**request, "format": TWO_CALLS_SCHEMA, "options": {"temperature": 0, "num_predict": 96}}
+    with httpx.stream("POST", f"{tools_server.base_url}/api/chat", json=body) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    indexes = [
+        c["function"]["index"] for line in lines for c in line["message"].get("tool_calls", [])
+    ]
+    assert indexes == [0, 1]
+
+    with openai.OpenAI(base_url=tools_server.openai_url, api_key="x") as oai:
+        stream = oai.chat.completions.create(
+            model=TOOLS_MODEL,
+            messages=request["messages"],  # type: ignore[arg-type]
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            temperature=0,
+            max_tokens=96,
+            stream=True,
+            extra_body={
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "calls", "schema": TWO_CALLS_SCHEMA},
+                }
+            },
+        )
+        events = list(stream)
+    with_calls = [
+        (i, call)
+        for i, event in enumerate(events)
+        if event.choices
+        for call in event.choices[0].delta.tool_calls or []
+    ]
+    assert [call.index for _, call in with_calls] == [0, 1]
+    assert with_calls[0][0] < with_calls[1][0]  # in chunks of their own
+    assert all(
+        call.id and call.function and call.function.name == "get_weather" for _, call in with_calls
+    )
+    assert events[-1].choices[0].finish_reason == "tool_calls"

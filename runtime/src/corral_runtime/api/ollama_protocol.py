@@ -201,8 +201,10 @@ def final_fields(stats: GenerationStats, *, total_ns: int, load_ns: int) -> dict
     }
 
 
-def wire_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+def wire_tool_calls(calls: list[ToolCall], *, start: int = 0) -> list[dict[str, Any]]:
+    """Ollama's tool calls: arguments as an object; ``index`` counts the answer's calls from 0
+    (``start``: how many were sent before, in earlier chunks of a stream)."""
     return [
         {"function": {"index": i, "name": c.name, "arguments": c.arguments}}
-        for i, c in enumerate(calls)
+        for i, c in enumerate(calls, start)
     ]

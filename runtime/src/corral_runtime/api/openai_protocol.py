@@ -318,9 +318,13 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def wire_tool_calls(calls: list[ToolCall], *, with_index: bool = False) -> list[dict[str, Any]]:
+def wire_tool_calls(
+    calls: list[ToolCall], *, with_index: bool = False, start: int = 0
+) -> list[dict[str, Any]]:
+    """OpenAI's tool calls: arguments as JSON text, each with an id; a stream's chunks number
+    them (``with_index``, counting from ``start``, the calls sent in earlier chunks)."""
     out = []
-    for i, call in enumerate(calls):
+    for i, call in enumerate(calls, start):
         entry: dict[str, Any] = {
             "id": call.id or f"call_{secrets.token_hex(8)}",
             "type": "function",

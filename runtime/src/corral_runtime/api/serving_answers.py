@@ -19,7 +19,7 @@ from corral_runtime.api.thinking import (
     shows_thinking,
     split_answer,
 )
-from corral_runtime.api.tool_calls import ToolCallBuffer, parse_tool_calls
+from corral_runtime.api.tool_calls import ToolCallBuffer, find_tool_calls
 from corral_runtime.templates.messages import Tool, ToolCall
 
 
@@ -47,8 +47,8 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class Ending:
     """What a streamed answer still holds once its last piece is in: the reasoning and content
-    the splitter held back, then what the tool-call buffer held (content that only looked like
-    a call) and the calls it turned out to be."""
+    the splitter held back (and the calls that content completed), then what the tool-call
+    buffer held (content that only looked like a call)."""
 
     thinking: str = ""
     content: str = ""
@@ -57,22 +57,25 @@ class Ending:
 
 
 async def whole_answer(generation: AnswerSource, *, think: ThinkValue, tools: list[Tool]) -> Answer:
-    """The answer of a generation read to its end. Content that is all tool calls is the calls
-    (and no content); with no tools offered it is always content."""
+    """The answer of a generation read to its end, decided as its stream is: the tool calls it
+    opens with, then content (content that is all calls is only calls); with no tools offered it
+    is all content."""
     split = split_answer(generation.reasoning_splitter(), await generation.text())
-    names = {t.name for t in tools}
-    calls = (parse_tool_calls(split.content, names) if tools else None) or []
+    calls, content = (
+        find_tool_calls(split.content, {t.name for t in tools}) if tools else ([], split.content)
+    )
     return Answer(
         thinking=split.thinking if shows_thinking(think) else "",
-        content="" if calls else split.content,
+        content=content,
         tool_calls=calls,
     )
 
 
 class AnswerStream:
     """A generation's answer step by step: iterate ``steps()`` (one per piece the model wrote),
-    then take ``ending()``. Content that may be a tool call is held back until the end decides;
-    everything else passes at once."""
+    then take ``ending()``. Content that may be a tool call is held back until its JSON is
+    complete, and then is a call of that step (or content, when it turns out none); everything
+    else passes at once."""
 
     def __init__(self, generation: AnswerSource, *, think: ThinkValue, tools: list[Tool]) -> None:
         self._generation = generation
@@ -81,17 +84,18 @@ class AnswerStream:
         self._show_thinking = shows_thinking(think)
 
     async def steps(self) -> AsyncIterator[Answer]:
-        """Per piece, the reasoning and content it completes (either may be empty)."""
+        """Per piece, the reasoning, content and tool calls it completes (any may be empty)."""
         async for piece in self._generation.pieces():
             split = (
                 self._splitter.feed(piece) if self._splitter is not None else Split(content=piece)
             )
-            yield Answer(thinking=self._shown(split.thinking), content=self._passed(split.content))
+            content, calls = self._passed(split.content)
+            yield Answer(thinking=self._shown(split.thinking), content=content, tool_calls=calls)
 
     def ending(self) -> Ending:
         rest = self._splitter.finish() if self._splitter is not None else Split()
-        content = self._passed(rest.content)
-        held, calls = self._buffer.finish() if self._buffer is not None else ("", [])
+        content, calls = self._passed(rest.content)
+        held = self._buffer.finish() if self._buffer is not None else ""
         return Ending(
             thinking=self._shown(rest.thinking), content=content, held=held, tool_calls=calls
         )
@@ -99,5 +103,7 @@ class AnswerStream:
     def _shown(self, thinking: str) -> str:
         return thinking if self._show_thinking else ""
 
-    def _passed(self, content: str) -> str:
-        return self._buffer.feed(content) if self._buffer is not None else content
+    def _passed(self, content: str) -> tuple[str, list[ToolCall]]:
+        if self._buffer is None:
+            return content, []
+        return self._buffer.feed(content)

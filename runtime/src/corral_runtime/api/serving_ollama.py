@@ -204,12 +204,15 @@ async def generate(body: GenerateRequest, serving: Serving, *, path: str) -> Res
 # -- /api/chat ---------------------------------------------------------------------------------
 
 
-def _message(content: str, calls: list[ToolCall] | None = None, thinking: str = "") -> WireObject:
+def _message(
+    content: str, calls: list[ToolCall] | None = None, thinking: str = "", *, first: int = 0
+) -> WireObject:
+    """An assistant message; ``first``: the index of its first call (the calls sent before)."""
     message: WireObject = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
     if calls:
-        message["tool_calls"] = wire_tool_calls(calls)
+        message["tool_calls"] = wire_tool_calls(calls, start=first)
     return message
 
 
@@ -248,17 +251,20 @@ async def chat(body: ChatRequest, serving: Serving, *, path: str) -> Response:
 
     async def chunks() -> AsyncIterator[WireObject]:
         stream = AnswerStream(generation, think=think, tools=tools)
+        sent = 0  # tool calls sent so far: each call goes out in the chunk that completes it
         async for step in stream.steps():
-            if step.content or step.thinking:
-                yield with_logprobs(chunk(_message(step.content, thinking=step.thinking)))
+            if step.content or step.thinking or step.tool_calls:
+                message = _message(step.content, step.tool_calls, step.thinking, first=sent)
+                yield with_logprobs(chunk(message))
+                sent += len(step.tool_calls)
         rest = stream.ending()
         # What the splitter held back carries no log-probabilities: they go with what follows.
         if rest.thinking:
             yield chunk(_message("", thinking=rest.thinking))
-        if rest.content:
-            yield chunk(_message(rest.content))
-        if rest.held or rest.tool_calls:
-            yield with_logprobs(chunk(_message(rest.held, rest.tool_calls)))
+        if rest.content or rest.tool_calls:
+            yield chunk(_message(rest.content, rest.tool_calls, first=sent))
+        if rest.held:
+            yield with_logprobs(chunk(_message(rest.held)))
         yield with_logprobs(final(Answer()))
 
     return ndjson_response(path, chunks())

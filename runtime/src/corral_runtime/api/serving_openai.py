@@ -36,6 +36,7 @@ from corral_runtime.api.serving_context import Serving
 from corral_runtime.api.serving_embeddings import embed, normalized
 from corral_runtime.api.streaming import sse_response
 from corral_runtime.engine.types import GenerationStats
+from corral_runtime.templates.messages import ToolCall
 
 WireObject = dict[str, Any]  # a JSON object as the API sends it: a whole answer or one chunk
 
@@ -107,22 +108,31 @@ async def chat_completions(body: ChatCompletionRequest, serving: Serving, *, pat
     async def events() -> AsyncIterator[WireObject]:
         stream = AnswerStream(generation, think=think, tools=tools)
         yield chunk({"role": "assistant", "content": ""})
+        sent = 0  # tool calls sent so far: each call goes out in the chunk that completes it
+
+        def calls_delta(calls: list[ToolCall]) -> WireObject:
+            return {"tool_calls": wire_tool_calls(calls, with_index=True, start=sent)}
+
         async for step in stream.steps():
             if step.thinking:
                 yield chunk({"reasoning_content": step.thinking})
+            if step.tool_calls:
+                yield chunk(calls_delta(step.tool_calls))
+                sent += len(step.tool_calls)
             if step.content:
                 yield chunk({"content": step.content})
         rest = stream.ending()
         if rest.thinking:
             yield chunk({"reasoning_content": rest.thinking})
+        if rest.tool_calls:
+            yield chunk(calls_delta(rest.tool_calls))
+            sent += len(rest.tool_calls)
         if rest.content:
             yield chunk({"content": rest.content})
         if rest.held:
             yield chunk({"content": rest.held})
-        if rest.tool_calls:
-            yield chunk({"tool_calls": wire_tool_calls(rest.tool_calls, with_index=True)})
         stats = generation.stats
-        yield chunk({}, finish_reason(stats.done_reason, bool(rest.tool_calls)))
+        yield chunk({}, finish_reason(stats.done_reason, sent > 0))
         if body.include_usage:
             yield chat_object(
                 completion_id, body.model, choices=[], chunk=True, usage_record=_usage(stats)

@@ -54,6 +54,10 @@ def sent(steps: list[Answer], ending: Ending) -> tuple[str, str]:
     return thinking, content
 
 
+def calls_sent(steps: list[Answer], ending: Ending) -> list[ToolCall]:
+    return [call for step in steps for call in step.tool_calls] + ending.tool_calls
+
+
 class TestText:
     async def test_each_piece_passes_at_once(self) -> None:
         steps, ending = await streamed(Written(["Hel", "lo", " there"]))
@@ -95,11 +99,11 @@ class TestThinking:
         assert sent(steps, ending) == ("", "<think>why</think>answer")
 
     async def test_what_the_splitter_held_at_the_end_keeps_its_place(self) -> None:
-        # "<th" may have begun a tag: held by the splitter, then by the tool-call buffer,
-        # after the JSON that came before it.
+        # "<th" may have begun a tag: held by the splitter to the end, after the JSON that came
+        # before it (content as soon as it was complete and no call).
         steps, ending = await streamed(Written(['{"just": "json"} <th'], thinks=True), tools=TOOLS)
         assert sent(steps, ending) == ("", '{"just": "json"} <th')
-        assert ending == Ending(held='{"just": "json"} <th')
+        assert [s.content for s in steps] == ['{"just": "json"} '] and ending.content == "<th"
 
     async def test_reasoning_then_a_call(self) -> None:
         pieces = ["<think>sum</think>", '{"name": "add",', ' "arguments": {"a": 1}}']
@@ -107,20 +111,27 @@ class TestThinking:
         assert answer == Answer(thinking="sum", tool_calls=[ToolCall("add", {"a": 1})])
         steps, ending = await streamed(Written(pieces, thinks=True), tools=TOOLS)
         assert sent(steps, ending) == ("sum", "")
-        assert ending.tool_calls == [ToolCall("add", {"a": 1})]
+        assert calls_sent(steps, ending) == [ToolCall("add", {"a": 1})]
 
 
 class TestToolCalls:
-    async def test_a_call_in_several_pieces_is_sent_once_with_the_ending(self) -> None:
-        # Held back while it streams (it might still turn out to be content), decided once the
-        # answer is complete: never a partial call, never the call's JSON as content.
+    async def test_a_call_in_several_pieces_is_sent_once_with_the_piece_that_completes_it(
+        self,
+    ) -> None:
+        # Held back while it streams (it might still turn out to be content), sent as soon as
+        # its JSON is complete: never a partial call, never the call's JSON as content.
         steps, ending = await streamed(
             Written([" ", '{"name": "ad', 'd", "argum', 'ents": {"a": 1}}']), tools=TOOLS
         )
-        assert all(step == Answer() for step in steps)
-        assert ending == Ending(tool_calls=[ToolCall("add", {"a": 1})])
+        assert steps == [
+            Answer(),
+            Answer(),
+            Answer(),
+            Answer(tool_calls=[ToolCall("add", {"a": 1})]),
+        ]
+        assert ending == Ending()
 
-    async def test_two_calls_in_one_answer(self) -> None:
+    async def test_two_calls_in_one_answer_each_as_soon_as_it_is_complete(self) -> None:
         pieces = [
             "<tool_call>",
             '{"name": "add", "arguments": {"a": 1}}',
@@ -129,25 +140,30 @@ class TestToolCalls:
         ]
         calls = [ToolCall("add", {"a": 1}), ToolCall("get_weather", {"city": "Paris"})]
         steps, ending = await streamed(Written(pieces), tools=TOOLS)
-        assert sent(steps, ending) == ("", "") and ending.tool_calls == calls
+        assert [s.tool_calls for s in steps] == [[], calls[:1], [], calls[1:]]
+        assert sent(steps, ending) == ("", "") and ending == Ending()
         assert await whole_answer(Written(pieces), think=None, tools=TOOLS) == Answer(
             tool_calls=calls
         )
 
+    async def test_text_after_a_call_is_content_after_the_call(self) -> None:
+        steps, ending = await streamed(Written([ADD, " and then", " some words"]), tools=TOOLS)
+        assert calls_sent(steps, ending) == [ToolCall("add", {"a": 1})]
+        assert sent(steps, ending) == ("", " and then some words")
+        answer = await whole_answer(Written([ADD, " and then"]), think=None, tools=TOOLS)
+        assert answer == Answer(content=" and then", tool_calls=[ToolCall("add", {"a": 1})])
+
     @pytest.mark.parametrize(
         "pieces",
         [
-            pytest.param([ADD, " and then", " some words"], id="text after a call"),
             pytest.param(['{"name": "add", ', '"arguments": {"a": 1'], id="unterminated call"),
-            pytest.param(['{"name": "delete_all", "arguments": {}}'], id="tool not offered"),
+            pytest.param(['{"name": "delete_all",', ' "arguments": {}}'], id="tool not offered"),
         ],
     )
-    async def test_what_only_looked_like_a_call_is_content_at_the_end(
-        self, pieces: list[str]
-    ) -> None:
+    async def test_what_only_looked_like_a_call_is_content(self, pieces: list[str]) -> None:
         steps, ending = await streamed(Written(pieces), tools=TOOLS)
-        assert all(step == Answer() for step in steps)
-        assert ending == Ending(held="".join(pieces))
+        assert calls_sent(steps, ending) == []
+        assert sent(steps, ending) == ("", "".join(pieces))
         answer = await whole_answer(Written(pieces), think=None, tools=TOOLS)
         assert answer == Answer(content="".join(pieces))
 
