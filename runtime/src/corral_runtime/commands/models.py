@@ -96,8 +96,17 @@ def register(subparsers: Any) -> None:
 
     show = subparsers.add_parser("show", parents=[common], help="show a model's details")
     show.add_argument("name")
-    show.add_argument("--json", action="store_true", help="print /api/show-like JSON")
-    show.set_defaults(func=cmd_show)
+    only = show.add_mutually_exclusive_group()
+    only.add_argument("--json", action="store_true", help="print /api/show's JSON")
+    for part in SHOW_PARTS:
+        only.add_argument(
+            f"--{part}",
+            dest="only",
+            action="store_const",
+            const=part,
+            help=f"print only the model's {part}",
+        )
+    show.set_defaults(func=cmd_show, only=None)
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -367,75 +376,69 @@ def cmd_cp(args: argparse.Namespace) -> int:
     return 0
 
 
+# What ``corral show --<part>`` prints alone, as ``ollama show`` does.
+SHOW_PARTS = ("modelfile", "parameters", "template", "system", "license")
+LICENSE_LINES = 2
+
+
 def show_document(model: Any) -> dict[str, Any]:
-    """The store's part of ``/api/show``: details, parameters, template, system, license."""
-    from corral_runtime.store.catalog import ModelEntry, model_details
+    """What ``/api/show`` answers for the model, so ``corral show --json`` and the API agree."""
+    from corral_runtime.api.info import show_entry
 
-    entry = ModelEntry(model, model_details(model))
-    details = entry.details
-    info: dict[str, Any] = {}
-    if details is not None:
-        arch = details.architecture
-        info = {
-            "general.architecture": arch,
-            "general.parameter_count": details.parameter_count,
-            f"{arch}.context_length": details.context_length,
-            f"{arch}.embedding_length": details.embedding_length,
-            f"{arch}.block_count": details.block_count,
-        }
-    return {
-        "license": model.license or "",
-        "parameters": "\n".join(_parameter_lines(model.params)),
-        "template": model.template or (details.chat_template if details else "") or "",
-        "system": model.system or "",
-        "details": entry.details_json(),
-        "model_info": {k: v for k, v in info.items() if v is not None},
-        "modified_at": entry.modified_at,
-    }
+    return show_entry(model, verbose=False)
 
 
-def _parameter_lines(params: dict[str, Any]) -> list[str]:
-    lines = []
-    for key, value in sorted(params.items()):
-        for item in value if isinstance(value, list) else [value]:
-            text = json.dumps(item) if isinstance(item, str) else str(item)
-            lines.append(f"{key:<15} {text}")
-    return lines
+def show_sections(doc: dict[str, Any]) -> str:
+    """``ollama show``'s sections from an ``/api/show`` document: Model, Capabilities,
+    Parameters, System, and the first lines of the License."""
+    info, details = doc["model_info"], doc["details"]
+    arch = info.get("general.architecture", "")
+    rows = [
+        ("architecture", arch),
+        ("parameters", details.get("parameter_size")),
+        ("context length", info.get(f"{arch}.context_length")),
+        ("embedding length", info.get(f"{arch}.embedding_length")),
+        ("quantization", details.get("quantization_level")),
+    ]
+    sections = [
+        ("Model", [f"{label:<20}{value}" for label, value in rows if value not in (None, "")])
+    ]
+    sections.append(("Capabilities", list(doc.get("capabilities", []))))
+    parameters = [line.split(None, 1) for line in doc["parameters"].splitlines() if line.strip()]
+    sections.append(("Parameters", [f"{p[0]:<15}{p[1] if len(p) > 1 else ''}" for p in parameters]))
+    sections.append(("System", doc["system"].splitlines()))
+    license_lines = [line.strip() for line in doc["license"].splitlines() if line.strip()]
+    more = ["..."] if len(license_lines) > LICENSE_LINES else []
+    sections.append(("License", license_lines[:LICENSE_LINES] + more))
+    blocks = [
+        "\n".join([f"  {title}", *(f"    {line}" for line in lines)])
+        for title, lines in sections
+        if lines
+    ]
+    return "\n\n".join(blocks) + "\n"
+
+
+def show_part(doc: dict[str, Any], part: str) -> str:
+    """One part of the model alone (``--modelfile``, ``--template``, …), ending in a newline."""
+    text = str(doc[part])
+    return text if text.endswith("\n") or not text else text + "\n"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from corral_runtime.store.gguf import GGUFError
     from corral_runtime.store.layout import CorruptStoreError, ModelNotFoundError, ModelStore
     from corral_runtime.store.names import InvalidNameError
 
     try:
         model = ModelStore(_models_dir(args)).get(args.name)
-    except (ModelNotFoundError, InvalidNameError, CorruptStoreError) as exc:
+        doc = show_document(model)
+    except (ModelNotFoundError, InvalidNameError, CorruptStoreError, GGUFError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    doc = show_document(model)
     if args.json:
         print(json.dumps(doc, indent=2))
-        return 0
-    info = doc["model_info"]
-    arch = info.get("general.architecture", "")
-    print("  Model")
-    rows = [
-        ("architecture", arch),
-        ("parameters", doc["details"]["parameter_size"]),
-        ("context length", info.get(f"{arch}.context_length", "")),
-        ("embedding length", info.get(f"{arch}.embedding_length", "")),
-        ("quantization", doc["details"]["quantization_level"]),
-    ]
-    for label, value in rows:
-        print(f"    {label:<20}{value}")
-    if doc["parameters"]:
-        print("\n  Parameters")
-        for line in doc["parameters"].splitlines():
-            print(f"    {line}")
-    if doc["system"]:
-        print("\n  System")
-        print("    " + doc["system"].replace("\n", "\n    "))
-    if doc["license"]:
-        print("\n  License")
-        print("    " + doc["license"].splitlines()[0])
+    elif args.only is not None:
+        sys.stdout.write(show_part(doc, args.only))
+    else:
+        sys.stdout.write(show_sections(doc))
     return 0

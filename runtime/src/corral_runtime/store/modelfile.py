@@ -315,8 +315,10 @@ def base_path(base: str, directory: Path) -> Path:
 
 def render_modelfile(modelfile: Modelfile, *, comments: Iterable[str] = ()) -> str:
     """The Modelfile text that reads back (``parse_modelfile``) into ``modelfile``, after
-    ``comments`` as ``#`` lines. ModelfileError for a value no quoting can carry."""
+    ``comments`` as ``#`` lines and a blank one. ModelfileError for a value no quoting can carry."""
     lines = [f"# {comment}" for comment in comments]
+    if lines:
+        lines.append("")
     lines.append(f"FROM {_quoted_text(modelfile.base, 'FROM')}")
     if modelfile.template is not None:
         lines.append(f"TEMPLATE {_quoted_text(modelfile.template, 'TEMPLATE')}")

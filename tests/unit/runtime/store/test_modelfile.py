@@ -159,7 +159,7 @@ def test_bytes_decode_as_utf8_or_utf16_with_a_mark_and_bad_bytes_name_their_line
 def test_a_written_modelfile_reads_back_into_the_same_model() -> None:
     original = parse_modelfile(EVERYTHING)
     text = render_modelfile(original, comments=["written by corral show"])
-    assert text.startswith("# written by corral show\nFROM llama3.2:1b\n")
+    assert text.startswith("# written by corral show\n\nFROM llama3.2:1b\n")
     assert "PARAMETER stop <|user|>\nPARAMETER stop <|end|>\n" in text
     assert parse_modelfile(text) == original
 
