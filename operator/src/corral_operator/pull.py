@@ -24,10 +24,10 @@ The operator reads the tail of the running pod's log through the API (``pods/log
 standard way to see a container's output) and reports the last such line as the Model's
 ``status.completedBytes``/``totalBytes``.
 
-Everything that changes what ends up in the store (source, pinned digest, template, system,
-parameters, messages, license, cache) is hashed into the Job's name, so a change starts a new Job
-(a re-pull) and an unchanged Model never pulls twice. A field a Model leaves unset is left out of
-the hash, so Models from before a field existed keep their hash and are not pulled again.
+Everything that changes what ends up in the store (source, name, pinned digest, template,
+system, parameters, messages, license, cache) is hashed into the Job's name, so a change starts a
+new Job (a re-pull) and an unchanged Model never pulls twice. A field a Model leaves unset is left
+out of the hash, so Models from before a field existed keep their hash and are not pulled again.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 _PULL_FIELDS = (
     "source",
+    "name",
     "digest",
     "template",
     "system",

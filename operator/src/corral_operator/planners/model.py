@@ -75,7 +75,8 @@ def plan_model(
     except InvalidSourceError as exc:
         return ModelPlan(conditions=_not_ready("InvalidSource", f"spec.source: {exc}"))
 
-    name = served_name(source, meta["name"])
+    # A Model made from a Modelfile names itself (spec.name, as ollama create NAME does).
+    name = str(spec.get("name") or served_name(source, meta["name"]))
     pvc = build_cache_pvc(meta["namespace"], profile_name, profile)
     claim = pvc["metadata"]["name"]
     spec_hash = pull.pull_spec_hash(spec)

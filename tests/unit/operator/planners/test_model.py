@@ -37,6 +37,21 @@ def test_new_model_starts_a_pull() -> None:
     assert _reasons(plan)["Ready"] == ("False", "Pulling")
 
 
+def _pull_name(plan: Any) -> str:
+    (container,) = plan.job["spec"]["template"]["spec"]["containers"]
+    return str(next(e["value"] for e in container["env"] if e["name"] == "CORRAL_PULL_NAME"))
+
+
+def test_a_named_model_is_pulled_and_served_under_its_name() -> None:
+    """spec.name (a Modelfile's ``corral deploy NAME -f``) wins over the source's own name, and
+    renaming pulls again; without it an Ollama source keeps its name."""
+    named = model()
+    named["spec"]["name"] = "pirate:v1"
+    plan, unnamed = plan_model(named, [], [], SETTINGS), plan_model(model(), [], [], SETTINGS)
+    assert (_pull_name(plan), _pull_name(unnamed)) == ("pirate:v1", "gemma3:270m")
+    assert plan.job["metadata"]["name"] != unnamed.job["metadata"]["name"]  # type: ignore[index]
+
+
 def test_pending_job_is_not_recreated_and_stale_jobs_go() -> None:
     name = plan_model(model(), [], [], SETTINGS).job["metadata"]["name"]  # type: ignore[index]
     plan = plan_model(model(), [_job(name, active=1), _job("corral-pull-gemma-old")], [], SETTINGS)
