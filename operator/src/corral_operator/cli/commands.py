@@ -21,6 +21,8 @@ from corral_operator.settings import CliSettings, KubeClientSettings
 if TYPE_CHECKING:
     import httpx
 
+    from corral_runtime.store.modelfile import Modelfile
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -71,9 +73,20 @@ def register(subparsers: Any) -> None:
         help="deploy a model to the cluster (a Model and a ModelServer)",
         description="Create or update the Model and ModelServer for MODEL with server-side "
         "apply (field manager corral-cli); both are named after the model "
-        "(gemma3:270m -> gemma3-270m).",
+        "(gemma3:270m -> gemma3-270m). With -f, MODEL is the name to serve the Modelfile's "
+        "model under, as in ollama create NAME -f Modelfile.",
     )
-    deploy.add_argument("model", metavar="MODEL", help="e.g. gemma3:270m, hf://org/repo/f.gguf")
+    deploy.add_argument(
+        "model",
+        metavar="MODEL",
+        help="e.g. gemma3:270m, hf://org/repo/f.gguf; with -f: the name, e.g. pirate",
+    )
+    deploy.add_argument(
+        "-f",
+        "--file",
+        metavar="MODELFILE",
+        help="an Ollama Modelfile (FROM a library name, hf://, https:// or pvc://)",
+    )
     deploy.add_argument("--gpus", type=int, default=0, help="GPUs per replica (default 0)")
     deploy.add_argument(
         "--min", dest="min_replicas", type=int, default=0, help="replicas kept up (default 0)"
@@ -192,6 +205,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from corral_operator.sources import InvalidSourceError
 
     try:
+        modelfile, is_local = read_modelfile(args.file) if args.file else (None, False)
         request = DeployRequest(
             model=args.model,
             gpus=args.gpus,
@@ -201,6 +215,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             max_keep_alive_seconds=parse_duration(args.max_keep_alive, forever=True),
             cpu=args.cpu,
             memory=args.memory,
+            modelfile=modelfile,
+            modelfile_is_local=is_local,
         )
         problems = request.problems()
         if problems:
@@ -226,6 +242,35 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     print(f"Chat with it: corral run {client_model_name(args.model)}")
     return 0
+
+
+def read_modelfile(path: str) -> tuple[Modelfile, bool]:
+    """The Modelfile at ``path`` and whether its FROM is a file on this machine (relative to
+    the Modelfile, as Ollama reads it). CommandError naming the file for what cannot be read;
+    the parser's warnings (parameters Ollama no longer uses) go to stderr."""
+    from pathlib import Path
+
+    from corral_runtime.store.modelfile import (
+        MAX_MODELFILE_BYTES,
+        ModelfileError,
+        base_path,
+        decode_modelfile,
+        parse_modelfile,
+    )
+
+    file = Path(path).expanduser()
+    try:
+        with file.open("rb") as handle:
+            # One byte past the cap is enough for the parser to refuse a file too large.
+            raw = handle.read(MAX_MODELFILE_BYTES + 1)
+        modelfile = parse_modelfile(decode_modelfile(raw))
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror or exc}") from None
+    except ModelfileError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+    for warning in modelfile.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return modelfile, base_path(modelfile.base, file.parent).exists()
 
 
 def cmd_run(args: argparse.Namespace, settings: CliSettings) -> int:

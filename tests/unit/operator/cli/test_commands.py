@@ -157,3 +157,42 @@ def test_stop_takes_one_model() -> None:
         cli.build_parser().parse_args(["stop"])
     assert exited.value.code == 2
     assert "stop" in subcommands()
+
+
+@pytest.mark.parametrize(
+    ("modelfile", "message"),
+    [
+        (None, "Error: {path}: No such file or directory"),
+        ("FROM gemma3:270m\nADAPTER ./lora.gguf\n", "Error: {path}: line 2: adapters are"),
+        ("FROM gemma3:270m\nPARAMETER top_k many\n", "Error: {path}: line 2:"),
+        ("FROM ./tiny.gguf\n", "Error: FROM ./tiny.gguf is a file on this machine"),
+        ("SYSTEM hi\n", "Error: {path}:"),
+    ],
+)
+def test_deploy_from_a_modelfile_refuses_what_the_cluster_cannot_pull_before_any_call(
+    modelfile: str | None,
+    message: str,
+    tmp_path: Path,
+    no_kubeconfig: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "Modelfile"
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
+    if modelfile is not None:
+        path.write_text(modelfile)
+    assert cli.main(["deploy", "pirate", "-f", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(path=path)), err
+    assert err.count("\n") == 1
+
+
+def test_deploy_reads_a_good_modelfile_then_needs_a_cluster(
+    tmp_path: Path, no_kubeconfig: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "Modelfile"
+    path.write_text("FROM gemma3:270m\nMESSAGE user hi\nPARAMETER mirostat 1\n")
+    assert cli.main(["deploy", "pirate", "-f", str(path)]) == 1
+    err = capsys.readouterr().err
+    # The deprecated parameter is skipped with a warning, as Ollama does; then the cluster.
+    assert "warning:" in err and "mirostat" in err
+    assert err.splitlines()[-1].startswith("Error: no cluster configured")
