@@ -1,22 +1,25 @@
-"""``corral run`` against the real runtime (``--host``): one-shot, piped, interactive at a
-terminal, and the errors a user sees."""
+"""``corral run`` against the real runtime (``--host``): one-shot, piped into and out of other
+programs, the session's commands against the server, a missing model pulled, and the errors a
+user sees. The session at a real terminal is test_cli_repl."""
 
 from __future__ import annotations
 
+import io
 import os
-import pty
-import select
 import subprocess
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import ollama
 import pytest
 
-from corral_operator.cli.chat import Conversation, interact
-from tests.runtime.conftest import RunningServer
+from corral_operator.cli.chat import Conversation
+from corral_operator.cli.repl import Repl
+from corral_runtime.store.layout import ModelStore
+from tests.runtime.conftest import RunningServer, serve, settings_for
+from tests.support.registry import TestRegistry
 
 pytestmark = pytest.mark.runtime
 
@@ -81,86 +84,99 @@ def test_the_stream_arrives_in_pieces_and_the_conversation_grows(
         ]
 
 
-def test_the_prompt_loop_keeps_history_until_bye(
-    runtime_server: RunningServer, capsys: pytest.CaptureFixture[str]
+class Lines:
+    """The session's reader over given lines (the terminal itself is test_cli_repl's)."""
+
+    def __init__(self, *lines: str) -> None:
+        self.lines, self.prompts, self.history = list(lines), list[str](), True
+
+    def read(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        if not self.lines:
+            raise EOFError
+        return self.lines.pop(0)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "models")
+
+
+def pulling_server_settings(store: ModelStore) -> Any:
+    """A ``corral serve`` that may pull from the loopback test registry."""
+    return settings_for(store.root, pull_allowed_hosts=["127.0.0.1"], pull_allow_insecure=True)
+
+
+def test_the_session_keeps_its_turns_and_its_commands_reach_the_server(
+    runtime_server: RunningServer,
 ) -> None:
-    lines = iter(["Hello there.", "", "/?", "What did I just say?", "/bye", "never read"])
-    prompts: list[str] = []
-
-    def read(prompt: str) -> str:
-        prompts.append(prompt)
-        return next(lines)
-
+    out, err = io.StringIO(), io.StringIO()
+    reader = Lines(
+        "Hello there.",
+        "",
+        "/set verbose",
+        "What did I just say?",
+        "/show parameters",
+        "/load no-such-model:1b",
+        "/bye",
+        "never read",
+    )
     with httpx.Client(base_url=runtime_server.base_url, timeout=60) as http:
-        conversation = Conversation(http, MODEL, options=GREEDY)
-        interact(conversation, read, sys.stdout)
+        conversation = Conversation(http, MODEL, options=dict(GREEDY))
+        Repl(conversation, reader, out, err).run()
         assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 2
         assert conversation.messages[2]["content"] == "What did I just say?"
-        more = iter(["/clear", "/bye"])
-        interact(conversation, lambda _prompt: next(more), sys.stdout)
+        assert conversation.model == MODEL  # the failed /load changed nothing
+        Repl(conversation, Lines("/clear", "/bye"), out, err).run()
         assert conversation.messages == []
-    assert prompts == [">>> "] * 5
-    out = capsys.readouterr().out
-    assert "/bye" in out  # the help text
-    assert "Cleared the conversation." in out
+    assert reader.lines == ["never read"]
+    text = out.getvalue()
+    assert "Model defined parameters:" in text and "User defined parameters:" in text
+    assert "Couldn't find model 'no-such-model:1b'" in text
+    assert "Cleared session context" in text
+    # /set verbose: Ollama's timing summary after the second reply only, on stderr.
+    stats = err.getvalue()
+    assert stats.count("eval rate:") == 2  # "prompt eval rate" and "eval rate", once each
+    assert "prompt eval count:" in stats and "total duration:" in stats
 
 
-def test_interactive_at_a_terminal(runtime_server: RunningServer) -> None:
-    """A real pseudo-terminal: the prompt appears, a reply streams, /bye exits with 0."""
-    main_fd, child_fd = pty.openpty()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "corral_runtime.cli",
-            "run",
-            MODEL,
-            "--host",
-            runtime_server.base_url,
-            *OPTION_ARGS,
-        ],
-        stdin=child_fd,
-        stdout=child_fd,
-        stderr=child_fd,
-        close_fds=True,
-    )
-    os.close(child_fd)
-    seen = b""
-
-    def read_until(marker: bytes, count: int, timeout: float = 90) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while seen.count(marker) < count:
-            assert time.monotonic() < deadline, f"no {marker!r} in {seen!r}"
-            ready, _, _ = select.select([main_fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(main_fd, 4096)
-                except OSError:
-                    break
-
-    try:
-        read_until(b">>> ", 1)
-        os.write(main_fd, b"Say hello.\n")
-        read_until(b">>> ", 2)
-        os.write(main_fd, b"/bye\n")
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        os.close(main_fd)
-    reply = seen.split(b"Say hello.", 1)[1].rsplit(b">>> ", 1)[0]
-    assert reply.strip(), seen
+def test_a_missing_model_is_pulled_first(tiny_registry: TestRegistry, store: ModelStore) -> None:
+    name = f"{tiny_registry.host}/library/tiny"
+    with serve(pulling_server_settings(store), store) as server:
+        url = server.base_url
+        result = corral("run", name, "hi", "--host", url, "--insecure", "-o", "num_predict=4")
+        assert result.returncode == 0, result.stderr
+        assert "pulling manifest" in result.stderr and "success" in result.stderr
+        assert store.get(name).model_path.exists()
+        again = corral("run", name, "hi", "--host", url, "-o", "num_predict=4")
+        assert again.returncode == 0 and again.stderr == ""  # present now: no pull
 
 
-def test_unknown_model_is_one_error_line(runtime_server: RunningServer) -> None:
-    result = corral("run", "no-such-model:1b", "hi", "--host", runtime_server.base_url)
+def test_a_model_that_cannot_be_pulled_is_one_error_line(
+    tiny_registry: TestRegistry, store: ModelStore
+) -> None:
+    with serve(pulling_server_settings(store), store) as server:
+        name = f"{tiny_registry.host}/library/nope"
+        result = corral("run", name, "hi", "--host", server.base_url, "--insecure")
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.startswith("Error: 404 from ")
-    assert "no-such-model:1b" in result.stderr
-    assert result.stderr.count("\n") == 1
+    assert result.stderr.splitlines()[-1].startswith("Error: ")
+    assert "file does not exist" in result.stderr
+    assert result.stderr.count("Error") == 1
+
+
+def test_the_reply_piped_into_head_ends_quietly(runtime_server: RunningServer) -> None:
+    """``corral run M hi | head -c 1``: the reader leaves after one byte while the reply is
+    still streaming; corral ends at once, exit 0, no traceback."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("CORRAL_HOST", "OLLAMA_HOST")}
+    command = (
+        f"{sys.executable} -m corral_runtime.cli run {MODEL} 'Tell me a long story.' "
+        f"--host {runtime_server.base_url} -o num_predict=400 -o temperature=0 "
+        '| head -c 1; echo " ${PIPESTATUS[0]}"'
+    )
+    result = subprocess.run(["bash", "-c", command], capture_output=True, timeout=120, env=environ)
+    assert result.stderr == b""
+    assert len(result.stdout) == 4 and result.stdout.endswith(b" 0\n"), result.stdout
 
 
 def test_nothing_listening_is_one_error_line() -> None:

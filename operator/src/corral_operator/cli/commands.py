@@ -114,21 +114,28 @@ def register(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run",
         parents=[common],
-        help="chat with a model through the cluster's gateway",
-        description="Chat with MODEL through corral's gateway (or any Ollama-compatible server). "
-        "Without PROMPT at a terminal: an interactive chat, /bye to leave. With PROMPT, or "
-        "with input piped in: one reply.",
+        help="chat with a model (a local server's, pulled if missing, or the cluster's)",
+        description="Chat with MODEL on a server: --host, CORRAL_HOST or OLLAMA_HOST; else the "
+        "cluster's gateway when a cluster flag is given; else a server at 127.0.0.1:11434 "
+        "(`corral serve`, Ollama), which pulls MODEL if it lacks it; else the gateway of the "
+        "kubeconfig's cluster. Without PROMPT at a terminal: Ollama's interactive session "
+        "(/? for help, /bye or Ctrl-D to leave). With PROMPT, or input piped in: one reply.",
     )
     run.add_argument("model", metavar="MODEL", help="the served name, e.g. gemma3:270m")
     run.add_argument("prompt", metavar="PROMPT", nargs="*", help="one prompt, then exit")
     run.add_argument(
         "--host",
-        help="server URL (default: CORRAL_HOST, OLLAMA_HOST, else the gateway in the cluster)",
+        help="server URL (default: CORRAL_HOST, OLLAMA_HOST, 127.0.0.1:11434, the cluster's "
+        "gateway)",
     )
     run.add_argument(
         "--gateway-namespace",
-        default=settings.gateway_namespace,
         help="where corral is installed (default: CORRAL_GATEWAY_NAMESPACE or corral-system)",
+    )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="let the server pull a missing MODEL from a registry over plain HTTP",
     )
     run.add_argument("--system", help="a system message for the conversation")
     run.add_argument("--keep-alive", help="keep_alive sent with each request (e.g. 10m)")
@@ -276,19 +283,21 @@ def read_modelfile(path: str) -> tuple[Modelfile, bool]:
 def cmd_run(args: argparse.Namespace, settings: CliSettings) -> int:
     import httpx
 
-    from corral_operator.cli import chat, gateway
+    from corral_operator.cli import chat, gateway, repl
     from corral_operator.cli.values import parse_option
 
     try:
-        host = gateway.explicit_host(args.host, settings)
         options = dict(parse_option(text) for text in args.option)
+        choice, host = gateway.find_server(
+            args.host,
+            settings,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            namespace=args.namespace,
+            gateway_namespace=args.gateway_namespace,
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    if host is None:
-        with _connected(args) as cluster:
-            host = gateway.find_gateway(
-                cluster, args.gateway_namespace or gateway.DEFAULT_GATEWAY_NAMESPACE
-            )
     prompt = " ".join(args.prompt)
     interactive = not prompt and sys.stdin.isatty()
     if not sys.stdin.isatty():
@@ -301,8 +310,14 @@ def cmd_run(args: argparse.Namespace, settings: CliSettings) -> int:
         conversation = chat.Conversation(
             http, args.model, system=args.system, keep_alive=args.keep_alive, options=options
         )
+        chat.ensure_model(
+            conversation,
+            repl.pull_progress(sys.stderr),
+            gateway=choice.gateway,
+            insecure=args.insecure,
+        )
         if interactive:
-            chat.interact(conversation, input, sys.stdout)
+            repl.interact(conversation, sys.stdout, sys.stderr)
         else:
             chat.say(conversation, prompt, sys.stdout)
     return 0

@@ -1,4 +1,4 @@
-"""The chat request ``corral run`` sends and how it reads Ollama's NDJSON stream."""
+"""The chat request ``corral run`` sends and how it reads Ollama's NDJSON streams."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from corral_operator.cli.chat import Conversation, parse_stream
+from corral_operator.cli.chat import Conversation, read_chunks
 from corral_operator.cli.cluster import CommandError
 
 pytestmark = pytest.mark.unit
@@ -17,30 +17,36 @@ def lines(*chunks: object) -> list[str]:
     return [c if isinstance(c, str) else json.dumps(c) for c in chunks]
 
 
-def test_pieces_in_order_blank_keepalives_skipped_and_done_ends() -> None:
+def test_chunks_in_order_blank_keepalives_skipped_and_done_ends() -> None:
     stream = lines(
         "",
         " ",
         {"message": {"role": "assistant", "content": "Hel"}, "done": False},
-        {"message": {"role": "assistant", "content": ""}, "done": False},
         {"message": {"role": "assistant", "content": "lo"}, "done": False},
-        {"message": {"role": "assistant", "content": ""}, "done": True},
+        {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 2},
         {"message": {"content": "after done"}},
     )
-    assert list(parse_stream(iter(stream))) == ["Hel", "lo"]
+    chunks = list(read_chunks(iter(stream)))
+    assert [c["message"]["content"] for c in chunks] == ["Hel", "lo", ""]
+    assert chunks[-1]["eval_count"] == 2
+    # A pull's stream has no done chunk: every line is progress.
+    progress = lines({"status": "pulling manifest"}, {"status": "success"})
+    assert len(list(read_chunks(iter(progress), until_done=False))) == 2
 
 
 def test_error_line_raises_with_its_text() -> None:
     stream = lines({"message": {"content": "a"}}, {"error": "model 'x' not found"})
-    pieces = parse_stream(iter(stream))
-    assert next(pieces) == "a"
+    chunks = read_chunks(iter(stream))
+    assert next(chunks)["message"] == {"content": "a"}
     with pytest.raises(CommandError, match="model 'x' not found"):
-        next(pieces)
+        next(chunks)
 
 
 def test_garbage_raises() -> None:
     with pytest.raises(CommandError, match="unexpected reply"):
-        list(parse_stream(iter(["<html>"])))
+        list(read_chunks(iter(["<html>"])))
+    with pytest.raises(CommandError, match="unexpected reply"):
+        list(read_chunks(iter(["[1, 2]"])))
 
 
 def test_request_carries_system_history_and_keep_alive() -> None:
@@ -65,3 +71,11 @@ def test_request_carries_system_history_and_keep_alive() -> None:
     with httpx.Client() as http:
         plain = Conversation(http, "m").request_body("x")
     assert plain == {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+
+
+def test_format_and_think_only_when_set() -> None:
+    with httpx.Client() as http:
+        conv = Conversation(http, "m", options={"num_predict": 8}, format="json", think=False)
+        body = conv.request_body("x")
+    assert body["format"] == "json" and body["think"] is False
+    assert body["options"] == {"num_predict": 8}

@@ -68,9 +68,7 @@ def no_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.parametrize(
-    "argv", [["models"], ["deploy", "gemma3:270m"], ["run", "gemma3:270m", "hi"]]
-)
+@pytest.mark.parametrize("argv", [["models"], ["deploy", "gemma3:270m"]])
 def test_no_kubeconfig_is_one_line_and_exit_1(
     argv: list[str], no_kubeconfig: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from corral_operator.cli import gateway
 from corral_operator.cli.cluster import CommandError
 from corral_operator.cli.gateway import (
     LOCAL_SERVER,
@@ -117,3 +120,21 @@ def test_no_local_server_and_a_kubeconfig_means_the_gateway() -> None:
 def test_nothing_there_says_how_to_start_one() -> None:
     with pytest.raises(CommandError, match=r"no server at 127\.0\.0\.1:11434.*corral serve"):
         choose(local=Probe(False), kube=Probe(False))
+
+
+def test_run_with_no_server_and_no_cluster_says_how_to_start_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole rule through ``corral run``: nothing at the local address (a free port stands
+    in for 11434, which a developer's own server may hold) and no kubeconfig."""
+    from corral_runtime import cli
+    from devstack.controlplane import free_port
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "CORRAL_HOST", "OLLAMA_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(gateway, "LOCAL_SERVER", f"http://127.0.0.1:{free_port()}")
+    assert cli.main(["run", "gemma3:270m", "hi"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"Error: {gateway.NO_SERVER}\n"
