@@ -1,6 +1,7 @@
 """The gateway's decisions as pure functions: which pod takes a request, when to scale a server
-up, whether a held request may queue, when activity is worth writing to the API server, and when
-the requests' ``keep_alive`` lets a server go (its idle deadline)."""
+up, whether a held request may queue, when activity is worth writing to the API server, when
+the requests' ``keep_alive`` lets a server go (its idle deadline), and when an unload is answered
+without a pod."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from corral_operator.api import FOREVER
+from corral_operator.gateway.topology import ServerView
 
 
 def pick_endpoint(
@@ -132,6 +134,15 @@ def server_idle_deadline(
             return FOREVER
         furthest = moment if furthest is None else max(furthest, moment)
     return furthest
+
+
+def unload_answered_here(unload: bool, view: ServerView | None) -> bool:
+    """Whether the gateway answers an unload request itself: when no pod of the server takes
+    requests (scaled to zero, scaling down, or still starting), nothing there has the model
+    loaded, and forwarding would hold the request and wake the server only to unload it. To a
+    server with pods it is forwarded; either way its keep_alive 0 is recorded, so the server
+    goes down to minReplicas once nothing else keeps it up."""
+    return unload and (view is None or not view.serving)
 
 
 def hold_failure_message(model: str, waited_seconds: float, reason: str | None) -> str:

@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from corral_operator.durations import keep_alive_seconds
+
 
 class Api(StrEnum):
     OLLAMA = "ollama"
@@ -70,6 +72,8 @@ class RequestFacts:
     stream: bool
     keep_alive: Any = None
     """Ollama's ``keep_alive`` as sent (number, duration string, or None)."""
+    unload: bool = False
+    """Ollama's unload request (``ollama stop``): keep_alive 0 and nothing to generate."""
 
 
 def request_facts(route: Route, body: bytes) -> RequestFacts:
@@ -91,7 +95,36 @@ def request_facts(route: Route, body: bytes) -> RequestFacts:
     if route.kind in (Kind.EMBED, Kind.SHOW):
         streaming = False
     keep_alive = data.get("keep_alive") if route.api is Api.OLLAMA else None
-    return RequestFacts(model=model.strip(), stream=streaming, keep_alive=keep_alive)
+    return RequestFacts(
+        model=model.strip(),
+        stream=streaming,
+        keep_alive=keep_alive,
+        unload=is_unload(route, data),
+    )
+
+
+def is_unload(route: Route, data: Mapping[str, Any]) -> bool:
+    """Whether a body is Ollama's unload request: ``keep_alive`` 0 on /api/generate with no
+    prompt (nor suffix or images) or on /api/chat with no messages, as the runtime reads it.
+    With anything to generate, a keep_alive 0 unloads only after answering."""
+    if route.api is not Api.OLLAMA or route.kind not in (Kind.GENERATE, Kind.CHAT):
+        return False
+    if keep_alive_seconds(data.get("keep_alive")) != 0:
+        return False
+    if route.kind is Kind.CHAT:
+        return not data.get("messages")
+    return not (data.get("prompt") or data.get("suffix") or data.get("images"))
+
+
+def unload_answer(route: Route, model: str, now: datetime) -> dict[str, Any]:
+    """The runtime's answer to an unload, in Ollama's shape (``done_reason: unload``), for the
+    gateway to give itself where no pod has anything loaded."""
+    answer: dict[str, Any] = {"model": model, "created_at": _ollama_time(now)}
+    if route.kind is Kind.CHAT:
+        answer["message"] = {"role": "assistant", "content": ""}
+    else:
+        answer["response"] = ""
+    return {**answer, "done": True, "done_reason": "unload"}
 
 
 _DEFAULT_HOST = "registry.ollama.ai/"

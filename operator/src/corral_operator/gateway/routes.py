@@ -10,10 +10,13 @@ does both in front of every route. A routed request names its model for the metr
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from corral_operator.durations import keep_alive_seconds
+from corral_operator.gateway.decisions import unload_answered_here
 from corral_operator.gateway.deps import (
     DispatcherDep,
     MetricsDep,
@@ -39,6 +42,7 @@ from corral_operator.gateway.protocol import (
     model_not_found,
     normalize_model_name,
     request_facts,
+    unload_answer,
 )
 from corral_operator.gateway.proxy import forward_headers
 
@@ -67,6 +71,9 @@ async def routed(request: Request) -> Response:
     # Each inference request sets its model's keep_alive (none: the server's default).
     keep = keep_alive_seconds(facts.keep_alive)
     dispatcher.touch(entry.server, keep, None if route.kind is Kind.SHOW else entry.name)
+    if unload_answered_here(facts.unload, dispatcher.server(entry.server)):
+        # `ollama stop` of a sleeping server: nothing is loaded, and nothing is woken.
+        return JSONResponse(unload_answer(route, facts.model, datetime.now(UTC)))
     headers = forward_headers(request.headers.items())
     try:
         return await proxy.forward(route, facts, entry.server, path, headers, body)

@@ -18,7 +18,9 @@ from corral_operator.gateway.decisions import (
     pick_endpoint,
     server_idle_deadline,
     should_flush_activity,
+    unload_answered_here,
 )
+from corral_operator.gateway.topology import ServerKey, ServerView
 
 pytestmark = pytest.mark.unit
 
@@ -169,3 +171,22 @@ def test_early_endpoints_are_starting_pods_probed_recently() -> None:
     starting = ("10.0.0.1:11434", "10.0.0.2:11434", "10.0.0.3:11434")
     assert early_endpoints(starting, probed, now=110.0, trust_seconds=30.0) == ("10.0.0.1:11434",)
     assert early_endpoints(starting, {}, now=110.0, trust_seconds=30.0) == ()
+
+
+class TestUnloadAnsweredHere:
+    KEY: ServerKey = ("ns", "gemma")
+
+    def test_a_server_at_zero_replicas_is_not_woken_to_unload(self) -> None:
+        assert unload_answered_here(True, ServerView(key=self.KEY, desired=0))
+
+    def test_nor_one_scaling_down_or_still_starting(self) -> None:
+        assert unload_answered_here(True, ServerView(key=self.KEY, endpoints=("a:1",), desired=0))
+        assert unload_answered_here(True, ServerView(key=self.KEY, desired=1))
+
+    def test_a_server_with_pods_unloads_on_them(self) -> None:
+        assert not unload_answered_here(
+            True, ServerView(key=self.KEY, endpoints=("a:1",), desired=1)
+        )
+
+    def test_other_requests_are_never_answered_here(self) -> None:
+        assert not unload_answered_here(False, ServerView(key=self.KEY, desired=0))

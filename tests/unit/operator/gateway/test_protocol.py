@@ -17,6 +17,7 @@ from corral_operator.gateway.protocol import (
     model_not_found,
     normalize_model_name,
     request_facts,
+    unload_answer,
 )
 
 pytestmark = pytest.mark.unit
@@ -125,3 +126,44 @@ def test_inband_errors() -> None:
     event = inband_error(Api.OPENAI, "boom")
     assert event.startswith(b"data: ") and event.endswith(b"\n\n")
     assert json.loads(event[len(b"data: ") :])["error"]["message"] == "boom"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "unload"),
+    [
+        ("/api/generate", {"model": "m", "keep_alive": 0}, True),
+        ("/api/generate", {"model": "m", "keep_alive": "0s", "prompt": ""}, True),
+        ("/api/generate", {"model": "m", "keep_alive": "0"}, True),
+        ("/api/chat", {"model": "m", "keep_alive": 0, "messages": []}, True),
+        ("/api/chat", {"model": "m", "keep_alive": "0m"}, True),
+        # Something to generate first: an answer, then the unload (the pod's business).
+        ("/api/generate", {"model": "m", "keep_alive": 0, "prompt": "hi"}, False),
+        ("/api/generate", {"model": "m", "keep_alive": 0, "suffix": "x"}, False),
+        ("/api/chat", {"model": "m", "keep_alive": 0, "messages": [{"role": "user"}]}, False),
+        # A load, not an unload.
+        ("/api/generate", {"model": "m"}, False),
+        ("/api/generate", {"model": "m", "keep_alive": -1}, False),
+        ("/api/generate", {"model": "m", "keep_alive": "5m"}, False),
+        ("/api/generate", {"model": "m", "keep_alive": "soon"}, False),
+        # No such request in the OpenAI API or for embeddings.
+        ("/v1/chat/completions", {"model": "m", "keep_alive": 0}, False),
+        ("/api/embed", {"model": "m", "keep_alive": 0}, False),
+    ],
+)
+def test_an_unload_is_keep_alive_zero_with_nothing_to_generate(
+    path: str, body: dict[str, object], unload: bool
+) -> None:
+    assert request_facts(ROUTED[path], json.dumps(body).encode()).unload is unload
+
+
+def test_the_unload_answer_is_the_runtimes_shape() -> None:
+    assert unload_answer(ROUTED["/api/generate"], "gemma3:270m", NOW) == {
+        "model": "gemma3:270m",
+        "created_at": "2025-01-02T03:04:05Z",
+        "response": "",
+        "done": True,
+        "done_reason": "unload",
+    }
+    chat = unload_answer(ROUTED["/api/chat"], "gemma3:270m", NOW)
+    assert chat["message"] == {"role": "assistant", "content": ""}
+    assert (chat["done"], chat["done_reason"]) == (True, "unload") and "response" not in chat
