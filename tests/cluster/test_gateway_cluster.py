@@ -137,6 +137,23 @@ async def test_held_request_wakes_the_server_and_fails_at_deadline(
     assert "corral_gateway_scale_events_total{" in metrics
 
 
+async def test_an_unload_does_not_wake_a_server_at_zero_replicas(
+    gateway: httpx.AsyncClient, k8s_client: Any, namespace: str
+) -> None:
+    # What `corral stop` / `ollama stop` sends through the gateway to a sleeping server.
+    create_ready_model(k8s_client, namespace, "gemma", "gemma3:270m")
+    create_server(k8s_client, namespace, "asleep", ["gemma"])
+    await wait_listed(gateway, "gemma3:270m")
+    for path in ("/api/generate", "/api/chat"):
+        answer = await gateway.post(path, json={"model": "gemma3:270m", "keep_alive": 0})
+        assert answer.status_code == 200
+        assert (answer.json()["done"], answer.json()["done_reason"]) == (True, "unload")
+    await _annotation(k8s_client, namespace, "asleep", lambda d: d is not None)
+    server = get_server(k8s_client, namespace, "asleep")
+    assert "replicas" not in server["spec"]
+    assert (server["metadata"].get("annotations") or {}).get(api.ANNOTATION_WAKE) is None
+
+
 async def test_keep_alive_scales_an_idle_server_to_zero(
     crds: None, k8s_client: Any, namespace: str
 ) -> None:
@@ -193,8 +210,11 @@ async def test_a_keep_alive_zero_through_the_gateway_undoes_a_forever(
     tick(ctx, namespace, "kept", later, log)
     assert get_server(k8s_client, namespace, "kept")["spec"]["replicas"] == 1
 
+    # An unload (keep_alive 0, no prompt): no pod has the model loaded, so the gateway answers
+    # it itself, and records its keep_alive all the same.
     body["keep_alive"] = 0
-    assert (await gateway.post("/api/generate", json=body)).status_code == 504
+    unloaded = await gateway.post("/api/generate", json=body)
+    assert (unloaded.status_code, unloaded.json()["done_reason"]) == (200, "unload")
     now = await _annotation(
         k8s_client,
         namespace,
