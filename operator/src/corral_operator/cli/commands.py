@@ -41,6 +41,21 @@ def _cluster_options() -> argparse.ArgumentParser:
     return common
 
 
+def _server_options(settings: CliSettings) -> argparse.ArgumentParser:
+    """``--host`` and ``--api-key`` of the commands that talk to one server (ps, stop)."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("server")
+    group.add_argument(
+        "--host", help="server URL (default: CORRAL_HOST, OLLAMA_HOST, 127.0.0.1:11434, cluster)"
+    )
+    group.add_argument(
+        "--api-key",
+        default=settings.api_key,
+        help="bearer key for a server with API keys (default: CORRAL_API_KEY)",
+    )
+    return options
+
+
 def _reported(func: Handler) -> Handler:
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
@@ -155,28 +170,21 @@ def register(subparsers: Any) -> None:
     )
     run.set_defaults(func=_reported(functools.partial(cmd_run, settings=settings)))
 
+    server = _server_options(settings)
     ps = subparsers.add_parser(
         "ps",
-        parents=[common],
+        parents=[common, server],
         help="list running models (a server's, as ollama ps) or the cluster's model servers",
         description="Against one server (--host, CORRAL_HOST, OLLAMA_HOST, else a server at "
         "127.0.0.1:11434): its loaded models, as `ollama ps` lists them. Against the cluster "
         "(a cluster flag, else a kubeconfig): its ModelServers, their replicas and what their "
         "pods have loaded.",
     )
-    ps.add_argument(
-        "--host", help="server URL (default: CORRAL_HOST, OLLAMA_HOST, 127.0.0.1:11434, cluster)"
-    )
-    ps.add_argument(
-        "--api-key",
-        default=settings.api_key,
-        help="bearer key for a server with API keys (default: CORRAL_API_KEY)",
-    )
     ps.set_defaults(func=_reported(functools.partial(cmd_ps, settings=settings)))
 
     stop = subparsers.add_parser(
         "stop",
-        parents=[common],
+        parents=[common, server],
         help="stop a running model (unload it), as ollama stop",
         description="Unload MODEL from the server chosen as for `corral run`. MODEL is the "
         "served name (gemma3:270m), not a ModelServer's name. Through the cluster's gateway a "
@@ -185,16 +193,8 @@ def register(subparsers: Any) -> None:
     )
     stop.add_argument("model", metavar="MODEL", help="the served name, e.g. gemma3:270m")
     stop.add_argument(
-        "--host", help="server URL (default: CORRAL_HOST, OLLAMA_HOST, 127.0.0.1:11434, cluster)"
-    )
-    stop.add_argument(
         "--gateway-namespace",
         help="where corral is installed (default: CORRAL_GATEWAY_NAMESPACE or corral-system)",
-    )
-    stop.add_argument(
-        "--api-key",
-        default=settings.api_key,
-        help="bearer key for a server with API keys (default: CORRAL_API_KEY)",
     )
     stop.set_defaults(func=_reported(functools.partial(cmd_stop, settings=settings)))
 
