@@ -44,7 +44,7 @@ def store(tmp_path: Path, test_model_path: Path) -> ModelStore:
     """A store of its own holding ``gemma3:270m``, the test GGUF linked beside it."""
     store = ModelStore(tmp_path / "models")
     ensure_test_model(store)
-    os.symlink(test_model_path, tmp_path / "gemma.gguf")
+    (tmp_path / "gemma.gguf").symlink_to(test_model_path)
     return store
 
 
