@@ -84,6 +84,18 @@ def test_the_stream_arrives_in_pieces_and_the_conversation_grows(
         ]
 
 
+def test_a_reply_stopped_midway_leaves_no_turn(runtime_server: RunningServer) -> None:
+    """What Ctrl-C does to a streaming reply (the stream is closed): the conversation is as it
+    was, so the next prompt is sent without the half answer."""
+    with httpx.Client(base_url=runtime_server.base_url, timeout=60) as http:
+        conversation = Conversation(http, MODEL, options={"num_predict": 200, "temperature": 0})
+        pieces = conversation.stream("Count from one to fifty.")
+        next(pieces), next(pieces)
+        pieces.close()
+        assert conversation.messages == []
+        assert list(conversation.stream("Say hi.")) and len(conversation.messages) == 2
+
+
 class Lines:
     """The session's reader over given lines (the terminal itself is test_cli_repl's)."""
 
