@@ -1,5 +1,6 @@
 """``corral pull``'s progress lines off a terminal: throttled, and each one ends with the bytes of
-the whole pull so far, which the operator reads from a pull Job's log."""
+the whole pull so far, which the operator reads from a pull Job's log; ``corral show``'s sections
+and parts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import re
 
 import pytest
 
-from corral_runtime.commands.models import ProgressPrinter
+from corral_runtime.cli import build_parser
+from corral_runtime.commands.models import ProgressPrinter, show_part, show_sections
 from corral_runtime.store.pull import PullEvent
 
 pytestmark = pytest.mark.unit
@@ -63,3 +65,78 @@ def test_an_import_counts_its_blob_once() -> None:
     printer(PullEvent("pulling dddd", "sha256:dddd", 20, 20))
     progress = [_bytes(line) for line in out.getvalue().splitlines()]
     assert progress == [(0, 500), (500, 500), (520, 520)]
+
+
+# -- corral show -------------------------------------------------------------------------------
+
+SHOWN = {
+    "model_info": {
+        "general.architecture": "llama",
+        "llama.context_length": 8192,
+        "llama.embedding_length": 2048,
+    },
+    "details": {"parameter_size": "1.2B", "quantization_level": "Q4_K_M"},
+    "capabilities": ["completion", "tools"],
+    "parameters": 'stop                           "<|eot_id|>"\ntemperature                    0.6',
+    "system": "Be brief.\nVery brief.",
+    "license": "LLAMA 3.2 COMMUNITY LICENSE\n\nVersion 3.2\nRelease date: 2024\n",
+    "template": "{{ .Prompt }}",
+    "modelfile": "FROM /blobs/sha256-x\n",
+}
+
+
+def test_show_prints_ollamas_sections_with_the_licenses_first_lines() -> None:
+    assert show_sections(SHOWN) == (
+        "  Model\n"
+        "    architecture        llama\n"
+        "    parameters          1.2B\n"
+        "    context length      8192\n"
+        "    embedding length    2048\n"
+        "    quantization        Q4_K_M\n"
+        "\n"
+        "  Capabilities\n"
+        "    completion\n"
+        "    tools\n"
+        "\n"
+        "  Parameters\n"
+        '    stop           "<|eot_id|>"\n'
+        "    temperature    0.6\n"
+        "\n"
+        "  System\n"
+        "    Be brief.\n"
+        "    Very brief.\n"
+        "\n"
+        "  License\n"
+        "    LLAMA 3.2 COMMUNITY LICENSE\n"
+        "    Version 3.2\n"
+        "    ...\n"
+    )
+
+
+def test_show_leaves_out_empty_sections_and_unknown_rows() -> None:
+    bare = {**SHOWN, "capabilities": [], "parameters": "", "system": "", "license": ""}
+    bare["details"] = {"parameter_size": "", "quantization_level": "F16"}
+    out = show_sections(bare)
+    assert out.count("\n\n") == 0 and "parameters" not in out and "F16" in out
+
+
+@pytest.mark.parametrize(
+    ("part", "printed"),
+    [
+        ("system", "Be brief.\nVery brief.\n"),
+        ("template", "{{ .Prompt }}\n"),
+        ("modelfile", "FROM /blobs/sha256-x\n"),
+        ("license", SHOWN["license"]),
+    ],
+)
+def test_show_parts_print_alone_ending_in_one_newline(part: str, printed: str) -> None:
+    assert show_part(SHOWN, part) == printed
+    assert show_part({part: ""}, part) == ""
+
+
+def test_show_takes_one_part_flag_or_json() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["show", "m", "--modelfile"]).only == "modelfile"
+    assert parser.parse_args(["show", "m"]).only is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["show", "m", "--json", "--license"])
