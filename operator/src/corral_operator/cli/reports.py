@@ -59,27 +59,12 @@ def modelfile_text(modelfile: str, conversation: Conversation) -> str:
 
 
 def info_text(shown: dict[str, Any], system: str) -> str:
-    """``/show info``: the model's facts, capabilities, parameters, system and licence."""
-    details = shown.get("details") or {}
-    info = shown.get("model_info") or {}
-    architecture = str(info.get("general.architecture") or details.get("family") or "")
-    rows = [
-        ("architecture", architecture),
-        ("parameters", details.get("parameter_size")),
-        ("context length", info.get(f"{architecture}.context_length")),
-        ("embedding length", info.get(f"{architecture}.embedding_length")),
-        ("quantization", details.get("quantization_level")),
-    ]
-    sections = [("Model", [f"{name:<19} {value}" for name, value in rows if value])]
-    sections.append(("Capabilities", [str(c) for c in shown.get("capabilities") or ()]))
-    sections.append(("Parameters", (shown.get("parameters") or "").splitlines()))
-    sections.append(("System", system.splitlines()))
-    sections.append(("License", (shown.get("license") or "").strip().splitlines()[:2]))
-    return "\n".join(
-        f"  {title}\n" + "".join(f"    {line}\n" for line in lines)
-        for title, lines in sections
-        if lines
-    )
+    """``/show info``: ``corral show``'s sections (the model's facts, capabilities, parameters,
+    system in effect and the licence's first lines), from any server's /api/show answer."""
+    from corral_runtime.commands.models import show_sections
+
+    defaults = {"model_info": {}, "details": {}, "parameters": "", "license": ""}
+    return show_sections({**defaults, **shown, "system": system}).rstrip("\n")
 
 
 def _value_text(value: Any) -> str:
