@@ -112,6 +112,7 @@ def test_a_model_from_a_stored_one_inherits_what_it_does_not_say(
         ("FROM gemma3:270m\nADAPTER ./lora.gguf\n", "Error: line 2: adapters are not supported"),
         ("FROM ./gemma.gguf\nPARAMETER color red\n", "Error: line 2: unknown parameter 'color'"),
         ("SYSTEM no base\n", "Error: no FROM line"),
+        ("FROM ./gemma.gguf\nPARAMETER top_p 5\n", "Error: invalid option 'top_p': 5.0 is out"),
         ("FROM nothere:1b\n", "Error: model 'nothere:1b' not found"),
         ("FROM ./nothere.gguf\n", "Error: FROM ./nothere.gguf: no such file"),
         ("FROM ./notgguf.bin\n", "Error: "),

@@ -99,6 +99,7 @@ def create_from_modelfile(
     create status lines. A GGUF file is landed as every imported file is
     (``ModelStore.import_file``); if the model is then refused, that blob goes again unless
     something else uses it."""
+    from corral_runtime.api.options import validate_options
     from corral_runtime.store.modelfile import base_path
     from corral_runtime.store.names import parse_name
     from corral_runtime.store.recipe import Recipe, RecipeError, create_from_recipe
@@ -117,6 +118,9 @@ def create_from_modelfile(
             license=modelfile.license,
         )
 
+    # Bounds too, not only types: a model whose parameters every request would refuse is
+    # refused now, by the same checks a request's options get.
+    validate_options(modelfile.parameters, source="PARAMETER")
     file = base_path(modelfile.base, directory)
     if not file.is_file():
         if names_a_file(modelfile.base):
