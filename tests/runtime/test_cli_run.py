@@ -15,7 +15,8 @@ import httpx
 import ollama
 import pytest
 
-from corral_operator.cli.chat import Conversation
+from corral_operator.cli.chat import Conversation, ensure_model
+from corral_operator.cli.cluster import CommandError
 from corral_operator.cli.repl import Repl
 from corral_runtime.store.layout import ModelStore
 from tests.runtime.conftest import RunningServer, serve, settings_for
@@ -162,6 +163,20 @@ def test_a_missing_model_is_pulled_first(tiny_registry: TestRegistry, store: Mod
         assert store.get(name).model_path.exists()
         again = corral("run", name, "hi", "--host", url, "-o", "num_predict=4")
         assert again.returncode == 0 and again.stderr == ""  # present now: no pull
+
+
+def test_through_the_gateway_a_missing_model_is_not_pulled_but_deployed(
+    runtime_server: RunningServer,
+) -> None:
+    """Where choose_server picked the cluster's gateway, a 404 means "not deployed": the error
+    names `corral deploy`, and nothing is pulled."""
+    pulled: list[dict[str, Any]] = []
+    with httpx.Client(base_url=runtime_server.base_url, timeout=60) as http:
+        conversation = Conversation(http, "no-such-model:1b")
+        with pytest.raises(CommandError, match=r"not deployed.*`corral deploy no-such-model:1b`"):
+            ensure_model(conversation, pulled.append, gateway=True)
+        ensure_model(Conversation(http, MODEL), pulled.append, gateway=True)  # it is there
+    assert pulled == []
 
 
 def test_a_model_that_cannot_be_pulled_is_one_error_line(
