@@ -192,6 +192,7 @@ class LineEditor:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 path.touch(mode=0o600, exist_ok=True)
                 readline.read_history_file(path)
+                readline.write_history_file(path)  # lines are appended; keep the newest only
             except OSError:
                 self.path = None  # no history file here; editing still works
 

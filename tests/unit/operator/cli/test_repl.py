@@ -4,6 +4,7 @@ request, and the commands that change the session without a server."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,9 +14,11 @@ from corral_operator.cli.chat import Conversation
 from corral_operator.cli.repl import (
     ALT_PROMPT,
     EXIT_HINT,
+    HISTORY_LENGTH,
     PROMPT,
     Assembler,
     Entry,
+    LineEditor,
     Repl,
     create_body,
     system_text,
@@ -220,3 +223,20 @@ def test_a_multi_line_system_message_through_the_session() -> None:
     repl, _ = session('/set system """Line one', 'line two"""')
     assert repl.conversation.system == "Line one\nline two"
     assert repl.reader.prompts[:2] == [PROMPT, ALT_PROMPT]  # type: ignore[attr-defined]
+
+
+def test_the_history_file_keeps_the_newest_lines(tmp_path: Path) -> None:
+    import readline
+
+    path = tmp_path / ".corral" / "history"
+    path.parent.mkdir()
+    path.write_text("".join(f"line {n}\n" for n in range(HISTORY_LENGTH + 5)))
+    try:
+        LineEditor(path)
+        kept = path.read_text().splitlines()
+    finally:
+        readline.clear_history()
+    assert len(kept) == HISTORY_LENGTH and kept[-1] == f"line {HISTORY_LENGTH + 4}"
+    LineEditor(tmp_path / "new" / "history")  # a missing folder and file are made
+    readline.clear_history()
+    assert (tmp_path / "new" / "history").exists()
