@@ -78,14 +78,14 @@ def cmd_create(args: argparse.Namespace) -> int:
     store = ModelStore(Path(args.models).expanduser() if args.models else default_models_dir())
     try:
         target = parse_name(args.name)
-        modelfile = read_modelfile(path)
+        try:
+            modelfile = read_modelfile(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
         for warning in modelfile.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print("gathering model components", flush=True)
         create_from_modelfile(store, target, modelfile, path.parent)
-    except FileNotFoundError:
-        print(f"Error: {path}: no such file", file=sys.stderr)
-        return 1
     except (OSError, ValueError, LookupError, RuntimeError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
