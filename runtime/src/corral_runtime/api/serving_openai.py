@@ -77,9 +77,10 @@ async def chat_completions(body: ChatCompletionRequest, serving: Serving, *, pat
         answer = await whole_answer(generation, think=think, tools=tools)
         message: WireObject = {"role": "assistant", "content": answer.content}
         if answer.tool_calls:
+            # Content after the calls (rare) stays; with none, content is null as OpenAI's.
             message = {
                 "role": "assistant",
-                "content": None,
+                "content": answer.content or None,
                 "tool_calls": wire_tool_calls(answer.tool_calls),
             }
         # Reasoning goes to reasoning_content, as OpenAI-compatible servers send it.
