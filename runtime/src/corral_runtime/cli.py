@@ -8,6 +8,10 @@ So the runtime names no other package: the operator's cluster commands appear wh
 installed (a workstation, the development environment) and are simply absent where it is not (the
 runtime image). Modules are imported only to build the parser, and import their heavy
 dependencies only when a command runs, so that ``corral --help`` stays fast.
+
+A module may also say where ``corral --help`` lists its commands: ``HELP_GROUPS`` maps a command
+to one of ``GROUP_TITLES``' keys (local, server, cluster). Every command reports an error as one
+``Error: …`` line on stderr and exits 1; a usage error (argparse's) exits 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -16,12 +20,23 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from corral_runtime import __version__
 
 COMMANDS_GROUP = "corral.commands"
 RUNTIME_DISTRIBUTION = "corral-runtime"
+GROUP_TITLES = {
+    "local": "Models on this machine (the store `corral serve` serves):",
+    "server": "A running server (`corral serve`, the cluster's gateway, or OLLAMA_HOST):",
+    "cluster": "A Kubernetes cluster with corral installed:",
+}
+OTHER_TITLE = "Other commands:"
+# Ollama's order where the commands are Ollama's, then corral's own.
+COMMAND_ORDER = (
+    "serve", "create", "show", "run", "stop", "pull", "list", "ps", "cp", "rm", "deploy", "models"
+)  # fmt: skip
 
 
 def command_providers() -> list[EntryPoint]:
@@ -36,16 +51,68 @@ def command_providers() -> list[EntryPoint]:
     return sorted(entry_points(group=COMMANDS_GROUP), key=key)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandHelp:
+    """One line of ``corral --help``: a command, its aliases, its help, and its group's key."""
+
+    name: str
+    aliases: tuple[str, ...]
+    help: str
+    group: str
+
+
+def command_sections(commands: Iterable[CommandHelp]) -> str:
+    """The commands listed under their group's title, groups in ``GROUP_TITLES``' order (then
+    any other), commands in ``COMMAND_ORDER`` (then by name), one aligned line each."""
+    ordered = sorted(
+        commands,
+        key=lambda c: (
+            COMMAND_ORDER.index(c.name) if c.name in COMMAND_ORDER else len(COMMAND_ORDER),
+            c.name,
+        ),
+    )
+    labels = {c.name: ", ".join((c.name, *c.aliases)) for c in ordered}
+    width = max((len(label) for label in labels.values()), default=0) + 2
+    sections = []
+    for key, title in [*GROUP_TITLES.items(), ("", OTHER_TITLE)]:
+        rows = [c for c in ordered if (c.group if c.group in GROUP_TITLES else "") == key]
+        if rows:
+            lines = [f"  {labels[c.name]:<{width}}{c.help}".rstrip() for c in rows]
+            sections.append("\n".join([title, *lines]))
+    return "\n\n".join(sections)
+
+
 def build_parser(providers: Iterable[EntryPoint] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corral",
-        description="Serve and manage local models (Ollama- and OpenAI-compatible).",
+        usage="corral [-h] [--version] COMMAND ...",
+        description="Serve and manage local models (Ollama- and OpenAI-compatible), on this\n"
+        "machine or on a Kubernetes cluster.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'corral COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"corral {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # The grouped list (below) replaces argparse's one flat list of commands.
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
+    groups: dict[str, str] = {}
     # A provider that fails to import is a broken installation: say so rather than hide commands.
     for provider in command_providers() if providers is None else providers:
-        provider.load().register(subparsers)
+        module = provider.load()
+        module.register(subparsers)
+        groups.update(getattr(module, "HELP_GROUPS", {}))
+    # argparse keeps each command's help on its (private) pseudo-actions, in registration order.
+    choices = subparsers._choices_actions
+    parser.description = f"{parser.description}\n\n" + command_sections(
+        CommandHelp(
+            name=action.dest,
+            aliases=tuple(action.metavar.split(" ", 1)[1].strip("()").split(","))
+            if action.metavar and " (" in action.metavar
+            else (),
+            help=action.help or "",
+            group=groups.get(action.dest, ""),
+        )
+        for action in choices
+    )
     return parser
 
 
@@ -70,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 0
+    except OSError as exc:
+        # What the machine refused (a store it may not write, a full disk) is the user's to
+        # fix, said in one line as every other error, not a traceback.
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

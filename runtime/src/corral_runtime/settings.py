@@ -275,20 +275,17 @@ class RuntimeSettings(BaseSettings):
         description="Let /api/pull import files from this machine (paths, file://, pvc://).",
     )
 
-    @field_validator("ollama_host")
-    @classmethod
-    def _bindable(cls, value: str | None) -> str | None:
-        # A bad OLLAMA_HOST is refused even where the flags make it moot: it is a mistake.
-        if value is not None and value.strip():
-            parse_bind_address(value)
-        return value
-
     @model_validator(mode="after")
     def _bind_ollama_host(self) -> Self:
-        # Only what CORRAL_HOST / CORRAL_PORT and the flags left unsaid comes from OLLAMA_HOST.
+        # Only what CORRAL_HOST / CORRAL_PORT and the flags left unsaid comes from OLLAMA_HOST,
+        # and only then is it read: a server told both (as a runtime pod is) ignores an
+        # OLLAMA_HOST it inherited, bad or not.
         given = self.model_fields_set
         if self.ollama_host and self.ollama_host.strip() and not {"host", "port"} <= given:
-            host, port = parse_bind_address(self.ollama_host)
+            try:
+                host, port = parse_bind_address(self.ollama_host)
+            except ValueError as exc:
+                raise ValueError(f"ollama-host: {exc}") from None
             if "host" not in given:
                 self.host = host
             if "port" not in given:

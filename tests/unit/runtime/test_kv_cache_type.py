@@ -48,7 +48,7 @@ def test_an_unknown_environment_value_is_one_line_naming_the_setting(
     with pytest.raises(ValidationError) as caught:
         RuntimeSettings()
     assert settings_error(caught.value) == (
-        "corral serve: kv-cache-type: Input should be 'f16', 'q8_0' or 'q4_0'"
+        "Error: kv-cache-type: Input should be 'f16', 'q8_0' or 'q4_0'"
     )
 
 

@@ -7,6 +7,6 @@ is installed; the handlers import the Kubernetes client only when they run.
 
 from __future__ import annotations
 
-from corral_operator.cli.commands import register
+from corral_operator.cli.commands import HELP_GROUPS, register
 
-__all__ = ["register"]
+__all__ = ["HELP_GROUPS", "register"]

@@ -77,6 +77,17 @@ def _connected(args: argparse.Namespace) -> Iterator[Cluster]:
         cluster.close()
 
 
+# Where `corral --help` lists them (corral_runtime.cli): run, ps and stop talk to whichever
+# server choose_server finds, deploy and models only to a cluster.
+HELP_GROUPS = {
+    "run": "server",
+    "ps": "server",
+    "stop": "server",
+    "deploy": "cluster",
+    "models": "cluster",
+}
+
+
 def register(subparsers: Any) -> None:
     common = _cluster_options()
     # Read once, as the parser is built: the environment gives defaults and run's host.
@@ -85,7 +96,7 @@ def register(subparsers: Any) -> None:
     deploy = subparsers.add_parser(
         "deploy",
         parents=[common],
-        help="deploy a model to the cluster (a Model and a ModelServer)",
+        help="Deploy a model to the cluster (a Model and a ModelServer)",
         description="Create or update the Model and ModelServer for MODEL with server-side "
         "apply (field manager corral-cli); both are named after the model "
         "(gemma3:270m -> gemma3-270m). With -f, MODEL is the name to serve the Modelfile's "
@@ -129,7 +140,7 @@ def register(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run",
         parents=[common],
-        help="chat with a model (a local server's, pulled if missing, or the cluster's)",
+        help="Chat with a model (pulled first on a local server)",
         description="Chat with MODEL on a server: --host, CORRAL_HOST or OLLAMA_HOST; else the "
         "cluster's gateway when a cluster flag is given; else a server at 127.0.0.1:11434 "
         "(`corral serve`, Ollama), which pulls MODEL if it lacks it; else the gateway of the "
@@ -174,7 +185,7 @@ def register(subparsers: Any) -> None:
     ps = subparsers.add_parser(
         "ps",
         parents=[common, server],
-        help="list running models (a server's, as ollama ps) or the cluster's model servers",
+        help="List running models (on the cluster: its ModelServers)",
         description="Against one server (--host, CORRAL_HOST, OLLAMA_HOST, else a server at "
         "127.0.0.1:11434): its loaded models, as `ollama ps` lists them. Against the cluster "
         "(a cluster flag, else a kubeconfig): its ModelServers, their replicas and what their "
@@ -185,7 +196,7 @@ def register(subparsers: Any) -> None:
     stop = subparsers.add_parser(
         "stop",
         parents=[common, server],
-        help="stop a running model (unload it), as ollama stop",
+        help="Stop a running model (unload it)",
         description="Unload MODEL from the server chosen as for `corral run`. MODEL is the "
         "served name (gemma3:270m), not a ModelServer's name. Through the cluster's gateway a "
         "server at zero replicas is not woken for it, and a running one scales down to its "
@@ -201,7 +212,7 @@ def register(subparsers: Any) -> None:
     models = subparsers.add_parser(
         "models",
         parents=[common],
-        help="list the cluster's Models (the local store is `corral list`)",
+        help="List the cluster's Models",
     )
     models.set_defaults(func=_reported(cmd_models))
 

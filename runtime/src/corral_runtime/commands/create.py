@@ -27,10 +27,13 @@ _PATH_PREFIXES = ("/", "./", "../", "~", ".\\")
 _MODEL_SUFFIXES = (".gguf", ".bin")
 
 
+HELP_GROUPS = {"create": "local"}  # where `corral --help` lists it (corral_runtime.cli)
+
+
 def register(subparsers: Any) -> None:
     create = subparsers.add_parser(
         "create",
-        help="create a model from a Modelfile",
+        help="Create a model from a Modelfile",
         description=(
             "Create a model in the store from a Modelfile: FROM a model in the store or a GGUF "
             "file, with TEMPLATE, SYSTEM, PARAMETER, MESSAGE and LICENSE."

@@ -30,6 +30,9 @@ def _models_dir(args: argparse.Namespace) -> Path:
     return Path(args.models).expanduser() if args.models else default_models_dir()
 
 
+HELP_GROUPS = dict.fromkeys(("pull", "list", "rm", "cp", "show"), "local")  # corral --help
+
+
 def register(subparsers: Any) -> None:
     from corral_runtime.settings import PullJobSettings
 
@@ -44,7 +47,7 @@ def register(subparsers: Any) -> None:
     pull = subparsers.add_parser(
         "pull",
         parents=[common],
-        help="pull a model into the store",
+        help="Pull a model into the store",
         description="Pull ollama://, hf://, https://, pvc:// or a local GGUF into the store.",
     )
     pull.add_argument(
@@ -80,21 +83,23 @@ def register(subparsers: Any) -> None:
     pull.add_argument("--workers", type=int, default=4, help="parallel download parts")
     pull.set_defaults(func=cmd_pull, result_file=job.result_file)
 
-    lst = subparsers.add_parser("list", aliases=["ls"], parents=[common], help="list models")
+    lst = subparsers.add_parser(
+        "list", aliases=["ls"], parents=[common], help="List the models in the store"
+    )
     lst.set_defaults(func=cmd_list)
 
     rm = subparsers.add_parser(
-        "rm", parents=[common], help="remove models and the blobs nothing else uses"
+        "rm", parents=[common], help="Remove models (and the blobs nothing else uses)"
     )
     rm.add_argument("names", nargs="+")
     rm.set_defaults(func=cmd_rm)
 
-    cp = subparsers.add_parser("cp", parents=[common], help="copy a model to a new name")
+    cp = subparsers.add_parser("cp", parents=[common], help="Copy a model to a new name")
     cp.add_argument("source")
     cp.add_argument("destination")
     cp.set_defaults(func=cmd_cp)
 
-    show = subparsers.add_parser("show", parents=[common], help="show a model's details")
+    show = subparsers.add_parser("show", parents=[common], help="Show information for a model")
     show.add_argument("name")
     only = show.add_mutually_exclusive_group()
     only.add_argument("--json", action="store_true", help="print /api/show's JSON")

@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from corral_runtime.durations import InvalidKeepAliveError, parse_default_keep_alive
 from corral_runtime.settings import KvCacheType, RuntimeSettings
 
+HELP_GROUPS = {"serve": "local"}  # where `corral --help` lists it (corral_runtime.cli)
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -184,20 +186,23 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
     try:
         return RuntimeSettings(**overrides)
     except ValidationError as exc:
-        # One line per setting, not pydantic's dump: "corral serve: keep-alive: invalid …".
+        # One line per setting, not pydantic's dump: "Error: keep-alive: invalid …".
         sys.stderr.write(settings_error(exc) + "\n")
         raise SystemExit(2) from None  # as argparse's own errors
 
 
 def settings_error(exc: ValidationError) -> str:
-    """A ``ValidationError`` of RuntimeSettings as ``corral serve: <setting>: <problem>``, one
-    line per setting."""
+    """A ``ValidationError`` of RuntimeSettings as ``Error: <setting>: <problem>``, one line per
+    setting, as every ``corral`` command reports an error (a check across settings names its
+    setting in its message)."""
     lines = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "settings"
-        name = field.removeprefix("CORRAL_").lower().removesuffix("_seconds").replace("_", "-")
         message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"corral serve: {name}: {message}")
+        if error["loc"]:
+            field = str(error["loc"][0])
+            name = field.removeprefix("CORRAL_").lower().removesuffix("_seconds").replace("_", "-")
+            message = f"{name}: {message}"
+        lines.append(f"Error: {message}")
     return "\n".join(lines)
 
 

@@ -33,11 +33,68 @@ def test_both_packages_register_through_the_entry_point_group() -> None:
     # Nothing in the runtime names the operator: the cluster commands come from the operator's
     # own distribution metadata, after the runtime's.
     providers = [(p.dist.name if p.dist else "", p.value) for p in cli.command_providers()]
-    assert providers[:2] == [
+    assert providers[:3] == [
+        ("corral-runtime", "corral_runtime.commands.create"),
         ("corral-runtime", "corral_runtime.commands.serve"),
         ("corral-runtime", "corral_runtime.commands.models"),
     ]
-    assert ("corral-operator", "corral_operator.cli") in providers[2:]
+    assert ("corral-operator", "corral_operator.cli") in providers[3:]
+
+
+def test_help_groups_local_server_and_cluster_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    local, server, cluster = (text.index(title) for title in cli.GROUP_TITLES.values())
+    assert local < server < cluster and cli.OTHER_TITLE not in text
+    assert "usage: corral [-h] [--version] COMMAND ..." in text
+
+    def group_of(command: str) -> int:
+        at = text.index(f"\n  {command} ")
+        return max(start for start in (local, server, cluster) if start < at)
+
+    for command in ("serve", "create", "show", "pull", "list, ls", "cp", "rm"):
+        assert group_of(command) == local, command
+    for command in ("run", "stop", "ps"):
+        assert group_of(command) == server, command
+    for command in ("deploy", "models"):
+        assert group_of(command) == cluster, command
+
+
+def test_command_sections_order_and_align() -> None:
+    sections = cli.command_sections(
+        [
+            cli.CommandHelp("rm", (), "Remove", "local"),
+            cli.CommandHelp("zap", (), "Made up", "nowhere"),
+            cli.CommandHelp("list", ("ls",), "List", "local"),
+            cli.CommandHelp("serve", (), "Serve", "local"),
+            cli.CommandHelp("ps", (), "Running", "server"),
+        ]
+    )
+    assert sections == (
+        f"{cli.GROUP_TITLES['local']}\n  serve     Serve\n  list, ls  List\n  rm        Remove\n\n"
+        f"{cli.GROUP_TITLES['server']}\n  ps        Running\n\n"
+        f"{cli.OTHER_TITLE}\n  zap       Made up"
+    )
+
+
+def test_an_error_of_the_machine_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A command that meets a refusal of the machine (a store it may not write): no traceback.
+    (tmp_path / "corral_refused_commands.py").write_text(
+        "def register(subparsers):\n"
+        "    def refused(args):\n"
+        "        raise PermissionError(13, 'Permission denied', '/srv/models/blobs')\n"
+        "    subparsers.add_parser('refused').set_defaults(func=refused)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    refused = provider("refused", "corral_refused_commands")
+    monkeypatch.setattr(cli, "command_providers", lambda: [refused])
+    assert cli.main(["refused"]) == 1
+    err = capsys.readouterr().err
+    assert err == "Error: [Errno 13] Permission denied: '/srv/models/blobs'\n"
 
 
 def test_without_the_operator_only_the_local_commands_exist() -> None:

@@ -135,3 +135,13 @@ def test_a_bad_ollama_host_is_one_line_and_exit_2(
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "ollama-host: invalid address 'example.test:port'" in error
+
+
+def test_a_bad_ollama_host_is_ignored_where_flags_say_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A runtime pod passes --host and --port: an OLLAMA_HOST inherited from elsewhere is moot.
+    monkeypatch.setenv("OLLAMA_HOST", "example.test:port")
+    args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "8000"])
+    settings = settings_from_args(args)
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
