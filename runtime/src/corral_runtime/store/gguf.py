@@ -466,6 +466,13 @@ class GGUFDetails:
     block_count: int | None
     chat_template: str | None
     name: str | None
+    # What a KV cache and a compute graph are sized from (the memory estimate, gpu.py).
+    head_count: int | None = None
+    head_count_kv: int | None = None  # None where per-layer (an array): head_count is the bound
+    key_length: int | None = None  # None: embedding_length / head_count, as llama.cpp defaults
+    value_length: int | None = None
+    feed_forward_length: int | None = None
+    vocab_size: int | None = None
 
     @classmethod
     def from_metadata(cls, md: dict[str, Any]) -> GGUFDetails:
@@ -501,7 +508,20 @@ class GGUFDetails:
             block_count=arch_int("block_count"),
             chat_template=template if isinstance(template, str) else None,
             name=name if isinstance(name, str) else None,
+            head_count=arch_int("attention.head_count"),
+            head_count_kv=arch_int("attention.head_count_kv"),
+            key_length=arch_int("attention.key_length"),
+            value_length=arch_int("attention.value_length"),
+            feed_forward_length=arch_int("feed_forward_length"),
+            vocab_size=arch_int("vocab_size") or _array_length(md.get("tokenizer.ggml.tokens")),
         )
+
+
+def _array_length(value: Any) -> int | None:
+    """How many items an array key holds, whether its items were kept or skipped."""
+    if isinstance(value, ArrayInfo):
+        return value.length
+    return len(value) if isinstance(value, list) else None
 
 
 def read_gguf_details(source: Path | BinaryIO) -> GGUFDetails:
