@@ -100,19 +100,21 @@ def build_parser(providers: Iterable[EntryPoint] | None = None) -> argparse.Argu
         module = provider.load()
         module.register(subparsers)
         groups.update(getattr(module, "HELP_GROUPS", {}))
-    # argparse keeps each command's help on its (private) pseudo-actions, in registration order.
-    choices = subparsers._choices_actions
-    parser.description = f"{parser.description}\n\n" + command_sections(
-        CommandHelp(
-            name=action.dest,
-            aliases=tuple(action.metavar.split(" ", 1)[1].strip("()").split(","))
-            if action.metavar and " (" in action.metavar
-            else (),
-            help=action.help or "",
-            group=groups.get(action.dest, ""),
+    # argparse keeps each command's help on its (private) pseudo-actions, in registration order;
+    # a command with aliases is shown as "list (ls)".
+    commands = []
+    for action in subparsers._choices_actions:
+        shown = action.metavar if isinstance(action.metavar, str) else action.dest
+        _, _, aliases = shown.partition(" (")
+        commands.append(
+            CommandHelp(
+                name=action.dest,
+                aliases=tuple(a.strip() for a in aliases.rstrip(")").split(",") if a.strip()),
+                help=action.help or "",
+                group=groups.get(action.dest, ""),
+            )
         )
-        for action in choices
-    )
+    parser.description = f"{parser.description}\n\n{command_sections(commands)}"
     return parser
 
 
