@@ -17,6 +17,7 @@ from corral_operator.builders.common import (
     pod_security_context,
     tmp_volume,
 )
+from corral_operator.builders.memory import memory_budget
 from corral_operator.settings import OperatorSettings
 
 # Startup and readiness are probed every second: a pod woken from zero holds requests at the
@@ -95,10 +96,15 @@ def _quantity(value: object) -> str:
     return str(value)
 
 
+def _memory_limit(spec: Mapping[str, Any], settings: OperatorSettings) -> str:
+    wanted = spec.get("resources") or {}
+    return _quantity(wanted.get("memory", settings.default_resources.memory))
+
+
 def _resources(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     wanted = spec.get("resources") or {}
     cpu = _quantity(wanted.get("cpu", settings.default_resources.cpu))
-    memory = _quantity(wanted.get("memory", settings.default_resources.memory))
+    memory = _memory_limit(spec, settings)
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
     limits: dict[str, str] = {"memory": memory}
     gpus = int(wanted.get("gpus", 0))
@@ -119,7 +125,21 @@ RUNTIME_SETTINGS_ENV = {
 }
 
 
-def _env(server: Mapping[str, Any]) -> list[dict[str, Any]]:
+def memory_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, str]]:
+    """What decides how many models a pod keeps loaded: memory, not a count. The count limit is
+    raised to the number of models served (the runtime's default of 3 would otherwise evict
+    before memory runs short), and a CPU pod gets the budget its memory limit allows."""
+    env = [
+        {"name": "CORRAL_MAX_LOADED_MODELS", "value": str(max(1, len(spec.get("models") or ())))}
+    ]
+    gpus = int((spec.get("resources") or {}).get("gpus", 0))
+    budget = memory_budget(_memory_limit(spec, settings), gpus)
+    if budget is not None:
+        env.append({"name": "CORRAL_MEMORY_BUDGET_BYTES", "value": str(budget)})
+    return env
+
+
+def _env(server: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
     meta, spec = server["metadata"], server["spec"]
     runtime = spec.get("runtime") or {}
     env: list[dict[str, Any]] = [
@@ -141,6 +161,7 @@ def _env(server: Mapping[str, Any]) -> list[dict[str, Any]]:
             "name": "CORRAL_GRACEFUL_SHUTDOWN_SECONDS",
             "value": str(shutdown_budget(termination_grace(spec))[1]),
         },
+        *memory_env(spec, settings),
     ]
     for field_name, variable in RUNTIME_SETTINGS_ENV.items():
         value = runtime.get(field_name)
@@ -223,7 +244,7 @@ def build_deployment(
             api.MODELS_MOUNT,
             *(runtime.get("extraArgs") or ()),
         ],
-        "env": _env(server),
+        "env": _env(server, settings),
         "ports": [{"name": "http", "containerPort": api.RUNTIME_PORT, "protocol": "TCP"}],
         "resources": _resources(spec, settings),
         "securityContext": container_security_context(),

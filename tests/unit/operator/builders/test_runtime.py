@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from corral_operator.builders.memory import memory_budget
 from corral_operator.builders.runtime import (
     ServedModel,
     build_deployment,
@@ -118,6 +119,31 @@ class TestDeployment:
         assert (settings.context_length, settings.parallel, settings.gpu_layers) == (8192, 4, 12)
         assert settings.flash_attention is True
         assert settings.kv_cache_type == "q8_0"
+        assert settings.max_loaded_models == 1
+        assert settings.memory_budget_bytes == memory_budget("2Gi", gpus=0)
+
+    def test_pods_evict_by_memory_not_by_count(self) -> None:
+        env = _env(_deployment(models=["a", "b", "c", "d"], resources={"memory": "3Gi"}))
+        # Four models may stay loaded where memory allows (the runtime's default is three).
+        assert env["CORRAL_MAX_LOADED_MODELS"] == "4"
+        assert env["CORRAL_MEMORY_BUDGET_BYTES"] == str(memory_budget("3Gi", gpus=0))
+
+    def test_the_budget_follows_the_memory_limit(self) -> None:
+        small = _env(_deployment(resources={"memory": "1Gi"}))["CORRAL_MEMORY_BUDGET_BYTES"]
+        large = _env(_deployment(resources={"memory": "8Gi"}))["CORRAL_MEMORY_BUDGET_BYTES"]
+        default = _env(_deployment(resources={}))["CORRAL_MEMORY_BUDGET_BYTES"]
+        assert int(str(small)) < int(str(default)) < int(str(large)) < 8 * 1024**3
+        assert default == str(memory_budget(OperatorSettings().default_resources.memory, 0))
+
+    def test_a_gpu_pod_measures_its_own_budget(self) -> None:
+        env = _env(_deployment(resources={"gpus": 1, "memory": "8Gi"}))
+        assert "CORRAL_MEMORY_BUDGET_BYTES" not in env
+        assert env["CORRAL_MAX_LOADED_MODELS"] == "1"
+
+    def test_the_users_env_sets_its_own_budget(self) -> None:
+        mine = {"name": "CORRAL_MEMORY_BUDGET_BYTES", "value": "1000"}
+        dep = _deployment(resources={"memory": "8Gi"}, runtime={"env": [mine]})
+        assert _container(dep)["env"][-1] == mine
 
     def test_probes_sized_for_model_load(self) -> None:
         container = _container(_deployment(runtime={"startupSeconds": 600}))
