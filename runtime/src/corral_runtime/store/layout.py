@@ -70,9 +70,11 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 def _hard_link(source: Path, target: Path) -> bool:
-    """Link ``source`` at ``target``; False where it cannot be (another file system)."""
+    """Link the file ``source`` names at ``target``; False where it cannot be (another file
+    system). A symbolic link is followed, as the hash and a copy follow it: link(2) would link
+    the link itself, which the store then refuses as a blob it did not make."""
     try:
-        os.link(source, target)
+        os.link(os.path.realpath(source), target)
     except OSError:
         return False
     return True

@@ -42,6 +42,19 @@ def test_an_import_lands_one_verified_blob_and_nothing_else(
     assert names(store) == [blob_filename(DIGEST)]
 
 
+@pytest.mark.parametrize("link", [True, False])
+def test_an_import_through_a_symbolic_link_lands_the_file_it_names(
+    store: ModelStore, source: Path, tmp_path: Path, link: bool
+) -> None:
+    # `corral pull ./model.gguf` where model.gguf links to a download elsewhere.
+    pointer = tmp_path / "pointer.gguf"
+    pointer.symlink_to(source)
+    assert store.import_file(pointer, link=link) == Layer("", DIGEST, len(DATA))
+    assert store.check_blob(DIGEST, len(DATA)) is BlobState.VALID
+    blob = store.blobs / blob_filename(DIGEST)
+    assert not blob.is_symlink() and blob.read_bytes() == DATA
+
+
 def test_concurrent_imports_of_one_file_make_one_blob(store: ModelStore, source: Path) -> None:
     layers: list[Layer] = []
     threads = [
