@@ -9,10 +9,12 @@ cannot grow the number of series without bound.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from corral_runtime.engine.priority import PRIORITY_CLASSES
 from corral_runtime.store.names import InvalidNameError, parse_name
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -74,6 +76,19 @@ class RuntimeMetrics:
             "corral_queue_depth",
             "Requests waiting for a free slot, per loaded model.",
             ["model"],
+            registry=self.registry,
+        )
+        self.queue_depth_by_priority = Gauge(
+            "corral_queue_depth_by_priority",
+            "Requests waiting for a free slot, per loaded model and priority class.",
+            ["model", "priority"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "corral_queue_wait_seconds",
+            "From accepting a generation to its taking a slot, per priority class.",
+            ["model", "priority"],
+            buckets=_TTFT_BUCKETS,
             registry=self.registry,
         )
         self.busy_slots = Gauge(
@@ -149,15 +164,30 @@ class RuntimeMetrics:
         self.tokens_generated.labels(model=model).inc(eval_count)
         self.prompt_tokens.labels(model=model).inc(prompt_tokens)
 
-    def observe_engine(self, model: str, *, queued: int, busy: int, slots: int) -> None:
-        """A loaded model's scheduler state, read when metrics are scraped."""
+    def observe_queue_wait(self, model: str, priority: str, seconds: float) -> None:
+        self.queue_wait.labels(model=model, priority=priority).observe(seconds)
+
+    def observe_engine(
+        self,
+        model: str,
+        *,
+        queued: int,
+        busy: int,
+        slots: int,
+        queued_by_priority: Mapping[str, int] | None = None,
+    ) -> None:
+        """A loaded model's scheduler state, read when metrics are scraped; every priority
+        class is given (waiting or not), so a dashboard sees zeros rather than gaps."""
+        for priority in PRIORITY_CLASSES:
+            depth = (queued_by_priority or {}).get(priority, 0)
+            self.queue_depth_by_priority.labels(model=model, priority=priority).set(depth)
         self.queue_depth.labels(model=model).set(queued)
         self.busy_slots.labels(model=model).set(busy)
         self.slots.labels(model=model).set(slots)
 
     def forget_engines(self) -> None:
         """Drop the per-model scheduler gauges (before setting those of the models loaded)."""
-        for gauge in (self.queue_depth, self.busy_slots, self.slots):
+        for gauge in (self.queue_depth, self.queue_depth_by_priority, self.busy_slots, self.slots):
             gauge.clear()
 
     def render(self) -> bytes:

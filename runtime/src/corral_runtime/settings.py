@@ -22,6 +22,8 @@ from corral_runtime.durations import DEFAULT_KEEP_ALIVE_SECONDS, parse_default_k
 GpuLayers = Literal["auto"] | Annotated[int, Field(ge=0)]
 # The KV cache's element types, as Ollama's OLLAMA_KV_CACHE_TYPE names them.
 KvCacheType = Literal["f16", "q8_0", "q4_0"]
+# The request priority classes, highest first (``engine.priority.PRIORITY_CLASSES``).
+PriorityClass = Literal["interactive", "batch"]
 
 
 def default_models_dir() -> Path:
@@ -213,6 +215,22 @@ class RuntimeSettings(BaseSettings):
         description=(
             "How long one request may generate (from taking a slot) before it is stopped with "
             "an error and its slot freed; unset: no limit."
+        ),
+    )
+    priority_aging_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A request waiting for a slot climbs one priority class per this many seconds "
+            "waited, so a batch request is never starved by interactive ones."
+        ),
+    )
+    priority_shares: dict[PriorityClass, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict,
+        description=(
+            "The most of a model's slots each priority class may hold while a request of "
+            'another class waits, e.g. {"batch": 0.75} (JSON in CORRAL_PRIORITY_SHARES); '
+            "a class not named may take every slot."
         ),
     )
     max_loaded_models: int = Field(default=3, ge=1)

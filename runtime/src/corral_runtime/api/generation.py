@@ -27,6 +27,7 @@ from corral_runtime.api.thinking import (
     wants_thinking,
 )
 from corral_runtime.engine.manager import Lease, LoadedModel, ModelManager
+from corral_runtime.engine.priority import DEFAULT_PRIORITY
 from corral_runtime.engine.types import (
     GenerationRequest,
     GenerationStats,
@@ -170,6 +171,7 @@ async def start_generation(
     check: ModelCheck | None = None,
     logprobs: int | None = None,
     context: tuple[int, ...] = (),
+    priority: str = DEFAULT_PRIORITY,
 ) -> Generation:
     """Everything up to the first token: errors raised here still become a status code."""
     started_ns = time.perf_counter_ns()
@@ -186,13 +188,14 @@ async def start_generation(
         # stopped from outside): a slow template must not stall /healthz or other requests.
         prompt = await render_off_loop(DEFAULT_BUDGET, lambda: build_prompt(model))
         stream = model.worker.generate(
-            GenerationRequest(prompt=prompt, params=params, context=context)
+            GenerationRequest(prompt=prompt, params=params, context=context, priority=priority)
         )
         try:
             await stream.started()
         except BaseException:
             stream.cancel()
             raise
+        metrics.observe_queue_wait(model.name, priority, stream.queue_seconds)
     except BaseException:
         lease.release()
         raise

@@ -49,6 +49,10 @@ async def metrics(metrics: MetricsDep, manager: ManagerDep) -> Response:
         worker = model.worker
         metrics.pending_requests.labels(model=model.name).set(worker.pending)
         metrics.observe_engine(
-            model.name, queued=worker.queued, busy=worker.busy_slots, slots=worker.parallel
+            model.name,
+            queued=worker.queued,
+            busy=worker.busy_slots,
+            slots=worker.parallel,
+            queued_by_priority=worker.queued_by_class(),
         )
     return Response(metrics.render(), media_type=CONTENT_TYPE)

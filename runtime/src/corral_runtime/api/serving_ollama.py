@@ -86,6 +86,7 @@ class _Asked:
         return await start_generation(
             serving.manager,
             serving.metrics,
+            priority=serving.priority,
             name=self.name,
             options=self.options,
             output_format=self.output_format,

@@ -60,6 +60,7 @@ async def chat_completions(body: ChatCompletionRequest, serving: Serving, *, pat
     generation = await start_generation(
         serving.manager,
         serving.metrics,
+        priority=serving.priority,
         name=body.model,
         options=body.engine_options(),
         output_format=output_format,
@@ -154,6 +155,7 @@ async def completions(body: CompletionRequest, serving: Serving, *, path: str) -
     generation = await start_generation(
         serving.manager,
         serving.metrics,
+        priority=serving.priority,
         name=body.model,
         options=body.engine_options(),
         output_format=None,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
 from corral_runtime.engine.llama import flash_attention_for
+from corral_runtime.engine.priority import PriorityPolicy
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import default_parallel
 from corral_runtime.engine.types import LoadOptions
@@ -215,6 +216,10 @@ class ModelManager:
             parallel=parallel,
             queue_timeout_s=self.settings.queue_timeout_seconds,
             generation_timeout_s=self.settings.generation_timeout_seconds,
+            priority=PriorityPolicy(
+                self.settings.priority_aging_seconds,
+                {str(name): share for name, share in self.settings.priority_shares.items()},
+            ),
         )
         worker = ModelWorker(
             stored.name.display,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from corral_runtime.engine.priority import DEFAULT_PRIORITY
+
 DoneReason = Literal["stop", "length", "cancelled"]
 
 # Ollama's defaults for sampling options (see its api/types.go DefaultOptions).
@@ -88,6 +90,8 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     # Token ids evaluated before the prompt (Ollama's ``context`` from an earlier answer).
     context: tuple[int, ...] = ()
+    # Its class in the wait for a slot (``priority.PRIORITY_CLASSES``).
+    priority: str = DEFAULT_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ thread, so the event loop never blocks on it. The thread runs a continuous-batch
 greedy), then evaluates the chunks of waiting prompts that fit in ``n_batch`` prompt tokens,
 each chunk alone, so several new requests start at once without changing anyone's logits. New
 requests take a free slot at the next step (reusing the longest cached prompt prefix among the
-free slots); the others wait in a bounded queue, and beyond it ``generate`` raises
+free slots); the others wait in a bounded queue, from which a free slot takes the request
+that ``priority.next_admitted`` names (class, aging, share caps), and beyond it ``generate`` raises
 ``QueueFullError`` (503). A request that waits longer than the queue timeout fails with
 ``QueueTimeoutError`` (also 503); one that generates longer than the generation timeout ends
 with ``GenerationTimeoutError`` and frees its slot. A cancelled stream (its client went away)
@@ -34,13 +35,14 @@ import math
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row, utf8
+from corral_runtime.engine.priority import PriorityPolicy, QueuedView, next_admitted
 from corral_runtime.engine.sampling import (
     GrammarCache,
     build_chain,
@@ -92,6 +94,7 @@ class LoadConfig:
     parallel: int | None = None  # None: ``default_parallel(n_ctx)``
     queue_timeout_s: float | None = None  # None: wait as long as it takes
     generation_timeout_s: float | None = None  # from taking a slot; None: no limit
+    priority: PriorityPolicy = field(default_factory=PriorityPolicy)  # who waits less
 
 
 def prompt_too_long_message(n_tokens: int | None, n_ctx: int) -> str:
@@ -105,6 +108,7 @@ def prompt_too_long_message(n_tokens: int | None, n_ctx: int) -> str:
 @dataclass(frozen=True, slots=True)
 class _Started:
     prompt_tokens: int
+    queue_seconds: float  # from submission to taking a slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,7 @@ class GenerationStream:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
         self.prompt_tokens = 0
+        self.queue_seconds = 0.0
         self.stats: GenerationStats | None = None
         self._logprobs: list[TokenLogprob] = []
 
@@ -160,6 +165,7 @@ class GenerationStream:
             raise item
         assert isinstance(item, _Started)
         self.prompt_tokens = item.prompt_tokens
+        self.queue_seconds = item.queue_seconds
         return item.prompt_tokens
 
     def take_logprobs(self) -> list[TokenLogprob]:
@@ -262,6 +268,8 @@ class ModelWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0
         self._pending_lock = threading.Lock()
+        # Requests admitted that do not hold a slot yet, per priority class (for /metrics).
+        self._queued_by_class: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._run, name=f"llama:{name}", daemon=True)
         self._context: LlamaBatchContext | None = None
         self._embedder: Any = None
@@ -315,15 +323,22 @@ class ModelWorker:
         """Requests admitted that do not hold a slot yet."""
         return max(0, self._pending - self._busy)
 
+    def queued_by_class(self) -> dict[str, int]:
+        """Requests admitted that do not hold a slot yet, per priority class."""
+        with self._pending_lock:
+            return {name: n for name, n in self._queued_by_class.items() if n > 0}
+
     # -- requests ----------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest) -> GenerationStream:
         """Queue a generation; raises QueueFullError when the wait queue is full."""
         stream = GenerationStream(asyncio.get_running_loop())
         self._admit()
+        self._count_queued(request.priority, 1)
         try:
             self._enqueue(_Submission(request, stream, time.perf_counter()))
         except BaseException:
+            self._count_queued(request.priority, -1)
             self._release()
             raise
         return stream
@@ -354,6 +369,10 @@ class ModelWorker:
     def _release(self) -> None:
         with self._pending_lock:
             self._pending -= 1
+
+    def _count_queued(self, priority: str, change: int) -> None:
+        with self._pending_lock:
+            self._queued_by_class[priority] += change
 
     async def _call(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -472,11 +491,27 @@ class ModelWorker:
             free = [slot for slot in self._slots if slot.sequence is None]
             if not free:
                 return
-            waiting = self._waiting.popleft()
+            waiting = self._take_next_waiting()
             views = [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in free]
             busy = {s.seq_id for s in self._slots if s.sequence is not None}
             choice = choose_slot(views, waiting.tokens, self._chunk, busy)
             self._assign(free[choice.index], waiting, choice.reuse)
+
+    def _take_next_waiting(self) -> _Waiting:
+        """Out of the waiting requests, the one that takes the next free slot (see
+        ``priority.next_admitted``)."""
+        now = time.perf_counter()
+        views = [
+            QueuedView(w.submission.request.priority, now - w.submission.submitted_at)
+            for w in self._waiting
+        ]
+        busy = Counter(
+            s.sequence.submission.request.priority for s in self._slots if s.sequence is not None
+        )
+        index = next_admitted(views, busy, len(self._slots), self.config.priority)
+        waiting = self._waiting[index]
+        del self._waiting[index]
+        return waiting
 
     def _assign(self, slot: _Slot, waiting: _Waiting, reuse: int) -> None:
         context = self._require_context()
@@ -515,7 +550,8 @@ class ModelWorker:
         slot.sequence = sequence
         slot.last_used = now
         self._busy += 1
-        submission.stream._put(_Started(len(tokens)))
+        self._count_queued(submission.request.priority, -1)
+        submission.stream._put(_Started(len(tokens), now - submission.submitted_at))
         if sequence.budget == 0:
             self._finish(slot, "length")
 
@@ -669,6 +705,7 @@ class ModelWorker:
         )
 
     def _finish_unstarted(self, submission: _Submission, outcome: object) -> None:
+        self._count_queued(submission.request.priority, -1)
         self._release()
         submission.stream._put(outcome)
 

@@ -1,0 +1,115 @@
+"""Request priorities: which waiting request takes the next free slot, as pure functions.
+
+A request names its class in the ``X-Corral-Priority`` header: ``interactive`` (a person waits
+for the answer) or ``batch`` (a job that only needs its answers eventually). A request without
+the header is ``interactive``, so a plain Ollama or OpenAI client is served as it always was
+and only a job that marks itself (or whose API key a ModelServer maps to ``batch``) yields.
+
+Three rules decide the order, in this order of precedence:
+
+- a class at its share cap (``PriorityPolicy.shares``: the most of the slots it may hold) does
+  not take another slot while a request of another class waits (while none does, a free slot is
+  never left idle);
+- a higher class goes first, but a waiting request climbs one class for every
+  ``aging_s`` seconds it waits, so a batch request is never starved by a stream of
+  interactive ones;
+- among equals, the one that has waited longest goes first (FIFO within a class).
+
+A runtime where every request has the same class therefore serves in arrival order, as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+# Highest first.
+PRIORITY_CLASSES: tuple[str, ...] = ("interactive", "batch")
+DEFAULT_PRIORITY = "interactive"
+PRIORITY_HEADER = "X-Corral-Priority"
+# A batch request that has waited this long is ranked as a fresh interactive one.
+DEFAULT_AGING_SECONDS = 30.0
+
+
+class UnknownPriorityError(ValueError):
+    """A priority class that is not one of ``PRIORITY_CLASSES``."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(
+            f"unknown priority {value!r} in {PRIORITY_HEADER}; "
+            f"use one of: {', '.join(PRIORITY_CLASSES)}"
+        )
+
+
+def parse_priority(value: str | None) -> str:
+    """The class a header value names (case and spaces aside); the default for none."""
+    if value is None or not value.strip():
+        return DEFAULT_PRIORITY
+    name = value.strip().lower()
+    if name not in PRIORITY_CLASSES:
+        raise UnknownPriorityError(value)
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityPolicy:
+    """How a model's slots are shared between classes."""
+
+    aging_s: float = DEFAULT_AGING_SECONDS
+    # Class -> the most of the slots (0 < share <= 1) it may hold while another class waits.
+    shares: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedView:
+    """What the admission choice needs to know of one waiting request."""
+
+    priority: str
+    waited_s: float
+
+
+def effective_rank(priority: str, waited_s: float, aging_s: float) -> float:
+    """A waiting request's rank, lower first: its class's place in ``PRIORITY_CLASSES`` less one
+    for every ``aging_s`` seconds waited (aging, so no request waits forever)."""
+    aging = waited_s / aging_s if aging_s > 0 else 0.0
+    return PRIORITY_CLASSES.index(priority) - aging
+
+
+def share_cap(share: float, slots: int) -> int:
+    """The slots a class with ``share`` may hold: at least one, so no class is shut out."""
+    return max(1, math.floor(share * slots + 1e-9))
+
+
+def capped_classes(
+    waiting: Sequence[str], busy: Mapping[str, int], slots: int, shares: Mapping[str, float]
+) -> frozenset[str]:
+    """The classes among ``waiting`` that may not take a slot now: those holding their share
+    while a request of another class waits."""
+    present = set(waiting)
+    return frozenset(
+        name
+        for name in present
+        if name in shares
+        and busy.get(name, 0) >= share_cap(shares[name], slots)
+        and present - {name}
+    )
+
+
+def next_admitted(
+    queued: Sequence[QueuedView], busy: Mapping[str, int], slots: int, policy: PriorityPolicy
+) -> int:
+    """The index into ``queued`` (in arrival order) of the request that takes the next free
+    slot. ``busy`` counts the slots each class holds now."""
+    if not queued:
+        raise ValueError("no waiting request to choose from")
+    capped = capped_classes([q.priority for q in queued], busy, slots, policy.shares)
+    eligible = [i for i, q in enumerate(queued) if q.priority not in capped]
+    return min(
+        eligible or range(len(queued)),
+        key=lambda i: (
+            effective_rank(queued[i].priority, queued[i].waited_s, policy.aging_s),
+            -queued[i].waited_s,
+            i,
+        ),
+    )

@@ -1,0 +1,142 @@
+"""Request priorities: the header's classes, and which waiting request takes a free slot
+(class first, aging so nobody starves, share caps while another class waits, FIFO among
+equals)."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from corral_runtime.engine.priority import (
+    DEFAULT_PRIORITY,
+    PRIORITY_CLASSES,
+    PriorityPolicy,
+    QueuedView,
+    UnknownPriorityError,
+    capped_classes,
+    effective_rank,
+    next_admitted,
+    parse_priority,
+    share_cap,
+)
+from corral_runtime.settings import PriorityClass, RuntimeSettings
+
+pytestmark = pytest.mark.unit
+
+INT, BAT = "interactive", "batch"
+POLICY = PriorityPolicy(aging_s=10.0)
+
+
+def q(priority: str, waited_s: float) -> QueuedView:
+    return QueuedView(priority, waited_s)
+
+
+class TestParsePriority:
+    @pytest.mark.parametrize("value", [None, "", "  "])
+    def test_no_class_is_interactive(self, value: str | None) -> None:
+        assert parse_priority(value) == DEFAULT_PRIORITY == INT
+
+    @pytest.mark.parametrize(
+        ("value", "expected"), [("batch", BAT), (" Batch ", BAT), ("INTERACTIVE", INT)]
+    )
+    def test_classes_by_name(self, value: str, expected: str) -> None:
+        assert parse_priority(value) == expected
+
+    def test_an_unknown_class_names_the_known_ones(self) -> None:
+        with pytest.raises(UnknownPriorityError, match="interactive, batch"):
+            parse_priority("urgent")
+
+    def test_the_settings_know_the_same_classes(self) -> None:
+        assert get_args(PriorityClass) == PRIORITY_CLASSES
+
+
+class TestOrder:
+    def test_interactive_goes_before_batch_that_waited_longer(self) -> None:
+        queued = [q(BAT, 3.0), q(BAT, 2.0), q(INT, 0.1)]
+        assert next_admitted(queued, {BAT: 4}, 4, POLICY) == 2
+
+    def test_within_a_class_the_longest_waiting_goes_first(self) -> None:
+        assert next_admitted([q(BAT, 3.0), q(BAT, 2.0)], {}, 4, POLICY) == 0
+        assert next_admitted([q(INT, 0.5), q(BAT, 9.0), q(INT, 0.4)], {}, 4, POLICY) == 0
+
+    def test_one_class_alone_is_served_in_arrival_order(self) -> None:
+        queued = [q(INT, 5.0 - i) for i in range(5)]
+        assert next_admitted(queued, {}, 2, POLICY) == 0
+
+
+class TestAging:
+    def test_rank_falls_by_one_class_per_aging_period(self) -> None:
+        assert effective_rank(BAT, 0.0, 10.0) == 1.0
+        assert effective_rank(BAT, 10.0, 10.0) == 0.0
+        assert effective_rank(INT, 5.0, 10.0) == -0.5
+
+    def test_a_batch_request_that_waited_long_enough_beats_a_fresh_interactive_one(self) -> None:
+        assert next_admitted([q(BAT, 10.5), q(INT, 0.2)], {}, 4, POLICY) == 0
+
+    def test_not_before_it_has_waited_that_long(self) -> None:
+        assert next_admitted([q(BAT, 9.0), q(INT, 0.2)], {}, 4, POLICY) == 1
+
+    def test_a_stream_of_interactive_requests_cannot_starve_batch(self) -> None:
+        # Every round a fresh interactive request arrives and one slot frees; the batch
+        # request is taken once it has aged past the newcomers.
+        rounds = next(
+            (n for n in range(100) if next_admitted([q(BAT, n), q(INT, 0.5)], {}, 4, POLICY) == 0),
+            None,
+        )
+        assert rounds == 11
+
+
+class TestShareCaps:
+    def test_cap_is_the_share_of_slots_rounded_down_and_at_least_one(self) -> None:
+        assert share_cap(0.75, 4) == 3
+        assert share_cap(0.5, 3) == 1
+        assert share_cap(0.1, 4) == 1
+        assert share_cap(1.0, 8) == 8
+        assert share_cap(0.3, 10) == 3
+
+    def test_a_class_at_its_share_yields_to_another_waiting_class(self) -> None:
+        # Interactive holds 2 of 4 slots (its cap at 0.5): a batch request that arrived later
+        # and ranks lower still takes the free slot.
+        policy = PriorityPolicy(aging_s=10.0, shares={INT: 0.5})
+        queued = [q(INT, 1.0), q(BAT, 0.1)]
+        assert capped_classes([INT, BAT], {INT: 2}, 4, policy.shares) == {INT}
+        assert next_admitted(queued, {INT: 2}, 4, policy) == 1
+
+    def test_under_its_share_the_class_order_holds(self) -> None:
+        policy = PriorityPolicy(aging_s=10.0, shares={INT: 0.5})
+        assert next_admitted([q(INT, 1.0), q(BAT, 5.0)], {INT: 1}, 4, policy) == 0
+
+    def test_a_capped_class_alone_still_takes_free_slots(self) -> None:
+        policy = PriorityPolicy(aging_s=10.0, shares={BAT: 0.5})
+        assert capped_classes([BAT, BAT], {BAT: 3}, 4, policy.shares) == frozenset()
+        assert next_admitted([q(BAT, 1.0), q(BAT, 0.5)], {BAT: 3}, 4, policy) == 0
+
+    def test_when_every_waiting_class_is_capped_no_slot_is_left_idle(self) -> None:
+        policy = PriorityPolicy(aging_s=10.0, shares={INT: 0.25, BAT: 0.25})
+        queued = [q(BAT, 2.0), q(INT, 1.0)]
+        assert capped_classes([BAT, INT], {INT: 1, BAT: 1}, 4, policy.shares) == {INT, BAT}
+        assert next_admitted(queued, {INT: 1, BAT: 1}, 4, policy) == 1
+
+    def test_the_cap_outranks_aging(self) -> None:
+        policy = PriorityPolicy(aging_s=10.0, shares={BAT: 0.5})
+        assert next_admitted([q(BAT, 100.0), q(INT, 0.1)], {BAT: 2}, 4, policy) == 1
+
+    def test_nothing_waiting_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="no waiting request"):
+            next_admitted([], {}, 4, POLICY)
+
+
+class TestSettings:
+    def test_shares_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CORRAL_PRIORITY_SHARES", '{"batch": 0.75}')
+        monkeypatch.setenv("CORRAL_PRIORITY_AGING_SECONDS", "12")
+        settings = RuntimeSettings()
+        assert settings.priority_shares == {BAT: 0.75}
+        assert settings.priority_aging_seconds == 12
+
+    @pytest.mark.parametrize("shares", ['{"urgent": 0.5}', '{"batch": 0}', '{"batch": 1.5}'])
+    def test_bad_shares_are_refused(self, monkeypatch: pytest.MonkeyPatch, shares: str) -> None:
+        monkeypatch.setenv("CORRAL_PRIORITY_SHARES", shares)
+        with pytest.raises(ValueError, match="priority_shares"):
+            RuntimeSettings()
