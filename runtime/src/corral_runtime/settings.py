@@ -235,7 +235,24 @@ class RuntimeSettings(BaseSettings):
     )
     max_loaded_models: int = Field(default=3, ge=1)
     memory_budget_bytes: int | None = Field(
-        default=None, ge=0, description="Evict least recently used models beyond this estimate."
+        default=None,
+        ge=0,
+        description=(
+            "Host memory the loaded models may take together (each model's estimate: weights, "
+            "KV cache for every slot, compute graph; what is offloaded to a GPU is planned "
+            "against the free VRAM instead). A load beyond it evicts the least recently used "
+            "idle models, waits for a busy one, or is refused when the model alone exceeds it. "
+            "Unset: the container's memory limit (cgroup) less memory_reserve_bytes, else the "
+            "machine's available memory at start less the reserve."
+        ),
+    )
+    memory_reserve_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Memory kept for the server itself (Python, requests in flight) when the budget "
+            "comes from the container's limit or the machine's available memory."
+        ),
     )
     keep_alive_seconds: float = Field(
         default=DEFAULT_KEEP_ALIVE_SECONDS,

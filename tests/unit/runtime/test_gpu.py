@@ -1,5 +1,6 @@
 """The gpu_layers decision: auto fits what the free VRAM holds, numbers are clamped, and a
-machine without a GPU runs everything on the CPU."""
+machine without a GPU runs everything on the CPU; the memory estimate of the two test models
+from their real headers; free VRAM of every GPU; the host memory budget from cgroup files."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from corral_runtime.gpu import (
     GpuInfo,
     ModelFootprint,
     kv_cache_bytes,
-    parse_free_vram,
+    model_shape,
+    parse_free_vram_per_gpu,
     plan_gpu_layers,
+    plannable_vram,
 )
 
 pytestmark = pytest.mark.unit
@@ -74,18 +77,32 @@ def test_a_negative_number_is_auto_as_in_ollama() -> None:
     assert plan_gpu_layers(-1, MODEL, NO_GPU).gpu_layers == 0
 
 
-def test_kv_cache_estimate() -> None:
-    assert kv_cache_bytes(n_ctx=2048, block_count=18, embedding_length=640) == (
-        2 * 2 * 2048 * 18 * 640
-    )
+# An old-style shape: no head counts in the header, so a full embedding per layer for K and V.
+NO_HEADS = model_shape(
+    block_count=18,
+    embedding_length=640,
+    head_count=None,
+    head_count_kv=None,
+    key_length=None,
+    value_length=None,
+    feed_forward_length=None,
+    vocab_size=None,
+)
+
+
+def test_kv_cache_estimate_without_head_counts_is_a_full_embedding() -> None:
+    assert kv_cache_bytes(2048, NO_HEADS) == 2 * 2 * 2048 * 18 * 640
 
 
 def test_a_quantized_kv_cache_is_estimated_by_its_block_size() -> None:
     values = 2 * 2048 * 18 * 640  # K and V
-    assert kv_cache_bytes(2048, 18, 640, "q8_0") == values * 34 // 32
-    assert kv_cache_bytes(2048, 18, 640, "q4_0") == values * 18 // 32
+    assert kv_cache_bytes(2048, NO_HEADS, "q8_0") == values * 34 // 32
+    assert kv_cache_bytes(2048, NO_HEADS, "q4_0") == values * 18 // 32
 
 
-def test_parse_nvidia_smi() -> None:
-    assert parse_free_vram("81000\n80000\n") == 81000 * 1024 * 1024
-    assert parse_free_vram("") == 0
+def test_free_vram_of_every_gpu_and_the_largest_is_planned_against() -> None:
+    assert parse_free_vram_per_gpu("81000\n80000\n") == (81000 << 20, 80000 << 20)
+    assert parse_free_vram_per_gpu("") == ()
+    # Not the first GPU (a busy GPU 0 no longer decides), not the sum (no tensor split).
+    assert plannable_vram((1000 << 20, 70000 << 20, 30000 << 20)) == 70000 << 20
+    assert plannable_vram(()) == 0

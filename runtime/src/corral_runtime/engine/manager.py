@@ -3,7 +3,11 @@
 A request takes a ``Lease`` on a model (loading it if needed) and returns it when done; the
 request's keep_alive then decides when the model unloads (0: right away, negative: never). When
 a load would exceed the configured number of models or the memory budget, the least recently
-used idle models are unloaded first.
+used idle models are unloaded first (``plan_room`` decides); when only busy models could make
+room the load waits for one to go idle (at most the queue timeout), and a model whose estimate
+alone exceeds the budget is refused at once (``ModelTooLargeError``). The budget is the
+configured one, else what the container or machine really has (``gpu.probe_memory_budget``);
+free VRAM is read again at each load, so a second model plans against what the first left.
 
 A model whose decode thread dies (``ModelWorker.failure``) is unloaded and loaded again with
 the same settings; until that is done ``unavailable()`` names it (``/readyz`` answers 503), and
@@ -17,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
@@ -25,9 +29,18 @@ from corral_runtime.engine.llama import flash_attention_for
 from corral_runtime.engine.priority import PriorityPolicy
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import default_parallel
-from corral_runtime.engine.types import LoadOptions
+from corral_runtime.engine.types import EngineError, LoadOptions, QueueTimeoutError
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
-from corral_runtime.gpu import GpuInfo, GpuPlan, ModelFootprint, kv_cache_bytes, plan_gpu_layers
+from corral_runtime.gpu import (
+    GpuInfo,
+    GpuPlan,
+    ModelShape,
+    model_footprint,
+    model_shape,
+    plan_gpu_layers,
+    probe_gpu,
+    probe_memory_budget,
+)
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.gguf import GGUFDetails
 from corral_runtime.store.layout import ModelStore, StoredModel
@@ -60,6 +73,76 @@ class LoadedModel:
     @property
     def n_ctx(self) -> int:
         return self.worker.n_ctx
+
+
+class ModelTooLargeError(EngineError):
+    """A model whose estimate alone exceeds the memory budget: no eviction could make room, so
+    the load is refused before llama.cpp allocates anything (answered 500, as Ollama does)."""
+
+    def __init__(self, name: str, needed: int, budget: int) -> None:
+        super().__init__(
+            f"model requires more system memory ({format_bytes(needed)}) than is available "
+            f"({format_bytes(budget)}): {name} does not fit this server's memory budget"
+        )
+        self.needed = needed
+        self.budget = budget
+
+
+def format_bytes(count: int) -> str:
+    """Bytes as Ollama's errors write them: 1.2 GiB, 512.0 MiB."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """What the room decision needs to know of a loaded model."""
+
+    name: str
+    host_bytes: int
+    busy: bool
+    last_used: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPlan:
+    """What a load does first: unload ``evict`` (least recently used first); then load, or, if
+    ``wait``, wait for a busy model to go idle and decide again; ``never_fits``: refuse."""
+
+    evict: tuple[str, ...] = ()
+    wait: bool = False
+    never_fits: bool = False
+
+
+def plan_room(
+    resident: Sequence[Resident], need: int, budget: int | None, max_models: int
+) -> RoomPlan:
+    """Make room for a model needing ``need`` bytes of host memory.
+
+    Idle models go, least recently used first, until both the model count and the memory budget
+    allow the load. If the memory still does not fit once every idle model is gone, nothing is
+    evicted yet and the load waits for a busy model (it becomes idle, then this is decided again:
+    no model is unloaded only to learn the load must wait anyway). Over the count with every
+    model busy, the load goes ahead (a count is no memory limit). A model needing more than the
+    whole budget never fits.
+    """
+    if budget is not None and need > budget:
+        return RoomPlan(never_fits=True)
+    used = sum(m.host_bytes for m in resident)
+    count = len(resident)
+    evict: list[str] = []
+    for model in sorted((m for m in resident if not m.busy), key=lambda m: m.last_used):
+        memory_over = budget is not None and used + need > budget
+        if not (memory_over or count >= max_models):
+            break
+        evict.append(model.name)
+        used -= model.host_bytes
+        count -= 1
+    if budget is not None and used + need > budget:
+        return RoomPlan(wait=True)
+    return RoomPlan(evict=tuple(evict))
 
 
 class Lease:
@@ -107,8 +190,18 @@ class ModelManager:
         self.store = store
         self.settings = settings
         self.gpu = gpu
+        self.memory_budget = (
+            settings.memory_budget_bytes
+            if settings.memory_budget_bytes is not None
+            else probe_memory_budget(settings.memory_reserve_bytes)
+        )
+        log.info(
+            "memory budget for models: %s",
+            "none" if self.memory_budget is None else format_bytes(self.memory_budget),
+        )
         self._models: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()
+        self._idle = asyncio.Event()  # set whenever a model's last request ends
         self._on_change = on_change
         self._on_load = on_load
         self._on_failure = on_failure
@@ -188,22 +281,24 @@ class ModelManager:
         # Loaded once in a child process first: a file llama.cpp dies on is refused, not fatal.
         await asyncio.to_thread(probe_model, self.store, stored)
         template = model_template(stored, details)
-        weights = stored.model_path.stat().st_size
-        footprint = ModelFootprint(
-            weights_bytes=weights,
-            block_count=details.block_count or 0,
-            kv_cache_bytes=kv_cache_bytes(
-                n_ctx,
-                details.block_count or 0,
-                details.embedding_length or 0,
-                self.settings.kv_cache_type,
-            ),
-        )
-        requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
-        plan = plan_gpu_layers(requested, footprint, self.gpu)
-        await self._make_room(plan.size_bytes)
         context = trained_context(n_ctx, details.context_length)
         parallel = self.settings.parallel or default_parallel(context)
+        footprint = model_footprint(
+            stored.model_path.stat().st_size,
+            shape_of(details),
+            n_ctx=context,
+            parallel=parallel,
+            n_batch=load.num_batch or self.settings.batch_size,
+            kv_cache_type=self.settings.kv_cache_type,
+            flash_attention=flash_attention_for(
+                self.settings.kv_cache_type, self.settings.flash_attention
+            ),
+        )
+        if self.gpu.offload_supported:  # What models loaded since the last look left free.
+            self.gpu = await asyncio.to_thread(probe_gpu, True)
+        requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
+        plan = plan_gpu_layers(requested, footprint, self.gpu)
+        await self._make_room(stored.name.display, plan.host_bytes)
         config = LoadConfig(
             model_path=stored.model_path,
             n_ctx=context,
@@ -257,27 +352,41 @@ class ModelManager:
         self._changed()
         return model
 
-    async def _make_room(self, size: int) -> None:
-        budget = self.settings.memory_budget_bytes
+    async def _make_room(self, name: str, need: int) -> None:
+        """Evict, wait or refuse as ``plan_room`` says (called holding the lock: the wait keeps
+        it, so no other load slips in between a model going idle and its eviction)."""
+        timeout = self.settings.queue_timeout_seconds
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            count_over = len(self._models) >= self.settings.max_loaded_models
-            used = sum(m.plan.size_bytes for m in self._models.values())
-            memory_over = budget is not None and used + size > budget
-            if not (count_over or memory_over):
+            resident = [
+                Resident(m.name, m.plan.host_bytes, m.in_flight > 0, m.last_used)
+                for m in self._models.values()
+            ]
+            room = plan_room(resident, need, self.memory_budget, self.settings.max_loaded_models)
+            if room.never_fits:
+                assert self.memory_budget is not None
+                raise ModelTooLargeError(name, need, self.memory_budget)
+            for victim in room.evict:
+                log.info("evicting %s (least recently used) to load %s", victim, name)
+                await self._unload(self._models[victim])
+            if not room.wait:
                 return
-            idle = [m for m in self._models.values() if m.in_flight == 0]
-            if not idle:
-                log.warning("over the model limit, but every loaded model is busy")
-                return
-            victim = min(idle, key=lambda m: m.last_used)
-            log.info("evicting %s (least recently used)", victim.name)
-            await self._unload(victim)
+            log.info("waiting for a busy model to go idle to make room for %s", name)
+            self._idle.clear()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueTimeoutError()
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                raise QueueTimeoutError() from None
 
     def _release(self, model: LoadedModel) -> None:
         model.in_flight -= 1
         model.last_used = time.monotonic()
         if model.in_flight > 0 or self._models.get(model.name) is not model:
             return
+        self._idle.set()  # A load waiting for room may evict it now.
         if model.keep_alive == 0:
             self._spawn_expiry(model)
             return
@@ -348,6 +457,20 @@ class ModelManager:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self)
+
+
+def shape_of(details: GGUFDetails) -> ModelShape:
+    """The header values a memory estimate is made of."""
+    return model_shape(
+        block_count=details.block_count,
+        embedding_length=details.embedding_length,
+        head_count=details.head_count,
+        head_count_kv=details.head_count_kv,
+        key_length=details.key_length,
+        value_length=details.value_length,
+        feed_forward_length=details.feed_forward_length,
+        vocab_size=details.vocab_size,
+    )
 
 
 def trained_context(requested: int, trained: int | None) -> int:
