@@ -1,0 +1,165 @@
+"""Request priorities on the real server and test model: with every slot held by batch work and
+more batch requests queued, an interactive request takes the next free slot ahead of them,
+``/metrics`` shows the wait queue and the wait per class, and an unknown class is a 400 on both
+APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from corral_runtime.store.layout import ModelStore
+from tests.runtime.conftest import RunningServer, serve, settings_for
+
+pytestmark = pytest.mark.runtime
+
+MODEL = "gemma3:270m"
+# Counting on from a raw prompt keeps the base model going until its client leaves.
+ENDLESS: dict[str, Any] = {
+    "model": MODEL,
+    "prompt": "1, 2, 3, 4, 5,",
+    "raw": True,
+    "options": {"num_predict": -1, "temperature": 0},
+}
+SHORT: dict[str, Any] = {
+    "model": MODEL,
+    "prompt": "The capital of France is",
+    "raw": True,
+    "options": {"num_predict": 8, "temperature": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def two_slot_server(model_store: ModelStore) -> Iterator[RunningServer]:
+    settings = settings_for(model_store.root, context_length=1024, parallel=2, max_queue=8)
+    with serve(settings, model_store) as server:
+        yield server
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """A sample's value in a Prometheus text page (labels in the order given), or None."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    prefix = f"{name}{{{wanted}}} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
+
+
+async def wait_for(client: httpx.AsyncClient, name: str, value: float, **labels: str) -> str:
+    """Poll /metrics until the sample reaches ``value``; the page it was read from."""
+    deadline = time.monotonic() + 30
+    while True:
+        page = (await client.get("/metrics")).text
+        if metric(page, name, **labels) == value:
+            return page
+        assert time.monotonic() < deadline, f"{name}{labels} never reached {value}"
+        await asyncio.sleep(0.05)
+
+
+async def stream(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    events: list[str],
+    name: str,
+    priority: str | None,
+) -> None:
+    """Generate with ``body`` under ``priority``, logging ``name`` at its first piece and at
+    its end."""
+    headers = {} if priority is None else {"X-Corral-Priority": priority}
+    async with client.stream("POST", "/api/generate", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        first = True
+        async for line in response.aiter_lines():
+            chunk = json.loads(line)
+            if first:
+                events.append(f"{name} first")
+                first = False
+            if chunk.get("done"):
+                events.append(f"{name} done")
+
+
+def test_an_interactive_request_takes_the_next_slot_ahead_of_queued_batch_ones(
+    two_slot_server: RunningServer,
+) -> None:
+    events: list[str] = []
+    labels = {"model": MODEL}
+
+    async def scenario() -> str:
+        async with httpx.AsyncClient(base_url=two_slot_server.base_url, timeout=120) as client:
+            hogs = [
+                asyncio.create_task(stream(client, ENDLESS, events, f"hog{i}", "batch"))
+                for i in range(2)
+            ]
+            await wait_for(client, "corral_busy_slots", 2, **labels)
+            queued = []
+            for i in range(3):
+                queued.append(
+                    asyncio.create_task(stream(client, SHORT, events, f"batch{i}", "batch"))
+                )
+                await wait_for(
+                    client, "corral_queue_depth_by_priority", i + 1, **labels, priority="batch"
+                )
+            # No header: interactive, the default class.
+            interactive = asyncio.create_task(stream(client, SHORT, events, "interactive", None))
+            waiting = await wait_for(
+                client, "corral_queue_depth_by_priority", 1, **labels, priority="interactive"
+            )
+            assert (
+                metric(waiting, "corral_queue_depth_by_priority", **labels, priority="batch") == 3
+            )
+            hogs[0].cancel()  # its slot frees at the next step
+            await interactive
+            await asyncio.gather(*queued)
+            hogs[1].cancel()
+            await asyncio.gather(*hogs, return_exceptions=True)
+            await wait_for(client, "corral_busy_slots", 0, **labels)
+            return (await client.get("/metrics")).text
+
+    page = asyncio.run(scenario())
+    firsts = [event.split()[0] for event in events if event.endswith(" first")]
+    assert firsts[:2] == ["hog0", "hog1"] or firsts[:2] == ["hog1", "hog0"]
+    assert firsts[2:] == ["interactive", "batch0", "batch1", "batch2"], events
+    # The queued batch requests went in arrival order, one after another.
+    assert events.index("interactive done") < events.index("batch0 first")
+    for priority, count in (("interactive", 1), ("batch", 5)):
+        served = metric(page, "corral_queue_wait_seconds_count", **labels, priority=priority)
+        assert served is not None and served >= count, (priority, served)
+        depth = metric(page, "corral_queue_depth_by_priority", **labels, priority=priority)
+        assert depth == 0
+    interactive_wait = metric(
+        page, "corral_queue_wait_seconds_sum", **labels, priority="interactive"
+    )
+    batch_wait = metric(page, "corral_queue_wait_seconds_sum", **labels, priority="batch")
+    assert interactive_wait is not None and batch_wait is not None
+    assert batch_wait > interactive_wait
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/completions"])
+def test_an_unknown_class_is_refused(two_slot_server: RunningServer, path: str) -> None:
+    body = {"model": MODEL, "prompt": "Hi", "stream": False}
+    response = httpx.post(
+        two_slot_server.base_url + path,
+        json=body,
+        headers={"X-Corral-Priority": "urgent"},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert "interactive, batch" in response.text
+
+
+def test_a_batch_request_alone_is_served_at_once(two_slot_server: RunningServer) -> None:
+    response = httpx.post(
+        two_slot_server.base_url + "/api/generate",
+        json={**SHORT, "stream": False},
+        headers={"X-Corral-Priority": "batch"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.json()["eval_count"] == 8
