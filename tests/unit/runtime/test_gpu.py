@@ -4,19 +4,28 @@ from their real headers; free VRAM of every GPU; the host memory budget from cgr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from corral_runtime.engine.manager import shape_of
 from corral_runtime.gpu import (
     NO_GPU,
     VRAM_RESERVE_BYTES,
     GpuInfo,
     ModelFootprint,
+    cgroup_limit_files,
     kv_cache_bytes,
+    memory_budget,
+    model_footprint,
     model_shape,
+    parse_cgroup_limit,
     parse_free_vram_per_gpu,
+    parse_mem_available,
     plan_gpu_layers,
     plannable_vram,
 )
+from corral_runtime.store.gguf import read_gguf_details
 
 pytestmark = pytest.mark.unit
 
@@ -106,3 +115,143 @@ def test_free_vram_of_every_gpu_and_the_largest_is_planned_against() -> None:
     # Not the first GPU (a busy GPU 0 no longer decides), not the sum (no tensor split).
     assert plannable_vram((1000 << 20, 70000 << 20, 30000 << 20)) == 70000 << 20
     assert plannable_vram(()) == 0
+
+
+# -- the estimate of the two test models, from their real headers ------------------------------
+
+MIB = 1024**2
+
+
+def test_gemma_estimate_from_its_header(test_model_path: Path) -> None:
+    details = read_gguf_details(test_model_path)
+    # One key/value head of 256 (keys) + 256 (values) per layer, 18 layers.
+    assert (details.block_count, details.head_count_kv, details.key_length) == (18, 1, 256)
+    footprint = model_footprint(
+        test_model_path.stat().st_size,
+        shape_of(details),
+        n_ctx=4096,
+        parallel=4,
+        n_batch=512,
+        kv_cache_type="f16",
+        flash_attention=False,
+    )
+    assert footprint.kv_cache_bytes == 4096 * 4 * 18 * 1 * (256 + 256) * 2 == 301_989_888
+    activations = 512 * (4 * 640 + 2048) * 4
+    scores = 512 * 4096 * 4 * 4  # a batch over one slot's context, 4 heads
+    logits = 4 * 262_144 * 4  # a row per slot over the vocabulary
+    assert footprint.graph_bytes == 64 * MIB + activations + scores + logits == 114_294_784
+    assert footprint.size_bytes == 253_113_024 + 301_989_888 + 114_294_784
+
+
+def test_qwen_estimate_from_its_header(instruct_model_path: Path) -> None:
+    details = read_gguf_details(instruct_model_path)
+    # Grouped-query attention: 2 key/value heads of 896 / 14 = 64 values, 24 layers.
+    assert (details.block_count, details.head_count, details.head_count_kv) == (24, 14, 2)
+    assert details.key_length is None  # not in this header: the embedding over the heads
+    footprint = model_footprint(
+        instruct_model_path.stat().st_size,
+        shape_of(details),
+        n_ctx=4096,
+        parallel=4,
+        n_batch=512,
+        kv_cache_type="f16",
+        flash_attention=False,
+    )
+    assert footprint.kv_cache_bytes == 4096 * 4 * 24 * 2 * (64 + 64) * 2 == 201_326_592
+    activations = 512 * (4 * 896 + 4864) * 4
+    scores = 512 * 4096 * 14 * 4
+    logits = 4 * 151_936 * 4
+    assert footprint.graph_bytes == 64 * MIB + activations + scores + logits == 204_281_856
+    assert footprint.size_bytes == 491_400_064 + 201_326_592 + 204_281_856
+    # A full embedding per layer (the estimate before the heads were read) is 3.5x too much.
+    assert kv_cache_bytes(4096 * 4, NO_HEADS_QWEN) == 2 * 2 * 4096 * 4 * 24 * 896
+
+
+NO_HEADS_QWEN = model_shape(
+    block_count=24,
+    embedding_length=896,
+    head_count=None,
+    head_count_kv=None,
+    key_length=None,
+    value_length=None,
+    feed_forward_length=None,
+    vocab_size=None,
+)
+
+
+def test_flash_attention_and_a_quantized_cache_shrink_the_estimate(
+    test_model_path: Path,
+) -> None:
+    shape = shape_of(read_gguf_details(test_model_path))
+    plain, quantized = (
+        model_footprint(
+            1000,
+            shape,
+            n_ctx=4096,
+            parallel=4,
+            n_batch=512,
+            kv_cache_type=kind,
+            flash_attention=flash,
+        )
+        for kind, flash in (("f16", False), ("q8_0", True))
+    )
+    assert quantized.kv_cache_bytes == plain.kv_cache_bytes * 34 // 64
+    assert plain.graph_bytes - quantized.graph_bytes == 512 * 4096 * 4 * 4  # no scores
+    assert plain.size_bytes > quantized.size_bytes
+
+
+def test_the_graph_counts_in_the_plan_size_and_on_the_gpu_when_all_layers_go() -> None:
+    footprint = ModelFootprint(
+        weights_bytes=33 * GIB, block_count=32, kv_cache_bytes=GIB, graph_bytes=GIB
+    )
+    on_cpu = plan_gpu_layers("auto", footprint, NO_GPU)
+    assert on_cpu.size_bytes == 35 * GIB and on_cpu.host_bytes == 35 * GIB
+    on_gpu = plan_gpu_layers("auto", footprint, gpu(80))
+    assert on_gpu.size_vram_bytes == 35 * GIB and on_gpu.host_bytes == 0
+
+
+# -- the host memory budget ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("1073741824\n", GIB),
+        ("max\n", None),  # cgroup v2: no limit
+        ("9223372036854771712\n", None),  # cgroup v1's "unlimited"
+        ("0\n", None),
+        ("", None),
+        ("garbage", None),
+    ],
+)
+def test_cgroup_limit(text: str, limit: int | None) -> None:
+    assert parse_cgroup_limit(text) == limit
+
+
+def test_the_cgroup_files_of_this_process(tmp_path: Path) -> None:
+    v2 = cgroup_limit_files("0::/kubepods/burstable/pod1/abc\n", tmp_path)
+    assert v2[0] == tmp_path / "kubepods/burstable/pod1/abc/memory.max"
+    v1 = cgroup_limit_files(
+        "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n1:name=systemd:/docker/abc\n",
+        tmp_path,
+    )
+    assert v1[0] == tmp_path / "memory/docker/abc/memory.limit_in_bytes"
+    # A container's own cgroup is the namespace's root: "0::/" is the mount's root file.
+    assert cgroup_limit_files("0::/\n", tmp_path) == [
+        tmp_path / "memory.max",
+        tmp_path / "memory/memory.limit_in_bytes",
+    ]
+
+
+def test_mem_available() -> None:
+    meminfo = "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    8000000 kB\n"
+    assert parse_mem_available(meminfo) == 8_000_000 * 1024
+    assert parse_mem_available("MemTotal: 1 kB\n") is None
+
+
+def test_the_budget_is_the_limit_less_the_reserve_else_what_is_available() -> None:
+    reserve = 256 * MIB
+    assert memory_budget(2 * GIB, 64 * GIB, reserve) == 2 * GIB - reserve  # the limit wins
+    assert memory_budget(None, 8 * GIB, reserve) == 8 * GIB - reserve
+    assert memory_budget(None, None, reserve) is None
+    assert memory_budget(100 * MIB, None, reserve) == 0  # never negative

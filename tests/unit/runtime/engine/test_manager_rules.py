@@ -1,5 +1,6 @@
-"""The model manager's rules as pure functions: the context a model loads with, and which
-keep_alive values never expire."""
+"""The model manager's rules as pure functions: the context a model loads with, which
+keep_alive values never expire, and how a load makes room (evict idle models least recently
+used first, wait for a busy one, refuse a model larger than the budget)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import math
 import pytest
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
-from corral_runtime.engine.manager import never_expires, trained_context
+from corral_runtime.engine.manager import (
+    ModelTooLargeError,
+    Resident,
+    RoomPlan,
+    never_expires,
+    plan_room,
+    trained_context,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -35,3 +43,63 @@ def test_the_context_is_at_most_what_the_model_was_trained_for() -> None:
 )
 def test_what_never_expires(keep_alive: float, forever: bool) -> None:
     assert never_expires(keep_alive) is forever
+
+
+MIB = 1 << 20
+
+
+def idle(name: str, size_mib: int, last_used: float) -> Resident:
+    return Resident(name, size_mib * MIB, busy=False, last_used=last_used)
+
+
+def busy(name: str, size_mib: int, last_used: float) -> Resident:
+    return Resident(name, size_mib * MIB, busy=True, last_used=last_used)
+
+
+def test_a_load_that_fits_evicts_nothing() -> None:
+    assert plan_room([idle("a", 300, 1)], 500 * MIB, 1000 * MIB, 3) == RoomPlan()
+    assert plan_room([], 500 * MIB, None, 3) == RoomPlan()
+
+
+def test_idle_models_go_least_recently_used_first_and_only_as_many_as_needed() -> None:
+    resident = [idle("newest", 300, 30), idle("oldest", 300, 10), idle("middle", 300, 20)]
+    # 900 used + 400 needed > 1000: one must go, the oldest.
+    assert plan_room(resident, 400 * MIB, 1000 * MIB, 9) == RoomPlan(evict=("oldest",))
+    # 900 + 700 > 1000: two must go.
+    assert plan_room(resident, 700 * MIB, 1000 * MIB, 9) == RoomPlan(evict=("oldest", "middle"))
+
+
+def test_a_busy_model_is_never_evicted_and_idle_ones_go_around_it() -> None:
+    resident = [busy("old-busy", 300, 1), idle("newer-idle", 300, 5)]
+    assert plan_room(resident, 500 * MIB, 1000 * MIB, 9) == RoomPlan(evict=("newer-idle",))
+
+
+def test_when_only_a_busy_model_could_make_room_the_load_waits_evicting_nothing() -> None:
+    resident = [busy("a", 600, 1), idle("b", 100, 2)]
+    # Even with b gone, 600 + 500 > 1000: wait for a, and keep b until that is decided again.
+    assert plan_room(resident, 500 * MIB, 1000 * MIB, 9) == RoomPlan(wait=True)
+    # Once a is idle, it goes (least recently used), and b may stay.
+    resident = [idle("a", 600, 3), idle("b", 100, 2)]
+    assert plan_room(resident, 500 * MIB, 1000 * MIB, 9) == RoomPlan(evict=("b", "a"))
+
+
+def test_a_model_larger_than_the_whole_budget_never_fits() -> None:
+    assert plan_room([], 1001 * MIB, 1000 * MIB, 9) == RoomPlan(never_fits=True)
+    # Even with nothing loaded and everything idle: refused, nothing evicted.
+    assert plan_room([idle("a", 10, 1)], 1001 * MIB, 1000 * MIB, 9).evict == ()
+    assert plan_room([], 1000 * MIB, 1000 * MIB, 9) == RoomPlan()  # exactly the budget fits
+
+
+def test_the_model_count_evicts_too_but_never_waits() -> None:
+    resident = [idle("a", 1, 1), idle("b", 1, 2)]
+    assert plan_room(resident, MIB, None, 2) == RoomPlan(evict=("a",))
+    # Over the count with every model busy: the load goes ahead (a count is no memory limit).
+    assert plan_room([busy("a", 1, 1), busy("b", 1, 2)], MIB, None, 2) == RoomPlan()
+
+
+def test_the_refusal_reads_as_ollama_s() -> None:
+    error = ModelTooLargeError("qwen2.5-coder:0.5b", 897 * MIB, 600 * MIB)
+    assert str(error).startswith(
+        "model requires more system memory (897.0 MiB) than is available (600.0 MiB)"
+    )
+    assert "qwen2.5-coder:0.5b" in str(error)
