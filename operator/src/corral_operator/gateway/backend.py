@@ -46,8 +46,10 @@ class StaticBackend:
     """Fixed runtime servers from the settings; no Kubernetes."""
 
     def __init__(self, settings: GatewaySettings) -> None:
+        servers = settings.static_servers
         self._snapshot = static_snapshot(
-            {name: (s.models, s.endpoints) for name, s in settings.static_servers.items()}
+            {name: (s.models, s.endpoints) for name, s in servers.items()},
+            {name: s.routing for name, s in servers.items()},
         )
         self._keys = frozenset(settings.api_keys)
 

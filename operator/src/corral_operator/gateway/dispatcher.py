@@ -1,8 +1,10 @@
 """The gateway's live state: the current routing table, requests in flight per pod, requests
 held per model, and the activity of each server.
 
-It answers "which pod takes this request" (least in flight), holds requests whose server has no
-ready pod while asking for a scale-up, and writes activity at most once per interval per server.
+It answers "which pod takes this request" (the one most likely to hold its prefix in a KV
+cache, weighed against load, or least in flight, as the server's routing strategy says), holds
+requests whose server has no ready pod while asking for a scale-up, and writes activity at most
+once per interval per server.
 All of it runs on the event loop; the backend delivers routing tables onto it.
 """
 
@@ -23,6 +25,13 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral_operator import api
+from corral_operator.gateway.affinity import (
+    LEAST_IN_FLIGHT,
+    Prefix,
+    PrefixIndex,
+    pick_cache_aware,
+    prefix_hashes,
+)
 from corral_operator.gateway.backend import ActivityReport, Backend
 from corral_operator.gateway.decisions import (
     ModelKeep,
@@ -101,6 +110,7 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._probed: dict[ServerKey, dict[str, float]] = {}
         self._probes: dict[tuple[ServerKey, str], asyncio.Task[None]] = {}
+        self._prefixes: dict[ServerKey, PrefixIndex] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -132,6 +142,7 @@ class Dispatcher:
                 self._probed[key] = kept
             else:
                 del self._probed[key]
+        self._forget_prefixes(snapshot)
         self._notify()
         for key in list(self.server_held):
             if self.server_held[key] > 0:
@@ -160,12 +171,40 @@ class Dispatcher:
     def server(self, key: ServerKey) -> ServerView | None:
         return self.snapshot.servers.get(key)
 
-    def try_pick(self, key: ServerKey, exclude: Collection[str] = ()) -> str | None:
+    def try_pick(
+        self, key: ServerKey, exclude: Collection[str] = (), prefix: Prefix = ()
+    ) -> str | None:
+        """The pod for a request whose text hashes to ``prefix`` (``prefix_of``), as the
+        server's routing strategy decides; None while no pod may take it."""
         view = self.snapshot.servers.get(key)
         if view is None:
             return None
         self._turn += 1
-        return pick_endpoint(self.routable(view), self.in_flight, exclude, self._turn)
+        endpoints = self.routable(view)
+        index = self._prefixes.get(key)
+        if not prefix or index is None or len(endpoints) < 2:
+            return pick_endpoint(endpoints, self.in_flight, exclude, self._turn)
+        matched = {e: index.matched(e, prefix) for e in endpoints}
+        return pick_cache_aware(
+            endpoints, self.in_flight, matched, len(prefix), exclude, self._turn
+        )
+
+    def prefix_of(self, key: ServerKey, model: str, text: str) -> Prefix:
+        """The chained hashes of a request's text, for a server that routes by them (none for
+        one that routes by load alone: the hashing is not paid for)."""
+        view = self.snapshot.servers.get(key)
+        if view is None or view.routing == LEAST_IN_FLIGHT:
+            return ()
+        return prefix_hashes(normalize_model_name(model), text)
+
+    def _forget_prefixes(self, snapshot: Snapshot) -> None:
+        """Servers and pods that left the routing table take their estimated caches along."""
+        for key, index in list(self._prefixes.items()):
+            view = snapshot.servers.get(key)
+            if view is None or view.routing == LEAST_IN_FLIGHT:
+                del self._prefixes[key]
+            else:
+                index.keep_only({*view.endpoints, *view.starting})
 
     def routable(self, view: ServerView) -> tuple[str, ...]:
         """Pods that may take a request: the ready ones, and starting ones that answered the
@@ -216,9 +255,12 @@ class Dispatcher:
         # count would otherwise stay on the server until it went stale).
         self.touch(key)
 
-    def lease(self, key: ServerKey, endpoint: str) -> Lease:
+    def lease(self, key: ServerKey, endpoint: str, prefix: Prefix = ()) -> Lease:
         """One request in flight on ``endpoint``: counted for the picker, the load-based
-        scale-up and the keep-alive until released."""
+        scale-up and the keep-alive until released; its ``prefix`` is now (likely) in that
+        pod's cache."""
+        if prefix:
+            self._prefixes.setdefault(key, PrefixIndex()).record(endpoint, prefix)
         self.in_flight[endpoint] += 1
         self.server_in_flight[key] += 1
         self.metrics.in_flight.labels(namespace=key[0], server=key[1]).set(

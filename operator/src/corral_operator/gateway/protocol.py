@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from corral_operator.durations import keep_alive_seconds
+from corral_operator.gateway.affinity import request_text
 
 
 class Api(StrEnum):
@@ -74,6 +75,9 @@ class RequestFacts:
     """Ollama's ``keep_alive`` as sent (number, duration string, or None)."""
     unload: bool = False
     """Ollama's unload request (``ollama stop``): keep_alive 0 and nothing to generate."""
+    text: str = ""
+    """The text the prompt is rendered from (``affinity.request_text``), for the cache-aware
+    choice of a pod; empty for requests with nothing to reuse."""
 
 
 def request_facts(route: Route, body: bytes) -> RequestFacts:
@@ -100,6 +104,7 @@ def request_facts(route: Route, body: bytes) -> RequestFacts:
         stream=streaming,
         keep_alive=keep_alive,
         unload=is_unload(route, data),
+        text=request_text(data) if route.kind in (Kind.CHAT, Kind.GENERATE) else "",
     )
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from corral_operator.gateway.affinity import Prefix
 from corral_operator.gateway.decisions import hold_failure_message
 from corral_operator.gateway.dispatcher import Dispatcher, Hold, Lease
 from corral_operator.gateway.protocol import (
@@ -121,14 +122,15 @@ class Proxy:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.hold_deadline_seconds
         tried: set[str] = set()
-        got = await self._attempt(key, tried, path, headers, body)
+        prefix = self.dispatcher.prefix_of(key, facts.model, facts.text)
+        got = await self._attempt(key, tried, path, headers, body, prefix=prefix)
         if got is not None:
             return await self._respond(got, facts)
         hold = self.dispatcher.hold(facts.model, key)
         started = time.monotonic()
         if not facts.stream:
             try:
-                got = await self._wait(key, tried, deadline, path, headers, body, hold)
+                got = await self._wait(key, tried, deadline, path, headers, body, hold, prefix)
             finally:
                 hold.release()
             if got is None:
@@ -137,14 +139,14 @@ class Proxy:
         # A short wait first: a pod that is nearly ready answers with its own status line.
         quiet_until = min(deadline, loop.time() + self.settings.heartbeat_seconds)
         try:
-            got = await self._wait(key, tried, quiet_until, path, headers, body, hold)
+            got = await self._wait(key, tried, quiet_until, path, headers, body, hold, prefix)
         except BaseException:
             hold.release()
             raise
         if got is not None:
             hold.release()
             return await self._respond(got, facts)
-        stream = self._held_stream(hold, route, facts, key, deadline, path, headers, body)
+        stream = self._held_stream(hold, route, facts, key, deadline, path, headers, body, prefix)
         return StreamingResponse(stream, status_code=200, media_type=stream_media_type(route.api))
 
     async def _attempt(
@@ -155,19 +157,21 @@ class Proxy:
         headers: list[tuple[str, str]],
         body: bytes,
         hold: Hold | None = None,
+        prefix: Prefix = (),
     ) -> Attempt | None:
-        """Send to the least busy ready pod not yet tried; on a failure before any byte came
-        back (or a busy pod while another is free) try the next. None when none is left.
+        """Send to the ready pod not yet tried that the dispatcher picks (for ``prefix``, the
+        request's text hashes); on a failure before any byte came back (or a busy pod while
+        another is free) try the next. None when none is left.
 
         A held request stops counting as held once it is leased to a pod: counted as both, it
         would look like twice the load and ask for pods nobody needs."""
         while True:
-            endpoint = self.dispatcher.try_pick(key, tried)
+            endpoint = self.dispatcher.try_pick(key, tried, prefix)
             if endpoint is None:
                 return None
             if hold is not None:
                 hold.release()
-            lease = self.dispatcher.lease(key, endpoint)
+            lease = self.dispatcher.lease(key, endpoint, prefix)
             try:
                 response = await self.client.request(
                     "POST", f"http://{endpoint}{path}", headers=headers, data=body
@@ -197,6 +201,7 @@ class Proxy:
         headers: list[tuple[str, str]],
         body: bytes,
         hold: Hold | None = None,
+        prefix: Prefix = (),
     ) -> Attempt | None:
         """Attempts whenever a pod is ready, until one takes the request or ``until`` passes.
         Pods that failed are retried each heartbeat (a restarted pod may keep its address)."""
@@ -206,7 +211,7 @@ class Proxy:
             if await self.dispatcher.wait_for_endpoint(key, tried, step) is None:
                 tried.clear()
                 continue
-            got = await self._attempt(key, tried, path, headers, body, hold)
+            got = await self._attempt(key, tried, path, headers, body, hold, prefix)
             if got is not None:
                 return got
         return None
@@ -243,6 +248,7 @@ class Proxy:
         path: str,
         headers: list[tuple[str, str]],
         body: bytes,
+        prefix: Prefix = (),
     ) -> AsyncIterator[bytes]:
         """A held stream: heartbeats until a pod takes the request, then its output; at the
         deadline an in-band error (the 200 status line is long gone)."""
@@ -261,7 +267,7 @@ class Proxy:
                     yield inband_error(route.api, message)
                     return
                 step = min(deadline, loop.time() + self.settings.heartbeat_seconds)
-                got = await self._wait(key, tried, step, path, headers, body, hold)
+                got = await self._wait(key, tried, step, path, headers, body, hold, prefix)
             hold.release()
             lease, upstream = got
             try:

@@ -1,14 +1,15 @@
 """The gateway's settings: one pydantic-settings class, read from ``CORRAL_GATEWAY_*`` variables.
 
 ``CORRAL_GATEWAY_STATIC_SERVERS`` (JSON) runs the gateway without Kubernetes in front of fixed
-runtime servers, e.g. ``{"local": {"models": ["gemma3:270m"], "endpoints": ["127.0.0.1:11435"]}}``;
+runtime servers, e.g. ``{"local": {"models": ["gemma3:270m"], "endpoints": ["127.0.0.1:11435"]}}``
+(``"routing": "LeastInFlight"`` beside them turns the cache-aware choice off);
 otherwise the routing table comes from the cluster's ModelServers, Models and Endpoints.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +20,11 @@ class StaticServer(BaseModel):
 
     models: list[str]
     endpoints: list[str] = Field(description="host:port of each runtime server.")
+    routing: Literal["CacheAware", "LeastInFlight"] = Field(
+        default="CacheAware",
+        description="How a request picks among the endpoints, as a ModelServer's "
+        "spec.routing.strategy.",
+    )
 
 
 class GatewaySettings(BaseSettings):

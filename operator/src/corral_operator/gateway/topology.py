@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral_operator import api
+from corral_operator.gateway.affinity import CACHE_AWARE, STRATEGIES
 from corral_operator.gateway.protocol import normalize_model_name
 
 ServerKey = tuple[str, str]
@@ -37,6 +38,9 @@ class ServerView:
     status_message: str = ""
     """Why the server is not Ready, when it is not (for the errors of held requests)."""
     scalable: bool = True
+    routing: str = CACHE_AWARE
+    """How a request picks among the ready pods (``spec.routing.strategy``): CacheAware or
+    LeastInFlight."""
 
     @property
     def serving(self) -> tuple[str, ...]:
@@ -102,6 +106,12 @@ def ready_addresses(
     return tuple(sorted(found))
 
 
+def routing_strategy(spec: Mapping[str, Any]) -> str:
+    """``spec.routing.strategy``, CacheAware when unset (or unknown: the CRD allows no other)."""
+    strategy = (spec.get("routing") or {}).get("strategy")
+    return strategy if strategy in STRATEGIES else CACHE_AWARE
+
+
 def server_view(
     server: Mapping[str, Any], endpoints: Mapping[str, Any] | None, scalable: bool = True
 ) -> ServerView:
@@ -122,6 +132,7 @@ def server_view(
         max_keep_alive_seconds=api.max_keep_alive(spec),
         status_message=str(message or ""),
         scalable=scalable,
+        routing=routing_strategy(spec),
     )
 
 
@@ -166,9 +177,13 @@ def build_snapshot(
     return Snapshot(servers=views, routes={k: tuple(v) for k, v in routes.items()})
 
 
-def static_snapshot(servers: Mapping[str, tuple[Iterable[str], Iterable[str]]]) -> Snapshot:
-    """A fixed table for a gateway without Kubernetes: server name -> (model names, endpoints).
-    Such servers cannot be scaled; their endpoints are always taken as ready."""
+def static_snapshot(
+    servers: Mapping[str, tuple[Iterable[str], Iterable[str]]],
+    routing: Mapping[str, str] | None = None,
+) -> Snapshot:
+    """A fixed table for a gateway without Kubernetes: server name -> (model names, endpoints),
+    and each server's routing strategy (CacheAware where ``routing`` names none). Such servers
+    cannot be scaled; their endpoints are always taken as ready."""
     views: dict[ServerKey, ServerView] = {}
     routes: dict[str, list[ModelEntry]] = {}
     for name, (model_names, addresses) in sorted(servers.items()):
@@ -181,6 +196,7 @@ def static_snapshot(servers: Mapping[str, tuple[Iterable[str], Iterable[str]]]) 
             min_replicas=len(endpoints),
             max_replicas=max(1, len(endpoints)),
             scalable=False,
+            routing=(routing or {}).get(name, CACHE_AWARE),
         )
         for model_name in model_names:
             entry = ModelEntry(name=model_name, server=key, ready=True)
