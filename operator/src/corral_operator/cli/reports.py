@@ -68,11 +68,11 @@ def info_text(shown: dict[str, Any], system: str) -> str:
 
 
 def _value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
+    from corral_runtime.store.modelfile import parameter_text
+
     if isinstance(value, list):
-        return "[" + " ".join(str(item) for item in value) + "]"
-    return str(value)
+        return "[" + " ".join(parameter_text(item) for item in value) + "]"
+    return parameter_text(value)
 
 
 def go_duration(nanoseconds: int) -> str:

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from corral_runtime.engine.manager import LoadedModel, model_template
 from corral_runtime.store.catalog import ModelEntry, model_details
 from corral_runtime.store.gguf import ArrayInfo, read_gguf_metadata
 from corral_runtime.store.layout import StoredModel
-from corral_runtime.store.modelfile import Modelfile, ModelfileError, render_modelfile
+from corral_runtime.store.modelfile import (
+    Modelfile,
+    ModelfileError,
+    parameter_text,
+    render_modelfile,
+)
 from corral_runtime.templates.chat import capabilities_of
 
 FOREVER_RFC3339 = "2318-11-26T00:00:00Z"  # keep_alive < 0: a time that never comes
@@ -41,13 +47,26 @@ def ps_entry(model: LoadedModel) -> dict[str, Any]:
     }
 
 
-def capabilities(stored: StoredModel) -> list[str]:
-    """What its template lets the model do (none when the model file cannot be read). No
-    "vision" for a model with a projector: images are refused until corral runs it."""
+def embedding_model(metadata: Mapping[str, Any]) -> bool:
+    """Whether a GGUF's header makes it an embedding model rather than a causal LM: as Ollama
+    decides, one whose architecture has a ``pooling_type`` (BERT-like encoders, embedding Gemma);
+    and, as llama.cpp reads it, one whose attention is not causal, which cannot generate."""
+    architecture = metadata.get("general.architecture")
+    if not isinstance(architecture, str):
+        return False
+    causal = metadata.get(f"{architecture}.attention.causal", True)
+    return f"{architecture}.pooling_type" in metadata or causal is False
+
+
+def capabilities(stored: StoredModel, metadata: Mapping[str, Any]) -> list[str]:
+    """What the model file (``metadata``, its GGUF header) and its template let the model do
+    (none when the model file cannot be read). No "vision" for a model with a projector: images
+    are refused until corral runs it, and a client that saw "vision" would send them."""
     details = model_details(stored)
     if details is None:
         return []
-    return [capability.value for capability in capabilities_of(model_template(stored, details))]
+    template = model_template(stored, details)
+    return [c.value for c in capabilities_of(template, embedding=embedding_model(metadata))]
 
 
 def _format_param(key: str, value: Any) -> list[str]:
@@ -58,9 +77,7 @@ def _format_param(key: str, value: Any) -> list[str]:
 def _param_text(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return parameter_text(value)
 
 
 def stored_modelfile(stored: StoredModel) -> str:
@@ -110,6 +127,6 @@ def show_entry(stored: StoredModel, *, verbose: bool) -> dict[str, Any]:
         "system": stored.system or "",
         "details": ModelEntry(stored, details).details_json(),
         "model_info": model_info,
-        "capabilities": capabilities(stored),
+        "capabilities": capabilities(stored, metadata),
         "modified_at": ModelEntry(stored, details).modified_at,
     }

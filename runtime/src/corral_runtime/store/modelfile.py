@@ -336,7 +336,7 @@ def render_modelfile(modelfile: Modelfile, *, comments: Iterable[str] = ()) -> s
 def parameter_lines(parameters: dict[str, Any]) -> list[str]:
     """``PARAMETER name value`` lines, by name, one per stop string."""
     return [
-        f"PARAMETER {name} {_quoted_text(_parameter_text(item), 'PARAMETER')}"
+        f"PARAMETER {name} {_quoted_text(parameter_text(item), 'PARAMETER')}"
         for name in sorted(parameters)
         for item in _items(parameters[name])
     ]
@@ -346,12 +346,14 @@ def _items(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _parameter_text(value: Any) -> str:
+def parameter_text(value: Any) -> str:
+    """A parameter's value as Ollama writes one (Go's ``%v``): ``true``, ``0`` for a whole float
+    (not Python's ``0.0``), ``0.9``, text as it is. Reads back as the same value."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return (
-        value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
-    )
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    return value if isinstance(value, str) else str(value)
 
 
 def _quoted_text(value: str, instruction: str) -> str:

@@ -58,22 +58,26 @@ class Capability(StrEnum):
     """What a model can be asked for, by the names Ollama's /api/show lists."""
 
     COMPLETION = "completion"
+    EMBEDDING = "embedding"
     TOOLS = "tools"
     INSERT = "insert"
     THINKING = "thinking"
 
 
-def capabilities_of(template: ChatTemplate) -> tuple[Capability, ...]:
+def capabilities_of(template: ChatTemplate, *, embedding: bool = False) -> tuple[Capability, ...]:
     """What a model whose prompts ``template`` renders can do, in the order Ollama lists it:
-    every model completes; tools, a suffix to fill in before (insert) and reasoning only where
-    the template renders them. The one list that /api/show reports and requests are held to,
-    so that a model never shows a capability it then refuses."""
+    first what the model file is, an ``embedding`` model (one the GGUF gives a pooling type, see
+    api/info.py) or else a causal LM that does ``completion``; then tools, a suffix to fill in
+    before (insert) and reasoning only where the template renders them. /api/show reports this
+    list and requests are held to its template part, so that a model never shows a capability
+    it then refuses."""
     rendered = (
         (Capability.TOOLS, template.supports_tools),
         (Capability.INSERT, template.supports_insert),
         (Capability.THINKING, template.supports_thinking),
     )
-    return (Capability.COMPLETION, *(capability for capability, on in rendered if on))
+    kind = Capability.EMBEDDING if embedding else Capability.COMPLETION
+    return (kind, *(capability for capability, on in rendered if on))
 
 
 def _tool_call_record(call: Any, index: int) -> Record:

@@ -15,6 +15,7 @@ from corral_runtime.store.modelfile import (
     ModelfileError,
     base_path,
     decode_modelfile,
+    parameter_text,
     parse_modelfile,
     render_modelfile,
 )
@@ -182,3 +183,24 @@ def test_from_paths_are_relative_to_the_modelfile_and_expand_home(tmp_path: Path
     assert base_path("model.gguf", tmp_path) == tmp_path / "model.gguf"
     assert base_path("/abs/model.gguf", tmp_path) == Path("/abs/model.gguf")
     assert base_path("~/model.gguf", tmp_path) == Path.home() / "model.gguf"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.0, "0"),
+        (1.0, "1"),
+        (0.9, "0.9"),
+        (1e-05, "1e-05"),
+        (True, "true"),
+        (42, "42"),
+        ("a", "a"),
+    ],
+)
+def test_parameter_values_read_as_ollama_writes_them(value: object, text: str) -> None:
+    # `temperature 0`, not Python's 0.0: ollama show, /show parameters and a Modelfile alike.
+    assert parameter_text(value) == text
+    if isinstance(value, float):
+        assert parse_modelfile(f"FROM x\nPARAMETER temperature {text}\n").parameters == {
+            "temperature": value
+        }

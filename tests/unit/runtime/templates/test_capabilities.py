@@ -32,3 +32,13 @@ EVERYTHING_GO = "{{ .Tools }}{{ .Suffix }}{{ if .Thinking }}{{ .Thinking }}{{ en
 )
 def test_in_ollamas_names_and_order(template: ChatTemplate, names: list[str]) -> None:
     assert [capability.value for capability in capabilities_of(template)] == names
+
+
+def test_an_embedding_model_lists_embedding_in_place_of_completion() -> None:
+    listed = capabilities_of(GoChatTemplate(EVERYTHING_GO), embedding=True)
+    assert [capability.value for capability in listed] == [
+        "embedding",
+        "tools",
+        "insert",
+        "thinking",
+    ]
