@@ -59,18 +59,15 @@ def process_reserve(limit_bytes: int) -> int:
     return PROCESS_RESERVE_BYTES + int(limit_bytes * PROCESS_RESERVE_SHARE)
 
 
-def memory_budget(memory_limit: object, gpus: int) -> int | None:
-    """The models' memory budget of a pod with ``memory_limit`` and ``gpus`` GPUs; None when the
-    operator cannot know it, and the runtime measures what it has instead.
+def memory_budget(memory_limit: object) -> int | None:
+    """The host memory a pod with ``memory_limit`` lets its models take together: the limit
+    less the process's reserve (never below zero: a limit too small for the process fits no
+    model); None when the limit is no quantity, and the runtime measures its cgroup instead.
 
-    A model's estimate counts its weights and KV cache wherever they live. A CPU pod holds them
-    all under the container's limit, so the budget is that limit less the process's reserve
-    (never below zero: a limit too small for the process still fits no model). A GPU pod holds
-    most of them in VRAM, whose size is the node's and not in the ModelServer: its budget is
-    left to the runtime, which reads free VRAM at each load.
+    A GPU pod gets the same budget: the runtime counts only what stays in host memory against
+    it, and plans what it offloads against the free VRAM it reads at each load (the GPUs' size
+    is the node's, not the ModelServer's).
     """
-    if gpus > 0:
-        return None
     limit = memory_bytes(memory_limit)
     if limit is None:
         return None

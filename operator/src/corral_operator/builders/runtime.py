@@ -128,12 +128,11 @@ RUNTIME_SETTINGS_ENV = {
 def memory_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, str]]:
     """What decides how many models a pod keeps loaded: memory, not a count. The count limit is
     raised to the number of models served (the runtime's default of 3 would otherwise evict
-    before memory runs short), and a CPU pod gets the budget its memory limit allows."""
+    before memory runs short), and the budget is the one the memory limit allows."""
     env = [
         {"name": "CORRAL_MAX_LOADED_MODELS", "value": str(max(1, len(spec.get("models") or ())))}
     ]
-    gpus = int((spec.get("resources") or {}).get("gpus", 0))
-    budget = memory_budget(_memory_limit(spec, settings), gpus)
+    budget = memory_budget(_memory_limit(spec, settings))
     if budget is not None:
         env.append({"name": "CORRAL_MEMORY_BUDGET_BYTES", "value": str(budget)})
     return env

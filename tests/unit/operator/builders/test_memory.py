@@ -40,20 +40,15 @@ class TestMemoryBytes:
 
 class TestBudget:
     def test_a_cpu_pod_gets_its_limit_less_the_process_reserve(self) -> None:
-        assert memory_budget("4Gi", gpus=0) == 4 * GI - process_reserve(4 * GI)
-        assert 0 < memory_budget("4Gi", gpus=0) < 4 * GI  # type: ignore[operator]
+        assert memory_budget("4Gi") == 4 * GI - process_reserve(4 * GI)
+        assert 0 < memory_budget("4Gi") < 4 * GI  # type: ignore[operator]
 
     def test_the_reserve_grows_with_the_limit(self) -> None:
         small, large = process_reserve(2 * GI), process_reserve(64 * GI)
         assert PROCESS_RESERVE_BYTES < small < large < 64 * GI // 10
 
     def test_a_limit_below_the_reserve_fits_no_model(self) -> None:
-        assert memory_budget("128Mi", gpus=0) == 0
-
-    def test_a_gpu_pod_is_left_to_measure_its_vram(self) -> None:
-        # Its models live mostly in VRAM, whose size the ModelServer does not say: a budget
-        # from the memory limit alone would refuse a model that fits the GPU.
-        assert memory_budget("8Gi", gpus=1) is None
+        assert memory_budget("128Mi") == 0
 
     def test_an_unreadable_default_leaves_the_budget_to_the_runtime(self) -> None:
-        assert memory_budget("plenty", gpus=0) is None
+        assert memory_budget("plenty") is None

@@ -120,24 +120,25 @@ class TestDeployment:
         assert settings.flash_attention is True
         assert settings.kv_cache_type == "q8_0"
         assert settings.max_loaded_models == 1
-        assert settings.memory_budget_bytes == memory_budget("2Gi", gpus=0)
+        assert settings.memory_budget_bytes == memory_budget("2Gi")
 
     def test_pods_evict_by_memory_not_by_count(self) -> None:
         env = _env(_deployment(models=["a", "b", "c", "d"], resources={"memory": "3Gi"}))
         # Four models may stay loaded where memory allows (the runtime's default is three).
         assert env["CORRAL_MAX_LOADED_MODELS"] == "4"
-        assert env["CORRAL_MEMORY_BUDGET_BYTES"] == str(memory_budget("3Gi", gpus=0))
+        assert env["CORRAL_MEMORY_BUDGET_BYTES"] == str(memory_budget("3Gi"))
 
     def test_the_budget_follows_the_memory_limit(self) -> None:
         small = _env(_deployment(resources={"memory": "1Gi"}))["CORRAL_MEMORY_BUDGET_BYTES"]
         large = _env(_deployment(resources={"memory": "8Gi"}))["CORRAL_MEMORY_BUDGET_BYTES"]
         default = _env(_deployment(resources={}))["CORRAL_MEMORY_BUDGET_BYTES"]
         assert int(str(small)) < int(str(default)) < int(str(large)) < 8 * 1024**3
-        assert default == str(memory_budget(OperatorSettings().default_resources.memory, 0))
+        assert default == str(memory_budget(OperatorSettings().default_resources.memory))
 
-    def test_a_gpu_pod_measures_its_own_budget(self) -> None:
+    def test_a_gpu_pod_budgets_its_host_memory_alike(self) -> None:
+        # The runtime plans what it offloads against the VRAM it reads; the budget is the host's.
         env = _env(_deployment(resources={"gpus": 1, "memory": "8Gi"}))
-        assert "CORRAL_MEMORY_BUDGET_BYTES" not in env
+        assert env["CORRAL_MEMORY_BUDGET_BYTES"] == str(memory_budget("8Gi"))
         assert env["CORRAL_MAX_LOADED_MODELS"] == "1"
 
     def test_the_users_env_sets_its_own_budget(self) -> None:
