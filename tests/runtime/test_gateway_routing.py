@@ -1,0 +1,146 @@
+"""The gateway's cache-aware choice of a pod, in front of two real runtime replicas serving the
+test model: every turn of a conversation reaches the replica that answered its first turn (and
+so finds its history in that replica's KV cache), a new conversation goes to the idle replica
+while the other is busy, and LeastInFlight scatters the same conversation. Where each request
+went is read from each runtime's own ``/metrics`` (``corral_requests_total``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from corral_operator.gateway.settings import GatewaySettings
+from corral_runtime.store.layout import ModelStore
+from tests.runtime.conftest import RunningServer, serve, settings_for
+from tests.runtime.test_gateway_proxy import MODEL, run_gateway
+
+pytestmark = pytest.mark.runtime
+
+OPTIONS: dict[str, Any] = {"temperature": 0, "num_predict": 4, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def replicas(runtime_server: RunningServer, model_store: ModelStore) -> Iterator[list[str]]:
+    """Two replicas of one server: the session's runtime and a second one over the same
+    store."""
+    with serve(settings_for(model_store.root), model_store) as second:
+        yield [runtime_server.base_url, second.base_url]
+
+
+def gateway_settings(replicas: list[str], routing: str) -> GatewaySettings:
+    endpoints = [url.removeprefix("http://") for url in replicas]
+    return GatewaySettings.model_validate(
+        {"static_servers": {"two": {"models": [MODEL], "endpoints": endpoints, "routing": routing}}}
+    )
+
+
+def chats_answered(base_url: str) -> float:
+    """The runtime's count of answered ``/api/chat`` requests."""
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "corral_requests":
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name == "corral_requests_total" and s.labels.get("endpoint") == "/api/chat"
+            )
+    return 0.0
+
+
+class Counts:
+    """Chats each replica answered since the last ``taken``."""
+
+    def __init__(self, replicas: list[str]) -> None:
+        self.replicas = replicas
+        self.before = [chats_answered(r) for r in replicas]
+
+    def taken(self) -> list[int]:
+        now = [chats_answered(r) for r in self.replicas]
+        delta = [int(n - b) for n, b in zip(now, self.before, strict=True)]
+        self.before = now
+        return delta
+
+
+def say(client: httpx.Client, messages: list[dict[str, str]], content: str) -> None:
+    """One turn: the user's ``content`` and the answer appended to ``messages``."""
+    messages.append({"role": "user", "content": content})
+    body = {"model": MODEL, "messages": messages, "stream": False, "options": OPTIONS}
+    answer = client.post("/api/chat", json=body, timeout=120)
+    answer.raise_for_status()
+    messages.append(answer.json()["message"])
+
+
+def conversation(system: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}]
+
+
+QUESTIONS = [
+    f"Question {n}: tell me about the weather in the mountains in some detail, please." * 2
+    for n in range(4)
+]
+
+
+def test_every_turn_of_a_conversation_reaches_the_replica_of_its_first(
+    replicas: list[str],
+) -> None:
+    with (
+        run_gateway(gateway_settings(replicas, "CacheAware")) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        counts = Counts(replicas)
+        messages = conversation("You are a guide to the Alps. " * 8)
+        for question in QUESTIONS:
+            say(client, messages, question)
+        assert sorted(counts.taken()) == [0, len(QUESTIONS)]
+
+
+def test_a_new_conversation_takes_the_idle_replica_while_the_other_is_busy(
+    replicas: list[str],
+) -> None:
+    with (
+        run_gateway(gateway_settings(replicas, "CacheAware")) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        counts = Counts(replicas)
+        first = conversation("You are a guide to the Alps. " * 8)
+        say(client, first, QUESTIONS[0])
+        home = counts.taken().index(1)
+        first.append({"role": "user", "content": QUESTIONS[1]})
+        long_turn = {
+            "model": MODEL,
+            "messages": first,
+            "stream": True,
+            "options": {**OPTIONS, "num_predict": 48},
+        }
+        with client.stream("POST", "/api/chat", json=long_turn, timeout=120) as busy:
+            lines = (json.loads(line) for line in busy.iter_lines() if line.strip())
+            reply = [next(lines)["message"]["content"]]  # in flight on its replica now
+            second = conversation("You are a sommelier who knows every wine of Burgundy. " * 4)
+            say(client, second, QUESTIONS[0])
+            reply.extend(chunk["message"]["content"] for chunk in lines)
+        first.append({"role": "assistant", "content": "".join(reply)})
+        taken = counts.taken()
+        assert taken[home] == 1 and taken[1 - home] == 1
+        # Each conversation then stays where it began.
+        say(client, second, QUESTIONS[1])
+        say(client, first, QUESTIONS[2])
+        say(client, second, QUESTIONS[2])
+        taken = counts.taken()
+        assert taken[home] == 1 and taken[1 - home] == 2
+
+
+def test_least_in_flight_scatters_the_same_conversation(replicas: list[str]) -> None:
+    with (
+        run_gateway(gateway_settings(replicas, "LeastInFlight")) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        counts = Counts(replicas)
+        messages = conversation("You are a guide to the Alps. " * 8)
+        for question in QUESTIONS:
+            say(client, messages, question)
+        assert counts.taken() == [2, 2]
