@@ -170,7 +170,7 @@ def test_least_recently_used_model_is_evicted(tmp_path: Path, test_model_path: P
         client.generate(model="second:1", prompt="Hi", options={"num_predict": 1})
         assert [m.model for m in client.ps().models] == ["second:1"]
     # A memory budget below two models' estimated size also keeps only one loaded.
-    budget = settings_for(tmp_path, max_loaded_models=3, memory_budget_bytes=600 * 1024**2)
+    budget = settings_for(tmp_path, max_loaded_models=3, memory_budget_bytes=1024**3)
     with serve(budget, store) as server, ollama.Client(host=server.base_url) as client:
         client.generate(model="first:1", prompt="", keep_alive="1h")
         client.generate(model="second:1", prompt="", keep_alive="1h")
