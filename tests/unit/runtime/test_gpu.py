@@ -14,6 +14,7 @@ from corral_runtime.gpu import (
     VRAM_RESERVE_BYTES,
     GpuInfo,
     ModelFootprint,
+    ModelShape,
     cgroup_limit_files,
     kv_cache_bytes,
     memory_budget,
@@ -86,17 +87,21 @@ def test_a_negative_number_is_auto_as_in_ollama() -> None:
     assert plan_gpu_layers(-1, MODEL, NO_GPU).gpu_layers == 0
 
 
-# An old-style shape: no head counts in the header, so a full embedding per layer for K and V.
-NO_HEADS = model_shape(
-    block_count=18,
-    embedding_length=640,
-    head_count=None,
-    head_count_kv=None,
-    key_length=None,
-    value_length=None,
-    feed_forward_length=None,
-    vocab_size=None,
-)
+def without_heads(block_count: int, embedding_length: int) -> ModelShape:
+    """A header without head counts: a full embedding per layer for K and for V."""
+    return model_shape(
+        block_count=block_count,
+        embedding_length=embedding_length,
+        head_count=None,
+        head_count_kv=None,
+        key_length=None,
+        value_length=None,
+        feed_forward_length=None,
+        vocab_size=None,
+    )
+
+
+NO_HEADS = without_heads(18, 640)
 
 
 def test_kv_cache_estimate_without_head_counts_is_a_full_embedding() -> None:
@@ -122,19 +127,24 @@ def test_free_vram_of_every_gpu_and_the_largest_is_planned_against() -> None:
 MIB = 1024**2
 
 
-def test_gemma_estimate_from_its_header(test_model_path: Path) -> None:
-    details = read_gguf_details(test_model_path)
-    # One key/value head of 256 (keys) + 256 (values) per layer, 18 layers.
-    assert (details.block_count, details.head_count_kv, details.key_length) == (18, 1, 256)
-    footprint = model_footprint(
-        test_model_path.stat().st_size,
-        shape_of(details),
+def default_estimate(path: Path) -> ModelFootprint:
+    """The estimate at the server's defaults: n_ctx 4096, 4 slots, batch 512, f16 cache."""
+    return model_footprint(
+        path.stat().st_size,
+        shape_of(read_gguf_details(path)),
         n_ctx=4096,
         parallel=4,
         n_batch=512,
         kv_cache_type="f16",
         flash_attention=False,
     )
+
+
+def test_gemma_estimate_from_its_header(test_model_path: Path) -> None:
+    details = read_gguf_details(test_model_path)
+    # One key/value head of 256 (keys) + 256 (values) per layer, 18 layers.
+    assert (details.block_count, details.head_count_kv, details.key_length) == (18, 1, 256)
+    footprint = default_estimate(test_model_path)
     assert footprint.kv_cache_bytes == 4096 * 4 * 18 * 1 * (256 + 256) * 2 == 301_989_888
     activations = 512 * (4 * 640 + 2048) * 4
     scores = 512 * 4096 * 4 * 4  # a batch over one slot's context, 4 heads
@@ -148,15 +158,7 @@ def test_qwen_estimate_from_its_header(instruct_model_path: Path) -> None:
     # Grouped-query attention: 2 key/value heads of 896 / 14 = 64 values, 24 layers.
     assert (details.block_count, details.head_count, details.head_count_kv) == (24, 14, 2)
     assert details.key_length is None  # not in this header: the embedding over the heads
-    footprint = model_footprint(
-        instruct_model_path.stat().st_size,
-        shape_of(details),
-        n_ctx=4096,
-        parallel=4,
-        n_batch=512,
-        kv_cache_type="f16",
-        flash_attention=False,
-    )
+    footprint = default_estimate(instruct_model_path)
     assert footprint.kv_cache_bytes == 4096 * 4 * 24 * 2 * (64 + 64) * 2 == 201_326_592
     activations = 512 * (4 * 896 + 4864) * 4
     scores = 512 * 4096 * 14 * 4
@@ -164,19 +166,7 @@ def test_qwen_estimate_from_its_header(instruct_model_path: Path) -> None:
     assert footprint.graph_bytes == 64 * MIB + activations + scores + logits == 204_281_856
     assert footprint.size_bytes == 491_400_064 + 201_326_592 + 204_281_856
     # A full embedding per layer (the estimate before the heads were read) is 3.5x too much.
-    assert kv_cache_bytes(4096 * 4, NO_HEADS_QWEN) == 2 * 2 * 4096 * 4 * 24 * 896
-
-
-NO_HEADS_QWEN = model_shape(
-    block_count=24,
-    embedding_length=896,
-    head_count=None,
-    head_count_kv=None,
-    key_length=None,
-    value_length=None,
-    feed_forward_length=None,
-    vocab_size=None,
-)
+    assert kv_cache_bytes(4096 * 4, without_heads(24, 896)) == 2 * 2 * 4096 * 4 * 24 * 896
 
 
 def test_flash_attention_and_a_quantized_cache_shrink_the_estimate(
