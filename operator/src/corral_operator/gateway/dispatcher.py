@@ -403,6 +403,21 @@ class Dispatcher:
             activity.models, keep_alive_seconds=keep_alive, max_keep_alive_seconds=bound
         )
 
+    def scale_down_at(self, key: ServerKey) -> datetime | None:
+        """When the server goes to zero replicas if no request comes: its idle deadline, or
+        keepAliveSeconds after its last request where no request set a keep_alive. None where
+        it does not go to zero (minReplicas above 0, not idle-scaled, never asked, forever)."""
+        view = self.snapshot.servers.get(key)
+        activity = self._activity.get(key)
+        if view is None or not view.scalable or view.min_replicas > 0:
+            return None
+        if activity is None or activity.last is None:
+            return None
+        deadline = self.idle_deadline(key)
+        if deadline is None and all(m.keep_alive is None for m in activity.models.values()):
+            return datetime.fromtimestamp(activity.last + view.keep_alive_seconds, UTC)
+        return None if deadline == api.FOREVER else deadline
+
     def _mark_flushed(self, key: ServerKey) -> None:
         # scale() recorded the activity of this moment already.
         activity = self._activity.setdefault(key, _Activity())

@@ -81,11 +81,35 @@ def merge_ps(answers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {"models": models}
 
 
-async def loaded_models(client: aiohttp.ClientSession, endpoints: Iterable[str]) -> dict[str, Any]:
+def expiring_at(answer: Mapping[str, Any], at: datetime | None) -> dict[str, Any]:
+    """A pod's ``/api/ps`` answer with its models expiring when their server goes to zero.
+
+    A runtime pod keeps its models loaded for as long as it runs (it reports "forever"): the
+    server's keep-alive is the gateway's and the operator's, so ``at``, when it scales to zero,
+    is when they really go. None (a server kept up by minReplicas, or not idle-scaled) keeps the
+    pod's own answer."""
+    models = [dict(m) for m in answer.get("models") or ()]
+    if at is not None:
+        stamp = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        for model in models:
+            model["expires_at"] = stamp
+    return {**answer, "models": models}
+
+
+async def loaded_models(
+    client: aiohttp.ClientSession,
+    endpoints: Iterable[str],
+    expiry: Mapping[str, datetime | None] | None = None,
+) -> dict[str, Any]:
     """``/api/ps`` of the whole cluster: every pod asked at once, those that do not answer
-    left out (a pod going away must not fail the listing)."""
-    answers = await asyncio.gather(*(_pod_ps(client, e) for e in sorted(set(endpoints))))
-    return merge_ps(a for a in answers if a is not None)
+    left out (a pod going away must not fail the listing); ``expiry`` maps a pod's endpoint to
+    when its server goes to zero (``expiring_at``)."""
+    asked = sorted(set(endpoints))
+    answers = await asyncio.gather(*(_pod_ps(client, e) for e in asked))
+    until = expiry or {}
+    return merge_ps(
+        expiring_at(a, until.get(e)) for e, a in zip(asked, answers, strict=True) if a is not None
+    )
 
 
 async def _pod_ps(client: aiohttp.ClientSession, endpoint: str) -> dict[str, Any] | None:

@@ -133,9 +133,11 @@ async def model(model: str, dispatcher: DispatcherDep) -> Response:
 
 @router.get("/api/ps")
 async def ps(dispatcher: DispatcherDep) -> Response:
-    servers = dispatcher.snapshot.servers.values()
-    endpoints = (e for view in servers for e in view.endpoints)
-    return JSONResponse(await loaded_models(dispatcher.client, endpoints))
+    servers = dispatcher.snapshot.servers
+    expiry = {
+        e: dispatcher.scale_down_at(key) for key, view in servers.items() for e in view.endpoints
+    }
+    return JSONResponse(await loaded_models(dispatcher.client, expiry, expiry))
 
 
 @router.api_route("/api/{rest:path}", methods=["GET", "POST", "DELETE", "HEAD", "PUT"])
