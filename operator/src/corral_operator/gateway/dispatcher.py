@@ -43,6 +43,11 @@ from corral_operator.gateway.decisions import (
     should_flush_activity,
 )
 from corral_operator.gateway.metrics import GatewayMetrics
+from corral_operator.gateway.priority import (
+    DEFAULT_AGING_SECONDS,
+    DEFAULT_PRIORITY,
+    release_order,
+)
 from corral_operator.gateway.protocol import normalize_model_name
 from corral_operator.gateway.settings import GatewaySettings
 from corral_operator.gateway.topology import ModelEntry, ServerKey, ServerView, Snapshot
@@ -102,6 +107,8 @@ class Dispatcher:
         self.held: Counter[str] = Counter()
         self.server_held: Counter[ServerKey] = Counter()
         self._changed = asyncio.Event()
+        # Held requests waiting for a pod, each with the future that wakes it.
+        self._held_waiting: list[tuple[Hold, asyncio.Future[None]]] = []
         self._turn = 0
         self._activity: dict[ServerKey, _Activity] = {}
         self._scale_asked: dict[ServerKey, int] = {}
@@ -150,9 +157,26 @@ class Dispatcher:
                 self._probe_starting(key)
 
     def _notify(self) -> None:
-        """Wake every waiting request to look for a pod again."""
+        """Wake every waiting request to look for a pod again; held ones in their release
+        order (see ``_release_held``)."""
         self._changed.set()
         self._changed = asyncio.Event()
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Wake the held requests of each server in ``priority.release_order``: a task woken
+        first runs first, so it picks a pod and sends its request before the others."""
+        waiting, self._held_waiting = self._held_waiting, []
+        now = time.monotonic()
+        for key in dict.fromkeys(hold.key for hold, _ in waiting):
+            view = self.snapshot.servers.get(key)
+            aging = view.priority.aging_s if view is not None else DEFAULT_AGING_SECONDS
+            mine = [(hold, woken) for hold, woken in waiting if hold.key == key]
+            held = [(hold.priority, now - hold.started) for hold, _ in mine]
+            for index in release_order(held, aging):
+                woken = mine[index][1]
+                if not woken.done():
+                    woken.set_result(None)
 
     def set_keys(self, keys: frozenset[str]) -> None:
         self.api_keys = keys
@@ -216,9 +240,10 @@ class Dispatcher:
         return view.serving + early
 
     async def wait_for_endpoint(
-        self, key: ServerKey, exclude: Collection[str], until: float
+        self, key: ServerKey, exclude: Collection[str], until: float, hold: Hold | None = None
     ) -> str | None:
-        """A pod for ``key`` as soon as one is ready, or None at ``until`` (loop time)."""
+        """A pod for ``key`` as soon as one is ready, or None at ``until`` (loop time). A
+        ``hold``'s request is woken in its release order among the server's held requests."""
         loop = asyncio.get_running_loop()
         while True:
             endpoint = self.try_pick(key, exclude)
@@ -227,11 +252,22 @@ class Dispatcher:
             remaining = until - loop.time()
             if remaining <= 0:
                 return None
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            if hold is None:
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+                continue
+            woken: asyncio.Future[None] = loop.create_future()
+            entry = (hold, woken)
+            self._held_waiting.append(entry)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, remaining)
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._held_waiting.remove(entry)
 
-    def hold(self, model: str, key: ServerKey) -> Hold:
+    def hold(self, model: str, key: ServerKey, priority: str = DEFAULT_PRIORITY) -> Hold:
         """A place in the model's hold queue (QueueFullError when there is none); asks for a
         scale-up. Release it once the request has a pod or has failed."""
         name = normalize_model_name(model)
@@ -241,16 +277,19 @@ class Dispatcher:
         self.held[name] += 1
         self.server_held[key] += 1
         self.metrics.held.labels(model=name).set(self.held[name])
+        self.metrics.held_by_priority.labels(model=name, priority=priority).inc()
         self.touch(key)
         self._consider_scaling(key, "hold")
         self._probe_starting(key)
-        return Hold(self, name, key)
+        return Hold(self, name, key, priority)
 
-    def _unhold(self, name: str, key: ServerKey, seconds: float) -> None:
+    def _unhold(self, name: str, key: ServerKey, seconds: float, priority: str) -> None:
         self.held[name] -= 1
         self.server_held[key] -= 1
         self.metrics.held.labels(model=name).set(self.held[name])
         self.metrics.hold_seconds.labels(model=name).observe(seconds)
+        self.metrics.held_by_priority.labels(model=name, priority=priority).dec()
+        self.metrics.hold_seconds_by_priority.labels(model=name, priority=priority).observe(seconds)
         # News for the activity record: a held request that failed is no longer in flight (its
         # count would otherwise stay on the server until it went stale).
         self.touch(key)
@@ -500,15 +539,19 @@ class Dispatcher:
 class Hold:
     """A held request's place in its model's queue; ``release`` is idempotent."""
 
-    def __init__(self, dispatcher: Dispatcher, name: str, key: ServerKey) -> None:
-        self._dispatcher, self._name, self._key = dispatcher, name, key
-        self._started = time.monotonic()
+    def __init__(
+        self, dispatcher: Dispatcher, name: str, key: ServerKey, priority: str = DEFAULT_PRIORITY
+    ) -> None:
+        self._dispatcher, self._name, self.key = dispatcher, name, key
+        self.priority = priority
+        self.started = time.monotonic()
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._dispatcher._unhold(self._name, self._key, time.monotonic() - self._started)
+            seconds = time.monotonic() - self.started
+            self._dispatcher._unhold(self._name, self.key, seconds, self.priority)
 
 
 class Lease:

@@ -46,6 +46,19 @@ class GatewayMetrics:
             buckets=_HOLD_BUCKETS,
             registry=self.registry,
         )
+        self.held_by_priority = Gauge(
+            "corral_gateway_held_requests_by_priority",
+            "Requests waiting for their server to have a ready pod, by model and priority class.",
+            ["model", "priority"],
+            registry=self.registry,
+        )
+        self.hold_seconds_by_priority = Histogram(
+            "corral_gateway_hold_seconds_by_priority",
+            "Time requests were held waiting for a ready pod, by model and priority class.",
+            ["model", "priority"],
+            buckets=_HOLD_BUCKETS,
+            registry=self.registry,
+        )
         self.scale_events = Counter(
             "corral_gateway_scale_events_total",
             "Scale-ups the gateway requested, by ModelServer and reason.",

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from corral_operator.gateway.affinity import Prefix
 from corral_operator.gateway.decisions import hold_failure_message
 from corral_operator.gateway.dispatcher import Dispatcher, Hold, Lease
+from corral_operator.gateway.priority import priority_of
 from corral_operator.gateway.protocol import (
     RequestFacts,
     Route,
@@ -126,7 +127,7 @@ class Proxy:
         got = await self._attempt(key, tried, path, headers, body, prefix=prefix)
         if got is not None:
             return await self._respond(got, facts)
-        hold = self.dispatcher.hold(facts.model, key)
+        hold = self.dispatcher.hold(facts.model, key, priority_of(headers))
         started = time.monotonic()
         if not facts.stream:
             try:
@@ -208,7 +209,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         while loop.time() < until:
             step = min(until, loop.time() + self.settings.heartbeat_seconds)
-            if await self.dispatcher.wait_for_endpoint(key, tried, step) is None:
+            if await self.dispatcher.wait_for_endpoint(key, tried, step, hold) is None:
                 tried.clear()
                 continue
             got = await self._attempt(key, tried, path, headers, body, hold, prefix)

@@ -34,6 +34,13 @@ from corral_operator.gateway.listing import (
     openai_models,
 )
 from corral_operator.gateway.metrics import CONTENT_TYPE
+from corral_operator.gateway.priority import (
+    PRIORITY_HEADER,
+    PriorityConfig,
+    UnknownPriorityError,
+    request_priority,
+    with_priority,
+)
 from corral_operator.gateway.protocol import (
     ROUTED,
     Api,
@@ -74,7 +81,16 @@ async def routed(request: Request) -> Response:
     if unload_answered_here(facts.unload, dispatcher.server(entry.server)):
         # `ollama stop` of a sleeping server: nothing is loaded, and nothing is woken.
         return JSONResponse(unload_answer(route, facts.model, datetime.now(UTC)))
-    headers = forward_headers(request.headers.items())
+    view = dispatcher.server(entry.server)
+    try:
+        priority = request_priority(
+            request.headers.get(PRIORITY_HEADER),
+            request.headers.get("authorization"),
+            view.priority if view is not None else PriorityConfig(),
+        )
+    except UnknownPriorityError as exc:
+        return error_response(path, 400, str(exc))
+    headers = with_priority(forward_headers(request.headers.items()), priority)
     try:
         return await proxy.forward(route, facts, entry.server, path, headers, body)
     except QueueFullError:

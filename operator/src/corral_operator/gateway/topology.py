@@ -12,6 +12,7 @@ from typing import Any
 
 from corral_operator import api
 from corral_operator.gateway.affinity import CACHE_AWARE, STRATEGIES
+from corral_operator.gateway.priority import PriorityConfig, priority_config
 from corral_operator.gateway.protocol import normalize_model_name
 
 ServerKey = tuple[str, str]
@@ -41,6 +42,8 @@ class ServerView:
     routing: str = CACHE_AWARE
     """How a request picks among the ready pods (``spec.routing.strategy``): CacheAware or
     LeastInFlight."""
+    priority: PriorityConfig = field(default_factory=PriorityConfig)
+    """``spec.priority``: the classes of API keys, the default class, the aging."""
 
     @property
     def serving(self) -> tuple[str, ...]:
@@ -133,6 +136,7 @@ def server_view(
         status_message=str(message or ""),
         scalable=scalable,
         routing=routing_strategy(spec),
+        priority=priority_config(spec),
     )
 
 
