@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -30,13 +31,6 @@ def replicas(runtime_server: RunningServer, model_store: ModelStore) -> Iterator
     store."""
     with serve(settings_for(model_store.root), model_store) as second:
         yield [runtime_server.base_url, second.base_url]
-
-
-def gateway_settings(replicas: list[str], routing: str) -> GatewaySettings:
-    endpoints = [url.removeprefix("http://") for url in replicas]
-    return GatewaySettings.model_validate(
-        {"static_servers": {"two": {"models": [MODEL], "endpoints": endpoints, "routing": routing}}}
-    )
 
 
 def chats_answered(base_url: str) -> float:
@@ -66,6 +60,17 @@ class Counts:
         return delta
 
 
+@contextmanager
+def routed(replicas: list[str], routing: str) -> Iterator[tuple[httpx.Client, Counts]]:
+    """A client of a gateway in front of both replicas with the ``routing`` strategy, and the
+    chats each replica answers from now on."""
+    endpoints = [url.removeprefix("http://") for url in replicas]
+    server = {"models": [MODEL], "endpoints": endpoints, "routing": routing}
+    settings = GatewaySettings.model_validate({"static_servers": {"two": server}})
+    with run_gateway(settings) as url, httpx.Client(base_url=url) as client:
+        yield client, Counts(replicas)
+
+
 def say(client: httpx.Client, messages: list[dict[str, str]], content: str) -> None:
     """One turn: the user's ``content`` and the answer appended to ``messages``."""
     messages.append({"role": "user", "content": content})
@@ -85,28 +90,25 @@ QUESTIONS = [
 ]
 
 
-def test_every_turn_of_a_conversation_reaches_the_replica_of_its_first(
-    replicas: list[str],
-) -> None:
-    with (
-        run_gateway(gateway_settings(replicas, "CacheAware")) as url,
-        httpx.Client(base_url=url) as client,
-    ):
-        counts = Counts(replicas)
+@pytest.mark.parametrize(
+    ("routing", "spread"),
+    [("CacheAware", [0, len(QUESTIONS)]), ("LeastInFlight", [2, 2])],
+    ids=["cache-aware-keeps-it-on-one-replica", "least-in-flight-scatters-it"],
+)
+def test_the_turns_of_a_conversation(replicas: list[str], routing: str, spread: list[int]) -> None:
+    """CacheAware: every turn reaches the replica that answered the first; LeastInFlight
+    alternates between the idle replicas."""
+    with routed(replicas, routing) as (client, counts):
         messages = conversation("You are a guide to the Alps. " * 8)
         for question in QUESTIONS:
             say(client, messages, question)
-        assert sorted(counts.taken()) == [0, len(QUESTIONS)]
+        assert sorted(counts.taken()) == spread
 
 
 def test_a_new_conversation_takes_the_idle_replica_while_the_other_is_busy(
     replicas: list[str],
 ) -> None:
-    with (
-        run_gateway(gateway_settings(replicas, "CacheAware")) as url,
-        httpx.Client(base_url=url) as client,
-    ):
-        counts = Counts(replicas)
+    with routed(replicas, "CacheAware") as (client, counts):
         first = conversation("You are a guide to the Alps. " * 8)
         say(client, first, QUESTIONS[0])
         home = counts.taken().index(1)
@@ -132,15 +134,3 @@ def test_a_new_conversation_takes_the_idle_replica_while_the_other_is_busy(
         say(client, second, QUESTIONS[2])
         taken = counts.taken()
         assert taken[home] == 1 and taken[1 - home] == 2
-
-
-def test_least_in_flight_scatters_the_same_conversation(replicas: list[str]) -> None:
-    with (
-        run_gateway(gateway_settings(replicas, "LeastInFlight")) as url,
-        httpx.Client(base_url=url) as client,
-    ):
-        counts = Counts(replicas)
-        messages = conversation("You are a guide to the Alps. " * 8)
-        for question in QUESTIONS:
-            say(client, messages, question)
-        assert counts.taken() == [2, 2]

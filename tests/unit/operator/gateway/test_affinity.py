@@ -6,7 +6,6 @@ that leave the routing table."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -21,12 +20,7 @@ from corral_operator.gateway.affinity import (
     prefix_hashes,
     request_text,
 )
-from corral_operator.gateway.backend import (
-    ActivityReport,
-    KeysListener,
-    SnapshotListener,
-    StaticBackend,
-)
+from corral_operator.gateway.backend import StaticBackend
 from corral_operator.gateway.dispatcher import Dispatcher
 from corral_operator.gateway.metrics import GatewayMetrics
 from corral_operator.gateway.protocol import ROUTED, request_facts
@@ -178,20 +172,6 @@ class TestPickCacheAware:
         assert Counter(home.values()) == {"a": 4, "b": 4}
 
 
-class NoBackend:
-    def start(self, on_snapshot: SnapshotListener, on_keys: KeysListener) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def scale(self, server: ServerKey, replicas: int, now: datetime) -> None:
-        return None
-
-    async def report_activity(self, server: ServerKey, report: ActivityReport) -> None:
-        return None
-
-
 KEY: ServerKey = ("ns", "gemma")
 
 
@@ -214,7 +194,9 @@ def send(dispatcher: Dispatcher, topic: int, turns: int) -> str:
 class TestDispatcher:
     async def test_sequential_turns_stay_where_least_in_flight_alternates(self) -> None:
         async with aiohttp.ClientSession() as client:
-            dispatcher = Dispatcher(GatewaySettings(), NoBackend(), GatewayMetrics(), client)
+            dispatcher = Dispatcher(
+                GatewaySettings(), StaticBackend(GatewaySettings()), GatewayMetrics(), client
+            )
             dispatcher.update(two_pods())
             assert len({send(dispatcher, 1, turns) for turns in range(1, 6)}) == 1
             dispatcher.update(two_pods(LEAST_IN_FLIGHT))
@@ -223,7 +205,9 @@ class TestDispatcher:
 
     async def test_pods_and_servers_that_leave_are_forgotten(self) -> None:
         async with aiohttp.ClientSession() as client:
-            dispatcher = Dispatcher(GatewaySettings(), NoBackend(), GatewayMetrics(), client)
+            dispatcher = Dispatcher(
+                GatewaySettings(), StaticBackend(GatewaySettings()), GatewayMetrics(), client
+            )
             dispatcher.update(two_pods())
             home = send(dispatcher, 1, 1)
             other = ({"a:1", "b:1"} - {home}).pop()
