@@ -267,6 +267,15 @@ class RuntimeSettings(BaseSettings):
     gpu_layers: GpuLayers = "auto"
     threads: int | None = Field(default=None, ge=1, description="Decode threads (default: cores).")
     batch_size: int = Field(default=512, ge=1)
+    tensor_split: str = Field(
+        default="",
+        pattern=r"^([0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)*)?$",
+        description=(
+            "How a model's layers split across the GPUs, in proportions per GPU ('1,1': evenly "
+            "over two), as llama.cpp's --tensor-split; the operator sets it when one GPU is too "
+            "small for a model. Unset: llama.cpp's own split (by free memory)."
+        ),
+    )
     flash_attention: bool = False
     kv_cache_type: KvCacheType = Field(
         default="f16",

@@ -236,7 +236,37 @@ def _write_result(path: str | None, doc: dict[str, Any]) -> None:
         f.write(data)
 
 
+def tensor_bytes(model_path: Path) -> dict[str, int]:
+    """What a model's weights take, from its tensor table (no tensor data is read): all of them
+    (``weightsBytes``), the largest repeating block ``blk.N`` (``layerBytes``: what each layer
+    offloaded to a GPU costs) and the rest (``outputBytes``: embeddings, output norm and head).
+    Empty when the file has no readable table; the operator then sizes nothing from it."""
+    from corral_runtime.store.gguf import GGUFError, read_gguf_header, tensor_nbytes
+
+    try:
+        with open(model_path, "rb") as f:
+            header = read_gguf_header(f, model_path.stat().st_size)
+        blocks: dict[str, int] = {}
+        total = 0
+        for tensor in header.tensors:
+            size = tensor_nbytes(tensor)
+            total += size
+            if tensor.name.startswith("blk."):
+                block = tensor.name.split(".", 2)[1]
+                blocks[block] = blocks.get(block, 0) + size
+    except (GGUFError, OSError, ValueError):
+        return {}
+    layer = max(blocks.values(), default=0)
+    return {
+        "weightsBytes": total,
+        "layerBytes": layer,
+        "outputBytes": total - sum(blocks.values()),
+    }
+
+
 def pull_result(model: Any) -> dict[str, Any]:
+    """The pull's result for the Model's status: what /api/show says, and the facts the operator
+    sizes a ModelServer's pods from (the shape of the KV cache and what the weights take)."""
     from corral_runtime.store.catalog import model_details
 
     details = model_details(model)
@@ -253,6 +283,16 @@ def pull_result(model: Any) -> dict[str, Any]:
                 "parameterSize": details.parameter_size,
                 "quantization": details.quantization_level,
                 "contextLength": details.context_length,
+                "parameterCount": details.parameter_count,
+                "blockCount": details.block_count,
+                "embeddingLength": details.embedding_length,
+                "headCount": details.head_count,
+                "headCountKV": details.head_count_kv,
+                "keyLength": details.key_length,
+                "valueLength": details.value_length,
+                "feedForwardLength": details.feed_forward_length,
+                "vocabSize": details.vocab_size,
+                **tensor_bytes(Path(model.model_path)),
             }
         )
     return {k: v for k, v in doc.items() if v not in (None, "")}

@@ -93,6 +93,13 @@ class ContextConfig:
     kv_cache_type: str = "f16"
     # Each sequence's logits the same whatever decodes beside it (see the module docstring).
     batch_invariant: bool = True
+    # The layers' proportions per GPU (llama.cpp's tensor_split); empty: llama.cpp's own split.
+    tensor_split: tuple[float, ...] = ()
+
+
+def tensor_split_of(text: str) -> tuple[float, ...]:
+    """Proportions per GPU from ``CORRAL_TENSOR_SPLIT`` ("1,1"); empty for none."""
+    return tuple(float(part) for part in text.split(",")) if text.strip() else ()
 
 
 @dataclass(slots=True)
@@ -116,6 +123,13 @@ class LlamaBatchContext:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = config.n_gpu_layers
+        if config.tensor_split:
+            devices = int(llama_cpp.llama_max_devices())
+            if len(config.tensor_split) > devices:
+                raise EngineError(f"a tensor split over more than {devices} GPUs")
+            # Kept on self: llama.cpp reads the array while it loads the model.
+            self._tensor_split = (ctypes.c_float * devices)(*config.tensor_split)
+            model_params.tensor_split = self._tensor_split
         # Weight repacking: row-count-dependent kernels (see the module docstring).
         model_params.use_extra_bufts = not config.batch_invariant
         self.model = llama_cpp.llama_model_load_from_file(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
-from corral_runtime.engine.llama import flash_attention_for
+from corral_runtime.engine.llama import flash_attention_for, tensor_split_of
 from corral_runtime.engine.priority import PriorityPolicy
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import default_parallel
@@ -308,6 +308,7 @@ class ModelManager:
             flash_attn=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             batch_invariant=self.settings.batch_invariant,
+            tensor_split=tensor_split_of(self.settings.tensor_split),
             parallel=parallel,
             queue_timeout_s=self.settings.queue_timeout_seconds,
             generation_timeout_s=self.settings.generation_timeout_seconds,

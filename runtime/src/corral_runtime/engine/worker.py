@@ -91,6 +91,7 @@ class LoadConfig:
     flash_attn: bool = False
     kv_cache_type: str = "f16"  # see ``llama.ContextConfig``
     batch_invariant: bool = True  # see ``llama.ContextConfig``
+    tensor_split: tuple[float, ...] = ()  # see ``llama.ContextConfig``
     parallel: int | None = None  # None: ``default_parallel(n_ctx)``
     queue_timeout_s: float | None = None  # None: wait as long as it takes
     generation_timeout_s: float | None = None  # from taking a slot; None: no limit
@@ -781,6 +782,7 @@ class ModelWorker:
             flash_attn=self.config.flash_attn,
             kv_cache_type=self.config.kv_cache_type,
             batch_invariant=self.config.batch_invariant,
+            tensor_split=self.config.tensor_split,
         )
         try:
             self._context = LlamaBatchContext(config)
