@@ -237,6 +237,16 @@ class Kube:
             body=event_body(obj, type_, reason, message, now),
         )
 
+    def list_nodes(self) -> list[dict[str, Any]] | None:
+        """The cluster's nodes (what sizing places GPU servers on); None where the operator may
+        not list them (403): a server is then sized without knowing the GPUs there are."""
+        try:
+            return list(self._call("GET", "/api/v1/nodes").get("items") or [])
+        except ApiException as exc:
+            if exc.status == 403:
+                return None
+            raise
+
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._call("GET", resource_path(kind, namespace, name))

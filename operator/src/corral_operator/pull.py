@@ -7,7 +7,8 @@ in its environment the puller writes, when it succeeds, one JSON object there::
 
     {"name": "gemma3:270m", "digest": "sha256:<hex>", "sizeBytes": 253113024,
      "format": "gguf", "family": "gemma3", "parameterSize": "268.10M",
-     "quantization": "Q4_K_M", "contextLength": 32768}
+     "quantization": "Q4_K_M", "contextLength": 32768, "blockCount": 18, "headCount": 4,
+     "headCountKV": 1, "keyLength": 256, "valueLength": 256, "weightsBytes": 241410624, ...}
 
 and when it fails, ``{"error": "<message>"}``. The kubelet copies the file (at most 4 KiB) into
 the pod's ``status.containerStatuses[].state.terminated.message``; the operator reads it from the
@@ -36,7 +37,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from corral_operator.status.sizes import format_progress
@@ -64,6 +65,22 @@ _PROGRESS = re.compile(r"\[pull (\d+)/(\d+) bytes\]\s*$")
 # How much of a pull pod's log is read per look: a few lines (one is printed every few seconds).
 LOG_TAIL_LINES = 20
 LOG_LIMIT_BYTES = 16 * 1024
+# What the puller reports of a GGUF's shape and weights (corral_runtime.commands.models
+# .pull_result), kept as they are in the Model's status: the operator sizes pods from them.
+SIZING_FACTS = (
+    "parameterCount",
+    "blockCount",
+    "embeddingLength",
+    "headCount",
+    "headCountKV",
+    "keyLength",
+    "valueLength",
+    "feedForwardLength",
+    "vocabSize",
+    "weightsBytes",
+    "layerBytes",
+    "outputBytes",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +96,7 @@ class PullResult:
     quantization: str | None = None
     context_length: int | None = None
     error: str | None = None
+    facts: Mapping[str, int] = field(default_factory=dict)  # SIZING_FACTS that were reported
 
     def as_status(self) -> dict[str, Any]:
         """Model status fields (camelCase), without the ones the puller did not report."""
@@ -90,6 +108,7 @@ class PullResult:
             "parameterSize": self.parameter_size,
             "quantization": self.quantization,
             "contextLength": self.context_length,
+            **self.facts,
         }
         return {key: value for key, value in fields.items() if value is not None}
 
@@ -127,6 +146,7 @@ def parse_pull_result(message: str | None) -> PullResult | None:
         quantization=_opt_str(data, "quantization"),
         context_length=_opt_int(data, "contextLength"),
         error=_opt_str(data, "error"),
+        facts={key: value for key in SIZING_FACTS if (value := _opt_int(data, key)) is not None},
     )
 
 

@@ -92,22 +92,48 @@ def child_metadata(server: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PodSizing:
+    """What a server's models ask of each pod where its spec says nothing (planners/sizing.py):
+    a memory limit, a GPU count, the least memory a node's GPUs must have (MiB, the GPU feature
+    discovery label's unit), and llama.cpp's tensor split over the pod's GPUs."""
+
+    memory: str | None = None
+    gpus: int | None = None
+    min_gpu_memory_mib: int | None = None
+    tensor_split: tuple[int, ...] = ()
+
+
+NO_SIZING = PodSizing()
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+
+
 def _quantity(value: object) -> str:
     return str(value)
 
 
-def _memory_limit(spec: Mapping[str, Any], settings: OperatorSettings) -> str:
+def _memory_limit(
+    spec: Mapping[str, Any], settings: OperatorSettings, sizing: PodSizing = NO_SIZING
+) -> str:
     wanted = spec.get("resources") or {}
-    return _quantity(wanted.get("memory", settings.default_resources.memory))
+    return _quantity(wanted.get("memory", sizing.memory or settings.default_resources.memory))
 
 
-def _resources(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def pod_gpus(spec: Mapping[str, Any], sizing: PodSizing = NO_SIZING) -> int:
+    """GPUs per pod: the spec's, else the sizing's, else none."""
+    wanted = (spec.get("resources") or {}).get("gpus")
+    return int(wanted if wanted is not None else sizing.gpus or 0)
+
+
+def _resources(
+    spec: Mapping[str, Any], settings: OperatorSettings, sizing: PodSizing = NO_SIZING
+) -> dict[str, Any]:
     wanted = spec.get("resources") or {}
     cpu = _quantity(wanted.get("cpu", settings.default_resources.cpu))
-    memory = _memory_limit(spec, settings)
+    memory = _memory_limit(spec, settings, sizing)
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
     limits: dict[str, str] = {"memory": memory}
-    gpus = int(wanted.get("gpus", 0))
+    gpus = pod_gpus(spec, sizing)
     if gpus > 0:
         resource = str(wanted.get("gpuResourceName") or "nvidia.com/gpu")
         requests[resource] = str(gpus)
@@ -125,20 +151,33 @@ RUNTIME_SETTINGS_ENV = {
 }
 
 
-def memory_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, str]]:
+def memory_env(
+    spec: Mapping[str, Any], settings: OperatorSettings, sizing: PodSizing = NO_SIZING
+) -> list[dict[str, str]]:
     """What decides how many models a pod keeps loaded: memory, not a count. The count limit is
     raised to the number of models served (the runtime's default of 3 would otherwise evict
     before memory runs short), and the budget is the one the memory limit allows."""
     env = [
         {"name": "CORRAL_MAX_LOADED_MODELS", "value": str(max(1, len(spec.get("models") or ())))}
     ]
-    budget = memory_budget(_memory_limit(spec, settings))
+    budget = memory_budget(_memory_limit(spec, settings, sizing))
     if budget is not None:
         env.append({"name": "CORRAL_MEMORY_BUDGET_BYTES", "value": str(budget)})
     return env
 
 
-def _env(server: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+def tensor_split_env(spec: Mapping[str, Any], sizing: PodSizing) -> list[dict[str, str]]:
+    """The layers' split across a pod's GPUs, in proportions (llama.cpp's tensor_split), when
+    the pod has the GPUs the split was made for."""
+    if not sizing.tensor_split or pod_gpus(spec, sizing) != len(sizing.tensor_split):
+        return []
+    split = ",".join(str(share) for share in sizing.tensor_split)
+    return [{"name": "CORRAL_TENSOR_SPLIT", "value": split}]
+
+
+def _env(
+    server: Mapping[str, Any], settings: OperatorSettings, sizing: PodSizing = NO_SIZING
+) -> list[dict[str, Any]]:
     meta, spec = server["metadata"], server["spec"]
     runtime = spec.get("runtime") or {}
     env: list[dict[str, Any]] = [
@@ -160,7 +199,8 @@ def _env(server: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str
             "name": "CORRAL_GRACEFUL_SHUTDOWN_SECONDS",
             "value": str(shutdown_budget(termination_grace(spec))[1]),
         },
-        *memory_env(spec, settings),
+        *memory_env(spec, settings, sizing),
+        *tensor_split_env(spec, sizing),
     ]
     for field_name, variable in RUNTIME_SETTINGS_ENV.items():
         value = runtime.get(field_name)
@@ -217,12 +257,14 @@ def build_deployment(
     claim: str,
     models: Sequence[ServedModel],
     settings: OperatorSettings,
+    sizing: PodSizing = NO_SIZING,
 ) -> dict[str, Any]:
-    """The runtime Deployment: restricted pods with the cache PVC mounted read-only."""
+    """The runtime Deployment: restricted pods with the cache PVC mounted read-only, sized by
+    ``sizing`` where the spec does not say."""
     meta, spec = server["metadata"], server["spec"]
     name = meta["name"]
     runtime = spec.get("runtime") or {}
-    gpus = int((spec.get("resources") or {}).get("gpus", 0))
+    gpus = pod_gpus(spec, sizing)
     grace = termination_grace(spec)
     tolerations = [
         *(settings.gpu_tolerations if gpus > 0 else ()),
@@ -243,9 +285,9 @@ def build_deployment(
             api.MODELS_MOUNT,
             *(runtime.get("extraArgs") or ()),
         ],
-        "env": _env(server, settings),
+        "env": _env(server, settings, sizing),
         "ports": [{"name": "http", "containerPort": api.RUNTIME_PORT, "protocol": "TCP"}],
-        "resources": _resources(spec, settings),
+        "resources": _resources(spec, settings, sizing),
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "models", "mountPath": api.MODELS_MOUNT, "readOnly": True},
@@ -266,8 +308,9 @@ def build_deployment(
         pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
     if tolerations:
         pod_spec["tolerations"] = [dict(t) for t in tolerations]
-    if spec.get("affinity"):
-        pod_spec["affinity"] = spec["affinity"]
+    affinity = gpu_memory_affinity(spec.get("affinity"), sizing.min_gpu_memory_mib)
+    if affinity:
+        pod_spec["affinity"] = affinity
     if spec.get("runtimeClassName"):
         pod_spec["runtimeClassName"] = spec["runtimeClassName"]
     # A GPU cannot be shared with a surge pod, so GPU servers replace pods one at a time.
@@ -294,6 +337,31 @@ def build_deployment(
             },
         },
     }
+
+
+def gpu_memory_affinity(
+    affinity: Mapping[str, Any] | None, min_gpu_memory_mib: int | None
+) -> dict[str, Any] | None:
+    """The spec's affinity, with every required node selector term also asking for GPUs of at
+    least ``min_gpu_memory_mib`` MiB (a ``Gt`` on the label one below it); a new term when the
+    spec has none."""
+    if min_gpu_memory_mib is None:
+        return dict(affinity) if affinity else None
+    wanted = {
+        "key": GPU_MEMORY_LABEL,
+        "operator": "Gt",
+        "values": [str(min_gpu_memory_mib - 1)],
+    }
+    result: dict[str, Any] = json.loads(json.dumps(affinity or {}))
+    required = result.setdefault("nodeAffinity", {}).setdefault(
+        "requiredDuringSchedulingIgnoredDuringExecution", {}
+    )
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(wanted)
+    return result
 
 
 def build_service(server: Mapping[str, Any]) -> dict[str, Any]:

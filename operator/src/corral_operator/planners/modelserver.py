@@ -20,6 +20,7 @@ from corral_operator.builders.runtime import (
 )
 from corral_operator.planners.model import model_cache
 from corral_operator.planners.replicas import server_replicas
+from corral_operator.planners.sizing import DOES_NOT_FIT, size_server
 from corral_operator.settings import OperatorSettings
 from corral_operator.status.conditions import Condition, is_true
 from corral_operator.status.pods import pods_trouble
@@ -101,12 +102,14 @@ def plan_modelserver(
     settings: OperatorSettings,
     now: datetime,
     pods: Iterable[Mapping[str, Any]] = (),
+    nodes: Iterable[Mapping[str, Any]] = (),
 ) -> ServerPlan:
     """Decide the children and status of ``server``.
 
     ``models`` maps each name in ``spec.models`` to its Model (None when it does not exist);
     ``deployment`` is the runtime Deployment as it is now, if any; ``pods`` its runtime pods
-    (while none is ready, what keeps them from it is the Ready condition's reason).
+    (while none is ready, what keeps them from it is the Ready condition's reason); ``nodes``
+    the cluster's nodes, whose GPUs the pods are sized for (planners/sizing.py).
     """
     meta, spec = server["metadata"], server["spec"]
     name, namespace = meta["name"], meta["namespace"]
@@ -172,6 +175,23 @@ def plan_modelserver(
         if obj is not None
     ]
     cache = caches.pop()
+    placement = size_server(spec, models, nodes, settings.default_resources.memory)
+    if placement is not None:
+        observed["sizing"] = placement.status
+    if placement is not None and placement.problem:
+        return ServerPlan(
+            status=observed,
+            conditions=(
+                Condition(MODELS_READY, "True", "ModelsReady", ", ".join(m.name for m in served)),
+                Condition(READY, "False", DOES_NOT_FIT, placement.problem),
+                Condition(
+                    SCALED_TO_ZERO,
+                    "True" if current == 0 else "False",
+                    "NoReplicas" if current == 0 else "Running",
+                    "",
+                ),
+            ),
+        )
     # The keep-alive timer's decision too: a resync never undoes a request's keep_alive.
     decision = server_replicas(server, now)
     deployment_obj = build_deployment(
@@ -180,6 +200,7 @@ def plan_modelserver(
         claim=api.cache_pvc_name(cache),
         models=served,
         settings=settings,
+        **({"sizing": placement.sizing} if placement is not None else {}),
     )
     ready = int(observed["readyReplicas"])
     if decision.replicas == 0:

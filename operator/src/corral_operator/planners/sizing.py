@@ -1,0 +1,332 @@
+"""A ModelServer sized from its models: the memory one replica needs, how many GPUs, and which
+nodes can hold it.
+
+The pull Job records a GGUF's facts in its Model's status (layers, heads and key/value heads,
+key and value lengths, what the weights and each layer take). From them and the server's
+context, parallel slots and KV cache type, one replica needs, as Ollama estimates a load:
+
+- the weights (all the tensors);
+- a KV cache for every slot: context x parallel positions, per layer key/value heads x (key +
+  value length) values of the cache's element type;
+- a compute graph allowance for one batch: the larger of the layers' activations with the
+  attention scores of a batch over a slot's context (none with flash attention) and the output
+  head's batch of logits, a row of logits per slot, and the context's own allocations. It is
+  never below the runtime's ``gpu.compute_graph_bytes``, so a pod sized here admits the model
+  its runtime then estimates.
+
+On GPU nodes (those labelled ``nvidia.com/gpu.memory`` by GPU feature discovery, in MiB per
+GPU) the layers are split across the fewest GPUs of one node that hold them, each GPU also
+holding the output tensors, the graph and CUDA's own overhead (an upper bound: llama.cpp keeps
+those on one of them); the pods then ask for that many GPUs and only nodes whose GPUs are at
+least that large. A server that fits on no labelled node says so with the numbers.
+
+Explicit resources in the spec win: a set ``gpus`` is kept (and the per-GPU need is checked
+against the nodes), a set ``memory`` is kept. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from corral_operator.builders.memory import (
+    PROCESS_RESERVE_BYTES,
+    PROCESS_RESERVE_SHARE,
+    memory_bytes,
+)
+from corral_operator.builders.runtime import GPU_MEMORY_LABEL, PodSizing
+
+DOES_NOT_FIT = "DoesNotFit"  # the Ready condition's reason for a server no node can hold
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+# The runtime's defaults (corral_runtime.settings and engine.scheduling) where a server sets none.
+DEFAULT_CONTEXT = 4096
+DEFAULT_BATCH = 512
+KV_TOKEN_BUDGET = 16384
+MAX_DEFAULT_PARALLEL = 8
+MAX_GPUS = 16  # the CRD's bound on spec.resources.gpus
+
+# Bytes per cached value of each KV cache type, as (numerator, denominator): ggml's q8_0 and
+# q4_0 store blocks of 32 values in 34 and 18 bytes.
+KV_VALUE_BYTES = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
+# The llama.cpp context's allocations beside its buffers (graph metadata, samplers, the batch).
+CONTEXT_OVERHEAD_BYTES = 64 * MIB
+# What the CUDA runtime, cuBLAS and the driver take on each GPU before any buffer (Ollama keeps
+# about 457 MiB free per CUDA GPU for the same reason).
+GPU_OVERHEAD_BYTES = 512 * MIB
+_F32 = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What a Model's status says about the memory its model takes."""
+
+    block_count: int
+    embedding_length: int
+    head_count: int
+    kv_heads: int
+    key_length: int
+    value_length: int
+    feed_forward_length: int
+    vocab_size: int
+    weights_bytes: int
+    layer_bytes: int
+    output_bytes: int
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> ModelFacts | None:
+        """The facts of a Model's status; None for a Model pulled before they were recorded
+        (or from a file without a readable tensor table): nothing is sized from it."""
+
+        def number(key: str) -> int:
+            value = status.get(key)
+            return value if isinstance(value, int) and value > 0 else 0
+
+        blocks, weights = number("blockCount"), number("weightsBytes")
+        if not blocks or not weights:
+            return None
+        embedding = number("embeddingLength")
+        heads = number("headCount") or 1
+        head_dim = embedding // heads
+        return cls(
+            block_count=blocks,
+            embedding_length=embedding,
+            head_count=heads,
+            kv_heads=number("headCountKV") or heads,
+            key_length=number("keyLength") or head_dim,
+            value_length=number("valueLength") or head_dim,
+            feed_forward_length=number("feedForwardLength") or 4 * embedding,
+            vocab_size=number("vocabSize"),
+            weights_bytes=weights,
+            layer_bytes=number("layerBytes") or weights // blocks,
+            output_bytes=number("outputBytes"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServingShape:
+    """How a server runs a model: context per slot, slots, KV cache type, flash attention."""
+
+    context: int = DEFAULT_CONTEXT
+    parallel: int = 1
+    kv_cache_type: str = "f16"
+    flash_attention: bool = False
+    n_batch: int = DEFAULT_BATCH
+
+
+def serving_shape(runtime: Mapping[str, Any], model_context: int | None = None) -> ServingShape:
+    """The shape a ModelServer's ``spec.runtime`` gives a model: a Model's own num_ctx wins over
+    the server's contextLength; unset parallel is the runtime's choice from the context."""
+    context = int(model_context or runtime.get("contextLength") or DEFAULT_CONTEXT)
+    parallel = int(
+        runtime.get("parallel") or max(1, min(MAX_DEFAULT_PARALLEL, KV_TOKEN_BUDGET // context))
+    )
+    kv_type = str(runtime.get("kvCacheType") or "f16")
+    # A quantized cache turns flash attention on unless it is explicitly off (the runtime's rule).
+    flash = runtime.get("flashAttention")
+    return ServingShape(
+        context=context,
+        parallel=parallel,
+        kv_cache_type=kv_type,
+        flash_attention=bool(flash) if flash is not None else kv_type != "f16",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """One loaded model's memory: weights, KV cache and compute graph, and its layers."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    graph_bytes: int
+    block_count: int
+    layer_bytes: int  # one layer's weights and its share of the KV cache
+    output_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.graph_bytes
+
+    def per_gpu_bytes(self, gpus: int) -> int:
+        """What each of ``gpus`` GPUs holds with the layers split evenly between them."""
+        layers = math.ceil(self.block_count / max(1, gpus))
+        return layers * self.layer_bytes + self.output_bytes + self.graph_bytes + GPU_OVERHEAD_BYTES
+
+
+def kv_cache_bytes(facts: ModelFacts, shape: ServingShape) -> int:
+    """Every slot's KV cache: context x parallel positions in each layer."""
+    numerator, denominator = KV_VALUE_BYTES[shape.kv_cache_type]
+    per_position = facts.kv_heads * (facts.key_length + facts.value_length)
+    tokens = shape.context * shape.parallel
+    return tokens * facts.block_count * per_position * numerator // denominator
+
+
+def graph_bytes(facts: ModelFacts, shape: ServingShape) -> int:
+    """The compute buffer of one batch, all f32: the larger of the layers' working set
+    (activations and the attention scores over a slot's context) and the output head's (a
+    batch of logit rows: what dominates for models with large vocabularies, where llama.cpp
+    reserves it), plus a row of logits kept per slot and the context's own allocations."""
+    batch = shape.n_batch
+    activations = batch * (4 * facts.embedding_length + facts.feed_forward_length) * _F32
+    scores = 0 if shape.flash_attention else batch * shape.context * facts.head_count * _F32
+    head = batch * (facts.embedding_length + facts.vocab_size) * _F32
+    kept_logits = shape.parallel * facts.vocab_size * _F32
+    return CONTEXT_OVERHEAD_BYTES + max(activations + scores, head) + kept_logits
+
+
+def estimate(facts: ModelFacts, shape: ServingShape) -> Estimate:
+    kv = kv_cache_bytes(facts, shape)
+    return Estimate(
+        weights_bytes=facts.weights_bytes,
+        kv_cache_bytes=kv,
+        graph_bytes=graph_bytes(facts, shape),
+        block_count=facts.block_count,
+        layer_bytes=facts.layer_bytes + kv // facts.block_count,
+        output_bytes=facts.output_bytes,
+    )
+
+
+def memory_limit_for(need_bytes: int) -> int:
+    """The container limit whose budget (builders.memory: the limit less the process's reserve)
+    holds ``need_bytes`` of models."""
+    return math.ceil((need_bytes + PROCESS_RESERVE_BYTES) / (1 - float(PROCESS_RESERVE_SHARE)))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuNode:
+    """A node GPU feature discovery labelled: its GPUs' memory and how many it has."""
+
+    name: str
+    gpu_memory_bytes: int
+    gpus: int
+
+
+def gpu_nodes(nodes: Iterable[Mapping[str, Any]], resource: str) -> list[GpuNode]:
+    """Nodes with a GPU memory label and GPUs of ``resource`` in their capacity."""
+    found = []
+    for node in nodes:
+        label = ((node.get("metadata") or {}).get("labels") or {}).get(GPU_MEMORY_LABEL)
+        capacity = ((node.get("status") or {}).get("capacity") or {}).get(resource)
+        try:
+            memory_mib, count = int(str(label)), int(str(capacity))
+        except ValueError:
+            continue
+        if memory_mib > 0 and count > 0:
+            found.append(GpuNode(str(node["metadata"]["name"]), memory_mib * MIB, count))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The decision: the pod's sizing for the estimate ``need``, or why it fits nowhere."""
+
+    sizing: PodSizing
+    need: Estimate
+    problem: str | None = None
+
+    @property
+    def status(self) -> dict[str, int]:
+        """The ModelServer's ``status.sizing``: the estimate, and the GPUs it was placed on."""
+        doc = {
+            "memoryBytes": self.need.total_bytes,
+            "weightsBytes": self.need.weights_bytes,
+            "kvCacheBytes": self.need.kv_cache_bytes,
+            "graphBytes": self.need.graph_bytes,
+        }
+        if self.sizing.gpus:
+            doc["gpus"] = self.sizing.gpus
+            doc["perGpuBytes"] = self.need.per_gpu_bytes(self.sizing.gpus)
+        return doc
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:.1f} GiB"
+
+
+def fewest_gpus(need: Estimate, nodes: Sequence[GpuNode], limit: int = MAX_GPUS) -> int | None:
+    """The fewest GPUs of one node that hold the model's layers; None when no node can."""
+    for gpus in range(1, limit + 1):
+        per_gpu = need.per_gpu_bytes(gpus)
+        if any(n.gpus >= gpus and n.gpu_memory_bytes >= per_gpu for n in nodes):
+            return gpus
+    return None
+
+
+def place(
+    need: Estimate,
+    resources: Mapping[str, Any],
+    nodes: Sequence[GpuNode],
+    default_memory: str,
+) -> Placement:
+    """Size one replica for ``need`` (the largest of the server's models) on ``nodes`` (the GPU
+    nodes of the cluster), keeping what ``resources`` (the spec's) sets explicitly."""
+    explicit_gpus = resources.get("gpus")
+    if explicit_gpus is None:
+        gpus = fewest_gpus(need, nodes) if nodes else 0
+    else:
+        gpus = int(explicit_gpus)
+    memory = None
+    if resources.get("memory") is None and not gpus:
+        # The operator's default stays the floor: small models keep the room it gives.
+        floor = memory_bytes(default_memory) or 0
+        memory = str(max(floor, memory_limit_for(need.total_bytes)))
+    if gpus is None:
+        largest = max(nodes, key=lambda n: (n.gpu_memory_bytes, n.gpus))
+        return Placement(
+            PodSizing(memory=memory),
+            need,
+            problem=(
+                f"needs {_gib(need.total_bytes)} (weights {_gib(need.weights_bytes)}, KV cache "
+                f"{_gib(need.kv_cache_bytes)}, graph {_gib(need.graph_bytes)}); even split "
+                f"over {largest.gpus} GPUs it needs {_gib(need.per_gpu_bytes(largest.gpus))} "
+                f"per GPU, and the largest GPUs ({largest.name}) have "
+                f"{_gib(largest.gpu_memory_bytes)}"
+            ),
+        )
+    if not gpus:
+        return Placement(PodSizing(memory=memory, gpus=None if explicit_gpus is None else 0), need)
+    per_gpu = need.per_gpu_bytes(gpus)
+    sizing = PodSizing(
+        memory=memory,
+        gpus=gpus,
+        min_gpu_memory_mib=math.ceil(per_gpu / MIB) if nodes else None,
+        tensor_split=(1,) * gpus if gpus > 1 else (),
+    )
+    if nodes and not any(n.gpus >= gpus and n.gpu_memory_bytes >= per_gpu for n in nodes):
+        return Placement(
+            sizing,
+            need,
+            problem=(
+                f"needs {_gib(per_gpu)} per GPU on {gpus} GPUs (of {_gib(need.total_bytes)} "
+                f"in all), and no node has {gpus} GPUs that large (the largest have "
+                f"{_gib(max(n.gpu_memory_bytes for n in nodes))})"
+            ),
+        )
+    return Placement(sizing, need)
+
+
+def size_server(
+    spec: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any] | None],
+    nodes: Iterable[Mapping[str, Any]],
+    default_memory: str,
+) -> Placement | None:
+    """The placement of a ModelServer's replicas; None when no Model says enough to size it
+    (the spec's resources and the operator's defaults apply unchanged)."""
+    runtime = spec.get("runtime") or {}
+    estimates = []
+    for model in models.values():
+        facts = ModelFacts.from_status((model or {}).get("status") or {})
+        if facts is None:
+            continue
+        num_ctx = (((model or {}).get("spec") or {}).get("parameters") or {}).get("numCtx")
+        estimates.append(estimate(facts, serving_shape(runtime, num_ctx)))
+    if not estimates:
+        return None
+    resources = spec.get("resources") or {}
+    resource = str(resources.get("gpuResourceName") or "nvidia.com/gpu")
+    largest = max(estimates, key=lambda e: e.total_bytes)
+    return place(largest, resources, gpu_nodes(nodes, resource), default_memory)
