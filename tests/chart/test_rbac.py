@@ -46,9 +46,10 @@ NAMESPACED: set[Grant] = (
     | _grants("gateway", "corral.dev", "modelservers/scale", "get patch")
     | _grants("gateway", "", "endpoints", "list watch")
 )
+# Nodes are only listed (Kube.list_nodes): which have GPUs and how large, to size GPU servers.
 CLUSTER_ONLY: set[Grant] = _grants(
     "operator", "apiextensions.k8s.io", "customresourcedefinitions", "list watch"
-)
+) | _grants("operator", "", "nodes", "list")
 API_KEY: set[Grant] = {("gateway", "", "secrets", "get", "corral-api-keys")}
 
 
@@ -96,7 +97,10 @@ def test_no_rule_is_broad(args: tuple[str, ...]) -> None:
     for component, group, resource, verb, name in grants:
         assert "*" not in (group, resource, verb), (component, group, resource, verb)
         assert verb not in {"escalate", "bind", "impersonate", "deletecollection"}
-        assert resource not in {"pods/exec", "pods/attach", "nodes", "serviceaccounts/token"}
+        assert resource not in {"pods/exec", "pods/attach", "nodes/proxy", "serviceaccounts/token"}
+        if resource == "nodes":
+            # Only the operator, only listed (to size GPU servers): never changed, never proxied.
+            assert (component, verb) == ("operator", "list"), (component, verb)
         if resource == "secrets":
             # Only the gateway, only by name, only read.
             assert (component, verb) == ("gateway", "get") and name, (component, verb, name)
