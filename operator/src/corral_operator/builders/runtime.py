@@ -166,6 +166,22 @@ def memory_env(
     return env
 
 
+def priority_env(spec: Mapping[str, Any]) -> list[dict[str, str]]:
+    """``spec.priority``'s part that the runtime applies (its wait for a slot): the share caps
+    and the aging. The API keys' classes and the default class are the gateway's (it sets
+    every request's X-Corral-Priority)."""
+    priority = spec.get("priority") or {}
+    env = []
+    if priority.get("shares"):
+        shares = json.dumps(dict(priority["shares"]), sort_keys=True)
+        env.append({"name": "CORRAL_PRIORITY_SHARES", "value": shares})
+    if priority.get("agingSeconds") is not None:
+        env.append(
+            {"name": "CORRAL_PRIORITY_AGING_SECONDS", "value": str(priority["agingSeconds"])}
+        )
+    return env
+
+
 def tensor_split_env(spec: Mapping[str, Any], sizing: PodSizing) -> list[dict[str, str]]:
     """The layers' split across a pod's GPUs, in proportions (llama.cpp's tensor_split), when
     the pod has the GPUs the split was made for."""
@@ -201,6 +217,7 @@ def _env(
         },
         *memory_env(spec, settings, sizing),
         *tensor_split_env(spec, sizing),
+        *priority_env(spec),
     ]
     for field_name, variable in RUNTIME_SETTINGS_ENV.items():
         value = runtime.get(field_name)

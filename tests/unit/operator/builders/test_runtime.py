@@ -122,6 +122,30 @@ class TestDeployment:
         assert settings.max_loaded_models == 1
         assert settings.memory_budget_bytes == memory_budget("2Gi")
 
+    def test_the_runtime_reads_the_priority_settings(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        priority = {
+            "defaultClass": "batch",
+            "agingSeconds": 12,
+            "shares": {"batch": 0.75, "interactive": 0.5},
+            "apiKeys": [{"sha256": "a" * 64, "class": "batch"}],
+        }
+        env = {e["name"]: e["value"] for e in _container(_deployment(priority=priority))["env"]}
+        # The keys and the default class are the gateway's: no pod is told them.
+        assert not any("KEY" in name and "PRIORITY" in name for name in env)
+        for name in list(os.environ):
+            if name.startswith("CORRAL_"):
+                monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = RuntimeSettings()
+        assert settings.priority_shares == {"batch": 0.75, "interactive": 0.5}
+        assert settings.priority_aging_seconds == 12
+
+    def test_no_priority_spec_leaves_the_runtimes_defaults(self) -> None:
+        env = _env(_deployment())
+        assert "CORRAL_PRIORITY_SHARES" not in env
+        assert "CORRAL_PRIORITY_AGING_SECONDS" not in env
+
     def test_pods_evict_by_memory_not_by_count(self) -> None:
         env = _env(_deployment(models=["a", "b", "c", "d"], resources={"memory": "3Gi"}))
         # Four models may stay loaded where memory allows (the runtime's default is three).
