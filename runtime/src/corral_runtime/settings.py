@@ -233,6 +233,14 @@ class RuntimeSettings(BaseSettings):
             "a class not named may take every slot."
         ),
     )
+    priority_reserved_slots: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Slots of each model only interactive requests may take (at most all but one), so "
+            "one finds a slot at once under any batch load; 0: batch may take every slot."
+        ),
+    )
     max_loaded_models: int = Field(default=3, ge=1)
     memory_budget_bytes: int | None = Field(
         default=None,

@@ -315,6 +315,7 @@ class ModelManager:
             priority=PriorityPolicy(
                 self.settings.priority_aging_seconds,
                 {str(name): share for name, share in self.settings.priority_shares.items()},
+                self.settings.priority_reserved_slots,
             ),
         )
         worker = ModelWorker(

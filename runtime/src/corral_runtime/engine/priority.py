@@ -5,8 +5,11 @@ for the answer) or ``batch`` (a job that only needs its answers eventually). A r
 the header is ``interactive``, so a plain Ollama or OpenAI client is served as it always was
 and only a job that marks itself (or whose API key a ModelServer maps to ``batch``) yields.
 
-Three rules decide the order, in this order of precedence:
+Four rules decide the order, in this order of precedence:
 
+- ``PriorityPolicy.reserved`` slots are kept for the highest class: a request of a lower class
+  takes a slot only while more than that many are free (so an interactive request finds a slot
+  at once however much batch work there is, at the cost of those slots idling without it);
 - a class at its share cap (``PriorityPolicy.shares``: the most of the slots it may hold) does
   not take another slot while a request of another class waits (while none does, a free slot is
   never left idle);
@@ -59,6 +62,8 @@ class PriorityPolicy:
     aging_s: float = DEFAULT_AGING_SECONDS
     # Class -> the most of the slots (0 < share <= 1) it may hold while another class waits.
     shares: Mapping[str, float] = field(default_factory=dict)
+    # Slots only the highest class may take (at most all but one).
+    reserved: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +101,27 @@ def capped_classes(
     )
 
 
+def may_take_reserved(priority: str) -> bool:
+    return priority == PRIORITY_CLASSES[0]
+
+
 def next_admitted(
     queued: Sequence[QueuedView], busy: Mapping[str, int], slots: int, policy: PriorityPolicy
-) -> int:
+) -> int | None:
     """The index into ``queued`` (in arrival order) of the request that takes the next free
-    slot. ``busy`` counts the slots each class holds now."""
+    slot, or None where only reserved slots are free and no request may take them. ``busy``
+    counts the slots each class holds now."""
     if not queued:
         raise ValueError("no waiting request to choose from")
-    capped = capped_classes([q.priority for q in queued], busy, slots, policy.shares)
-    eligible = [i for i, q in enumerate(queued) if q.priority not in capped]
+    free = slots - sum(busy.values())
+    reserved = min(policy.reserved, slots - 1)
+    allowed = [i for i, q in enumerate(queued) if free > reserved or may_take_reserved(q.priority)]
+    if not allowed:
+        return None
+    capped = capped_classes([queued[i].priority for i in allowed], busy, slots, policy.shares)
+    eligible = [i for i in allowed if queued[i].priority not in capped]
     return min(
-        eligible or range(len(queued)),
+        eligible or allowed,
         key=lambda i: (
             effective_rank(queued[i].priority, queued[i].waited_s, policy.aging_s),
             -queued[i].waited_s,

@@ -493,12 +493,14 @@ class ModelWorker:
             if not free:
                 return
             waiting = self._take_next_waiting()
+            if waiting is None:  # only reserved slots are free, and nobody may take them
+                return
             views = [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in free]
             busy = {s.seq_id for s in self._slots if s.sequence is not None}
             choice = choose_slot(views, waiting.tokens, self._chunk, busy)
             self._assign(free[choice.index], waiting, choice.reuse)
 
-    def _take_next_waiting(self) -> _Waiting:
+    def _take_next_waiting(self) -> _Waiting | None:
         """Out of the waiting requests, the one that takes the next free slot (see
         ``priority.next_admitted``)."""
         now = time.perf_counter()
@@ -510,6 +512,8 @@ class ModelWorker:
             s.sequence.submission.request.priority for s in self._slots if s.sequence is not None
         )
         index = next_admitted(views, busy, len(self._slots), self.config.priority)
+        if index is None:
+            return None
         waiting = self._waiting[index]
         del self._waiting[index]
         return waiting

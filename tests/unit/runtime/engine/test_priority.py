@@ -127,13 +127,36 @@ class TestShareCaps:
             next_admitted([], {}, 4, POLICY)
 
 
+class TestReservedSlots:
+    POLICY = PriorityPolicy(aging_s=10.0, reserved=1)
+
+    def test_batch_does_not_take_the_reserved_slot(self) -> None:
+        assert next_admitted([q(BAT, 5.0)], {BAT: 3}, 4, self.POLICY) is None
+
+    def test_batch_takes_slots_beyond_the_reserved_ones(self) -> None:
+        assert next_admitted([q(BAT, 5.0)], {BAT: 2}, 4, self.POLICY) == 0
+
+    def test_interactive_takes_the_reserved_slot(self) -> None:
+        assert next_admitted([q(BAT, 50.0), q(INT, 0.1)], {BAT: 3}, 4, self.POLICY) == 1
+
+    def test_aging_does_not_open_the_reserved_slot_to_batch(self) -> None:
+        assert next_admitted([q(BAT, 500.0)], {BAT: 3}, 4, self.POLICY) is None
+
+    def test_one_slot_always_stays_open_to_batch(self) -> None:
+        policy = PriorityPolicy(reserved=8)
+        assert next_admitted([q(BAT, 1.0)], {}, 4, policy) == 0
+        assert next_admitted([q(BAT, 1.0)], {BAT: 1}, 4, policy) is None
+
+
 class TestSettings:
     def test_shares_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("CORRAL_PRIORITY_SHARES", '{"batch": 0.75}')
         monkeypatch.setenv("CORRAL_PRIORITY_AGING_SECONDS", "12")
+        monkeypatch.setenv("CORRAL_PRIORITY_RESERVED_SLOTS", "1")
         settings = RuntimeSettings()
         assert settings.priority_shares == {BAT: 0.75}
         assert settings.priority_aging_seconds == 12
+        assert settings.priority_reserved_slots == 1
 
     @pytest.mark.parametrize("shares", ['{"urgent": 0.5}', '{"batch": 0}', '{"batch": 1.5}'])
     def test_bad_shares_are_refused(self, monkeypatch: pytest.MonkeyPatch, shares: str) -> None:
