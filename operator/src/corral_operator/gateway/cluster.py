@@ -227,13 +227,21 @@ class ClusterBackend:
     # -- writing -----------------------------------------------------------------------------
 
     async def scale(self, server: ServerKey, replicas: int, now: datetime) -> None:
-        await asyncio.to_thread(self._scale, server, replicas, now)
-
-    def _scale(self, server: ServerKey, replicas: int, now: datetime) -> None:
+        """Wake a server: record the activity and read its replicas at once (two independent
+        calls, concurrent: a wake-up from zero waits for one round trip where it waited for
+        two), then raise its replicas. The activity is written before the scale, so that the
+        keep-alive cannot take the wake-up for idleness."""
         namespace, name = server
-        # Activity first, so that the keep-alive cannot take the wake-up for idleness.
-        self._set_last_request_time(namespace, name, now)
-        current = self.kube.read_replicas("ModelServer", namespace, name)
+        _, current = await asyncio.gather(
+            asyncio.to_thread(self._set_last_request_time, namespace, name, now),
+            asyncio.to_thread(self.kube.read_replicas, "ModelServer", namespace, name),
+        )
+        await asyncio.to_thread(self._raise_replicas, server, current, replicas, now)
+
+    def _raise_replicas(
+        self, server: ServerKey, current: int | None, replicas: int, now: datetime
+    ) -> None:
+        namespace, name = server
         if current is None or current < replicas:
             log.info("scaling %s/%s to %d", namespace, name, replicas)
             self.kube.scale("ModelServer", namespace, name, replicas, unset=current is None)
