@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral_operator.cli.cluster import Cluster, CommandError
 from corral_operator.settings import CliSettings, KubeClientSettings
@@ -299,16 +299,9 @@ def cmd_run(args: argparse.Namespace, settings: CliSettings) -> int:
 
     try:
         options = dict(parse_option(text) for text in args.option)
-        choice, host = gateway.find_server(
-            args.host,
-            settings,
-            kubeconfig=args.kubeconfig,
-            context=args.context,
-            namespace=args.namespace,
-            gateway_namespace=args.gateway_namespace,
-        )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    choice, host = _server(args, settings, gateway.find_server)
     prompt = " ".join(args.prompt)
     interactive = not prompt and sys.stdin.isatty()
     if not sys.stdin.isatty():
@@ -334,6 +327,25 @@ def cmd_run(args: argparse.Namespace, settings: CliSettings) -> int:
     return 0
 
 
+_T = TypeVar("_T")
+
+
+def _server(args: argparse.Namespace, settings: CliSettings, find: Callable[..., _T]) -> _T:
+    """Where a command talks (``gateway.server_choice``, or ``find_server`` with its URL), from
+    its flags; a ``--host`` or OLLAMA_HOST that is no address is a command error."""
+    try:
+        return find(
+            args.host,
+            settings,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            namespace=args.namespace,
+            gateway_namespace=getattr(args, "gateway_namespace", None),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _server_client(url: str, api_key: str | None) -> httpx.Client:
     """A client of one server, with the bearer key when one is given."""
     import httpx
@@ -347,17 +359,7 @@ def _server_client(url: str, api_key: str | None) -> httpx.Client:
 def cmd_stop(args: argparse.Namespace, settings: CliSettings) -> int:
     from corral_operator.cli import gateway, local
 
-    try:
-        _, url = gateway.find_server(
-            args.host,
-            settings,
-            kubeconfig=args.kubeconfig,
-            context=args.context,
-            namespace=args.namespace,
-            gateway_namespace=args.gateway_namespace,
-        )
-    except ValueError as exc:  # a host that is not one
-        raise CommandError(str(exc)) from None
+    _, url = _server(args, settings, gateway.find_server)
     with _server_client(url, args.api_key) as http:
         local.stop_model(http, args.model)
     return 0
@@ -368,23 +370,7 @@ def cmd_ps(args: argparse.Namespace, settings: CliSettings) -> int:
     from corral_operator.cli import gateway, local, tables
     from corral_operator.cli.pods import loaded_models
 
-    def connect() -> Cluster:
-        return Cluster.connect(KubeClientSettings(), args.kubeconfig, args.context, args.namespace)
-
-    try:
-        choice = gateway.choose_server(
-            args.host,
-            settings,
-            cluster_flags=any(
-                v is not None for v in (args.kubeconfig, args.context, args.namespace)
-            ),
-            local_answers=lambda: gateway.answers(
-                gateway.LOCAL_SERVER, gateway.LOCAL_PROBE_TIMEOUT
-            ),
-            kubeconfig_loads=lambda: gateway.kubeconfig_loads(connect),
-        )
-    except ValueError as exc:  # a host that is not one
-        raise CommandError(str(exc)) from None
+    choice = _server(args, settings, gateway.server_choice)
     if choice.url is not None:
         with _server_client(choice.url, args.api_key) as http:
             running = local.running_models(http)

@@ -160,6 +160,37 @@ def kubeconfig_loads(connect: Callable[[], Cluster]) -> bool:
     return True
 
 
+def _connector(
+    kubeconfig: str | None, context: str | None, namespace: str | None
+) -> Callable[[], Cluster]:
+    def connect() -> Cluster:
+        return Cluster.connect(KubeClientSettings(), kubeconfig, context, namespace)
+
+    return connect
+
+
+def server_choice(
+    host_flag: str | None,
+    settings: CliSettings,
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    namespace: str | None = None,
+    gateway_namespace: str | None = None,
+) -> ServerChoice:
+    """``choose_server`` over a command's flags: any cluster flag given counts, even one equal
+    to its default."""
+    return choose_server(
+        host_flag,
+        settings,
+        cluster_flags=any(
+            flag is not None for flag in (kubeconfig, context, namespace, gateway_namespace)
+        ),
+        local_answers=lambda: answers(LOCAL_SERVER, LOCAL_PROBE_TIMEOUT),
+        kubeconfig_loads=lambda: kubeconfig_loads(_connector(kubeconfig, context, namespace)),
+    )
+
+
 def find_server(
     host_flag: str | None,
     settings: CliSettings,
@@ -169,20 +200,16 @@ def find_server(
     namespace: str | None = None,
     gateway_namespace: str | None = None,
 ) -> tuple[ServerChoice, str]:
-    """``choose_server`` over the command's flags (any cluster flag given counts, even one
-    equal to its default), then its base URL. ``gateway_namespace`` is the flag's value;
-    CORRAL_GATEWAY_NAMESPACE only says where to look once the gateway is chosen."""
-
-    def connect() -> Cluster:
-        return Cluster.connect(KubeClientSettings(), kubeconfig, context, namespace)
-
-    choice = choose_server(
+    """``server_choice``, then its base URL (the gateway's, found in the cluster, where the
+    gateway is chosen). ``gateway_namespace`` is the flag's value; CORRAL_GATEWAY_NAMESPACE only
+    says where to look once the gateway is chosen."""
+    choice = server_choice(
         host_flag,
         settings,
-        cluster_flags=any(
-            flag is not None for flag in (kubeconfig, context, namespace, gateway_namespace)
-        ),
-        local_answers=lambda: answers(LOCAL_SERVER, LOCAL_PROBE_TIMEOUT),
-        kubeconfig_loads=lambda: kubeconfig_loads(connect),
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        gateway_namespace=gateway_namespace,
     )
+    connect = _connector(kubeconfig, context, namespace)
     return choice, locate_server(choice, connect, gateway_namespace or settings.gateway_namespace)
