@@ -110,7 +110,8 @@ def test_defaults_are_filled_in(cluster: Cluster) -> None:
     assert model["spec"]["cache"] == "default"
     spec = server["spec"]
     assert (spec["minReplicas"], spec["maxReplicas"], spec["keepAliveSeconds"]) == (0, 1, 300)
-    assert spec["resources"] == {"gpus": 0, "gpuResourceName": "nvidia.com/gpu"}
+    # No GPU count: left unset, the operator sizes it from the models (planners/sizing.py).
+    assert spec["resources"] == {"gpuResourceName": "nvidia.com/gpu"}
     assert spec["runtime"] == {}
 
 
