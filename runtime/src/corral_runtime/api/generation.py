@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from corral_runtime.api.errors import ApiError
 from corral_runtime.api.options import (
@@ -50,10 +51,19 @@ def effective_options(stored: StoredModel, request_options: OllamaOptions) -> Ol
     return merge_options(model_options, request_options)
 
 
-def check_capabilities(model: LoadedModel, *, think: ThinkValue, images: bool, tools: bool) -> None:
+def check_capabilities(
+    model: LoadedModel,
+    *,
+    think: ThinkValue,
+    images: bool,
+    tools: bool,
+    action: Literal["generate", "chat"] = "generate",
+) -> None:
     """Refuse (400) what a request asks of a model that cannot do it, before any prompt is
-    rendered, in the words Ollama uses on both APIs."""
+    rendered, in the words Ollama uses on both APIs (``action``: what the endpoint does)."""
     name = model.name
+    if model.details.embedding:
+        raise ApiError(400, f'"{name}" does not support {action}')
     able = capabilities_of(model.template)
     if wants_thinking(think) and Capability.THINKING not in able:
         raise ApiError(400, f'"{name}" does not support thinking')

@@ -10,7 +10,7 @@ from typing import Any
 
 from corral_runtime.engine.manager import LoadedModel, model_template
 from corral_runtime.store.catalog import ModelEntry, model_details
-from corral_runtime.store.gguf import ArrayInfo, read_gguf_metadata
+from corral_runtime.store.gguf import ArrayInfo, embedding_model, read_gguf_metadata
 from corral_runtime.store.layout import StoredModel
 from corral_runtime.store.modelfile import (
     Modelfile,
@@ -45,17 +45,6 @@ def ps_entry(model: LoadedModel) -> dict[str, Any]:
         "size_vram": model.plan.size_vram_bytes,
         "context_length": model.n_ctx,
     }
-
-
-def embedding_model(metadata: Mapping[str, Any]) -> bool:
-    """Whether a GGUF's header makes it an embedding model rather than a causal LM: as Ollama
-    decides, one whose architecture has a ``pooling_type`` (BERT-like encoders, embedding Gemma);
-    and, as llama.cpp reads it, one whose attention is not causal, which cannot generate."""
-    architecture = metadata.get("general.architecture")
-    if not isinstance(architecture, str):
-        return False
-    causal = metadata.get(f"{architecture}.attention.causal", True)
-    return f"{architecture}.pooling_type" in metadata or causal is False
 
 
 def capabilities(stored: StoredModel, metadata: Mapping[str, Any]) -> list[str]:

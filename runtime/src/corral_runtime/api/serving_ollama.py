@@ -229,7 +229,9 @@ async def chat(body: ChatRequest, serving: Serving, *, path: str) -> Response:
     generation = await asked.start(
         serving,
         chat_prompt(body.chat_messages(), tools, think),
-        lambda m: check_capabilities(m, think=think, images=body.has_images, tools=bool(tools)),
+        lambda m: check_capabilities(
+            m, think=think, images=body.has_images, tools=bool(tools), action="chat"
+        ),
     )
     with_logprobs = _logprobs_adder(generation)
 

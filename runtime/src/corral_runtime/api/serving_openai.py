@@ -66,7 +66,9 @@ async def chat_completions(body: ChatCompletionRequest, serving: Serving, *, pat
         output_format=output_format,
         keep_alive=serving.default_keep_alive,
         build_prompt=chat_prompt(messages, tools, think),
-        check=lambda m: check_capabilities(m, think=think, images=has_images, tools=bool(tools)),
+        check=lambda m: check_capabilities(
+            m, think=think, images=has_images, tools=bool(tools), action="chat"
+        ),
         logprobs=logprobs,
     )
     completion_id = new_id("chatcmpl")

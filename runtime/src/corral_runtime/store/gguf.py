@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -473,6 +474,7 @@ class GGUFDetails:
     value_length: int | None = None
     feed_forward_length: int | None = None
     vocab_size: int | None = None
+    embedding: bool = False  # an embedding model: it embeds, it cannot generate
 
     @classmethod
     def from_metadata(cls, md: dict[str, Any]) -> GGUFDetails:
@@ -514,7 +516,19 @@ class GGUFDetails:
             value_length=arch_int("attention.value_length"),
             feed_forward_length=arch_int("feed_forward_length"),
             vocab_size=arch_int("vocab_size") or _array_length(md.get("tokenizer.ggml.tokens")),
+            embedding=embedding_model(md),
         )
+
+
+def embedding_model(metadata: Mapping[str, Any]) -> bool:
+    """Whether a GGUF's header makes it an embedding model rather than a causal LM: as Ollama
+    decides, one whose architecture has a ``pooling_type`` (BERT-like encoders, embedding Gemma);
+    and, as llama.cpp reads it, one whose attention is not causal, which cannot generate."""
+    architecture = metadata.get("general.architecture")
+    if not isinstance(architecture, str):
+        return False
+    causal = metadata.get(f"{architecture}.attention.causal", True)
+    return f"{architecture}.pooling_type" in metadata or causal is False
 
 
 def _array_length(value: Any) -> int | None:

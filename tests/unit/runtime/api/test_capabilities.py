@@ -4,12 +4,16 @@ embedding model (its GGUF gives a pooling type, or its attention is not causal) 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from corral_runtime.api.errors import ApiError
+from corral_runtime.api.generation import check_capabilities
 from corral_runtime.api.info import embedding_model, show_entry
+from corral_runtime.store.gguf import GGUFDetails
 from corral_runtime.store.layout import ModelStore
 from tests.support.gguf_corpus import BOOL, U32, encode, tiny_model
 
@@ -64,3 +68,26 @@ def test_an_embedding_model_is_listed_as_one(store: ModelStore, kv: tuple[str, i
     stored = _stored(store, "encoder", kv)
     # The template's capabilities still follow, as Ollama lists them.
     assert show_entry(stored, verbose=False)["capabilities"] == ["embedding", "tools"]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What check_capabilities reads of a loaded model."""
+
+    name: str
+    details: GGUFDetails
+    template: Any
+
+
+@pytest.mark.parametrize("action", ["generate", "chat"])
+def test_an_embedding_model_refuses_to_generate_in_ollamas_words(action: str) -> None:
+    metadata = {"general.architecture": "bert", "bert.pooling_type": 1}
+    details = GGUFDetails.from_metadata(metadata)
+    assert details.embedding
+    model = _Loaded("all-minilm:latest", details, template=None)
+    with pytest.raises(ApiError) as refused:
+        check_capabilities(model, think=None, images=False, tools=False, action=action)  # type: ignore[arg-type]
+    assert refused.value.status == 400
+    assert str(refused.value) == f'"all-minilm:latest" does not support {action}'
+    causal = GGUFDetails.from_metadata({"general.architecture": "llama"})
+    assert not causal.embedding
