@@ -96,12 +96,14 @@ def child_metadata(server: Mapping[str, Any]) -> dict[str, Any]:
 class PodSizing:
     """What a server's models ask of each pod where its spec says nothing (planners/sizing.py):
     a memory limit, a GPU count, the least memory a node's GPUs must have (MiB, the GPU feature
-    discovery label's unit), and llama.cpp's tensor split over the pod's GPUs."""
+    discovery label's unit), and llama.cpp's tensor split over the pod's GPUs with the layers
+    to offload across them (every layer: the runtime plans an offload against one GPU)."""
 
     memory: str | None = None
     gpus: int | None = None
     min_gpu_memory_mib: int | None = None
     tensor_split: tuple[int, ...] = ()
+    gpu_layers: int | None = None
 
 
 NO_SIZING = PodSizing()
@@ -184,11 +186,16 @@ def priority_env(spec: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def tensor_split_env(spec: Mapping[str, Any], sizing: PodSizing) -> list[dict[str, str]]:
     """The layers' split across a pod's GPUs, in proportions (llama.cpp's tensor_split), when
-    the pod has the GPUs the split was made for."""
+    the pod has the GPUs the split was made for; and, unless the spec says how many, every
+    layer offloaded: the runtime plans an offload against its largest GPU alone, which would
+    keep on the CPU the layers the split puts on the others."""
     if not sizing.tensor_split or pod_gpus(spec, sizing) != len(sizing.tensor_split):
         return []
     split = ",".join(str(share) for share in sizing.tensor_split)
-    return [{"name": "CORRAL_TENSOR_SPLIT", "value": split}]
+    env = [{"name": "CORRAL_TENSOR_SPLIT", "value": split}]
+    if sizing.gpu_layers is not None and (spec.get("runtime") or {}).get("gpuLayers") is None:
+        env.append({"name": "CORRAL_GPU_LAYERS", "value": str(sizing.gpu_layers)})
+    return env
 
 
 def _env(

@@ -294,6 +294,7 @@ def place(
         gpus=gpus,
         min_gpu_memory_mib=math.ceil(per_gpu / MIB) if nodes else None,
         tensor_split=(1,) * gpus if gpus > 1 else (),
+        gpu_layers=need.block_count + 1 if gpus > 1 else None,  # the output head is one more
     )
     if nodes and not any(n.gpus >= gpus and n.gpu_memory_bytes >= per_gpu for n in nodes):
         return Placement(

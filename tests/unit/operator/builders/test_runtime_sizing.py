@@ -16,7 +16,9 @@ from tests.unit.operator.factories import server
 
 pytestmark = pytest.mark.unit
 
-BIG = PodSizing(memory="9000000000", gpus=2, min_gpu_memory_mib=20000, tensor_split=(1, 1))
+BIG = PodSizing(
+    memory="9000000000", gpus=2, min_gpu_memory_mib=20000, tensor_split=(1, 1), gpu_layers=81
+)
 GPU_LABEL_TERM = {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["19999"]}
 
 
@@ -47,6 +49,7 @@ def test_a_sized_pod_asks_for_its_gpus_and_nodes_whose_gpus_hold_its_share() -> 
     assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu"}
     env = _env(pod)
     assert env["CORRAL_TENSOR_SPLIT"] == "1,1"
+    assert env["CORRAL_GPU_LAYERS"] == "81"  # every layer, across both GPUs
     assert env["CORRAL_MEMORY_BUDGET_BYTES"] == str(memory_budget("9000000000"))
 
 
@@ -56,6 +59,10 @@ def test_explicit_resources_win() -> None:
     assert resources["limits"] == {"memory": "4Gi", "nvidia.com/gpu": "1"}
     # The split was made for two GPUs; the pod has one: llama.cpp's own choice stands.
     assert "CORRAL_TENSOR_SPLIT" not in _env(pod)
+    assert "CORRAL_GPU_LAYERS" not in _env(pod)
+    # The spec's gpuLayers wins over offloading every layer.
+    env = _env(_pod(BIG, resources={}, runtime={"gpuLayers": 40}))
+    assert (env["CORRAL_TENSOR_SPLIT"], env["CORRAL_GPU_LAYERS"]) == ("1,1", "40")
 
 
 def test_the_gpu_memory_term_joins_every_term_of_the_specs_affinity() -> None:

@@ -147,6 +147,7 @@ class TestPlacement:
         assert need.per_gpu_bytes(2) > 24 * GIB >= need.per_gpu_bytes(3)
         assert placement.sizing.gpus == 3
         assert placement.sizing.tensor_split == (1, 1, 1)
+        assert placement.sizing.gpu_layers == 81  # all 80 layers and the output head
         assert placement.sizing.min_gpu_memory_mib == math.ceil(need.per_gpu_bytes(3) / MIB)
 
     def test_70b_takes_one_large_gpu_where_there_is_one(self) -> None:
