@@ -164,6 +164,7 @@ async def completions(body: CompletionRequest, serving: Serving, *, path: str) -
         keep_alive=serving.default_keep_alive,
         # The legacy completions API continues plain text: no chat template.
         build_prompt=lambda _model: prompt,
+        check=lambda m: check_capabilities(m, think=None, images=False, tools=False),
         logprobs=logprobs,
     )
     completion_id = new_id("cmpl")
