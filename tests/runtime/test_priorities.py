@@ -141,6 +141,39 @@ def test_an_interactive_request_takes_the_next_slot_ahead_of_queued_batch_ones(
     assert batch_wait > interactive_wait
 
 
+def test_a_reserved_slot_is_kept_for_interactive_requests(model_store: ModelStore) -> None:
+    """With one of two slots reserved, batch work holds only the other (a second batch request
+    waits though a slot is free), and an interactive request takes the free one at once."""
+    settings = settings_for(
+        model_store.root,
+        context_length=1024,
+        parallel=2,
+        max_queue=8,
+        priority_reserved_slots=1,
+    )
+    events: list[str] = []
+    labels = {"model": MODEL}
+
+    async def scenario(base_url: str) -> None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+            hog = asyncio.create_task(stream(client, ENDLESS, events, "hog", "batch"))
+            await wait_for(client, "corral_busy_slots", 1, **labels)
+            queued = asyncio.create_task(stream(client, SHORT, events, "batch", "batch"))
+            page = await wait_for(
+                client, "corral_queue_depth_by_priority", 1, **labels, priority="batch"
+            )
+            assert metric(page, "corral_busy_slots", **labels) == 1
+            await stream(client, SHORT, events, "interactive", None)
+            assert "batch first" not in events  # still waiting for the batch slot
+            hog.cancel()
+            await queued
+            await asyncio.gather(hog, return_exceptions=True)
+
+    with serve(settings, model_store) as server:
+        asyncio.run(scenario(server.base_url))
+    assert events.index("interactive done") < events.index("batch first")
+
+
 @pytest.mark.parametrize("path", ["/api/generate", "/v1/completions"])
 def test_an_unknown_class_is_refused(two_slot_server: RunningServer, path: str) -> None:
     body = {"model": MODEL, "prompt": "Hi", "stream": False}
