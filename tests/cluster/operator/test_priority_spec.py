@@ -26,6 +26,7 @@ def server(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 def test_the_priority_spec_reaches_the_routing_table(cluster: Cluster) -> None:
     priority = {
         "agingSeconds": 20,
+        "reservedSlots": 1,
         "shares": {"batch": 0.75},
         "apiKeys": [{"sha256": DIGEST, "class": "batch"}],
     }
@@ -44,6 +45,7 @@ def test_the_priority_spec_reaches_the_routing_table(cluster: Cluster) -> None:
     [
         ({"defaultClass": "urgent"}, "spec.priority.defaultClass"),
         ({"shares": {"batch": 0}}, "spec.priority.shares.batch"),
+        ({"reservedSlots": -1}, "spec.priority.reservedSlots"),
         ({"shares": {"batch": 1.5}}, "spec.priority.shares.batch"),
         ({"apiKeys": [{"sha256": "not-a-digest", "class": "batch"}]}, "spec.priority.apiKeys"),
         ({"apiKeys": [{"sha256": DIGEST, "class": "urgent"}]}, "spec.priority.apiKeys"),

@@ -168,19 +168,25 @@ def memory_env(
     return env
 
 
+# spec.priority fields and the runtime settings they become.
+PRIORITY_SETTINGS_ENV = {
+    "agingSeconds": "CORRAL_PRIORITY_AGING_SECONDS",
+    "reservedSlots": "CORRAL_PRIORITY_RESERVED_SLOTS",
+}
+
+
 def priority_env(spec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """``spec.priority``'s part that the runtime applies (its wait for a slot): the share caps
-    and the aging. The API keys' classes and the default class are the gateway's (it sets
-    every request's X-Corral-Priority)."""
+    """``spec.priority``'s part that the runtime applies (its wait for a slot): the share caps,
+    the aging and the reserved slots. The API keys' classes and the default class are the
+    gateway's (it sets every request's X-Corral-Priority)."""
     priority = spec.get("priority") or {}
     env = []
     if priority.get("shares"):
         shares = json.dumps(dict(priority["shares"]), sort_keys=True)
         env.append({"name": "CORRAL_PRIORITY_SHARES", "value": shares})
-    if priority.get("agingSeconds") is not None:
-        env.append(
-            {"name": "CORRAL_PRIORITY_AGING_SECONDS", "value": str(priority["agingSeconds"])}
-        )
+    for field_name, variable in PRIORITY_SETTINGS_ENV.items():
+        if priority.get(field_name) is not None:
+            env.append({"name": variable, "value": str(priority[field_name])})
     return env
 
 

@@ -126,6 +126,7 @@ class TestDeployment:
         priority = {
             "defaultClass": "batch",
             "agingSeconds": 12,
+            "reservedSlots": 1,
             "shares": {"batch": 0.75, "interactive": 0.5},
             "apiKeys": [{"sha256": "a" * 64, "class": "batch"}],
         }
@@ -140,11 +141,13 @@ class TestDeployment:
         settings = RuntimeSettings()
         assert settings.priority_shares == {"batch": 0.75, "interactive": 0.5}
         assert settings.priority_aging_seconds == 12
+        assert settings.priority_reserved_slots == 1
 
     def test_no_priority_spec_leaves_the_runtimes_defaults(self) -> None:
         env = _env(_deployment())
         assert "CORRAL_PRIORITY_SHARES" not in env
         assert "CORRAL_PRIORITY_AGING_SECONDS" not in env
+        assert "CORRAL_PRIORITY_RESERVED_SLOTS" not in env
 
     def test_pods_evict_by_memory_not_by_count(self) -> None:
         env = _env(_deployment(models=["a", "b", "c", "d"], resources={"memory": "3Gi"}))
