@@ -185,12 +185,15 @@ def test_streams_are_passed_on_as_produced(gateway_url: str) -> None:
 
 
 def test_unreachable_pod_is_retried_on_another(runtime_server: RunningServer) -> None:
+    # LeastInFlight spreads the requests over both pods, so the closed one is tried (the
+    # cache-aware default may keep every one on the pod that answered first).
     settings = GatewaySettings.model_validate(
         {
             "static_servers": {
                 "local": {
                     "models": [MODEL],
                     "endpoints": [closed_port(), pod_address(runtime_server)],
+                    "routing": "LeastInFlight",
                 }
             }
         }
