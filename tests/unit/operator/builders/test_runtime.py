@@ -32,6 +32,17 @@ def _deployment(**spec: Any) -> dict[str, Any]:
     )
 
 
+def _runtime_settings(dep: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> RuntimeSettings:
+    """The runtime's settings in a pod of ``dep``: its environment, nothing of this one's."""
+    for name in list(os.environ):
+        if name.startswith("CORRAL_"):
+            monkeypatch.delenv(name)
+    for item in _container(dep)["env"]:
+        if "value" in item:
+            monkeypatch.setenv(item["name"], item["value"])
+    return RuntimeSettings()
+
+
 def _container(dep: dict[str, Any]) -> dict[str, Any]:
     container: dict[str, Any] = dep["spec"]["template"]["spec"]["containers"][0]
     return container
@@ -109,13 +120,7 @@ class TestDeployment:
             "flashAttention": True,
             "kvCacheType": "q8_0",
         }
-        env = {e["name"]: e["value"] for e in _container(_deployment(runtime=runtime))["env"]}
-        for name in list(os.environ):
-            if name.startswith("CORRAL_"):
-                monkeypatch.delenv(name)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        settings = RuntimeSettings()
+        settings = _runtime_settings(_deployment(runtime=runtime), monkeypatch)
         assert (settings.context_length, settings.parallel, settings.gpu_layers) == (8192, 4, 12)
         assert settings.flash_attention is True
         assert settings.kv_cache_type == "q8_0"
@@ -130,15 +135,10 @@ class TestDeployment:
             "shares": {"batch": 0.75, "interactive": 0.5},
             "apiKeys": [{"sha256": "a" * 64, "class": "batch"}],
         }
-        env = {e["name"]: e["value"] for e in _container(_deployment(priority=priority))["env"]}
+        dep = _deployment(priority=priority)
         # The keys and the default class are the gateway's: no pod is told them.
-        assert not any("KEY" in name and "PRIORITY" in name for name in env)
-        for name in list(os.environ):
-            if name.startswith("CORRAL_"):
-                monkeypatch.delenv(name)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        settings = RuntimeSettings()
+        assert not any("KEY" in name and "PRIORITY" in name for name in _env(dep))
+        settings = _runtime_settings(dep, monkeypatch)
         assert settings.priority_shares == {"batch": 0.75, "interactive": 0.5}
         assert settings.priority_aging_seconds == 12
         assert settings.priority_reserved_slots == 1

@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from corral_operator.gateway.app import create_gateway_app
-from corral_operator.gateway.backend import ActivityReport, KeysListener, SnapshotListener
+from corral_operator.gateway.backend import StaticBackend
 from corral_operator.gateway.deps import dispatcher_of
 from corral_operator.gateway.dispatcher import Dispatcher
 from corral_operator.gateway.metrics import GatewayMetrics
@@ -101,20 +101,6 @@ class TestReleaseOrder:
         assert release_order([("interactive", 1.0), ("batch", 40.0)], 30.0) == [1, 0]
 
 
-class NoBackend:
-    def start(self, on_snapshot: SnapshotListener, on_keys: KeysListener) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def scale(self, server: ServerKey, replicas: int, now: datetime) -> None:
-        return None
-
-    async def report_activity(self, server: ServerKey, report: ActivityReport) -> None:
-        return None
-
-
 def scaled_to(endpoints: tuple[str, ...]) -> Snapshot:
     view = ServerView(key=KEY, endpoints=endpoints, desired=1, scalable=False)
     return Snapshot(servers={KEY: view})
@@ -124,7 +110,7 @@ async def test_held_requests_are_released_higher_class_first() -> None:
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as client:
         settings = GatewaySettings()
-        dispatcher = Dispatcher(settings, NoBackend(), GatewayMetrics(), client)
+        dispatcher = Dispatcher(settings, StaticBackend(settings), GatewayMetrics(), client)
         dispatcher.update(scaled_to(()))
         released: list[str] = []
 
@@ -171,22 +157,12 @@ class RecordingPod:
         self.priorities.append(request.headers.get("X-Corral-Priority"))
         return web.json_response({"response": "", "done": True})
 
-    async def __aenter__(self) -> str:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        return f"127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.runner.cleanup()
-
 
 @pytest.fixture
 async def pod_and_gateway() -> AsyncIterator[tuple[RecordingPod, httpx.AsyncClient]]:
     pod = RecordingPod()
-    async with pod as endpoint:
+    async with TestServer(pod.app, host="127.0.0.1") as server:
+        endpoint = f"127.0.0.1:{server.port}"
         static = {"gemma": StaticServer(models=["gemma3:270m"], endpoints=[endpoint])}
         app = create_gateway_app(GatewaySettings(static_servers=static))
         async with app.router.lifespan_context(app):
