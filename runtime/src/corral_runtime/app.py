@@ -29,7 +29,7 @@ from corral_runtime.api.disconnect import CancelOnDisconnect
 from corral_runtime.api.errors import ApiError, error_response, install_error_handlers
 from corral_runtime.api.perimeter import Perimeter, credential_role
 from corral_runtime.engine.manager import ModelManager
-from corral_runtime.gpu import probe_gpu
+from corral_runtime.gpu import GpuInfo
 from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.settings import RuntimeSettings, default_models_dir
 from corral_runtime.shutdown import Draining, DrainState
@@ -176,7 +176,10 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
         manager = ModelManager(
             store,
             settings,
-            probe_gpu(_offload_supported()),
+            # Only whether llama.cpp can offload: the manager reads the free VRAM at each load,
+            # so asking nvidia-smi here too would only delay readiness (a second or more where
+            # the driver is not kept loaded).
+            GpuInfo(offload_supported=_offload_supported(), free_vram_bytes=0),
             on_change=lambda m: metrics.loaded_models.set(len(m.loaded())),
             on_load=metrics.observe_load,
             on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),

@@ -303,6 +303,14 @@ class RuntimeSettings(BaseSettings):
             "model loaded."
         ),
     )
+    early_engine_import: bool = Field(
+        default=True,
+        description=(
+            "Import llama.cpp's bindings (and numpy) in a background thread from the start of "
+            "`corral serve`, beside the web stack's imports and the bind, so that a cold start's "
+            "first load does not wait for them; false: on first use (to measure the difference)."
+        ),
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     source_settings: SourceSettings = Field(
         default_factory=SourceSettings,

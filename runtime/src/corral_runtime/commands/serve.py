@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import logging
 import sys
+import threading
 from typing import Any, get_args
 
 from pydantic import ValidationError
@@ -214,12 +215,15 @@ def _keep_alive(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if settings.early_engine_import:
+        start_engine_import()
+
     import uvicorn
 
     from corral_runtime.app import create_app
     from corral_runtime.shutdown import DrainingServer
 
-    settings = settings_from_args(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -240,6 +244,24 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM: drain (new requests 503, those in flight finish), then shut down.
     DrainingServer(config, app.state.drain, settings.graceful_shutdown_seconds).run()
     return 0
+
+
+def start_engine_import() -> threading.Thread:
+    """Import llama.cpp's bindings (numpy with them, about half of a cold start's imports) in a
+    daemon thread, so that they load while the main thread imports the web stack, binds and
+    answers probes, instead of on a cold start's critical path. Python's per-module import
+    locks make every later ``import llama_cpp`` wait for this one rather than run it twice;
+    a failure here is only logged, and the import on first use raises it again."""
+
+    def engine_import() -> None:
+        try:
+            import llama_cpp  # noqa: F401
+        except Exception:  # pragma: no cover - llama-cpp-python is a dependency
+            logging.getLogger(__name__).exception("importing llama.cpp's bindings failed")
+
+    thread = threading.Thread(target=engine_import, name="engine-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def _loopback(host: str) -> bool:

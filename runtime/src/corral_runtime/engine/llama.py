@@ -43,11 +43,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from corral_runtime.engine.types import EngineError, InvalidRequestError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # llama-cpp-python routes llama.cpp's log through this logger; errors only.
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -116,9 +117,13 @@ class LlamaBatchContext:
     """A loaded model, its vocabulary and a context with ``parallel`` sequences."""
 
     def __init__(self, config: ContextConfig) -> None:
+        # Here, not at the top: importing the server must not wait for llama.cpp's bindings
+        # and numpy (``corral serve`` imports them beside the web stack; see its command).
         import llama_cpp
+        import numpy
 
         self._llama = llama_cpp
+        self._np = numpy
         select_cpu_kernels(config.batch_invariant)
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -262,12 +267,12 @@ class LlamaBatchContext:
     def logits(self, index: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The logits of batch row ``index``, as a view valid until the next decode."""
         logits = self._llama.llama_get_logits_ith(self.ctx, index)
-        return np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        return self._np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
 
     def argmax(self, index: int) -> int:
         """The most likely token at batch row ``index`` (the first of equal maxima, as
         llama.cpp's greedy sampler picks it)."""
-        return int(np.argmax(self.logits(index)))
+        return int(self._np.argmax(self.logits(index)))
 
     def sample(self, sampler: Any, index: int) -> int:
         """Sample (and accept) a token from the logits of batch row ``index``."""

@@ -11,13 +11,14 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from corral_runtime.engine.grammar import schema_to_gbnf
 from corral_runtime.engine.llama import LlamaBatchContext
 from corral_runtime.engine.types import InvalidRequestError, OutputFormat, SamplingParams
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class GrammarCache:
@@ -141,6 +142,8 @@ def token_logprobs(
 ) -> tuple[float, list[tuple[int, float]]]:
     """The log-softmax of ``logits`` at ``token``, and the ``top`` most likely tokens with
     theirs, most likely first (ties by token id)."""
+    import numpy as np  # only requests that ask for logprobs need it (see engine.llama)
+
     values = logits.astype(np.float64)
     peak = float(values.max())
     log_total = peak + math.log(float(np.exp(values - peak).sum()))
