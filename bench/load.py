@@ -1,0 +1,203 @@
+"""A large model's load against the volume's sequential read rate.
+
+Builds here a multi-GB GGUF with a real model's shapes and real bytes: the instruct test model
+(Qwen2.5-Coder-0.5B-Instruct, Q4_K_M) with its layers repeated until the file reaches
+``--size-gb`` (each new ``blk.N`` is a full copy of the bytes of ``blk.N mod 24``, every tensor
+written, no hole), its metadata as it is but ``qwen2.block_count``. llama.cpp loads it as a deep
+Qwen2. The file goes into a store of its own (verified and probed once, as the pull Job would),
+then, with the page cache dropped before each (``echo 3 > /proc/sys/vm/drop_caches``, as
+root):
+
+- the volume's sequential read rate: the file read start to end in 8 MiB blocks;
+- the runtime's load: a fresh ``corral serve`` of that store, one request, its ``load_duration``
+  (llama.cpp maps the file with MAP_POPULATE on the CPU, so the load reads every byte).
+
+Prints both rates and ``load_rate_vs_sequential_read_ratio=<x>`` (goal >= 0.8), and deletes the
+file and the store. Needs root (to drop the page cache) and twice ``--size-gb`` of free disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.support when run as a script
+
+from corral_runtime.instructmodel import instruct_model_path  # noqa: E402
+from corral_runtime.store.gguf import TensorInfo, read_gguf_header, tensor_nbytes  # noqa: E402
+from corral_runtime.store.layout import ModelStore  # noqa: E402
+from tests.support.serveproc import serving_process  # noqa: E402
+
+MODEL = "deep-qwen:latest"
+BLOCK_COUNT_KEY = "qwen2.block_count"
+READ_BLOCK = 8 << 20
+# GGUF value types and their sizes (strings and arrays are read by length).
+_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+def _skip_value(f: BinaryIO, vtype: int) -> None:
+    if vtype in _FIXED:
+        f.seek(_FIXED[vtype], 1)
+    elif vtype == _STRING:
+        (length,) = struct.unpack("<Q", f.read(8))
+        f.seek(length, 1)
+    elif vtype == _ARRAY:
+        item, count = struct.unpack("<IQ", f.read(12))
+        if item in _FIXED:
+            f.seek(_FIXED[item] * count, 1)
+        else:
+            for _ in range(count):
+                _skip_value(f, item)
+    else:
+        raise ValueError(f"GGUF value type {vtype}")
+
+
+def metadata_span(f: BinaryIO) -> tuple[bytes, int]:
+    """The file's header and metadata as bytes (up to its tensor table), and where in them the
+    block count's u32 value lies."""
+    f.seek(0)
+    magic, _, _, kv_count = struct.unpack("<4sIQQ", f.read(24))
+    assert magic == b"GGUF"
+    where = -1
+    for _ in range(kv_count):
+        (length,) = struct.unpack("<Q", f.read(8))
+        key = f.read(length).decode()
+        (vtype,) = struct.unpack("<I", f.read(4))
+        if key == BLOCK_COUNT_KEY:
+            assert vtype == 4  # u32
+            where = f.tell()
+        _skip_value(f, vtype)
+    end = f.tell()
+    f.seek(0)
+    return f.read(end), where
+
+
+def _pad(n: int, alignment: int) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+def deepen(source: Path, target: Path, size: int) -> int:
+    """Write ``target``: ``source`` with its layers repeated until it is about ``size`` bytes
+    (see the module docstring); the number of layers."""
+    with source.open("rb") as f:
+        header = read_gguf_header(f, source.stat().st_size)
+    layers = int(header.metadata[BLOCK_COUNT_KEY])
+    blocks = [t for t in header.tensors if t.name.startswith("blk.")]
+    others = [t for t in header.tensors if not t.name.startswith("blk.")]
+    per_layer = sum(tensor_nbytes(t) for t in blocks) / layers
+    depth = max(layers, int((size - sum(tensor_nbytes(t) for t in others)) / per_layer))
+    by_layer: dict[int, list[TensorInfo]] = {}
+    for tensor in blocks:
+        by_layer.setdefault(int(tensor.name.split(".")[1]), []).append(tensor)
+    # (new name, source tensor) in llama.cpp's order: embeddings, layers, the rest.
+    plan = [(t.name, t) for t in others if t.name == "token_embd.weight"]
+    for n in range(depth):
+        for tensor in by_layer[n % layers]:
+            rest = tensor.name.split(".", 2)[2]
+            plan.append((f"blk.{n}.{rest}", tensor))
+    plan += [(t.name, t) for t in others if t.name != "token_embd.weight"]
+    with source.open("rb") as src, target.open("wb") as out:
+        raw, where = metadata_span(src)
+        meta = bytearray(raw)
+        struct.pack_into("<Q", meta, 8, len(plan))  # tensor count
+        struct.pack_into("<I", meta, where, depth)
+        out.write(meta)
+        offset = 0
+        for name, tensor in plan:
+            encoded = name.encode()
+            out.write(struct.pack("<Q", len(encoded)) + encoded)
+            out.write(struct.pack("<I", len(tensor.dims)))
+            out.write(b"".join(struct.pack("<Q", d) for d in tensor.dims))
+            out.write(struct.pack("<IQ", tensor.ggml_type, offset))
+            offset += _pad(tensor_nbytes(tensor), header.alignment)
+        out.write(bytes(_pad(out.tell(), header.alignment) - out.tell()))
+        for _, tensor in plan:
+            src.seek(header.data_offset + tensor.offset)
+            data = src.read(tensor_nbytes(tensor))
+            out.write(data + bytes(_pad(len(data), header.alignment) - len(data)))
+    return depth
+
+
+def drop_page_cache() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def sequential_read_rate(path: Path) -> float:
+    """Bytes per second reading ``path`` start to end, from a cold page cache."""
+    drop_page_cache()
+    started = time.perf_counter()
+    total = 0
+    with path.open("rb", buffering=0) as f:
+        buffer = bytearray(READ_BLOCK)
+        while count := f.readinto(buffer):
+            total += count
+    return total / (time.perf_counter() - started)
+
+
+def load_seconds(store: ModelStore, log: Path, cold: bool) -> float:
+    """A fresh ``corral serve`` of ``store``: the ``load_duration`` of its first request."""
+    if cold:
+        drop_page_cache()
+    with serving_process(store.root, "--parallel", "1", log=log, start_timeout=300) as server:
+        answer = httpx.post(
+            server.base_url + "/api/generate",
+            json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 1}},
+            timeout=1200,
+        )
+        answer.raise_for_status()
+        return int(answer.json()["load_duration"]) / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=2.5, help="the GGUF's size (<= 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="cold reads and cold loads")
+    parser.add_argument("--dir", type=Path, default=None, help="where to build (a volume)")
+    args = parser.parse_args()
+    size = int(args.size_gb * 1e9)
+    with tempfile.TemporaryDirectory(prefix="corral-load-", dir=args.dir) as tmp:
+        root = Path(tmp)
+        if shutil.disk_usage(root).free < 2.2 * size:
+            raise SystemExit(f"not enough free disk in {root} for two {args.size_gb} GB files")
+        gguf = root / "deep-qwen.gguf"
+        depth = deepen(instruct_model_path(), gguf, size)
+        file_size = gguf.stat().st_size
+        print(f"built {gguf.name}: {file_size / 1e9:.2f} GB, {depth} layers", flush=True)
+        store = ModelStore(root / "models")
+        store.create_model(MODEL, gguf, config={"model_family": "qwen2"})
+        gguf.unlink()  # the store holds its own copy (or link)
+        log = root / "serve.log"
+        load_seconds(store, log, cold=False)  # the blob's one-time verification and probe
+        reads, loads = [], []
+        for round_ in range(args.rounds):
+            blob = store.get(MODEL).model_path
+            reads.append(file_size / sequential_read_rate(blob))
+            loads.append(load_seconds(store, log, cold=True))
+            print(
+                f"round {round_ + 1}: sequential read {file_size / reads[-1] / 1e6:.0f} MB/s, "
+                f"load {loads[-1]:.2f} s = {file_size / loads[-1] / 1e6:.0f} MB/s",
+                flush=True,
+            )
+    read_rate = file_size / statistics.median(reads)
+    load_rate = file_size / statistics.median(loads)
+    print(f"sequential_read_mb_per_s={read_rate / 1e6:.0f}")
+    print(f"load_mb_per_s={load_rate / 1e6:.0f}")
+    print(f"load_rate_vs_sequential_read_ratio={load_rate / read_rate:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
