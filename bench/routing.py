@@ -1,22 +1,24 @@
 """Routing benchmark: the gateway's cache-aware choice of a pod against least-in-flight, for
 multi-turn conversations over two replicas.
 
-Not on the local cluster: two replicas of a runtime pod and the cluster's own processes do not
-fit the two cores this is run on beside everything else. Instead two ``corral serve`` processes
-(the bundled test model unless --model is given; --parallel slots and --threads each) stand for
-the two pods of one ModelServer, and two gateway processes (``python -m corral_operator.gateway``
-with static servers, the gateway's mode without Kubernetes) stand in front of both: one with
-``routing: CacheAware``, one with ``routing: LeastInFlight``. The gateway's choice of a pod is
-the same code either way; only the routing table comes from the settings instead of the
-cluster's Endpoints.
+Not on the local cluster: four runtime pods and the cluster's own processes do not fit the two
+cores this is run on beside everything else. Instead ``corral serve`` processes (the bundled
+test model unless --model is given; --parallel slots and --threads each) stand for the pods, two
+per strategy, and a gateway process (``python -m corral_operator.gateway`` with static servers,
+the gateway's mode without Kubernetes) stands in front of each pair: one with ``routing:
+CacheAware``, one with ``routing: LeastInFlight``. The gateway's choice of a pod is the same code
+as in the cluster; only the routing table comes from the settings instead of the Endpoints.
 
 Each phase runs --conversations concurrent conversations of --turns turns through one gateway:
 every conversation has the same long system prompt (a shared prefix) and its own growing
-history, each turn streams ``/api/chat`` (temperature 0, --max-tokens) and appends the answer.
-The phases alternate between the two gateways --repeats times each; every phase's system prompt
-starts with a tag of its own, so no phase finds another phase's prefixes in the replicas' KV
-caches. Time to first token is measured per turn; tokens per second are the answers' tokens
-over the phase's wall time.
+history, each turn streams ``/api/chat`` (temperature 0, --max-tokens) and appends the answer,
+after a pause of up to --think-seconds (a user reading and typing).
+The two strategies' phases run at the same time, --repeats times, each on its own pair of
+replicas, so whatever else loads the machine loads both alike; every phase's system prompt
+starts with a tag of its own, so no phase finds an earlier phase's prefixes in the KV caches.
+Time to first token is measured per turn (with the runtime's prompt evaluation time, what a
+prefix found in the cache saves), tokens per second are the answers' tokens over the phase's
+wall time, and each phase says how many turns each of its replicas answered.
 
 Last lines: ``ttft_p50_ratio_cache_aware_vs_least_in_flight=<x>`` (turns 2 and later, goal
 ≤ 0.6) and ``aggregate_tokens_per_s_ratio=<x>`` (cache-aware over least-in-flight, goal ≥ 1.0).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support when run as a script
@@ -57,6 +61,9 @@ class Phase:
     """Seconds to the first token of each conversation's first turn."""
     ttft_later: list[float] = field(default_factory=list)
     """The same for turns 2 and later."""
+    prefill_later: list[float] = field(default_factory=list)
+    """The runtime's ``prompt_eval_duration`` of turns 2 and later (seconds): what a prefix
+    found in the replica's KV cache saves."""
     tokens: int = 0
     seconds: float = 0.0
 
@@ -75,8 +82,9 @@ def question(conversation: int, turn: int) -> str:
 
 async def chat_turn(
     http: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int
-) -> tuple[float, int, str]:
-    """One streamed turn: its time to first token, its answer's tokens and text."""
+) -> tuple[float, dict[str, Any], str]:
+    """One streamed turn: its time to first token, its last chunk (the runtime's counts and
+    durations) and its answer's text."""
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": messages,
@@ -86,7 +94,7 @@ async def chat_turn(
     started = time.perf_counter()
     first: float | None = None
     parts: list[str] = []
-    tokens = 0
+    done: dict[str, Any] = {}
     async with http.stream("POST", "/api/chat", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -100,27 +108,38 @@ async def chat_turn(
                 first = time.perf_counter()
             parts.append(content)
             if chunk.get("done"):
-                tokens = int(chunk.get("eval_count") or 0)
+                done = chunk
     if first is None:
         raise RuntimeError("a turn produced no text")
-    return first - started, tokens, "".join(parts)
+    return first - started, done, "".join(parts)
 
 
 async def run_phase(
-    base: str, strategy: str, tag: str, conversations: int, turns: int, max_tokens: int
+    base: str,
+    strategy: str,
+    tag: str,
+    conversations: int,
+    turns: int,
+    max_tokens: int,
+    think_seconds: float = 0.0,
 ) -> Phase:
     phase = Phase(strategy)
     limits = httpx.Limits(max_connections=conversations + 4)
     async with httpx.AsyncClient(base_url=base, timeout=900, limits=limits) as http:
 
         async def converse(index: int) -> None:
+            # The same pauses on both sides: seeded by the conversation, not the phase.
+            pauses = random.Random(index)
             messages = [{"role": "system", "content": f"[{tag}] {SYSTEM}"}]
             for turn in range(turns):
+                await asyncio.sleep(pauses.uniform(0, think_seconds))
                 messages.append({"role": "user", "content": question(index, turn)})
-                ttft, tokens, text = await chat_turn(http, messages, max_tokens)
+                ttft, done, text = await chat_turn(http, messages, max_tokens)
                 messages.append({"role": "assistant", "content": text})
                 (phase.ttft_first if turn == 0 else phase.ttft_later).append(ttft)
-                phase.tokens += tokens
+                if turn > 0:
+                    phase.prefill_later.append(done.get("prompt_eval_duration", 0) / 1e9)
+                phase.tokens += int(done.get("eval_count") or 0)
 
         started = time.perf_counter()
         await asyncio.gather(*(converse(i) for i in range(conversations)))
@@ -128,10 +147,22 @@ async def run_phase(
     return phase
 
 
+def chats_answered(base_url: str) -> float:
+    """A replica's count of answered ``/api/chat`` requests (its ``corral_requests_total``)."""
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "corral_requests_total" and sample.labels.get("endpoint") == "/api/chat"
+    )
+
+
 def describe(phase: Phase) -> str:
     return (
         f"{phase.strategy}: ttft_p50_turn1_ms={statistics.median(phase.ttft_first) * 1000:.0f} "
         f"ttft_p50_later_ms={statistics.median(phase.ttft_later) * 1000:.0f} "
+        f"prefill_p50_later_ms={statistics.median(phase.prefill_later) * 1000:.0f} "
         f"tokens_per_s={phase.rate:.1f} ({phase.tokens} tokens in {phase.seconds:.1f}s)"
     )
 
@@ -140,12 +171,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the bundled test model)")
     parser.add_argument("--conversations", type=int, default=8)
-    parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=24)
-    parser.add_argument("--parallel", type=int, default=4, help="slots per replica")
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=4,
+        help="slots per replica (default: room for half the conversations, as a server sized "
+        "for its load would have: a replica that sees every conversation evicts some)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="threads per replica")
-    parser.add_argument("--context-length", type=int, default=8192, help="per replica")
+    parser.add_argument(
+        "--context-length", type=int, default=8192, help="per replica, shared by its slots"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="phases per strategy")
+    parser.add_argument(
+        "--think-seconds",
+        type=float,
+        default=3.0,
+        help="most a user pauses before each turn (uniform from 0, the same on both sides): "
+        "without pauses every turn is sent the moment the last one ends, to the replica that "
+        "just freed a slot, and least-in-flight keeps conversations in place by accident",
+    )
     args = parser.parse_args()
 
     from corral_runtime.store.layout import ModelStore
@@ -163,37 +210,57 @@ def main() -> int:
             f"--context-length={args.context_length}",
             "--keep-alive=-1",
         )
-        replicas = [
-            stack.enter_context(
-                serving_process(store, *serve_args, log=Path(tmp) / f"replica-{i}.log")
-            )
-            for i in range(2)
-        ]
-        endpoints = [r.base_url.removeprefix("http://") for r in replicas]
+        # Two replicas per strategy, both pairs measured at once: whatever else loads the
+        # machine meanwhile loads both sides alike.
+        replicas = {
+            strategy: [
+                stack.enter_context(
+                    serving_process(store, *serve_args, log=Path(tmp) / f"{strategy}-{i}.log")
+                ).base_url
+                for i in range(2)
+            ]
+            for strategy in STRATEGIES
+        }
         gateways: dict[str, str] = {}
-        for strategy in STRATEGIES:
+        for strategy, pair in replicas.items():
+            endpoints = [url.removeprefix("http://") for url in pair]
             servers = {"two": {"models": [MODEL], "endpoints": endpoints, "routing": strategy}}
             env = {"CORRAL_GATEWAY_STATIC_SERVERS": json.dumps(servers)}
             log = Path(tmp) / f"gateway-{strategy}.log"
             gateways[strategy] = stack.enter_context(gateway_process(env, log=log)).base_url
-        for replica in replicas:  # load the model in each and touch its weights
-            asyncio.run(run_phase(replica.base_url, "warm-up", "warm", 1, 1, 4))
-        for repeat in range(args.repeats):
-            # Alternate which goes first, so a machine's changing load falls on both alike.
-            order = STRATEGIES if repeat % 2 == 0 else STRATEGIES[::-1]
-            for strategy in order:
-                phase = asyncio.run(
-                    run_phase(
-                        gateways[strategy],
-                        strategy,
-                        f"phase {repeat}-{strategy}",
-                        args.conversations,
-                        args.turns,
-                        args.max_tokens,
+        for url in (url for pair in replicas.values() for url in pair):
+            # Load the model in each and touch its weights.
+            asyncio.run(run_phase(url, "warm-up", "warm", 1, 1, 4))
+
+        async def side_by_side(repeat: int) -> list[Phase]:
+            return list(
+                await asyncio.gather(
+                    *(
+                        run_phase(
+                            gateways[strategy],
+                            strategy,
+                            f"phase {repeat}-{strategy}",
+                            args.conversations,
+                            args.turns,
+                            args.max_tokens,
+                            args.think_seconds,
+                        )
+                        for strategy in STRATEGIES
                     )
                 )
-                phases[strategy].append(phase)
-                print(f"run {repeat + 1}: {describe(phase)}", flush=True)
+            )
+
+        for repeat in range(args.repeats):
+            before = {s: [chats_answered(url) for url in replicas[s]] for s in STRATEGIES}
+            for phase in asyncio.run(side_by_side(repeat)):
+                phases[phase.strategy].append(phase)
+                split = [
+                    int(chats_answered(url) - was)
+                    for url, was in zip(
+                        replicas[phase.strategy], before[phase.strategy], strict=True
+                    )
+                ]
+                print(f"run {repeat + 1}: {describe(phase)} turns_per_replica={split}", flush=True)
     later = {s: [t for p in phases[s] for t in p.ttft_later] for s in STRATEGIES}
     rate = {
         s: sum(p.tokens for p in phases[s]) / sum(p.seconds for p in phases[s]) for s in STRATEGIES
@@ -201,7 +268,7 @@ def main() -> int:
     print(
         f"model={model_path.name} conversations={args.conversations} turns={args.turns} "
         f"max_tokens={args.max_tokens} parallel={args.parallel} threads={args.threads} "
-        f"repeats={args.repeats}"
+        f"repeats={args.repeats} think_seconds={args.think_seconds}"
     )
     for strategy in STRATEGIES:
         print(
