@@ -34,11 +34,12 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # devstack when run as a script
+sys.path.insert(0, str(ROOT))  # devstack and tests.support when run as a script
 
 from corral_runtime.store.layout import ModelStore  # noqa: E402
 from corral_runtime.testmodel import TEST_MODEL_NAME, ensure_test_model  # noqa: E402
 from devstack.controlplane import free_port  # noqa: E402
+from tests.support.serveproc import serve_command  # noqa: E402
 
 POLL_SECONDS = 0.005
 START_TIMEOUT_SECONDS = 120.0
@@ -100,20 +101,7 @@ def cold_start(models: Path, model: str, early_import: str, log: Path) -> ColdSt
     """One fresh ``corral serve``, timed from exec (see the module docstring)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "corral_runtime.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--models",
-        str(models),
-        "--log-level",
-        "warning",
-    ]
+    command = serve_command(port, models, "--log-level", "warning")
     env = {**os.environ, "CORRAL_EARLY_ENGINE_IMPORT": early_import}
     with log.open("ab") as out:
         started = time.perf_counter()

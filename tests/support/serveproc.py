@@ -48,6 +48,23 @@ def wait_draining(base_url: str, timeout: float = 10) -> httpx.Response:
         time.sleep(0.05)
 
 
+def serve_command(port: int, models: Path, *args: str) -> list[str]:
+    """``corral serve --models MODELS ARGS…`` on 127.0.0.1:``port``, as this interpreter runs it."""
+    return [
+        sys.executable,
+        "-m",
+        "corral_runtime.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models",
+        str(models),
+        *args,
+    ]
+
+
 @contextmanager
 def serving_process(
     models: Path,
@@ -62,19 +79,7 @@ def serving_process(
     (then SIGKILL after 30 s).
     """
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "corral_runtime.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--models",
-        str(models),
-        *args,
-    ]
+    command = serve_command(port, models, *args)
     with running_process("corral serve", command, port, log, env or {}, start_timeout) as s:
         yield s
 
