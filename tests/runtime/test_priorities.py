@@ -69,9 +69,10 @@ async def stream(
     events: list[str],
     name: str,
     priority: str | None,
+    streaming: asyncio.Event | None = None,
 ) -> None:
-    """Generate with ``body`` under ``priority``, logging ``name`` at its first piece and at
-    its end."""
+    """Generate with ``body`` under ``priority``, logging ``name`` at its first piece (and
+    setting ``streaming``) and at its end."""
     headers = {} if priority is None else {"X-Corral-Priority": priority}
     async with client.stream("POST", "/api/generate", json=body, headers=headers) as response:
         assert response.status_code == 200
@@ -81,6 +82,8 @@ async def stream(
             if first:
                 events.append(f"{name} first")
                 first = False
+                if streaming is not None:
+                    streaming.set()
             if chunk.get("done"):
                 events.append(f"{name} done")
 
@@ -93,11 +96,16 @@ def test_an_interactive_request_takes_the_next_slot_ahead_of_queued_batch_ones(
 
     async def scenario() -> str:
         async with httpx.AsyncClient(base_url=two_slot_server.base_url, timeout=120) as client:
+            streaming = [asyncio.Event(), asyncio.Event()]
             hogs = [
-                asyncio.create_task(stream(client, ENDLESS, events, f"hog{i}", "batch"))
+                asyncio.create_task(
+                    stream(client, ENDLESS, events, f"hog{i}", "batch", streaming[i])
+                )
                 for i in range(2)
             ]
             await wait_for(client, "corral_busy_slots", 2, **labels)
+            # Both stream before anything else is sent.
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 60)
             queued = []
             for i in range(3):
                 queued.append(

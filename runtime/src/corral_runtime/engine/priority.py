@@ -105,6 +105,15 @@ def may_take_reserved(priority: str) -> bool:
     return priority == PRIORITY_CLASSES[0]
 
 
+def prefill_first(prefilling: Sequence[str], decoding: Sequence[str]) -> bool:
+    """Whether a step evaluates its prompt chunks before the decoding sequences' tokens
+    (given each one's class): while a prompt of the highest class is among them and a lower
+    class decodes, so an interactive request's first token waits for no decode of batch work.
+    Otherwise decode goes first, as it always did."""
+    top = PRIORITY_CLASSES[0]
+    return top in prefilling and any(name != top for name in decoding)
+
+
 def next_admitted(
     queued: Sequence[QueuedView], busy: Mapping[str, int], slots: int, policy: PriorityPolicy
 ) -> int | None:

@@ -42,7 +42,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row, utf8
-from corral_runtime.engine.priority import PriorityPolicy, QueuedView, next_admitted
+from corral_runtime.engine.priority import (
+    PriorityPolicy,
+    QueuedView,
+    next_admitted,
+    prefill_first,
+)
 from corral_runtime.engine.sampling import (
     GrammarCache,
     build_chain,
@@ -564,12 +569,27 @@ class ModelWorker:
 
     def _step(self) -> None:
         """One token for every decoding sequence, in one ``llama_decode`` with the rows in
-        sequence-id order (so llama.cpp computes each run of consecutive ids at once), then
+        sequence-id order (so llama.cpp computes each run of consecutive ids at once), and
         the planned prompt chunks, each in a ``llama_decode`` of its own: a chunk's logits are
-        then what they would be alone, whatever else runs."""
-        context = self._require_context()
+        then what they would be alone, whatever else runs. The chunks go first while an
+        interactive prompt is among them and batch work decodes (``priority.prefill_first``),
+        so its first token does not wait for that decode; sequences are independent, so the
+        order changes no output."""
         self._drop_abandoned()
         decoding = [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
+        prefilling = sorted(
+            (s for s in self._slots if s.sequence is not None and s.sequence.prefilling),
+            key=lambda s: s.sequence.assigned_at if s.sequence is not None else 0.0,
+        )
+        if prefill_first(_classes(prefilling), _classes(decoding)):
+            self._prefill(prefilling)
+            self._decode(decoding)
+        else:
+            self._decode(decoding)
+            self._prefill(prefilling)
+
+    def _decode(self, decoding: list[_Slot]) -> None:
+        context = self._require_context()
         if decoding:
             rows = []
             for slot in decoding:
@@ -582,10 +602,9 @@ class ModelWorker:
             for index, slot in enumerate(decoding):
                 assert slot.sequence is not None
                 self._advance(slot, slot.sequence, self._sample(slot.sequence, index))
-        prefilling = sorted(
-            (s for s in self._slots if s.sequence is not None and s.sequence.prefilling),
-            key=lambda s: s.sequence.assigned_at if s.sequence is not None else 0.0,
-        )
+
+    def _prefill(self, prefilling: list[_Slot]) -> None:
+        """The prompt chunks that fit in this step's budget, longest waiting first."""
         progress = [(s.sequence.n_fed, len(s.sequence.tokens)) for s in prefilling if s.sequence]
         budget = max(self.config.n_batch, self._chunk)
         for index, n in plan_prefill(progress, budget, self._chunk):
@@ -864,6 +883,10 @@ class ModelWorker:
         vector = [float(x) for x in pooled[: embedder.n_embd()]]
         embedder._ctx.kv_cache_clear()
         return vector
+
+
+def _classes(slots: list[_Slot]) -> list[str]:
+    return [s.sequence.submission.request.priority for s in slots if s.sequence is not None]
 
 
 def checked_tokens(tokens: list[int], n_vocab: int) -> list[int]:

@@ -18,6 +18,7 @@ from corral_runtime.engine.priority import (
     effective_rank,
     next_admitted,
     parse_priority,
+    prefill_first,
     share_cap,
 )
 from corral_runtime.settings import PriorityClass, RuntimeSettings
@@ -146,6 +147,17 @@ class TestReservedSlots:
         policy = PriorityPolicy(reserved=8)
         assert next_admitted([q(BAT, 1.0)], {}, 4, policy) == 0
         assert next_admitted([q(BAT, 1.0)], {BAT: 1}, 4, policy) is None
+
+
+class TestPrefillFirst:
+    def test_an_interactive_prompt_goes_before_batch_decoding(self) -> None:
+        assert prefill_first([BAT, INT], [BAT, BAT])
+
+    def test_otherwise_decode_goes_first_as_before(self) -> None:
+        assert not prefill_first([INT], [INT, INT])  # no classes in use
+        assert not prefill_first([BAT], [BAT])
+        assert not prefill_first([BAT], [INT])
+        assert not prefill_first([INT], [])
 
 
 class TestSettings:
