@@ -153,7 +153,8 @@ def test_deploy_converges_and_the_operator_takes_over(
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
         "model.corral.dev/gemma3-270m created (source ollama://gemma3:270m)",
-        "modelserver.corral.dev/gemma3-270m created (replicas 0-1, keep-alive 5m, gpus 0)",
+        "modelserver.corral.dev/gemma3-270m created "
+        "(replicas 0-1, keep-alive 5m, gpus sized from the model)",
         "Chat with it: corral run gemma3:270m",
     ]
     again = corral(kubeconfig, "deploy", "gemma3:270m", "-n", namespace)
@@ -169,8 +170,8 @@ def test_deploy_converges_and_the_operator_takes_over(
     assert changed.returncode == 0, changed.stderr
     assert "model.corral.dev/gemma3-270m unchanged" in changed.stdout
     assert (
-        "modelserver.corral.dev/gemma3-270m configured (replicas 0-3, keep-alive 10m, gpus 0)"
-        in changed.stdout
+        "modelserver.corral.dev/gemma3-270m configured "
+        "(replicas 0-3, keep-alive 10m, gpus sized from the model)" in changed.stdout
     )
     server = cluster.get(api.MODELSERVERS, "gemma3-270m")
     assert server is not None
@@ -178,7 +179,8 @@ def test_deploy_converges_and_the_operator_takes_over(
     assert server["spec"]["keepAliveSeconds"] == 600
     assert server["spec"]["maxKeepAliveSeconds"] == -1
     resources = server["spec"]["resources"]
-    assert (resources["gpus"], resources["cpu"], resources["memory"]) == (0, "500m", "1Gi")
+    # No --gpus: the CLI leaves them to the operator's sizing (no gpus field of its own).
+    assert "gpus" not in resources and (resources["cpu"], resources["memory"]) == ("500m", "1Gi")
     managers = {f["manager"] for f in server["metadata"]["managedFields"]}
     assert "corral-cli" in managers
 

@@ -113,7 +113,12 @@ def register(subparsers: Any) -> None:
         metavar="MODELFILE",
         help="an Ollama Modelfile (FROM a library name, hf://, https:// or pvc://)",
     )
-    deploy.add_argument("--gpus", type=int, default=0, help="GPUs per replica (default 0)")
+    deploy.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs per replica (default: sized from the model where nodes label their GPU "
+        "memory, else none)",
+    )
     deploy.add_argument(
         "--min", dest="min_replicas", type=int, default=0, help="replicas kept up (default 0)"
     )
@@ -254,7 +259,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         f"modelserver.corral.dev/{server.obj['metadata']['name']} {server.action} "
         f"(replicas {spec['minReplicas']}-{spec['maxReplicas']}, "
         f"keep-alive {format_duration(spec['keepAliveSeconds'])}, "
-        f"gpus {spec['resources'].get('gpus', 0)})"
+        f"gpus {spec['resources'].get('gpus', 'sized from the model')})"
     )
     from corral_operator.cli.naming import client_model_name
 

@@ -24,7 +24,8 @@ _PARAMETER_FIELDS = {ollama: field for field, ollama in api.PARAMETER_NAMES.item
 class DeployRequest:
     model: str
     """As typed: ``gemma3:270m``, ``ollama://…``, ``hf://…``, ``https://…``, ``pvc://…``."""
-    gpus: int = 0
+    gpus: int | None = None
+    """None: the operator sizes the server from its model (GPUs where nodes say their memory)."""
     min_replicas: int = 0
     max_replicas: int = 1
     keep_alive_seconds: int = 300
@@ -43,7 +44,8 @@ class DeployRequest:
             found.append(f"--min ({self.min_replicas}) is greater than --max ({self.max_replicas})")
         if self.max_replicas < 1:
             found.append("--max must be at least 1")
-        if self.min_replicas < 0 or self.gpus < 0 or self.keep_alive_seconds < 0:
+        negative_gpus = self.gpus is not None and self.gpus < 0
+        if self.min_replicas < 0 or negative_gpus or self.keep_alive_seconds < 0:
             found.append("--min, --gpus and --keep-alive cannot be negative")
         return found
 
@@ -107,7 +109,7 @@ def modelfile_spec(name: str, modelfile: Modelfile, is_local_file: bool) -> dict
 
 def server_object(request: DeployRequest, namespace: str) -> dict[str, Any]:
     name = resource_name(request.model)
-    resources: dict[str, Any] = {"gpus": request.gpus}
+    resources: dict[str, Any] = {} if request.gpus is None else {"gpus": request.gpus}
     if request.cpu is not None:
         resources["cpu"] = request.cpu
     if request.memory is not None:

@@ -32,7 +32,7 @@ def test_default_deploy() -> None:
             "maxReplicas": 1,
             "keepAliveSeconds": 300,
             "maxKeepAliveSeconds": 3600,
-            "resources": {"gpus": 0},
+            "resources": {},  # the operator sizes it from the model
         },
     }
 
