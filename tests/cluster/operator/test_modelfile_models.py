@@ -14,8 +14,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,11 @@ import yaml
 from corral_operator import api, pull
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.store.modelfile import parse_modelfile
-from devstack.controlplane import free_port
 from devstack.operator import Operator
 from tests.cluster.operator.support import Cluster, wait_for
 from tests.support.gguf_corpus import model_of_size
 from tests.support.registry import running_registry
+from tests.support.serveproc import serving_process
 
 pytestmark = pytest.mark.cluster
 
@@ -181,53 +179,12 @@ def test_deploy_from_a_modelfile_serves_what_it_says(
     assert stored.params == {"typical_p": 0.5, "num_keep": 8, "stop": ["<x>"]}
 
     # A runtime pod serves the cache as corral serve serves this store: /api/show says it all.
-    with serving(store, tmp_path / "serve.log") as base_url:
-        shown = httpx.post(f"{base_url}/api/show", json={"model": "pirate:latest"}, timeout=30)
+    with serving_process(store, log=tmp_path / "serve.log") as served:
+        show = f"{served.base_url}/api/show"
+        shown = httpx.post(show, json={"model": "pirate:latest"}, timeout=30)
     assert shown.status_code == 200, shown.text
     doc = shown.json()
     assert doc["license"] == "Apache-2.0\nSee LICENSE."
     assert doc["system"] == "You are a pirate."
     assert parse_modelfile(doc["modelfile"]).messages == MESSAGES[1:]
     assert "typical_p" in doc["parameters"] and "num_keep" in doc["parameters"]
-
-
-@contextmanager
-def serving(store: Path, log_path: Path) -> Iterator[str]:
-    """``corral serve`` of ``store`` on a free local port; yields its URL."""
-    port = free_port()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "corral_runtime.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--models",
-                str(store),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{url}/api/version", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(up, 60, "corral serve")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
