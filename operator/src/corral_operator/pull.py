@@ -118,9 +118,16 @@ def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+# The largest integer a Kubernetes object holds (int64): a model file may claim more (a u64 head
+# count), which the API server would refuse in the status patch, again at every retry.
+_INT64_MAX = 2**63 - 1
+
+
 def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
     value = data.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return value if 0 <= value <= _INT64_MAX else None
 
 
 def parse_pull_result(message: str | None) -> PullResult | None:

@@ -36,6 +36,15 @@ def test_parses_a_result_and_drops_bad_fields() -> None:
     assert result.name == "gemma3:270m"
 
 
+def test_a_model_files_numbers_beyond_int64_are_dropped() -> None:
+    # A hostile GGUF's u64 head count must not make the Model's status patch fail at every retry.
+    result = parse_pull_result(
+        json.dumps({"headCount": 2**64 - 1, "blockCount": 2**63, "vocabSize": 2**63 - 1})
+    )
+    assert result is not None
+    assert result.as_status() == {"vocabSize": 2**63 - 1}
+
+
 @pytest.mark.parametrize("message", [None, "", "not json", "[1, 2]"])
 def test_no_result(message: str | None) -> None:
     assert parse_pull_result(message) is None
