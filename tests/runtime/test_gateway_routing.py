@@ -2,7 +2,8 @@
 test model: every turn of a conversation reaches the replica that answered its first turn (and
 so finds its history in that replica's KV cache), a new conversation goes to the idle replica
 while the other is busy, and LeastInFlight scatters the same conversation. Where each request
-went is read from each runtime's own ``/metrics`` (``corral_requests_total``)."""
+went is read from each runtime's own ``/metrics`` (``corral_requests_total``), and what the
+gateway made of it from the gateway's (``corral_gateway_routing_decisions_total``)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ def replicas(runtime_server: RunningServer, model_store: ModelStore) -> Iterator
     store."""
     with serve(settings_for(model_store.root), model_store) as second:
         yield [runtime_server.base_url, second.base_url]
+
+
+def routing_decisions(client: httpx.Client, routing: str) -> dict[str, int]:
+    """The gateway's count of its choices of a pod for ``routing``, by outcome."""
+    text = client.get("/metrics", timeout=10).text
+    return {
+        s.labels["outcome"]: int(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "corral_gateway_routing_decisions_total"
+        and s.labels.get("strategy") == routing
+    }
 
 
 def chats_answered(base_url: str) -> float:
@@ -91,18 +104,25 @@ QUESTIONS = [
 
 
 @pytest.mark.parametrize(
-    ("routing", "spread"),
-    [("CacheAware", [0, len(QUESTIONS)]), ("LeastInFlight", [2, 2])],
+    ("routing", "spread", "outcomes"),
+    [
+        ("CacheAware", [0, len(QUESTIONS)], {"miss": 1, "hit": 3}),
+        ("LeastInFlight", [2, 2], {"miss": 1, "spill": 3}),
+    ],
     ids=["cache-aware-keeps-it-on-one-replica", "least-in-flight-scatters-it"],
 )
-def test_the_turns_of_a_conversation(replicas: list[str], routing: str, spread: list[int]) -> None:
+def test_the_turns_of_a_conversation(
+    replicas: list[str], routing: str, spread: list[int], outcomes: dict[str, int]
+) -> None:
     """CacheAware: every turn reaches the replica that answered the first; LeastInFlight
-    alternates between the idle replicas."""
+    alternates between the idle replicas. The gateway's metrics say so: the first turn matched
+    nowhere, and each later one found (hit) or left (spill) the replica holding its history."""
     with routed(replicas, routing) as (client, counts):
         messages = conversation("You are a guide to the Alps. " * 8)
         for question in QUESTIONS:
             say(client, messages, question)
         assert sorted(counts.taken()) == spread
+        assert routing_decisions(client, routing) == outcomes
 
 
 def test_a_new_conversation_takes_the_idle_replica_while_the_other_is_busy(

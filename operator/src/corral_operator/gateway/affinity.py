@@ -11,11 +11,12 @@ latest requests in a bounded LRU (``PrefixIndex``).
 
 The choice scores each pod as ``matched prefix share - load_weight * relative load`` (the vLLM
 production stack's router, llm-d's prefix and load scorers) among the pods whose load stays
-under a bound of ``load_factor`` times the mean (KubeAI's PrefixHash: consistent hashing with
-bounded loads). So a conversation sticks to its pod, a hot prefix spreads once its pod is
-clearly busier than the others, and a new conversation (which matches nowhere, or only a shared
-system prompt) goes to the least busy pod. Everything here is pure apart from the index, which
-only the event loop touches.
+under a bound of ``load_factor`` times the mean, and at least one request above an even split
+(KubeAI's PrefixHash: consistent hashing with bounded loads). So a conversation sticks to its
+pod, a hot prefix spreads once its pod is clearly busier than the others, and a new
+conversation (which matches nowhere, or only a shared system prompt) goes to the least busy
+pod. ``routing_outcome`` names what each choice did with the prefix (for the gateway's
+metrics). Everything here is pure apart from the index, which only the event loop touches.
 """
 
 from __future__ import annotations
@@ -40,14 +41,28 @@ and hashing it all would cost the hot path more than the choice gains."""
 ENTRIES_PER_POD = 16384
 """Prefix hashes remembered per pod (a few MB of the gateway's memory at most): some hundred
 conversations of a few thousand characters, more than a pod's slots keep cached at once."""
-LOAD_WEIGHT = 0.25
+LOAD_WEIGHT = 0.1
 """β: how much a pod's relative load (its requests in flight over the load bound) counts
 against its matched prefix share. Small, because a pod with a free slot batches one more
 request at little cost while moving a conversation pays its whole history's prefill again; the
-load bound, not this weight, is what spreads a saturated pod's prefixes."""
+load bound, not this weight, is what spreads a saturated pod's prefixes. At 0.25 a second turn
+(whose own history is a tenth or so of its text beside a shared system prompt every pod holds)
+left a pod that had one request more in flight than an idle one, and paid its history's
+prefill on a pod whose slots were all taken by other conversations."""
 LOAD_FACTOR = 1.25
 """A pod may hold at most this many times the mean requests in flight and still be chosen for
 its cache (KubeAI's default bound)."""
+LOAD_SLACK = 1
+"""…and at least this many requests above an even split of them: at a few requests in flight
+the factor alone (ceil(1.25 x 1.5) = 2) sent a conversation away from a pod with two requests
+beside an idle one, where its free slots would have batched it at little cost."""
+
+HIT = "hit"
+"""The chosen pod holds the longest prefix of the request that any pod holds."""
+SPILL = "spill"
+"""Another pod held more of it: the load (or LeastInFlight) sent it elsewhere."""
+MISS = "miss"
+"""No pod held any of it (a new text, or a new pod)."""
 
 Prefix = tuple[bytes, ...]
 """Chained chunk hashes of one request's text; element i stands for its first i + 1 chunks."""
@@ -160,11 +175,18 @@ class PrefixIndex:
         return len(self._pods.get(endpoint) or ())
 
 
-def load_bound(in_flight_total: int, pods: int, load_factor: float = LOAD_FACTOR) -> int:
+def load_bound(
+    in_flight_total: int,
+    pods: int,
+    load_factor: float = LOAD_FACTOR,
+    load_slack: int = LOAD_SLACK,
+) -> int:
     """The most requests a pod may have in flight, counting this one, and still be chosen for
-    its cache: ``load_factor`` times the mean load with this request added, at least one. The
-    least busy pod is always under it, so some pod always is."""
-    return max(1, math.ceil(load_factor * (in_flight_total + 1) / max(1, pods)))
+    its cache: ``load_factor`` times the mean load with this request added, and at least
+    ``load_slack`` more than that mean (rounded up). The least busy pod is always under it, so
+    some pod always is."""
+    mean = (in_flight_total + 1) / max(1, pods)
+    return max(1, math.ceil(load_factor * mean), math.ceil(mean) + load_slack)
 
 
 def affinity_score(matched_share: float, in_flight: int, bound: int, load_weight: float) -> float:
@@ -203,3 +225,18 @@ def pick_cache_aware(
     fewest = min(loads[e] for e in tied)
     tied = [e for e in tied if loads[e] == fewest]
     return tied[turn % len(tied)]
+
+
+def routing_outcome(
+    endpoints: Sequence[str],
+    matched: Mapping[str, int],
+    chosen: str,
+    exclude: Collection[str] = (),
+) -> str:
+    """What a choice did with the request's prefix: ``HIT`` where ``chosen`` holds as much of
+    it as any pod that could be chosen, ``SPILL`` where another held more, ``MISS`` where none
+    held any. Pods in ``exclude`` (tried and failed) do not count: leaving them is no spill."""
+    best = max((matched.get(e, 0) for e in endpoints if e not in exclude), default=0)
+    if best == 0:
+        return MISS
+    return HIT if matched.get(chosen, 0) >= best else SPILL

@@ -31,6 +31,7 @@ from corral_operator.gateway.affinity import (
     PrefixIndex,
     pick_cache_aware,
     prefix_hashes,
+    routing_outcome,
 )
 from corral_operator.gateway.backend import ActivityReport, Backend
 from corral_operator.gateway.decisions import (
@@ -199,25 +200,32 @@ class Dispatcher:
         self, key: ServerKey, exclude: Collection[str] = (), prefix: Prefix = ()
     ) -> str | None:
         """The pod for a request whose text hashes to ``prefix`` (``prefix_of``), as the
-        server's routing strategy decides; None while no pod may take it."""
+        server's routing strategy decides; None while no pod may take it. A choice for a
+        prefix is counted in the prefix-match metrics, whichever the strategy."""
         view = self.snapshot.servers.get(key)
         if view is None:
             return None
         self._turn += 1
         endpoints = self.routable(view)
         index = self._prefixes.get(key)
-        if not prefix or index is None or len(endpoints) < 2:
-            return pick_endpoint(endpoints, self.in_flight, exclude, self._turn)
-        matched = {e: index.matched(e, prefix) for e in endpoints}
-        return pick_cache_aware(
-            endpoints, self.in_flight, matched, len(prefix), exclude, self._turn
-        )
+        matched = {e: index.matched(e, prefix) for e in endpoints} if prefix and index else {}
+        if view.routing == LEAST_IN_FLIGHT or not prefix or len(endpoints) < 2:
+            chosen = pick_endpoint(endpoints, self.in_flight, exclude, self._turn)
+        else:
+            chosen = pick_cache_aware(
+                endpoints, self.in_flight, matched, len(prefix), exclude, self._turn
+            )
+        if prefix and chosen is not None:
+            outcome = routing_outcome(endpoints, matched, chosen, exclude)
+            share = matched.get(chosen, 0) / len(prefix)
+            self.metrics.observe_route(key, view.routing, share, outcome)
+        return chosen
 
     def prefix_of(self, key: ServerKey, model: str, text: str) -> Prefix:
-        """The chained hashes of a request's text, for a server that routes by them (none for
-        one that routes by load alone: the hashing is not paid for)."""
-        view = self.snapshot.servers.get(key)
-        if view is None or view.routing == LEAST_IN_FLIGHT:
+        """The chained hashes of a request's text. LeastInFlight servers have them too (about
+        70 µs for 4 KB of text, 0.4 ms at the 32 k characters hashed at most), so their
+        prefix-match metrics say what routing by load alone loses."""
+        if key not in self.snapshot.servers:
             return ()
         return prefix_hashes(normalize_model_name(model), text)
 
@@ -225,7 +233,7 @@ class Dispatcher:
         """Servers and pods that left the routing table take their estimated caches along."""
         for key, index in list(self._prefixes.items()):
             view = snapshot.servers.get(key)
-            if view is None or view.routing == LEAST_IN_FLIGHT:
+            if view is None:
                 del self._prefixes[key]
             else:
                 index.keep_only({*view.endpoints, *view.starting})

@@ -16,6 +16,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Cold starts range from a second (small model, warm node) to many minutes (large pull).
 _HOLD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# Shares of a request's prefix: none, tenths, all.
+_SHARE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
 
 
 class GatewayMetrics:
@@ -83,6 +85,34 @@ class GatewayMetrics:
             "Requests retried on another pod before their first byte was sent.",
             registry=self.registry,
         )
+        self.prefix_match = Histogram(
+            "corral_gateway_prefix_match_ratio",
+            "Share of a routed request's text that the gateway had sent the chosen pod before "
+            "(its estimate of the prompt found in that pod's KV cache), by ModelServer and "
+            "routing strategy.",
+            ["namespace", "server", "strategy"],
+            buckets=_SHARE_BUCKETS,
+            registry=self.registry,
+        )
+        self.routing_decisions = Counter(
+            "corral_gateway_routing_decisions_total",
+            "Pods chosen for requests with a text, by ModelServer, routing strategy and "
+            "outcome: hit (the chosen pod holds as much of the text as any), spill (another "
+            "held more; load or LeastInFlight sent it elsewhere), miss (none held any).",
+            ["namespace", "server", "strategy", "outcome"],
+            registry=self.registry,
+        )
+
+    def observe_route(
+        self, server: tuple[str, str], strategy: str, share: float, outcome: str
+    ) -> None:
+        """One choice of a pod: the share of the request's prefix the chosen pod holds and
+        what the choice did with it (``affinity.routing_outcome``)."""
+        namespace, name = server
+        self.prefix_match.labels(namespace=namespace, server=name, strategy=strategy).observe(share)
+        self.routing_decisions.labels(
+            namespace=namespace, server=name, strategy=strategy, outcome=outcome
+        ).inc()
 
     def observe_idle_deadline(self, server: tuple[str, str], deadline: datetime | None) -> None:
         namespace, name = server

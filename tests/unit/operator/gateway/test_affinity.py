@@ -13,12 +13,16 @@ import pytest
 
 from corral_operator.gateway.affinity import (
     CACHE_AWARE,
+    HIT,
     LEAST_IN_FLIGHT,
+    MISS,
+    SPILL,
     PrefixIndex,
     load_bound,
     pick_cache_aware,
     prefix_hashes,
     request_text,
+    routing_outcome,
 )
 from corral_operator.gateway.backend import StaticBackend
 from corral_operator.gateway.dispatcher import Dispatcher
@@ -131,6 +135,27 @@ class TestPickCacheAware:
         for loads in ({"a": 0, "b": 0}, {"a": 1, "b": 1}, {"a": 2, "b": 1}):
             assert pick_cache_aware(["a", "b"], loads, {"a": 9, "b": 2}, 10) == "a"
 
+    def test_a_second_turn_stays_beside_an_idle_pod(self) -> None:
+        """Turn 2 of a conversation whose system prompt both pods hold (bench/routing.py's
+        proportions: 15 of its 25 chunks are the system prompt, 18 its first turn): its pod
+        has one request in flight and the other none, and the history is worth more."""
+        conversation = chat_prefix(1, 2)
+        index = PrefixIndex()
+        index.record("a", chat_prefix(1, 1))
+        index.record("b", chat_prefix(2, 1))  # another conversation: the system prompt only
+        matched = {e: index.matched(e, conversation) for e in ("a", "b")}
+        assert matched["b"] < matched["a"] < len(conversation)
+        assert pick_cache_aware(["a", "b"], {"a": 1}, {"a": 18, "b": 15}, 25) == "a"
+        assert pick_cache_aware(["a", "b"], {"a": 1}, matched, len(conversation)) == "a"
+
+    def test_a_pod_one_request_above_an_even_split_keeps_its_conversations(self) -> None:
+        # Two in flight on a, none on b: the third still fits one above the even split of 1.5.
+        assert load_bound(2, 2) == 3
+        assert pick_cache_aware(["a", "b"], {"a": 2}, {"a": 9, "b": 2}, 10) == "a"
+        # Three on a: the fourth is two above the even split, so b takes it.
+        assert load_bound(3, 2) == 3
+        assert pick_cache_aware(["a", "b"], {"a": 3}, {"a": 9, "b": 2}, 10) == "b"
+
     def test_a_saturated_pod_spreads_its_hot_prefix(self) -> None:
         assert load_bound(4, 2) == 4
         assert pick_cache_aware(["a", "b"], {"a": 4, "b": 0}, {"a": 10, "b": 0}, 10) == "b"
@@ -172,6 +197,24 @@ class TestPickCacheAware:
         assert Counter(home.values()) == {"a": 4, "b": 4}
 
 
+class TestRoutingOutcome:
+    def test_hit_where_the_chosen_pod_holds_the_longest_match(self) -> None:
+        assert routing_outcome(["a", "b"], {"a": 5, "b": 2}, "a") == HIT
+        assert routing_outcome(["a", "b"], {"a": 5, "b": 5}, "b") == HIT  # a shared prompt
+
+    def test_spill_where_another_pod_held_more(self) -> None:
+        assert routing_outcome(["a", "b"], {"a": 5, "b": 2}, "b") == SPILL
+        assert routing_outcome(["a", "b"], {"a": 5}, "b") == SPILL
+
+    def test_miss_where_no_pod_held_any(self) -> None:
+        assert routing_outcome(["a", "b"], {}, "a") == MISS
+        assert routing_outcome(["a", "b"], {"a": 0, "b": 0}, "b") == MISS
+
+    def test_leaving_a_failed_pod_is_no_spill(self) -> None:
+        assert routing_outcome(["a", "b"], {"a": 5, "b": 2}, "b", exclude={"a"}) == HIT
+        assert routing_outcome(["a", "b"], {"a": 5}, "b", exclude={"a"}) == MISS
+
+
 KEY: ServerKey = ("ns", "gemma")
 
 
@@ -200,8 +243,31 @@ class TestDispatcher:
             dispatcher.update(two_pods())
             assert len({send(dispatcher, 1, turns) for turns in range(1, 6)}) == 1
             dispatcher.update(two_pods(LEAST_IN_FLIGHT))
-            assert dispatcher.prefix_of(KEY, MODEL, "some text") == ()
             assert len({send(dispatcher, 2, turns) for turns in range(1, 6)}) == 2
+
+    async def test_both_strategies_count_what_their_choices_did_with_the_prefix(self) -> None:
+        """The first turn matches nowhere; CacheAware's later turns find their pod, while
+        LeastInFlight's alternate away from the pod that holds the longer prefix."""
+        metrics = GatewayMetrics()
+        async with aiohttp.ClientSession() as client:
+            for routing in (CACHE_AWARE, LEAST_IN_FLIGHT):
+                dispatcher = Dispatcher(
+                    GatewaySettings(), StaticBackend(GatewaySettings()), metrics, client
+                )
+                dispatcher.update(two_pods(routing))
+                for turns in range(1, 6):
+                    send(dispatcher, 1, turns)
+            decisions = metrics.registry.get_sample_value
+            labels = {"namespace": "ns", "server": "gemma"}
+            name = "corral_gateway_routing_decisions_total"
+            assert decisions(name, {**labels, "strategy": CACHE_AWARE, "outcome": MISS}) == 1
+            assert decisions(name, {**labels, "strategy": CACHE_AWARE, "outcome": HIT}) == 4
+            assert decisions(name, {**labels, "strategy": LEAST_IN_FLIGHT, "outcome": MISS}) == 1
+            assert decisions(name, {**labels, "strategy": LEAST_IN_FLIGHT, "outcome": SPILL}) == 4
+            share = "corral_gateway_prefix_match_ratio_sum"
+            kept = decisions(share, {**labels, "strategy": CACHE_AWARE}) or 0.0
+            scattered = decisions(share, {**labels, "strategy": LEAST_IN_FLIGHT}) or 0.0
+            assert kept > 1.5 * scattered > 0
 
     async def test_pods_and_servers_that_leave_are_forgotten(self) -> None:
         async with aiohttp.ClientSession() as client:

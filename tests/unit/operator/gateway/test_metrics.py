@@ -1,4 +1,5 @@
-"""The gateway's metrics: the idle deadline each server's keep-alive gives it, as a gauge."""
+"""The gateway's metrics: the idle deadline each server's keep-alive gives it, as a gauge; what
+each choice of a pod did with its request's prefix."""
 
 from __future__ import annotations
 
@@ -24,3 +25,20 @@ def test_the_idle_deadline_gauge() -> None:
     assert b'{namespace="ns",server="s"} 1.7357328e+09' in metrics.exposition()  # NOW
     metrics.observe_idle_deadline(("ns", "s"), None)  # no request set a keep_alive
     assert b"corral_gateway_idle_deadline_timestamp_seconds{" not in metrics.exposition()
+
+
+def test_a_routed_request_counts_its_prefix_share_and_outcome() -> None:
+    metrics = GatewayMetrics()
+    metrics.observe_route(("ns", "s"), "CacheAware", 0.75, "hit")
+    metrics.observe_route(("ns", "s"), "CacheAware", 0.0, "miss")
+    sample = metrics.registry.get_sample_value
+    labels = {"namespace": "ns", "server": "s", "strategy": "CacheAware"}
+    share = "corral_gateway_prefix_match_ratio"
+    assert sample(f"{share}_bucket", {**labels, "le": "0.0"}) == 1
+    assert sample(f"{share}_bucket", {**labels, "le": "0.7"}) == 1
+    assert sample(f"{share}_bucket", {**labels, "le": "0.8"}) == 2
+    assert sample(f"{share}_sum", labels) == 0.75
+    decisions = "corral_gateway_routing_decisions_total"
+    assert sample(decisions, {**labels, "outcome": "hit"}) == 1
+    assert sample(decisions, {**labels, "outcome": "miss"}) == 1
+    assert sample(decisions, {**labels, "outcome": "spill"}) is None
