@@ -64,3 +64,76 @@ def test_the_request_sent_when_first_ready_is_served(
         assert body["load_duration"] > 0  # this request loaded the model
         assert client.get("/readyz").json() == {"status": "ready", "models": [TEST_MODEL_NAME]}
         assert "Traceback" not in server.log.read_text(errors="replace")
+
+
+def loaded_names(client: httpx.Client) -> list[str]:
+    return [m["name"] for m in client.get("/api/ps").json()["models"]]
+
+
+def test_a_preloaded_model_loads_before_any_request(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    # A missing name first: its failure is logged and the next name still loads.
+    with (
+        serving_process(
+            model_store.root,
+            "--threads",
+            "2",
+            "--parallel",
+            "1",
+            "--preload",
+            f"nosuch:model,{TEST_MODEL_NAME}",
+            log=tmp_path / "serve.log",
+        ) as server,
+        httpx.Client(base_url=server.base_url, timeout=300) as client,
+    ):
+        assert first_ready(client).status_code == 200, server.log_tail()
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while TEST_MODEL_NAME not in loaded_names(client) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loaded_names(client) == [TEST_MODEL_NAME], server.log_tail()
+        answer = client.post(
+            "/api/generate",
+            json={
+                "model": TEST_MODEL_NAME,
+                "prompt": "Hi",
+                "stream": False,
+                "options": {"num_predict": 2},
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        # The request found the model loaded: no load of its own.
+        assert answer.json()["load_duration"] < 50_000_000
+        log = (tmp_path / "serve.log").read_text()
+        assert "preloading nosuch:model failed" in log
+        assert "preloaded " + TEST_MODEL_NAME in log
+
+
+def test_a_request_during_the_preload_waits_for_it(model_store: ModelStore, tmp_path: Path) -> None:
+    with (
+        serving_process(
+            model_store.root,
+            "--threads",
+            "2",
+            "--parallel",
+            "1",
+            "--preload",
+            TEST_MODEL_NAME,
+            log=tmp_path / "serve.log",
+        ) as server,
+        httpx.Client(base_url=server.base_url, timeout=300) as client,
+    ):
+        assert first_ready(client).status_code == 200, server.log_tail()
+        answer = client.post(
+            "/api/generate",
+            json={
+                "model": TEST_MODEL_NAME,
+                "prompt": "Name three colours.",
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": 4},
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["response"]
+        # One load, shared: the request's and the preload's.
+        assert (tmp_path / "serve.log").read_text().count(f"loaded {TEST_MODEL_NAME} (") == 1

@@ -14,6 +14,7 @@ the bundled test model (``gemma3:270m``), so a bare ``corral serve`` answers req
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -186,9 +187,13 @@ def create_app(settings: RuntimeSettings) -> FastAPI:
         )
         app.state.store = store
         app.state.models = manager
+        # Started before the bind: the load overlaps the rest of the start-up. It is awaited,
+        # never cancelled, at shutdown (a load runs in a thread a cancel would orphan).
+        preloading = asyncio.create_task(manager.preload(settings.preload))
         try:
             yield
         finally:
+            await preloading
             await manager.close()
 
     app = FastAPI(

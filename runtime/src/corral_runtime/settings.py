@@ -199,7 +199,10 @@ class RuntimeSettings(BaseSettings):
     parallel: int | None = Field(
         default=None,
         ge=1,
-        description="Requests decoded at once per model (slots); unset: from the context size.",
+        description=(
+            "Requests decoded at once per model (slots); unset: as many (at most 16) as hold "
+            "a full context's KV cache each within a quarter of the memory budget."
+        ),
     )
     max_queue: int = Field(
         default=512, ge=0, description="Requests that may wait per model before 503."
@@ -242,6 +245,16 @@ class RuntimeSettings(BaseSettings):
         ),
     )
     max_loaded_models: int = Field(default=3, ge=1)
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Models to load at start-up, before any request asks (comma-separated in "
+            "CORRAL_PRELOAD). The load overlaps the server's own start, so a cold start's "
+            "first request waits for the model rather than for the imports, the bind and then "
+            "the model; a preload that fails is logged and the model loads (or fails) again "
+            "on its first request. A ModelServer's pods preload its first model."
+        ),
+    )
     memory_budget_bytes: int | None = Field(
         default=None,
         ge=0,
@@ -352,7 +365,9 @@ class RuntimeSettings(BaseSettings):
                 self.port = port
         return self
 
-    @field_validator("allowed_hosts", "allowed_origins", "pull_allowed_hosts", mode="before")
+    @field_validator(
+        "allowed_hosts", "allowed_origins", "pull_allowed_hosts", "preload", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         # "a,b" is friendlier in an environment variable than a JSON list.

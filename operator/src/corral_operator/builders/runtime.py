@@ -204,8 +204,19 @@ def tensor_split_env(spec: Mapping[str, Any], sizing: PodSizing) -> list[dict[st
     return env
 
 
+def preload_env(models: Sequence[ServedModel]) -> list[dict[str, str]]:
+    """The model a pod loads as it starts: the server's first. A pod is started for a request
+    (a wake-up from zero, a scale-up on load), so its model is wanted at once; loading it
+    beside the runtime's own start-up takes that time off the first request. One model only:
+    a server whose models do not all fit its memory would evict one for another."""
+    return [{"name": "CORRAL_PRELOAD", "value": models[0].name}] if models else []
+
+
 def _env(
-    server: Mapping[str, Any], settings: OperatorSettings, sizing: PodSizing = NO_SIZING
+    server: Mapping[str, Any],
+    settings: OperatorSettings,
+    sizing: PodSizing = NO_SIZING,
+    models: Sequence[ServedModel] = (),
 ) -> list[dict[str, Any]]:
     meta, spec = server["metadata"], server["spec"]
     runtime = spec.get("runtime") or {}
@@ -231,6 +242,7 @@ def _env(
         *memory_env(spec, settings, sizing),
         *tensor_split_env(spec, sizing),
         *priority_env(spec),
+        *preload_env(models),
     ]
     for field_name, variable in RUNTIME_SETTINGS_ENV.items():
         value = runtime.get(field_name)
@@ -315,7 +327,7 @@ def build_deployment(
             api.MODELS_MOUNT,
             *(runtime.get("extraArgs") or ()),
         ],
-        "env": _env(server, settings, sizing),
+        "env": _env(server, settings, sizing, models),
         "ports": [{"name": "http", "containerPort": api.RUNTIME_PORT, "protocol": "TCP"}],
         "resources": _resources(spec, settings, sizing),
         "securityContext": container_security_context(),

@@ -121,6 +121,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--context-length", type=int, help="default num_ctx (default 4096)")
     parser.add_argument("--max-loaded-models", type=int, help="models kept loaded at once")
+    parser.add_argument(
+        "--preload",
+        metavar="MODELS",
+        help="comma-separated models to load at start-up, before a request asks (CORRAL_PRELOAD)",
+    )
     parser.add_argument("--gpu-layers", help="'auto' (default), a number, or 0 for CPU only")
     parser.add_argument(
         "--keep-alive",
@@ -176,6 +181,7 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "queue_timeout_seconds",
             "context_length",
             "max_loaded_models",
+            "preload",
             "gpu_layers",
             "keep_alive_seconds",
             "threads",

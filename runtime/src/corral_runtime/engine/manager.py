@@ -28,12 +28,17 @@ from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
 from corral_runtime.engine.llama import flash_attention_for, tensor_split_of
 from corral_runtime.engine.priority import PriorityPolicy
 from corral_runtime.engine.probe import probe_model
-from corral_runtime.engine.scheduling import default_parallel
+from corral_runtime.engine.scheduling import (
+    MAX_DEFAULT_PARALLEL,
+    default_parallel,
+    parallel_for_memory,
+)
 from corral_runtime.engine.types import EngineError, LoadOptions, QueueTimeoutError
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
 from corral_runtime.gpu import (
     GpuInfo,
     GpuPlan,
+    ModelFootprint,
     ModelShape,
     model_footprint,
     model_shape,
@@ -266,6 +271,23 @@ class ModelManager:
             await self._unload(model)
             return True
 
+    async def preload(self, names: Sequence[str]) -> None:
+        """Load ``names`` in turn before any request asks for them (``--preload``).
+
+        A failure is logged, not raised: a missing or broken model fails its own requests with
+        their own error, as it would without a preload, and the server stays up for the
+        others. Requests that arrive meanwhile wait on the same load instead of starting their
+        own (loads are serialized under the manager's lock).
+        """
+        for name in names:
+            try:
+                lease = await self.acquire(name)
+            except Exception as exc:  # every failure is the first request's to report
+                log.warning("preloading %s failed: %s", name, exc)
+                continue
+            lease.release()
+            log.info("preloaded %s", name)
+
     async def close(self) -> None:
         for task in list(self._recoveries):
             task.cancel()
@@ -282,18 +304,26 @@ class ModelManager:
         await asyncio.to_thread(probe_model, self.store, stored)
         template = model_template(stored, details)
         context = trained_context(n_ctx, details.context_length)
-        parallel = self.settings.parallel or default_parallel(context)
-        footprint = model_footprint(
-            stored.model_path.stat().st_size,
-            shape_of(details),
-            n_ctx=context,
-            parallel=parallel,
-            n_batch=load.num_batch or self.settings.batch_size,
-            kv_cache_type=self.settings.kv_cache_type,
-            flash_attention=flash_attention_for(
-                self.settings.kv_cache_type, self.settings.flash_attention
-            ),
+        weights = stored.model_path.stat().st_size
+        shape = shape_of(details)
+
+        def footprint_for(slots: int) -> ModelFootprint:
+            return model_footprint(
+                weights,
+                shape,
+                n_ctx=context,
+                parallel=slots,
+                n_batch=load.num_batch or self.settings.batch_size,
+                kv_cache_type=self.settings.kv_cache_type,
+                flash_attention=flash_attention_for(
+                    self.settings.kv_cache_type, self.settings.flash_attention
+                ),
+            )
+
+        parallel = self.settings.parallel or slots_for(
+            footprint_for(1), footprint_for(MAX_DEFAULT_PARALLEL), self.memory_budget, context
         )
+        footprint = footprint_for(parallel)
         if self.gpu.offload_supported:  # What models loaded since the last look left free.
             self.gpu = await asyncio.to_thread(probe_gpu, True)
         requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
@@ -341,9 +371,12 @@ class ModelManager:
         )
         self._models[model.name] = model
         log.info(
-            "loaded %s (n_ctx=%d, gpu_layers=%d, kv_cache_type=%s, flash_attention=%s) in %.2fs",
+            "loaded %s (n_ctx=%d, parallel=%d%s, gpu_layers=%d, kv_cache_type=%s, "
+            "flash_attention=%s) in %.2fs",
             model.name,
             model.n_ctx,
+            parallel,
+            "" if self.settings.parallel else " from the memory budget",
             plan.gpu_layers,
             config.kv_cache_type,
             "on" if flash_attention_for(config.kv_cache_type, config.flash_attn) else "off",
@@ -473,6 +506,18 @@ def shape_of(details: GGUFDetails) -> ModelShape:
         feed_forward_length=details.feed_forward_length,
         vocab_size=details.vocab_size,
     )
+
+
+def slots_for(
+    one_slot: ModelFootprint, most_slots: ModelFootprint, budget: int | None, n_ctx: int
+) -> int:
+    """A model's slots when the server sets none: from the memory budget
+    (``parallel_for_memory``: one slot's KV cache each, beside the weights and the compute
+    graph of the most slots), else from the context alone."""
+    if budget is None:
+        return default_parallel(n_ctx)
+    fixed = most_slots.weights_bytes + most_slots.graph_bytes
+    return parallel_for_memory(one_slot.kv_cache_bytes, budget, fixed)
 
 
 def trained_context(requested: int, trained: int | None) -> int:

@@ -173,6 +173,24 @@ class TestDeployment:
         dep = _deployment(resources={"memory": "8Gi"}, runtime={"env": [mine]})
         assert _container(dep)["env"][-1] == mine
 
+    def test_pods_preload_the_servers_first_model(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        served = [ServedModel("gemma", "gemma3:270m", None), ServedModel("qwen", "qwen:0.5b", None)]
+        dep = build_deployment(
+            server(models=["gemma", "qwen"]),
+            replicas=1,
+            claim="corral-cache-default",
+            models=served,
+            settings=OperatorSettings(),
+        )
+        # The served (runtime) name, not the Model object's; only the first model.
+        assert _runtime_settings(dep, monkeypatch).preload == ["gemma3:270m"]
+
+    def test_no_ready_model_no_preload(self) -> None:
+        dep = build_deployment(
+            server(), replicas=0, claim="c", models=[], settings=OperatorSettings()
+        )
+        assert "CORRAL_PRELOAD" not in _env(dep)
+
     def test_probes_sized_for_model_load(self) -> None:
         container = _container(_deployment(runtime={"startupSeconds": 600}))
         startup = container["startupProbe"]
