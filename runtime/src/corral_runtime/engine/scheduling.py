@@ -12,11 +12,19 @@ from dataclasses import dataclass
 
 from corral_runtime.engine.types import DoneReason
 
-# Slots per model when the server does not say: as many as keep the KV memory of all slots
-# within this many tokens (a 4096-token context gets 4 slots), at least one and at most
-# ``MAX_DEFAULT_PARALLEL``.
+# Slots per model when the server does not say (``parallel_for_memory``): as many as hold the KV
+# memory of a full context each within a share of the memory budget (1 / ``KV_BUDGET_DIVISOR``,
+# so other models keep room), at least one and at most ``MAX_DEFAULT_PARALLEL``. Each slot has
+# a KV stream of its own (see ``engine/llama.py``: one pool shared by all slots, llama.cpp's
+# ``kv_unified``, gives a row other logits beside others, so it would break batch invariance),
+# so a slot costs its full context's KV memory whether used or not, and the count comes from
+# the memory there is. On two cores, 16 slots serve 8 concurrent streams at about twice one
+# stream's rate, and a lone stream decodes as fast as with 4 slots (``bench/defaults.py``).
+KV_BUDGET_DIVISOR = 4
+MAX_DEFAULT_PARALLEL = 16
+# Without a memory budget (neither a cgroup limit nor /proc/meminfo): the KV memory of all slots
+# within this many tokens (a 4096-token context gets 4 slots).
 DEFAULT_KV_TOKEN_BUDGET = 16384
-MAX_DEFAULT_PARALLEL = 8
 
 # Prompts are evaluated in chunks of this many tokens, aligned at multiples of it from position
 # 0, whatever else runs, each chunk in a ``llama_decode`` of its own. llama.cpp's CPU kernels can
@@ -27,8 +35,23 @@ PREFILL_CHUNK = 64
 
 
 def default_parallel(n_ctx: int) -> int:
-    """Slots for a context of ``n_ctx`` tokens per sequence when none are configured."""
+    """Slots for a context of ``n_ctx`` tokens per sequence when none are configured and no
+    memory budget is known (``parallel_for_memory`` otherwise)."""
     return max(1, min(MAX_DEFAULT_PARALLEL, DEFAULT_KV_TOKEN_BUDGET // max(1, n_ctx)))
+
+
+def parallel_for_memory(kv_bytes_per_slot: int, budget_bytes: int, fixed_bytes: int) -> int:
+    """Slots for a model when none are configured: as many as hold ``kv_bytes_per_slot`` (one
+    slot's KV cache for its full context) each within a ``1 / KV_BUDGET_DIVISOR`` share of
+    ``budget_bytes``, and within what the model's ``fixed_bytes`` (weights, compute graph)
+    leave of it, so a model that fits with one slot is never refused for its default; at least
+    one, at most ``MAX_DEFAULT_PARALLEL``.
+
+    The operator sizes a pod with the same rule (``planners/sizing.py``), from the budget it
+    gives the pod, so the pod's estimate is what its runtime allocates.
+    """
+    room = min(budget_bytes // KV_BUDGET_DIVISOR, budget_bytes - fixed_bytes)
+    return max(1, min(MAX_DEFAULT_PARALLEL, room // max(1, kv_bytes_per_slot)))
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
