@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from corral_operator.builders.memory import (
     PROCESS_RESERVE_BYTES,
     PROCESS_RESERVE_SHARE,
+    memory_budget,
     memory_bytes,
 )
 from corral_operator.builders.runtime import GPU_MEMORY_LABEL, PodSizing
@@ -42,11 +43,13 @@ DOES_NOT_FIT = "DoesNotFit"  # the Ready condition's reason for a server no node
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
-# The runtime's defaults (corral_runtime.settings and engine.scheduling) where a server sets none.
+# The runtime's defaults (corral_runtime.settings and engine.scheduling) where a server sets none:
+# slots from the memory budget (``default_parallel``), else from a token budget.
 DEFAULT_CONTEXT = 4096
 DEFAULT_BATCH = 512
+KV_BUDGET_DIVISOR = 4
+MAX_DEFAULT_PARALLEL = 16
 KV_TOKEN_BUDGET = 16384
-MAX_DEFAULT_PARALLEL = 8
 MAX_GPUS = 16  # the CRD's bound on spec.resources.gpus
 
 # Bytes per cached value of each KV cache type, as (numerator, denominator): ggml's q8_0 and
@@ -117,22 +120,42 @@ class ServingShape:
     n_batch: int = DEFAULT_BATCH
 
 
-def serving_shape(runtime: Mapping[str, Any], model_context: int | None = None) -> ServingShape:
+def serving_shape(
+    runtime: Mapping[str, Any],
+    model_context: int | None = None,
+    facts: ModelFacts | None = None,
+    budget: int | None = None,
+) -> ServingShape:
     """The shape a ModelServer's ``spec.runtime`` gives a model: a Model's own num_ctx wins over
-    the server's contextLength; unset parallel is the runtime's choice from the context."""
+    the server's contextLength; unset parallel is the runtime's choice (``default_parallel``:
+    from the model's facts and the pod's memory ``budget`` where both are known)."""
     context = int(model_context or runtime.get("contextLength") or DEFAULT_CONTEXT)
-    parallel = int(
-        runtime.get("parallel") or max(1, min(MAX_DEFAULT_PARALLEL, KV_TOKEN_BUDGET // context))
-    )
     kv_type = str(runtime.get("kvCacheType") or "f16")
     # A quantized cache turns flash attention on unless it is explicitly off (the runtime's rule).
     flash = runtime.get("flashAttention")
-    return ServingShape(
+    shape = ServingShape(
         context=context,
-        parallel=parallel,
         kv_cache_type=kv_type,
         flash_attention=bool(flash) if flash is not None else kv_type != "f16",
     )
+    parallel = runtime.get("parallel")
+    if parallel:
+        return replace(shape, parallel=int(parallel))
+    return replace(shape, parallel=default_parallel(facts, shape, budget))
+
+
+def default_parallel(facts: ModelFacts | None, shape: ServingShape, budget: int | None) -> int:
+    """The slots a pod's runtime gives a model when the server sets none, by the runtime's rule
+    (``engine.scheduling.parallel_for_memory``): as many as hold one slot's KV cache for the
+    full context each within a ``1 / KV_BUDGET_DIVISOR`` share of the pod's memory budget and
+    within what the weights and the compute graph leave of it, 1 to ``MAX_DEFAULT_PARALLEL``.
+    Without facts or a budget, the runtime's fallback: the slots' KV within a token budget."""
+    if facts is None or budget is None:
+        return max(1, min(MAX_DEFAULT_PARALLEL, KV_TOKEN_BUDGET // max(1, shape.context)))
+    per_slot = kv_cache_bytes(facts, replace(shape, parallel=1))
+    fixed = facts.weights_bytes + graph_bytes(facts, replace(shape, parallel=MAX_DEFAULT_PARALLEL))
+    room = min(budget // KV_BUDGET_DIVISOR, budget - fixed)
+    return max(1, min(MAX_DEFAULT_PARALLEL, room // max(1, per_slot)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +339,37 @@ def size_server(
     default_memory: str,
 ) -> Placement | None:
     """The placement of a ModelServer's replicas; None when no Model says enough to size it
-    (the spec's resources and the operator's defaults apply unchanged)."""
+    (the spec's resources and the operator's defaults apply unchanged).
+
+    A model's default slots come from the pod's memory budget, and a pod without explicit
+    memory gets a limit sized from the estimate, whose budget may allow more slots: the
+    placement is computed again with the budget of the limit it chose until that budget stops
+    changing (slots only grow with the budget and are capped, so this ends), and the estimate
+    is the one the pod's runtime makes with the budget it is given.
+    """
+    resources = spec.get("resources") or {}
+    resource = str(resources.get("gpuResourceName") or "nvidia.com/gpu")
+    labelled = gpu_nodes(nodes, resource)
+    budget = memory_budget(resources.get("memory") or default_memory)
+    for _ in range(MAX_DEFAULT_PARALLEL + 1):
+        placement = _place_with_budget(spec, models, labelled, default_memory, budget)
+        if placement is None or placement.sizing.memory is None:
+            return placement
+        grown = memory_budget(placement.sizing.memory)
+        if grown == budget:
+            return placement
+        budget = grown
+    return placement
+
+
+def _place_with_budget(
+    spec: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any] | None],
+    nodes: Sequence[GpuNode],
+    default_memory: str,
+    budget: int | None,
+) -> Placement | None:
+    """``size_server``'s placement where the pod's memory budget is ``budget``."""
     runtime = spec.get("runtime") or {}
     estimates = []
     for model in models.values():
@@ -324,10 +377,8 @@ def size_server(
         if facts is None:
             continue
         num_ctx = (((model or {}).get("spec") or {}).get("parameters") or {}).get("numCtx")
-        estimates.append(estimate(facts, serving_shape(runtime, num_ctx)))
+        estimates.append(estimate(facts, serving_shape(runtime, num_ctx, facts, budget)))
     if not estimates:
         return None
-    resources = spec.get("resources") or {}
-    resource = str(resources.get("gpuResourceName") or "nvidia.com/gpu")
     largest = max(estimates, key=lambda e: e.total_bytes)
-    return place(largest, resources, gpu_nodes(nodes, resource), default_memory)
+    return place(largest, spec.get("resources") or {}, nodes, default_memory)

@@ -19,6 +19,7 @@ from corral_operator.planners.sizing import (
     GpuNode,
     ModelFacts,
     ServingShape,
+    default_parallel,
     estimate,
     gpu_nodes,
     kv_cache_bytes,
@@ -54,6 +55,21 @@ LLAMA_70B: dict[str, int] = {
     "weightsBytes": 42_470_588_672,
     "layerBytes": 544_079_872,
     "outputBytes": 1_452_916_992,
+}
+
+# Gemma 3 270M Q4_K_M, the test model: one KV head of 256 + 256 values in 18 layers.
+GEMMA_270M: dict[str, int] = {
+    "blockCount": 18,
+    "embeddingLength": 640,
+    "headCount": 4,
+    "headCountKV": 1,
+    "keyLength": 256,
+    "valueLength": 256,
+    "feedForwardLength": 2048,
+    "vocabSize": 262144,
+    "weightsBytes": 253_000_000,
+    "layerBytes": 7_000_000,
+    "outputBytes": 127_000_000,
 }
 
 
@@ -122,6 +138,42 @@ class TestServingShape:
         assert serving_shape({"kvCacheType": "q8_0"}).flash_attention is True
         assert serving_shape({}).flash_attention is False
         assert serving_shape({"flashAttention": True}).flash_attention is True
+
+
+class TestDefaultSlots:
+    """A server without ``parallel``: its pods' slots come from their memory budget, by the
+    runtime's rule (a full context's KV cache each within a quarter of the budget)."""
+
+    def test_slots_come_from_the_memory_budget_and_the_kv_cache_per_slot(self) -> None:
+        facts = _facts(LLAMA_8B)  # 512 MiB of f16 cache a slot at 4096 tokens
+        assert serving_shape({}, facts=facts, budget=16 * GIB).parallel == 8
+        assert serving_shape({}, facts=facts, budget=64 * GIB).parallel == 16
+        assert serving_shape({"contextLength": 16384}, facts=facts, budget=16 * GIB).parallel == 2
+        assert serving_shape({"kvCacheType": "q8_0"}, facts=facts, budget=16 * GIB).parallel == 15
+        # The weights and the graph (about 5 GiB) leave room for two slots in 6 GiB, one in 5.5.
+        assert serving_shape({}, facts=facts, budget=6 * GIB).parallel == 2
+        assert serving_shape({}, facts=facts, budget=11 * GIB // 2).parallel == 1
+        # An explicit count wins; without facts or a budget, the token budget decides.
+        assert serving_shape({"parallel": 3}, facts=facts, budget=64 * GIB).parallel == 3
+        assert serving_shape({}, facts=facts).parallel == 4
+
+    @pytest.mark.parametrize("memory", [None, "8Gi", "32Gi"])
+    @pytest.mark.parametrize("status", [LLAMA_8B, GEMMA_270M], ids=["8b", "270m"])
+    def test_a_pods_estimate_has_the_slots_its_runtime_will_choose(
+        self, memory: str | None, status: dict[str, int]
+    ) -> None:
+        resources = {} if memory is None else {"memory": memory}
+        spec = {"models": ["m"], "resources": resources, "runtime": {}}
+        placement = size_server(spec, {"m": model("m", status)}, [], "2Gi")
+        assert placement is not None
+        # The pod's runtime gets the budget of its limit (sized here, or explicit) ...
+        budget = memory_budget(memory or placement.sizing.memory or "2Gi")
+        facts = _facts(status)
+        slots = default_parallel(facts, ServingShape(), budget)
+        # ... and the estimate is that many slots' KV cache, within that budget.
+        per_slot = kv_cache_bytes(facts, ServingShape(parallel=1))
+        assert placement.need.kv_cache_bytes == slots * per_slot
+        assert budget is not None and placement.need.total_bytes <= budget
 
 
 class TestPlacement:
