@@ -15,10 +15,64 @@ from corral_runtime.engine.manager import (
     RoomPlan,
     never_expires,
     plan_room,
+    slots_for,
     trained_context,
 )
+from corral_runtime.engine.scheduling import MAX_DEFAULT_PARALLEL
+from corral_runtime.gpu import ModelFootprint, model_footprint, model_shape
 
 pytestmark = pytest.mark.unit
+
+
+GIB = 1 << 30
+# Llama 3.1 8B Q4_K_M: 32 layers, 8 KV heads of 128 + 128 values, 128 KiB of f16 cache a token.
+LLAMA_8B = model_shape(
+    block_count=32,
+    embedding_length=4096,
+    head_count=32,
+    head_count_kv=8,
+    key_length=None,
+    value_length=None,
+    feed_forward_length=14336,
+    vocab_size=128256,
+)
+
+
+def _footprint(parallel: int, n_ctx: int = 4096) -> ModelFootprint:
+    return model_footprint(
+        4_920_000_000,
+        LLAMA_8B,
+        n_ctx=n_ctx,
+        parallel=parallel,
+        n_batch=512,
+        kv_cache_type="f16",
+        flash_attention=False,
+    )
+
+
+def _slots(budget: int | None, n_ctx: int = 4096) -> int:
+    one = _footprint(1, n_ctx)
+    most = _footprint(MAX_DEFAULT_PARALLEL, n_ctx)
+    return slots_for(one, most, budget, n_ctx)
+
+
+def test_default_slots_come_from_the_memory_budget() -> None:
+    # 512 MiB of cache a slot at 4096 tokens: a quarter of 16 GiB holds 8, of 64 GiB 16 (the cap).
+    assert _slots(16 * GIB) == 8
+    assert _slots(64 * GIB) == MAX_DEFAULT_PARALLEL
+    # A longer context costs more a slot: fewer of them.
+    assert _slots(16 * GIB, n_ctx=16384) == 2
+    # A quarter of 7 GiB holds three slots. Of 5.5 GiB the weights (4.9 GB) and the graph leave
+    # about half a GiB, less than a quarter: one slot, whose estimate still fits the budget, so
+    # the load is not refused for its default.
+    assert _slots(7 * GIB) == 3
+    assert _slots(11 * GIB // 2) == 1
+    assert _footprint(1).size_bytes < 11 * GIB // 2
+
+
+def test_without_a_budget_slots_come_from_the_context() -> None:
+    assert _slots(None) == 4
+    assert _slots(None, n_ctx=16384) == 1
 
 
 def test_the_context_is_at_most_what_the_model_was_trained_for() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from corral_runtime.engine.scheduling import (
+    KV_BUDGET_DIVISOR,
     MAX_DEFAULT_PARALLEL,
     PREFILL_CHUNK,
     SlotView,
@@ -17,6 +18,7 @@ from corral_runtime.engine.scheduling import (
     done_reason,
     evaluated_prefix,
     generation_budget,
+    parallel_for_memory,
     plan_prefill,
     prompt_chunk,
     reusable_prefix,
@@ -34,6 +36,34 @@ class TestDefaultParallel:
 
     def test_small_contexts_are_capped(self) -> None:
         assert default_parallel(256) == MAX_DEFAULT_PARALLEL
+
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+class TestParallelForMemory:
+    def test_slots_hold_a_full_context_each_within_a_quarter_of_the_budget(self) -> None:
+        # Llama 3.1 8B's f16 cache: 128 KiB a token, 512 MiB a slot at 4096 tokens.
+        assert KV_BUDGET_DIVISOR == 4
+        assert parallel_for_memory(512 * MIB, 16 * GIB, 5 * GIB) == 8
+        assert parallel_for_memory(512 * MIB, 8 * GIB, 5 * GIB) == 4
+        assert parallel_for_memory(512 * MIB, 8 * GIB - 1, 5 * GIB) == 3
+
+    def test_a_small_cache_gets_the_most_slots(self) -> None:
+        # The test model: 18 KiB a token, 72 MiB a slot at 4096 tokens, on a 22 GiB machine.
+        assert MAX_DEFAULT_PARALLEL == 16
+        assert parallel_for_memory(72 * MIB, 22 * GIB, 300 * MIB) == MAX_DEFAULT_PARALLEL
+
+    def test_the_weights_leave_room_for_fewer_slots(self) -> None:
+        # 7 GiB of weights and graph in an 8 GiB budget leave 1 GiB: two slots, not four.
+        assert parallel_for_memory(512 * MIB, 8 * GIB, 7 * GIB) == 2
+
+    def test_at_least_one_slot_even_where_none_fits(self) -> None:
+        # The load then decides (evict, wait or refuse) with the one slot's estimate.
+        assert parallel_for_memory(512 * MIB, 256 * MIB, 0) == 1
+        assert parallel_for_memory(512 * MIB, 4 * GIB, 5 * GIB) == 1
+        assert parallel_for_memory(0, 4 * GIB, 0) == MAX_DEFAULT_PARALLEL
 
 
 C = 4  # a small prompt chunk keeps the token lists readable
