@@ -88,6 +88,28 @@ def test_concurrent_streams_all_complete_as_they_would_alone(
     wait_for_gauge(batching_server.base_url, "corral_busy_slots", 0)
 
 
+def test_a_server_without_parallel_takes_its_slots_from_the_memory_budget(
+    model_store: ModelStore,
+) -> None:
+    # The test model's f16 KV cache is 18 KiB a token, 18 MiB a slot at 1024 tokens: a quarter
+    # of a 468 MiB budget holds six slots (its 241 MiB of weights and about 97 MiB of compute
+    # graph leave more than that), where the context alone gave 8 (16384 tokens' worth).
+    settings = settings_for(model_store.root, context_length=1024, memory_budget_bytes=468 << 20)
+    assert settings.parallel is None
+    prompts = [*PROMPTS, "List three uses of copper:", "The three primary colours are"]
+    with serve(settings, model_store) as server:
+
+        async def scenario() -> None:
+            async with ollama.AsyncClient(host=server.base_url) as client:
+                alone = [await generate(client, p) for p in prompts]
+                together = await asyncio.gather(*(generate(client, p) for p in prompts))
+            # Six streams in the six slots, each as it is alone (batch invariance holds).
+            assert [t for t, _ in together] == [t for t, _ in alone]
+
+        asyncio.run(scenario())
+        assert gauge(server.base_url, "corral_slots") == 6
+
+
 def test_a_leaving_stream_frees_its_slot_and_disturbs_nobody(
     batching_server: RunningServer,
 ) -> None:
