@@ -10,11 +10,15 @@ imports, the bind, readiness, the request's own prefill and the first token. The
 once before timing (a new blob's one-time probe is not part of a cold start of a pod whose pull
 Job probed it).
 
-Rounds alternate between the default start-up and ``CORRAL_EARLY_ENGINE_IMPORT=false`` (llama.cpp's
-bindings and numpy imported on first use, as before they were imported in the background), so
-both are measured on the same machine in one run. Prints each round, the medians of both, and
-last ``runtime_start_to_ready_ms=<x>`` and ``first_token_after_start_minus_load_ms=<x>`` of the
-default (goal: the latter, on the local cluster, with the wake-up, <= 500).
+Rounds alternate between three start-ups, all measured on the same machine in one run:
+``preload`` (``--preload`` of the model, as a ModelServer's pods start: the load overlaps the
+imports and the bind), ``on first request`` (the default of a local ``corral serve``: the model
+loads when the request asks) and ``import on first use`` (``CORRAL_EARLY_ENGINE_IMPORT=false``,
+llama.cpp's bindings and numpy imported on first use rather than in the background). The load
+time is the server's own ``corral_model_load_seconds`` (a preloaded model's request reports no
+load of its own). Prints each round, the medians of each, and last ``runtime_start_to_ready_ms=<x>``
+and ``first_token_after_start_minus_load_ms=<x>`` of the preload start-up, which is a pod's
+(goal: the latter, on the local cluster, with the wake-up, <= 500).
 """
 
 from __future__ import annotations
@@ -43,7 +47,13 @@ from tests.support.serveproc import serve_command  # noqa: E402
 
 POLL_SECONDS = 0.005
 START_TIMEOUT_SECONDS = 120.0
-MODES = {"early import": "true", "import on first use": "false"}
+# Each start-up: CORRAL_EARLY_ENGINE_IMPORT and whether the model is preloaded.
+MODES = {
+    "preload": ("true", True),
+    "on first request": ("true", False),
+    "import on first use": ("false", False),
+}
+PRELOAD_MODE = "preload"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +81,8 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], started: float) -> f
             time.sleep(POLL_SECONDS)
 
 
-def first_request(base: str, model: str, started: float) -> tuple[float, float]:
-    """A streamed greedy generate: milliseconds from ``started`` to its first token, and the
-    server's ``load_duration`` in milliseconds."""
+def first_request(base: str, model: str, started: float) -> float:
+    """A streamed greedy generate: milliseconds from ``started`` to its first token."""
     body = {
         "model": model,
         "prompt": "Name three colours.",
@@ -81,7 +90,6 @@ def first_request(base: str, model: str, started: float) -> tuple[float, float]:
         "options": {"temperature": 0, "num_predict": 4},
     }
     first: float | None = None
-    load_ns = 0
     with httpx.stream("POST", base + "/api/generate", json=body, timeout=600) as answer:
         answer.raise_for_status()
         for line in answer.iter_lines():
@@ -90,25 +98,42 @@ def first_request(base: str, model: str, started: float) -> tuple[float, float]:
                 raise RuntimeError(chunk["error"])
             if first is None and chunk.get("response"):
                 first = (time.perf_counter() - started) * 1000
-            if chunk.get("done"):
-                load_ns = int(chunk.get("load_duration", 0))
     if first is None:
         raise RuntimeError(f"{model} answered no token")
-    return first, load_ns / 1e6
+    return first
 
 
-def cold_start(models: Path, model: str, early_import: str, log: Path) -> ColdStart:
+def load_ms(base: str) -> float:
+    """The server's own model load time (the sum of ``corral_model_load_seconds``), whether a
+    preload or the request loaded it."""
+    text = httpx.get(base + "/metrics", timeout=10).text
+    sums = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("corral_model_load_seconds_sum")
+    ]
+    if not sums:
+        raise RuntimeError("the server reports no model load")
+    return sum(sums) * 1000
+
+
+def cold_start(
+    models: Path, model: str, early_import: str, log: Path, *, preload: bool = False
+) -> ColdStart:
     """One fresh ``corral serve``, timed from exec (see the module docstring)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = serve_command(port, models, "--log-level", "warning")
+    command = serve_command(
+        port, models, "--log-level", "warning", *(("--preload", model) if preload else ())
+    )
     env = {**os.environ, "CORRAL_EARLY_ENGINE_IMPORT": early_import}
     with log.open("ab") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             ready = wait_ready(base, process, started)
-            first, load = first_request(base, model, started)
+            first = first_request(base, model, started)
+            load = load_ms(base)
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -139,8 +164,8 @@ def main() -> int:
         cold_start(root / "models", TEST_MODEL_NAME, "true", log)  # the blob's one-time probe
         results: dict[str, list[ColdStart]] = {mode: [] for mode in MODES}
         for round_ in range(args.rounds):
-            for mode, switch in MODES.items():
-                result = cold_start(root / "models", TEST_MODEL_NAME, switch, log)
+            for mode, (switch, preload) in MODES.items():
+                result = cold_start(root / "models", TEST_MODEL_NAME, switch, log, preload=preload)
                 results[mode].append(result)
                 print(
                     f"round {round_ + 1} {mode}: ready {result.ready_ms:.0f} ms, first token "
@@ -154,7 +179,7 @@ def main() -> int:
             f"first token beyond load {statistics.median(r.beyond_load_ms for r in runs):.0f} "
             f"ms, load {statistics.median(r.load_ms for r in runs):.0f} ms"
         )
-    default = results["early import"]
+    default = results[PRELOAD_MODE]
     print(f"runtime_start_to_ready_ms={statistics.median(r.ready_ms for r in default):.0f}")
     print(
         "first_token_after_start_minus_load_ms="
