@@ -46,10 +46,11 @@ NAMESPACED: set[Grant] = (
     | _grants("gateway", "corral.dev", "modelservers/scale", "get patch")
     | _grants("gateway", "", "endpoints", "list watch")
 )
-# Nodes are only listed (Kube.list_nodes): which have GPUs and how large, to size GPU servers.
+# Nodes are only read: listed (Kube.list_nodes) to size GPU servers by which have GPUs and how
+# large, and watched (main.on_node) to re-size them when a node joins, leaves or is relabelled.
 CLUSTER_ONLY: set[Grant] = _grants(
     "operator", "apiextensions.k8s.io", "customresourcedefinitions", "list watch"
-) | _grants("operator", "", "nodes", "list")
+) | _grants("operator", "", "nodes", "list watch")
 API_KEY: set[Grant] = {("gateway", "", "secrets", "get", "corral-api-keys")}
 
 
@@ -99,8 +100,8 @@ def test_no_rule_is_broad(args: tuple[str, ...]) -> None:
         assert verb not in {"escalate", "bind", "impersonate", "deletecollection"}
         assert resource not in {"pods/exec", "pods/attach", "nodes/proxy", "serviceaccounts/token"}
         if resource == "nodes":
-            # Only the operator, only listed (to size GPU servers): never changed, never proxied.
-            assert (component, verb) == ("operator", "list"), (component, verb)
+            # Only the operator, only read (to size GPU servers): never changed, never proxied.
+            assert component == "operator" and verb in {"list", "watch"}, (component, verb)
         if resource == "secrets":
             # Only the gateway, only by name, only read.
             assert (component, verb) == ("gateway", "get") and name, (component, verb, name)

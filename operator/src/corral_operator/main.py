@@ -17,9 +17,10 @@ import kopf
 from kopf._core.engines.peering import Identity
 
 from corral_operator import api
-from corral_operator.handlers import keepalive, models, modelservers, startup
+from corral_operator.handlers import keepalive, models, modelservers, nodes, startup
 from corral_operator.handlers.context import Context
 from corral_operator.planners.model import is_pulling
+from corral_operator.planners.nodes import sized_from_nodes
 from corral_operator.settings import OperatorSettings
 
 MANAGED = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
@@ -121,6 +122,31 @@ def on_keep_alive(
     namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any
 ) -> None:
     keepalive.tick(_ctx(memo), _ns(namespace), name, datetime.now(UTC), logger)
+
+
+# -- Nodes ---------------------------------------------------------------------------------------
+
+
+def _sized_from_nodes(body: kopf.Body, **_: Any) -> bool:
+    return sized_from_nodes(body)
+
+
+# The servers a node change can re-size, kept current by kopf's own ModelServer watch (a server
+# that stops matching leaves the index), so a node event lists nothing.
+@kopf.index(api.GROUP, api.VERSION, api.MODELSERVERS, when=_sized_from_nodes)
+def node_sized_servers(namespace: str | None, name: str, **_: Any) -> tuple[str, str]:
+    return _ns(namespace), name
+
+
+# An event handler, not create/update/delete ones: those would write kopf's annotations and a
+# finalizer on every node, and the operator may only read nodes.
+@kopf.on.event("", "v1", "nodes")
+def on_node(type: str, body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
+    # kopf passes each index by its function's name (its handler protocols do not name them).
+    index: kopf.Index[None, tuple[str, str]] = kwargs["node_sized_servers"]
+    servers = list(index[None]) if None in index else []
+    # A listing's events have no type (kopf types it as a string all the same).
+    nodes.on_node_event(_ctx(memo), type or None, body, servers, logger)
 
 
 # -- periodic resync ------------------------------------------------------------------------------

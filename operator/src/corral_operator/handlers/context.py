@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral_operator.kube import Applied, Kube
+from corral_operator.planners.nodes import NodeGpus
 from corral_operator.settings import OperatorSettings
 
 
@@ -23,6 +24,10 @@ class Context:
     """One lock per Model or ModelServer (kind, namespace, name): its reconciles run one at a
     time (kopf calls them from its own and its children's watches at once), so each sees the
     status the previous one wrote and posts a transition's Events once."""
+
+    node_gpus: dict[str, NodeGpus] = field(default_factory=dict)
+    """What sizing last read of each node the node watch has seen (planners.nodes.node_gpus):
+    what tells a change sizing reads apart from a heartbeat. A few short strings per node."""
 
     def one_at_a_time(
         self, kind: str, namespace: str, name: str, reconcile: Callable[[], bool]
