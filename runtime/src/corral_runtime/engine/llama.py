@@ -2,7 +2,13 @@
 
 ``LlamaBatchContext`` is used only from the model's decode thread. Its KV memory holds one
 stream per slot (``kv_unified`` off), so every sequence has the full per-request context, as
-Ollama gives each of its parallel slots ``num_ctx`` tokens.
+Ollama gives each of its parallel slots ``num_ctx`` tokens. A unified cache (llama-server's
+default: one pool the slots share, so a slot costs memory only while used) does not keep batch
+invariance: where a sequence's cells lie in the pool depends on the others, and so does the
+order its attention sums them in; on the test model, from seven sequences decoding together
+on, some rows' logits were no longer bit for bit their lone ones. So each slot keeps a stream
+of its own, and the default number of slots comes from the memory budget instead
+(``scheduling.parallel_for_memory``).
 
 Batch invariance: every decode row takes the same CPU kernels whether it runs alone or beside
 up to ``parallel - 1`` others, so a sequence gets exactly its lone logits at any concurrency
@@ -273,6 +279,14 @@ class LlamaBatchContext:
         """The most likely token at batch row ``index`` (the first of equal maxima, as
         llama.cpp's greedy sampler picks it)."""
         return int(self._np.argmax(self.logits(index)))
+
+    def argmax_rows(self, n: int) -> list[int]:
+        """The most likely token of each of the batch's first ``n`` rows, all of which kept
+        their logits (as ``argmax``, the first of equal maxima): one numpy call over a view of
+        every row, where a view and a call per row cost more than the arg-max itself."""
+        logits = self._llama.llama_get_logits(self.ctx)  # rows in batch order
+        view = self._np.ctypeslib.as_array(logits, shape=(n, self.n_vocab))
+        return [int(token) for token in self._np.argmax(view, axis=1)]
 
     def sample(self, sampler: Any, index: int) -> int:
         """Sample (and accept) a token from the logits of batch row ``index``."""
