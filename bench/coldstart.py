@@ -24,7 +24,6 @@ and ``first_token_after_start_minus_load_ms=<x>`` of the preload start-up, which
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # devstack and tests.support when run as a script
 from corral_runtime.store.layout import ModelStore  # noqa: E402
 from corral_runtime.testmodel import TEST_MODEL_NAME, ensure_test_model  # noqa: E402
 from devstack.controlplane import free_port  # noqa: E402
-from tests.support.serveproc import serve_command  # noqa: E402
+from tests.support.serveproc import first_token_at, serve_command  # noqa: E402
 
 POLL_SECONDS = 0.005
 START_TIMEOUT_SECONDS = 120.0
@@ -83,24 +82,7 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], started: float) -> f
 
 def first_request(base: str, model: str, started: float) -> float:
     """A streamed greedy generate: milliseconds from ``started`` to its first token."""
-    body = {
-        "model": model,
-        "prompt": "Name three colours.",
-        "stream": True,
-        "options": {"temperature": 0, "num_predict": 4},
-    }
-    first: float | None = None
-    with httpx.stream("POST", base + "/api/generate", json=body, timeout=600) as answer:
-        answer.raise_for_status()
-        for line in answer.iter_lines():
-            chunk = json.loads(line)
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"])
-            if first is None and chunk.get("response"):
-                first = (time.perf_counter() - started) * 1000
-    if first is None:
-        raise RuntimeError(f"{model} answered no token")
-    return first
+    return (first_token_at(base, model, "Name three colours.", 4) - started) * 1000
 
 
 def load_ms(base: str) -> float:

@@ -26,7 +26,6 @@ start) and ``peak_rss_vs_budget_ratio=<x>`` (goal <= 1.0: never above the budget
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))  # tests.support when run as a script
 from corral_runtime.instructmodel import ensure_instruct_model  # noqa: E402
 from corral_runtime.store.layout import ModelStore  # noqa: E402
 from corral_runtime.testmodel import ensure_test_model  # noqa: E402
-from tests.support.serveproc import serving_process  # noqa: E402
+from tests.support.serveproc import first_token_at, serving_process  # noqa: E402
 
 # Between qwen2.5-coder:0.5b's estimate (about 0.9 GB at the default context) and both models'
 # (about 1.6 GB): one model at a time.
@@ -56,25 +55,8 @@ PROMPT = "Name three colours."
 def first_token_seconds(base_url: str, model: str, tokens: int) -> float:
     """Send one streamed greedy generate; seconds from sending it to its first token (the
     stream is then read to its end)."""
-    body = {
-        "model": model,
-        "prompt": PROMPT,
-        "stream": True,
-        "options": {"temperature": 0, "num_predict": tokens},
-    }
     started = time.perf_counter()
-    first: float | None = None
-    with httpx.stream("POST", f"{base_url}/api/generate", json=body, timeout=600) as answer:
-        answer.raise_for_status()
-        for line in answer.iter_lines():
-            chunk = json.loads(line)
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"])
-            if first is None and chunk.get("response"):
-                first = time.perf_counter() - started
-    if first is None:
-        raise RuntimeError(f"{model} answered no token")
-    return first
+    return first_token_at(base_url, model, PROMPT, tokens) - started
 
 
 def process_tree_rss(pid: int) -> int:

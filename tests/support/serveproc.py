@@ -9,6 +9,7 @@ log) instead.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,26 @@ def running_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def first_token_at(base_url: str, model: str, prompt: str, tokens: int) -> float:
+    """Send one streamed greedy ``/api/generate``; the ``time.perf_counter()`` at which its first
+    token arrived (the stream is then read to its end, so the server is idle again)."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "stream": True,
+        "options": {"temperature": 0, "num_predict": tokens},
+    }
+    first: float | None = None
+    with httpx.stream("POST", f"{base_url}/api/generate", json=body, timeout=600) as answer:
+        answer.raise_for_status()
+        for line in answer.iter_lines():
+            chunk = json.loads(line)
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+            if first is None and chunk.get("response"):
+                first = time.perf_counter()
+    if first is None:
+        raise RuntimeError(f"{model} answered no token")
+    return first
