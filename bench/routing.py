@@ -18,7 +18,10 @@ replicas, so whatever else loads the machine loads both alike; every phase's sys
 starts with a tag of its own, so no phase finds an earlier phase's prefixes in the KV caches.
 Time to first token is measured per turn (with the runtime's prompt evaluation time, what a
 prefix found in the cache saves), tokens per second are the answers' tokens over the phase's
-wall time, and each phase says how many turns each of its replicas answered.
+wall time, and each phase says how many turns each of its replicas answered, how long its last
+prompts were, and what its gateway's metrics made of the routing: the mean share of a request's
+text its pod had been sent before (``corral_gateway_prefix_match_ratio``) and its choices by
+outcome (``corral_gateway_routing_decisions_total``: hit, spill, miss).
 
 Last lines: ``ttft_p50_ratio_cache_aware_vs_least_in_flight=<x>`` (turns 2 and later, goal
 ≤ 0.6) and ``aggregate_tokens_per_s_ratio=<x>`` (cache-aware over least-in-flight, goal ≥ 1.0).
@@ -64,6 +67,8 @@ class Phase:
     prefill_later: list[float] = field(default_factory=list)
     """The runtime's ``prompt_eval_duration`` of turns 2 and later (seconds): what a prefix
     found in the replica's KV cache saves."""
+    last_prompt_tokens: list[int] = field(default_factory=list)
+    """The prompt of each conversation's last turn (tokens): how far the histories grew."""
     tokens: int = 0
     seconds: float = 0.0
 
@@ -139,6 +144,8 @@ async def run_phase(
                 (phase.ttft_first if turn == 0 else phase.ttft_later).append(ttft)
                 if turn > 0:
                     phase.prefill_later.append(done.get("prompt_eval_duration", 0) / 1e9)
+                if turn == turns - 1:
+                    phase.last_prompt_tokens.append(int(done.get("prompt_eval_count") or 0))
                 phase.tokens += int(done.get("eval_count") or 0)
 
         started = time.perf_counter()
@@ -158,12 +165,41 @@ def chats_answered(base_url: str) -> float:
     )
 
 
+def routing_counts(gateway_url: str) -> dict[str, float]:
+    """A gateway's routing metrics, summed over its servers: choices by outcome, and the sum
+    and count of the prefix shares its chosen pods held."""
+    text = httpx.get(gateway_url + "/metrics", timeout=30).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "corral_gateway_routing_decisions_total":
+                name = sample.labels["outcome"]
+            elif sample.name in (
+                "corral_gateway_prefix_match_ratio_sum",
+                "corral_gateway_prefix_match_ratio_count",
+            ):
+                name = sample.name.rsplit("_", 1)[1]
+            else:
+                continue
+            counts[name] = counts.get(name, 0.0) + sample.value
+    return counts
+
+
+def describe_routing(before: dict[str, float], after: dict[str, float]) -> str:
+    """What a phase's gateway made of its routing, from its metrics before and after."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    share = delta.get("sum", 0.0) / max(1.0, delta.get("count", 0.0))
+    outcomes = " ".join(f"{k}={int(delta.get(k, 0))}" for k in ("hit", "spill", "miss"))
+    return f"prefix_share_mean={share:.2f} {outcomes}"
+
+
 def describe(phase: Phase) -> str:
     return (
         f"{phase.strategy}: ttft_p50_turn1_ms={statistics.median(phase.ttft_first) * 1000:.0f} "
         f"ttft_p50_later_ms={statistics.median(phase.ttft_later) * 1000:.0f} "
         f"prefill_p50_later_ms={statistics.median(phase.prefill_later) * 1000:.0f} "
-        f"tokens_per_s={phase.rate:.1f} ({phase.tokens} tokens in {phase.seconds:.1f}s)"
+        f"tokens_per_s={phase.rate:.1f} ({phase.tokens} tokens in {phase.seconds:.1f}s) "
+        f"last_prompt_tokens_mean={statistics.mean(phase.last_prompt_tokens):.0f}"
     )
 
 
@@ -172,7 +208,13 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="GGUF file (default: the bundled test model)")
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=64,
+        help="tokens per answer (the test model fills them): a short chat answer, so the "
+        "histories grow to several hundred tokens over the turns",
+    )
     parser.add_argument(
         "--parallel",
         type=int,
@@ -188,10 +230,11 @@ def main() -> int:
     parser.add_argument(
         "--think-seconds",
         type=float,
-        default=3.0,
+        default=10.0,
         help="most a user pauses before each turn (uniform from 0, the same on both sides): "
-        "without pauses every turn is sent the moment the last one ends, to the replica that "
-        "just freed a slot, and least-in-flight keeps conversations in place by accident",
+        "with short pauses every turn is sent soon after the last one ends, while the replica "
+        "that answered it has one request fewer in flight than the other, and least-in-flight "
+        "keeps conversations in place by accident (at 3 s, 38 of 47 later turns stayed)",
     )
     args = parser.parse_args()
 
@@ -252,6 +295,7 @@ def main() -> int:
 
         for repeat in range(args.repeats):
             before = {s: [chats_answered(url) for url in replicas[s]] for s in STRATEGIES}
+            routing_before = {s: routing_counts(gateways[s]) for s in STRATEGIES}
             for phase in asyncio.run(side_by_side(repeat)):
                 phases[phase.strategy].append(phase)
                 split = [
@@ -260,7 +304,13 @@ def main() -> int:
                         replicas[phase.strategy], before[phase.strategy], strict=True
                     )
                 ]
-                print(f"run {repeat + 1}: {describe(phase)} turns_per_replica={split}", flush=True)
+                routing = describe_routing(
+                    routing_before[phase.strategy], routing_counts(gateways[phase.strategy])
+                )
+                print(
+                    f"run {repeat + 1}: {describe(phase)} turns_per_replica={split} {routing}",
+                    flush=True,
+                )
     later = {s: [t for p in phases[s] for t in p.ttft_later] for s in STRATEGIES}
     rate = {
         s: sum(p.tokens for p in phases[s]) / sum(p.seconds for p in phases[s]) for s in STRATEGIES
