@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
 from corral_runtime.engine.llama import flash_attention_for, tensor_split_of
@@ -36,6 +37,7 @@ from corral_runtime.engine.scheduling import (
 from corral_runtime.engine.types import EngineError, LoadOptions, QueueTimeoutError
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
 from corral_runtime.gpu import (
+    VRAM_RESERVE_BYTES,
     GpuInfo,
     GpuPlan,
     ModelFootprint,
@@ -320,13 +322,17 @@ class ModelManager:
                 ),
             )
 
-        parallel = self.settings.parallel or slots_for(
-            footprint_for(1), footprint_for(MAX_DEFAULT_PARALLEL), self.memory_budget, context
-        )
-        footprint = footprint_for(parallel)
         if self.gpu.offload_supported:  # What models loaded since the last look left free.
             self.gpu = await asyncio.to_thread(probe_gpu, True)
         requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
+        parallel = self.settings.parallel or slots_for(
+            footprint_for(1),
+            footprint_for(MAX_DEFAULT_PARALLEL),
+            self.memory_budget,
+            context,
+            vram_budget(requested, self.gpu),
+        )
+        footprint = footprint_for(parallel)
         plan = plan_gpu_layers(requested, footprint, self.gpu)
         await self._make_room(stored.name.display, plan.host_bytes)
         config = LoadConfig(
@@ -509,15 +515,35 @@ def shape_of(details: GGUFDetails) -> ModelShape:
 
 
 def slots_for(
-    one_slot: ModelFootprint, most_slots: ModelFootprint, budget: int | None, n_ctx: int
+    one_slot: ModelFootprint,
+    most_slots: ModelFootprint,
+    budget: int | None,
+    n_ctx: int,
+    vram: int | None = None,
 ) -> int:
     """A model's slots when the server sets none: from the memory budget
     (``parallel_for_memory``: one slot's KV cache each, beside the weights and the compute
-    graph of the most slots), else from the context alone."""
-    if budget is None:
-        return default_parallel(n_ctx)
+    graph of the most slots), else from the context alone; and where the model is offloaded
+    to a GPU with ``vram`` bytes to plan against, no more than that memory holds by the same
+    rule (the KV cache of offloaded layers lives there, and slots it cannot hold would push
+    layers back to the CPU)."""
     fixed = most_slots.weights_bytes + most_slots.graph_bytes
-    return parallel_for_memory(one_slot.kv_cache_bytes, budget, fixed)
+    if budget is None:
+        slots = default_parallel(n_ctx)
+    else:
+        slots = parallel_for_memory(one_slot.kv_cache_bytes, budget, fixed)
+    if vram is not None:
+        slots = min(slots, parallel_for_memory(one_slot.kv_cache_bytes, vram, fixed))
+    return slots
+
+
+def vram_budget(requested: Literal["auto"] | int, gpu: GpuInfo) -> int | None:
+    """The VRAM a model's default slots are planned against: the free VRAM less the reserve,
+    where layers are offloaded at all (``gpu_layers`` auto, negative or above 0) to a usable
+    GPU; None otherwise."""
+    if not gpu.usable or requested == 0:
+        return None
+    return max(0, gpu.free_vram_bytes - VRAM_RESERVE_BYTES)
 
 
 def trained_context(requested: int, trained: int | None) -> int:

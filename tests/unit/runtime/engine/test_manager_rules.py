@@ -17,9 +17,17 @@ from corral_runtime.engine.manager import (
     plan_room,
     slots_for,
     trained_context,
+    vram_budget,
 )
 from corral_runtime.engine.scheduling import MAX_DEFAULT_PARALLEL
-from corral_runtime.gpu import ModelFootprint, model_footprint, model_shape
+from corral_runtime.gpu import (
+    NO_GPU,
+    VRAM_RESERVE_BYTES,
+    GpuInfo,
+    ModelFootprint,
+    model_footprint,
+    model_shape,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -50,10 +58,10 @@ def _footprint(parallel: int, n_ctx: int = 4096) -> ModelFootprint:
     )
 
 
-def _slots(budget: int | None, n_ctx: int = 4096) -> int:
+def _slots(budget: int | None, n_ctx: int = 4096, vram: int | None = None) -> int:
     one = _footprint(1, n_ctx)
     most = _footprint(MAX_DEFAULT_PARALLEL, n_ctx)
-    return slots_for(one, most, budget, n_ctx)
+    return slots_for(one, most, budget, n_ctx, vram)
 
 
 def test_default_slots_come_from_the_memory_budget() -> None:
@@ -68,6 +76,27 @@ def test_default_slots_come_from_the_memory_budget() -> None:
     assert _slots(7 * GIB) == 3
     assert _slots(11 * GIB // 2) == 1
     assert _footprint(1).size_bytes < 11 * GIB // 2
+
+
+def test_an_offloaded_models_slots_also_fit_the_gpus_memory() -> None:
+    # 64 GiB of host memory would hold 16 slots; an 8 GiB GPU holds the weights, the graph and
+    # four slots' cache (a quarter of its memory), so the model stays on it whole.
+    assert _slots(64 * GIB, vram=8 * GIB) == 4
+    assert _footprint(4).size_bytes < 8 * GIB
+    assert _slots(64 * GIB, vram=80 * GIB) == MAX_DEFAULT_PARALLEL
+    # 6 GiB: what the weights and the graph leave holds two.
+    assert _slots(None, vram=6 * GIB) == 2
+    # A GPU too small for the weights: one slot, the fewest layers pushed back to the CPU.
+    assert _slots(64 * GIB, vram=4 * GIB) == 1
+
+
+def test_the_vram_that_plans_slots_is_the_free_vram_of_an_offload() -> None:
+    gpu = GpuInfo(offload_supported=True, free_vram_bytes=8 * GIB)
+    assert vram_budget("auto", gpu) == 8 * GIB - VRAM_RESERVE_BYTES
+    assert vram_budget(-1, gpu) == vram_budget(10, gpu) == 8 * GIB - VRAM_RESERVE_BYTES
+    assert vram_budget(0, gpu) is None  # nothing offloaded: the host's memory alone decides
+    assert vram_budget("auto", NO_GPU) is None
+    assert vram_budget("auto", GpuInfo(offload_supported=True, free_vram_bytes=0)) is None
 
 
 def test_without_a_budget_slots_come_from_the_context() -> None:
