@@ -32,7 +32,7 @@ measures, interleaving direct and gateway calls so both see the same machine loa
 Last lines: ``gateway_proxy_overhead_p50_ms=<x>`` (goal ≤ 1), ``gateway_proxy_overhead_p99_ms``
 (goal ≤ 3), ``gateway_overhead_p50_ms=<x>`` (against the real runtime, goal ≤ 2),
 ``gateway_stream_ratio=<x>`` (goal ≥ 0.98), ``scale_from_zero_overhead_ms=<x>`` (goal ≤ 1500).
-The event loop and HTTP parser uvicorn picked (uvloop and httptools when installed) are printed.
+The gateway's event loop and HTTP parser (asyncio and httptools when installed) are printed.
 """
 
 from __future__ import annotations
@@ -439,12 +439,13 @@ def proxy_overhead() -> tuple[float, float]:
 
 
 def server_stack() -> str:
-    """The event loop and HTTP parser uvicorn's "auto" picks in this environment."""
+    """The event loop and HTTP parser the gateway's uvicorn runs on in this environment (its
+    ``__main__`` names them rather than leaving them to uvicorn's "auto")."""
     import importlib.util
 
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return f"{loop}+{http}"
+    from corral_operator.gateway.__main__ import http_protocol
+
+    return f"asyncio+{http_protocol(importlib.util.find_spec('httptools') is not None)}"
 
 
 def main() -> None:
