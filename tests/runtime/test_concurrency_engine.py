@@ -367,3 +367,43 @@ async def test_the_queue_is_bounded_in_size_and_in_time(test_model_path: Path) -
         assert model.pending == 0
     finally:
         await model.close()
+
+
+async def test_a_steps_pieces_for_every_stream_wake_the_loop_once(
+    worker: ModelWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each wake-up hands the GIL from the decode thread to the loop and back, so the pieces of
+    # a step's streams travel together: fewer wake-ups than pieces, where there was one each.
+    loop = asyncio.get_running_loop()
+    wakeups = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: object) -> asyncio.Handle:
+        nonlocal wakeups
+        wakeups += 1
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    params = SamplingParams(temperature=0, num_predict=24)
+    streams = [worker.generate(GenerationRequest(prompt=p, params=params)) for p in PROMPTS]
+    results = await asyncio.gather(*(complete(stream) for stream in streams))
+    pieces = sum(stats.eval_count for _, stats in results)
+    assert pieces == 4 * 24
+    # About one per step (24 of them), beside a few for starts and prompt chunks.
+    assert wakeups < pieces / 2
+
+
+def test_the_arg_max_of_every_row_at_once_is_each_rows(test_model_path: Path) -> None:
+    context = LlamaBatchContext(
+        ContextConfig(test_model_path, n_ctx=128, parallel=4, n_batch=64, n_threads=2)
+    )
+    try:
+        prompts = [context.tokenize(prompt) for prompt in PROMPTS]
+        for seq, tokens in enumerate(prompts):
+            context.decode([Row(t, i, seq, False) for i, t in enumerate(tokens[:-1])])
+        context.decode([Row(p[-1], len(p) - 1, s, True) for s, p in enumerate(prompts)])
+        each = [context.argmax(index) for index in range(len(prompts))]
+        assert len(set(each)) > 1  # the rows really differ
+        assert context.argmax_rows(len(prompts)) == each
+    finally:
+        context.close()
