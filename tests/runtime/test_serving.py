@@ -33,7 +33,10 @@ LONG = {
 
 @pytest.fixture(scope="module")
 def small_queue_server(model_store: ModelStore) -> Iterator[RunningServer]:
-    settings = settings_for(model_store.root, max_queue=1, api_key="sekret", context_length=16384)
+    # One slot: one request generates, one waits, and a third finds the queue full.
+    settings = settings_for(
+        model_store.root, max_queue=1, api_key="sekret", context_length=16384, parallel=1
+    )
     with serve(settings, model_store) as server:
         yield server
 
