@@ -201,7 +201,8 @@ class RuntimeSettings(BaseSettings):
         ge=1,
         description=(
             "Requests decoded at once per model (slots); unset: as many (at most 16) as hold "
-            "a full context's KV cache each within a quarter of the memory budget."
+            "a full context's KV cache each within a quarter of the memory budget (and of the "
+            "free VRAM where the model is offloaded to a GPU)."
         ),
     )
     max_queue: int = Field(
