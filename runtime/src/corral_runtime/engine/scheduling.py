@@ -119,17 +119,31 @@ def choose_slot(
     chunk: int = PREFILL_CHUNK,
     busy: Collection[int] = (),
 ) -> SlotChoice:
-    """The free slot that can reuse the most of ``prompt``; among equals, the one that keeps
-    the busy sequence ids in the fewest runs (``busy_runs_added``), then the least recently
-    used one, so recent conversations keep their cache longest."""
+    """The free slot where ``prompt`` saves the most: the tokens it reuses less the evaluated
+    tokens of another conversation it would overwrite (``dropped_history``), so a new
+    conversation sharing only a system prompt with a slot's longer history takes an empty slot
+    instead of costing that conversation its history at its next turn. Among equals, the slot
+    that keeps the busy sequence ids in the fewest runs (``busy_runs_added``), then the least
+    recently used one, so recent conversations keep their cache longest."""
     if not free:
         raise ValueError("no free slot to choose from")
     reuse = [reusable_prefix(view.cached, view.evaluated, prompt, chunk) for view in free]
     best = max(
         range(len(free)),
-        key=lambda i: (reuse[i], -busy_runs_added(free[i].seq_id, busy), -free[i].last_used),
+        key=lambda i: (
+            reuse[i] - dropped_history(free[i], prompt),
+            -busy_runs_added(free[i].seq_id, busy),
+            -free[i].last_used,
+        ),
     )
     return SlotChoice(index=best, reuse=reuse[best])
+
+
+def dropped_history(view: SlotView, prompt: Sequence[int]) -> int:
+    """Evaluated tokens of the slot's cache that ``prompt`` would overwrite: those past where
+    the prompt leaves the cache. None when the prompt continues what the slot holds (the same
+    conversation's next turn)."""
+    return max(0, view.evaluated - common_prefix(view.cached, prompt))
 
 
 def batch_capacity(chunk: int, parallel: int) -> int:

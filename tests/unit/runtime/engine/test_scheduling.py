@@ -16,6 +16,7 @@ from corral_runtime.engine.scheduling import (
     common_prefix,
     default_parallel,
     done_reason,
+    dropped_history,
     evaluated_prefix,
     generation_budget,
     parallel_for_memory,
@@ -122,6 +123,22 @@ class TestChooseSlot:
         free = [SlotView(cached, 4, 4.0), SlotView(cached, 4, 2.0)]
         choice = choose_slot(free, [0, 1, 2, 3, 4, 5], C)
         assert (choice.index, choice.reuse) == (1, 4)
+
+    def test_a_new_conversation_leaves_a_longer_history_alone(self) -> None:
+        # Conversation A's slot: a shared system prompt (0-3) and 8 tokens of its own history.
+        a = SlotView([0, 1, 2, 3, *range(10, 18)], 12, 9.0)
+        empty = SlotView([], 0, 1.0)
+        new = [0, 1, 2, 3, 50, 51]  # B: the same system prompt, then its own question
+        choice = choose_slot([a, empty], new, C)
+        assert (choice.index, choice.reuse) == (1, 0)
+        # A's next turn continues its cache: nothing of it is dropped, all of it reused.
+        assert dropped_history(a, [*a.cached, 60, 61]) == 0
+
+    def test_a_shared_prefix_outweighing_what_it_drops_is_reused(self) -> None:
+        a = SlotView([*range(8), 20, 21, 22, 23], 12, 9.0)  # 8 shared tokens, 4 of A's own
+        empty = SlotView([], 0, 1.0)
+        choice = choose_slot([a, empty], [*range(8), 50, 51], C)
+        assert (choice.index, choice.reuse) == (0, 8)
 
     def test_busy_runs_added(self) -> None:
         busy = {0, 1, 3}
