@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from corral_runtime.engine.worker import GenerationStream, StreamOutbox
+from tests.support.wakeups import count_wakeups
 
 pytestmark = pytest.mark.unit
 
@@ -17,15 +18,7 @@ async def test_a_flush_wakes_the_loop_once_and_keeps_each_streams_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loop = asyncio.get_running_loop()
-    calls = 0
-    original = loop.call_soon_threadsafe
-
-    def counting(*args: object) -> asyncio.Handle:
-        nonlocal calls
-        calls += 1
-        return original(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    wakeups = count_wakeups(loop, monkeypatch)
     outbox = StreamOutbox()
     streams = [GenerationStream(loop, outbox) for _ in range(3)]
 
@@ -38,14 +31,14 @@ async def test_a_flush_wakes_the_loop_once_and_keeps_each_streams_order(
     thread = threading.Thread(target=decode_thread)
     thread.start()
     thread.join()
-    assert calls == 1
+    assert wakeups.count == 1
     await asyncio.sleep(0)
     for index, stream in enumerate(streams):
         items = [stream._queue.get_nowait() for _ in range(4)]
         assert items == [f"{index}:{step} " for step in range(4)]
         assert stream._queue.empty()
     outbox.flush()  # nothing left: no further wake-up
-    assert calls == 1
+    assert wakeups.count == 1
 
 
 def test_the_streams_of_a_closed_loop_are_cancelled() -> None:
