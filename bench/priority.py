@@ -2,14 +2,23 @@
 user's time to first token, first-come-first-served and with priority classes, in one run.
 
 One ``corral serve`` (the bundled test model unless --model is given) with --parallel slots is
-measured in three phases:
+measured in --rounds rounds of four short phases each, an idle one before each loaded one:
 
-- idle: interactive requests one at a time, nothing else running (the reference TTFT);
-- fifo: --batch-clients clients each stream --batch-requests generations of --batch-tokens
-  tokens, more than the slots hold, while one interactive user sends a request, reads the
-  answer, and pauses --interactive-every seconds before the next; no request names a class, so
-  all share one queue in arrival order (the server as it was before priorities);
+- idle: interactive requests one at a time, nothing else running (the reference TTFT of the
+  loaded phase that follows);
+- fifo: for --window seconds, --batch-clients clients each stream generations of
+  --batch-tokens tokens back to back, more than the slots hold, while one interactive user
+  sends a request, reads the answer, and pauses --interactive-every seconds before the next; no
+  request names a class, so all share one queue in arrival order (the server as it was before
+  priorities);
 - priorities: the same load, the batch clients sending ``X-Corral-Priority: batch``.
+
+On a shared machine the CPU a run gets moves by several times within minutes, so one long phase
+of each compared phases that ran on different machines, in effect. Here every ratio is taken
+within a round (a loaded TTFT over the idle one just before it, its priorities' batch rate over
+the same round's FIFO one), the two loaded phases swap order from round to round, each loaded
+phase lasts a fixed time however fast the machine is, and what is printed is the median over
+the rounds.
 
 The interactive requests send no header (interactive is the default class). Every prompt differs
 from its first words on, so no slot's cached prefix helps anyone. --reserved sets the server's
@@ -18,19 +27,21 @@ CORRAL_PRIORITY_RESERVED_SLOTS (slots only interactive requests may take; defaul
 
 Printed last: ``interactive_ttft_p50_loaded_vs_idle_ratio=<x>`` with priorities (goal <= 1.5),
 ``interactive_ttft_p50_loaded_vs_idle_ratio_fifo=<x>``, and ``batch_throughput_kept=<x>``
-(batch tokens per second with priorities over FIFO's; goal >= 0.9).
+(batch tokens per second with priorities over FIFO's in the same round; goal >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,11 +74,19 @@ def prompt(kind: str, i: int) -> str:
     return f"{i} {kind}: a few words about {SUBJECTS[i % len(SUBJECTS)]} and"
 
 
+_serial = itertools.count()
+
+
+def fresh_prompt(kind: str) -> str:
+    """A prompt unlike any other of the run (see ``prompt``)."""
+    return prompt(kind, next(_serial))
+
+
 @dataclass(slots=True)
 class Phase:
     name: str
     ttfts: list[float] = field(default_factory=list)  # interactive requests'
-    batch_tokens: int = 0
+    batch_tokens: int = 0  # streamed within the measured window
     batch_seconds: float = 0.0
 
     @property
@@ -80,9 +99,14 @@ class Phase:
 
 
 async def generate(
-    http: httpx.AsyncClient, text: str, tokens: int, priority: str | None
-) -> tuple[int, float]:
-    """Stream one raw generation; its generated tokens and its time to first token."""
+    http: httpx.AsyncClient,
+    text: str,
+    tokens: int,
+    priority: str | None,
+    on_piece: Callable[[], None] = lambda: None,
+) -> float:
+    """Stream one raw generation, calling ``on_piece`` for each piece; its time to first
+    token."""
     body = {
         "model": MODEL,
         "prompt": text,
@@ -92,53 +116,86 @@ async def generate(
     headers = {} if priority is None else {"X-Corral-Priority": priority}
     started = time.perf_counter()
     first: float | None = None
-    count = 0
     async with http.stream("POST", "/api/generate", json=body, headers=headers) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            chunk = json.loads(line)
-            if first is None and chunk.get("response"):
-                first = time.perf_counter()
-            if chunk.get("done"):
-                count = int(chunk.get("eval_count", 0))
-    return count, (first if first is not None else time.perf_counter()) - started
+            if json.loads(line).get("response"):
+                on_piece()
+                if first is None:
+                    first = time.perf_counter()
+    return (first if first is not None else time.perf_counter()) - started
 
 
 async def idle(base: str, args: argparse.Namespace) -> Phase:
     phase = Phase("idle")
     async with httpx.AsyncClient(base_url=base, timeout=600) as http:
-        for i in range(args.idle_requests):
-            _, ttft = await generate(http, prompt("idle", i), args.interactive_tokens, None)
+        for _ in range(args.idle_requests):
+            ttft = await generate(http, fresh_prompt("idle"), args.interactive_tokens, None)
             phase.ttfts.append(ttft)
     return phase
 
 
 async def loaded(base: str, args: argparse.Namespace, name: str, batch_class: str | None) -> Phase:
-    """The batch load with interactive requests arriving on a timer until the batch is done."""
+    """--window seconds of the batch load (its clients generating back to back) with
+    interactive requests arriving on a timer; the batch's pieces are counted from the first
+    interactive request on (the slots are full by then), and the batch is cut off at the
+    window's end, so a slower machine makes the phase no longer."""
     phase = Phase(name)
+    counting = False
+
+    def count() -> None:
+        if counting:
+            phase.batch_tokens += 1
+
     limits = httpx.Limits(max_connections=args.batch_clients + 64)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as http:
 
-        async def batch_client(c: int) -> int:
-            done = 0
-            for r in range(args.batch_requests):
-                text = prompt(f"{name} batch", c * args.batch_requests + r)
-                done += (await generate(http, text, args.batch_tokens, batch_class))[0]
-            return done
+        async def batch_client() -> None:
+            while True:
+                text = fresh_prompt(f"{name} batch")
+                await generate(http, text, args.batch_tokens, batch_class, count)
 
-        async def interactive(i: int) -> None:
-            text = prompt(f"{name} interactive", i)
-            phase.ttfts.append((await generate(http, text, args.interactive_tokens, None))[1])
-
-        started = time.perf_counter()
-        batch = asyncio.gather(*(batch_client(c) for c in range(args.batch_clients)))
-        await asyncio.wait([batch], timeout=args.interactive_every)  # the batch fills the slots
-        while not batch.done():
-            await interactive(len(phase.ttfts))
-            await asyncio.wait([batch], timeout=args.interactive_every)
-        phase.batch_tokens = sum(await batch)
+        batch = [asyncio.create_task(batch_client()) for _ in range(args.batch_clients)]
+        await asyncio.sleep(args.interactive_every)  # the batch fills the slots
+        counting, started = True, time.perf_counter()
+        while time.perf_counter() - started < args.window:
+            text = fresh_prompt(f"{name} interactive")
+            phase.ttfts.append(await generate(http, text, args.interactive_tokens, None))
+            await asyncio.sleep(args.interactive_every)
+        counting = False
         phase.batch_seconds = time.perf_counter() - started
+        for task in batch:
+            task.cancel()
+        await asyncio.gather(*batch, return_exceptions=True)
+    await asyncio.sleep(args.interactive_every)  # the server drops the cut-off streams
     return phase
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One round's ratios, each against a phase of the same round."""
+
+    fifo_ratio: float  # FIFO's interactive TTFT p50 over the idle one
+    priorities_ratio: float
+    batch_kept: float  # batch tokens per second, priorities over FIFO
+
+
+def round_ratios(idles: list[Phase], phases: dict[str, Phase]) -> Round:
+    """A round's ratios: each loaded phase's TTFT against the idle phase just before it
+    (``idles`` and ``phases`` in the order they ran)."""
+    before = dict(zip(phases, idles, strict=True))
+    fifo, priorities = phases["fifo"], phases["priorities"]
+    return Round(
+        fifo.ttft_p50 / before["fifo"].ttft_p50,
+        priorities.ttft_p50 / before["priorities"].ttft_p50,
+        priorities.batch_rate / fifo.batch_rate,
+    )
+
+
+def loaded_order(round_: int) -> tuple[str, str]:
+    """Which loaded phase runs first in a round: alternating, so a machine that speeds up or
+    slows down over the run favours neither."""
+    return ("fifo", "priorities") if round_ % 2 == 0 else ("priorities", "fifo")
 
 
 def report(phase: Phase) -> None:
@@ -157,11 +214,12 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=4, help="the server's slots")
     parser.add_argument("--ctx", type=int, default=512, help="context per slot")
     parser.add_argument("--batch-clients", type=int, default=8)
-    parser.add_argument("--batch-requests", type=int, default=3, help="per batch client")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds per loaded phase")
     parser.add_argument("--batch-tokens", type=int, default=64)
     parser.add_argument("--interactive-tokens", type=int, default=8)
     parser.add_argument("--interactive-every", type=float, default=1.0, help="seconds")
-    parser.add_argument("--idle-requests", type=int, default=8)
+    parser.add_argument("--idle-requests", type=int, default=4, help="before each phase")
+    parser.add_argument("--rounds", type=int, default=5, help="odd: a median of its own")
     parser.add_argument("--batch-share", type=float, help="CORRAL_PRIORITY_SHARES for batch")
     parser.add_argument("--reserved", type=int, default=1, help="CORRAL_PRIORITY_RESERVED_SLOTS")
     args = parser.parse_args()
@@ -187,19 +245,28 @@ def main() -> int:
         ) as server:
             base = server.base_url
             asyncio.run(idle(base, argparse.Namespace(**{**vars(args), "idle_requests": 2})))
-            reference = asyncio.run(idle(base, args))
-            report(reference)
-            fifo = asyncio.run(loaded(base, args, "fifo", None))
-            report(fifo)
-            prioritized = asyncio.run(loaded(base, args, "priorities", "batch"))
-            report(prioritized)
-    print(
-        f"interactive_ttft_p50_loaded_vs_idle_ratio_fifo={fifo.ttft_p50 / reference.ttft_p50:.2f}"
-    )
-    print(
-        f"interactive_ttft_p50_loaded_vs_idle_ratio={prioritized.ttft_p50 / reference.ttft_p50:.2f}"
-    )
-    print(f"batch_throughput_kept={prioritized.batch_rate / fifo.batch_rate:.2f}")
+            rounds = []
+            for number in range(args.rounds):
+                phases, references = {}, []
+                for name in loaded_order(number):
+                    references.append(asyncio.run(idle(base, args)))  # just before each
+                    report(references[-1])
+                    batch_class = "batch" if name == "priorities" else None
+                    phases[name] = asyncio.run(loaded(base, args, name, batch_class))
+                    report(phases[name])
+                rounds.append(round_ratios(references, phases))
+                ratios = rounds[-1]
+                print(
+                    f"round {number + 1}: ttft ratio fifo {ratios.fifo_ratio:.2f}, "
+                    f"priorities {ratios.priorities_ratio:.2f}; "
+                    f"batch kept {ratios.batch_kept:.2f}",
+                    flush=True,
+                )
+    fifo_ratio = statistics.median(r.fifo_ratio for r in rounds)
+    print(f"interactive_ttft_p50_loaded_vs_idle_ratio_fifo={fifo_ratio:.2f}")
+    ratio = statistics.median(r.priorities_ratio for r in rounds)
+    print(f"interactive_ttft_p50_loaded_vs_idle_ratio={ratio:.2f}")
+    print(f"batch_throughput_kept={statistics.median(r.batch_kept for r in rounds):.2f}")
     return 0
 
 
