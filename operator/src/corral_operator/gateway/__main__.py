@@ -3,12 +3,12 @@
 The server stack is chosen here, not left to uvicorn's "auto": httptools parses HTTP where it is
 installed (a proxied request costs about a sixth less than with h11, and its slowest ones too:
 bench/gateway.py), on asyncio's own event loop (uvloop saved little more). Only the gateway's
-server is configured so; the runtime's ``corral serve`` picks its own.
+server is configured so; the runtime's ``corral serve`` picks its own. (Freezing start-up's
+objects out of the collector, ``gc.freeze()``, showed no gain there.)
 """
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 
@@ -38,11 +38,6 @@ def main() -> None:
         loop="asyncio",
         http=http_protocol(importlib.util.find_spec("httptools") is not None),
     )
-    # What start-up made (modules, the app, settings) lives as long as the process: frozen out
-    # of the collector's generations, a collection during a request walks only what requests
-    # make, which shortens the pauses that show in the slowest requests.
-    gc.collect()
-    gc.freeze()
     # SIGTERM: drain (new requests 503, held and proxied ones finish), then shut down.
     DrainingServer(config, app.state.drain, settings.graceful_shutdown_seconds).run()
 
