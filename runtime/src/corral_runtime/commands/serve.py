@@ -246,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        # Named, not uvicorn's "auto": the runtime's image has h11 and asyncio only, and a
+        # machine that also has httptools or uvloop (the gateway's) must serve the same way.
+        http="h11",
+        loop="asyncio",
     )
     # SIGTERM: drain (new requests 503, those in flight finish), then shut down.
     DrainingServer(config, app.state.drain, settings.graceful_shutdown_seconds).run()
