@@ -33,7 +33,6 @@ from corral_runtime.engine.types import (
     SamplingParams,
 )
 from corral_runtime.engine.worker import GenerationStream, LoadConfig, ModelWorker
-from tests.support.wakeups import count_wakeups
 
 pytestmark = pytest.mark.runtime
 
@@ -368,21 +367,6 @@ async def test_the_queue_is_bounded_in_size_and_in_time(test_model_path: Path) -
         assert model.pending == 0
     finally:
         await model.close()
-
-
-async def test_a_steps_pieces_for_every_stream_wake_the_loop_once(
-    worker: ModelWorker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Each wake-up hands the GIL from the decode thread to the loop and back, so the pieces of
-    # a step's streams travel together: fewer wake-ups than pieces, where there was one each.
-    wakeups = count_wakeups(asyncio.get_running_loop(), monkeypatch)
-    params = SamplingParams(temperature=0, num_predict=24)
-    streams = [worker.generate(GenerationRequest(prompt=p, params=params)) for p in PROMPTS]
-    results = await asyncio.gather(*(complete(stream) for stream in streams))
-    pieces = sum(stats.eval_count for _, stats in results)
-    assert pieces == 4 * 24
-    # About one per step (24 of them), beside a few for starts and prompt chunks.
-    assert wakeups.count < pieces / 2
 
 
 def test_the_arg_max_of_every_row_at_once_is_each_rows(test_model_path: Path) -> None:

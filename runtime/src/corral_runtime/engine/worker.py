@@ -132,62 +132,15 @@ class _Fault:
     error: BaseException
 
 
-class StreamOutbox:
-    """What the decode thread has for the streams on event loops, handed over in one call per
-    loop when it flushes (after each step's sampling), not one per item.
-
-    Each ``call_soon_threadsafe`` writes to the loop's wake-up socket, which releases the GIL,
-    so the loop thread takes it and the decode thread waits to get it back; with a piece (and
-    perhaps a log-probability) per stream per step, sixteen streams made that hand-over happen
-    sixteen to thirty-two times per step. One list, in the order the items were added, keeps
-    each stream's items in order.
-    """
-
-    def __init__(self) -> None:
-        self._items: list[tuple[GenerationStream, object]] = []
-
-    def add(self, stream: GenerationStream, item: object) -> None:
-        self._items.append((stream, item))
-
-    def flush(self) -> None:
-        if not self._items:
-            return
-        items, self._items = self._items, []
-        for loop, batch in _by_loop(items).items():
-            try:
-                loop.call_soon_threadsafe(_deliver, batch)
-            except RuntimeError:  # The loop closed: nobody is listening any more.
-                for stream, _ in batch:
-                    stream._cancelled.set()
-
-
-def _by_loop(
-    items: list[tuple[GenerationStream, object]],
-) -> dict[asyncio.AbstractEventLoop, list[tuple[GenerationStream, object]]]:
-    """Items grouped by their stream's loop, each group in the order given."""
-    groups: dict[asyncio.AbstractEventLoop, list[tuple[GenerationStream, object]]] = {}
-    for stream, item in items:
-        groups.setdefault(stream._loop, []).append((stream, item))
-    return groups
-
-
-def _deliver(batch: list[tuple[GenerationStream, object]]) -> None:
-    """On the event loop: put each item in its stream's queue."""
-    for stream, item in batch:
-        stream._queue.put_nowait(item)
-
-
 class GenerationStream:
     """The event-loop side of one generation: text pieces, then ``stats`` once exhausted.
 
     ``await stream.started()`` returns once the request holds a slot (or raises the reason it
     never will), so a handler can still answer with an error status before it starts streaming.
-    Items from the decode thread go through its worker's ``StreamOutbox`` when it has one.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, outbox: StreamOutbox | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._outbox = outbox
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
         self.prompt_tokens = 0
@@ -198,9 +151,6 @@ class GenerationStream:
     # -- decode thread side --
 
     def _put(self, item: object) -> None:
-        if self._outbox is not None:
-            self._outbox.add(self, item)
-            return
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # The loop closed: nobody is listening any more.
@@ -330,7 +280,6 @@ class ModelWorker:
         self._context: LlamaBatchContext | None = None
         self._embedder: Any = None
         self._grammars = GrammarCache()
-        self._outbox = StreamOutbox()  # flushed by the decode thread (see ``StreamOutbox``)
         self._slots: list[_Slot] = []
         self._waiting: deque[_Waiting] = deque()
         self._busy = 0
@@ -389,7 +338,7 @@ class ModelWorker:
 
     def generate(self, request: GenerationRequest) -> GenerationStream:
         """Queue a generation; raises QueueFullError when the wait queue is full."""
-        stream = GenerationStream(asyncio.get_running_loop(), self._outbox)
+        stream = GenerationStream(asyncio.get_running_loop())
         self._admit()
         self._count_queued(request.priority, 1)
         try:
@@ -447,10 +396,8 @@ class ModelWorker:
             try:
                 result = fn()
             except Exception as exc:
-                self._outbox.flush()  # what the job told streams, before its result
                 loop.call_soon_threadsafe(settle, None, exc)
             else:
-                self._outbox.flush()
                 loop.call_soon_threadsafe(settle, result, None)
 
         def fail(error: BaseException) -> None:
@@ -469,20 +416,16 @@ class ModelWorker:
 
     def _serve(self) -> None:
         while True:
-            running = self._take_inbox()
-            self._outbox.flush()
-            if not running:
+            if not self._take_inbox():
                 return
             try:
                 self._expire_waiting()
                 self._fill_slots()
-                self._outbox.flush()  # who has started, before the step's decode
                 if self._busy:
                     self._step()
             except Exception as exc:  # A failed step fails its sequences, not the thread.
                 log.exception("decode step on %s failed", self.name)
                 self._fail_all(EngineError("generation failed", detail=repr(exc)))
-            self._outbox.flush()
 
     def _take_inbox(self) -> bool:
         """Handle everything in the inbox, blocking while there is nothing else to do;
@@ -664,7 +607,6 @@ class ModelWorker:
             for index, slot in enumerate(decoding):
                 assert slot.sequence is not None
                 self._advance(slot, slot.sequence, self._sample(slot.sequence, index, greedy))
-            self._outbox.flush()
 
     def _prefill(self, prefilling: list[_Slot]) -> None:
         """The prompt chunks that fit in this step's budget, longest waiting first."""
@@ -693,7 +635,6 @@ class ModelWorker:
         slot.evaluated = evaluated_prefix(sequence.n_fed, self._chunk)
         if completes:
             self._advance(slot, sequence, self._sample(sequence, n - 1))
-            self._outbox.flush()  # its first token, before the next chunk's decode
 
     def _sample(self, sequence: _Sequence, index: int, greedy: list[int] | None = None) -> int:
         """The next token of ``sequence`` from batch row ``index``: its chain's draw, or for
@@ -849,7 +790,6 @@ class ModelWorker:
         except Exception:
             log.exception("freeing %s after its decode thread died failed", self.name)
         self._context = None
-        self._outbox.flush()
         if self._loop is not None and self._on_failure is not None:
             with contextlib.suppress(RuntimeError):  # The loop is closed: nobody to tell.
                 self._loop.call_soon_threadsafe(self._on_failure, self)
