@@ -101,7 +101,13 @@ def test_an_openai_request_brings_back_the_default_after_a_forever(
     """As in Ollama, a request without keep_alive gets the server's default, not whatever the
     model's previous request asked for."""
     with serving_process(model_store.root, "--keep-alive", "5m", log=tmp_path / "s.log") as served:
-        forever = {"model": MODEL, "prompt": "Hi", "stream": False, "keep_alive": -1}
+        forever = {
+            "model": MODEL,
+            "prompt": "Hi",
+            "stream": False,
+            "keep_alive": -1,
+            "options": {"num_predict": 4},  # sampled text may run to the context's end
+        }
         answer = httpx.post(f"{served.base_url}/api/generate", json=forever, timeout=120)
         assert answer.status_code == 200, answer.text
         assert _expiry(served.base_url) == FOREVER_RFC3339
