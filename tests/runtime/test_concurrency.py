@@ -55,8 +55,15 @@ def gauge(base_url: str, name: str) -> float:
 
 
 def wait_for_gauge(base_url: str, name: str, value: float, within: float = 10.0) -> None:
+    """Until the gauge reads ``value``; a model still loading exports none yet."""
     deadline = time.monotonic() + within
-    while gauge(base_url, name) != value:
+    while True:
+        try:
+            if gauge(base_url, name) == value:
+                return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
         assert time.monotonic() < deadline, f"{name} never reached {value}"
         time.sleep(0.05)
 
