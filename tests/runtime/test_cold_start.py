@@ -6,6 +6,8 @@ the model and is answered."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -13,7 +15,7 @@ import pytest
 
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TEST_MODEL_NAME
-from tests.support.serveproc import serving_process
+from tests.support.serveproc import ServedProcess, serving_process
 
 pytestmark = pytest.mark.runtime
 
@@ -30,24 +32,31 @@ def first_ready(client: httpx.Client) -> httpx.Response:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("early_import", ["true", "false"])
-def test_the_request_sent_when_first_ready_is_served(
-    model_store: ModelStore, tmp_path: Path, early_import: str
-) -> None:
+@contextmanager
+def ready_server(
+    store: ModelStore, log: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServedProcess, httpx.Client]]:
+    """A one-slot ``corral serve`` (two threads) with ``args``, and a client, once the server
+    first answers ``/readyz`` 200."""
     with (
         serving_process(
-            model_store.root,
-            "--threads",
-            "2",
-            "--parallel",
-            "1",
-            log=tmp_path / "serve.log",
-            env={"CORRAL_EARLY_ENGINE_IMPORT": early_import},
+            store.root, "--threads", "2", "--parallel", "1", *args, log=log, env=env
         ) as server,
         httpx.Client(base_url=server.base_url, timeout=300) as client,
     ):
         ready = first_ready(client)
         assert ready.status_code == 200, server.log_tail()
+        yield server, client
+
+
+@pytest.mark.parametrize("early_import", ["true", "false"])
+def test_the_request_sent_when_first_ready_is_served(
+    model_store: ModelStore, tmp_path: Path, early_import: str
+) -> None:
+    log = tmp_path / "serve.log"
+    env = {"CORRAL_EARLY_ENGINE_IMPORT": early_import}
+    with ready_server(model_store, log, env=env) as (server, client):
+        ready = client.get("/readyz")
         assert ready.json() == {"status": "ready", "models": []}
         answer = client.post(
             "/api/generate",
@@ -74,20 +83,11 @@ def test_a_preloaded_model_loads_before_any_request(
     model_store: ModelStore, tmp_path: Path
 ) -> None:
     # A missing name first: its failure is logged and the next name still loads.
-    with (
-        serving_process(
-            model_store.root,
-            "--threads",
-            "2",
-            "--parallel",
-            "1",
-            "--preload",
-            f"nosuch:model,{TEST_MODEL_NAME}",
-            log=tmp_path / "serve.log",
-        ) as server,
-        httpx.Client(base_url=server.base_url, timeout=300) as client,
+    preload = f"nosuch:model,{TEST_MODEL_NAME}"
+    with ready_server(model_store, tmp_path / "serve.log", "--preload", preload) as (
+        server,
+        client,
     ):
-        assert first_ready(client).status_code == 200, server.log_tail()
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while TEST_MODEL_NAME not in loaded_names(client) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -110,20 +110,10 @@ def test_a_preloaded_model_loads_before_any_request(
 
 
 def test_a_request_during_the_preload_waits_for_it(model_store: ModelStore, tmp_path: Path) -> None:
-    with (
-        serving_process(
-            model_store.root,
-            "--threads",
-            "2",
-            "--parallel",
-            "1",
-            "--preload",
-            TEST_MODEL_NAME,
-            log=tmp_path / "serve.log",
-        ) as server,
-        httpx.Client(base_url=server.base_url, timeout=300) as client,
+    with ready_server(model_store, tmp_path / "serve.log", "--preload", TEST_MODEL_NAME) as (
+        _,
+        client,
     ):
-        assert first_ready(client).status_code == 200, server.log_tail()
         answer = client.post(
             "/api/generate",
             json={
