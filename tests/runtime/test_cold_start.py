@@ -32,6 +32,19 @@ def first_ready(client: httpx.Client) -> httpx.Response:
         time.sleep(0.01)
 
 
+def name_three_colours(client: httpx.Client) -> httpx.Response:
+    """A short greedy generate of the test model, not streamed."""
+    return client.post(
+        "/api/generate",
+        json={
+            "model": TEST_MODEL_NAME,
+            "prompt": "Name three colours.",
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 4},
+        },
+    )
+
+
 @contextmanager
 def ready_server(
     store: ModelStore, log: Path, *args: str, env: dict[str, str] | None = None
@@ -58,15 +71,7 @@ def test_the_request_sent_when_first_ready_is_served(
     with ready_server(model_store, log, env=env) as (server, client):
         ready = client.get("/readyz")
         assert ready.json() == {"status": "ready", "models": []}
-        answer = client.post(
-            "/api/generate",
-            json={
-                "model": TEST_MODEL_NAME,
-                "prompt": "Name three colours.",
-                "stream": False,
-                "options": {"temperature": 0, "num_predict": 4},
-            },
-        )
+        answer = name_three_colours(client)
         assert answer.status_code == 200, server.log_tail()
         body = answer.json()
         assert body["response"]
@@ -82,8 +87,9 @@ def loaded_names(client: httpx.Client) -> list[str]:
 def test_a_preloaded_model_loads_before_any_request(
     model_store: ModelStore, tmp_path: Path
 ) -> None:
-    # A missing name first: its failure is logged and the next name still loads.
-    preload = f"nosuch:model,{TEST_MODEL_NAME}"
+    # A missing name and a path out of the store first: each failure is logged and the next
+    # name still loads.
+    preload = f"nosuch:model,../../etc/passwd,{TEST_MODEL_NAME}"
     with ready_server(model_store, tmp_path / "serve.log", "--preload", preload) as (
         server,
         client,
@@ -106,6 +112,7 @@ def test_a_preloaded_model_loads_before_any_request(
         assert answer.json()["load_duration"] < 50_000_000
         log = (tmp_path / "serve.log").read_text()
         assert "preloading nosuch:model failed" in log
+        assert "preloading ../../etc/passwd failed" in log
         assert "preloaded " + TEST_MODEL_NAME in log
 
 
@@ -114,15 +121,7 @@ def test_a_request_during_the_preload_waits_for_it(model_store: ModelStore, tmp_
         _,
         client,
     ):
-        answer = client.post(
-            "/api/generate",
-            json={
-                "model": TEST_MODEL_NAME,
-                "prompt": "Name three colours.",
-                "stream": False,
-                "options": {"temperature": 0, "num_predict": 4},
-            },
-        )
+        answer = name_three_colours(client)
         assert answer.status_code == 200, answer.text
         assert answer.json()["response"]
         # One load, shared: the request's and the preload's.
