@@ -11,6 +11,11 @@ thread polls the pod (every 50 ms) for when it exists, when its container runs a
 Ready. The load is what the runtime logged (``loaded … in X s``: the weights read and the
 context made), which its pods start at once (``CORRAL_PRELOAD``).
 
+Each round then times the pod's teardown, once the keep-alive scales the server back to zero:
+from its deletion (first seen with a deletionTimestamp) to the runtime's SIGTERM and its exit
+(the lines ``SIGTERM: draining`` and ``Finished server process`` of its log, as the node stamped
+them), to the container's exit as the API shows it, and to the pod object gone.
+
 Prints each round's timeline, the medians, and last ``cluster_first_token_minus_load_ms=<x>``
 (goal: at most 500). Needs root and the node's packages (``make node-deps``), as ``make up``; no
 other stack may run (it takes the machine's one node).
@@ -19,6 +24,8 @@ other stack may run (it takes the machine's one node).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import re
 import statistics
 import sys
@@ -45,6 +52,8 @@ MODEL = SERVER  # the Model's own name routes (its served name is gemma3-270m:la
 KEEP_ALIVE_SECONDS = 2
 POLL_SECONDS = 0.05
 LOADED = re.compile(r"loaded \S+ \(.*\) in ([0-9.]+)s")
+# The runtime's log lines that mark its SIGTERM and its exit (shutdown.py, uvicorn).
+SIGTERM_LINE, EXIT_LINE = "SIGTERM: draining", "Finished server process"
 # As the e2e tier's session: activity written every second, idle servers checked every 2 s.
 VALUES = {
     "gateway": {
@@ -98,6 +107,73 @@ class PodWatch(threading.Thread):
             time.sleep(POLL_SECONDS)
 
 
+@dataclass(frozen=True, slots=True)
+class Teardown:
+    """A pod's removal, in ms from its deletion first seen (``None``: not seen)."""
+
+    sigterm_ms: float | None  # the runtime logged its SIGTERM
+    exit_logged_ms: float | None  # … its process finished
+    exited_ms: float | None  # the API shows the container terminated
+    gone_ms: float  # the pod object is gone
+
+
+def logged_at(log: str, marker: str) -> float | None:
+    """The wall-clock time (``time.time()``) of the first line of a log fetched with timestamps
+    that holds ``marker``."""
+    for line in log.splitlines():
+        stamp, _, text = line.partition(" ")
+        if marker in text:
+            # RFC 3339 with nanoseconds: microseconds are all fromisoformat reads.
+            head, _, rest = stamp.rstrip("Z").partition(".")
+            moment = datetime.datetime.fromisoformat(f"{head}.{rest[:6] or '0'}+00:00")
+            return moment.timestamp()
+    return None
+
+
+def teardown(core: client.CoreV1Api, pod: str, timeout: float = 300) -> Teardown:
+    """Follows ``pod`` (polled every 50 ms) from its deletion until it is gone, reading its log
+    while it still exists."""
+    deleted_wall: float | None = None
+    deleted = exited = None
+    log = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = core.read_namespaced_pod(pod, NAMESPACE)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            break
+        now = time.perf_counter()
+        if deleted is None and found.metadata and found.metadata.deletion_timestamp:
+            deleted, deleted_wall = now, time.time()
+        statuses = (found.status and found.status.container_statuses) or []
+        if deleted is not None and any(s.state and s.state.terminated for s in statuses):
+            exited = exited or now
+            # A pod that went meanwhile keeps the log already read.
+            with contextlib.suppress(client.ApiException):
+                if EXIT_LINE not in log:
+                    log = core.read_namespaced_pod_log(
+                        pod, NAMESPACE, container="runtime", timestamps=True
+                    )
+        time.sleep(POLL_SECONDS)
+    else:
+        raise TimeoutError(f"pod {pod} still exists after {timeout:.0f}s")
+    gone = time.perf_counter()
+    if deleted is None or deleted_wall is None:
+        raise RuntimeError(f"pod {pod} went without being seen deleted")
+
+    def since(at: float | None, origin: float) -> float | None:
+        return None if at is None else (at - origin) * 1000
+
+    return Teardown(
+        sigterm_ms=since(logged_at(log, SIGTERM_LINE), deleted_wall),
+        exit_logged_ms=since(logged_at(log, EXIT_LINE), deleted_wall),
+        exited_ms=since(exited, deleted),
+        gone_ms=(gone - deleted) * 1000,
+    )
+
+
 def no_pods(core: client.CoreV1Api, selector: str) -> bool | None:
     return not core.list_namespaced_pod(NAMESPACE, label_selector=selector).items or None
 
@@ -110,7 +186,7 @@ def load_ms(core: client.CoreV1Api, pod: str) -> float:
     return float(found.group(1)) * 1000
 
 
-def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> Round:
+def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> tuple[Round, Teardown]:
     wait_for("the server at zero pods", lambda: no_pods(core, selector), timeout=300)
     time.sleep(1)  # the node settles after the last pod's teardown
     started = time.perf_counter()
@@ -123,13 +199,14 @@ def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> Round:
         watch.join()
     if watch.name is None:
         raise RuntimeError("no runtime pod was seen")
-    return Round(
+    started_round = Round(
         first_token_ms=first,
         load_ms=load_ms(core, watch.name),
         pod_ms=watch.seen.get("pod"),
         running_ms=watch.seen.get("running"),
         ready_ms=watch.seen.get("ready"),
     )
+    return started_round, teardown(core, watch.name)
 
 
 def prepared(stack: Stack) -> None:
@@ -150,6 +227,7 @@ def main() -> int:
     args = parser.parse_args()
     port = free_node_port()  # the gateway's NodePort, on 127.0.0.1
     rounds: list[Round] = []
+    teardowns: list[Teardown] = []
     with (
         tempfile.TemporaryDirectory(prefix="corral-coldstart-cluster-") as tmp,
         running(Path(tmp) / "stack", gateway_port=port, values=VALUES) as stack,
@@ -160,13 +238,16 @@ def main() -> int:
         gateway = f"http://127.0.0.1:{port}"
         first_token_at(gateway, MODEL, "Hello", 1)  # the first pod's one-time costs
         for index in range(args.rounds):
-            result = one_round(core, gateway, selector)
+            result, removal = one_round(core, gateway, selector)
             rounds.append(result)
+            teardowns.append(removal)
             print(
                 f"round {index + 1}: pod {fmt(result.pod_ms)} ms, running "
                 f"{fmt(result.running_ms)} ms, ready {fmt(result.ready_ms)} ms, first token "
                 f"{result.first_token_ms:.0f} ms, load {result.load_ms:.0f} ms, beyond load "
-                f"{result.beyond_load_ms:.0f} ms",
+                f"{result.beyond_load_ms:.0f} ms; teardown from deletion: SIGTERM "
+                f"{fmt(removal.sigterm_ms)} ms, exit logged {fmt(removal.exit_logged_ms)} ms, "
+                f"exited {fmt(removal.exited_ms)} ms, gone {removal.gone_ms:.0f} ms",
                 flush=True,
             )
 
@@ -180,6 +261,12 @@ def main() -> int:
         f"{median([r.ready_ms for r in rounds])} ms, first token "
         f"{median([r.first_token_ms for r in rounds])} ms, load "
         f"{median([r.load_ms for r in rounds])} ms"
+    )
+    print(
+        f"median teardown from deletion: SIGTERM {median([t.sigterm_ms for t in teardowns])} ms, "
+        f"exit logged {median([t.exit_logged_ms for t in teardowns])} ms, exited "
+        f"{median([t.exited_ms for t in teardowns])} ms, gone "
+        f"{median([t.gone_ms for t in teardowns])} ms"
     )
     print(f"cluster_first_token_minus_load_ms={median([r.beyond_load_ms for r in rounds])}")
     return 0
