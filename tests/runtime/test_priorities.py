@@ -149,37 +149,65 @@ def test_an_interactive_request_takes_the_next_slot_ahead_of_queued_batch_ones(
     assert batch_wait > interactive_wait
 
 
-def test_a_reserved_slot_is_kept_for_interactive_requests(model_store: ModelStore) -> None:
-    """With one of two slots reserved, batch work holds only the other (a second batch request
-    waits though a slot is free), and an interactive request takes the free one at once."""
+def test_a_reserved_slot_comes_on_top_of_the_shared_ones_and_batch_still_ages_past(
+    model_store: ModelStore,
+) -> None:
+    """Two shared slots and one reserved: batch work holds both shared slots (a third batch
+    request waits though the reserved slot is free) and an interactive request takes the
+    reserved one at once, answering while both batch streams go on. Then, with every slot held,
+    the waiting batch request has aged past a fresh interactive one and takes the next slot
+    that frees before it."""
     settings = settings_for(
         model_store.root,
         context_length=1024,
         parallel=2,
         max_queue=8,
         priority_reserved_slots=1,
+        priority_aging_seconds=1.0,
     )
     events: list[str] = []
     labels = {"model": MODEL}
 
     async def scenario(base_url: str) -> None:
         async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
-            hog = asyncio.create_task(stream(client, ENDLESS, events, "hog", "batch"))
-            await wait_for(client, "corral_busy_slots", 1, **labels)
+            streaming = [asyncio.Event(), asyncio.Event()]
+            hogs = [
+                asyncio.create_task(
+                    stream(client, ENDLESS, events, f"hog{i}", "batch", streaming[i])
+                )
+                for i in range(2)
+            ]
+            await wait_for(client, "corral_busy_slots", 2, **labels)
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 60)
+            queued_at = time.monotonic()
             queued = asyncio.create_task(stream(client, SHORT, events, "batch", "batch"))
             page = await wait_for(
                 client, "corral_queue_depth_by_priority", 1, **labels, priority="batch"
             )
-            assert metric(page, "corral_busy_slots", **labels) == 1
+            assert metric(page, "corral_busy_slots", **labels) == 2
             await stream(client, SHORT, events, "interactive", None)
-            assert "batch first" not in events  # still waiting for the batch slot
-            hog.cancel()
+            assert "batch first" not in events  # still waiting for a shared slot
+            assert not any(e.startswith("hog") and e.endswith("done") for e in events)
+            # Every slot held (the reserved one by an interactive stream), the batch request
+            # waits on past several aging periods; then a fresh interactive request arrives.
+            held = asyncio.create_task(stream(client, ENDLESS, events, "held", None))
+            await wait_for(client, "corral_busy_slots", 3, **labels)
+            await asyncio.sleep(max(0.0, queued_at + 4 * 1.0 - time.monotonic()))
+            late = asyncio.create_task(stream(client, SHORT, events, "late", None))
+            await wait_for(
+                client, "corral_queue_depth_by_priority", 1, **labels, priority="interactive"
+            )
+            hogs[0].cancel()  # one shared slot frees: the aged batch request takes it
             await queued
-            await asyncio.gather(hog, return_exceptions=True)
+            held.cancel()
+            await late
+            hogs[1].cancel()
+            await asyncio.gather(*hogs, held, return_exceptions=True)
 
     with serve(settings, model_store) as server:
         asyncio.run(scenario(server.base_url))
     assert events.index("interactive done") < events.index("batch first")
+    assert events.index("batch first") < events.index("late first"), events
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/v1/completions"])

@@ -241,8 +241,9 @@ class RuntimeSettings(BaseSettings):
         default=0,
         ge=0,
         description=(
-            "Slots of each model only interactive requests may take (at most all but one), so "
-            "one finds a slot at once under any batch load; 0: batch may take every slot."
+            "Slots of each model beyond its parallel ones that only interactive requests take, "
+            "so one finds a slot at once under any batch load while batch keeps every parallel "
+            "slot; each holds a context's KV cache, planned with the model's memory."
         ),
     )
     max_loaded_models: int = Field(default=3, ge=1)

@@ -332,7 +332,9 @@ class ModelManager:
             context,
             vram_budget(requested, self.gpu),
         )
-        footprint = footprint_for(parallel)
+        # The slots only interactive requests take come on top, each with its KV cache.
+        slots = parallel + self.settings.priority_reserved_slots
+        footprint = footprint_for(slots)
         plan = plan_gpu_layers(requested, footprint, self.gpu)
         await self._make_room(stored.name.display, plan.host_bytes)
         config = LoadConfig(
@@ -357,7 +359,7 @@ class ModelManager:
         worker = ModelWorker(
             stored.name.display,
             config,
-            max_pending=parallel + self.settings.max_queue,
+            max_pending=slots + self.settings.max_queue,
             on_failure=self._worker_failed,
         )
         try:

@@ -7,9 +7,10 @@ and only a job that marks itself (or whose API key a ModelServer maps to ``batch
 
 Four rules decide the order, in this order of precedence:
 
-- ``PriorityPolicy.reserved`` slots are kept for the highest class: a request of a lower class
-  takes a slot only while more than that many are free (so an interactive request finds a slot
-  at once however much batch work there is, at the cost of those slots idling without it);
+- ``PriorityPolicy.reserved`` slots come on top of the ``parallel`` shared ones, and only the
+  highest class takes them: lower classes together hold at most the shared slots, so batch
+  work keeps every one of them and an interactive request still finds a slot at once however
+  much batch work there is (the reserved slots' KV cache is planned with the model's memory);
 - a class at its share cap (``PriorityPolicy.shares``: the most of the slots it may hold) does
   not take another slot while a request of another class waits (while none does, a free slot is
   never left idle);
@@ -62,7 +63,7 @@ class PriorityPolicy:
     aging_s: float = DEFAULT_AGING_SECONDS
     # Class -> the most of the slots (0 < share <= 1) it may hold while another class waits.
     shares: Mapping[str, float] = field(default_factory=dict)
-    # Slots only the highest class may take (at most all but one).
+    # Slots beyond the shared ones that only the highest class may take.
     reserved: int = 0
 
 
@@ -105,6 +106,32 @@ def may_take_reserved(priority: str) -> bool:
     return priority == PRIORITY_CLASSES[0]
 
 
+def total_slots(shared: int, policy: PriorityPolicy) -> int:
+    """A model's slots in all: the ``shared`` ones (its ``parallel``) and the reserved ones on
+    top, each with a context's KV cache."""
+    return shared + policy.reserved
+
+
+def may_take_slot(priority: str, busy: Mapping[str, int], shared: int, reserved: int) -> bool:
+    """Whether a request of ``priority`` may take a free slot now: the highest class while any
+    of the ``shared + reserved`` slots is free, a lower one while the lower classes together
+    hold fewer than the ``shared`` slots (so the reserved ones stay for the highest class, and
+    an interactive request in a shared slot costs batch nothing)."""
+    held = sum(busy.values())
+    if held >= shared + reserved:
+        return False
+    if may_take_reserved(priority):
+        return True
+    lower = held - busy.get(PRIORITY_CLASSES[0], 0)
+    return lower < shared
+
+
+def prefill_order(priority: str, assigned_at: float) -> tuple[int, float]:
+    """The order a step evaluates prompt chunks in: class first (an interactive prompt's chunk,
+    and so its first token, waits for no batch prompt's), then longest holding its slot."""
+    return PRIORITY_CLASSES.index(priority), assigned_at
+
+
 def prefill_first(prefilling: Sequence[str], decoding: Sequence[str]) -> bool:
     """Whether a step evaluates its prompt chunks before the decoding sequences' tokens
     (given each one's class): while a prompt of the highest class is among them and a lower
@@ -118,13 +145,15 @@ def next_admitted(
     queued: Sequence[QueuedView], busy: Mapping[str, int], slots: int, policy: PriorityPolicy
 ) -> int | None:
     """The index into ``queued`` (in arrival order) of the request that takes the next free
-    slot, or None where only reserved slots are free and no request may take them. ``busy``
-    counts the slots each class holds now."""
+    slot, or None where no request may take one now (none is free, or only reserved ones are
+    and no request of the highest class waits). ``slots`` counts the shared slots (the
+    reserved ones come on top, ``total_slots``; share caps are shares of the shared ones);
+    ``busy`` counts the slots each class holds now."""
     if not queued:
         raise ValueError("no waiting request to choose from")
-    free = slots - sum(busy.values())
-    reserved = min(policy.reserved, slots - 1)
-    allowed = [i for i, q in enumerate(queued) if free > reserved or may_take_reserved(q.priority)]
+    allowed = [
+        i for i, q in enumerate(queued) if may_take_slot(q.priority, busy, slots, policy.reserved)
+    ]
     if not allowed:
         return None
     capped = capped_classes([queued[i].priority for i in allowed], busy, slots, policy.shares)

@@ -2,13 +2,14 @@
 
 Every llama.cpp call for the model (load, tokenize, decode, sample, embed, free) runs on that
 thread, so the event loop never blocks on it. The thread runs a continuous-batching loop over
-``parallel`` slots: each step puts one token of every decoding sequence into a single
-``llama_decode``, samples each with its own sampler chain (or takes the arg-max for plain
-greedy), then evaluates the chunks of waiting prompts that fit in ``n_batch`` prompt tokens,
-each chunk alone, so several new requests start at once without changing anyone's logits. New
-requests take a free slot at the next step (reusing the longest cached prompt prefix among the
-free slots); the others wait in a bounded queue, from which a free slot takes the request
-that ``priority.next_admitted`` names (class, aging, share caps), and beyond it ``generate`` raises
+``parallel`` slots (and the reserved ones on top, which only interactive requests take): each
+step puts one token of every decoding sequence into a single ``llama_decode``, samples each
+with its own sampler chain (or takes the arg-max for plain greedy), then evaluates the chunks
+of waiting prompts that fit in ``n_batch`` prompt tokens, each chunk alone, so several new
+requests start at once without changing anyone's logits. New requests take a free slot at the
+next step (reusing the longest cached prompt prefix among the free slots); the others wait in
+a bounded queue, from which a free slot takes the request that ``priority.next_admitted``
+names (class, aging, share caps), and beyond it ``generate`` raises
 ``QueueFullError`` (503). A request that waits longer than the queue timeout fails with
 ``QueueTimeoutError`` (also 503); one that generates longer than the generation timeout ends
 with ``GenerationTimeoutError`` and frees its slot. A cancelled stream (its client went away)
@@ -47,6 +48,8 @@ from corral_runtime.engine.priority import (
     QueuedView,
     next_admitted,
     prefill_first,
+    prefill_order,
+    total_slots,
 )
 from corral_runtime.engine.sampling import (
     GrammarCache,
@@ -263,7 +266,9 @@ class ModelWorker:
         self.name = name
         self.config = config
         self.max_pending = max_pending
-        self.parallel = config.parallel or default_parallel(config.n_ctx)
+        self.parallel = config.parallel or default_parallel(config.n_ctx)  # shared slots
+        # The shared slots and the reserved ones on top (``priority.total_slots``).
+        self.slot_count = total_slots(self.parallel, config.priority)
         self._chunk = max(1, min(config.n_batch, PREFILL_CHUNK))
         self._inbox: queue.SimpleQueue[_Job | _Submission | _Fault | None] = queue.SimpleQueue()
         # Held while queueing and while the thread marks itself failed, so nothing is queued
@@ -498,7 +503,7 @@ class ModelWorker:
             if not free:
                 return
             waiting = self._take_next_waiting()
-            if waiting is None:  # only reserved slots are free, and nobody may take them
+            if waiting is None:  # only reserved slots are free, and nobody waiting may take them
                 return
             views = [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in free]
             busy = {s.seq_id for s in self._slots if s.sequence is not None}
@@ -516,7 +521,7 @@ class ModelWorker:
         busy = Counter(
             s.sequence.submission.request.priority for s in self._slots if s.sequence is not None
         )
-        index = next_admitted(views, busy, len(self._slots), self.config.priority)
+        index = next_admitted(views, busy, self.parallel, self.config.priority)
         if index is None:
             return None
         waiting = self._waiting[index]
@@ -579,7 +584,11 @@ class ModelWorker:
         decoding = [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
         prefilling = sorted(
             (s for s in self._slots if s.sequence is not None and s.sequence.prefilling),
-            key=lambda s: s.sequence.assigned_at if s.sequence is not None else 0.0,
+            key=lambda s: (
+                prefill_order(s.sequence.submission.request.priority, s.sequence.assigned_at)
+                if s.sequence is not None
+                else (0, 0.0)
+            ),
         )
         if prefill_first(_classes(prefilling), _classes(decoding)):
             self._prefill(prefilling)
@@ -806,8 +815,8 @@ class ModelWorker:
         config = ContextConfig(
             model_path=self.config.model_path,
             n_ctx=self.config.n_ctx,
-            parallel=self.parallel,
-            n_batch=batch_capacity(self._chunk, self.parallel),
+            parallel=self.slot_count,
+            n_batch=batch_capacity(self._chunk, self.slot_count),
             n_gpu_layers=self.config.n_gpu_layers,
             n_threads=self.config.n_threads,
             flash_attn=self.config.flash_attn,
@@ -829,7 +838,7 @@ class ModelWorker:
         # A prompt chunk must fit in one decode (options keep num_ctx above that; this holds
         # whatever a caller asks).
         self._chunk = min(self._chunk, self._context.capacity)
-        self._slots = [_Slot(seq_id=i) for i in range(self.parallel)]
+        self._slots = [_Slot(seq_id=i) for i in range(self.slot_count)]
         self.load_seconds = time.perf_counter() - started
 
     def _free(self) -> None:

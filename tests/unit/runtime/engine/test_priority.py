@@ -16,10 +16,13 @@ from corral_runtime.engine.priority import (
     UnknownPriorityError,
     capped_classes,
     effective_rank,
+    may_take_slot,
     next_admitted,
     parse_priority,
     prefill_first,
+    prefill_order,
     share_cap,
+    total_slots,
 )
 from corral_runtime.settings import PriorityClass, RuntimeSettings
 
@@ -55,7 +58,7 @@ class TestParsePriority:
 class TestOrder:
     def test_interactive_goes_before_batch_that_waited_longer(self) -> None:
         queued = [q(BAT, 3.0), q(BAT, 2.0), q(INT, 0.1)]
-        assert next_admitted(queued, {BAT: 4}, 4, POLICY) == 2
+        assert next_admitted(queued, {BAT: 3}, 4, POLICY) == 2
 
     def test_within_a_class_the_longest_waiting_goes_first(self) -> None:
         assert next_admitted([q(BAT, 3.0), q(BAT, 2.0)], {}, 4, POLICY) == 0
@@ -129,24 +132,60 @@ class TestShareCaps:
 
 
 class TestReservedSlots:
+    """Reserved slots come on top of the shared ones: 4 shared and 1 reserved here."""
+
     POLICY = PriorityPolicy(aging_s=10.0, reserved=1)
 
+    def test_they_come_on_top_of_the_shared_slots(self) -> None:
+        assert total_slots(4, self.POLICY) == 5
+        assert total_slots(4, PriorityPolicy()) == 4
+
+    def test_batch_takes_every_shared_slot(self) -> None:
+        assert next_admitted([q(BAT, 5.0)], {BAT: 3}, 4, self.POLICY) == 0
+
     def test_batch_does_not_take_the_reserved_slot(self) -> None:
-        assert next_admitted([q(BAT, 5.0)], {BAT: 3}, 4, self.POLICY) is None
+        assert next_admitted([q(BAT, 5.0)], {BAT: 4}, 4, self.POLICY) is None
 
-    def test_batch_takes_slots_beyond_the_reserved_ones(self) -> None:
-        assert next_admitted([q(BAT, 5.0)], {BAT: 2}, 4, self.POLICY) == 0
+    def test_interactive_takes_the_reserved_slot_while_batch_holds_every_shared_one(self) -> None:
+        assert next_admitted([q(BAT, 50.0), q(INT, 0.1)], {BAT: 4}, 4, self.POLICY) == 1
 
-    def test_interactive_takes_the_reserved_slot(self) -> None:
-        assert next_admitted([q(BAT, 50.0), q(INT, 0.1)], {BAT: 3}, 4, self.POLICY) == 1
+    def test_an_interactive_request_in_a_shared_slot_costs_batch_none(self) -> None:
+        assert next_admitted([q(BAT, 5.0)], {INT: 1, BAT: 3}, 4, self.POLICY) == 0
+        assert may_take_slot(BAT, {INT: 2, BAT: 3}, 4, 1) is False  # every slot is busy
+
+    def test_interactive_may_take_every_slot(self) -> None:
+        assert may_take_slot(INT, {INT: 4}, 4, 1)
+        assert not may_take_slot(INT, {INT: 5}, 4, 1)
 
     def test_aging_does_not_open_the_reserved_slot_to_batch(self) -> None:
-        assert next_admitted([q(BAT, 500.0)], {BAT: 3}, 4, self.POLICY) is None
+        assert next_admitted([q(BAT, 500.0)], {BAT: 4}, 4, self.POLICY) is None
 
-    def test_one_slot_always_stays_open_to_batch(self) -> None:
+    def test_many_reserved_slots_still_leave_batch_every_shared_one(self) -> None:
         policy = PriorityPolicy(reserved=8)
-        assert next_admitted([q(BAT, 1.0)], {}, 4, policy) == 0
-        assert next_admitted([q(BAT, 1.0)], {BAT: 1}, 4, policy) is None
+        assert next_admitted([q(BAT, 1.0)], {BAT: 3}, 4, policy) == 0
+        assert next_admitted([q(BAT, 1.0)], {BAT: 4}, 4, policy) is None
+
+    def test_without_reserved_slots_batch_takes_every_slot(self) -> None:
+        assert next_admitted([q(BAT, 1.0)], {BAT: 3}, 4, POLICY) == 0
+        assert next_admitted([q(BAT, 1.0)], {BAT: 4}, 4, POLICY) is None
+
+    def test_share_caps_are_shares_of_the_shared_slots(self) -> None:
+        policy = PriorityPolicy(aging_s=10.0, shares={BAT: 0.5}, reserved=2)
+        # Batch holds its 2 of the 4 shared slots (not of all 6) while interactive waits.
+        assert next_admitted([q(BAT, 9.0), q(INT, 0.1)], {BAT: 2}, 4, policy) == 1
+
+
+class TestPrefillOrder:
+    def test_an_interactive_prompt_goes_before_batch_prompts_that_took_slots_earlier(
+        self,
+    ) -> None:
+        prompts = [(BAT, 1.0), (INT, 3.0), (BAT, 2.0)]
+        ordered = sorted(prompts, key=lambda p: prefill_order(*p))
+        assert ordered == [(INT, 3.0), (BAT, 1.0), (BAT, 2.0)]
+
+    def test_within_a_class_the_longest_in_its_slot_goes_first(self) -> None:
+        assert prefill_order(BAT, 1.0) < prefill_order(BAT, 2.0)
+        assert prefill_order(INT, 1.0) < prefill_order(INT, 2.0)
 
 
 class TestPrefillFirst:
