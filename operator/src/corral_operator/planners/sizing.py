@@ -6,8 +6,9 @@ key and value lengths, what the weights and each layer take). From them and the 
 context, parallel slots and KV cache type, one replica needs, as Ollama estimates a load:
 
 - the weights (all the tensors);
-- a KV cache for every slot: context x parallel positions, per layer key/value heads x (key +
-  value length) values of the cache's element type;
+- a KV cache for every slot: context x slots positions (the parallel ones and those
+  ``spec.priority.reservedSlots`` keeps for interactive requests on top), per layer key/value
+  heads x (key + value length) values of the cache's element type;
 - a compute graph allowance for one batch: the larger of the layers' activations with the
   attention scores of a batch over a slot's context (none with flash attention) and the output
   head's batch of logits, a row of logits per slot, and the context's own allocations. It is
@@ -142,6 +143,13 @@ def serving_shape(
     if parallel:
         return replace(shape, parallel=int(parallel))
     return replace(shape, parallel=default_parallel(facts, shape, budget))
+
+
+def reserved_slots(spec: Mapping[str, Any]) -> int:
+    """The slots a pod's runtime keeps for interactive requests beyond the parallel ones
+    (``spec.priority.reservedSlots``, its CORRAL_PRIORITY_RESERVED_SLOTS): each holds a
+    context's KV cache too, so the estimate counts them."""
+    return int((spec.get("priority") or {}).get("reservedSlots") or 0)
 
 
 def default_parallel(facts: ModelFacts | None, shape: ServingShape, budget: int | None) -> int:
@@ -377,7 +385,9 @@ def _place_with_budget(
         if facts is None:
             continue
         num_ctx = (((model or {}).get("spec") or {}).get("parameters") or {}).get("numCtx")
-        estimates.append(estimate(facts, serving_shape(runtime, num_ctx, facts, budget)))
+        shape = serving_shape(runtime, num_ctx, facts, budget)
+        slots = shape.parallel + reserved_slots(spec)
+        estimates.append(estimate(facts, replace(shape, parallel=slots)))
     if not estimates:
         return None
     largest = max(estimates, key=lambda e: e.total_bytes)

@@ -24,6 +24,7 @@ from corral_operator.planners.sizing import (
     gpu_nodes,
     kv_cache_bytes,
     place,
+    reserved_slots,
     serving_shape,
     size_server,
 )
@@ -174,6 +175,27 @@ class TestDefaultSlots:
         per_slot = kv_cache_bytes(facts, ServingShape(parallel=1))
         assert placement.need.kv_cache_bytes == slots * per_slot
         assert budget is not None and placement.need.total_bytes <= budget
+
+    @pytest.mark.parametrize("runtime", [{"parallel": 2}, {}], ids=["explicit", "default"])
+    def test_reserved_slots_add_their_kv_cache_on_top_of_the_parallel_ones(
+        self, runtime: dict[str, int]
+    ) -> None:
+        # The runtime keeps spec.priority.reservedSlots beyond its parallel slots, each with a
+        # whole context's cache (unset parallel: the default from the pod's budget, as above).
+        spec = {"models": ["m"], "resources": {"memory": "16Gi"}, "runtime": runtime}
+        reserving = {**spec, "priority": {"reservedSlots": 1}}
+        models = {"m": model("m", LLAMA_8B)}
+        plain = size_server(spec, models, [], "2Gi")
+        reserved = size_server(reserving, models, [], "2Gi")
+        assert plain is not None and reserved is not None
+        facts = _facts(LLAMA_8B)
+        per_slot = kv_cache_bytes(facts, ServingShape(parallel=1))
+        shared = runtime.get("parallel") or default_parallel(
+            facts, ServingShape(), memory_budget("16Gi")
+        )
+        assert plain.need.kv_cache_bytes == shared * per_slot
+        assert reserved.need.kv_cache_bytes == (shared + 1) * per_slot
+        assert reserved_slots(reserving) == 1 and reserved_slots(spec) == 0
 
 
 class TestPlacement:
