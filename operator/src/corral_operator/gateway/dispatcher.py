@@ -310,9 +310,7 @@ class Dispatcher:
             self._prefixes.setdefault(key, PrefixIndex()).record(endpoint, prefix)
         self.in_flight[endpoint] += 1
         self.server_in_flight[key] += 1
-        self.metrics.in_flight.labels(namespace=key[0], server=key[1]).set(
-            self.server_in_flight[key]
-        )
+        self.metrics.in_flight_of(*key).set(self.server_in_flight[key])
         self.touch(key)
         self._consider_scaling(key, "load")
         return Lease(self, key, endpoint)
@@ -322,9 +320,7 @@ class Dispatcher:
         if self.in_flight[endpoint] <= 0:
             del self.in_flight[endpoint]
         self.server_in_flight[key] -= 1
-        self.metrics.in_flight.labels(namespace=key[0], server=key[1]).set(
-            self.server_in_flight[key]
-        )
+        self.metrics.in_flight_of(*key).set(self.server_in_flight[key])
         self.touch(key)
         if self.server_in_flight[key] <= 0 and self.server_held[key] <= 0:
             # A model's keep_alive counts from the end of its requests, as in Ollama.

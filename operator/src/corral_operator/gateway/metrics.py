@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +19,27 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _HOLD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 # Shares of a request's prefix: none, tenths, all.
 _SHARE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children, each looked up once per label values.
+
+    ``labels()`` checks, converts and sorts its arguments under a lock on every call; a proxied
+    request touches five labelled children, so the routed path keeps them here instead. Only
+    for metrics whose children are never removed (a removed child would stay cached)."""
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        """The child for ``values``, in the order the metric's label names are declared."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class GatewayMetrics:
@@ -102,6 +124,12 @@ class GatewayMetrics:
             ["namespace", "server", "strategy", "outcome"],
             registry=self.registry,
         )
+        self.requests_by = Children(self.requests)
+        """``requests_by(path, model, status)``."""
+        self.in_flight_of = Children(self.in_flight)
+        """``in_flight_of(namespace, server)``."""
+        self._prefix_match_of = Children(self.prefix_match)
+        self._routing_decisions_of = Children(self.routing_decisions)
 
     def observe_route(
         self, server: tuple[str, str], strategy: str, share: float, outcome: str
@@ -109,10 +137,8 @@ class GatewayMetrics:
         """One choice of a pod: the share of the request's prefix the chosen pod holds and
         what the choice did with it (``affinity.routing_outcome``)."""
         namespace, name = server
-        self.prefix_match.labels(namespace=namespace, server=name, strategy=strategy).observe(share)
-        self.routing_decisions.labels(
-            namespace=namespace, server=name, strategy=strategy, outcome=outcome
-        ).inc()
+        self._prefix_match_of(namespace, name, strategy).observe(share)
+        self._routing_decisions_of(namespace, name, strategy, outcome).inc()
 
     def observe_idle_deadline(self, server: tuple[str, str], deadline: datetime | None) -> None:
         namespace, name = server

@@ -63,7 +63,7 @@ class AuthorizeAndCount:
             if message["type"] == "http.response.start":
                 model = str(state.get("model", ""))
                 status = str(message["status"])
-                self.metrics.requests.labels(path=path, model=model, status=status).inc()
+                self.metrics.requests_by(path, model, status).inc()
             await send(message)
 
         await self.app(scope, receive, send_and_count)

@@ -17,6 +17,7 @@ The operator's image does not hold the runtime, so this mirrors, on purpose and 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -144,6 +145,11 @@ class Perimeter:
         self.bind_host = bind_host
         self.allowed_hosts = tuple(allowed_hosts)
         self.allowed_origins = tuple(allowed_origins)
+        # A client sends the same Host on every request: decided once per value (parsing it
+        # and the bind address as IP addresses costs more than the rest of this middleware).
+        self._host_allowed = lru_cache(maxsize=256)(
+            functools.partial(host_allowed, allowed=self.allowed_hosts, bind_host=bind_host)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,7 +157,7 @@ class Perimeter:
             return
         path: str = scope.get("path", "")
         host = _header(scope, b"host")
-        if not host_allowed(host, self.allowed_hosts, self.bind_host):
+        if not self._host_allowed(host):
             message = (
                 f"host {host_name(host or '')!r} is not allowed; "
                 "allow it with CORRAL_GATEWAY_ALLOWED_HOSTS"

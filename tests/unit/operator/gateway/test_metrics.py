@@ -42,3 +42,16 @@ def test_a_routed_request_counts_its_prefix_share_and_outcome() -> None:
     assert sample(decisions, {**labels, "outcome": "hit"}) == 1
     assert sample(decisions, {**labels, "outcome": "miss"}) == 1
     assert sample(decisions, {**labels, "outcome": "spill"}) is None
+
+
+def test_a_cached_child_is_the_labelled_child_and_counts_in_the_registry() -> None:
+    metrics = GatewayMetrics()
+    counted = metrics.requests_by("/api/generate", "m:1", "200")
+    assert counted is metrics.requests_by("/api/generate", "m:1", "200")
+    assert counted is metrics.requests.labels(path="/api/generate", model="m:1", status="200")
+    counted.inc()
+    metrics.in_flight_of("ns", "s").set(3)
+    sample = metrics.registry.get_sample_value
+    labels = {"path": "/api/generate", "model": "m:1", "status": "200"}
+    assert sample("corral_gateway_requests_total", labels) == 1
+    assert sample("corral_gateway_in_flight_requests", {"namespace": "ns", "server": "s"}) == 3
