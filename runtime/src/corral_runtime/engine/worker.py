@@ -578,8 +578,9 @@ class ModelWorker:
         the planned prompt chunks, each in a ``llama_decode`` of its own: a chunk's logits are
         then what they would be alone, whatever else runs. The chunks go first while an
         interactive prompt is among them and batch work decodes (``priority.prefill_first``),
-        so its first token does not wait for that decode; sequences are independent, so the
-        order changes no output."""
+        so its first token does not wait for that decode, and an interactive prompt's chunks
+        go before batch prompts' (``priority.prefill_order``); sequences are independent, so
+        the order changes no output."""
         self._drop_abandoned()
         decoding = [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
         prefilling = sorted(
