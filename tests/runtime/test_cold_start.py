@@ -5,6 +5,8 @@ the model and is answered."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,3 +128,48 @@ def test_a_request_during_the_preload_waits_for_it(model_store: ModelStore, tmp_
         assert answer.json()["response"]
         # One load, shared: the request's and the preload's.
         assert (tmp_path / "serve.log").read_text().count(f"loaded {TEST_MODEL_NAME} (") == 1
+
+
+# ``corral serve``'s own start, with uvicorn's part replaced: the replacement waits until the
+# preloaded model is loaded, then names the web modules imported so far and stops the server.
+ENGINE_FIRST = """
+import asyncio, sys, time
+from corral_runtime.commands import serve as command
+from corral_runtime.settings import RuntimeSettings
+
+
+class Loaded(Exception):
+    pass
+
+
+def web_server(settings, log_level, engine):
+    deadline = time.monotonic() + 60
+    while not engine.manager.loaded():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the preload waited for the web stack")
+        time.sleep(0.01)
+    print(" ".join(m for m in ("fastapi", "starlette", "uvicorn") if m in sys.modules))
+    raise Loaded
+
+
+command.web_server = web_server
+settings = RuntimeSettings(models=sys.argv[1], preload=[sys.argv[2]], threads=2, parallel=1)
+try:
+    asyncio.run(command.serve(settings, "info", engine_first=True))
+except Loaded:
+    print("loaded before the web stack")
+"""
+
+
+def test_the_preload_loads_the_model_before_the_web_stack_is_imported(
+    model_store: ModelStore,
+) -> None:
+    # A cold pod's load overlaps the web stack's imports only if it needs none of them.
+    result = subprocess.run(
+        [sys.executable, "-c", ENGINE_FIRST, str(model_store.root), TEST_MODEL_NAME],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.splitlines() == ["", "loaded before the web stack"], result.stderr[-2000:]

@@ -14,7 +14,6 @@ the bundled test model (``gemma3:270m``), so a bare ``corral serve`` answers req
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,39 +28,15 @@ from corral_runtime.api import models as model_management
 from corral_runtime.api.disconnect import CancelOnDisconnect
 from corral_runtime.api.errors import ApiError, error_response, install_error_handlers
 from corral_runtime.api.perimeter import Perimeter, credential_role
-from corral_runtime.engine.manager import ModelManager
-from corral_runtime.gpu import GpuInfo
 from corral_runtime.metrics import RuntimeMetrics
-from corral_runtime.settings import RuntimeSettings, default_models_dir
+from corral_runtime.settings import RuntimeSettings
 from corral_runtime.shutdown import Draining, DrainState
-from corral_runtime.store.layout import ModelStore
-from corral_runtime.testmodel import TestModelUnavailableError, ensure_test_model
+from corral_runtime.startup import Engine, start_engine
 
 log = logging.getLogger(__name__)
 
 # The API paths: JSON bodies, API-key protected, counted in corral_requests_total.
 _API_PREFIXES = ("/api/", "/v1/")
-
-
-def open_store(settings: RuntimeSettings) -> ModelStore:
-    """The configured store; without one, the default store, seeded with the bundled test model
-    (when its package is installed) so that ``corral serve`` alone answers."""
-    if settings.models is not None:
-        return ModelStore(settings.models)
-    store = ModelStore(default_models_dir())
-    try:
-        ensure_test_model(store)
-    except TestModelUnavailableError as exc:
-        log.warning("%s; serving %s as it is", exc, store.root)
-    return store
-
-
-def _offload_supported() -> bool:
-    try:
-        import llama_cpp
-    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
-        return False
-    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 class JsonBodies:
@@ -168,33 +143,20 @@ class AuthorizeAndCount:
             )
 
 
-def create_app(settings: RuntimeSettings) -> FastAPI:
-    metrics = RuntimeMetrics()
+def create_app(settings: RuntimeSettings, engine: Engine | None = None) -> FastAPI:
+    """The app over ``engine`` (started by ``corral serve`` before the web stack was imported,
+    see ``startup.py``); without one, the lifespan starts it, before the bind."""
+    metrics = engine.metrics if engine is not None else RuntimeMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings)
-        manager = ModelManager(
-            store,
-            settings,
-            # Only whether llama.cpp can offload: the manager reads the free VRAM at each load,
-            # so asking nvidia-smi here too would only delay readiness (a second or more where
-            # the driver is not kept loaded).
-            GpuInfo(offload_supported=_offload_supported(), free_vram_bytes=0),
-            on_change=lambda m: metrics.loaded_models.set(len(m.loaded())),
-            on_load=metrics.observe_load,
-            on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),
-        )
-        app.state.store = store
-        app.state.models = manager
-        # Started before the bind: the load overlaps the rest of the start-up. It is awaited,
-        # never cancelled, at shutdown (a load runs in a thread a cancel would orphan).
-        preloading = asyncio.create_task(manager.preload(settings.preload))
+        started = engine if engine is not None else start_engine(settings, metrics)
+        app.state.store = started.store
+        app.state.models = started.manager
         try:
             yield
         finally:
-            await preloading
-            await manager.close()
+            await started.close()
 
     app = FastAPI(
         title="corral runtime",

@@ -321,9 +321,10 @@ class RuntimeSettings(BaseSettings):
     early_engine_import: bool = Field(
         default=True,
         description=(
-            "Import llama.cpp's bindings (and numpy) in a background thread from the start of "
-            "`corral serve`, beside the web stack's imports and the bind, so that a cold start's "
-            "first load does not wait for them; false: on first use (to measure the difference)."
+            "Start the engine first in `corral serve`: llama.cpp's bindings (and numpy), then "
+            "the preload, whose load runs while the web stack is imported and bound, so that a "
+            "cold start's first request waits for neither after the other; false: the web "
+            "stack first, the engine in the app's start-up (to measure the difference)."
         ),
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

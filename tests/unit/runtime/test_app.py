@@ -1,22 +1,25 @@
-"""Importing the runtime's app does not import llama.cpp's bindings or numpy: ``corral serve``
-imports them in a background thread beside the web stack (``start_engine_import``), and a cold
-start's critical path must not wait for them twice."""
+"""Importing the runtime's app does not import llama.cpp's bindings or numpy, and starting the
+engine does not import the web stack: ``corral serve`` starts the engine (and a preload) first
+and imports the web stack beside the load (``corral_runtime.startup``), so a cold start's
+critical path waits for neither twice."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.unit
 
 HEAVY = ("numpy", "llama_cpp")
+WEB = ("fastapi", "starlette", "uvicorn")
 
 
-def modules_after(code: str) -> set[str]:
-    """Which of ``HEAVY`` a fresh interpreter holds after running ``code``."""
-    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+def modules_after(code: str, among: tuple[str, ...] = HEAVY) -> set[str]:
+    """Which of ``among`` a fresh interpreter holds after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {among!r} if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
@@ -27,9 +30,15 @@ def test_importing_the_app_leaves_the_engine_s_imports_for_later() -> None:
     assert modules_after("import corral_runtime.app") == set()
 
 
-def test_the_engine_import_thread_imports_llama_cpp_and_numpy() -> None:
+def test_starting_the_engine_imports_llama_cpp_and_no_web_stack(tmp_path: Path) -> None:
     code = (
-        "from corral_runtime.commands.serve import start_engine_import\n"
-        "start_engine_import().join()"
+        "import asyncio\n"
+        "from corral_runtime.metrics import RuntimeMetrics\n"
+        "from corral_runtime.settings import RuntimeSettings\n"
+        "from corral_runtime.startup import start_engine\n"
+        "async def main():\n"
+        f"    settings = RuntimeSettings(models={str(tmp_path)!r})\n"
+        "    await start_engine(settings, RuntimeMetrics()).close()\n"
+        "asyncio.run(main())"
     )
-    assert modules_after(code) == set(HEAVY)
+    assert modules_after(code, HEAVY + WEB) == set(HEAVY)

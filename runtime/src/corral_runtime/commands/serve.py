@@ -7,16 +7,21 @@ model on 127.0.0.1:11434, or where Ollama's ``OLLAMA_HOST`` says (as ``ollama se
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import sys
-import threading
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
 from corral_runtime.durations import InvalidKeepAliveError, parse_default_keep_alive
 from corral_runtime.settings import KvCacheType, RuntimeSettings
+
+if TYPE_CHECKING:
+    from uvicorn import Server
+
+    from corral_runtime.startup import Engine
 
 HELP_GROUPS = {"serve": "local"}  # where `corral --help` lists it (corral_runtime.cli)
 
@@ -222,14 +227,6 @@ def _keep_alive(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    if settings.early_engine_import:
-        start_engine_import()
-
-    import uvicorn
-
-    from corral_runtime.app import create_app
-    from corral_runtime.shutdown import DrainingServer
-
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -239,39 +236,52 @@ def run(args: argparse.Namespace) -> int:
             settings.host,
             "every holder of the API key" if settings.api_key else "every client",
         )
-    app = create_app(settings)
+    # uvicorn's loop is asyncio (named below), so asyncio.run is the loop it would make.
+    asyncio.run(serve(settings, args.log_level, engine_first=settings.early_engine_import))
+    return 0
+
+
+async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool) -> None:
+    """Serve until shut down. ``engine_first``: start the engine (llama.cpp's bindings, then the
+    preload) before the web stack is imported, and import it in a thread while the loop drives
+    the preload, so that a preloaded model's load (llama.cpp's C code, without the GIL)
+    overlaps the imports of uvicorn, FastAPI and the API modules rather than following them."""
+    engine = None
+    if engine_first:
+        from corral_runtime.metrics import RuntimeMetrics
+        from corral_runtime.startup import start_engine
+
+        engine = start_engine(settings, RuntimeMetrics())
+    try:
+        server = await asyncio.to_thread(web_server, settings, log_level, engine)
+    except BaseException:
+        if engine is not None:
+            await engine.close()
+        raise
+    await server.serve()
+
+
+def web_server(settings: RuntimeSettings, log_level: str, engine: Engine | None) -> Server:
+    """The app over ``engine`` (None: its lifespan starts one) in uvicorn's server, which on
+    SIGTERM drains (new requests 503, those in flight finish) and then shuts down."""
+    import uvicorn
+
+    from corral_runtime.app import create_app
+    from corral_runtime.shutdown import DrainingServer
+
+    app = create_app(settings, engine)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=args.log_level,
+        log_level=log_level,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         # Named, not uvicorn's "auto": the runtime's image has h11 and asyncio only, and a
         # machine that also has httptools or uvloop (the gateway's) must serve the same way.
         http="h11",
         loop="asyncio",
     )
-    # SIGTERM: drain (new requests 503, those in flight finish), then shut down.
-    DrainingServer(config, app.state.drain, settings.graceful_shutdown_seconds).run()
-    return 0
-
-
-def start_engine_import() -> threading.Thread:
-    """Import llama.cpp's bindings (numpy with them, about half of a cold start's imports) in a
-    daemon thread, so that they load while the main thread imports the web stack, binds and
-    answers probes, instead of on a cold start's critical path. Python's per-module import
-    locks make every later ``import llama_cpp`` wait for this one rather than run it twice;
-    a failure here is only logged, and the import on first use raises it again."""
-
-    def engine_import() -> None:
-        try:
-            import llama_cpp  # noqa: F401
-        except Exception:  # pragma: no cover - llama-cpp-python is a dependency
-            logging.getLogger(__name__).exception("importing llama.cpp's bindings failed")
-
-    thread = threading.Thread(target=engine_import, name="engine-import", daemon=True)
-    thread.start()
-    return thread
+    return DrainingServer(config, app.state.drain, settings.graceful_shutdown_seconds)
 
 
 def _loopback(host: str) -> bool:

@@ -1,0 +1,82 @@
+"""The engine's start: the store, the model manager and the preload, before the web stack.
+
+``corral serve`` starts the engine first, on the event loop that will serve, and imports
+FastAPI, uvicorn and the API modules only then, in a thread: a preloaded model's load runs in
+llama.cpp's C code without the GIL, so those imports (about a second on a cold container)
+overlap the load instead of coming before it. ``create_app`` starts the engine in its lifespan
+when it was given none (tests, and ``CORRAL_EARLY_ENGINE_IMPORT=false``).
+
+Nothing here imports the web stack, so that importing this module costs only the engine's own
+imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from corral_runtime.engine.manager import ModelManager
+from corral_runtime.gpu import GpuInfo
+from corral_runtime.metrics import RuntimeMetrics
+from corral_runtime.settings import RuntimeSettings, default_models_dir
+from corral_runtime.store.layout import ModelStore
+from corral_runtime.testmodel import TestModelUnavailableError, ensure_test_model
+
+log = logging.getLogger(__name__)
+
+
+def open_store(settings: RuntimeSettings) -> ModelStore:
+    """The configured store; without one, the default store, seeded with the bundled test model
+    (when its package is installed) so that ``corral serve`` alone answers."""
+    if settings.models is not None:
+        return ModelStore(settings.models)
+    store = ModelStore(default_models_dir())
+    try:
+        ensure_test_model(store)
+    except TestModelUnavailableError as exc:
+        log.warning("%s; serving %s as it is", exc, store.root)
+    return store
+
+
+def _offload_supported() -> bool:
+    try:
+        import llama_cpp
+    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
+        return False
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """A started engine: the store, the manager, its metrics, and the preload under way."""
+
+    store: ModelStore
+    manager: ModelManager
+    metrics: RuntimeMetrics
+    preloading: asyncio.Task[None]
+
+    async def close(self) -> None:
+        """Await the preload, never cancel it (a load runs in a thread a cancel would orphan),
+        then unload the models."""
+        await self.preloading
+        await self.manager.close()
+
+
+def start_engine(settings: RuntimeSettings, metrics: RuntimeMetrics) -> Engine:
+    """Open the store, make the manager and start the preload on the running loop. Imports
+    llama.cpp's bindings (and numpy) on the way, to ask whether it can offload."""
+    store = open_store(settings)
+    manager = ModelManager(
+        store,
+        settings,
+        # Only whether llama.cpp can offload: the manager reads the free VRAM at each load,
+        # so asking nvidia-smi here too would only delay readiness (a second or more where
+        # the driver is not kept loaded).
+        GpuInfo(offload_supported=_offload_supported(), free_vram_bytes=0),
+        on_change=lambda m: metrics.loaded_models.set(len(m.loaded())),
+        on_load=metrics.observe_load,
+        on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),
+    )
+    preloading = asyncio.create_task(manager.preload(settings.preload))
+    return Engine(store, manager, metrics, preloading)
