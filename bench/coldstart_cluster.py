@@ -130,12 +130,34 @@ def logged_at(log: str, marker: str) -> float | None:
     return None
 
 
+class LogFollower(threading.Thread):
+    """Follows a container's log, with the node's timestamps, until the container ends: one
+    request, where polling would ask the kubelet many times while it tears the pod down."""
+
+    def __init__(self, core: client.CoreV1Api, pod: str) -> None:
+        super().__init__(daemon=True)
+        self.core, self.pod = core, pod
+        self.text = ""
+
+    def run(self) -> None:
+        with contextlib.suppress(client.ApiException, OSError):
+            stream: Any = self.core.read_namespaced_pod_log(
+                self.pod,
+                NAMESPACE,
+                container="runtime",
+                follow=True,
+                timestamps=True,
+                _preload_content=False,
+            )
+            self.text = b"".join(stream.stream(65536)).decode(errors="replace")
+
+
 def teardown(core: client.CoreV1Api, pod: str, timeout: float = 300) -> Teardown:
-    """Follows ``pod`` (polled every 50 ms) from its deletion until it is gone, reading its log
-    while it still exists."""
+    """Follows ``pod`` (polled every 50 ms) from its deletion until it is gone, and its log."""
     deleted_wall: float | None = None
     deleted = exited = None
-    log = ""
+    follower = LogFollower(core, pod)
+    follower.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -150,25 +172,20 @@ def teardown(core: client.CoreV1Api, pod: str, timeout: float = 300) -> Teardown
         statuses = (found.status and found.status.container_statuses) or []
         if deleted is not None and any(s.state and s.state.terminated for s in statuses):
             exited = exited or now
-            # A pod that went meanwhile keeps the log already read.
-            with contextlib.suppress(client.ApiException):
-                if EXIT_LINE not in log:
-                    log = core.read_namespaced_pod_log(
-                        pod, NAMESPACE, container="runtime", timestamps=True
-                    )
         time.sleep(POLL_SECONDS)
     else:
         raise TimeoutError(f"pod {pod} still exists after {timeout:.0f}s")
     gone = time.perf_counter()
     if deleted is None or deleted_wall is None:
         raise RuntimeError(f"pod {pod} went without being seen deleted")
+    follower.join(timeout=10)
 
     def since(at: float | None, origin: float) -> float | None:
         return None if at is None else (at - origin) * 1000
 
     return Teardown(
-        sigterm_ms=since(logged_at(log, SIGTERM_LINE), deleted_wall),
-        exit_logged_ms=since(logged_at(log, EXIT_LINE), deleted_wall),
+        sigterm_ms=since(logged_at(follower.text, SIGTERM_LINE), deleted_wall),
+        exit_logged_ms=since(logged_at(follower.text, EXIT_LINE), deleted_wall),
         exited_ms=since(exited, deleted),
         gone_ms=(gone - deleted) * 1000,
     )
