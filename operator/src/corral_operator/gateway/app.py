@@ -33,6 +33,7 @@ from corral_operator.gateway.perimeter import Perimeter
 from corral_operator.gateway.proxy import Proxy, upstream_session
 from corral_operator.gateway.settings import GatewaySettings
 from corral_operator.gateway.shutdown import Draining, DrainState
+from corral_operator.gateway.upstream import UpstreamPool
 
 
 def _version() -> str:
@@ -57,13 +58,15 @@ def create_gateway_app(settings: GatewaySettings, backend: Backend | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with upstream_session(settings) as client:
             dispatcher = Dispatcher(settings, backend or default_backend(settings), metrics, client)
+            pool = UpstreamPool(settings.connect_timeout_seconds)
             app.state.dispatcher = dispatcher
-            app.state.proxy = Proxy(dispatcher, client)
+            app.state.proxy = Proxy(dispatcher, pool)
             dispatcher.start()
             try:
                 yield
             finally:
                 await dispatcher.stop()
+                pool.close()
 
     app = FastAPI(
         title="corral gateway",

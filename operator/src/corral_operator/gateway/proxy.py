@@ -1,8 +1,9 @@
 """Forwarding one routed request to a runtime pod: pick, retry before the first byte, hold while
 the server has no ready pod (with heartbeats on streams), then relay the answer unbuffered.
 
-Pods are reached with one pooled aiohttp session (kept-alive connections; its C parser and one
-write per small request cost a fraction of what httpx's layers do on every request)."""
+Requests reach the pods through ``upstream.UpstreamPool`` (kept-alive connections, httptools'
+parser, one write per request); the gateway's other calls to pods use the aiohttp session made
+here."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from corral_operator.gateway.protocol import (
 )
 from corral_operator.gateway.settings import GatewaySettings
 from corral_operator.gateway.topology import ServerKey
+from corral_operator.gateway.upstream import NotDeliveredError, UpstreamPool, UpstreamResponse
 
 _HOP_BY_HOP = frozenset(
     {
@@ -50,20 +52,13 @@ _HOP_BY_HOP = frozenset(
 )
 # Headers the session would add on its own: the pod sees the client's, or none.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-# Failures that mean the pod never took the request: safe to try another. A pooled connection
-# the pod closed meanwhile shows as a disconnect before any response.
-_NOT_DELIVERED = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ConnectionTimeoutError,
-    aiohttp.ServerDisconnectedError,
-)
 
-Attempt = tuple[Lease, aiohttp.ClientResponse]
+Attempt = tuple[Lease, UpstreamResponse]
 
 
 def upstream_session(settings: GatewaySettings) -> aiohttp.ClientSession:
-    """The session to the pods: unlimited pooled connections, no read timeout (a generation
-    takes as long as it takes), bodies passed through as they are (no decompression). Idle
+    """The session for the gateway's own calls to pods (probes, scrapes, ``/api/ps``):
+    unlimited pooled connections, no read timeout, bodies as they are (no decompression). Idle
     connections are dropped before the runtime's server drops them (uvicorn: after 5 s)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
@@ -71,15 +66,6 @@ def upstream_session(settings: GatewaySettings) -> aiohttp.ClientSession:
         auto_decompress=False,
         skip_auto_headers=_NO_AUTO_HEADERS,
     )
-
-
-def finish(response: aiohttp.ClientResponse) -> None:
-    """Done with a pod's answer: its connection goes back to the pool when the body was read to
-    the end, and is closed otherwise (so the pod sees a client that left and stops working)."""
-    if response.content.at_eof():
-        response.release()
-    else:
-        response.close()
 
 
 def forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -104,9 +90,9 @@ def upstream_error_message(body: bytes, status: int) -> str:
 
 
 class Proxy:
-    def __init__(self, dispatcher: Dispatcher, client: aiohttp.ClientSession) -> None:
+    def __init__(self, dispatcher: Dispatcher, pool: UpstreamPool) -> None:
         self.dispatcher = dispatcher
-        self.client = client
+        self.pool = pool
         self.settings = dispatcher.settings
 
     async def forward(
@@ -174,10 +160,8 @@ class Proxy:
                 hold.release()
             lease = self.dispatcher.lease(key, endpoint, prefix)
             try:
-                response = await self.client.request(
-                    "POST", f"http://{endpoint}{path}", headers=headers, data=body
-                )
-            except _NOT_DELIVERED:
+                response = await self.pool.post(endpoint, path, headers, body)
+            except NotDeliveredError:
                 lease.release()
                 tried.add(endpoint)
                 self.dispatcher.metrics.retries.inc()
@@ -186,7 +170,7 @@ class Proxy:
                 lease.release()
                 raise
             if response.status == 503 and self.dispatcher.try_pick(key, {*tried, endpoint}):
-                finish(response)
+                response.release()
                 lease.release()
                 tried.add(endpoint)
                 self.dispatcher.metrics.retries.inc()
@@ -219,24 +203,24 @@ class Proxy:
 
     async def _respond(self, got: Attempt, facts: RequestFacts) -> Response:
         lease, upstream = got
-        headers = dict(forward_headers(upstream.headers.items()))
+        headers = dict(forward_headers(upstream.headers))
         if not facts.stream:
             try:
                 content = await upstream.read()
             finally:
-                finish(upstream)
+                upstream.release()
                 lease.release()
             return Response(content, status_code=upstream.status, headers=headers)
         return StreamingResponse(
             self._relay(lease, upstream), status_code=upstream.status, headers=headers
         )
 
-    async def _relay(self, lease: Lease, upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _relay(self, lease: Lease, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 yield chunk
         finally:
-            finish(upstream)
+            upstream.release()
             lease.release()
 
     async def _held_stream(
@@ -276,10 +260,10 @@ class Proxy:
                     error = await upstream.read()
                     yield inband_error(route.api, upstream_error_message(error, upstream.status))
                     return
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream.iter_chunks():
                     yield chunk
             finally:
-                finish(upstream)
+                upstream.release()
                 lease.release()
         finally:
             hold.release()
