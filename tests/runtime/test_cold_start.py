@@ -5,6 +5,7 @@ the model and is answered."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,13 @@ import pytest
 
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TEST_MODEL_NAME
-from tests.support.serveproc import ServedProcess, serving_process
+from devstack.controlplane import free_port
+from tests.support.serveproc import (
+    ServedProcess,
+    running_process,
+    serve_command,
+    serving_process,
+)
 
 pytestmark = pytest.mark.runtime
 
@@ -173,3 +180,38 @@ def test_the_preload_loads_the_model_before_the_web_stack_is_imported(
         check=False,
     )
     assert result.stdout.splitlines() == ["", "loaded before the web stack"], result.stderr[-2000:]
+
+
+# ``corral serve`` whose loads take two minutes, as a large model's can (the decode thread
+# sleeps before it loads, without the GIL as llama.cpp's loader runs).
+SLOW_LOADS = """
+import sys, time
+from corral_runtime.cli import main
+from corral_runtime.engine.worker import ModelWorker
+
+load = ModelWorker._load
+
+
+def slow_load(self):
+    time.sleep(120)
+    load(self)
+
+
+ModelWorker._load = slow_load
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_a_preload_exits_without_waiting_for_the_load(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    # A pod deleted while it loads goes at once, not at the end of its grace (SIGKILL).
+    log, port = tmp_path / "serve.log", free_port()
+    serve = serve_command(port, model_store.root, "--preload", TEST_MODEL_NAME)
+    command = [sys.executable, "-c", SLOW_LOADS, *serve[serve.index("serve") :]]
+    with running_process("corral serve", command, port, log, {}, 60) as server:
+        server.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+        assert time.monotonic() - started < 5, server.log_tail()
+    assert "exiting without waiting for the load" in log.read_text()

@@ -144,8 +144,8 @@ class AuthorizeAndCount:
 
 
 def create_app(settings: RuntimeSettings, engine: Engine | None = None) -> FastAPI:
-    """The app over ``engine`` (started by ``corral serve`` before the web stack was imported,
-    see ``startup.py``); without one, the lifespan starts it, before the bind."""
+    """The app over ``engine``, started and closed by ``corral serve`` around the web stack
+    (``startup.py``); without one, the lifespan starts one before the bind and closes it."""
     metrics = engine.metrics if engine is not None else RuntimeMetrics()
 
     @asynccontextmanager
@@ -156,7 +156,8 @@ def create_app(settings: RuntimeSettings, engine: Engine | None = None) -> FastA
         try:
             yield
         finally:
-            await started.close()
+            if started is not engine:
+                await started.close()
 
     app = FastAPI(
         title="corral runtime",

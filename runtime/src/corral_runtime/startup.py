@@ -3,7 +3,9 @@
 ``corral serve`` starts the engine first, on the event loop that will serve, and imports
 FastAPI, uvicorn and the API modules only then, in a thread: a preloaded model's load runs in
 llama.cpp's C code without the GIL, so those imports (about a second on a cold container)
-overlap the load instead of coming before it. ``create_app`` starts the engine in its lifespan
+overlap the load instead of coming before it, and closes it once uvicorn has shut down; shut down
+while the preload is still loading, it exits without waiting for the load (see
+``commands.serve.exit_during_load``). ``create_app`` starts and closes the engine in its lifespan
 when it was given none (tests, and ``CORRAL_EARLY_ENGINE_IMPORT=false``).
 
 Nothing here imports the web stack, so that importing this module costs only the engine's own
@@ -55,6 +57,12 @@ class Engine:
     manager: ModelManager
     metrics: RuntimeMetrics
     preloading: asyncio.Task[None]
+    preload: tuple[str, ...]
+
+    @property
+    def loading(self) -> bool:
+        """Whether the preload is still under way."""
+        return not self.preloading.done()
 
     async def close(self) -> None:
         """Await the preload, never cancel it (a load runs in a thread a cancel would orphan),
@@ -79,4 +87,4 @@ def start_engine(settings: RuntimeSettings, metrics: RuntimeMetrics) -> Engine:
         on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),
     )
     preloading = asyncio.create_task(manager.preload(settings.preload))
-    return Engine(store, manager, metrics, preloading)
+    return Engine(store, manager, metrics, preloading, tuple(settings.preload))

@@ -10,8 +10,9 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import sys
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 from pydantic import ValidationError
 
@@ -246,19 +247,40 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
     preload) before the web stack is imported, and import it in a thread while the loop drives
     the preload, so that a preloaded model's load (llama.cpp's C code, without the GIL)
     overlaps the imports of uvicorn, FastAPI and the API modules rather than following them."""
-    engine = None
-    if engine_first:
-        from corral_runtime.metrics import RuntimeMetrics
-        from corral_runtime.startup import start_engine
+    if not engine_first:
+        server = await asyncio.to_thread(web_server, settings, log_level, None)
+        await server.serve()
+        return
 
-        engine = start_engine(settings, RuntimeMetrics())
+    from corral_runtime.metrics import RuntimeMetrics
+    from corral_runtime.startup import start_engine
+
+    engine = start_engine(settings, RuntimeMetrics())
     try:
         server = await asyncio.to_thread(web_server, settings, log_level, engine)
+        await server.serve()
     except BaseException:
-        if engine is not None:
-            await engine.close()
+        await engine.close()
         raise
-    await server.serve()
+    if engine.loading:
+        exit_during_load(engine)
+    await engine.close()
+
+
+def exit_during_load(engine: Engine) -> NoReturn:
+    """End the process at once, the server being shut down while a preload is still in
+    llama.cpp: a load cannot be interrupted, and waiting for it (minutes for a large model)
+    would keep a deleted pod until the kubelet kills it at the end of its grace. ``os._exit``
+    skips the interpreter's finalization, which would otherwise run (llama.cpp's static
+    destructors among it) under the thread still loading; the system frees what it holds."""
+    logging.getLogger(__name__).info(
+        "shut down while preloading %s: exiting without waiting for the load",
+        ", ".join(engine.preload) or "models",
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def web_server(settings: RuntimeSettings, log_level: str, engine: Engine | None) -> Server:
