@@ -10,11 +10,14 @@ imports, the bind, readiness, the request's own prefill and the first token. The
 once before timing (a new blob's one-time probe is not part of a cold start of a pod whose pull
 Job probed it).
 
-Rounds alternate between three start-ups, all measured on the same machine in one run:
-``preload`` (``--preload`` of the model, as a ModelServer's pods start: the load overlaps the
-imports and the bind), ``on first request`` (the default of a local ``corral serve``: the model
-loads when the request asks) and ``import on first use`` (``CORRAL_EARLY_ENGINE_IMPORT=false``,
-llama.cpp's bindings and numpy imported on first use rather than in the background). The load
+Rounds alternate between four start-ups, all measured on the same machine in one run:
+``preload`` (``--preload`` of the model, as a ModelServer's pods start: the engine starts
+first and the load overlaps the web stack's imports and the bind), ``preload, web first``
+(``CORRAL_EARLY_ENGINE_IMPORT=false`` with ``--preload``: the web stack is imported first and
+the app's start-up starts the engine and the load, as before the engine came first), ``on first
+request`` (the default of a local ``corral serve``: the model loads when the request asks) and
+``import on first use`` (``CORRAL_EARLY_ENGINE_IMPORT=false`` without a preload: llama.cpp's
+bindings and numpy imported in the app's start-up). The load
 time is the server's own ``corral_model_load_seconds`` (a preloaded model's request reports no
 load of its own). Prints each round, the medians of each, and last ``runtime_start_to_ready_ms=<x>``
 and ``first_token_after_start_minus_load_ms=<x>`` of the preload start-up, which is a pod's
@@ -49,6 +52,7 @@ START_TIMEOUT_SECONDS = 120.0
 # Each start-up: CORRAL_EARLY_ENGINE_IMPORT and whether the model is preloaded.
 MODES = {
     "preload": ("true", True),
+    "preload, web first": ("false", True),
     "on first request": ("true", False),
     "import on first use": ("false", False),
 }
