@@ -88,6 +88,19 @@ async def stream(
                 events.append(f"{name} done")
 
 
+async def two_batch_hogs(client: httpx.AsyncClient, events: list[str]) -> list[asyncio.Task[None]]:
+    """Two endless batch streams (``hog0``, ``hog1``), once both hold a slot and stream, so
+    nothing sent after them can overtake them."""
+    streaming = [asyncio.Event(), asyncio.Event()]
+    hogs = [
+        asyncio.create_task(stream(client, ENDLESS, events, f"hog{i}", "batch", streaming[i]))
+        for i in range(2)
+    ]
+    await wait_for(client, "corral_busy_slots", 2, model=MODEL)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 60)
+    return hogs
+
+
 def test_an_interactive_request_takes_the_next_slot_ahead_of_queued_batch_ones(
     two_slot_server: RunningServer,
 ) -> None:
@@ -96,16 +109,7 @@ def test_an_interactive_request_takes_the_next_slot_ahead_of_queued_batch_ones(
 
     async def scenario() -> str:
         async with httpx.AsyncClient(base_url=two_slot_server.base_url, timeout=120) as client:
-            streaming = [asyncio.Event(), asyncio.Event()]
-            hogs = [
-                asyncio.create_task(
-                    stream(client, ENDLESS, events, f"hog{i}", "batch", streaming[i])
-                )
-                for i in range(2)
-            ]
-            await wait_for(client, "corral_busy_slots", 2, **labels)
-            # Both stream before anything else is sent.
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 60)
+            hogs = await two_batch_hogs(client, events)
             queued = []
             for i in range(3):
                 queued.append(
@@ -170,15 +174,7 @@ def test_a_reserved_slot_comes_on_top_of_the_shared_ones_and_batch_still_ages_pa
 
     async def scenario(base_url: str) -> None:
         async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
-            streaming = [asyncio.Event(), asyncio.Event()]
-            hogs = [
-                asyncio.create_task(
-                    stream(client, ENDLESS, events, f"hog{i}", "batch", streaming[i])
-                )
-                for i in range(2)
-            ]
-            await wait_for(client, "corral_busy_slots", 2, **labels)
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 60)
+            hogs = await two_batch_hogs(client, events)
             queued_at = time.monotonic()
             queued = asyncio.create_task(stream(client, SHORT, events, "batch", "batch"))
             page = await wait_for(
