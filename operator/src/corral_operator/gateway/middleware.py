@@ -67,3 +67,19 @@ class AuthorizeAndCount:
             await send(message)
 
         await self.app(scope, receive, send_and_count)
+
+
+class RoutedDirect:
+    """Sends each routed request (``protocol.is_routed``) straight to ``routed``, every other
+    request on to ``app`` (FastAPI's router): the innermost middleware, so that the perimeter,
+    the drain, the key check and the count still come first."""
+
+    def __init__(self, app: ASGIApp, *, routed: ASGIApp) -> None:
+        self.app = app
+        self.routed = routed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_routed(scope["method"], scope["path"]):
+            await self.routed(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -1,6 +1,6 @@
 """The gateway's front door (corral_operator.gateway.middleware and auth.needs_key): which
-requests need an API key, the 401 in each API's shape, and each routed request counted once
-with the model its route named."""
+requests need an API key, the 401 in each API's shape, each routed request counted once
+with the model its route named, and routed requests handed to their route past the router."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral_operator.gateway.app import create_gateway_app
 from corral_operator.gateway.auth import needs_key
+from corral_operator.gateway.middleware import RoutedDirect
 from corral_operator.gateway.settings import GatewaySettings
 
 pytestmark = pytest.mark.unit
@@ -106,3 +108,33 @@ async def test_each_routed_request_is_counted_once_with_its_model(
         'corral_gateway_requests_total{model="",path="/api/generate",status="404"} 1.0',
         'corral_gateway_requests_total{model="gemma3:270m",path="/api/generate",status="503"} 1.0',
     ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "direct"),
+    [
+        ("POST", "/api/generate", True),
+        ("POST", "/v1/chat/completions", True),
+        ("GET", "/api/generate", False),  # the router answers 405
+        ("POST", "/api/pull", False),  # the router answers 404
+        ("GET", "/api/tags", False),
+    ],
+)
+async def test_routed_requests_skip_the_router(method: str, path: str, direct: bool) -> None:
+    called: list[str] = []
+
+    def recording(name: str) -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            called.append(name)
+
+        return app
+
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def ignore(message: Message) -> None:
+        pass
+
+    middleware = RoutedDirect(recording("router"), routed=recording("routed"))
+    await middleware({"type": "http", "method": method, "path": path}, nothing, ignore)
+    assert called == ["routed" if direct else "router"]
