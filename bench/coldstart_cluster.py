@@ -9,7 +9,8 @@ round waits until no runtime pod is left (none terminating either), then sends o
 greedy ``/api/generate`` through the gateway's NodePort and notes its first token. Meanwhile a
 thread polls the pod (every 50 ms) for when it exists, when its container runs and when it is
 Ready. The load is what the runtime logged (``loaded … in X s``: the weights read and the
-context made), which its pods start at once (``CORRAL_PRELOAD``).
+context made), which its pods start at once (``CORRAL_PRELOAD``). The runtime's log, as the node
+stamped it, adds its first line, its bind (``Uvicorn running on``) and the end of its load.
 
 Each round then times the pod's teardown, once the keep-alive scales the server back to zero:
 from its deletion (first seen with a deletionTimestamp) to the runtime's SIGTERM and its exit
@@ -54,6 +55,7 @@ POLL_SECONDS = 0.05
 LOADED = re.compile(r"loaded \S+ \(.*\) in ([0-9.]+)s")
 # The runtime's log lines that mark its SIGTERM and its exit (shutdown.py, uvicorn).
 SIGTERM_LINE, EXIT_LINE = "SIGTERM: draining", "Finished server process"
+BOUND_LINE, LOADED_LINE = "Uvicorn running on", "corral_runtime.engine.manager: loaded "
 # As the e2e tier's session: activity written every second, idle servers checked every 2 s.
 VALUES = {
     "gateway": {
@@ -74,6 +76,10 @@ class Round:
     pod_ms: float | None  # request sent to the pod object existing
     running_ms: float | None  # … to its container running
     ready_ms: float | None  # … to the pod Ready
+    # From the runtime's log, as the node stamped it: its first line, the bind, the load's end.
+    first_line_ms: float | None = None
+    bound_ms: float | None = None
+    loaded_ms: float | None = None
 
     @property
     def beyond_load_ms(self) -> float:
@@ -115,14 +121,15 @@ class Teardown:
     exit_logged_ms: float | None  # … its process finished
     exited_ms: float | None  # the API shows the container terminated
     gone_ms: float  # the pod object is gone
+    log: str  # the runtime's whole log, with the node's timestamps
 
 
-def logged_at(log: str, marker: str) -> float | None:
+def logged_at(log: str, marker: str | None) -> float | None:
     """The wall-clock time (``time.time()``) of the first line of a log fetched with timestamps
-    that holds ``marker``."""
+    that holds ``marker`` (None: the first line)."""
     for line in log.splitlines():
         stamp, _, text = line.partition(" ")
-        if marker in text:
+        if marker is None or marker in text:
             # RFC 3339 with nanoseconds: microseconds are all fromisoformat reads.
             head, _, rest = stamp.rstrip("Z").partition(".")
             moment = datetime.datetime.fromisoformat(f"{head}.{rest[:6] or '0'}+00:00")
@@ -188,6 +195,7 @@ def teardown(core: client.CoreV1Api, pod: str, timeout: float = 300) -> Teardown
         exit_logged_ms=since(logged_at(follower.text, EXIT_LINE), deleted_wall),
         exited_ms=since(exited, deleted),
         gone_ms=(gone - deleted) * 1000,
+        log=follower.text,
     )
 
 
@@ -206,7 +214,7 @@ def load_ms(core: client.CoreV1Api, pod: str) -> float:
 def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> tuple[Round, Teardown]:
     wait_for("the server at zero pods", lambda: no_pods(core, selector), timeout=300)
     time.sleep(1)  # the node settles after the last pod's teardown
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     watch = PodWatch(core, selector, started)
     watch.start()
     try:
@@ -216,14 +224,24 @@ def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> tuple[Roun
         watch.join()
     if watch.name is None:
         raise RuntimeError("no runtime pod was seen")
+    loaded = load_ms(core, watch.name)
+    removal = teardown(core, watch.name)
+
+    def logged(marker: str | None) -> float | None:
+        at = logged_at(removal.log, marker)
+        return None if at is None else (at - started_wall) * 1000
+
     started_round = Round(
         first_token_ms=first,
-        load_ms=load_ms(core, watch.name),
+        load_ms=loaded,
         pod_ms=watch.seen.get("pod"),
         running_ms=watch.seen.get("running"),
         ready_ms=watch.seen.get("ready"),
+        first_line_ms=logged(None),
+        bound_ms=logged(BOUND_LINE),
+        loaded_ms=logged(LOADED_LINE),
     )
-    return started_round, teardown(core, watch.name)
+    return started_round, removal
 
 
 def prepared(stack: Stack) -> None:
@@ -260,7 +278,9 @@ def main() -> int:
             teardowns.append(removal)
             print(
                 f"round {index + 1}: pod {fmt(result.pod_ms)} ms, running "
-                f"{fmt(result.running_ms)} ms, ready {fmt(result.ready_ms)} ms, first token "
+                f"{fmt(result.running_ms)} ms, logged first {fmt(result.first_line_ms)} ms, bound "
+                f"{fmt(result.bound_ms)} ms, loaded {fmt(result.loaded_ms)} ms, ready "
+                f"{fmt(result.ready_ms)} ms, first token "
                 f"{result.first_token_ms:.0f} ms, load {result.load_ms:.0f} ms, beyond load "
                 f"{result.beyond_load_ms:.0f} ms; teardown from deletion: SIGTERM "
                 f"{fmt(removal.sigterm_ms)} ms, exit logged {fmt(removal.exit_logged_ms)} ms, "
@@ -274,7 +294,10 @@ def main() -> int:
 
     print(
         f"median: pod {median([r.pod_ms for r in rounds])} ms, running "
-        f"{median([r.running_ms for r in rounds])} ms, ready "
+        f"{median([r.running_ms for r in rounds])} ms, logged first "
+        f"{median([r.first_line_ms for r in rounds])} ms, bound "
+        f"{median([r.bound_ms for r in rounds])} ms, loaded "
+        f"{median([r.loaded_ms for r in rounds])} ms, ready "
         f"{median([r.ready_ms for r in rounds])} ms, first token "
         f"{median([r.first_token_ms for r in rounds])} ms, load "
         f"{median([r.load_ms for r in rounds])} ms"
