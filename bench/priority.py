@@ -1,17 +1,19 @@
 """Request priorities against one runtime: what a saturating batch load does to an interactive
 user's time to first token, first-come-first-served and with priority classes, in one run.
 
-One ``corral serve`` (the bundled test model unless --model is given) with --parallel slots is
-measured in --rounds rounds of four short phases each, an idle one before each loaded one:
+Two ``corral serve`` (the bundled test model unless --model is given), each with --parallel
+slots, are measured in --rounds rounds of four short phases each, an idle one before each
+loaded one (on the server the loaded one uses):
 
 - idle: interactive requests one at a time, nothing else running (the reference TTFT of the
   loaded phase that follows);
 - fifo: for --window seconds, --batch-clients clients each stream generations of
   --batch-tokens tokens back to back, more than the slots hold, while one interactive user
   sends a request, reads the answer, and pauses --interactive-every seconds before the next; no
-  request names a class, so all share one queue in arrival order (the server as it was before
-  priorities);
-- priorities: the same load, the batch clients sending ``X-Corral-Priority: batch``.
+  request names a class, so all share one queue in arrival order, on a server with no reserved
+  slots (the server as it was before priorities);
+- priorities: the same load, the batch clients sending ``X-Corral-Priority: batch``, on a
+  server with --reserved slots on top of its --parallel ones.
 
 On a shared machine the CPU a run gets moves by several times within minutes, so one long phase
 of each compared phases that ran on different machines, in effect. Here every ratio is taken
@@ -21,9 +23,11 @@ phase lasts a fixed time however fast the machine is, and what is printed is the
 the rounds.
 
 The interactive requests send no header (interactive is the default class). Every prompt differs
-from its first words on, so no slot's cached prefix helps anyone. --reserved sets the server's
-CORRAL_PRIORITY_RESERVED_SLOTS (slots only interactive requests may take; default 1), and
---batch-share its CORRAL_PRIORITY_SHARES for batch (unset by default).
+from its first words on, so no slot's cached prefix helps anyone. --reserved sets the priorities
+server's CORRAL_PRIORITY_RESERVED_SLOTS (slots beyond --parallel that only interactive requests
+take: on the FIFO server, where every request is interactive, they would be batch's too and
+give FIFO more slots than the server before priorities had; default 1), and --batch-share its
+CORRAL_PRIORITY_SHARES for batch (unset by default).
 
 Printed last: ``interactive_ttft_p50_loaded_vs_idle_ratio=<x>`` with priorities (goal <= 1.5),
 ``interactive_ttft_p50_loaded_vs_idle_ratio_fifo=<x>``, and ``batch_throughput_kept=<x>``
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -230,38 +235,35 @@ def main() -> int:
     env = {"CORRAL_PRIORITY_RESERVED_SLOTS": str(args.reserved)}
     if args.batch_share is not None:
         env["CORRAL_PRIORITY_SHARES"] = json.dumps({"batch": args.batch_share})
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         ModelStore(Path(tmp)).create_model(MODEL, args.model or test_model_path(), params={})
-        with serving_process(
-            Path(tmp),
-            "--parallel",
-            str(args.parallel),
-            "--context-length",
-            str(args.ctx),
-            "--threads",
-            str(args.threads),
-            log=Path(tmp) / "serve.log",
-            env=env,
-        ) as server:
-            base = server.base_url
+        flags = ["--parallel", str(args.parallel), "--context-length", str(args.ctx)]
+        flags += ["--threads", str(args.threads)]
+        bases = {
+            name: servers.enter_context(
+                serving_process(Path(tmp), *flags, log=Path(tmp) / f"{name}.log", env=server_env)
+            ).base_url
+            for name, server_env in (("fifo", {}), ("priorities", env))
+        }
+        for base in bases.values():  # each loads its model
             asyncio.run(idle(base, argparse.Namespace(**{**vars(args), "idle_requests": 2})))
-            rounds = []
-            for number in range(args.rounds):
-                phases, references = {}, []
-                for name in loaded_order(number):
-                    references.append(asyncio.run(idle(base, args)))  # just before each
-                    report(references[-1])
-                    batch_class = "batch" if name == "priorities" else None
-                    phases[name] = asyncio.run(loaded(base, args, name, batch_class))
-                    report(phases[name])
-                rounds.append(round_ratios(references, phases))
-                ratios = rounds[-1]
-                print(
-                    f"round {number + 1}: ttft ratio fifo {ratios.fifo_ratio:.2f}, "
-                    f"priorities {ratios.priorities_ratio:.2f}; "
-                    f"batch kept {ratios.batch_kept:.2f}",
-                    flush=True,
-                )
+        rounds = []
+        for number in range(args.rounds):
+            phases, references = {}, []
+            for name in loaded_order(number):
+                references.append(asyncio.run(idle(bases[name], args)))  # just before each
+                report(references[-1])
+                batch_class = "batch" if name == "priorities" else None
+                phases[name] = asyncio.run(loaded(bases[name], args, name, batch_class))
+                report(phases[name])
+            rounds.append(round_ratios(references, phases))
+            ratios = rounds[-1]
+            print(
+                f"round {number + 1}: ttft ratio fifo {ratios.fifo_ratio:.2f}, "
+                f"priorities {ratios.priorities_ratio:.2f}; "
+                f"batch kept {ratios.batch_kept:.2f}",
+                flush=True,
+            )
     fifo_ratio = statistics.median(r.fifo_ratio for r in rounds)
     print(f"interactive_ttft_p50_loaded_vs_idle_ratio_fifo={fifo_ratio:.2f}")
     ratio = statistics.median(r.priorities_ratio for r in rounds)
