@@ -445,7 +445,8 @@ def server_stack() -> str:
 
     from corral_operator.gateway.__main__ import http_protocol
 
-    return f"asyncio+{http_protocol(importlib.util.find_spec('httptools') is not None)}"
+    protocol = http_protocol(importlib.util.find_spec("httptools") is not None)
+    return f"asyncio+{protocol if isinstance(protocol, str) else protocol.__name__}"
 
 
 def main() -> None:

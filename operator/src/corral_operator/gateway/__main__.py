@@ -2,13 +2,15 @@
 
 The server stack is chosen here, not left to uvicorn's "auto": httptools parses HTTP where it is
 installed (a proxied request costs about a sixth less than with h11, and its slowest ones too:
-bench/gateway.py), on asyncio's own event loop (uvloop saved little more). Only the gateway's
+bench/gateway.py), with a response's head and body sent in one write (``coalesce``), on
+asyncio's own event loop (uvloop saved little more). Only the gateway's
 server is configured so; the runtime's ``corral serve`` picks its own. (Freezing start-up's
 objects out of the collector, ``gc.freeze()``, showed no gain there.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 
@@ -19,10 +21,15 @@ from corral_operator.gateway.settings import GatewaySettings
 from corral_operator.gateway.shutdown import DrainingServer
 
 
-def http_protocol(installed: bool) -> str:
+def http_protocol(installed: bool) -> type[asyncio.Protocol] | str:
     """uvicorn's HTTP implementation for the gateway: httptools where ``installed`` (it is a
-    dependency of the operator's package), else the pure-Python h11 that uvicorn always has."""
-    return "httptools" if installed else "h11"
+    dependency of the operator's package), writing each loop step's output in one send
+    (``coalesce``), else the pure-Python h11 that uvicorn always has."""
+    if not installed:
+        return "h11"
+    from corral_operator.gateway.coalesce import CoalescingHttpToolsProtocol
+
+    return CoalescingHttpToolsProtocol
 
 
 def main() -> None:
