@@ -35,6 +35,13 @@ def rfc3339(timestamp: float) -> str:
 
 
 def ps_entry(model: LoadedModel) -> dict[str, Any]:
+    """One loaded name as ``/api/ps`` lists it. Names sharing one load (aliases of the same
+    weights, ``engine.manager.SharedLoad``) are each listed, as Ollama lists its models, and
+    each states the whole shared size (and VRAM and context): that is what the name occupies
+    and what serving it needs, the same number whichever alias a client asks about; splitting
+    it between the names would change every entry's size when an alias comes or goes. So a
+    client adding the sizes up counts a shared load once per name; the server's own memory
+    planning counts it once."""
     return {
         "name": model.name,
         "model": model.name,

@@ -9,9 +9,20 @@ alone exceeds the budget is refused at once (``ModelTooLargeError``). The budget
 configured one, else what the container or machine really has (``gpu.probe_memory_budget``);
 free VRAM is read again at each load, so a second model plans against what the first left.
 
+Names share a load as Ollama's runners do: names whose weights (and projector and adapters)
+and load options are equal (``load_key``), such as an ``/api/copy`` alias or two Modelfiles FROM
+the same weights, are served by one worker, one llama.cpp context (``serving_load`` decides).
+Each name keeps its own manifest, template, system prompt and parameters, and its own
+keep_alive: a name unloads alone when its keep_alive lapses (or ``unload``), and the worker
+closes when its last name goes. So keep_alive 0 through one alias drops that name and leaves the
+others serving; the worker stays as long as the longest keep_alive of its names (Ollama's runner
+takes the last request's keep_alive instead: through a shared runner one alias's keep_alive 0
+would unload every name). Memory planning and eviction count a worker once and evict it whole
+(evicting one name of it would free nothing).
+
 A model whose decode thread dies (``ModelWorker.failure``) is unloaded and loaded again with
-the same settings; until that is done ``unavailable()`` names it (``/readyz`` answers 503), and
-a request for it waits for the reload.
+the same settings, with every name it served; until that is done ``unavailable()`` names them
+(``/readyz`` answers 503), and a request for one of them waits for the reload.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,24 +61,88 @@ from corral_runtime.gpu import (
 )
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.gguf import GGUFDetails
-from corral_runtime.store.layout import ModelStore, StoredModel
+from corral_runtime.store.layout import ADAPTER_LAYER, PROJECTOR_LAYER, ModelStore, StoredModel
 from corral_runtime.templates.chat import ChatTemplate, select_template
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class LoadKey:
+    """What makes a load: two names with equal keys are served by one worker (Ollama keys its
+    runners by the model file and reloads one whose options differ). The load options are as
+    resolved against the server's settings, so leaving one out equals asking for its default."""
+
+    weights: str  # the model blob's digest
+    extras: tuple[str, ...]  # projector and adapter blob digests, in manifest order
+    num_ctx: int  # as requested (the context may be smaller: the model's trained length)
+    num_gpu: int | None  # None: the server's gpu_layers "auto"
+    num_thread: int
+    num_batch: int
+
+
+def load_key(stored: StoredModel, resolved: LoadOptions) -> LoadKey:
+    """The key of the load serving ``stored`` with ``resolved`` options (each one set)."""
+    assert resolved.num_ctx and resolved.num_thread and resolved.num_batch
+    extras = tuple(
+        layer.digest
+        for layer in stored.manifest.layers
+        if layer.media_type in (PROJECTOR_LAYER, ADAPTER_LAYER)
+    )
+    return LoadKey(
+        weights=stored.model_digest,
+        extras=extras,
+        num_ctx=resolved.num_ctx,
+        num_gpu=resolved.num_gpu,
+        num_thread=resolved.num_thread,
+        num_batch=resolved.num_batch,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChoice:
+    """How a name is served: ``drop_current`` first (the name leaves the load it is on), then by
+    the load keyed ``serve`` (loaded already), or by a new load if ``serve`` is None."""
+
+    serve: LoadKey | None
+    drop_current: bool = False
+
+
+def serving_load(
+    wanted: LoadKey, current: LoadKey | None, current_busy: bool, loads: Collection[LoadKey]
+) -> LoadChoice:
+    """Which load serves a name asking for ``wanted``, where the name is on the load keyed
+    ``current`` (None: not loaded; ``current_busy``: it has requests in flight) and ``loads`` are
+    every working load. A name stays on its load while it matches or while the name is busy (its
+    requests keep their context; the next idle request moves it); otherwise it shares a load
+    with equal key, else a new one is made."""
+    if current is not None and (current == wanted or current_busy):
+        return LoadChoice(serve=current)
+    return LoadChoice(serve=wanted if wanted in loads else None, drop_current=current is not None)
+
+
+@dataclass(slots=True, eq=False)
+class SharedLoad:
+    """One worker (one llama.cpp context, its memory) and the names it serves."""
+
+    key: LoadKey
+    worker: ModelWorker
+    plan: GpuPlan
+    names: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
 class LoadedModel:
-    """A model with a running worker, and the bookkeeping that decides when it goes."""
+    """A name on a running worker (shared with its aliases, see ``SharedLoad``), and the
+    bookkeeping that decides when the name goes."""
 
     stored: StoredModel
     details: GGUFDetails
     template: ChatTemplate
-    worker: ModelWorker
-    plan: GpuPlan
+    shared: SharedLoad
     keep_alive: float
     num_ctx: int  # as requested (the context may be smaller: the model's trained length)
-    load: LoadOptions
+    load: LoadOptions  # as the request asked (None: the server's setting), for a reload
     last_used: float = field(default_factory=time.monotonic)
     expires_at: float = math.inf  # wall-clock seconds; inf: never
     in_flight: int = 0
@@ -76,6 +151,14 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.stored.name.display
+
+    @property
+    def worker(self) -> ModelWorker:
+        return self.shared.worker
+
+    @property
+    def plan(self) -> GpuPlan:
+        return self.shared.plan
 
     @property
     def n_ctx(self) -> int:
@@ -206,7 +289,8 @@ class ModelManager:
             "memory budget for models: %s",
             "none" if self.memory_budget is None else format_bytes(self.memory_budget),
         )
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[str, LoadedModel] = {}  # by name
+        self._loads: dict[LoadKey, SharedLoad] = {}  # the workers, each serving its names
         self._lock = asyncio.Lock()
         self._idle = asyncio.Event()  # set whenever a model's last request ends
         self._on_change = on_change
@@ -238,24 +322,36 @@ class ModelManager:
         keep_alive: float | None = None,
         load: LoadOptions | None = None,
     ) -> Lease:
-        """Take a lease on a model (by name, or already resolved), loading it if needed."""
+        """Take a lease on a model (by name, or already resolved), loading it if needed (or
+        sharing the load of another name with the same weights and load options)."""
         if isinstance(model_ref, StoredModel):
             stored = model_ref
         else:
             stored = await self.resolve_async(model_ref)
-        key = stored.name.display
-        n_ctx = (load.num_ctx if load and load.num_ctx else None) or self.settings.context_length
+        load = load or LoadOptions()
+        n_ctx = load.num_ctx or self.settings.context_length
+        wanted = load_key(stored, self._resolved(load, n_ctx))
         async with self._lock:
-            model = self._models.get(key)
-            if model is not None and model.worker.failed:
-                await self._unload(model)  # Its thread died; those holding it get its error.
-                model = None
-            if model is not None and model.num_ctx != n_ctx and model.in_flight == 0:
-                await self._unload(model)  # A different num_ctx means a new context, as Ollama.
+            for shared in list(self._loads.values()):
+                if shared.worker.failed and (
+                    shared.key == wanted or stored.name.display in shared.names
+                ):
+                    await self._unload_shared(shared)  # Those holding it get its error.
+            model = self._models.get(stored.name.display)
+            choice = serving_load(
+                wanted,
+                None if model is None else model.shared.key,
+                model is not None and model.in_flight > 0,
+                self._loads.keys(),
+            )
+            if model is not None and choice.drop_current:
+                await self._drop(model)  # Other options mean another context, as Ollama.
                 model = None
             load_seconds = 0.0
-            if model is None:
-                model = await self._load(stored, n_ctx, load or LoadOptions())
+            if model is None and choice.serve is not None:
+                model = await self._join(stored, self._loads[choice.serve], n_ctx, load)
+            elif model is None:
+                model = await self._load(stored, wanted, n_ctx, load)
                 load_seconds = model.worker.load_seconds
             model.in_flight += 1
             model.last_used = time.monotonic()
@@ -270,7 +366,7 @@ class ModelManager:
             model = self._models.get(stored.name.display)
             if model is None:
                 return False
-            await self._unload(model)
+            await self._drop(model)  # The worker stays while other names hold it.
             return True
 
     async def preload(self, names: Sequence[str]) -> None:
@@ -294,17 +390,61 @@ class ModelManager:
         for task in list(self._recoveries):
             task.cancel()
         async with self._lock:
-            for model in list(self._models.values()):
-                await self._unload(model)
+            for shared in list(self._loads.values()):
+                await self._unload_shared(shared)
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _load(self, stored: StoredModel, n_ctx: int, load: LoadOptions) -> LoadedModel:
+    def _resolved(self, load: LoadOptions, n_ctx: int) -> LoadOptions:
+        """``load`` with the server's settings where the request set none."""
+        gpu_layers = self.settings.gpu_layers
+        return LoadOptions(
+            num_ctx=n_ctx,
+            num_gpu=load.num_gpu if load.num_gpu is not None else _int_or_none(gpu_layers),
+            num_thread=load.num_thread or self.settings.threads or _default_threads(),
+            num_batch=load.num_batch or self.settings.batch_size,
+        )
+
+    async def _join(
+        self, stored: StoredModel, shared: SharedLoad, n_ctx: int, load: LoadOptions
+    ) -> LoadedModel:
+        """Serve ``stored`` by a worker already loaded for another name: no load, no memory."""
+        details = await asyncio.to_thread(self.store.check_model, stored)
+        model = self._attach(stored, details, shared, n_ctx, load)
+        log.info(
+            "%s shares the load of %s", model.name, ", ".join(sorted(shared.names - {model.name}))
+        )
+        self._changed()
+        return model
+
+    def _attach(
+        self,
+        stored: StoredModel,
+        details: GGUFDetails,
+        shared: SharedLoad,
+        n_ctx: int,
+        load: LoadOptions,
+    ) -> LoadedModel:
+        model = LoadedModel(
+            stored=stored,
+            details=details,
+            template=model_template(stored, details),
+            shared=shared,
+            keep_alive=self.settings.keep_alive_seconds,
+            num_ctx=n_ctx,
+            load=load,
+        )
+        shared.names.add(model.name)
+        self._models[model.name] = model
+        return model
+
+    async def _load(
+        self, stored: StoredModel, key: LoadKey, n_ctx: int, load: LoadOptions
+    ) -> LoadedModel:
         # Verified against its digest (once per blob) and a valid GGUF, before llama.cpp sees it.
         details = await asyncio.to_thread(self.store.check_model, stored)
         # Loaded once in a child process first: a file llama.cpp dies on is refused, not fatal.
         await asyncio.to_thread(probe_model, self.store, stored)
-        template = model_template(stored, details)
         context = trained_context(n_ctx, details.context_length)
         weights = stored.model_path.stat().st_size
         shape = shape_of(details)
@@ -367,17 +507,9 @@ class ModelManager:
         except BaseException:
             await worker.close()
             raise
-        model = LoadedModel(
-            stored=stored,
-            details=details,
-            template=template,
-            worker=worker,
-            plan=plan,
-            keep_alive=self.settings.keep_alive_seconds,
-            num_ctx=n_ctx,
-            load=load,
-        )
-        self._models[model.name] = model
+        shared = SharedLoad(key, worker, plan)
+        self._loads[key] = shared
+        model = self._attach(stored, details, shared, n_ctx, load)
         log.info(
             "loaded %s (n_ctx=%d, parallel=%d%s, gpu_layers=%d, kv_cache_type=%s, "
             "flash_attention=%s) in %.2fs",
@@ -397,13 +529,21 @@ class ModelManager:
 
     async def _make_room(self, name: str, need: int) -> None:
         """Evict, wait or refuse as ``plan_room`` says (called holding the lock: the wait keeps
-        it, so no other load slips in between a model going idle and its eviction)."""
+        it, so no other load slips in between a model going idle and its eviction). A worker
+        counts once however many names it serves, busy while any of them is, used when the
+        latest of them was; evicting it unloads all its names."""
         timeout = self.settings.queue_timeout_seconds
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            by_label = {", ".join(sorted(s.names)): s for s in self._loads.values()}
             resident = [
-                Resident(m.name, m.plan.host_bytes, m.in_flight > 0, m.last_used)
-                for m in self._models.values()
+                Resident(
+                    label,
+                    shared.plan.host_bytes,
+                    any(self._models[n].in_flight > 0 for n in shared.names),
+                    max(self._models[n].last_used for n in shared.names),
+                )
+                for label, shared in by_label.items()
             ]
             room = plan_room(resident, need, self.memory_budget, self.settings.max_loaded_models)
             if room.never_fits:
@@ -411,7 +551,7 @@ class ModelManager:
                 raise ModelTooLargeError(name, need, self.memory_budget)
             for victim in room.evict:
                 log.info("evicting %s (least recently used) to load %s", victim, name)
-                await self._unload(self._models[victim])
+                await self._unload_shared(by_label[victim])
             if not room.wait:
                 return
             log.info("waiting for a busy model to go idle to make room for %s", name)
@@ -453,49 +593,84 @@ class ModelManager:
         async with self._lock:
             if model.in_flight == 0 and self._models.get(model.name) is model:
                 log.info("unloading %s (keep_alive %.0fs)", model.name, model.keep_alive)
-                await self._unload(model)
+                await self._drop(model)
 
     def _cancel_timer(self, model: LoadedModel) -> None:
         if model._timer is not None:
             model._timer.cancel()
             model._timer = None
 
-    async def _unload(self, model: LoadedModel) -> None:
+    def _detach(self, model: LoadedModel) -> bool:
+        """Take the name off its worker; True when that was the worker's last name."""
         self._cancel_timer(model)
         self._models.pop(model.name, None)
-        await model.worker.close()
+        model.shared.names.discard(model.name)
+        if model.shared.names:
+            return False
+        if self._loads.get(model.shared.key) is model.shared:
+            del self._loads[model.shared.key]
+        return True
+
+    async def _drop(self, model: LoadedModel) -> None:
+        """Unload one name; its worker closes only if no other name holds it."""
+        if self._detach(model):
+            await model.worker.close()
+        self._changed()
+
+    async def _unload_shared(self, shared: SharedLoad) -> None:
+        """Close a worker, unloading every name it serves."""
+        for name in list(shared.names):
+            self._detach(self._models[name])
+        self._loads.pop(shared.key, None)
+        await shared.worker.close()
         self._changed()
 
     def _worker_failed(self, worker: ModelWorker) -> None:
-        """A decode thread died (called on the event loop): count it, and reload the model."""
-        model = next((m for m in self._models.values() if m.worker is worker), None)
-        if model is None:
+        """A decode thread died (called on the event loop): count it against each name it
+        served, and reload it."""
+        shared = next((s for s in self._loads.values() if s.worker is worker), None)
+        if shared is None:
             return
-        if self._on_failure is not None:
-            self._on_failure(model.name)
-        self._recovering.add(model.name)
-        task = asyncio.get_running_loop().create_task(self._recover(model))
+        for name in sorted(shared.names):
+            if self._on_failure is not None:
+                self._on_failure(name)
+            self._recovering.add(name)
+        task = asyncio.get_running_loop().create_task(self._recover(shared))
         self._recoveries.add(task)
         task.add_done_callback(self._recoveries.discard)
 
-    async def _recover(self, model: LoadedModel) -> None:
+    async def _recover(self, shared: SharedLoad) -> None:
+        names = sorted(shared.names)
         try:
             async with self._lock:
-                if self._models.get(model.name) is not model:
+                if self._loads.get(shared.key) is not shared:
                     return  # A request has already replaced it.
-                await self._unload(model)
-                if model.keep_alive == 0:
-                    return  # It would be unloaded once idle anyway.
-                log.warning("reloading %s after its decode thread died", model.name)
-                try:
-                    fresh = await self._load(model.stored, model.num_ctx, model.load)
-                except Exception:
-                    log.exception("reloading %s failed; the next request loads it", model.name)
+                # Its names now: one may have expired since it failed.
+                members = [self._models[name] for name in sorted(shared.names)]
+                await self._unload_shared(shared)
+                # A name with keep_alive 0 would be unloaded once idle anyway.
+                keep = [m for m in members if m.keep_alive != 0]
+                if not keep:
                     return
-                fresh.keep_alive = model.keep_alive
-                self._schedule_expiry(fresh)
+                log.warning(
+                    "reloading %s after its decode thread died", ", ".join(m.name for m in keep)
+                )
+                first = keep[0]
+                try:
+                    fresh = await self._load(first.stored, shared.key, first.num_ctx, first.load)
+                except Exception:
+                    log.exception("reloading %s failed; the next request loads it", first.name)
+                    return
+                again = [fresh] + [
+                    self._attach(m.stored, m.details, fresh.shared, m.num_ctx, m.load)
+                    for m in keep[1:]
+                ]
+                for old, new in zip(keep, again, strict=True):
+                    new.keep_alive = old.keep_alive
+                    self._schedule_expiry(new)
+                self._changed()
         finally:
-            self._recovering.discard(model.name)
+            self._recovering.difference_update(names)
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -558,6 +733,10 @@ def never_expires(keep_alive: float) -> bool:
     """Whether a keep_alive keeps its model loaded forever: negative, not finite, or longer
     than a timestamp should be asked to hold."""
     return keep_alive < 0 or not math.isfinite(keep_alive) or keep_alive > MAX_KEEP_ALIVE_SECONDS
+
+
+def _int_or_none(gpu_layers: Literal["auto"] | int) -> int | None:
+    return None if gpu_layers == "auto" else gpu_layers
 
 
 def _default_threads() -> int:
