@@ -212,6 +212,21 @@ def report(phase: Phase) -> None:
     )
 
 
+def mean_queue_wait(page: str, priority: str) -> float | None:
+    """The mean of ``corral_queue_wait_seconds`` (accepted to holding a slot) for ``priority``
+    in a ``/metrics`` page: how much of a TTFT was the wait for a slot, not the prompt's
+    evaluation or a busy machine."""
+    values = {}
+    for line in page.splitlines():
+        for part in ("sum", "count"):
+            head = f"corral_queue_wait_seconds_{part}{{"
+            if line.startswith(head) and f'priority="{priority}"' in line:
+                values[part] = float(line.rsplit(" ", 1)[1])
+    if not values.get("count"):
+        return None
+    return values["sum"] / values["count"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the bundled test model)")
@@ -264,6 +279,11 @@ def main() -> int:
                 f"batch kept {ratios.batch_kept:.2f}",
                 flush=True,
             )
+        page = httpx.get(bases["priorities"] + "/metrics", timeout=60).text
+        for priority in ("interactive", "batch"):
+            wait = mean_queue_wait(page, priority)
+            if wait is not None:  # includes the idle phases' requests
+                print(f"priorities server: {priority} queue_wait_mean_s={wait:.3f}")
     fifo_ratio = statistics.median(r.fifo_ratio for r in rounds)
     print(f"interactive_ttft_p50_loaded_vs_idle_ratio_fifo={fifo_ratio:.2f}")
     ratio = statistics.median(r.priorities_ratio for r in rounds)
