@@ -162,8 +162,11 @@ def test_readyz_without_any_model(tmp_path: Path) -> None:
 
 def test_least_recently_used_model_is_evicted(tmp_path: Path, test_model_path: Path) -> None:
     store = ModelStore(tmp_path)
-    for name in ("first:1", "second:1"):
-        store.create_model(name, test_model_path, template=GEMMA_TEMPLATE, params=GEMMA_PARAMS)
+    # Two loads of the one test model: names for the same weights and load options share one
+    # load (tests/runtime/test_shared_load.py), so the second asks for another context.
+    for name, num_ctx in (("first:1", 2048), ("second:1", 1024)):
+        params = {**GEMMA_PARAMS, "num_ctx": num_ctx}
+        store.create_model(name, test_model_path, template=GEMMA_TEMPLATE, params=params)
     with (
         serve(settings_for(tmp_path, max_loaded_models=1), store) as server,
         ollama.Client(host=server.base_url) as client,
