@@ -181,6 +181,7 @@ def test_a_reserved_slot_comes_on_top_of_the_shared_ones_and_batch_still_ages_pa
                 client, "corral_queue_depth_by_priority", 1, **labels, priority="batch"
             )
             assert metric(page, "corral_busy_slots", **labels) == 2
+            assert metric(page, "corral_slots", **labels) == 3  # the reserved one counted
             await stream(client, SHORT, events, "interactive", None)
             assert "batch first" not in events  # still waiting for a shared slot
             assert not any(e.startswith("hog") and e.endswith("done") for e in events)

@@ -99,7 +99,7 @@ class RuntimeMetrics:
         )
         self.slots = Gauge(
             "corral_slots",
-            "Slots (requests decoded at once), per loaded model.",
+            "Slots (requests decoded at once, reserved ones included), per loaded model.",
             ["model"],
             registry=self.registry,
         )

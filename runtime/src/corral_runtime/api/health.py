@@ -52,7 +52,7 @@ async def metrics(metrics: MetricsDep, manager: ManagerDep) -> Response:
             model.name,
             queued=worker.queued,
             busy=worker.busy_slots,
-            slots=worker.parallel,
+            slots=worker.slot_count,  # the reserved ones too: busy can reach them
             queued_by_priority=worker.queued_by_class(),
         )
     return Response(metrics.render(), media_type=CONTENT_TYPE)
