@@ -92,3 +92,28 @@ def test_a_string_architecture_key_must_be_a_name() -> None:
     spec = tiny_model().with_kv("general.architecture", STRING, "../../etc")
     with pytest.raises(InvalidModelFileError, match=r"general\.architecture"):
         _check(encode(spec))
+
+
+def test_string_arrays_are_read_whole_across_read_blocks_and_parsing_goes_on_after_them(
+    tmp_path: Path,
+) -> None:
+    """A string array is walked in blocks of a megabyte: items that straddle a block's end
+    come back whole, and the next key (and the tensor table) is read from where the array ends,
+    whether its items were kept or skipped."""
+    words = ["a" * 700_000, "b" * 5, "", "c" * 900_000, "d", "é" * 300_000]
+    spec = tiny_model().with_kv("zz.words", ARRAY, (STRING, words)).with_kv("zz.after", U32, 7)
+    path = tmp_path / "words.gguf"
+    path.write_bytes(encode(spec))
+    kept = read_gguf_metadata(path, keep_arrays=True)
+    assert kept["zz.words"] == words and kept["zz.after"] == 7
+    skipped = read_gguf_metadata(path)
+    assert skipped["zz.words"] == ArrayInfo(item_type=STRING, length=len(words))
+    assert skipped["zz.after"] == 7
+    assert check_model_path(path).architecture == "llama"
+
+
+def test_a_string_array_cut_inside_an_item_is_refused() -> None:
+    data = encode(tiny_model().with_kv("zz.words", ARRAY, (STRING, ["x" * 2_000_000])))
+    cut = data.index(b"x" * 64) + 1_500_000
+    with pytest.raises(InvalidModelFileError, match="truncated"):
+        check_model_file(io.BytesIO(data[:cut]), cut)
