@@ -159,12 +159,13 @@ class LogFollower(threading.Thread):
             self.text = b"".join(stream.stream(65536)).decode(errors="replace")
 
 
-def teardown(core: client.CoreV1Api, pod: str, timeout: float = 300) -> Teardown:
-    """Follows ``pod`` (polled every 50 ms) from its deletion until it is gone, and its log."""
+def teardown(
+    core: client.CoreV1Api, pod: str, follower: LogFollower, timeout: float = 300
+) -> Teardown:
+    """Follows ``pod`` (polled every 50 ms) from its deletion until it is gone, and its log
+    (``follower``, started while the pod still ran)."""
     deleted_wall: float | None = None
     deleted = exited = None
-    follower = LogFollower(core, pod)
-    follower.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -203,8 +204,7 @@ def no_pods(core: client.CoreV1Api, selector: str) -> bool | None:
     return not core.list_namespaced_pod(NAMESPACE, label_selector=selector).items or None
 
 
-def load_ms(core: client.CoreV1Api, pod: str) -> float:
-    log = core.read_namespaced_pod_log(pod, NAMESPACE, container="runtime")
+def load_ms(log: str, pod: str) -> float:
     found = LOADED.search(log)
     if found is None:
         raise RuntimeError(f"pod {pod} logged no load:\n{log[-2000:]}")
@@ -224,8 +224,12 @@ def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> tuple[Roun
         watch.join()
     if watch.name is None:
         raise RuntimeError("no runtime pod was seen")
-    loaded = load_ms(core, watch.name)
-    removal = teardown(core, watch.name)
+    # Followed from now: the server idles to zero within seconds, and a pod already gone
+    # has no log left to read.
+    follower = LogFollower(core, watch.name)
+    follower.start()
+    removal = teardown(core, watch.name, follower)
+    loaded = load_ms(removal.log, watch.name)
 
     def logged(marker: str | None) -> float | None:
         at = logged_at(removal.log, marker)
