@@ -8,10 +8,13 @@ loaded one (on the server the loaded one uses):
 - idle: interactive requests one at a time, nothing else running (the reference TTFT of the
   loaded phase that follows);
 - fifo: for --window seconds, --batch-clients clients each stream generations of
-  --batch-tokens tokens back to back, more than the slots hold, while one interactive user
-  sends a request, reads the answer, and pauses --interactive-every seconds before the next; no
-  request names a class, so all share one queue in arrival order, on a server with no reserved
-  slots (the server as it was before priorities);
+  --batch-tokens tokens back to back, more than the slots hold, while an interactive request
+  arrives every --interactive-every seconds, whether or not the ones before it were answered
+  (an open arrival: both loaded phases carry the same interactive work, so the batch throughput
+  kept compares like with like, where a user who waits for each answer sent a few requests
+  under FIFO and several times as many with priorities); no request names a class, so all
+  share one queue in arrival order, on a server with no reserved slots (the server as it was
+  before priorities);
 - priorities: the same load, the batch clients sending ``X-Corral-Priority: batch``, on a
   server with --reserved slots on top of its --parallel ones.
 
@@ -142,9 +145,11 @@ async def idle(base: str, args: argparse.Namespace) -> Phase:
 
 async def loaded(base: str, args: argparse.Namespace, name: str, batch_class: str | None) -> Phase:
     """--window seconds of the batch load (its clients generating back to back) with
-    interactive requests arriving on a timer; the batch's pieces are counted from the first
-    interactive request on (the slots are full by then), and the batch is cut off at the
-    window's end, so a slower machine makes the phase no longer."""
+    interactive requests arriving on a timer, each sent without waiting for those before; the
+    batch's pieces are counted from the first interactive request on (the slots are full by
+    then), and the batch is cut off at the window's end, so a slower machine makes the phase no
+    longer. Interactive requests still waiting then are answered after it, their TTFT counted
+    from when they were sent."""
     phase = Phase(name)
     counting = False
 
@@ -163,15 +168,18 @@ async def loaded(base: str, args: argparse.Namespace, name: str, batch_class: st
         batch = [asyncio.create_task(batch_client()) for _ in range(args.batch_clients)]
         await asyncio.sleep(args.interactive_every)  # the batch fills the slots
         counting, started = True, time.perf_counter()
+        interactive: list[asyncio.Task[float]] = []
         while time.perf_counter() - started < args.window:
             text = fresh_prompt(f"{name} interactive")
-            phase.ttfts.append(await generate(http, text, args.interactive_tokens, None))
+            request = generate(http, text, args.interactive_tokens, None)
+            interactive.append(asyncio.create_task(request))
             await asyncio.sleep(args.interactive_every)
         counting = False
         phase.batch_seconds = time.perf_counter() - started
         for task in batch:
             task.cancel()
         await asyncio.gather(*batch, return_exceptions=True)
+        phase.ttfts.extend(await asyncio.gather(*interactive))
     await asyncio.sleep(args.interactive_every)  # the server drops the cut-off streams
     return phase
 
