@@ -38,7 +38,7 @@ from typing import Literal
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
 from corral_runtime.engine.llama import flash_attention_for, tensor_split_of
-from corral_runtime.engine.priority import PriorityPolicy
+from corral_runtime.engine.priority import PriorityPolicy, total_slots
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import (
     MAX_DEFAULT_PARALLEL,
@@ -408,8 +408,10 @@ class ModelManager:
     async def _join(
         self, stored: StoredModel, shared: SharedLoad, n_ctx: int, load: LoadOptions
     ) -> LoadedModel:
-        """Serve ``stored`` by a worker already loaded for another name: no load, no memory."""
-        details = await asyncio.to_thread(self.store.check_model, stored)
+        """Serve ``stored`` by a worker already loaded for another name: no load, no memory,
+        and no second check of the weights (the key names the same blob, whose details the
+        names on the worker have)."""
+        details = self._models[next(iter(shared.names))].details
         model = self._attach(stored, details, shared, n_ctx, load)
         log.info(
             "%s shares the load of %s", model.name, ", ".join(sorted(shared.names - {model.name}))
@@ -441,6 +443,8 @@ class ModelManager:
     async def _load(
         self, stored: StoredModel, key: LoadKey, n_ctx: int, load: LoadOptions
     ) -> LoadedModel:
+        """A new worker for ``stored`` with the options ``key`` holds (resolved against the
+        server's settings); ``n_ctx`` and ``load`` as the request asked, kept for a reload."""
         # Verified against its digest (once per blob) and a valid GGUF, before llama.cpp sees it.
         details = await asyncio.to_thread(self.store.check_model, stored)
         # Loaded once in a child process first: a file llama.cpp dies on is refused, not fatal.
@@ -455,7 +459,7 @@ class ModelManager:
                 shape,
                 n_ctx=context,
                 parallel=slots,
-                n_batch=load.num_batch or self.settings.batch_size,
+                n_batch=key.num_batch,
                 kv_cache_type=self.settings.kv_cache_type,
                 flash_attention=flash_attention_for(
                     self.settings.kv_cache_type, self.settings.flash_attention
@@ -464,7 +468,7 @@ class ModelManager:
 
         if self.gpu.offload_supported:  # What models loaded since the last look left free.
             self.gpu = await asyncio.to_thread(probe_gpu, True)
-        requested = load.num_gpu if load.num_gpu is not None else self.settings.gpu_layers
+        requested: Literal["auto"] | int = "auto" if key.num_gpu is None else key.num_gpu
         parallel = self.settings.parallel or slots_for(
             footprint_for(1),
             footprint_for(MAX_DEFAULT_PARALLEL),
@@ -472,8 +476,13 @@ class ModelManager:
             context,
             vram_budget(requested, self.gpu),
         )
+        priority = PriorityPolicy(
+            self.settings.priority_aging_seconds,
+            {str(name): share for name, share in self.settings.priority_shares.items()},
+            self.settings.priority_reserved_slots,
+        )
         # The slots only interactive requests take come on top, each with its KV cache.
-        slots = parallel + self.settings.priority_reserved_slots
+        slots = total_slots(parallel, priority)
         footprint = footprint_for(slots)
         plan = plan_gpu_layers(requested, footprint, self.gpu)
         await self._make_room(stored.name.display, plan.host_bytes)
@@ -481,8 +490,8 @@ class ModelManager:
             model_path=stored.model_path,
             n_ctx=context,
             n_gpu_layers=plan.gpu_layers,
-            n_threads=load.num_thread or self.settings.threads or _default_threads(),
-            n_batch=load.num_batch or self.settings.batch_size,
+            n_threads=key.num_thread,
+            n_batch=key.num_batch,
             flash_attn=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             batch_invariant=self.settings.batch_invariant,
@@ -490,11 +499,7 @@ class ModelManager:
             parallel=parallel,
             queue_timeout_s=self.settings.queue_timeout_seconds,
             generation_timeout_s=self.settings.generation_timeout_seconds,
-            priority=PriorityPolicy(
-                self.settings.priority_aging_seconds,
-                {str(name): share for name, share in self.settings.priority_shares.items()},
-                self.settings.priority_reserved_slots,
-            ),
+            priority=priority,
         )
         worker = ModelWorker(
             stored.name.display,
