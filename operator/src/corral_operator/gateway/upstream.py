@@ -158,10 +158,13 @@ class _Connection(asyncio.Protocol):
         self._fail(None)
 
     def _fail(self, error: BaseException | None) -> None:
-        """The connection ended (or broke): whoever waits for its answer learns so."""
+        """The connection ended (``error`` None) or broke: whoever waits for its answer learns
+        so. Closed before any answer, the pod never took the request (``NotDeliveredError``:
+        another pod may); an answer that is not HTTP came from a pod that did take it, so it is
+        the error itself, never retried elsewhere."""
         head, self._head = self._head, None
         if head is not None and not head.done():
-            head.set_exception(NotDeliveredError(f"{self.endpoint} closed the connection"))
+            head.set_exception(error or NotDeliveredError(f"{self.endpoint} closed the connection"))
         response, self._response = self._response, None
         if response is not None and not response._complete:
             response._finish(error or UpstreamPayloadError(f"{self.endpoint} closed mid-answer"))

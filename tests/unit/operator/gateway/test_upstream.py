@@ -108,6 +108,20 @@ async def test_a_pod_that_closes_without_answering_did_not_take_the_request() ->
             await pool.post(endpoint, "/api/chat", [], b"{}")
 
 
+async def test_an_answer_that_is_not_http_is_an_error_not_a_request_to_send_elsewhere() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"\x00\xffnot an HTTP answer\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    pool = UpstreamPool(connect_timeout=1)
+    async with pod(handler) as endpoint:
+        with pytest.raises(UpstreamPayloadError, match="bad HTTP") as caught:
+            await pool.post(endpoint, "/api/chat", [], b"{}")
+    assert not isinstance(caught.value, NotDeliveredError)
+
+
 async def test_a_refused_connection_is_not_delivered() -> None:
     async with pod(lambda r, w: asyncio.sleep(0)) as endpoint:
         pass  # the port is free again: nothing listens there
