@@ -12,6 +12,14 @@ Ready. The load is what the runtime logged (``loaded … in X s``: the weights r
 context made), which its pods start at once (``CORRAL_PRELOAD``). The runtime's log, as the node
 stamped it, adds its first line, its bind (``Uvicorn running on``) and the end of its load.
 
+The node's own logs (the kubelet's at -v=4 and containerd's at debug level, which the bench asks
+the node for: ``devstack.node.DEBUG_LOGS_ENV``) give where the container's start goes, each as ms
+after the request and as the step from the one before (``devstack.podstart.PHASES``): the
+kubelet's sync loop took the pod, its volumes mounted and then seen mounted by the pod worker,
+the sandbox asked for, its network (CNI ADD) begun and done, the sandbox running, the container
+created and started, and the runtime's first line. ``--quiet-node`` leaves the node at its usual
+log levels (fewer phases known, less logging on the machine).
+
 Each round then times the pod's teardown, once the keep-alive scales the server back to zero:
 from its deletion (first seen with a deletionTimestamp) to the runtime's SIGTERM and its exit
 (the lines ``SIGTERM: draining`` and ``Finished server process`` of its log, as the node stamped
@@ -27,13 +35,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # devstack and tests.support when run as a script
 
 from corral_operator.builders.runtime import selector_labels  # noqa: E402
+from devstack.node import DEBUG_LOGS_ENV, Node  # noqa: E402
+from devstack.podstart import PHASES, pod_start_phases  # noqa: E402
 from devstack.poll import wait_for  # noqa: E402
 from devstack.stack import Stack, free_node_port, running  # noqa: E402
 from tests.support.serveproc import first_token_at  # noqa: E402
@@ -80,6 +92,8 @@ class Round:
     first_line_ms: float | None = None
     bound_ms: float | None = None
     loaded_ms: float | None = None
+    # The node's steps (devstack.podstart.PHASES), from its logs, as ms after the request.
+    node_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def beyond_load_ms(self) -> float:
@@ -94,6 +108,7 @@ class PodWatch(threading.Thread):
         self.core, self.selector, self.started = core, selector, started
         self.seen: dict[str, float] = {}
         self.name: str | None = None
+        self.uid: str | None = None
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -101,7 +116,7 @@ class PodWatch(threading.Thread):
             pods = self.core.list_namespaced_pod(NAMESPACE, label_selector=self.selector).items
             now = (time.perf_counter() - self.started) * 1000
             for pod in pods:
-                self.name = pod.metadata.name
+                self.name, self.uid = pod.metadata.name, pod.metadata.uid
                 self.seen.setdefault("pod", now)
                 statuses = pod.status.container_statuses or []
                 if any(s.state and s.state.running for s in statuses):
@@ -211,7 +226,19 @@ def load_ms(log: str, pod: str) -> float:
     return float(found.group(1)) * 1000
 
 
-def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> tuple[Round, Teardown]:
+def node_phases(node: Node, pod: str, uid: str | None, started_wall: float) -> dict[str, float]:
+    """The node's steps in starting ``pod`` (``PHASES``), in ms after ``started_wall``."""
+    if uid is None:
+        return {}
+    logs = {name: node.log_tail(name, size=1 << 30) for name in ("kubelet", "containerd")}
+    year = datetime.datetime.fromtimestamp(started_wall).year
+    phases = pod_start_phases(logs["kubelet"], logs["containerd"], pod, uid, "runtime", year)
+    return {name: (at - started_wall) * 1000 for name, at in phases.items()}
+
+
+def one_round(
+    core: client.CoreV1Api, gateway: str, selector: str, node: Node
+) -> tuple[Round, Teardown]:
     wait_for("the server at zero pods", lambda: no_pods(core, selector), timeout=300)
     time.sleep(1)  # the node settles after the last pod's teardown
     started, started_wall = time.perf_counter(), time.time()
@@ -244,6 +271,7 @@ def one_round(core: client.CoreV1Api, gateway: str, selector: str) -> tuple[Roun
         first_line_ms=logged(None),
         bound_ms=logged(BOUND_LINE),
         loaded_ms=logged(LOADED_LINE),
+        node_ms=node_phases(node, watch.name, watch.uid, started_wall),
     )
     return started_round, removal
 
@@ -260,10 +288,42 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def timeline(result: Round) -> dict[str, float | None]:
+    """A round's start, step by step in the order the pod takes them: the node's (``PHASES``),
+    then the runtime's first line. (The polled pod object and its status come later than the
+    kubelet's own stamps: the API shows the container running only after the kubelet's next
+    relist, up to a second after it started.)"""
+    return {
+        **{name: result.node_ms.get(name) for name in PHASES},
+        "runtime_first_line": result.first_line_ms,
+    }
+
+
+def steps(points: dict[str, float | None]) -> dict[str, float | None]:
+    """Each point's time since the point before it that is known (``None``: not known), so a
+    line of them says where the time goes."""
+    out: dict[str, float | None] = {}
+    before = 0.0
+    for name, at in points.items():
+        out[name] = None if at is None else at - before
+        before = at if at is not None else before
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="cold starts")
+    parser.add_argument(
+        "--quiet-node",
+        action="store_true",
+        help="the node at its usual log levels (the kubelet at -v=1, containerd at info): fewer "
+        "of its phases are known",
+    )
+    parser.add_argument(
+        "--node-logs", type=Path, help="copy the node's logs (kubelet, containerd) here at the end"
+    )
     args = parser.parse_args()
+    os.environ[DEBUG_LOGS_ENV] = "0" if args.quiet_node else "1"
     port = free_node_port()  # the gateway's NodePort, on 127.0.0.1
     rounds: list[Round] = []
     teardowns: list[Teardown] = []
@@ -277,7 +337,7 @@ def main() -> int:
         gateway = f"http://127.0.0.1:{port}"
         first_token_at(gateway, MODEL, "Hello", 1)  # the first pod's one-time costs
         for index in range(args.rounds):
-            result, removal = one_round(core, gateway, selector)
+            result, removal = one_round(core, gateway, selector, stack.the_node)
             rounds.append(result)
             teardowns.append(removal)
             print(
@@ -291,6 +351,10 @@ def main() -> int:
                 f"exited {fmt(removal.exited_ms)} ms, gone {removal.gone_ms:.0f} ms",
                 flush=True,
             )
+            at = ", ".join(f"{k} {fmt(v)}" for k, v in timeline(result).items())
+            print(f"round {index + 1} start, ms after the request: {at}", flush=True)
+        if args.node_logs:
+            shutil.copytree(stack.the_node.logs, args.node_logs, dirs_exist_ok=True)
 
     def median(values: list[Any]) -> str:
         present = [v for v in values if v is not None]
@@ -312,6 +376,18 @@ def main() -> int:
         f"{median([t.exited_ms for t in teardowns])} ms, gone "
         f"{median([t.gone_ms for t in teardowns])} ms"
     )
+    lines = [timeline(r) for r in rounds]
+    points = {name: median([line[name] for line in lines]) for name in lines[0]}
+    gaps = [steps(line) for line in lines]
+    taken = {name: median([gap[name] for gap in gaps]) for name in gaps[0]}
+    print("median start, ms after the request: " + ", ".join(f"{k} {v}" for k, v in points.items()))
+    print("median start, ms each step took: " + ", ".join(f"{k} {v}" for k, v in taken.items()))
+    started = [
+        r.node_ms["container_started"] - r.node_ms["kubelet_add"]
+        for r in rounds
+        if {"container_started", "kubelet_add"} <= r.node_ms.keys()
+    ]
+    print(f"node_pod_to_container_started_ms={median(started)}")
     print(f"cluster_first_token_minus_load_ms={median([r.beyond_load_ms for r in rounds])}")
     return 0
 

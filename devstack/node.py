@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -80,6 +80,10 @@ DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 MACHINE_DIRS = (DEVICE_PLUGIN_DIR.parent, CNI_CACHE, Path("/run/containerd"), NETNS_DIR)
 IPTABLES_TABLES = ("nat", "filter", "mangle")
 COMPONENTS = ("containerd", "kubelet", "kube-proxy", "fake-gpu", "provisioner")
+# Set (to anything but "" or "0") for a node that logs its pods' starts in detail: the kubelet at
+# -v=4 (its sync loop, volume mounts, sandbox and container steps) and containerd at debug level
+# (CNI setup), for a timeline of where a container's start goes (bench/coldstart_cluster.py).
+DEBUG_LOGS_ENV = "CORRAL_DEVSTACK_NODE_DEBUG"
 
 
 class NodeError(RuntimeError):
@@ -93,18 +97,28 @@ def containerd_socket(state_dir: Path) -> Path:
     return state_dir / "containerd" / "containerd.sock"
 
 
-def containerd_config(state_dir: Path) -> str:
+def debug_logs(environ: Mapping[str, str]) -> bool:
+    """Whether the node logs its pods' starts in detail (``DEBUG_LOGS_ENV``)."""
+    return environ.get(DEBUG_LOGS_ENV, "") not in ("", "0")
+
+
+def containerd_config(state_dir: Path, debug: bool = False) -> str:
     """containerd's configuration: everything under ``state_dir``, the CRI plugin on our pause
     image and CNI configuration, and ``restrict_oom_score_adj`` (root here may lack
-    CAP_SYS_RESOURCE, so runc could not lower a sandbox's oom_score_adj)."""
+    CAP_SYS_RESOURCE, so runc could not lower a sandbox's oom_score_adj). ``debug``: logs at
+    debug level (each CNI setup's start and end, among much else)."""
     c = state_dir / "containerd"
     cri = 'plugins."io.containerd.grpc.v1.cri"'
+    level = "debug" if debug else "info"
     return f"""version = 2
 root = {_toml(c / "root")}
 state = {_toml(c / "state")}
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
+
+[debug]
+  level = "{level}"
 
 [grpc]
   address = {_toml(containerd_socket(state_dir))}
@@ -159,14 +173,15 @@ def cni_config(state_dir: Path) -> dict[str, Any]:
 
 
 def kubelet_args(
-    state_dir: Path, kubeconfig: Path, healthz_port: int, client_ca: Path
+    state_dir: Path, kubeconfig: Path, healthz_port: int, client_ca: Path, verbosity: int = 1
 ) -> list[str]:
     """The kubelet's flags: a remote runtime (our containerd), cgroupfs without QoS cgroups (this
     machine has no systemd), image garbage collection off (no registry can give an image back),
     evictions only when the machine is really out of space or memory. Its API (logs, exec,
     port-forward) answers only clients with a certificate ``client_ca`` signed or a token the API
     server vouches for, and asks the API server whether each may do what it asks, as a
-    production kubelet does (a pod that reaches the node's address gets nothing)."""
+    production kubelet does (a pod that reaches the node's address gets nothing). ``verbosity``:
+    its -v (4 logs each pod's sync, volume mounts, sandbox and container steps)."""
     kubelet_root = state_dir / "kubelet"
     return [
         str(BIN_DIR / "kubelet"),
@@ -201,7 +216,7 @@ def kubelet_args(
         "--eviction-hard=memory.available<100Mi,nodefs.available<1%,imagefs.available<1%",
         "--serialize-image-pulls=false",
         "--node-labels=corral.dev/devstack=true",
-        "--v=1",
+        f"--v={verbosity}",
     ]
 
 
@@ -487,7 +502,13 @@ class Node:
             )
             self._spawn(
                 "kubelet",
-                kubelet_args(self.state_dir, self.kubeconfig, free_port(), self.client_ca),
+                kubelet_args(
+                    self.state_dir,
+                    self.kubeconfig,
+                    free_port(),
+                    self.client_ca,
+                    verbosity=4 if debug_logs(os.environ) else 1,
+                ),
             )
             self._spawn("kube-proxy", kube_proxy_args(self.kubeconfig, free_port(), free_port()))
             self._spawn(
@@ -552,7 +573,7 @@ class Node:
 
     def _start_containerd(self, timeout: float) -> None:
         config = self.state_dir / "containerd" / "config.toml"
-        config.write_text(containerd_config(self.state_dir))
+        config.write_text(containerd_config(self.state_dir, debug_logs(os.environ)))
         self._spawn("containerd", ["containerd", "--config", str(config)])
         self._wait(
             lambda: self.socket.exists() and self.ctr("version", check=False).returncode == 0,

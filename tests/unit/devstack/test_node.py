@@ -27,6 +27,7 @@ from devstack.node import (
     chains_to_remove,
     cni_config,
     containerd_config,
+    debug_logs,
     kube_proxy_args,
     kubelet_args,
     pause_archive,
@@ -66,6 +67,19 @@ def test_containerd_config_is_toml_with_everything_under_the_state_dir(tmp_path:
     assert cri["cni"] == {"bin_dir": str(CNI_BIN), "conf_dir": str(state / "cni" / "net.d")}
     assert cri["containerd"]["default_runtime_name"] == "runc"
     assert cri["containerd"]["runtimes"]["runc"]["runtime_type"] == "io.containerd.runc.v2"
+    assert config["debug"]["level"] == "info"
+
+
+def test_a_debug_node_logs_each_step_of_a_pods_start(tmp_path: Path) -> None:
+    # containerd at debug level (its CNI setup), the kubelet at -v=4 (its sync loop and volume
+    # wait), for devstack.podstart; the usual node logs less.
+    assert not debug_logs({}) and not debug_logs({node.DEBUG_LOGS_ENV: "0"})
+    assert debug_logs({node.DEBUG_LOGS_ENV: "1"})
+    assert tomllib.loads(containerd_config(tmp_path, debug=True))["debug"]["level"] == "debug"
+    argv = kubelet_args(tmp_path, tmp_path / "kubeconfig", 10248, tmp_path / "ca.crt")
+    assert _flags(argv)["v"] == "1"
+    argv = kubelet_args(tmp_path, tmp_path / "kubeconfig", 10248, tmp_path / "ca.crt", 4)
+    assert _flags(argv)["v"] == "4"
 
 
 def test_cni_config_is_a_bridge_on_the_pod_subnet(tmp_path: Path) -> None:
