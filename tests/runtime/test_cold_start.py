@@ -5,17 +5,22 @@ the model and is answered."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, LoadAbort, abortable_load
+from corral_runtime.engine.types import EngineError
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TEST_MODEL_NAME
 from devstack.controlplane import free_port
@@ -182,36 +187,142 @@ def test_the_preload_loads_the_model_before_the_web_stack_is_imported(
     assert result.stdout.splitlines() == ["", "loaded before the web stack"], result.stderr[-2000:]
 
 
-# ``corral serve`` whose loads take two minutes, as a large model's can (the decode thread
-# sleeps before it loads, without the GIL as llama.cpp's loader runs).
+# ``corral serve`` whose loads take two minutes before llama.cpp's, as a large model's can, asking
+# the load's progress callback every 10 ms as llama.cpp asks it between tensors (without the GIL
+# meanwhile, as llama.cpp's loader runs); a False answer stops the load, which then returns NULL
+# as llama.cpp's does. Each load says when it starts; the interpreter's own shutdown says it
+# ran (``os._exit`` would skip it).
 SLOW_LOADS = """
-import sys, time
+import atexit, sys, time
+import llama_cpp
 from corral_runtime.cli import main
-from corral_runtime.engine.worker import ModelWorker
 
-load = ModelWorker._load
-
-
-def slow_load(self):
-    time.sleep(120)
-    load(self)
+load_from_file = llama_cpp.llama_model_load_from_file
 
 
-ModelWorker._load = slow_load
+def slow_load_from_file(path, params):
+    print("slow load started", flush=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if params.progress_callback and not params.progress_callback(0.0, None):
+            return None
+        time.sleep(0.01)
+    return load_from_file(path, params)
+
+
+llama_cpp.llama_model_load_from_file = slow_load_from_file
+atexit.register(print, "the interpreter shut down", flush=True)
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigterm_during_a_preload_exits_without_waiting_for_the_load(
+@contextmanager
+def slow_loading_server(
+    store: ModelStore, log: Path, *args: str
+) -> Iterator[tuple[ServedProcess, httpx.Client]]:
+    """``corral serve ARGS…`` whose loads take two minutes (``SLOW_LOADS``), and a client."""
+    port = free_port()
+    serve = serve_command(port, store.root, "--threads", "2", "--parallel", "1", *args)
+    command = [sys.executable, "-c", SLOW_LOADS, *serve[serve.index("serve") :]]
+    with (
+        running_process("corral serve", command, port, log, {}, 60) as server,
+        httpx.Client(base_url=server.base_url, timeout=60) as client,
+    ):
+        yield server, client
+
+
+def wait_for_line(server: ServedProcess, line: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while line not in server.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline and server.alive(), server.log_tail()
+        time.sleep(0.02)
+
+
+def test_sigterm_during_a_preload_abandons_the_load_and_exits_normally(
     model_store: ModelStore, tmp_path: Path
 ) -> None:
-    # A pod deleted while it loads goes at once, not at the end of its grace (SIGKILL).
-    log, port = tmp_path / "serve.log", free_port()
-    serve = serve_command(port, model_store.root, "--preload", TEST_MODEL_NAME)
-    command = [sys.executable, "-c", SLOW_LOADS, *serve[serve.index("serve") :]]
-    with running_process("corral serve", command, port, log, {}, 60) as server:
+    # A pod deleted while it loads goes at once, not at the end of its grace (SIGKILL), and
+    # through its normal shutdown: the load stops at its next progress step.
+    log = tmp_path / "serve.log"
+    with slow_loading_server(model_store, log, "--preload", TEST_MODEL_NAME) as (server, _):
+        wait_for_line(server, "slow load started")
         server.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         assert server.process.wait(timeout=30) == 0, server.log_tail()
         assert time.monotonic() - started < 5, server.log_tail()
-    assert "exiting without waiting for the load" in log.read_text()
+    text = log.read_text()
+    assert f"abandoned the preload of {TEST_MODEL_NAME}: the server is shutting down" in text
+    assert "Application shutdown complete." in text
+    assert text.rstrip().endswith("the interpreter shut down"), text[-2000:]
+    assert "Traceback" not in text
+
+
+def test_sigterm_during_a_requests_load_answers_it_503_at_once(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    # The request waiting for its model's load is answered (in the API's shape, to be tried on
+    # another server) rather than holding the drain until the load ends or the grace is spent.
+    log = tmp_path / "serve.log"
+    with (
+        slow_loading_server(model_store, log, "--graceful-shutdown", "60") as (server, client),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        answer = pool.submit(name_three_colours, client)
+        wait_for_line(server, "slow load started")
+        server.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        refused = answer.result(timeout=30)
+        assert refused.status_code == 503, refused.text
+        assert refused.json() == {"error": "the server is shutting down; try again"}
+        assert refused.headers["retry-after"] == "1"
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+        assert time.monotonic() - started < 5, server.log_tail()
+    text = log.read_text()
+    assert f"abandoned the load of {TEST_MODEL_NAME}: the server is shutting down" in text
+    assert text.rstrip().endswith("the interpreter shut down"), text[-2000:]
+
+
+def generate_then_hang_up(server: ServedProcess) -> None:
+    """Ask for a generate on a connection of its own, and close it once its load started."""
+    body = json.dumps({"model": TEST_MODEL_NAME, "prompt": "Hi", "stream": False}).encode()
+    started = server.log.read_text().count("slow load started")
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while server.log.read_text().count("slow load started") == started:
+            assert time.monotonic() < deadline and server.alive(), server.log_tail()
+            time.sleep(0.02)
+
+
+def test_a_load_whose_client_went_away_stops(model_store: ModelStore, tmp_path: Path) -> None:
+    # Its worker would be closed once loaded, so the load stops, and the next request's load
+    # starts at once instead of after it.
+    log = tmp_path / "serve.log"
+    with slow_loading_server(model_store, log) as (server, _):
+        generate_then_hang_up(server)
+        wait_for_line(server, f"stopping the load of {TEST_MODEL_NAME}: the request that")
+        stopped = time.monotonic()
+        generate_then_hang_up(server)
+        assert time.monotonic() - stopped < 5, server.log_tail()
+
+
+def test_llama_cpp_stops_a_load_whose_switch_is_set(model_store: ModelStore) -> None:
+    # The slow loads above ask the callback as llama.cpp does; here llama.cpp itself asks it
+    # and stops (NULL) on False, and a load whose switch is not set goes on.
+    path = model_store.get(TEST_MODEL_NAME).model_path
+    config = ContextConfig(model_path=path, n_ctx=256, parallel=1, n_batch=64, n_threads=2)
+    switch = LoadAbort()
+    switch.abort("the server is shutting down")
+    with (
+        abortable_load(path, switch),
+        pytest.raises(EngineError, match=r"^the load was abandoned: the server is shutting down$"),
+    ):
+        LlamaBatchContext(config)
+    with abortable_load(path, LoadAbort()):
+        context = LlamaBatchContext(config)
+    context.close()

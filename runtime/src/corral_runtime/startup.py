@@ -4,9 +4,9 @@
 FastAPI, uvicorn and the API modules only then, in a thread: a preloaded model's load runs in
 llama.cpp's C code without the GIL, so those imports (about a second on a cold container)
 overlap the load instead of coming before it, and closes it once uvicorn has shut down; shut down
-while the preload is still loading, it exits without waiting for the load (see
-``commands.serve.exit_during_load``). ``create_app`` starts and closes the engine in its lifespan
-when it was given none (tests, and ``CORRAL_EARLY_ENGINE_IMPORT=false``).
+while the preload is still loading, the load is abandoned (``ModelManager.abandon_loads``) and
+the process ends as any shutdown does. ``create_app`` starts and closes the engine in its
+lifespan when it was given none (tests, and ``CORRAL_EARLY_ENGINE_IMPORT=false``).
 
 Nothing here imports the web stack, so that importing this module costs only the engine's own
 imports.
@@ -65,8 +65,11 @@ class Engine:
         return not self.preloading.done()
 
     async def close(self) -> None:
-        """Await the preload, never cancel it (a load runs in a thread a cancel would orphan),
-        then unload the models."""
+        """Abandon the preload's load under way and await the preload's end (never cancel it:
+        a load runs in a thread a cancel would orphan), then unload the models."""
+        if self.loading:
+            log.info("shut down while preloading %s: abandoning the load", ", ".join(self.preload))
+        self.manager.abandon_loads()
         await self.preloading
         await self.manager.close()
 

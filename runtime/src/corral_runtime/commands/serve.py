@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn, get_args
+from types import FrameType
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
@@ -22,6 +22,7 @@ from corral_runtime.settings import KvCacheType, RuntimeSettings
 if TYPE_CHECKING:
     from uvicorn import Server
 
+    from corral_runtime.engine.manager import ModelManager
     from corral_runtime.startup import Engine
 
 HELP_GROUPS = {"serve": "local"}  # where `corral --help` lists it (corral_runtime.cli)
@@ -259,39 +260,32 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
     try:
         server = await asyncio.to_thread(web_server, settings, log_level, engine)
         await server.serve()
-    except BaseException:
-        await engine.close()
-        raise
-    if engine.loading:
-        exit_during_load(engine)
-    await engine.close()
-
-
-def exit_during_load(engine: Engine) -> NoReturn:
-    """End the process at once, the server being shut down while a preload is still in
-    llama.cpp: a load cannot be interrupted, and waiting for it (minutes for a large model)
-    would keep a deleted pod until the kubelet kills it at the end of its grace. ``os._exit``
-    skips the interpreter's finalization, which would otherwise run (llama.cpp's static
-    destructors among it) under the thread still loading; the system frees what it holds."""
-    logging.getLogger(__name__).info(
-        "shut down while preloading %s: exiting without waiting for the load",
-        ", ".join(engine.preload) or "models",
-    )
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    finally:
+        await engine.close()  # a preload still loading stops at its next progress step
 
 
 def web_server(settings: RuntimeSettings, log_level: str, engine: Engine | None) -> Server:
     """The app over ``engine`` (None: its lifespan starts one) in uvicorn's server, which on
-    SIGTERM drains (new requests 503, those in flight finish) and then shuts down."""
+    SIGTERM drains (new requests 503, those in flight finish) and then shuts down; its first
+    signal also abandons the model loads under way (the preload's, a request's), so a request
+    waiting for a load gets a 503 at once (another server answers it) rather than keeping a pod
+    being deleted for a model it would unload moments after loading it."""
     import uvicorn
 
     from corral_runtime.app import create_app
     from corral_runtime.shutdown import DrainingServer
 
     app = create_app(settings, engine)
+
+    class AbandoningServer(DrainingServer):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # The lifespan sets it before uvicorn serves; a signal before that finds no load
+            # of the app's own (``Engine.close`` abandons the preload's).
+            manager: ModelManager | None = getattr(app.state, "models", None)
+            if manager is not None:
+                manager.abandon_loads()
+
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -303,7 +297,7 @@ def web_server(settings: RuntimeSettings, log_level: str, engine: Engine | None)
         http="h11",
         loop="asyncio",
     )
-    return DrainingServer(config, app.state.drain, settings.graceful_shutdown_seconds)
+    return AbandoningServer(config, app.state.drain, settings.graceful_shutdown_seconds)
 
 
 def _loopback(host: str) -> bool:

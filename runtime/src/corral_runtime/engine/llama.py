@@ -43,11 +43,14 @@ offloaded to a GPU is repeatable alone but not invariant in a batch, with either
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +114,62 @@ def tensor_split_of(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in text.split(",")) if text.strip() else ()
 
 
+class LoadAbort:
+    """A load's switch to stop: set from any thread (a signal handler included: it only
+    writes an attribute), llama.cpp sees it at its next progress step (between tensors), stops
+    reading the model and frees what it took. With the file mapped (the CPU's default), llama.cpp
+    reads it whole before its first step, so a set switch stops what follows the read: the
+    offload of each tensor to a GPU and the context's creation."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: str | None = None  # None: the load goes on
+
+    def abort(self, reason: str) -> None:
+        """Stop the load, for ``reason`` (the first one given stays)."""
+        if self.reason is None:
+            self.reason = reason
+
+
+# The switches of the loads under way, by model file. The decode thread makes its context from
+# the worker's own config, which carries no switch, so a switch reaches its load by the file
+# the load reads; a model manager makes one load at a time, so in a server a file's switches
+# are those of its one load.
+_switches: dict[Path, list[LoadAbort]] = {}
+_switches_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def abortable_load(model_path: Path, switch: LoadAbort) -> Iterator[None]:
+    """Let ``switch`` stop the loads of ``model_path`` that start while this is open."""
+    with _switches_lock:
+        _switches.setdefault(model_path, []).append(switch)
+    try:
+        yield
+    finally:
+        with _switches_lock:
+            switches = _switches[model_path]
+            switches.remove(switch)
+            if not switches:
+                del _switches[model_path]
+
+
+def switches_of(model_path: Path) -> tuple[LoadAbort, ...]:
+    """The switches that may stop a load of ``model_path`` starting now."""
+    with _switches_lock:
+        return tuple(_switches.get(model_path, ()))
+
+
+def abort_reason(switches: tuple[LoadAbort, ...]) -> str | None:
+    """Why a load is to stop: the reason of the first switch set, or None to go on. It runs
+    at every progress step of a load (one per tensor), so it does no more than that."""
+    for switch in switches:
+        if switch.reason is not None:
+            return switch.reason
+    return None
+
+
 @dataclass(slots=True)
 class Row:
     """One token of a batch: which sequence, at which position, and whether to keep logits."""
@@ -149,11 +208,21 @@ class LlamaBatchContext:
         # GGUF at the volume's own sequential rate or faster (bench/load.py); reading it in
         # (LLAMA_LOAD_MODE_NONE), direct I/O, POSIX_FADV_WILLNEED first, or a Python reader
         # ahead of the mapping were each slower (0.3 to 0.7 of it), so the mode stays.
+        switches = switches_of(config.model_path)
+        # Kept in this frame while llama.cpp may call it (ctypes frees a callback nothing
+        # references); llama.cpp stops the load, and returns NULL, once it answers False.
+        on_progress = llama_cpp.llama_progress_callback(
+            lambda _progress, _data: abort_reason(switches) is None
+        )
+        model_params.progress_callback = on_progress
         started = time.perf_counter()
         self.model = llama_cpp.llama_model_load_from_file(
             str(config.model_path).encode("utf-8"), model_params
         )
         if not self.model:
+            reason = abort_reason(switches)
+            if reason is not None:
+                raise EngineError(f"the load was abandoned: {reason}")
             raise EngineError(
                 "llama.cpp could not load the model file", detail=str(config.model_path)
             )

@@ -23,6 +23,11 @@ would unload every name). Memory planning and eviction count a worker once and e
 A model whose decode thread dies (``ModelWorker.failure``) is unloaded and loaded again with
 the same settings, with every name it served; until that is done ``unavailable()`` names them
 (``/readyz`` answers 503), and a request for one of them waits for the reload.
+
+Shutting down (``abandon_loads``, and ``close``) stops the load under way at llama.cpp's next
+progress step and refuses the loads after it: the requests that waited for them get a
+``LoadAbandonedError`` (503 with Retry-After: another server answers), and a server being
+stopped does not spend its grace loading a model it would unload moments later.
 """
 
 from __future__ import annotations
@@ -37,7 +42,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
-from corral_runtime.engine.llama import flash_attention_for, tensor_split_of
+from corral_runtime.engine.llama import (
+    LoadAbort,
+    abortable_load,
+    flash_attention_for,
+    tensor_split_of,
+)
 from corral_runtime.engine.priority import PriorityPolicy, total_slots
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import (
@@ -45,7 +55,12 @@ from corral_runtime.engine.scheduling import (
     default_parallel,
     parallel_for_memory,
 )
-from corral_runtime.engine.types import EngineError, LoadOptions, QueueTimeoutError
+from corral_runtime.engine.types import (
+    EngineError,
+    LoadOptions,
+    QueueFullError,
+    QueueTimeoutError,
+)
 from corral_runtime.engine.worker import LoadConfig, ModelWorker
 from corral_runtime.gpu import (
     VRAM_RESERVE_BYTES,
@@ -178,6 +193,18 @@ class ModelTooLargeError(EngineError):
         self.budget = budget
 
 
+class LoadAbandonedError(QueueFullError):
+    """A load not made, or stopped midway, because the server is shutting down. Answered as a
+    busy server is (503 with Retry-After), since another server (or this one's successor) can
+    serve the request."""
+
+    MESSAGE = "the server is shutting down; try again"
+
+
+SHUTTING_DOWN = "the server is shutting down"
+CALLER_GONE = "the request that asked for it was cancelled"
+
+
 def format_bytes(count: int) -> str:
     """Bytes as Ollama's errors write them: 1.2 GiB, 512.0 MiB."""
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -299,6 +326,8 @@ class ModelManager:
         self._expiries: set[asyncio.Task[None]] = set()
         self._recovering: set[str] = set()
         self._recoveries: set[asyncio.Task[None]] = set()
+        self._load_switch: LoadAbort | None = None  # the load under way's
+        self._abandoned: str | None = None  # why loads are refused now; None: they are made
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
@@ -380,13 +409,27 @@ class ModelManager:
         for name in names:
             try:
                 lease = await self.acquire(name)
+            except LoadAbandonedError:
+                log.info("abandoned the preload of %s: %s", name, self._abandoned)
+                return
             except Exception as exc:  # every failure is the first request's to report
                 log.warning("preloading %s failed: %s", name, exc)
                 continue
             lease.release()
             log.info("preloaded %s", name)
 
+    def abandon_loads(self, reason: str = SHUTTING_DOWN) -> None:
+        """Stop the load under way and refuse every load from now on (shutdown). Only sets
+        attributes, so a signal handler may call it; the load stops at its next progress step
+        (``LoadAbort``), where its waiter gets a ``LoadAbandonedError``."""
+        if self._abandoned is None:
+            self._abandoned = reason
+        if self._load_switch is not None:
+            self._load_switch.abort(reason)
+
     async def close(self) -> None:
+        """Unload every model, once the load under way (abandoned first) has stopped."""
+        self.abandon_loads()
         for task in list(self._recoveries):
             task.cancel()
         async with self._lock:
@@ -445,6 +488,8 @@ class ModelManager:
     ) -> LoadedModel:
         """A new worker for ``stored`` with the options ``key`` holds (resolved against the
         server's settings); ``n_ctx`` and ``load`` as the request asked, kept for a reload."""
+        if self._abandoned is not None:
+            raise LoadAbandonedError()
         # Verified against its digest (once per blob) and a valid GGUF, before llama.cpp sees it.
         details = await asyncio.to_thread(self.store.check_model, stored)
         # Loaded once in a child process first: a file llama.cpp dies on is refused, not fatal.
@@ -507,11 +552,7 @@ class ModelManager:
             max_pending=slots + self.settings.max_queue,
             on_failure=self._worker_failed,
         )
-        try:
-            await worker.start()
-        except BaseException:
-            await worker.close()
-            raise
+        await self._start(worker)
         shared = SharedLoad(key, worker, plan)
         self._loads[key] = shared
         model = self._attach(stored, details, shared, n_ctx, load)
@@ -531,6 +572,33 @@ class ModelManager:
             self._on_load(model.name, worker.load_seconds)
         self._changed()
         return model
+
+    async def _start(self, worker: ModelWorker) -> None:
+        """Load ``worker``'s model, unless loads are abandoned, or until they are
+        (``abandon_loads``): then the worker is closed, having freed what it took, and the
+        caller gets a ``LoadAbandonedError``. A load whose caller is cancelled (its client went
+        away) stops too, since its worker would be closed once loaded."""
+        # The switch first: ``abandon_loads`` (a signal handler, between any two bytecodes)
+        # marks the manager, then sets the switch it finds, so one of them is seen.
+        switch = self._load_switch = LoadAbort()
+        try:
+            if self._abandoned is not None:
+                raise LoadAbandonedError()
+            with abortable_load(worker.config.model_path, switch):
+                await worker.start()
+        except LoadAbandonedError:
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: nothing will take the model
+                switch.abort(CALLER_GONE)
+                log.info("stopping the load of %s: %s", worker.name, CALLER_GONE)
+            await worker.close()
+            if switch.reason is not None and isinstance(exc, EngineError):
+                log.info("abandoned the load of %s: %s", worker.name, switch.reason)
+                raise LoadAbandonedError() from exc
+            raise
+        finally:
+            self._load_switch = None
 
     async def _make_room(self, name: str, need: int) -> None:
         """Evict, wait or refuse as ``plan_room`` says (called holding the lock: the wait keeps
