@@ -23,6 +23,12 @@ least that large. A server that fits on no labelled node says so with the number
 
 Explicit resources in the spec win: a set ``gpus`` is kept (and the per-GPU need is checked
 against the nodes), a set ``memory`` is kept. Everything here is pure.
+
+Unset ``parallel`` is the slots the pod's runtime will choose: from the pod's memory budget,
+and where the model is offloaded to GPUs, no more than one GPU's memory holds by the same rule
+(the runtime's ``slots_for`` with its free VRAM less ``VRAM_RESERVE_BYTES``). That GPU is the
+smallest the pod may be scheduled onto, and which GPUs those are depends on the estimate the
+slots make, so the placement is made again until the GPU memory it plans for is settled.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ CONTEXT_OVERHEAD_BYTES = 64 * MIB
 # What the CUDA runtime, cuBLAS and the driver take on each GPU before any buffer (Ollama keeps
 # about 457 MiB free per CUDA GPU for the same reason).
 GPU_OVERHEAD_BYTES = 512 * MIB
+# The VRAM a pod's runtime keeps free when it plans a load (corral_runtime.gpu).
+VRAM_RESERVE_BYTES = 512 * MIB
 _F32 = 4
 
 
@@ -126,10 +134,12 @@ def serving_shape(
     model_context: int | None = None,
     facts: ModelFacts | None = None,
     budget: int | None = None,
+    vram: int | None = None,
 ) -> ServingShape:
     """The shape a ModelServer's ``spec.runtime`` gives a model: a Model's own num_ctx wins over
     the server's contextLength; unset parallel is the runtime's choice (``default_parallel``:
-    from the model's facts and the pod's memory ``budget`` where both are known)."""
+    from the model's facts, the pod's memory ``budget`` and the ``vram`` of its GPU, where
+    known)."""
     context = int(model_context or runtime.get("contextLength") or DEFAULT_CONTEXT)
     kv_type = str(runtime.get("kvCacheType") or "f16")
     # A quantized cache turns flash attention on unless it is explicitly off (the runtime's rule).
@@ -142,7 +152,7 @@ def serving_shape(
     parallel = runtime.get("parallel")
     if parallel:
         return replace(shape, parallel=int(parallel))
-    return replace(shape, parallel=default_parallel(facts, shape, budget))
+    return replace(shape, parallel=default_parallel(facts, shape, budget, vram))
 
 
 def reserved_slots(spec: Mapping[str, Any]) -> int:
@@ -152,17 +162,32 @@ def reserved_slots(spec: Mapping[str, Any]) -> int:
     return int((spec.get("priority") or {}).get("reservedSlots") or 0)
 
 
-def default_parallel(facts: ModelFacts | None, shape: ServingShape, budget: int | None) -> int:
+def default_parallel(
+    facts: ModelFacts | None, shape: ServingShape, budget: int | None, vram: int | None = None
+) -> int:
     """The slots a pod's runtime gives a model when the server sets none, by the runtime's rule
-    (``engine.scheduling.parallel_for_memory``): as many as hold one slot's KV cache for the
-    full context each within a ``1 / KV_BUDGET_DIVISOR`` share of the pod's memory budget and
-    within what the weights and the compute graph leave of it, 1 to ``MAX_DEFAULT_PARALLEL``.
-    Without facts or a budget, the runtime's fallback: the slots' KV within a token budget."""
-    if facts is None or budget is None:
-        return max(1, min(MAX_DEFAULT_PARALLEL, KV_TOKEN_BUDGET // max(1, shape.context)))
+    (``engine.manager.slots_for``): as many as hold one slot's KV cache for the full context
+    each within a ``1 / KV_BUDGET_DIVISOR`` share of the pod's memory budget and within what
+    the weights and the compute graph leave of it, 1 to ``MAX_DEFAULT_PARALLEL``; without a
+    budget, the runtime's fallback, the slots' KV within a token budget. Where the model is
+    offloaded to a GPU with ``vram`` bytes to plan against, no more than that memory holds by
+    the same rule. Without facts, the token budget alone."""
+    fallback = max(1, min(MAX_DEFAULT_PARALLEL, KV_TOKEN_BUDGET // max(1, shape.context)))
+    if facts is None:
+        return fallback
     per_slot = kv_cache_bytes(facts, replace(shape, parallel=1))
     fixed = facts.weights_bytes + graph_bytes(facts, replace(shape, parallel=MAX_DEFAULT_PARALLEL))
-    room = min(budget // KV_BUDGET_DIVISOR, budget - fixed)
+    slots = fallback if budget is None else parallel_for_memory(per_slot, budget, fixed)
+    if vram is not None:
+        slots = min(slots, parallel_for_memory(per_slot, vram, fixed))
+    return slots
+
+
+def parallel_for_memory(per_slot: int, memory: int, fixed: int) -> int:
+    """The runtime's ``engine.scheduling.parallel_for_memory``: slots of ``per_slot`` bytes
+    within a ``1 / KV_BUDGET_DIVISOR`` share of ``memory`` and within what ``fixed`` (weights,
+    graph) leaves of it, 1 to ``MAX_DEFAULT_PARALLEL``."""
+    room = min(memory // KV_BUDGET_DIVISOR, memory - fixed)
     return max(1, min(MAX_DEFAULT_PARALLEL, room // max(1, per_slot)))
 
 
@@ -353,21 +378,50 @@ def size_server(
     memory gets a limit sized from the estimate, whose budget may allow more slots: the
     placement is computed again with the budget of the limit it chose until that budget stops
     changing (slots only grow with the budget and are capped, so this ends), and the estimate
-    is the one the pod's runtime makes with the budget it is given.
+    is the one the pod's runtime makes with the budget it is given. Likewise a pod on GPUs gets
+    no more slots than the smallest GPU it may land on holds (``planned_vram``), computed again
+    until that GPU memory stops changing (fewer slots only widen the nodes that fit, and the
+    rounds are bounded besides).
     """
     resources = spec.get("resources") or {}
     resource = str(resources.get("gpuResourceName") or "nvidia.com/gpu")
     labelled = gpu_nodes(nodes, resource)
     budget = memory_budget(resources.get("memory") or default_memory)
-    for _ in range(MAX_DEFAULT_PARALLEL + 1):
-        placement = _place_with_budget(spec, models, labelled, default_memory, budget)
-        if placement is None or placement.sizing.memory is None:
+    vram: int | None = None
+    offloads = offloads_layers(spec.get("runtime") or {})
+    for _ in range(2 * MAX_DEFAULT_PARALLEL + 2):
+        placement = _place_with_budget(spec, models, labelled, default_memory, budget, vram)
+        if placement is None:
+            return None
+        grown = (
+            budget if placement.sizing.memory is None else memory_budget(placement.sizing.memory)
+        )
+        planned = planned_vram(placement.sizing, labelled) if offloads else None
+        if grown == budget and planned == vram:
             return placement
-        grown = memory_budget(placement.sizing.memory)
-        if grown == budget:
-            return placement
-        budget = grown
+        budget, vram = grown, planned
     return placement
+
+
+def offloads_layers(runtime: Mapping[str, Any]) -> bool:
+    """Whether a server's pods offload layers to their GPUs: unless ``gpuLayers`` is 0 (the
+    runtime's ``gpu_layers``; "auto" and any other count offload)."""
+    return str(runtime.get("gpuLayers", "auto")).strip() != "0"
+
+
+def planned_vram(sizing: PodSizing, nodes: Sequence[GpuNode]) -> int | None:
+    """The VRAM a pod sized by ``sizing`` plans its default slots against: the memory of the
+    smallest GPU it may be scheduled onto (a node with enough GPUs, none below
+    ``min_gpu_memory_mib``) less the runtime's reserve, as its runtime takes its largest GPU's
+    free memory and an idle GPU has nearly all of it free. None where it has no GPUs or none of
+    the labelled nodes can take it (GPU memory unknown: no cap)."""
+    if not sizing.gpus:
+        return None
+    least = (sizing.min_gpu_memory_mib or 0) * MIB
+    fitting = [
+        n.gpu_memory_bytes for n in nodes if n.gpus >= sizing.gpus and n.gpu_memory_bytes >= least
+    ]
+    return max(0, min(fitting) - VRAM_RESERVE_BYTES) if fitting else None
 
 
 def _place_with_budget(
@@ -376,8 +430,10 @@ def _place_with_budget(
     nodes: Sequence[GpuNode],
     default_memory: str,
     budget: int | None,
+    vram: int | None,
 ) -> Placement | None:
-    """``size_server``'s placement where the pod's memory budget is ``budget``."""
+    """``size_server``'s placement where the pod's memory budget is ``budget`` and the VRAM its
+    runtime plans against is ``vram`` (None: no GPU, or its memory is unknown)."""
     runtime = spec.get("runtime") or {}
     estimates = []
     for model in models.values():
@@ -385,7 +441,7 @@ def _place_with_budget(
         if facts is None:
             continue
         num_ctx = (((model or {}).get("spec") or {}).get("parameters") or {}).get("numCtx")
-        shape = serving_shape(runtime, num_ctx, facts, budget)
+        shape = serving_shape(runtime, num_ctx, facts, budget, vram)
         slots = shape.parallel + reserved_slots(spec)
         estimates.append(estimate(facts, replace(shape, parallel=slots)))
     if not estimates:

@@ -197,6 +197,40 @@ class TestDefaultSlots:
         assert reserved.need.kv_cache_bytes == (shared + 1) * per_slot
         assert reserved_slots(reserving) == 1 and reserved_slots(spec) == 0
 
+    def test_gpu_memory_caps_the_slots_of_an_offloaded_model(self) -> None:
+        # The runtime's rule against one GPU's memory less its 512 MiB reserve: 23.5 GiB holds
+        # 11 slots of 512 MiB in its quarter; 80 GiB would hold 16, as the 64 GiB budget does.
+        facts = _facts(LLAMA_8B)
+        assert serving_shape({}, facts=facts, budget=64 * GIB).parallel == 16
+        assert serving_shape({}, facts=facts, budget=64 * GIB, vram=47 * GIB // 2).parallel == 11
+        assert serving_shape({}, facts=facts, budget=64 * GIB, vram=80 * GIB).parallel == 16
+        # The budget still caps what the GPU would allow, and the GPU caps the token budget.
+        assert serving_shape({}, facts=facts, budget=8 * GIB, vram=80 * GIB).parallel == 4
+        assert serving_shape({}, facts=facts).parallel == 4
+        assert serving_shape({}, facts=facts, vram=6 * GIB).parallel == 2
+
+    @pytest.mark.parametrize(
+        ("nodes", "runtime", "slots"),
+        [
+            ([_node("l4", 24 * 1024, 1)], {}, 11),
+            ([_node("h100", 80 * 1024, 1)], {}, 16),
+            # The smallest GPU the pod may be scheduled onto is the one it plans for.
+            ([_node("l4", 24 * 1024, 1), _node("h100", 80 * 1024, 1)], {}, 11),
+            # Nothing offloaded: the host's budget alone.
+            ([_node("l4", 24 * 1024, 1)], {"gpuLayers": 0}, 16),
+        ],
+        ids=["l4", "h100", "either", "cpu-only"],
+    )
+    def test_a_gpu_pods_estimate_has_the_slots_its_gpu_memory_allows(
+        self, nodes: list[dict[str, Any]], runtime: dict[str, Any], slots: int
+    ) -> None:
+        spec = {"models": ["m"], "resources": {"memory": "64Gi"}, "runtime": runtime}
+        placement = size_server(spec, {"m": model("m", LLAMA_8B)}, nodes, "2Gi")
+        assert placement is not None and placement.problem is None
+        assert placement.sizing.gpus == 1
+        per_slot = kv_cache_bytes(_facts(LLAMA_8B), ServingShape(parallel=1))
+        assert placement.need.kv_cache_bytes == slots * per_slot
+
 
 class TestPlacement:
     def test_8b_takes_one_gpu_on_a_node_large_enough(self) -> None:
