@@ -218,14 +218,14 @@ sys.exit(main(sys.argv[1:]))
 
 @contextmanager
 def slow_loading_server(
-    store: ModelStore, log: Path, *args: str
+    store: ModelStore, log: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[ServedProcess, httpx.Client]]:
     """``corral serve ARGS…`` whose loads take two minutes (``SLOW_LOADS``), and a client."""
     port = free_port()
     serve = serve_command(port, store.root, "--threads", "2", "--parallel", "1", *args)
     command = [sys.executable, "-c", SLOW_LOADS, *serve[serve.index("serve") :]]
     with (
-        running_process("corral serve", command, port, log, {}, 60) as server,
+        running_process("corral serve", command, port, log, env or {}, 60) as server,
         httpx.Client(base_url=server.base_url, timeout=60) as client,
     ):
         yield server, client
@@ -238,13 +238,19 @@ def wait_for_line(server: ServedProcess, line: str) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("early_import", ["true", "false"])
 def test_sigterm_during_a_preload_abandons_the_load_and_exits_normally(
-    model_store: ModelStore, tmp_path: Path
+    model_store: ModelStore, tmp_path: Path, early_import: str
 ) -> None:
     # A pod deleted while it loads goes at once, not at the end of its grace (SIGKILL), and
-    # through its normal shutdown: the load stops at its next progress step.
+    # through its normal shutdown: the load stops at its next progress step. The preload runs
+    # before the web stack's import, or (false) in the app's lifespan.
     log = tmp_path / "serve.log"
-    with slow_loading_server(model_store, log, "--preload", TEST_MODEL_NAME) as (server, _):
+    env = {"CORRAL_EARLY_ENGINE_IMPORT": early_import}
+    with slow_loading_server(model_store, log, "--preload", TEST_MODEL_NAME, env=env) as (
+        server,
+        _,
+    ):
         wait_for_line(server, "slow load started")
         server.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
