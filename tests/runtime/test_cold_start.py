@@ -190,10 +190,11 @@ def test_the_preload_loads_the_model_before_the_web_stack_is_imported(
 # ``corral serve`` whose loads take two minutes before llama.cpp's, as a large model's can, asking
 # the load's progress callback every 10 ms as llama.cpp asks it between tensors (without the GIL
 # meanwhile, as llama.cpp's loader runs); a False answer stops the load, which then returns NULL
-# as llama.cpp's does. Each load says when it starts; the interpreter's own shutdown says it
-# ran (``os._exit`` would skip it).
+# as llama.cpp's does. With SLOW_LOAD_STEPS=0 it never asks, as llama.cpp reading a mapped file
+# whole before its first step. Each load says when it starts; the interpreter's own shutdown
+# says it ran (``os._exit`` would skip it).
 SLOW_LOADS = """
-import atexit, sys, time
+import atexit, os, sys, time
 import llama_cpp
 from corral_runtime.cli import main
 
@@ -203,8 +204,9 @@ load_from_file = llama_cpp.llama_model_load_from_file
 def slow_load_from_file(path, params):
     print("slow load started", flush=True)
     deadline = time.monotonic() + 120
+    steps = os.environ.get("SLOW_LOAD_STEPS") != "0"
     while time.monotonic() < deadline:
-        if params.progress_callback and not params.progress_callback(0.0, None):
+        if steps and params.progress_callback and not params.progress_callback(0.0, None):
             return None
         time.sleep(0.01)
     return load_from_file(path, params)
@@ -260,6 +262,29 @@ def test_sigterm_during_a_preload_abandons_the_load_and_exits_normally(
     assert f"abandoned the preload of {TEST_MODEL_NAME}: the server is shutting down" in text
     assert "Application shutdown complete." in text
     assert text.rstrip().endswith("the interpreter shut down"), text[-2000:]
+    assert "Traceback" not in text
+
+
+def test_sigterm_during_a_load_without_progress_steps_exits_without_waiting_for_it(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    # llama.cpp reads a mapped file whole before its first progress step: minutes for a large
+    # model on a slow volume. The pod still goes within moments of its shutdown, not at the end
+    # of its grace (SIGKILL).
+    log = tmp_path / "serve.log"
+    env = {"SLOW_LOAD_STEPS": "0"}
+    with slow_loading_server(model_store, log, "--preload", TEST_MODEL_NAME, env=env) as (
+        server,
+        _,
+    ):
+        wait_for_line(server, "slow load started")
+        server.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+        assert time.monotonic() - started < 10, server.log_tail()
+    text = log.read_text()
+    assert "Application shutdown complete." in text
+    assert "the models did not close within 2 s of the shutdown" in text, text[-2000:]
     assert "Traceback" not in text
 
 

@@ -10,9 +10,10 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 from pydantic import ValidationError
 
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
     from corral_runtime.engine.manager import ModelManager
     from corral_runtime.startup import Engine
+
+# How long a shutdown waits for the models' close once uvicorn is done: a load under way was
+# abandoned at the first signal and stops at llama.cpp's next progress step (a GPU's offload
+# steps per tensor), but a CPU load steps only after reading its whole mapped file.
+ABANDONED_LOAD_WAIT_SECONDS = 2.0
 
 HELP_GROUPS = {"serve": "local"}  # where `corral --help` lists it (corral_runtime.cli)
 
@@ -261,7 +267,31 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
         server = await asyncio.to_thread(web_server, settings, log_level, engine)
         await server.serve()
     finally:
-        await engine.close()  # a preload still loading stops at its next progress step
+        # A load under way stops at its next progress step; one that has none to come soon
+        # (llama.cpp reads a mapped file whole before its first) is not waited for.
+        closing = asyncio.ensure_future(engine.close())
+        done, _ = await asyncio.wait({closing}, timeout=ABANDONED_LOAD_WAIT_SECONDS)
+        if not done:
+            exit_unclosed()
+        closing.result()
+
+
+def exit_unclosed() -> NoReturn:
+    """End the process at once: shut down, the models did not close within
+    ``ABANDONED_LOAD_WAIT_SECONDS`` (a load under way, abandoned, has not reached a progress
+    step). Waiting for it (minutes for a large model read from a slow volume) would keep a
+    deleted pod, and its GPU, until the kubelet kills it at the end of its grace. ``os._exit``
+    skips the interpreter's finalization, which would otherwise run (llama.cpp's static
+    destructors among it) under the thread still loading; the system frees what it holds."""
+    logging.getLogger(__name__).info(
+        "the models did not close within %.0f s of the shutdown (a load under way stops only at"
+        " llama.cpp's next progress step): exiting without waiting for them",
+        ABANDONED_LOAD_WAIT_SECONDS,
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def web_server(settings: RuntimeSettings, log_level: str, engine: Engine | None) -> Server:
