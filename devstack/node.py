@@ -79,6 +79,11 @@ DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 # Directories of this machine the node's programs make when missing; removed again if they were.
 MACHINE_DIRS = (DEVICE_PLUGIN_DIR.parent, CNI_CACHE, Path("/run/containerd"), NETNS_DIR)
 IPTABLES_TABLES = ("nat", "filter", "mangle")
+# The pods' masquerading, one chain for the whole subnet that the node sets up once (``CNI-``:
+# stop removes it with the plugins' chains). The bridge plugin's ipMasq made a chain per pod
+# instead, nine iptables runs in each CNI ADD and more in each DEL: measured with the real
+# plugins, interleaved, ADD 45 -> 23 ms and DEL 88 -> 40 ms (medians of 15).
+MASQUERADE_CHAIN = "CNI-CORRAL-MASQUERADE"
 COMPONENTS = ("containerd", "kubelet", "kube-proxy", "fake-gpu", "provisioner")
 # Set (to anything but "" or "0") for a node that logs its pods' starts in detail: the kubelet at
 # -v=4 (its sync loop, volume mounts, sandbox and container steps) and containerd at debug level
@@ -147,9 +152,10 @@ def _toml(value: object) -> str:
 
 
 def cni_config(state_dir: Path) -> dict[str, Any]:
-    """A bridge network with host-local addresses (allocations under ``state_dir``), masquerading
-    traffic that leaves it, hairpin so a pod reaches itself through a Service, and portmap for
-    hostPort."""
+    """A bridge network with host-local addresses (allocations under ``state_dir``), hairpin so a
+    pod reaches itself through a Service, and portmap for hostPort. Traffic that leaves the
+    network is masqueraded by the node's one rule (``masquerade_rules``), not by the bridge
+    plugin per pod."""
     return {
         "cniVersion": "0.4.0",
         "name": CNI_NETWORK,
@@ -158,7 +164,7 @@ def cni_config(state_dir: Path) -> dict[str, Any]:
                 "type": "bridge",
                 "bridge": BRIDGE,
                 "isGateway": True,
-                "ipMasq": True,
+                "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
@@ -170,6 +176,19 @@ def cni_config(state_dir: Path) -> dict[str, Any]:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
+
+
+def masquerade_rules() -> list[list[str]]:
+    """The ``iptables`` arguments that masquerade what the pods send beyond their subnet: what
+    the bridge plugin's ipMasq did per pod (its chain ACCEPTs the pods' own network and
+    masquerades all else but multicast), once for the whole subnet."""
+    nat = ["-t", "nat"]
+    return [
+        [*nat, "-N", MASQUERADE_CHAIN],
+        [*nat, "-A", MASQUERADE_CHAIN, "-d", POD_SUBNET, "-j", "ACCEPT"],
+        [*nat, "-A", MASQUERADE_CHAIN, "!", "-d", "224.0.0.0/4", "-j", "MASQUERADE"],
+        [*nat, "-A", "POSTROUTING", "-s", POD_SUBNET, "-j", MASQUERADE_CHAIN],
+    ]
 
 
 def kubelet_args(
@@ -570,6 +589,10 @@ class Node:
         _run("ip", "link", "set", BRIDGE, "address", BRIDGE_MAC)
         _run("ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
+        # A node that died without its stop left the chain as it sets it up.
+        if _run("iptables", "-t", "nat", "-S", MASQUERADE_CHAIN, check=False).returncode != 0:
+            for rule in masquerade_rules():
+                _run("iptables", *rule)
 
     def _start_containerd(self, timeout: float) -> None:
         config = self.state_dir / "containerd" / "config.toml"

@@ -30,6 +30,7 @@ from devstack.node import (
     debug_logs,
     kube_proxy_args,
     kubelet_args,
+    masquerade_rules,
     pause_archive,
 )
 
@@ -87,7 +88,9 @@ def test_cni_config_is_a_bridge_on_the_pod_subnet(tmp_path: Path) -> None:
     json.dumps(config)  # written as a .conflist
     bridge, portmap = config["plugins"]
     assert (bridge["type"], bridge["bridge"]) == ("bridge", BRIDGE)
-    assert bridge["isGateway"] and bridge["ipMasq"] and bridge["hairpinMode"]
+    assert bridge["isGateway"] and bridge["hairpinMode"]
+    # Masquerading is the node's one rule for the subnet, not a chain per pod in each CNI ADD.
+    assert bridge["ipMasq"] is False
     ipam = bridge["ipam"]
     assert ipam["type"] == "host-local"
     assert ipam["ranges"] == [[{"subnet": POD_SUBNET, "gateway": NODE_IP}]]
@@ -192,6 +195,30 @@ def test_chains_to_remove_keeps_what_was_there_before() -> None:
         # A kept KUBE- chain that jumps to a new one: its rule goes, the chain stays.
         ["KUBE-MARK-DROP", "-j", "KUBE-MARK-MASQ"],
     ]  # fmt: skip
+
+
+def test_masquerade_rules_are_the_bridge_plugins_for_the_subnet_and_go_at_stop() -> None:
+    create, accept, masquerade, jump = masquerade_rules()
+    chain = node.MASQUERADE_CHAIN
+    assert create == ["-t", "nat", "-N", chain]
+    # As the plugin's per-pod chain: the pods' own network as it is, all else but multicast
+    # masqueraded; taken by everything the pods' subnet sends.
+    assert accept == ["-t", "nat", "-A", chain, "-d", POD_SUBNET, "-j", "ACCEPT"]
+    assert masquerade == ["-t", "nat", "-A", chain, "!", "-d", "224.0.0.0/4", "-j", "MASQUERADE"]
+    assert jump == ["-t", "nat", "-A", "POSTROUTING", "-s", POD_SUBNET, "-j", chain]
+    # What stop removes: the chain, and the very rule that jumps to it.
+    saved = "\n".join(
+        [
+            "*nat",
+            ":POSTROUTING ACCEPT [0:0]",
+            f":{chain} - [0:0]",
+            " ".join(jump[2:]),
+            " ".join(accept[2:]),
+            " ".join(masquerade[2:]),
+            "COMMIT",
+        ]
+    )
+    assert chains_to_remove(saved, ["POSTROUTING"]) == ([jump[3:]], [chain])
 
 
 def test_chains_to_remove_when_everything_existed_before() -> None:
