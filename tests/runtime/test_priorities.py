@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.layout import ModelStore
 from tests.runtime.conftest import RunningServer, serve, settings_for
 
@@ -153,6 +154,18 @@ def test_an_interactive_request_takes_the_next_slot_ahead_of_queued_batch_ones(
     assert batch_wait > interactive_wait
 
 
+def two_shared_one_reserved(model_store: ModelStore, **overrides: object) -> RuntimeSettings:
+    """A server's settings with two shared slots and one reserved for interactive requests."""
+    return settings_for(
+        model_store.root,
+        context_length=1024,
+        parallel=2,
+        max_queue=8,
+        priority_reserved_slots=1,
+        **overrides,
+    )
+
+
 def test_a_reserved_slot_comes_on_top_of_the_shared_ones_and_batch_still_ages_past(
     model_store: ModelStore,
 ) -> None:
@@ -161,14 +174,7 @@ def test_a_reserved_slot_comes_on_top_of_the_shared_ones_and_batch_still_ages_pa
     reserved one at once, answering while both batch streams go on. Then, with every slot held,
     the waiting batch request has aged past a fresh interactive one and takes the next slot
     that frees before it."""
-    settings = settings_for(
-        model_store.root,
-        context_length=1024,
-        parallel=2,
-        max_queue=8,
-        priority_reserved_slots=1,
-        priority_aging_seconds=1.0,
-    )
+    settings = two_shared_one_reserved(model_store, priority_aging_seconds=1.0)
     events: list[str] = []
     labels = {"model": MODEL}
 
@@ -229,3 +235,64 @@ def test_a_batch_request_alone_is_served_at_once(two_slot_server: RunningServer)
     )
     assert response.status_code == 200
     assert response.json()["eval_count"] == 8
+
+
+async def timed_pieces(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    priority: str | None,
+    streaming: asyncio.Event | None = None,
+) -> tuple[str, list[float]]:
+    """Generate with ``body`` under ``priority`` (setting ``streaming`` at the first piece):
+    the text, and when each piece arrived."""
+    headers = {} if priority is None else {"X-Corral-Priority": priority}
+    text, times = "", []
+    async with client.stream("POST", "/api/generate", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            piece = json.loads(line).get("response")
+            if piece:
+                text += piece
+                times.append(time.monotonic())
+                if streaming is not None:
+                    streaming.set()
+    return text, times
+
+
+def test_a_reserved_slots_row_takes_a_batch_rows_turn_and_batch_output_stays_its_own(
+    model_store: ModelStore,
+) -> None:
+    """Two shared slots and one reserved, both shared ones decoding batch work: while an
+    interactive request decodes in the reserved slot, a step decodes two rows, not three (a
+    batch row gives its turn, ``priority.paused_rows``), so the batch streams get about one
+    token per interactive token between them where they got two before; and each batch
+    request's text is still the one it gets alone."""
+    settings = two_shared_one_reserved(model_store)
+    batch = [
+        {**ENDLESS, "prompt": prompt, "options": {"num_predict": 96, "temperature": 0}}
+        for prompt in ("1, 2, 3, 4, 5,", "10, 11, 12, 13,")
+    ]
+    interactive = {**ENDLESS, "options": {"num_predict": 32, "temperature": 0}}
+
+    async def scenario(base_url: str) -> tuple[list[str], list[str], int, int]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+            alone = [(await timed_pieces(client, body, "batch"))[0] for body in batch]
+            streaming = [asyncio.Event() for _ in batch]
+            running = [
+                asyncio.create_task(timed_pieces(client, body, "batch", started))
+                for body, started in zip(batch, streaming, strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 60)
+            _, times = await timed_pieces(client, interactive, None)
+            together = await asyncio.gather(*running)
+        # Batch tokens that arrived while the interactive one decoded (after its first).
+        beside = sum(1 for _, arrived in together for t in arrived if times[0] < t <= times[-1])
+        return alone, [text for text, _ in together], beside, len(times) - 1
+
+    with serve(settings, model_store) as server:
+        alone, together, beside, interactive_tokens = asyncio.run(scenario(server.base_url))
+    assert together == alone
+    assert interactive_tokens >= 24
+    # Three rows a step gave batch 2 tokens per interactive one; two rows give it 1 (1.25
+    # with the full step after a row's longest pause, ``priority.MAX_PAUSED_STEPS``).
+    assert beside <= 1.5 * interactive_tokens, (beside, interactive_tokens)

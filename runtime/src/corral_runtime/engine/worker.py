@@ -3,10 +3,12 @@
 Every llama.cpp call for the model (load, tokenize, decode, sample, embed, free) runs on that
 thread, so the event loop never blocks on it. The thread runs a continuous-batching loop over
 ``parallel`` slots (and the reserved ones on top, which only interactive requests take): each
-step puts one token of every decoding sequence into a single ``llama_decode``, samples each
-with its own sampler chain (or takes the arg-max for plain greedy), then evaluates the chunks
-of waiting prompts that fit in ``n_batch`` prompt tokens, each chunk alone, so several new
-requests start at once without changing anyone's logits. New requests take a free slot at the
+step puts one token of every decoding sequence into a single ``llama_decode`` (beyond the
+shared slots' number, a batch sequence gives its turn to a reserved slot's:
+``priority.paused_rows``), samples each with its own sampler chain (or takes the arg-max for
+plain greedy), then evaluates the chunks of waiting prompts that fit in ``n_batch`` prompt
+tokens, each chunk alone, so several new requests start at once without changing anyone's
+logits. New requests take a free slot at the
 next step (reusing the longest cached prompt prefix among the free slots); the others wait in
 a bounded queue, from which a free slot takes the request that ``priority.next_admitted``
 names (class, aging, share caps), and beyond it ``generate`` raises
@@ -44,9 +46,11 @@ from typing import Any, TypeVar
 
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row, utf8
 from corral_runtime.engine.priority import (
+    DecodingView,
     PriorityPolicy,
     QueuedView,
     next_admitted,
+    paused_rows,
     prefill_first,
     prefill_order,
     total_slots,
@@ -233,6 +237,7 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     logprob: TokenLogprob | None = None  # of the token just sampled, when asked for
     first_token_at: float | None = None
+    paused_steps: int = 0  # consecutive steps left out of the decode (``priority.paused_rows``)
 
     @property
     def stream(self) -> GenerationStream:
@@ -582,7 +587,9 @@ class ModelWorker:
         go before batch prompts' (``priority.prefill_order``); sequences are independent, so
         the order changes no output."""
         self._drop_abandoned()
-        decoding = [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
+        decoding = self._unpaused(
+            [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
+        )
         prefilling = sorted(
             (s for s in self._slots if s.sequence is not None and s.sequence.prefilling),
             key=lambda s: (
@@ -597,6 +604,23 @@ class ModelWorker:
         else:
             self._decode(decoding)
             self._prefill(prefilling)
+
+    def _unpaused(self, decoding: list[_Slot]) -> list[_Slot]:
+        """The decoding slots whose rows this step decodes: beyond the shared slots' number, a
+        batch row gives its turn to a reserved slot's (``priority.paused_rows``), and keeps
+        its next token for a later step."""
+        views = [
+            DecodingView(s.seq_id, s.sequence.submission.request.priority, s.sequence.paused_steps)
+            for s in decoding
+            if s.sequence is not None
+        ]
+        paused = paused_rows(views, self.parallel)
+        for slot in decoding:
+            assert slot.sequence is not None
+            slot.sequence.paused_steps = (
+                slot.sequence.paused_steps + 1 if slot.seq_id in paused else 0
+            )
+        return [slot for slot in decoding if slot.seq_id not in paused]
 
     def _decode(self, decoding: list[_Slot]) -> None:
         context = self._require_context()

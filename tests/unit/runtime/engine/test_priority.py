@@ -10,7 +10,9 @@ import pytest
 
 from corral_runtime.engine.priority import (
     DEFAULT_PRIORITY,
+    MAX_PAUSED_STEPS,
     PRIORITY_CLASSES,
+    DecodingView,
     PriorityPolicy,
     QueuedView,
     UnknownPriorityError,
@@ -19,6 +21,7 @@ from corral_runtime.engine.priority import (
     may_take_slot,
     next_admitted,
     parse_priority,
+    paused_rows,
     prefill_first,
     prefill_order,
     share_cap,
@@ -173,6 +176,56 @@ class TestReservedSlots:
         policy = PriorityPolicy(aging_s=10.0, shares={BAT: 0.5}, reserved=2)
         # Batch holds its 2 of the 4 shared slots (not of all 6) while interactive waits.
         assert next_admitted([q(BAT, 9.0), q(INT, 0.1)], {BAT: 2}, 4, policy) == 1
+
+
+def rows(*classes: str | None, paused: dict[int, int] | None = None) -> list[DecodingView]:
+    """Decoding rows on sequence ids 0, 1, ... of the given classes (``None``: a free slot),
+    with the steps each was left out of."""
+    paused = paused or {}
+    return [
+        DecodingView(seq_id, name, paused.get(seq_id, 0))
+        for seq_id, name in enumerate(classes)
+        if name is not None
+    ]
+
+
+class TestPausedRows:
+    """A step decodes no more rows than the shared slots (4 here) while it can."""
+
+    def test_no_more_rows_than_shared_slots_decode_all(self) -> None:
+        assert paused_rows(rows(BAT, BAT, BAT, BAT), 4) == frozenset()
+        assert paused_rows(rows(BAT, INT, INT), 4) == frozenset()
+
+    def test_a_reserved_slots_row_takes_the_turn_of_the_batch_row_at_the_runs_end(self) -> None:
+        # Interactive in the last slot: leaving out row 0 keeps rows 1-4 one run.
+        assert paused_rows(rows(BAT, BAT, BAT, BAT, INT), 4) == {0}
+        assert paused_rows(rows(INT, BAT, BAT, BAT, BAT), 4) == {4}
+
+    def test_the_row_left_out_fewest_steps_goes_first(self) -> None:
+        # Interactive in the middle: either end keeps one run; they take turns.
+        assert paused_rows(rows(BAT, BAT, INT, BAT, BAT, paused={0: 1}), 4) == {4}
+        assert paused_rows(rows(BAT, BAT, INT, BAT, BAT, paused={4: 1}), 4) == {0}
+
+    def test_a_row_left_out_too_long_decodes_even_if_the_step_then_costs_more(self) -> None:
+        waited = {0: MAX_PAUSED_STEPS}
+        assert paused_rows(rows(BAT, BAT, BAT, BAT, INT, paused=waited), 4) == frozenset()
+        assert paused_rows(rows(BAT, BAT, INT, BAT, BAT, paused=waited), 4) == {4}
+
+    def test_nothing_is_left_out_where_that_splits_a_run(self) -> None:
+        # Only row 2 is batch: leaving it out would cut 0-4 in two.
+        assert paused_rows(rows(INT, INT, BAT, INT, INT), 4) == frozenset()
+
+    def test_a_run_of_its_own_is_left_out_first(self) -> None:
+        # Slot 1 free: row 0 is a run alone, so leaving it out saves a computation.
+        assert paused_rows(rows(BAT, None, BAT, BAT, BAT, INT), 4) == {0}
+
+    def test_all_of_the_excess_or_none(self) -> None:
+        # Two over: rows 0 and 1 go; with only one end to give, none does.
+        assert paused_rows(rows(BAT, BAT, BAT, BAT, INT, INT), 4) == {0, 1}
+        assert paused_rows(rows(INT, BAT, BAT, BAT, BAT, INT), 4) == frozenset()
+
+    def test_interactive_rows_are_never_left_out(self) -> None:
+        assert paused_rows(rows(INT, INT, INT, INT, INT), 4) == frozenset()
 
 
 class TestPrefillOrder:
