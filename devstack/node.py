@@ -81,7 +81,7 @@ MACHINE_DIRS = (DEVICE_PLUGIN_DIR.parent, CNI_CACHE, Path("/run/containerd"), NE
 IPTABLES_TABLES = ("nat", "filter", "mangle")
 # The pods' masquerading, one chain for the whole subnet that the node sets up once (``CNI-``:
 # stop removes it with the plugins' chains). The bridge plugin's ipMasq made a chain per pod
-# instead, nine iptables runs in each CNI ADD and more in each DEL: measured with the real
+# instead, several iptables runs in each CNI ADD and DEL: measured with the real
 # plugins, interleaved, ADD 45 -> 23 ms and DEL 88 -> 40 ms (medians of 15).
 MASQUERADE_CHAIN = "CNI-CORRAL-MASQUERADE"
 COMPONENTS = ("containerd", "kubelet", "kube-proxy", "fake-gpu", "provisioner")
