@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
-from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, LoadAbort, abortable_load
+from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, LoadAbort
 from corral_runtime.engine.types import EngineError
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TEST_MODEL_NAME
@@ -349,11 +350,7 @@ def test_llama_cpp_stops_a_load_whose_switch_is_set(model_store: ModelStore) -> 
     config = ContextConfig(model_path=path, n_ctx=256, parallel=1, n_batch=64, n_threads=2)
     switch = LoadAbort()
     switch.abort("the server is shutting down")
-    with (
-        abortable_load(path, switch),
-        pytest.raises(EngineError, match=r"^the load was abandoned: the server is shutting down$"),
-    ):
-        LlamaBatchContext(config)
-    with abortable_load(path, LoadAbort()):
-        context = LlamaBatchContext(config)
+    with pytest.raises(EngineError, match=r"^the load was abandoned: the server is shutting down$"):
+        LlamaBatchContext(replace(config, abort=switch))
+    context = LlamaBatchContext(replace(config, abort=LoadAbort()))
     context.close()

@@ -43,14 +43,11 @@ offloaded to a GPU is repeatable alone but not invariant in a batch, with either
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +104,8 @@ class ContextConfig:
     batch_invariant: bool = True
     # The layers' proportions per GPU (llama.cpp's tensor_split); empty: llama.cpp's own split.
     tensor_split: tuple[float, ...] = ()
+    # The load's switch to stop (``LoadAbort``); None: it cannot be stopped.
+    abort: LoadAbort | None = None
 
 
 def tensor_split_of(text: str) -> tuple[float, ...]:
@@ -130,44 +129,6 @@ class LoadAbort:
         """Stop the load, for ``reason`` (the first one given stays)."""
         if self.reason is None:
             self.reason = reason
-
-
-# The switches of the loads under way, by model file. The decode thread makes its context from
-# the worker's own config, which carries no switch, so a switch reaches its load by the file
-# the load reads; a model manager makes one load at a time, so in a server a file's switches
-# are those of its one load.
-_switches: dict[Path, list[LoadAbort]] = {}
-_switches_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def abortable_load(model_path: Path, switch: LoadAbort) -> Iterator[None]:
-    """Let ``switch`` stop the loads of ``model_path`` that start while this is open."""
-    with _switches_lock:
-        _switches.setdefault(model_path, []).append(switch)
-    try:
-        yield
-    finally:
-        with _switches_lock:
-            switches = _switches[model_path]
-            switches.remove(switch)
-            if not switches:
-                del _switches[model_path]
-
-
-def switches_of(model_path: Path) -> tuple[LoadAbort, ...]:
-    """The switches that may stop a load of ``model_path`` starting now."""
-    with _switches_lock:
-        return tuple(_switches.get(model_path, ()))
-
-
-def abort_reason(switches: tuple[LoadAbort, ...]) -> str | None:
-    """Why a load is to stop: the reason of the first switch set, or None to go on. It runs
-    at every progress step of a load (one per tensor), so it does no more than that."""
-    for switch in switches:
-        if switch.reason is not None:
-            return switch.reason
-    return None
 
 
 @dataclass(slots=True)
@@ -208,24 +169,28 @@ class LlamaBatchContext:
         # GGUF at the volume's own sequential rate or faster (bench/load.py); reading it in
         # (LLAMA_LOAD_MODE_NONE), direct I/O, POSIX_FADV_WILLNEED first, or a Python reader
         # ahead of the mapping were each slower (0.3 to 0.7 of it), so the mode stays.
-        switches = switches_of(config.model_path)
-        # Kept in this frame while llama.cpp may call it (ctypes frees a callback nothing
-        # references); llama.cpp stops the load, and returns NULL, once it answers False.
-        on_progress = llama_cpp.llama_progress_callback(
-            lambda _progress, _data: abort_reason(switches) is None
-        )
-        model_params.progress_callback = on_progress
+        switch = config.abort
+        if switch is not None:
+            # Kept in this frame while llama.cpp may call it (ctypes frees a callback nothing
+            # references); llama.cpp stops the load, and returns NULL, once it answers False.
+            # It runs at every progress step (one per tensor), so it only reads an attribute.
+            on_progress = llama_cpp.llama_progress_callback(
+                lambda _progress, _data: switch.reason is None
+            )
+            model_params.progress_callback = on_progress
         started = time.perf_counter()
         self.model = llama_cpp.llama_model_load_from_file(
             str(config.model_path).encode("utf-8"), model_params
         )
         if not self.model:
-            reason = abort_reason(switches)
-            if reason is not None:
-                raise EngineError(f"the load was abandoned: {reason}")
+            if switch is not None and switch.reason is not None:
+                raise EngineError(f"the load was abandoned: {switch.reason}")
             raise EngineError(
                 "llama.cpp could not load the model file", detail=str(config.model_path)
             )
+        if switch is not None and switch.reason is not None:  # set as the last tensor loaded
+            llama_cpp.llama_model_free(self.model)
+            raise EngineError(f"the load was abandoned: {switch.reason}")
         # Apart from the context's creation (its KV cache), which load_duration also counts.
         self.weights_seconds = time.perf_counter() - started
         log.info("read the weights of %s in %.2fs", config.model_path.name, self.weights_seconds)

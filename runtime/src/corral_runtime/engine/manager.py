@@ -42,12 +42,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
-from corral_runtime.engine.llama import (
-    LoadAbort,
-    abortable_load,
-    flash_attention_for,
-    tensor_split_of,
-)
+from corral_runtime.engine.llama import LoadAbort, flash_attention_for, tensor_split_of
 from corral_runtime.engine.priority import PriorityPolicy, total_slots
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import (
@@ -545,6 +540,7 @@ class ModelManager:
             queue_timeout_s=self.settings.queue_timeout_seconds,
             generation_timeout_s=self.settings.generation_timeout_seconds,
             priority=priority,
+            abort=LoadAbort(),
         )
         worker = ModelWorker(
             stored.name.display,
@@ -580,12 +576,11 @@ class ModelManager:
         away) stops too, since its worker would be closed once loaded."""
         # The switch first: ``abandon_loads`` (a signal handler, between any two bytecodes)
         # marks the manager, then sets the switch it finds, so one of them is seen.
-        switch = self._load_switch = LoadAbort()
+        switch = self._load_switch = worker.config.abort or LoadAbort()
         try:
             if self._abandoned is not None:
                 raise LoadAbandonedError()
-            with abortable_load(worker.config.model_path, switch):
-                await worker.start()
+            await worker.start()
         except LoadAbandonedError:
             raise
         except BaseException as exc:

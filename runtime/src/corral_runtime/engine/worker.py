@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, Row, utf8
+from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, LoadAbort, Row, utf8
 from corral_runtime.engine.priority import (
     DecodingView,
     PriorityPolicy,
@@ -108,6 +108,7 @@ class LoadConfig:
     queue_timeout_s: float | None = None  # None: wait as long as it takes
     generation_timeout_s: float | None = None  # from taking a slot; None: no limit
     priority: PriorityPolicy = field(default_factory=PriorityPolicy)  # who waits less
+    abort: LoadAbort | None = field(default=None, compare=False)  # the load's switch to stop
 
 
 def prompt_too_long_message(n_tokens: int | None, n_ctx: int) -> str:
@@ -848,6 +849,7 @@ class ModelWorker:
             kv_cache_type=self.config.kv_cache_type,
             batch_invariant=self.config.batch_invariant,
             tensor_split=self.config.tensor_split,
+            abort=self.config.abort,
         )
         try:
             self._context = LlamaBatchContext(config)
