@@ -7,23 +7,31 @@ loaded one (on the server the loaded one uses):
 
 - idle: interactive requests one at a time, nothing else running (the reference TTFT of the
   loaded phase that follows);
-- fifo: for --window seconds, --batch-clients clients each stream generations of
-  --batch-tokens tokens back to back, more than the slots hold, while an interactive request
-  arrives every --interactive-every seconds, whether or not the ones before it were answered
-  (an open arrival: both loaded phases carry the same interactive work, so the batch throughput
-  kept compares like with like, where a user who waits for each answer sent a few requests
-  under FIFO and several times as many with priorities); no request names a class, so all
-  share one queue in arrival order, on a server with no reserved slots (the server as it was
-  before priorities);
+- fifo: --batch-clients clients stream --batch-requests generations of --batch-tokens tokens
+  between them, each client its next one as soon as its last is done, more than the slots
+  hold, while an interactive request arrives every --interactive-every seconds for --window
+  seconds, whether or not the ones before it were answered (an open arrival). No request
+  names a class, so all share one queue in arrival order, on a server with no reserved slots
+  (the server as it was before priorities);
 - priorities: the same load, the batch clients sending ``X-Corral-Priority: batch``, on a
   server with --reserved slots on top of its --parallel ones.
+
+What the batch throughput compares: both loaded phases do the same work, the same batch
+generations and the same interactive requests, and the batch rate is its tokens over the time
+from the phase's start to its last batch token. The batch work outlasts the interactive
+requests (each phase prints how many were answered after the batch was done: their work fell
+outside the time measured, and it should be none), so the time holds all of both. A fixed
+window instead compared unequal work: under FIFO an interactive request waits seconds to
+minutes behind the queued batch ones, so a 10 s window held a third of FIFO's interactive
+generation and all of the priorities server's (FIFO's batch looked faster for work it had not
+done yet), and a window from the first interactive token on held FIFO's backlog instead.
 
 On a shared machine the CPU a run gets moves by several times within minutes, so one long phase
 of each compared phases that ran on different machines, in effect. Here every ratio is taken
 within a round (a loaded TTFT over the idle one just before it, its priorities' batch rate over
 the same round's FIFO one), the two loaded phases swap order from round to round, each loaded
-phase lasts a fixed time however fast the machine is, and what is printed is the median over
-the rounds.
+phase does a fixed amount of work however fast the machine is, and what is printed is the
+median over the rounds.
 
 The interactive requests send no header (interactive is the default class). Every prompt differs
 from its first words on, so no slot's cached prefix helps anyone. --reserved sets the priorities
@@ -33,8 +41,12 @@ give FIFO more slots than the server before priorities had; default 1), and --ba
 CORRAL_PRIORITY_SHARES for batch (unset by default).
 
 Printed last: ``interactive_ttft_p50_loaded_vs_idle_ratio=<x>`` with priorities (goal <= 1.5),
-``interactive_ttft_p50_loaded_vs_idle_ratio_fifo=<x>``, and ``batch_throughput_kept=<x>``
-(batch tokens per second with priorities over FIFO's in the same round; goal >= 0.9).
+``interactive_ttft_p50_loaded_vs_idle_ratio_fifo=<x>``,
+``batch_throughput_kept_per_server_cpu=<x>`` (the FIFO server's CPU seconds for its loaded
+phase over the priorities server's for the same work: other processes on the machine move it
+less than the wall time, though not at all, as llama.cpp's threads spin while they wait for
+each other) and ``batch_throughput_kept=<x>`` (batch tokens per second with priorities over
+FIFO's in the same round; goal >= 0.9).
 """
 
 from __future__ import annotations
@@ -94,8 +106,10 @@ def fresh_prompt(kind: str) -> str:
 class Phase:
     name: str
     ttfts: list[float] = field(default_factory=list)  # interactive requests'
-    batch_tokens: int = 0  # streamed within the measured window
+    batch_tokens: int = 0
+    interactive_late: int = 0  # interactive requests answered after the batch's last token
     batch_seconds: float = 0.0
+    server_cpu_s: float = 0.0  # the server process's CPU time over the phase
 
     @property
     def ttft_p50(self) -> float:
@@ -144,43 +158,48 @@ async def idle(base: str, args: argparse.Namespace) -> Phase:
 
 
 async def loaded(base: str, args: argparse.Namespace, name: str, batch_class: str | None) -> Phase:
-    """--window seconds of the batch load (its clients generating back to back) with
-    interactive requests arriving on a timer, each sent without waiting for those before; the
-    batch's pieces are counted from the first interactive request on (the slots are full by
-    then), and the batch is cut off at the window's end, so a slower machine makes the phase no
-    longer. Interactive requests still waiting then are answered after it, their TTFT counted
-    from when they were sent."""
+    """The batch work (--batch-requests generations, its clients each sending its next as its
+    last is done) with interactive requests arriving on a timer over its first --window
+    seconds, each sent without waiting for those before; the batch rate is over the time from
+    the start to its last token, and each TTFT is one under load."""
     phase = Phase(name)
-    counting = False
+    unsent = args.batch_requests
+    last_batch_token = 0.0
 
-    def count() -> None:
-        if counting:
-            phase.batch_tokens += 1
+    def count_batch() -> None:
+        nonlocal last_batch_token
+        phase.batch_tokens += 1
+        last_batch_token = time.perf_counter()
 
     limits = httpx.Limits(max_connections=args.batch_clients + 64)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as http:
 
         async def batch_client() -> None:
-            while True:
+            nonlocal unsent
+            while unsent > 0:
+                unsent -= 1
                 text = fresh_prompt(f"{name} batch")
-                await generate(http, text, args.batch_tokens, batch_class, count)
+                await generate(http, text, args.batch_tokens, batch_class, count_batch)
 
+        async def interactive_request() -> tuple[float, float]:
+            """Its TTFT, and when it was answered."""
+            text = fresh_prompt(f"{name} interactive")
+            ttft = await generate(http, text, args.interactive_tokens, None)
+            return ttft, time.perf_counter()
+
+        started = time.perf_counter()
         batch = [asyncio.create_task(batch_client()) for _ in range(args.batch_clients)]
         await asyncio.sleep(args.interactive_every)  # the batch fills the slots
-        counting, started = True, time.perf_counter()
-        interactive: list[asyncio.Task[float]] = []
-        while time.perf_counter() - started < args.window:
-            text = fresh_prompt(f"{name} interactive")
-            request = generate(http, text, args.interactive_tokens, None)
-            interactive.append(asyncio.create_task(request))
+        interactive: list[asyncio.Task[tuple[float, float]]] = []
+        sending_from = time.perf_counter()
+        while time.perf_counter() - sending_from < args.window:
+            interactive.append(asyncio.create_task(interactive_request()))
             await asyncio.sleep(args.interactive_every)
-        counting = False
-        phase.batch_seconds = time.perf_counter() - started
-        for task in batch:
-            task.cancel()
-        await asyncio.gather(*batch, return_exceptions=True)
-        phase.ttfts.extend(await asyncio.gather(*interactive))
-    await asyncio.sleep(args.interactive_every)  # the server drops the cut-off streams
+        await asyncio.gather(*batch)
+        answers = await asyncio.gather(*interactive)
+    phase.batch_seconds = last_batch_token - started
+    phase.ttfts.extend(ttft for ttft, _ in answers)
+    phase.interactive_late = sum(1 for _, answered in answers if answered > last_batch_token)
     return phase
 
 
@@ -191,6 +210,7 @@ class Round:
     fifo_ratio: float  # FIFO's interactive TTFT p50 over the idle one
     priorities_ratio: float
     batch_kept: float  # batch tokens per second, priorities over FIFO
+    batch_kept_cpu: float  # the server's CPU seconds for the same work, FIFO's over priorities'
 
 
 def round_ratios(idles: list[Phase], phases: dict[str, Phase]) -> Round:
@@ -202,6 +222,7 @@ def round_ratios(idles: list[Phase], phases: dict[str, Phase]) -> Round:
         fifo.ttft_p50 / before["fifo"].ttft_p50,
         priorities.ttft_p50 / before["priorities"].ttft_p50,
         priorities.batch_rate / fifo.batch_rate,
+        fifo.server_cpu_s / priorities.server_cpu_s,
     )
 
 
@@ -215,9 +236,17 @@ def report(phase: Phase) -> None:
     print(
         f"{phase.name}: interactive_ttft_p50_s={phase.ttft_p50:.3f} "
         f"interactive_requests={len(phase.ttfts)} "
-        f"batch_tokens_per_s={phase.batch_rate:.1f} batch_seconds={phase.batch_seconds:.1f}",
+        f"interactive_answered_after_batch={phase.interactive_late} "
+        f"batch_tokens_per_s={phase.batch_rate:.1f} batch_seconds={phase.batch_seconds:.1f} "
+        f"server_cpu_s={phase.server_cpu_s:.1f}",
         flush=True,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user and system, all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mean_queue_wait(page: str, priority: str) -> float | None:
@@ -242,7 +271,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=4, help="the server's slots")
     parser.add_argument("--ctx", type=int, default=512, help="context per slot")
     parser.add_argument("--batch-clients", type=int, default=8)
-    parser.add_argument("--window", type=float, default=10.0, help="seconds per loaded phase")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds of interactive")
+    parser.add_argument("--batch-requests", type=int, default=48, help="per loaded phase")
     parser.add_argument("--batch-tokens", type=int, default=64)
     parser.add_argument("--interactive-tokens", type=int, default=8)
     parser.add_argument("--interactive-every", type=float, default=1.0, help="seconds")
@@ -262,12 +292,13 @@ def main() -> int:
         ModelStore(Path(tmp)).create_model(MODEL, args.model or test_model_path(), params={})
         flags = ["--parallel", str(args.parallel), "--context-length", str(args.ctx)]
         flags += ["--threads", str(args.threads)]
-        bases = {
+        served = {
             name: servers.enter_context(
                 serving_process(Path(tmp), *flags, log=Path(tmp) / f"{name}.log", env=server_env)
-            ).base_url
+            )
             for name, server_env in (("fifo", {}), ("priorities", env))
         }
+        bases = {name: server.base_url for name, server in served.items()}
         for base in bases.values():  # each loads its model
             asyncio.run(idle(base, argparse.Namespace(**{**vars(args), "idle_requests": 2})))
         rounds = []
@@ -277,14 +308,17 @@ def main() -> int:
                 references.append(asyncio.run(idle(bases[name], args)))  # just before each
                 report(references[-1])
                 batch_class = "batch" if name == "priorities" else None
+                cpu = cpu_seconds(served[name].process.pid)
                 phases[name] = asyncio.run(loaded(bases[name], args, name, batch_class))
+                phases[name].server_cpu_s = cpu_seconds(served[name].process.pid) - cpu
                 report(phases[name])
             rounds.append(round_ratios(references, phases))
             ratios = rounds[-1]
             print(
                 f"round {number + 1}: ttft ratio fifo {ratios.fifo_ratio:.2f}, "
                 f"priorities {ratios.priorities_ratio:.2f}; "
-                f"batch kept {ratios.batch_kept:.2f}",
+                f"batch kept {ratios.batch_kept:.2f} (per server CPU second "
+                f"{ratios.batch_kept_cpu:.2f})",
                 flush=True,
             )
         page = httpx.get(bases["priorities"] + "/metrics", timeout=60).text
@@ -296,6 +330,8 @@ def main() -> int:
     print(f"interactive_ttft_p50_loaded_vs_idle_ratio_fifo={fifo_ratio:.2f}")
     ratio = statistics.median(r.priorities_ratio for r in rounds)
     print(f"interactive_ttft_p50_loaded_vs_idle_ratio={ratio:.2f}")
+    kept_cpu = statistics.median(r.batch_kept_cpu for r in rounds)
+    print(f"batch_throughput_kept_per_server_cpu={kept_cpu:.2f}")
     print(f"batch_throughput_kept={statistics.median(r.batch_kept for r in rounds):.2f}")
     return 0
 
