@@ -1,6 +1,7 @@
 """Which slot a request takes, on the real model: a new conversation that shares only a system
 prompt with another conversation's longer history takes a free empty slot instead of
-overwriting that history, so the other conversation's next turn still reuses all of it."""
+overwriting that history, so the other conversation's next turn still reuses all of it (its
+answer's chunks included, which its idle slot warmed meanwhile)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corral_runtime.engine.scheduling import PREFILL_CHUNK
+from corral_runtime.engine.scheduling import PREFILL_CHUNK, common_prefix
 from tests.runtime.test_concurrency_engine import GREEDY, SYSTEM, TURN, loaded, run
 
 pytestmark = pytest.mark.runtime
@@ -33,7 +34,7 @@ async def test_a_new_conversation_keeps_off_another_conversations_history(
 ) -> None:
     async with loaded(test_model_path, parallel=2, max_pending=2) as worker:
         opening = TURN.format(SYSTEM + ORDER)
-        answer, _ = await run(worker, opening, GREEDY)
+        answer, first = await run(worker, opening, GREEDY)
         shared = len(await worker.tokenize(TURN.format(SYSTEM)))
         own = len(await worker.tokenize(opening)) // PREFILL_CHUNK * PREFILL_CHUNK
         # The precondition of the choice: A's own history outweighs the shared chunks.
@@ -44,5 +45,9 @@ async def test_a_new_conversation_keeps_off_another_conversations_history(
         assert other.cached_prompt_tokens == 0  # an empty slot, not A's
 
         follow_up = opening + answer + "<end_of_turn>\n" + TURN.format("And the price?")
+        # A's turn as its slot holds it: the answer's last token was never fed.
+        turn = list(first.tokens[:-1])
+        shared = common_prefix(turn, await worker.tokenize(follow_up))
         _, stats = await run(worker, follow_up, GREEDY)
-        assert stats.cached_prompt_tokens == own  # all of A's evaluated history
+        # All of A's evaluated history: its prompt's whole chunks and its answer's, warmed.
+        assert stats.cached_prompt_tokens == shared // PREFILL_CHUNK * PREFILL_CHUNK > own

@@ -1,8 +1,9 @@
 """The continuous-batching scheduler's decisions, as pure functions of plain values.
 
 The decode thread (``worker.py``) owns llama.cpp and calls these to decide which slot a request
-takes, how much of a cached prompt it reuses, how many prompt tokens go into the next batch and
-when a sequence is done. Keeping them free of llama.cpp makes each rule testable on its own.
+takes, how much of a cached prompt it reuses, how many prompt tokens go into the next batch,
+when a sequence is done and which finished turn's chunk an idle slot evaluates again. Keeping
+them free of llama.cpp makes each rule testable on its own.
 """
 
 from __future__ import annotations
@@ -144,6 +145,50 @@ def dropped_history(view: SlotView, prompt: Sequence[int]) -> int:
     the prompt leaves the cache. None when the prompt continues what the slot holds (the same
     conversation's next turn)."""
     return max(0, view.evaluated - common_prefix(view.cached, prompt))
+
+
+@dataclass(frozen=True, slots=True)
+class WarmView:
+    """What the choice of a chunk to warm needs to know of one slot."""
+
+    finished: int  # tokens of the slot's last finished turn (prompt and answer); 0 while taken
+    evaluated: int  # of those, leading tokens evaluated as whole prompt chunks
+    last_used: float  # when the turn finished
+
+
+def warm_start(finished: int, evaluated: int, chunk: int = PREFILL_CHUNK) -> int | None:
+    """Where the next chunk of a finished turn to evaluate again as a prompt chunk starts, or
+    None when no whole aligned chunk of the turn lies past ``evaluated``.
+
+    A turn's answer (and its prompt's last partial chunk) were evaluated by decode steps, which
+    round differently from a prompt chunk, so the next turn cannot reuse them; evaluated again
+    as aligned prompt chunks while the slot is idle, they are what that turn would compute
+    itself, so it reuses them. A last partial chunk stays: the next turn's chunk there holds
+    tokens not known yet."""
+    start = evaluated // chunk * chunk
+    return start if start + chunk <= finished else None
+
+
+def next_warm_chunk(
+    slots: Sequence[WarmView], chunk: int = PREFILL_CHUNK, *, prompt_work: bool = False
+) -> tuple[int, int] | None:
+    """The chunk to warm at this step, as (index into ``slots``, its first position), or None.
+
+    Warming is the least urgent work there is: none while ``prompt_work`` (a request waits for
+    a slot, or a prompt for its chunks), since a warm chunk would delay it, and one chunk per
+    step at most, which the caller keeps to. Of the slots with a chunk to warm, the one whose
+    turn finished first, as its conversation's next turn is likely due first."""
+    if prompt_work:
+        return None
+    candidates = [
+        (view.last_used, index, start)
+        for index, view in enumerate(slots)
+        if (start := warm_start(view.finished, view.evaluated, chunk)) is not None
+    ]
+    if not candidates:
+        return None
+    _, index, start = min(candidates)
+    return index, start
 
 
 def batch_capacity(chunk: int, parallel: int) -> int:

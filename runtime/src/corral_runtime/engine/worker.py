@@ -15,7 +15,9 @@ names (class, aging, share caps), and beyond it ``generate`` raises
 ``QueueFullError`` (503). A request that waits longer than the queue timeout fails with
 ``QueueTimeoutError`` (also 503); one that generates longer than the generation timeout ends
 with ``GenerationTimeoutError`` and frees its slot. A cancelled stream (its client went away)
-leaves its slot at the next step.
+leaves its slot at the next step. A slot whose turn has finished evaluates the turn's answer
+again as prompt chunks while idle, one chunk a step and only while no prompt waits (``_warm``),
+so the conversation's next turn reuses it.
 
 Requests reach the thread through an inbox; results come back through
 ``loop.call_soon_threadsafe``. The scheduling rules themselves are pure functions in
@@ -65,13 +67,16 @@ from corral_runtime.engine.sampling import (
 from corral_runtime.engine.scheduling import (
     PREFILL_CHUNK,
     SlotView,
+    WarmView,
     batch_capacity,
     choose_slot,
     default_parallel,
     done_reason,
     evaluated_prefix,
     generation_budget,
+    next_warm_chunk,
     plan_prefill,
+    warm_start,
 )
 from corral_runtime.engine.stops import StopMatcher
 from corral_runtime.engine.types import (
@@ -256,6 +261,9 @@ class _Slot:
     evaluated: int = 0  # leading cached tokens evaluated as whole prompt chunks
     last_used: float = -math.inf
     sequence: _Sequence | None = None
+    # The last finished turn's tokens (prompt and answer), whose whole chunks past ``evaluated``
+    # the idle slot evaluates again as prompt chunks (``_warm``); empty once the slot is taken.
+    turn: list[int] = field(default_factory=list)
 
 
 class ModelWorker:
@@ -339,6 +347,16 @@ class ModelWorker:
     def queued(self) -> int:
         """Requests admitted that do not hold a slot yet."""
         return max(0, self._pending - self._busy)
+
+    @property
+    def warming(self) -> bool:
+        """Whether an idle slot still has a chunk of its finished turn to warm (``_warm``):
+        from another thread, a snapshot that settles once the thread has caught up."""
+        return any(
+            slot.sequence is None
+            and warm_start(len(slot.turn), slot.evaluated, self._chunk) is not None
+            for slot in self._slots
+        )
 
     def queued_by_class(self) -> dict[str, int]:
         """Requests admitted that do not hold a slot yet, per priority class."""
@@ -434,6 +452,7 @@ class ModelWorker:
                 self._fill_slots()
                 if self._busy:
                     self._step()
+                self._warm()
             except Exception as exc:  # A failed step fails its sequences, not the thread.
                 log.exception("decode step on %s failed", self.name)
                 self._fail_all(EngineError("generation failed", detail=repr(exc)))
@@ -443,7 +462,8 @@ class ModelWorker:
         False once told to stop."""
         # Waiting requests imply busy slots (free ones are filled at once), so an idle thread
         # has no deadline to watch and may sleep until something arrives.
-        block = not self._busy and not self._waiting
+        # Nor while an idle slot has a finished turn to warm (``_warm``).
+        block = not self._busy and not self._waiting and self._warm_choice() is None
         while True:
             try:
                 if block:
@@ -557,6 +577,7 @@ class ModelWorker:
             reuse = 0
         slot.cached = tokens[:reuse]
         slot.evaluated = reuse
+        slot.turn = []  # what was warmed stays in the reused prefix; the rest is abandoned
         now = time.perf_counter()
         sequence = _Sequence(
             submission=submission,
@@ -671,6 +692,46 @@ class ModelWorker:
         if completes:
             self._advance(slot, sequence, self._sample(sequence, n - 1))
 
+    def _warm_choice(self) -> tuple[_Slot, int] | None:
+        """The idle slot and position of the finished turn's chunk to warm now, if any
+        (``scheduling.next_warm_chunk``): none while a request waits for a slot or its
+        prompt's chunks, or while the inbox holds something new."""
+        idle = [slot for slot in self._slots if slot.sequence is None and slot.turn]
+        if not idle:
+            return None
+        prompt_work = (
+            bool(self._waiting)
+            or any(s.sequence is not None and s.sequence.prefilling for s in self._slots)
+            or not self._inbox.empty()
+        )
+        views = [WarmView(len(s.turn), s.evaluated, s.last_used) for s in idle]
+        chosen = next_warm_chunk(views, self._chunk, prompt_work=prompt_work)
+        return None if chosen is None else (idle[chosen[0]], chosen[1])
+
+    def _warm(self) -> None:
+        """Evaluate one chunk of an idle slot's finished turn again, as a prompt chunk alone in
+        its ``llama_decode``, after dropping the KV from its start on (which decode steps, or
+        a partial chunk, wrote): a next turn that continues the conversation then reuses it,
+        and its output is still that of a fresh evaluation (``scheduling.warm_start``). One
+        chunk a step, so taking the slot abandons the rest at once."""
+        choice = self._warm_choice()
+        if choice is None:
+            return
+        slot, start = choice
+        context = self._require_context()
+        if not context.keep_prefix(slot.seq_id, start):
+            slot.turn = []  # the memory cannot be cut there: the cache stays as it was
+            return
+        end = start + self._chunk
+        context.decode(
+            [
+                Row(token, start + i, slot.seq_id, False)
+                for i, token in enumerate(slot.turn[start:end])
+            ]
+        )
+        slot.cached = slot.turn[:end]
+        slot.evaluated = end
+
     def _sample(self, sequence: _Sequence, index: int, greedy: list[int] | None = None) -> int:
         """The next token of ``sequence`` from batch row ``index``: its chain's draw, or for
         plain greedy the arg-max (``greedy``: every row's, taken at once for the batch)."""
@@ -742,6 +803,7 @@ class ModelWorker:
         assert sequence is not None
         slot.sequence = None
         slot.last_used = time.perf_counter()
+        slot.turn = slot.cached  # not appended to again until the slot is taken
         self._busy -= 1
         if sequence.sampler is not None:
             free_chain(sequence.sampler)
@@ -790,6 +852,7 @@ class ModelWorker:
                 self._fail(slot, error)
             slot.cached = []
             slot.evaluated = 0
+            slot.turn = []
             if self._context is not None:
                 self._context.clear(slot.seq_id)
 

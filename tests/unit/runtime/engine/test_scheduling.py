@@ -10,6 +10,7 @@ from corral_runtime.engine.scheduling import (
     MAX_DEFAULT_PARALLEL,
     PREFILL_CHUNK,
     SlotView,
+    WarmView,
     batch_capacity,
     busy_runs_added,
     choose_slot,
@@ -19,10 +20,12 @@ from corral_runtime.engine.scheduling import (
     dropped_history,
     evaluated_prefix,
     generation_budget,
+    next_warm_chunk,
     parallel_for_memory,
     plan_prefill,
     prompt_chunk,
     reusable_prefix,
+    warm_start,
 )
 
 pytestmark = pytest.mark.unit
@@ -164,6 +167,41 @@ class TestChooseSlot:
     def test_no_free_slot_is_an_error(self) -> None:
         with pytest.raises(ValueError, match="no free slot"):
             choose_slot([], [1])
+
+
+class TestWarmStart:
+    def test_the_first_chunk_past_the_evaluated_prefix(self) -> None:
+        # A turn of 289 tokens whose prompt left 192 evaluated: one whole chunk to warm.
+        assert warm_start(289, 192) == 192
+        assert warm_start(289, 256) is None
+
+    def test_a_last_partial_chunk_is_never_warmed(self) -> None:
+        assert warm_start(255, 192) is None
+        assert warm_start(256, 192) == 192
+
+    def test_nothing_to_warm_in_an_empty_or_fully_evaluated_slot(self) -> None:
+        assert warm_start(0, 0) is None
+        assert warm_start(128, 128) is None
+
+    def test_the_chunk_size_sets_the_boundaries(self) -> None:
+        assert warm_start(40, 16, chunk=16) == 16
+        assert warm_start(40, 32, chunk=16) is None
+
+
+class TestNextWarmChunk:
+    def test_the_turn_that_finished_first_is_warmed_first(self) -> None:
+        slots = [WarmView(300, 192, last_used=2.0), WarmView(300, 128, last_used=1.0)]
+        assert next_warm_chunk(slots) == (1, 128)
+
+    def test_slots_with_nothing_to_warm_are_passed_over(self) -> None:
+        slots = [WarmView(200, 192, last_used=0.0), WarmView(0, 0, last_used=-1.0)]
+        assert next_warm_chunk(slots) is None
+        assert next_warm_chunk([*slots, WarmView(200, 64, last_used=5.0)]) == (2, 64)
+
+    def test_no_warming_while_prompt_work_waits(self) -> None:
+        slots = [WarmView(300, 0, last_used=0.0)]
+        assert next_warm_chunk(slots, prompt_work=True) is None
+        assert next_warm_chunk(slots, prompt_work=False) == (0, 0)
 
 
 class TestPromptChunk:

@@ -1,0 +1,74 @@
+"""Warming a finished turn, on the real model: once a turn ends, its idle slot evaluates the
+turn's answer again as whole prompt chunks, so the conversation's next turn reuses them (its
+cached prompt tokens grow past the last turn's prompt) and still answers bit for bit what a
+fresh server answers, log-probabilities included."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from corral_runtime.engine.scheduling import PREFILL_CHUNK, common_prefix
+from corral_runtime.engine.types import (
+    GenerationRequest,
+    GenerationStats,
+    SamplingParams,
+    TokenLogprob,
+)
+from corral_runtime.engine.worker import ModelWorker
+from tests.runtime.test_concurrency_engine import SYSTEM, TURN, loaded, run
+
+pytestmark = pytest.mark.runtime
+
+# Long enough that the answer fills more than one chunk past the opening prompt's last whole one.
+ANSWER = SamplingParams(temperature=0, num_predict=96)
+FOLLOW_UP = SamplingParams(temperature=0, num_predict=24, logprobs=3)
+
+
+async def settled(worker: ModelWorker) -> None:
+    """Wait until the worker has warmed every chunk it can (it does so on its own thread)."""
+    async with asyncio.timeout(60):
+        while worker.warming:  # noqa: ASYNC110 (set on the decode thread, which has no event)
+            await asyncio.sleep(0.05)
+
+
+async def answer_with_logprobs(
+    worker: ModelWorker, prompt: str
+) -> tuple[str, GenerationStats, list[TokenLogprob]]:
+    """A greedy answer, its stats and every token's log-probability (and the top three at its
+    position) as llama.cpp computed them."""
+    stream = worker.generate(GenerationRequest(prompt=prompt, params=FOLLOW_UP))
+    await stream.started()
+    text = "".join([piece async for piece in stream])
+    assert stream.stats is not None
+    return text, stream.stats, stream.take_logprobs()
+
+
+async def test_a_warmed_turn_is_reused_and_answers_as_a_fresh_server(
+    test_model_path: Path,
+) -> None:
+    opening = TURN.format(SYSTEM + "What cakes do you have, and which of them keep a week?")
+    async with loaded(test_model_path, parallel=2, max_pending=2) as worker:
+        answer, first = await run(worker, opening, ANSWER)
+        assert first.done_reason == "length"
+        await settled(worker)
+        follow_up = opening + answer + "<end_of_turn>\n" + TURN.format("And what bread?")
+        warm_text, warm_stats, warm_logprobs = await answer_with_logprobs(worker, follow_up)
+        follow_tokens = await worker.tokenize(follow_up)
+    async with loaded(test_model_path, parallel=2, max_pending=2) as fresh:
+        fresh_text, fresh_stats, fresh_logprobs = await answer_with_logprobs(fresh, follow_up)
+
+    assert fresh_stats.cached_prompt_tokens == 0
+    assert warm_text == fresh_text
+    assert warm_logprobs == fresh_logprobs  # bit for bit, every token
+    assert warm_stats.prompt_eval_count == fresh_stats.prompt_eval_count
+
+    # Without warming only the opening's whole chunks were reusable; now the answer's are too
+    # (its KV was written by decode steps: the last generated token was never fed at all).
+    unwarmed = first.prompt_eval_count // PREFILL_CHUNK * PREFILL_CHUNK
+    turn = list(first.tokens[:-1])
+    shared = min(common_prefix(turn, follow_tokens), len(follow_tokens) - 1)
+    assert warm_stats.cached_prompt_tokens == shared // PREFILL_CHUNK * PREFILL_CHUNK
+    assert warm_stats.cached_prompt_tokens > unwarmed
