@@ -354,3 +354,75 @@ def test_llama_cpp_stops_a_load_whose_switch_is_set(model_store: ModelStore) -> 
         LlamaBatchContext(replace(config, abort=switch))
     context = LlamaBatchContext(replace(config, abort=LoadAbort()))
     context.close()
+
+
+# ``corral serve`` that says, as llama.cpp's load of a model starts, whether llama-cpp-python's
+# high-level half (``llama_cpp.Llama``) and numpy have been imported by then: its bindings'
+# llama_model_load_from_file is wrapped as they are imported, before anything takes it from them.
+LOAD_WATCH = """
+import importlib.machinery, sys
+from corral_runtime.cli import main
+
+
+def watched(load):
+    def load_from_file(path, params):
+        numpy = sys.modules.get("numpy")
+        imported = {
+            "llama_cpp.Llama": "Llama" in vars(sys.modules["llama_cpp"]),
+            "numpy": numpy is not None and "ndarray" in vars(numpy),
+        }
+        print("the load started; imported:", imported, flush=True)
+        return load(path, params)
+
+    return load_from_file
+
+
+class WatchTheBindings:
+    def find_spec(self, name, path, target=None):
+        if name != "llama_cpp.llama_cpp":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module.llama_model_load_from_file = watched(module.llama_model_load_from_file)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, WatchTheBindings())
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_preloads_load_starts_before_numpy_and_the_high_level_half_are_imported(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    # A cold pod's load waits only for llama.cpp's ctypes bindings; the ~0.2 s of numpy and
+    # llama-cpp-python's high-level half are imported while it runs. The complete package is
+    # there afterwards: an embedding (llama_cpp.Llama) and a generate (numpy) are answered.
+    port = free_port()
+    serve = serve_command(
+        port, model_store.root, "--threads", "2", "--parallel", "1", "--preload", TEST_MODEL_NAME
+    )
+    command = [sys.executable, "-c", LOAD_WATCH, *serve[serve.index("serve") :]]
+    log = tmp_path / "serve.log"
+    with (
+        running_process("corral serve", command, port, log, {}, 60) as server,
+        httpx.Client(base_url=server.base_url, timeout=300) as client,
+    ):
+        wait_for_line(server, f"preloaded {TEST_MODEL_NAME}")
+        generated = name_three_colours(client)
+        assert generated.status_code == 200, generated.text
+        embedded = client.post("/api/embed", json={"model": TEST_MODEL_NAME, "input": "Hi"})
+        assert embedded.status_code == 200, embedded.text
+        assert len(embedded.json()["embeddings"][0]) > 0
+    text = log.read_text()
+    # The first load, the preload's (the embedding's own context loads the model again).
+    started = next(line for line in text.splitlines() if line.startswith("the load started"))
+    assert started == ("the load started; imported: {'llama_cpp.Llama': False, 'numpy': False}"), (
+        text[-2000:]
+    )
+    assert "Traceback" not in text

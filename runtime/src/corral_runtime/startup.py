@@ -18,6 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from corral_runtime.engine.bindings import import_bindings
 from corral_runtime.engine.manager import ModelManager
 from corral_runtime.gpu import GpuInfo
 from corral_runtime.metrics import RuntimeMetrics
@@ -43,6 +44,7 @@ def open_store(settings: RuntimeSettings) -> ModelStore:
 
 def _offload_supported() -> bool:
     try:
+        import_bindings()  # the bindings alone: the preload's load waits for nothing more
         import llama_cpp
     except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
         return False
@@ -76,7 +78,8 @@ class Engine:
 
 def start_engine(settings: RuntimeSettings, metrics: RuntimeMetrics) -> Engine:
     """Open the store, make the manager and start the preload on the running loop. Imports
-    llama.cpp's bindings (and numpy) on the way, to ask whether it can offload."""
+    llama.cpp's bindings on the way, to ask whether it can offload: not numpy and the rest of
+    llama-cpp-python, which the preload's load imports as it runs (``engine.bindings``)."""
     store = open_store(settings)
     manager = ModelManager(
         store,

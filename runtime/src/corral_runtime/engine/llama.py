@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral_runtime.engine.bindings import complete_in_background, import_bindings
 from corral_runtime.engine.types import EngineError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -145,13 +146,15 @@ class LlamaBatchContext:
     """A loaded model, its vocabulary and a context with ``parallel`` sequences."""
 
     def __init__(self, config: ContextConfig) -> None:
-        # Here, not at the top: importing the server must not wait for llama.cpp's bindings
-        # and numpy (``corral serve`` imports them beside the web stack; see its command).
+        # Here, not at the top: importing the server must not wait for llama.cpp's bindings.
+        # Only they come before the load; numpy and the rest of llama-cpp-python (first needed
+        # at the first logits, ``_np``) are imported in a thread while llama.cpp loads the
+        # model without the GIL (see engine.bindings).
+        import_bindings()
+        complete_in_background()
         import llama_cpp
-        import numpy
 
         self._llama = llama_cpp
-        self._np = numpy
         select_cpu_kernels(config.batch_invariant)
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -314,10 +317,19 @@ class LlamaBatchContext:
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status}")
 
+    @functools.cached_property
+    def _np(self) -> Any:
+        """numpy, imported at the first logits read, after the load (see ``__init__``)."""
+        import numpy
+
+        return numpy
+
     def logits(self, index: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The logits of batch row ``index``, as a view valid until the next decode."""
         logits = self._llama.llama_get_logits_ith(self.ctx, index)
-        return self._np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        view: np.ndarray[Any, np.dtype[np.float32]]
+        view = self._np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        return view
 
     def argmax(self, index: int) -> int:
         """The most likely token at batch row ``index`` (the first of equal maxima, as

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from corral_runtime.engine.bindings import import_bindings
 from corral_runtime.store.gguf import InvalidModelFileError
 from corral_runtime.store.layout import LOADS, ModelStore, StoredModel
 
@@ -61,6 +62,7 @@ def probe_model_file(path: Path, timeout: float = PROBE_TIMEOUT_SECONDS) -> None
 
 
 def _load_and_tokenize(path: str) -> int:
+    import_bindings()  # all it calls: not numpy and the high-level half (~0.2 s) too
     import llama_cpp
 
     llama_cpp.llama_backend_init()

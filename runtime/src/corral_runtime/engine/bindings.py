@@ -1,0 +1,163 @@
+"""llama-cpp-python's ctypes bindings first, the rest of its package while a model loads.
+
+``import llama_cpp`` runs the package's ``__init__``, which imports the ctypes bindings
+(``llama_cpp.llama_cpp``: what the engine loads and decodes with, ~60 ms) and then the high-level
+``llama_cpp.llama`` with numpy, jinja2 and its chat formats (~230 ms more on the project
+machine). A cold start's load needs only the first part. So ``import_bindings`` places the
+package in ``sys.modules`` without running its ``__init__`` (as the import system itself does
+just before running it: the module made from its spec, ``__path__`` included), imports the
+bindings into it and copies their names into the package as the ``__init__``'s own first line
+(``from .llama_cpp import *``) does; ``complete_in_background`` then runs the ``__init__``, once,
+in a thread of its own, while llama.cpp loads the model in C without the GIL.
+
+Until then the package module is an ``_IncompletePackage``: any name it lacks yet
+(``llama_cpp.Llama``, ``from llama_cpp import Llama``, wherever in the process) completes the
+package first, or waits for the thread completing it, so nothing ever sees half of it. Plain
+``import llama_cpp`` returns the module at once (the import system waits only for modules it is
+importing itself), so the engine's loads use it without waiting for numpy. Importing a
+submodule (``llama_cpp.llama_grammar``) works as in the complete package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import threading
+import types
+from collections.abc import Mapping
+from importlib.machinery import ModuleSpec
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def star_names(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``from module import *`` binds from a module without ``__all__`` (as
+    ``llama_cpp.llama_cpp``): its names that do not begin with an underscore."""
+    return {name: value for name, value in namespace.items() if not name.startswith("_")}
+
+
+def completes_package(name: str, completing_here: bool) -> bool:
+    """Whether looking up ``name``, missing from an incomplete package, first completes the
+    package. Not for a dunder name: the import system and tools (copy, inspect, pickle) probe
+    for optional ones, which must not import numpy on the way; nor in the thread running the
+    ``__init__``: there a missing name is one of a partly run module, as in any import."""
+    return not (name.startswith("__") and name.endswith("__")) and not completing_here
+
+
+class DeferredPackage:
+    """One package imported as its submodules ``first`` and then, later and once, its
+    ``__init__`` (see the module docstring). ``star_from``: the submodule whose names the
+    ``__init__`` star-imports first, copied into the package before ``first`` is imported
+    on (a submodule of ``first`` may read them from the package, as ``llama_cpp._logger``
+    does)."""
+
+    def __init__(self, name: str, *, star_from: str, first: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.star_from = star_from
+        self.first = first
+        self._lock = threading.Lock()
+        self._pending: tuple[types.ModuleType, ModuleSpec] | None = None
+        self._completing: int | None = None  # the thread running the __init__
+        self._background: threading.Thread | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the package's ``__init__`` has yet to run."""
+        return self._pending is not None
+
+    def import_first(self) -> None:
+        """Place the package, its ``__init__`` not run, and import ``star_from`` and ``first``
+        into it; nothing when the package is imported already (whole, or this way)."""
+        with self._lock:
+            if self.name in sys.modules:
+                return
+            spec = importlib.util.find_spec(self.name)
+            if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+                raise ImportError(f"no package named {self.name!r}", name=self.name)
+            package = importlib.util.module_from_spec(spec)
+            package.__class__ = self._incomplete_class()
+            sys.modules[self.name] = package
+            try:
+                bindings = importlib.import_module(f"{self.name}.{self.star_from}")
+                vars(package).update(star_names(vars(bindings)))
+                for submodule in self.first:
+                    importlib.import_module(f"{self.name}.{submodule}")
+            except BaseException:
+                # As a failed import leaves nothing: a later ``import`` starts afresh.
+                for placed in [m for m in sys.modules if m.partition(".")[0] == self.name]:
+                    del sys.modules[placed]
+                raise
+            self._pending = (package, spec)
+
+    def complete(self) -> None:
+        """Run the package's ``__init__``, once; a caller meanwhile waits for it to end."""
+        with self._lock:
+            if self._pending is None:
+                return
+            package, spec = self._pending
+            assert spec.loader is not None  # checked by import_first
+            self._completing = threading.get_ident()
+            try:
+                spec.loader.exec_module(package)
+            finally:
+                self._completing = None
+            package.__class__ = types.ModuleType
+            self._pending = None
+
+    def complete_in_background(self) -> None:
+        """Complete the package in a thread of its own, unless complete or under way. A failure
+        there is logged; the next use of a missing name tries again and raises it."""
+        # Not under the lock, which a completion under way holds; a second thread started by
+        # a race would find the package complete.
+        if self._pending is None or self._background is not None:
+            return
+        self._background = threading.Thread(
+            target=self._complete_logged, name=f"import {self.name}", daemon=True
+        )
+        self._background.start()
+
+    def _complete_logged(self) -> None:
+        try:
+            self.complete()
+        except Exception:
+            log.exception("importing the rest of %s failed", self.name)
+
+    def _missing(self, package: types.ModuleType, name: str) -> Any:
+        """A name the incomplete package lacks: complete it (or wait), then look again."""
+        if not completes_package(name, self._completing == threading.get_ident()):
+            raise AttributeError(
+                f"partially initialized module {self.name!r} has no attribute {name!r}",
+                name=name,
+                obj=package,
+            )
+        self.complete()
+        return types.ModuleType.__getattribute__(package, name)
+
+    def _incomplete_class(self) -> type[types.ModuleType]:
+        owner = self
+
+        class _IncompletePackage(types.ModuleType):
+            def __getattr__(self, name: str) -> Any:
+                return owner._missing(self, name)
+
+        return _IncompletePackage
+
+
+# ``_logger`` routes llama.cpp's log through the "llama-cpp-python" logger (which the engine
+# keeps to errors), as the complete package does; without it a load would print llama.cpp's
+# whole log to stderr.
+LLAMA_CPP = DeferredPackage("llama_cpp", star_from="llama_cpp", first=("_logger",))
+
+
+def import_bindings() -> None:
+    """Make ``import llama_cpp`` give at least llama.cpp's ctypes bindings and log routing,
+    without numpy and the high-level half unless imported already."""
+    LLAMA_CPP.import_first()
+
+
+def complete_in_background() -> None:
+    """Import the rest of ``llama_cpp`` (numpy, ``llama_cpp.Llama``) in a thread of its own."""
+    LLAMA_CPP.complete_in_background()
