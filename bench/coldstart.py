@@ -12,12 +12,13 @@ Job probed it).
 
 Rounds alternate between four start-ups, all measured on the same machine in one run:
 ``preload`` (``--preload`` of the model, as a ModelServer's pods start: the engine starts
-first and the load overlaps the web stack's imports and the bind), ``preload, web first``
+first, with llama-cpp-python's ctypes bindings alone, and the load overlaps the imports of the
+web stack, numpy and llama-cpp-python's high-level half, and the bind), ``preload, web first``
 (``CORRAL_EARLY_ENGINE_IMPORT=false`` with ``--preload``: the web stack is imported first and
 the app's start-up starts the engine and the load, as before the engine came first), ``on first
 request`` (the default of a local ``corral serve``: the model loads when the request asks) and
 ``import on first use`` (``CORRAL_EARLY_ENGINE_IMPORT=false`` without a preload: llama.cpp's
-bindings and numpy imported in the app's start-up). The load
+bindings imported in the app's start-up, numpy and the rest as the first load runs). The load
 time is the server's own ``corral_model_load_seconds`` (a preloaded model's request reports no
 load of its own). Prints each round, the medians of each, and last ``runtime_start_to_ready_ms=<x>``
 and ``first_token_after_start_minus_load_ms=<x>`` of the preload start-up, which is a pod's
