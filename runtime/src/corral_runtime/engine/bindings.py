@@ -1,9 +1,9 @@
 """llama-cpp-python's ctypes bindings first, the rest of its package while a model loads.
 
 ``import llama_cpp`` runs the package's ``__init__``, which imports the ctypes bindings
-(``llama_cpp.llama_cpp``: what the engine loads and decodes with, ~60 ms) and then the high-level
-``llama_cpp.llama`` with numpy, jinja2 and its chat formats (~230 ms more on the project
-machine). A cold start's load needs only the first part. So ``import_bindings`` places the
+(``llama_cpp.llama_cpp``: what the engine loads and decodes with, 50-60 ms on the project
+machine) and then the high-level ``llama_cpp.llama`` with numpy, jinja2 and its chat formats
+(180-230 ms more). A cold start's load needs only the first part. So ``import_bindings`` places the
 package in ``sys.modules`` without running its ``__init__`` (as the import system itself does
 just before running it: the module made from its spec, ``__path__`` included), imports the
 bindings into it and copies their names into the package as the ``__init__``'s own first line
@@ -39,20 +39,11 @@ def star_names(namespace: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in namespace.items() if not name.startswith("_")}
 
 
-def completes_package(name: str, completing_here: bool) -> bool:
-    """Whether looking up ``name``, missing from an incomplete package, first completes the
-    package. Not for a dunder name: the import system and tools (copy, inspect, pickle) probe
-    for optional ones, which must not import numpy on the way; nor in the thread running the
-    ``__init__``: there a missing name is one of a partly run module, as in any import."""
-    return not (name.startswith("__") and name.endswith("__")) and not completing_here
-
-
 class DeferredPackage:
-    """One package imported as its submodules ``first`` and then, later and once, its
-    ``__init__`` (see the module docstring). ``star_from``: the submodule whose names the
-    ``__init__`` star-imports first, copied into the package before ``first`` is imported
-    on (a submodule of ``first`` may read them from the package, as ``llama_cpp._logger``
-    does)."""
+    """A package imported in two steps (see the module docstring): first its submodule
+    ``star_from``, whose names the ``__init__`` star-imports first and which are copied into
+    the package, then the submodules ``first`` (which may read those names from the package,
+    as ``llama_cpp._logger`` does); later, once, its ``__init__``."""
 
     def __init__(self, name: str, *, star_from: str, first: tuple[str, ...] = ()) -> None:
         self.name = name
@@ -126,8 +117,11 @@ class DeferredPackage:
             log.exception("importing the rest of %s failed", self.name)
 
     def _missing(self, package: types.ModuleType, name: str) -> Any:
-        """A name the incomplete package lacks: complete it (or wait), then look again."""
-        if not completes_package(name, self._completing == threading.get_ident()):
+        """A name the incomplete package lacks, dunder names included (``__version__``,
+        ``__all__`` for a star import): complete it (or wait), then look again. Not in the
+        thread running the ``__init__``: there a missing name is one of a partly run module,
+        as in any import."""
+        if self._completing == threading.get_ident():
             raise AttributeError(
                 f"partially initialized module {self.name!r} has no attribute {name!r}",
                 name=name,

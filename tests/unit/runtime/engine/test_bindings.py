@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from corral_runtime.engine.bindings import DeferredPackage, completes_package, star_names
+from corral_runtime.engine.bindings import DeferredPackage, star_names
 
 pytestmark = pytest.mark.unit
 
@@ -28,6 +28,7 @@ FILES = {
         deferredpkg_runs.RUNS.append("init")
         from .core import *
         from .high import *
+        __version__ = "1.0"
     """,
     "core.py": """
         def bound():
@@ -75,12 +76,6 @@ def test_star_names_are_what_a_star_import_binds_without_all() -> None:
     }
 
 
-def test_a_missing_name_completes_the_package_unless_dunder_or_in_its_own_init() -> None:
-    assert completes_package("Llama", completing_here=False)
-    assert not completes_package("__wrapped__", completing_here=False)
-    assert not completes_package("Llama", completing_here=True)
-
-
 def test_the_first_submodules_are_imported_without_the_init(
     deferred: DeferredPackage,
 ) -> None:
@@ -93,8 +88,6 @@ def test_the_first_submodules_are_imported_without_the_init(
     assert sys.modules[f"{PACKAGE}.logroute"].ROUTED == "bound"
     assert f"{PACKAGE}.high" not in sys.modules
     assert init_runs() == []
-    # Probes for optional dunder names (copy, inspect, pickle) do not complete it.
-    assert getattr(deferredpkg, "__wrapped__", None) is None
     assert deferred.incomplete
 
 
@@ -110,6 +103,14 @@ def test_a_name_the_package_lacks_completes_it_once(deferred: DeferredPackage) -
     with pytest.raises(AttributeError):
         deferredpkg.Nothing  # noqa: B018
     deferred.complete()
+    assert init_runs() == ["init"]
+
+
+def test_a_dunder_name_the_init_binds_is_found_too(deferred: DeferredPackage) -> None:
+    deferred.import_first()
+    import deferredpkg
+
+    assert deferredpkg.__version__ == "1.0"
     assert init_runs() == ["init"]
 
 
