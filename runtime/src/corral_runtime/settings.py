@@ -321,8 +321,8 @@ class RuntimeSettings(BaseSettings):
     early_engine_import: bool = Field(
         default=True,
         description=(
-            "Start the engine first in `corral serve`: llama.cpp's bindings (and numpy), then "
-            "the preload, whose load runs while the web stack is imported and bound, so that a "
+            "Start the engine first in `corral serve`: llama.cpp's ctypes bindings, then the "
+            "preload, whose load runs while numpy and the web stack are imported and bound, so a "
             "cold start's first request waits for neither after the other; false: the web "
             "stack first, the engine in the app's start-up (to measure the difference)."
         ),
