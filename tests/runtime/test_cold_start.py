@@ -241,6 +241,23 @@ def wait_for_line(server: ServedProcess, line: str) -> None:
         time.sleep(0.02)
 
 
+def sigterm_during_the_preload(
+    store: ModelStore, log: Path, env: dict[str, str], within: float
+) -> str:
+    """SIGTERM to a slow-loading ``corral serve --preload`` once its load started: it exits 0
+    within ``within`` seconds, through uvicorn's shutdown, without a traceback; its log."""
+    with slow_loading_server(store, log, "--preload", TEST_MODEL_NAME, env=env) as (server, _):
+        wait_for_line(server, "slow load started")
+        server.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+        assert time.monotonic() - started < within, server.log_tail()
+    text = log.read_text()
+    assert "Application shutdown complete." in text
+    assert "Traceback" not in text
+    return text
+
+
 @pytest.mark.parametrize("early_import", ["true", "false"])
 def test_sigterm_during_a_preload_abandons_the_load_and_exits_normally(
     model_store: ModelStore, tmp_path: Path, early_import: str
@@ -248,22 +265,10 @@ def test_sigterm_during_a_preload_abandons_the_load_and_exits_normally(
     # A pod deleted while it loads goes at once, not at the end of its grace (SIGKILL), and
     # through its normal shutdown: the load stops at its next progress step. The preload runs
     # before the web stack's import, or (false) in the app's lifespan.
-    log = tmp_path / "serve.log"
     env = {"CORRAL_EARLY_ENGINE_IMPORT": early_import}
-    with slow_loading_server(model_store, log, "--preload", TEST_MODEL_NAME, env=env) as (
-        server,
-        _,
-    ):
-        wait_for_line(server, "slow load started")
-        server.process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        assert server.process.wait(timeout=30) == 0, server.log_tail()
-        assert time.monotonic() - started < 5, server.log_tail()
-    text = log.read_text()
+    text = sigterm_during_the_preload(model_store, tmp_path / "serve.log", env, within=5)
     assert f"abandoned the preload of {TEST_MODEL_NAME}: the server is shutting down" in text
-    assert "Application shutdown complete." in text
     assert text.rstrip().endswith("the interpreter shut down"), text[-2000:]
-    assert "Traceback" not in text
 
 
 def test_sigterm_during_a_load_without_progress_steps_exits_without_waiting_for_it(
@@ -272,21 +277,9 @@ def test_sigterm_during_a_load_without_progress_steps_exits_without_waiting_for_
     # llama.cpp reads a mapped file whole before its first progress step: minutes for a large
     # model on a slow volume. The pod still goes within moments of its shutdown, not at the end
     # of its grace (SIGKILL).
-    log = tmp_path / "serve.log"
     env = {"SLOW_LOAD_STEPS": "0"}
-    with slow_loading_server(model_store, log, "--preload", TEST_MODEL_NAME, env=env) as (
-        server,
-        _,
-    ):
-        wait_for_line(server, "slow load started")
-        server.process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        assert server.process.wait(timeout=30) == 0, server.log_tail()
-        assert time.monotonic() - started < 10, server.log_tail()
-    text = log.read_text()
-    assert "Application shutdown complete." in text
+    text = sigterm_during_the_preload(model_store, tmp_path / "serve.log", env, within=10)
     assert "the models did not close within 2 s of the shutdown" in text, text[-2000:]
-    assert "Traceback" not in text
 
 
 def test_sigterm_during_a_requests_load_answers_it_503_at_once(
