@@ -6,12 +6,14 @@ import base64
 import json
 import math
 import struct
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import jsonschema
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.runtime.conftest import RunningServer
 
@@ -50,6 +52,35 @@ def test_chat_completion(client: openai.OpenAI) -> None:
     assert completion.usage.total_tokens == (
         completion.usage.prompt_tokens + completion.usage.completion_tokens
     )
+
+
+def test_usage_reports_the_prompt_tokens_a_slots_cache_held(client: openai.OpenAI) -> None:
+    # A conversation's next turn: its history's whole chunks come from the slot's cache (the
+    # answer's too, warmed while the slot idled), and usage says how many, as OpenAI reports
+    # its prompt caching. A system prompt no request sent before is all evaluated.
+    system = f"You are assistant {uuid.uuid4().hex}. " + "Answer briefly and kindly. " * 30
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    first = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, temperature=0
+    )
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "Name another."},
+    ]
+    second = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, temperature=0
+    )
+    assert second.usage is not None and second.usage.prompt_tokens_details is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached is not None
+    # Whole 64-token chunks, at least the system prompt's, and never the whole prompt.
+    assert cached % 64 == 0 and first.usage.prompt_tokens // 64 * 64 <= cached
+    assert cached < second.usage.prompt_tokens
 
 
 def test_chat_completion_stream_with_usage(client: openai.OpenAI) -> None:

@@ -310,11 +310,16 @@ def finish_reason(done_reason: str, tool_calls: bool) -> str:
     return "length" if done_reason == "length" else "stop"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage record; ``prompt_tokens_details.cached_tokens``: of the prompt's tokens,
+    those a slot's cache held (reused, not evaluated again), as OpenAI reports its prompt
+    caching. Ollama's compatibility layer has no such field; clients that do not know it
+    ignore it."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -342,7 +347,7 @@ def chat_object(
     *,
     choices: list[dict[str, Any]],
     chunk: bool,
-    usage_record: dict[str, int] | None = None,
+    usage_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": completion_id,
@@ -362,7 +367,7 @@ def completion_object(
     model: str,
     *,
     choices: list[dict[str, Any]],
-    usage_record: dict[str, int] | None = None,
+    usage_record: dict[str, Any] | None = None,
     chunk: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {

@@ -41,8 +41,8 @@ from corral_runtime.templates.messages import ToolCall
 WireObject = dict[str, Any]  # a JSON object as the API sends it: a whole answer or one chunk
 
 
-def _usage(stats: GenerationStats) -> dict[str, int]:
-    return usage(stats.prompt_eval_count, stats.eval_count)
+def _usage(stats: GenerationStats) -> dict[str, Any]:
+    return usage(stats.prompt_eval_count, stats.eval_count, stats.cached_prompt_tokens)
 
 
 # -- /v1/chat/completions ----------------------------------------------------------------------
