@@ -62,8 +62,12 @@ SYSTEM = (
 
 
 @asynccontextmanager
-async def loaded(model_path: Path, parallel: int, max_pending: int) -> AsyncIterator[ModelWorker]:
-    config = LoadConfig(model_path=model_path, n_ctx=512, n_threads=2, parallel=parallel)
+async def loaded(
+    model_path: Path, parallel: int, max_pending: int, *, warm_turns: bool = True
+) -> AsyncIterator[ModelWorker]:
+    config = LoadConfig(
+        model_path=model_path, n_ctx=512, n_threads=2, parallel=parallel, warm_turns=warm_turns
+    )
     model = ModelWorker("gemma3:270m", config, max_pending=max_pending)
     await model.start()
     try:

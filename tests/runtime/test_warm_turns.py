@@ -72,3 +72,17 @@ async def test_a_warmed_turn_is_reused_and_answers_as_a_fresh_server(
     shared = min(common_prefix(turn, follow_tokens), len(follow_tokens) - 1)
     assert warm_stats.cached_prompt_tokens == shared // PREFILL_CHUNK * PREFILL_CHUNK
     assert warm_stats.cached_prompt_tokens > unwarmed
+
+
+async def test_without_warm_turns_a_next_turn_reuses_only_what_was_prompt(
+    test_model_path: Path,
+) -> None:
+    # CORRAL_WARM_TURNS=false (one-shot traffic): an idle slot does nothing, and a next turn
+    # reuses only the opening's whole chunks.
+    opening = TURN.format(SYSTEM + "What cakes do you have, and which of them keep a week?")
+    async with loaded(test_model_path, parallel=2, max_pending=2, warm_turns=False) as worker:
+        answer, first = await run(worker, opening, ANSWER)
+        assert not worker.warming
+        follow_up = opening + answer + "<end_of_turn>\n" + TURN.format("And what bread?")
+        _, stats, _ = await answer_with_logprobs(worker, follow_up)
+    assert stats.cached_prompt_tokens == first.prompt_eval_count // PREFILL_CHUNK * PREFILL_CHUNK

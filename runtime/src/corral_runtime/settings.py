@@ -308,6 +308,15 @@ class RuntimeSettings(BaseSettings):
             "quantized cache turns flash attention on (llama.cpp needs it for the V cache)."
         ),
     )
+    warm_turns: bool = Field(
+        default=True,
+        description=(
+            "While a slot idles, evaluate its finished request's answer again as prompt chunks, "
+            "so that a conversation's next turn reuses its whole history (and still answers as "
+            "a fresh server); it never goes ahead of waiting work, but is wasted on one-shot "
+            "requests: false turns it off."
+        ),
+    )
     batch_invariant: bool = Field(
         default=True,
         description=(

@@ -168,6 +168,14 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
+        "--warm-turns",
+        action=argparse.BooleanOptionalAction,
+        help=(
+            "an idle slot evaluates its finished answer again for the conversation's next turn "
+            "(default); --no-warm-turns for one-shot traffic (CORRAL_WARM_TURNS)"
+        ),
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.set_defaults(func=run)
@@ -200,6 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "threads",
             "kv_cache_type",
             "batch_invariant",
+            "warm_turns",
         )
         if getattr(args, key, None) is not None
     }

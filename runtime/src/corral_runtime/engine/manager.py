@@ -535,6 +535,7 @@ class ModelManager:
             flash_attn=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             batch_invariant=self.settings.batch_invariant,
+            warm_turns=self.settings.warm_turns,
             tensor_split=tensor_split_of(self.settings.tensor_split),
             parallel=parallel,
             queue_timeout_s=self.settings.queue_timeout_seconds,

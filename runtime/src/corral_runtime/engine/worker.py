@@ -108,6 +108,7 @@ class LoadConfig:
     flash_attn: bool = False
     kv_cache_type: str = "f16"  # see ``llama.ContextConfig``
     batch_invariant: bool = True  # see ``llama.ContextConfig``
+    warm_turns: bool = True  # an idle slot warms its finished turn (``ModelWorker._warm``)
     tensor_split: tuple[float, ...] = ()  # see ``llama.ContextConfig``
     parallel: int | None = None  # None: ``default_parallel(n_ctx)``
     queue_timeout_s: float | None = None  # None: wait as long as it takes
@@ -803,7 +804,8 @@ class ModelWorker:
         assert sequence is not None
         slot.sequence = None
         slot.last_used = time.perf_counter()
-        slot.turn = slot.cached  # not appended to again until the slot is taken
+        # Not appended to again until the slot is taken; none to warm when that is off.
+        slot.turn = slot.cached if self.config.warm_turns else []
         self._busy -= 1
         if sequence.sampler is not None:
             free_chain(sequence.sampler)

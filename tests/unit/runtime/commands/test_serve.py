@@ -57,6 +57,16 @@ def test_batch_invariance_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatc
     assert settings_from_args(parse(["serve", "--batch-invariant"])).batch_invariant is True
 
 
+def test_warm_turns_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CORRAL_WARM_TURNS", raising=False)
+    parse = build_parser().parse_args
+    assert settings_from_args(parse(["serve"])).warm_turns is True
+    assert settings_from_args(parse(["serve", "--no-warm-turns"])).warm_turns is False
+    monkeypatch.setenv("CORRAL_WARM_TURNS", "false")
+    assert settings_from_args(parse(["serve"])).warm_turns is False
+    assert settings_from_args(parse(["serve", "--warm-turns"])).warm_turns is True
+
+
 def test_pull_policy_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ALLOWED_HOSTS", "ALLOW_INSECURE", "ALLOW_LOCAL_PATHS"):
         monkeypatch.delenv(f"CORRAL_PULL_{name}", raising=False)
