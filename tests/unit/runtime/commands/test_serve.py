@@ -47,24 +47,20 @@ def test_no_flags_keeps_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.port == 11434 and settings.gpu_layers == "auto"
 
 
-def test_batch_invariance_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CORRAL_BATCH_INVARIANT", raising=False)
+@pytest.mark.parametrize(
+    ("setting", "flag"), [("batch_invariant", "batch-invariant"), ("warm_turns", "warm-turns")]
+)
+def test_a_switch_is_on_unless_turned_off(
+    monkeypatch: pytest.MonkeyPatch, setting: str, flag: str
+) -> None:
+    variable = f"CORRAL_{setting.upper()}"
+    monkeypatch.delenv(variable, raising=False)
     parse = build_parser().parse_args
-    assert settings_from_args(parse(["serve"])).batch_invariant is True
-    assert settings_from_args(parse(["serve", "--no-batch-invariant"])).batch_invariant is False
-    monkeypatch.setenv("CORRAL_BATCH_INVARIANT", "false")
-    assert settings_from_args(parse(["serve"])).batch_invariant is False
-    assert settings_from_args(parse(["serve", "--batch-invariant"])).batch_invariant is True
-
-
-def test_warm_turns_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CORRAL_WARM_TURNS", raising=False)
-    parse = build_parser().parse_args
-    assert settings_from_args(parse(["serve"])).warm_turns is True
-    assert settings_from_args(parse(["serve", "--no-warm-turns"])).warm_turns is False
-    monkeypatch.setenv("CORRAL_WARM_TURNS", "false")
-    assert settings_from_args(parse(["serve"])).warm_turns is False
-    assert settings_from_args(parse(["serve", "--warm-turns"])).warm_turns is True
+    assert getattr(settings_from_args(parse(["serve"])), setting) is True
+    assert getattr(settings_from_args(parse(["serve", f"--no-{flag}"])), setting) is False
+    monkeypatch.setenv(variable, "false")
+    assert getattr(settings_from_args(parse(["serve"])), setting) is False
+    assert getattr(settings_from_args(parse(["serve", f"--{flag}"])), setting) is True
 
 
 def test_pull_policy_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
