@@ -185,15 +185,15 @@ class LlamaBatchContext:
         self.model = llama_cpp.llama_model_load_from_file(
             str(config.model_path).encode("utf-8"), model_params
         )
+        # Set midway (NULL), or as the last tensor loaded (a model, which is freed).
+        if switch is not None and switch.reason is not None:
+            if self.model:
+                llama_cpp.llama_model_free(self.model)
+            raise EngineError(f"the load was abandoned: {switch.reason}")
         if not self.model:
-            if switch is not None and switch.reason is not None:
-                raise EngineError(f"the load was abandoned: {switch.reason}")
             raise EngineError(
                 "llama.cpp could not load the model file", detail=str(config.model_path)
             )
-        if switch is not None and switch.reason is not None:  # set as the last tensor loaded
-            llama_cpp.llama_model_free(self.model)
-            raise EngineError(f"the load was abandoned: {switch.reason}")
         # Apart from the context's creation (its KV cache), which load_duration also counts.
         self.weights_seconds = time.perf_counter() - started
         log.info("read the weights of %s in %.2fs", config.model_path.name, self.weights_seconds)

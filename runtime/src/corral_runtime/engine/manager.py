@@ -526,6 +526,7 @@ class ModelManager:
         footprint = footprint_for(slots)
         plan = plan_gpu_layers(requested, footprint, self.gpu)
         await self._make_room(stored.name.display, plan.host_bytes)
+        switch = LoadAbort()  # what stops the load (``abandon_loads``, a caller gone)
         config = LoadConfig(
             model_path=stored.model_path,
             n_ctx=context,
@@ -541,7 +542,7 @@ class ModelManager:
             queue_timeout_s=self.settings.queue_timeout_seconds,
             generation_timeout_s=self.settings.generation_timeout_seconds,
             priority=priority,
-            abort=LoadAbort(),
+            abort=switch,
         )
         worker = ModelWorker(
             stored.name.display,
@@ -549,7 +550,7 @@ class ModelManager:
             max_pending=slots + self.settings.max_queue,
             on_failure=self._worker_failed,
         )
-        await self._start(worker)
+        await self._start(worker, switch)
         shared = SharedLoad(key, worker, plan)
         self._loads[key] = shared
         model = self._attach(stored, details, shared, n_ctx, load)
@@ -570,14 +571,14 @@ class ModelManager:
         self._changed()
         return model
 
-    async def _start(self, worker: ModelWorker) -> None:
-        """Load ``worker``'s model, unless loads are abandoned, or until they are
-        (``abandon_loads``): then the worker is closed, having freed what it took, and the
-        caller gets a ``LoadAbandonedError``. A load whose caller is cancelled (its client went
-        away) stops too, since its worker would be closed once loaded."""
+    async def _start(self, worker: ModelWorker, switch: LoadAbort) -> None:
+        """Load ``worker``'s model, whose load ``switch`` stops, unless loads are abandoned, or
+        until they are (``abandon_loads``): then the worker is closed, having freed what it
+        took, and the caller gets a ``LoadAbandonedError``. A load whose caller is cancelled
+        (its client went away) stops too, since its worker would be closed once loaded."""
         # The switch first: ``abandon_loads`` (a signal handler, between any two bytecodes)
         # marks the manager, then sets the switch it finds, so one of them is seen.
-        switch = self._load_switch = worker.config.abort or LoadAbort()
+        self._load_switch = switch
         try:
             if self._abandoned is not None:
                 raise LoadAbandonedError()
