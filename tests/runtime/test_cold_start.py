@@ -20,7 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral_runtime.cli import SERVE_PROVIDER, command_providers, providers_for
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, LoadAbort
+from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.types import EngineError
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TEST_MODEL_NAME
@@ -350,7 +352,8 @@ def test_llama_cpp_stops_a_load_whose_switch_is_set(model_store: ModelStore) -> 
 
 
 # ``corral serve`` that says, as llama.cpp's load of a model starts, whether llama-cpp-python's
-# high-level half (``llama_cpp.Llama``) and numpy have been imported by then: its bindings'
+# high-level half (``llama_cpp.Llama``), numpy, the web stack (FastAPI, uvicorn) and the other
+# packages' commands (the operator's) have been imported by then: its bindings'
 # llama_model_load_from_file is wrapped as they are imported, before anything takes it from them.
 LOAD_WATCH = """
 import importlib.machinery, sys
@@ -363,6 +366,7 @@ def watched(load):
         imported = {
             "llama_cpp.Llama": "Llama" in vars(sys.modules["llama_cpp"]),
             "numpy": numpy is not None and "ndarray" in vars(numpy),
+            **{name: name in sys.modules for name in ("fastapi", "uvicorn", "corral_operator")},
         }
         print("the load started; imported:", imported, flush=True)
         return load(path, params)
@@ -390,12 +394,16 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_the_preloads_load_starts_before_numpy_and_the_high_level_half_are_imported(
+def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_stack(
     model_store: ModelStore, tmp_path: Path
 ) -> None:
-    # A cold pod's load waits only for llama.cpp's ctypes bindings; the ~0.2 s of numpy and
-    # llama-cpp-python's high-level half are imported while it runs. The complete package is
-    # there afterwards: an embedding (llama_cpp.Llama) and a generate (numpy) are answered.
+    # A cold pod's load waits only for llama.cpp's ctypes bindings and the checks of its blob;
+    # the ~0.2 s of numpy and llama-cpp-python's high-level half, and the ~0.4 s of the web
+    # stack, are imported while it runs (not beside the checks, sharing the GIL), and the other
+    # packages' commands not at all. The complete package is there afterwards: an embedding
+    # (llama_cpp.Llama) and a generate (numpy) are answered. The blob is probed already, as a
+    # pod's pull Job leaves it: a new blob's probe is waited for apart (``Engine.load_begun``).
+    probe_model(model_store, model_store.get(TEST_MODEL_NAME))
     port = free_port()
     serve = serve_command(
         port, model_store.root, "--threads", "2", "--parallel", "1", "--preload", TEST_MODEL_NAME
@@ -415,7 +423,18 @@ def test_the_preloads_load_starts_before_numpy_and_the_high_level_half_are_impor
     text = log.read_text()
     # The first load, the preload's (the embedding's own context loads the model again).
     started = next(line for line in text.splitlines() if line.startswith("the load started"))
-    assert started == ("the load started; imported: {'llama_cpp.Llama': False, 'numpy': False}"), (
-        text[-2000:]
-    )
+    assert started == (
+        "the load started; imported: {'llama_cpp.Llama': False, 'numpy': False, "
+        "'fastapi': False, 'uvicorn': False, 'corral_operator': False}"
+    ), text[-2000:]
     assert "Traceback" not in text
+
+
+def test_corral_serve_parses_its_command_line_with_its_installed_provider_alone() -> None:
+    # The one module ``corral serve`` loads is the one its entry point names, and no other
+    # command's: the load above starts without the operator's commands imported.
+    installed = [(p.name, p.value) for p in command_providers() if p.name == "serve"]
+    assert installed == [(SERVE_PROVIDER.name, SERVE_PROVIDER.value)]
+    assert providers_for(["serve", "--preload", TEST_MODEL_NAME]) == [SERVE_PROVIDER]
+    assert providers_for(["list"]) is None
+    assert providers_for([]) is None

@@ -1,9 +1,10 @@
 """The engine's start: the store, the model manager and the preload, before the web stack.
 
 ``corral serve`` starts the engine first, on the event loop that will serve, and imports
-FastAPI, uvicorn and the API modules only then, in a thread: a preloaded model's load runs in
-llama.cpp's C code without the GIL, so those imports (about a second on a cold container)
-overlap the load instead of coming before it, and closes it once uvicorn has shut down; shut down
+FastAPI, uvicorn and the API modules once the preload's load has begun (``Engine.load_begun``),
+in a thread: a preloaded model's load runs in llama.cpp's C code without the GIL, so those
+imports (about a second on a cold container) overlap the load instead of coming before it or
+slowing the checks before it, and closes it once uvicorn has shut down; shut down
 while the preload is still loading, the load is abandoned (``ModelManager.abandon_loads``) and
 the process ends as any shutdown does. ``create_app`` starts and closes the engine in its
 lifespan when it was given none (tests, and ``CORRAL_EARLY_ENGINE_IMPORT=false``).
@@ -27,6 +28,9 @@ from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TestModelUnavailableError, ensure_test_model
 
 log = logging.getLogger(__name__)
+
+# How often ``Engine.load_begun`` looks whether the preload's load has begun.
+LOAD_BEGUN_POLL_SECONDS = 0.005
 
 
 def open_store(settings: RuntimeSettings) -> ModelStore:
@@ -65,6 +69,19 @@ class Engine:
     def loading(self) -> bool:
         """Whether the preload is still under way."""
         return not self.preloading.done()
+
+    async def load_begun(self, limit: float) -> None:
+        """Return once llama.cpp is loading the preload's model (or the preload has ended, a
+        failure or a model already loaded), or ``limit`` seconds from now. The checks before
+        a load (its blob's GGUF header: over 100 ms for a 262k-token vocabulary) are Python
+        and hold the GIL, so imports beside them delay the load's start; llama.cpp's load does
+        not hold it, so the web stack is imported beside the load. The limit bounds what a
+        longer wait (a new blob's hash or probe, the GPU's query) delays: ``/healthz``, and
+        uvicorn's handling of SIGTERM."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while self.loading and not self.manager.loading and loop.time() < deadline:
+            await asyncio.wait({self.preloading}, timeout=LOAD_BEGUN_POLL_SECONDS)
 
     async def close(self) -> None:
         """Abandon the preload's load under way and await the preload's end (never cancel it:

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 # abandoned at the first signal and stops at llama.cpp's next progress step (a GPU's offload
 # steps per tensor), but a CPU load steps only after reading its whole mapped file.
 ABANDONED_LOAD_WAIT_SECONDS = 2.0
+# How long the web stack's import waits for the preload's load to begin (``Engine.load_begun``):
+# the checks of a probed blob take 100-200 ms here (more on a busy machine); a new blob's hash
+# and probe take longer, and are not held up for: ``/healthz`` and uvicorn's SIGTERM handling
+# come no more than this later than they would.
+WEB_IMPORT_HOLD_SECONDS = 1.0
 
 HELP_GROUPS = {"serve": "local"}  # where `corral --help` lists it (corral_runtime.cli)
 
@@ -260,9 +265,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool) -> None:
     """Serve until shut down. ``engine_first``: start the engine (llama.cpp's bindings, then the
-    preload) before the web stack is imported, and import it in a thread while the loop drives
-    the preload, so that a preloaded model's load (llama.cpp's C code, without the GIL)
-    overlaps the imports of uvicorn, FastAPI and the API modules rather than following them."""
+    preload) before the web stack is imported, and import it in a thread once the preload's load
+    has begun, so that a preloaded model's load (llama.cpp's C code, without the GIL) overlaps
+    the imports of uvicorn, FastAPI and the API modules rather than following them, and the
+    checks before the load (Python, as those imports) do not share the GIL with them."""
     if not engine_first:
         server = await asyncio.to_thread(web_server, settings, log_level, None)
         await server.serve()
@@ -273,6 +279,7 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
 
     engine = start_engine(settings, RuntimeMetrics())
     try:
+        await engine.load_begun(WEB_IMPORT_HOLD_SECONDS)
         server = await asyncio.to_thread(web_server, settings, log_level, engine)
         await server.serve()
     finally:

@@ -327,6 +327,13 @@ class ModelManager:
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
 
+    @property
+    def loading(self) -> bool:
+        """Whether llama.cpp is loading a model now (its checks done, its worker started):
+        ``corral serve`` imports the web stack once the preload's load is there, so that those
+        imports run beside llama.cpp's load rather than beside the Python work before it."""
+        return self._load_switch is not None
+
     def unavailable(self) -> list[str]:
         """Models that failed and are not loaded again yet: the server cannot serve them now."""
         failed = {m.name for m in self._models.values() if m.worker.failed}
