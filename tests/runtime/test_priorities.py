@@ -1,19 +1,26 @@
 """Request priorities on the real server and test model: with every slot held by batch work and
 more batch requests queued, an interactive request takes the next free slot ahead of them,
 ``/metrics`` shows the wait queue and the wait per class, and an unknown class is a 400 on both
-APIs."""
+APIs; on the engine, an interactive request that arrives during a batch decode stops it and has
+its prompt evaluated first, every output still its lone one."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from corral_runtime.engine.llama import Row
+from corral_runtime.engine.priority import PriorityPolicy
+from corral_runtime.engine.types import GenerationRequest, SamplingParams
+from corral_runtime.engine.worker import GenerationStream, LoadConfig, ModelWorker
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.layout import ModelStore
 from tests.runtime.conftest import RunningServer, serve, settings_for
@@ -296,3 +303,90 @@ def test_a_reserved_slots_row_takes_a_batch_rows_turn_and_batch_output_stays_its
     # Three rows a step gave batch 2 tokens per interactive one; two rows give it 1 (1.25
     # with the full step after a row's longest pause, ``priority.MAX_PAUSED_STEPS``).
     assert beside <= 1.5 * interactive_tokens, (beside, interactive_tokens)
+
+
+async def text_of(stream: GenerationStream, streaming: asyncio.Event | None = None) -> str:
+    """A generation's whole text (setting ``streaming`` at its first piece)."""
+    await stream.started()
+    text = ""
+    async for piece in stream:
+        text += piece
+        if streaming is not None:
+            streaming.set()
+    return text
+
+
+async def test_an_interactive_request_stops_the_batch_decode_in_flight(
+    test_model_path: Path,
+) -> None:
+    """Two batch generations decode in the shared slots; an interactive request arrives while
+    their step's ``llama_decode`` runs (sent from inside it, so it is in flight for sure). That
+    decode stops, the interactive prompt is evaluated next, and the batch rows are decoded
+    again after it: the request waits for no batch decode. Every text is the one its request
+    gets alone (the stopped rows left nothing in the KV memory)."""
+    config = LoadConfig(
+        model_path=test_model_path,
+        n_ctx=512,
+        n_threads=2,
+        parallel=2,
+        priority=PriorityPolicy(reserved=1),
+    )
+    greedy = SamplingParams(temperature=0, num_predict=24)
+    batch = [
+        GenerationRequest(prompt=text, params=greedy, priority="batch")
+        for text in ("1, 2, 3, 4, 5,", "Once upon a time in a land far away,")
+    ]
+    interactive = GenerationRequest(prompt="The capital of France is", params=greedy)
+    model = ModelWorker("gemma3:270m", config, max_pending=8)
+    await model.start()
+    try:
+        alone = [await text_of(model.generate(r)) for r in (*batch, interactive)]
+        loop = asyncio.get_running_loop()
+        context = model._require_context()
+        real_decode = context.decode
+        calls: list[tuple[frozenset[int], int, bool]] = []  # sequences, rows, completed
+        sent, sent_here = threading.Event(), asyncio.Event()  # on the decode thread, here
+        asked: list[GenerationStream] = []
+
+        def send() -> None:
+            asked.append(model.generate(interactive))
+            sent.set()
+            sent_here.set()
+
+        def decode(rows: list[Row]) -> bool:
+            """The real decode; the first two-row step after the batch streams have started
+            first sends the interactive request, and goes on once it is sent."""
+            if streaming_now() and not asked and len(rows) == 2:
+                loop.call_soon_threadsafe(send)
+                assert sent.wait(30)
+            done = real_decode(rows)
+            calls.append((frozenset(row.seq_id for row in rows), len(rows), done))
+            return done
+
+        streaming = [asyncio.Event() for _ in batch]
+
+        def streaming_now() -> bool:
+            return all(event.is_set() for event in streaming)
+
+        context.decode = decode  # type: ignore[method-assign]
+        running = [
+            asyncio.create_task(text_of(model.generate(r), event))
+            for r, event in zip(batch, streaming, strict=True)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 60)
+        await asyncio.wait_for(sent_here.wait(), 60)
+        answer = await text_of(asked[0])
+        together = await asyncio.gather(*running)
+    finally:
+        await model.close()
+    assert [*together, answer] == alone
+    stops = [i for i, (*_, done) in enumerate(calls) if done is False]
+    assert len(stops) == 1, calls  # the decode in flight, and no other
+    stopped = stops[0]
+    batch_rows, n_rows, _ = calls[stopped]
+    assert n_rows == 2
+    # Next: the interactive prompt, alone (a sequence not in the batch), then the batch rows.
+    prompt_rows, n_prompt, prompt_done = calls[stopped + 1]
+    assert prompt_done and len(prompt_rows) == 1 and not prompt_rows & batch_rows
+    assert n_prompt > 1
+    assert calls[stopped + 2] == (batch_rows, 2, True)

@@ -109,6 +109,15 @@ class ContextConfig:
     abort: LoadAbort | None = None
 
 
+def first_positions(rows: list[Row]) -> dict[int, int]:
+    """Each sequence's first position among ``rows``: where its KV memory is cut back to
+    after a stopped decode."""
+    first: dict[int, int] = {}
+    for row in rows:
+        first[row.seq_id] = min(row.pos, first.get(row.seq_id, row.pos))
+    return first
+
+
 def tensor_split_of(text: str) -> tuple[float, ...]:
     """Proportions per GPU from ``CORRAL_TENSOR_SPLIT`` ("1,1"); empty for none."""
     return tuple(float(part) for part in text.split(",")) if text.strip() else ()
@@ -130,6 +139,23 @@ class LoadAbort:
         """Stop the load, for ``reason`` (the first one given stays)."""
         if self.reason is None:
             self.reason = reason
+
+
+class DecodeInterrupt:
+    """A switch that stops the ``llama_decode`` in flight (``LlamaBatchContext.interruptible``):
+    llama.cpp asks it between the graph's nodes, and stops once it is both ``armed`` (the
+    decode thread's say: this decode may be stopped) and ``requested`` (set from any thread:
+    something more urgent has arrived). Plain attributes, as the answer is read hundreds of
+    times a decode."""
+
+    __slots__ = ("armed", "requested")
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.requested = False
+
+    def stop(self) -> bool:
+        return self.armed and self.requested
 
 
 @dataclass(slots=True)
@@ -301,8 +327,17 @@ class LlamaBatchContext:
     def clear(self, seq_id: int) -> None:
         self._llama.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
-    def decode(self, rows: list[Row]) -> None:
-        """Evaluate one batch; the rows marked ``logits`` can then be sampled by index."""
+    def interruptible(self, switch: DecodeInterrupt) -> None:
+        """Let ``switch`` stop a decode midway (``decode`` then returns False)."""
+        # Kept on self while llama.cpp may call it (ctypes frees a callback nothing references).
+        self._on_abort = self._llama.ggml_abort_callback(lambda _data: switch.stop())
+        self._llama.llama_set_abort_callback(self.ctx, self._on_abort, None)
+
+    def decode(self, rows: list[Row]) -> bool:
+        """Evaluate one batch; the rows marked ``logits`` can then be sampled by index. False
+        when a ``DecodeInterrupt`` stopped it: the KV memory holds none of its rows (llama.cpp
+        drops those of the part it stopped in; the parts done before are dropped here), so the
+        same rows can be decoded again."""
         if len(rows) > self.capacity:
             raise EngineError(f"batch of {len(rows)} tokens exceeds its capacity {self.capacity}")
         batch = self._batch
@@ -314,8 +349,14 @@ class LlamaBatchContext:
             batch.logits[i] = row.logits
         batch.n_tokens = len(rows)
         status = int(self._llama.llama_decode(self.ctx, batch))
+        if status == 2:  # aborted
+            for seq_id, pos in first_positions(rows).items():
+                if not self.keep_prefix(seq_id, pos):
+                    raise EngineError("a stopped llama_decode's rows could not be dropped")
+            return False
         if status != 0:
             raise EngineError(f"llama_decode failed with status {status}")
+        return True
 
     @functools.cached_property
     def _np(self) -> Any:

@@ -11,7 +11,9 @@ tokens, each chunk alone, so several new requests start at once without changing
 logits. New requests take a free slot at the
 next step (reusing the longest cached prompt prefix among the free slots); the others wait in
 a bounded queue, from which a free slot takes the request that ``priority.next_admitted``
-names (class, aging, share caps), and beyond it ``generate`` raises
+names (class, aging, share caps; with reserved slots, a decode of lower classes in flight when
+an interactive request arrives stops and is done again after its prompt: ``_run_decode``),
+and beyond it ``generate`` raises
 ``QueueFullError`` (503). A request that waits longer than the queue timeout fails with
 ``QueueTimeoutError`` (also 503); one that generates longer than the generation timeout ends
 with ``GenerationTimeoutError`` and frees its slot. A cancelled stream (its client went away)
@@ -46,11 +48,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, LoadAbort, Row, utf8
+from corral_runtime.engine.llama import (
+    ContextConfig,
+    DecodeInterrupt,
+    LlamaBatchContext,
+    LoadAbort,
+    Row,
+    utf8,
+)
 from corral_runtime.engine.priority import (
     DecodingView,
     PriorityPolicy,
     QueuedView,
+    interruptible,
+    may_take_reserved,
     next_admitted,
     paused_rows,
     prefill_first,
@@ -303,6 +314,10 @@ class ModelWorker:
         self._slots: list[_Slot] = []
         self._waiting: deque[_Waiting] = deque()
         self._busy = 0
+        # Stops a lower class's decode in flight when a request of the highest class arrives
+        # (``_run_decode``); whether the last decode was stopped so.
+        self._interrupt = DecodeInterrupt()
+        self._interrupted = False
         self.n_ctx = config.n_ctx
         self.load_seconds = 0.0
 
@@ -377,6 +392,8 @@ class ModelWorker:
             self._count_queued(request.priority, -1)
             self._release()
             raise
+        if may_take_reserved(request.priority):
+            self._interrupt.requested = True  # heeded only by an interruptible decode
         return stream
 
     async def embed(self, inputs: Sequence[str | list[int]], *, truncate: bool) -> EmbeddingResult:
@@ -465,11 +482,14 @@ class ModelWorker:
         # has no deadline to watch and may sleep until something arrives.
         # Nor while an idle slot has a finished turn to warm (``_warm``).
         block = not self._busy and not self._waiting and self._warm_choice() is None
+        # What arrives from here on is seen at the next step: only later arrivals stop it.
+        self._interrupt.requested = False
         while True:
             try:
                 if block:
                     item = self._inbox.get()
                     block = False
+                    self._interrupt.requested = False
                 else:
                     item = self._inbox.get_nowait()
             except queue.Empty:
@@ -608,7 +628,9 @@ class ModelWorker:
         interactive prompt is among them and batch work decodes (``priority.prefill_first``),
         so its first token does not wait for that decode, and an interactive prompt's chunks
         go before batch prompts' (``priority.prefill_order``); sequences are independent, so
-        the order changes no output."""
+        the order changes no output. A decode of a lower class that a newly arrived request of
+        the highest class stops (``_run_decode``) ends the step: what it had not done yet
+        waits for the next one, after that request's prompt."""
         self._drop_abandoned()
         decoding = self._unpaused(
             [s for s in self._slots if s.sequence is not None and not s.sequence.prefilling]
@@ -622,10 +644,9 @@ class ModelWorker:
             ),
         )
         if prefill_first(_classes(prefilling), _classes(decoding)):
-            self._prefill(prefilling)
-            self._decode(decoding)
-        else:
-            self._decode(decoding)
+            if self._prefill(prefilling):
+                self._decode(decoding)
+        elif self._decode(decoding):
             self._prefill(prefilling)
 
     def _unpaused(self, decoding: list[_Slot]) -> list[_Slot]:
@@ -645,8 +666,24 @@ class ModelWorker:
             )
         return [slot for slot in decoding if slot.seq_id not in paused]
 
-    def _decode(self, decoding: list[_Slot]) -> None:
+    def _run_decode(self, rows: list[Row], classes: list[str]) -> bool:
+        """``llama_decode`` of ``rows`` (of sequences of ``classes``); False if a request of
+        the highest class arrived meanwhile and stopped it (``priority.interruptible``), its
+        rows then in no sequence's KV memory, to be decoded again."""
         context = self._require_context()
+        armed = interruptible(classes, self._busy < self.slot_count, self._interrupted)
+        self._interrupt.armed = armed
+        try:
+            done = context.decode(rows)
+        finally:
+            self._interrupt.armed = False
+        if armed:  # of the lower classes' decodes, never two stopped in a row
+            self._interrupted = not done
+        return done
+
+    def _decode(self, decoding: list[_Slot]) -> bool:
+        """One token for each of the decoding slots; False if the decode was stopped
+        (``_run_decode``), each then holding its next token for the next step."""
         if decoding:
             rows = []
             for slot in decoding:
@@ -655,7 +692,13 @@ class ModelWorker:
                 rows.append(Row(sequence.next_token, len(slot.cached), slot.seq_id, True))
                 slot.cached.append(sequence.next_token)
                 sequence.next_token = None
-            context.decode(rows)
+            if not self._run_decode(rows, _classes(decoding)):
+                for slot, row in zip(decoding, rows, strict=True):
+                    assert slot.sequence is not None
+                    slot.cached.pop()
+                    slot.sequence.next_token = row.token
+                return False
+            context = self._require_context()
             greedy = (
                 context.argmax_rows(len(rows))
                 if any(s.sequence is not None and s.sequence.sampler is None for s in decoding)
@@ -664,34 +707,38 @@ class ModelWorker:
             for index, slot in enumerate(decoding):
                 assert slot.sequence is not None
                 self._advance(slot, slot.sequence, self._sample(slot.sequence, index, greedy))
+        return True
 
-    def _prefill(self, prefilling: list[_Slot]) -> None:
-        """The prompt chunks that fit in this step's budget, longest waiting first."""
+    def _prefill(self, prefilling: list[_Slot]) -> bool:
+        """The prompt chunks that fit in this step's budget, longest waiting first; False if
+        one was stopped (``_run_decode``: it and those after it wait for the next step)."""
         progress = [(s.sequence.n_fed, len(s.sequence.tokens)) for s in prefilling if s.sequence]
         budget = max(self.config.n_batch, self._chunk)
         for index, n in plan_prefill(progress, budget, self._chunk):
-            self._feed(prefilling[index], n)
+            if not self._feed(prefilling[index], n):
+                return False
+        return True
 
-    def _feed(self, slot: _Slot, n: int) -> None:
+    def _feed(self, slot: _Slot, n: int) -> bool:
         """Evaluate the next ``n`` prompt tokens of a slot's sequence; after the last one,
-        sample its first token."""
-        context = self._require_context()
+        sample its first token. False if the chunk was stopped (``_run_decode``)."""
         sequence = slot.sequence
         assert sequence is not None
         chunk = sequence.tokens[sequence.n_fed : sequence.n_fed + n]
         completes = sequence.n_fed + n == len(sequence.tokens)
         start = len(slot.cached)
-        context.decode(
-            [
-                Row(token, start + i, slot.seq_id, completes and i == n - 1)
-                for i, token in enumerate(chunk)
-            ]
-        )
+        rows = [
+            Row(token, start + i, slot.seq_id, completes and i == n - 1)
+            for i, token in enumerate(chunk)
+        ]
+        if not self._run_decode(rows, [sequence.submission.request.priority]):
+            return False
         slot.cached.extend(chunk)
         sequence.n_fed += n
         slot.evaluated = evaluated_prefix(sequence.n_fed, self._chunk)
         if completes:
             self._advance(slot, sequence, self._sample(sequence, n - 1))
+        return True
 
     def _warm_choice(self) -> tuple[_Slot, int] | None:
         """The idle slot and position of the finished turn's chunk to warm now, if any
@@ -927,6 +974,11 @@ class ModelWorker:
                 detail=f"{exc!r}" + (f" ({detail})" if detail else ""),
             ) from exc
         self.n_ctx = self._context.n_ctx
+        if self.config.priority.reserved:
+            # Where the highest class is promised a slot at once, it waits for no lower
+            # class's decode either (``_run_decode``). Not otherwise: llama.cpp asks the switch
+            # at every node of a decode's graph, and a ctypes callback takes the GIL each time.
+            self._context.interruptible(self._interrupt)
         # A prompt chunk must fit in one decode (options keep num_ctx above that; this holds
         # whatever a caller asks).
         self._chunk = min(self._chunk, self._context.capacity)

@@ -1,6 +1,6 @@
 """Request priorities: the header's classes, and which waiting request takes a free slot
 (class first, aging so nobody starves, share caps while another class waits, FIFO among
-equals)."""
+equals), and which decodes a newly arrived interactive request may stop."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from corral_runtime.engine.priority import (
     UnknownPriorityError,
     capped_classes,
     effective_rank,
+    interruptible,
     may_take_slot,
     next_admitted,
     parse_priority,
@@ -267,3 +268,21 @@ class TestSettings:
         monkeypatch.setenv("CORRAL_PRIORITY_SHARES", shares)
         with pytest.raises(ValueError, match="priority_shares"):
             RuntimeSettings()
+
+
+@pytest.mark.parametrize(
+    ("classes", "slot_free", "interrupted_last", "expected"),
+    [
+        (["batch", "batch"], True, False, True),  # batch rows, a slot for the newcomer
+        (["batch"], True, False, True),  # a batch prompt's chunk
+        (["batch", "interactive"], True, False, False),  # an interactive row never waits
+        (["interactive"], True, False, False),
+        (["batch", "batch"], False, False, False),  # no slot: the newcomer waits anyway
+        (["batch", "batch"], True, True, False),  # never two batch decodes stopped in a row
+        ([], True, False, False),  # nothing decoding, nothing to stop
+    ],
+)
+def test_a_decode_is_interruptible_only_for_lower_classes_with_a_slot_free_and_not_twice(
+    classes: list[str], slot_free: bool, interrupted_last: bool, expected: bool
+) -> None:
+    assert interruptible(classes, slot_free, interrupted_last) is expected
