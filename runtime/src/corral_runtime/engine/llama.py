@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral_runtime.engine.bindings import complete_in_background, import_bindings
+from corral_runtime.engine.prefetch import FilePrefetch
 from corral_runtime.engine.types import EngineError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -197,7 +198,9 @@ class LlamaBatchContext:
         # llama.cpp's default load: the file mapped with MAP_POPULATE, which read a cold 2.5 GB
         # GGUF at the volume's own sequential rate or faster (bench/load.py); reading it in
         # (LLAMA_LOAD_MODE_NONE), direct I/O, POSIX_FADV_WILLNEED first, or a Python reader
-        # ahead of the mapping were each slower (0.3 to 0.7 of it), so the mode stays.
+        # ahead of the mapping were each slower (0.3 to 0.7 of it), so the mode stays. But
+        # llama.cpp parses the metadata and builds the vocabulary before it maps the file, so
+        # a thread populates a mapping of its own meanwhile (engine.prefetch).
         switch = config.abort
         if switch is not None:
             # Kept in this frame while llama.cpp may call it (ctypes frees a callback nothing
@@ -208,9 +211,14 @@ class LlamaBatchContext:
             )
             model_params.progress_callback = on_progress
         started = time.perf_counter()
-        self.model = llama_cpp.llama_model_load_from_file(
-            str(config.model_path).encode("utf-8"), model_params
-        )
+        prefetch = FilePrefetch(config.model_path, lambda: switch is None or switch.reason is None)
+        prefetch.start()
+        try:
+            self.model = llama_cpp.llama_model_load_from_file(
+                str(config.model_path).encode("utf-8"), model_params
+            )
+        finally:
+            prefetch.stop()
         # Set midway (NULL), or as the last tensor loaded (a model, which is freed).
         if switch is not None and switch.reason is not None:
             if self.model:
