@@ -47,6 +47,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,20 +144,39 @@ class LoadAbort:
 
 
 class DecodeInterrupt:
-    """A switch that stops the ``llama_decode`` in flight (``LlamaBatchContext.interruptible``):
-    llama.cpp asks it between the graph's nodes, and stops once it is both ``armed`` (the
-    decode thread's say: this decode may be stopped) and ``requested`` (set from any thread:
-    something more urgent has arrived). Plain attributes, as the answer is read hundreds of
-    times a decode."""
+    """A switch that stops the ``llama_decode`` in flight (``LlamaBatchContext.interruptible``)
+    once it is both armed (the decode thread's say: this decode may be stopped) and requested
+    (set from any thread: something more urgent has arrived).
 
-    __slots__ = ("armed", "requested")
+    llama.cpp asks its abort callback after every node of a decode's graph, hundreds of times a
+    decode, and a Python callback takes the GIL each time: beside a busy event loop that made
+    decoding several times slower. So the answer is a C string in memory, empty or one byte
+    long, and the callback is libc's ``strlen``, which reads it without Python; a length of one
+    is the ``true`` that stops the decode. The string is rewritten under a lock whenever either
+    half changes, so it is never left stopping a decode that is not armed."""
+
+    __slots__ = ("_armed", "_lock", "_requested", "flag")
 
     def __init__(self) -> None:
-        self.armed = False
-        self.requested = False
+        self._armed = False
+        self._requested = False
+        self._lock = threading.Lock()
+        self.flag = ctypes.create_string_buffer(2)  # b"" or b"\x01"
 
-    def stop(self) -> bool:
-        return self.armed and self.requested
+    def arm(self, armed: bool) -> None:
+        """Whether the decode about to run (or just done, False) may be stopped."""
+        with self._lock:
+            self._armed = armed
+            self._write()
+
+    def request(self, requested: bool = True) -> None:
+        """Ask the armed decode to stop (False: forget an earlier request)."""
+        with self._lock:
+            self._requested = requested
+            self._write()
+
+    def _write(self) -> None:
+        self.flag[0] = 1 if self._armed and self._requested else 0
 
 
 @dataclass(slots=True)
@@ -173,6 +193,19 @@ class LlamaBatchContext:
     """A loaded model, its vocabulary and a context with ``parallel`` sequences."""
 
     def __init__(self, config: ContextConfig) -> None:
+        # The file's read begins first, beside the bindings' import and llama.cpp's parse of
+        # the file (engine.prefetch); it stops with the load, however that ends.
+        switch = config.abort
+        prefetch = FilePrefetch(config.model_path, lambda: switch is None or switch.reason is None)
+        prefetch.start()
+        try:
+            self._load_model(config)
+        finally:
+            prefetch.stop()
+        self._create_context(config)
+
+    def _load_model(self, config: ContextConfig) -> None:
+        """llama.cpp's model (``self.model``), its weights read, or ``EngineError``."""
         # Here, not at the top: importing the server must not wait for llama.cpp's bindings.
         # Only they come before the load; numpy and the rest of llama-cpp-python (first needed
         # at the first logits, ``_np``) are imported in a thread while llama.cpp loads the
@@ -211,14 +244,9 @@ class LlamaBatchContext:
             )
             model_params.progress_callback = on_progress
         started = time.perf_counter()
-        prefetch = FilePrefetch(config.model_path, lambda: switch is None or switch.reason is None)
-        prefetch.start()
-        try:
-            self.model = llama_cpp.llama_model_load_from_file(
-                str(config.model_path).encode("utf-8"), model_params
-            )
-        finally:
-            prefetch.stop()
+        self.model = llama_cpp.llama_model_load_from_file(
+            str(config.model_path).encode("utf-8"), model_params
+        )
         # Set midway (NULL), or as the last tensor loaded (a model, which is freed).
         if switch is not None and switch.reason is not None:
             if self.model:
@@ -231,6 +259,10 @@ class LlamaBatchContext:
         # Apart from the context's creation (its KV cache), which load_duration also counts.
         self.weights_seconds = time.perf_counter() - started
         log.info("read the weights of %s in %.2fs", config.model_path.name, self.weights_seconds)
+
+    def _create_context(self, config: ContextConfig) -> None:
+        """The context over ``self.model`` (freeing the model if it cannot be made)."""
+        llama_cpp = self._llama
         self.capacity = config.n_batch
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = config.n_ctx * config.parallel
@@ -346,9 +378,12 @@ class LlamaBatchContext:
 
     def interruptible(self, switch: DecodeInterrupt) -> None:
         """Let ``switch`` stop a decode midway (``decode`` then returns False)."""
-        # Kept on self while llama.cpp may call it (ctypes frees a callback nothing references).
-        self._on_abort = self._llama.ggml_abort_callback(lambda _data: switch.stop())
-        self._llama.llama_set_abort_callback(self.ctx, self._on_abort, None)
+        strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        # Kept on self while llama.cpp may read them: the C function and the switch's string.
+        self._on_abort = self._llama.ggml_abort_callback(strlen)
+        self._abort_flag = switch.flag
+        data = ctypes.cast(switch.flag, ctypes.c_void_p)
+        self._llama.llama_set_abort_callback(self.ctx, self._on_abort, data)
 
     def decode(self, rows: list[Row]) -> bool:
         """Evaluate one batch; the rows marked ``logits`` can then be sampled by index. False
