@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import sys
+from collections.abc import Coroutine, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
@@ -270,8 +273,7 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
     the imports of uvicorn, FastAPI and the API modules rather than following them, and the
     checks before the load (Python, as those imports) do not share the GIL with them."""
     if not engine_first:
-        server = await asyncio.to_thread(web_server, settings, log_level, None)
-        await server.serve()
+        await (await asyncio.to_thread(web_server, settings, log_level, None)).serve()
         return
 
     from corral_runtime.metrics import RuntimeMetrics
@@ -279,8 +281,10 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
 
     engine = start_engine(settings, RuntimeMetrics())
     try:
-        await engine.load_begun(WEB_IMPORT_HOLD_SECONDS)
-        server = await asyncio.to_thread(web_server, settings, log_level, engine)
+        server = await web_server_beside(engine, settings, log_level)
+        if server is None:
+            logging.getLogger(__name__).info("shut down before serving")
+            return
         await server.serve()
     finally:
         # A load under way stops at its next progress step; one that has none to come soon
@@ -290,6 +294,50 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
         if not done:
             exit_unclosed()
         closing.result()
+
+
+async def web_server_beside(
+    engine: Engine, settings: RuntimeSettings, log_level: str
+) -> Server | None:
+    """The web server over ``engine``, its stack imported once the preload's load has begun;
+    None if a shutdown signal came first (``shutdown_signals``)."""
+    with shutdown_signals(asyncio.get_running_loop()) as stopped:
+        await first_of(engine.load_begun(WEB_IMPORT_HOLD_SECONDS), stopped.wait())
+        if stopped.is_set():
+            return None
+        server = await asyncio.to_thread(web_server, settings, log_level, engine)
+        return None if stopped.is_set() else server
+
+
+@contextlib.contextmanager
+def shutdown_signals(loop: asyncio.AbstractEventLoop) -> Iterator[asyncio.Event]:
+    """An event SIGTERM or SIGINT sets while the block runs, in place of their default action.
+
+    Before uvicorn's server serves (and installs its own handlers), the engine starts and the
+    web stack is imported: a second or so in which a pod deleted during its start would die of
+    the signal (exit status 143, no log of why) with the preload's load half done. Caught
+    instead, the start ends there and the process leaves through the engine's close, as any
+    shutdown does. The handlers are removed on leaving, before uvicorn installs its own."""
+    stopped = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        yield stopped
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` ends; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def exit_unclosed() -> NoReturn:
