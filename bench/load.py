@@ -15,10 +15,11 @@ else the file's own pages evicted):
   cache).
 
 A volume's rate moves from run to run on a shared machine (a virtual disk's host cache warms,
-neighbours read), so the file is read once cold before the rounds, each round reads and then
-loads, and each ratio is the median of the rounds' own ratios (7 rounds by default: on the
-shared 2-core machine one round's ratio moved from 0.2 to 0.9 with the neighbours' load, so a
-median of 3 still moved with it; every round is printed and counted). Prints the rates and
+neighbours read), so the file is read once cold before the rounds, each round reads, loads
+and reads again (its reference: the rate of the two reads, ``bracketing_rate``), and each ratio
+is the median of the rounds' own ratios (7 rounds by default: on the shared 2-core machine one
+round's ratio moved from 0.2 to 0.9 with the neighbours' load, so a median of 3 still moved
+with it; every round is printed and counted). Prints the rates and
 ``load_rate_vs_sequential_read_ratio=<x>`` (goal >= 0.8) and
 ``weights_read_rate_vs_sequential_read_ratio=<x>``, and deletes the file and the store. Needs
 twice ``--size-gb`` of free disk. Without root (no ``drop_caches``) it says the reads may be warm.
@@ -194,6 +195,14 @@ def load_seconds(store: ModelStore, log: Path, cold: bool) -> tuple[float, float
         return int(answer.json()["load_duration"]) / 1e9, weights_seconds(server.log_tail(200))
 
 
+def bracketing_rate(before: float, after: float) -> float:
+    """The volume's rate around a load, from the reads just before and just after it: the
+    same bytes read twice in the mean of the two times (a volume's rate moved from 1.0 to 3.5
+    GB/s between neighbouring rounds on the shared machine, so one read beside the load was
+    as likely to miss its conditions as to catch them)."""
+    return 2 / (1 / before + 1 / after)
+
+
 def paired_ratio(rates: list[float], references: list[float]) -> float:
     """The median of each round's rate over the same round's reference: a volume that speeds up
     or slows down between rounds moves both sides of a round alike."""
@@ -226,12 +235,15 @@ def main() -> int:
         sequential_read_rate(blob)  # a virtual disk's host cache as warm as for the rounds
         reads, loads, weights = [], [], []
         for round_ in range(args.rounds):
-            reads.append(sequential_read_rate(blob))
+            before = sequential_read_rate(blob)
             load, read = load_seconds(store, log, cold=True)
+            after = sequential_read_rate(blob)
+            reads.append(bracketing_rate(before, after))
             loads.append(file_size / load)
             weights.append(file_size / read)
             print(
-                f"round {round_ + 1}: sequential read {reads[-1] / 1e6:.0f} MB/s, "
+                f"round {round_ + 1}: sequential read {reads[-1] / 1e6:.0f} MB/s "
+                f"({before / 1e6:.0f} before the load, {after / 1e6:.0f} after), "
                 f"load {load:.2f} s = {loads[-1] / 1e6:.0f} MB/s, "
                 f"of it the weights' read {read:.2f} s = {weights[-1] / 1e6:.0f} MB/s",
                 flush=True,
