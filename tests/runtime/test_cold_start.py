@@ -24,8 +24,9 @@ from corral_runtime.cli import SERVE_PROVIDER, command_providers, providers_for
 from corral_runtime.engine.llama import ContextConfig, LlamaBatchContext, LoadAbort
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.types import EngineError
+from corral_runtime.store.digests import blob_filename
 from corral_runtime.store.layout import ModelStore
-from corral_runtime.testmodel import TEST_MODEL_NAME
+from corral_runtime.testmodel import TEST_MODEL_NAME, ensure_test_model
 from devstack.controlplane import free_port
 from tests.support.serveproc import (
     ServedProcess,
@@ -223,12 +224,17 @@ sys.exit(main(sys.argv[1:]))
 
 @contextmanager
 def slow_loading_server(
-    store: ModelStore, log: Path, *args: str, env: dict[str, str] | None = None
+    store: ModelStore,
+    log: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    script: str = SLOW_LOADS,
 ) -> Iterator[tuple[ServedProcess, httpx.Client]]:
-    """``corral serve ARGS…`` whose loads take two minutes (``SLOW_LOADS``), and a client."""
+    """``corral serve ARGS…`` whose loads take two minutes (``SLOW_LOADS``, or what ``script``
+    slows down), and a client."""
     port = free_port()
     serve = serve_command(port, store.root, "--threads", "2", "--parallel", "1", *args)
-    command = [sys.executable, "-c", SLOW_LOADS, *serve[serve.index("serve") :]]
+    command = [sys.executable, "-c", script, *serve[serve.index("serve") :]]
     with (
         running_process("corral serve", command, port, log, env or {}, 60) as server,
         httpx.Client(base_url=server.base_url, timeout=60) as client,
@@ -336,6 +342,107 @@ def test_a_load_whose_client_went_away_stops(model_store: ModelStore, tmp_path: 
         stopped = time.monotonic()
         generate_then_hang_up(server)
         assert time.monotonic() - stopped < 5, server.log_tail()
+
+
+# ``corral serve`` whose checks of a model before llama.cpp's load are slow, as a large model's
+# first ones are: with SLOW_CHECK=hash its blob's hash reads 1 MiB blocks taking half a second
+# each (the test model's: two minutes, as a multi-GB blob's on a slow volume), with
+# SLOW_CHECK=probe its probe's child writes its pid to PROBE_PID_FILE and sleeps two minutes
+# before probing. Either way each hash of a blob says when it starts.
+SLOW_CHECKS = """
+import atexit, os, sys, time
+from corral_runtime.cli import main
+from corral_runtime.engine import probe
+from corral_runtime.store import layout
+
+SLOW = os.environ.get("SLOW_CHECK", "")
+SLOW_PROBE = (
+    "import os, sys, time\\n"
+    "with open(os.environ['PROBE_PID_FILE'], 'w') as f: f.write(str(os.getpid()))\\n"
+    "time.sleep(120)\\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'corral_runtime.engine.probe', sys.argv[1]])"
+)
+hash_stream = layout.sha256_stream
+
+
+class SlowReads:
+    def __init__(self, f):
+        self.f = f
+
+    def read(self, size):
+        time.sleep(0.5)
+        return self.f.read(min(size, 1 << 20))
+
+
+def announced_hash(f, *stop):
+    print("the hash started", flush=True)
+    return hash_stream(SlowReads(f) if SLOW == "hash" else f, *stop)
+
+
+layout.sha256_stream = announced_hash
+if SLOW == "probe":
+    probe.probe_command = lambda path: [sys.executable, "-c", SLOW_PROBE, str(path)]
+atexit.register(print, "the interpreter shut down", flush=True)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (no such process, or a zombie its new parent has yet to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("slow", ["hash", "probe"])
+def test_sigterm_during_a_first_verification_stops_it_and_the_next_start_verifies_again(
+    tmp_path: Path, slow: str
+) -> None:
+    # A pod deleted while it checks a large model for the first time (its blob's sha256, its
+    # probe in a child process) goes at once and through its normal shutdown, not after the
+    # whole check (or, past the 2 s the shutdown waits, by exiting with a child left behind);
+    # the check records nothing, so the next start checks the blob again before loading it.
+    store = ModelStore(tmp_path / "models")
+    stored = ensure_test_model(store)
+    verified = store.root / ".corral" / "verified" / blob_filename(stored.model_digest)
+    probed = store.root / ".corral" / "loads" / blob_filename(stored.model_digest)
+    if slow == "hash":
+        verified.unlink()  # the import hashed it; a blob another pod wrote was not
+    pid_file = tmp_path / "probe.pid"
+    env = {"SLOW_CHECK": slow, "PROBE_PID_FILE": str(pid_file)}
+    log = tmp_path / "serve.log"
+    preload = ("--preload", TEST_MODEL_NAME)
+    with slow_loading_server(store, log, *preload, env=env, script=SLOW_CHECKS) as (server, _):
+        if slow == "hash":
+            wait_for_line(server, "the hash started")
+        else:
+            deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+            while not pid_file.exists():
+                assert time.monotonic() < deadline and server.alive(), server.log_tail()
+                time.sleep(0.02)
+        server.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+        assert time.monotonic() - started < 5, server.log_tail()
+    text = log.read_text()
+    assert f"abandoned the verification of {TEST_MODEL_NAME}: the server is shutting down" in text
+    assert f"abandoned the preload of {TEST_MODEL_NAME}: the server is shutting down" in text
+    assert "Traceback" not in text
+    assert text.rstrip().endswith("the interpreter shut down"), text[-2000:]
+    assert not probed.exists()
+    if slow == "hash":
+        assert not verified.exists()
+    else:
+        assert gone(int(pid_file.read_text()))
+
+    again = tmp_path / "again.log"
+    with slow_loading_server(store, again, script=SLOW_CHECKS) as (_, client):
+        answer = name_three_colours(client)
+        assert answer.status_code == 200, answer.text
+    assert ("the hash started" in again.read_text()) == (slow == "hash")
+    assert verified.exists() and probed.exists()
 
 
 def test_llama_cpp_stops_a_load_whose_switch_is_set(model_store: ModelStore) -> None:

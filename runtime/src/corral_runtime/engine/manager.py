@@ -25,7 +25,8 @@ the same settings, with every name it served; until that is done ``unavailable()
 (``/readyz`` answers 503), and a request for one of them waits for the reload.
 
 Shutting down (``abandon_loads``, and ``close``) stops the load under way at llama.cpp's next
-progress step and refuses the loads after it: the requests that waited for them get a
+progress step (or, before llama.cpp's load, at the next block of its blob's hash, killing its
+probe's child) and refuses the loads after it: the requests that waited for them get a
 ``LoadAbandonedError`` (503 with Retry-After: another server answers), and a server being
 stopped does not spend its grace loading a model it would unload moments later.
 """
@@ -492,10 +493,8 @@ class ModelManager:
         server's settings); ``n_ctx`` and ``load`` as the request asked, kept for a reload."""
         if self._abandoned is not None:
             raise LoadAbandonedError()
-        # Verified against its digest (once per blob) and a valid GGUF, before llama.cpp sees it.
-        details = await asyncio.to_thread(self.store.check_model, stored)
-        # Loaded once in a child process first: a file llama.cpp dies on is refused, not fatal.
-        await asyncio.to_thread(probe_model, self.store, stored)
+        switch = LoadAbort()  # what stops the load (``abandon_loads``, a caller gone)
+        details = await self._verify(stored, switch)
         context = trained_context(n_ctx, details.context_length)
         weights = stored.model_path.stat().st_size
         shape = shape_of(details)
@@ -533,7 +532,6 @@ class ModelManager:
         footprint = footprint_for(slots)
         plan = plan_gpu_layers(requested, footprint, self.gpu)
         await self._make_room(stored.name.display, plan.host_bytes)
-        switch = LoadAbort()  # what stops the load (``abandon_loads``, a caller gone)
         config = LoadConfig(
             model_path=stored.model_path,
             n_ctx=context,
@@ -577,6 +575,36 @@ class ModelManager:
             self._on_load(model.name, worker.load_seconds)
         self._changed()
         return model
+
+    async def _verify(self, stored: StoredModel, switch: LoadAbort) -> GGUFDetails:
+        """Check ``stored``'s blob before llama.cpp sees it: against its digest (once per blob)
+        and as a valid GGUF, then loaded once in a child process (``probe_model``: a file
+        llama.cpp dies on is refused, not fatal); its GGUF details.
+
+        Both run in threads that ask between their steps (a block of the hash, a poll of the
+        child) whether the load is abandoned (``abandon_loads``, or the switch, which a
+        cancelled caller sets): then the hash stops with nothing recorded (the next load
+        verifies the blob again), or the child is killed, and a ``LoadAbandonedError`` is
+        raised. So a shutdown during the first verification of a multi-GB blob does not wait
+        for the whole hash, and no probe outlives the load.
+        """
+
+        def stop() -> None:  # in the threads; reading the attributes is all it does
+            if load_stop_reason(self._abandoned, switch) is not None:
+                raise LoadAbandonedError()
+
+        try:
+            details = await asyncio.to_thread(self.store.check_model, stored, stop)
+            await asyncio.to_thread(probe_model, self.store, stored, stop)
+        except LoadAbandonedError:
+            why = load_stop_reason(self._abandoned, switch)
+            log.info("abandoned the verification of %s: %s", stored.name.display, why)
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: the thread stops at its next step
+                switch.abort(CALLER_GONE)
+            raise
+        return details
 
     async def _start(self, worker: ModelWorker, switch: LoadAbort) -> None:
         """Load ``worker``'s model, whose load ``switch`` stops, unless loads are abandoned, or
@@ -752,6 +780,12 @@ class ModelManager:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self)
+
+
+def load_stop_reason(abandoned: str | None, switch: LoadAbort) -> str | None:
+    """Why a load stops (None: it goes on): every load is abandoned (``abandoned``, the
+    shutdown's reason), or its own ``switch`` was set."""
+    return abandoned if abandoned is not None else switch.reason
 
 
 def shape_of(details: GGUFDetails) -> ModelShape:

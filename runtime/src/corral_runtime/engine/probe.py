@@ -7,58 +7,101 @@ the first time, a child process (``python -m corral_runtime.engine.probe FILE``)
 way on the CPU (weights memory-mapped, no context) and runs its tokenizer over every byte value;
 a child that dies or fails makes the file ``InvalidModelFileError`` for the server, which stays
 up. A success is recorded with the store's blob records (``ModelStore.mark``), so each blob is
-probed once, not at every load or restart.
+probed once, not at every load or restart. The child runs in a process group of its own, which is
+killed (and the child reaped) when the load that asked for it is abandoned or it runs too long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from corral_runtime.engine.bindings import import_bindings
+from corral_runtime.store.digests import StopCheck
 from corral_runtime.store.gguf import InvalidModelFileError
 from corral_runtime.store.layout import LOADS, ModelStore, StoredModel
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_SECONDS = 300.0
+# How often a running child's parent asks whether to stop it (an abandoned load).
+POLL_SECONDS = 0.05
 # Every byte value, and text with multi-byte characters: what a tokenizer falls back on.
 SAMPLE = bytes(range(1, 256)) + "héllo wörld ✓ 你好".encode()
 
 
-def probe_model(store: ModelStore, stored: StoredModel) -> None:
-    """Make sure llama.cpp can load the model's blob without dying (once per blob)."""
+def probe_model(store: ModelStore, stored: StoredModel, stop: StopCheck | None = None) -> None:
+    """Make sure llama.cpp can load the model's blob without dying (once per blob). ``stop``
+    is asked while the child runs: what it raises kills the child, and nothing is marked."""
     digest = stored.model_digest
     if store.is_marked(digest, LOADS):
         return
-    probe_model_file(stored.model_path)
+    probe_model_file(stored.model_path, stop=stop)
     store.mark(digest, LOADS)
 
 
-def probe_model_file(path: Path, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+def probe_command(path: Path) -> list[str]:
+    """The child's command line (a module-level name, so a test's server can start a slow
+    child in its place)."""
+    return [sys.executable, "-m", __name__, str(path)]
+
+
+def probe_model_file(
+    path: Path, timeout: float = PROBE_TIMEOUT_SECONDS, stop: StopCheck | None = None
+) -> None:
     """Load ``path`` in a child process; InvalidModelFileError when it dies or cannot load it."""
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", __name__, str(path)],
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        returncode, stderr = run_child(probe_command(path), timeout, stop)
     except subprocess.TimeoutExpired as exc:
         raise InvalidModelFileError("llama.cpp did not finish loading it") from exc
-    if result.returncode == 0:
+    if returncode == 0:
         return
-    lines = result.stderr.decode(errors="replace").strip().splitlines()
+    lines = stderr.decode(errors="replace").strip().splitlines()
     said = [line for line in lines if "error" in line.lower() or "what()" in line] or lines[-1:]
-    log.warning("model probe exited with %d: %s", result.returncode, " | ".join(said[:3]))
-    if result.returncode < 0 or result.returncode == 128 + signal.SIGABRT:
+    log.warning("model probe exited with %d: %s", returncode, " | ".join(said[:3]))
+    if returncode < 0 or returncode == 128 + signal.SIGABRT:
         raise InvalidModelFileError("llama.cpp aborted while loading it")
     raise InvalidModelFileError("llama.cpp cannot load it")
+
+
+def run_child(
+    command: Sequence[str], timeout: float, stop: StopCheck | None = None
+) -> tuple[int, bytes]:
+    """Run ``command`` to its end in a process group of its own: its exit status and stderr.
+
+    ``stop`` is asked every ``POLL_SECONDS``. When it raises, or ``timeout`` passes
+    (``subprocess.TimeoutExpired``), the whole group is killed and the child reaped before that
+    goes on up: a load abandoned at shutdown leaves no child behind loading a large model.
+    """
+    deadline = time.monotonic() + timeout
+    with subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    ) as child:
+        try:
+            while True:
+                if stop is not None:
+                    stop()
+                wait = min(POLL_SECONDS, max(0.0, deadline - time.monotonic()))
+                try:
+                    _, stderr = child.communicate(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
+                    continue
+                return child.returncode, stderr
+        finally:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()  # reaps it
 
 
 def _load_and_tokenize(path: str) -> int:

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 _DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
 CHUNK = 4 * 1024 * 1024
+
+# Asked between the steps of a long check (a block of a hash): it raises to stop the check,
+# as a model load abandoned while its multi-GB blob is verified for the first time does.
+StopCheck = Callable[[], None]
 
 
 class InvalidDigestError(ValueError):
@@ -39,9 +44,15 @@ def sha256_file(path: Path) -> str:
         return sha256_stream(f)
 
 
-def sha256_stream(f: BinaryIO) -> str:
-    """The digest of what is left to read in ``f``."""
+def sha256_stream(f: BinaryIO, stop: StopCheck | None = None) -> str:
+    """The digest of what is left to read in ``f``; ``stop`` is asked before each block (what
+    it raises ends the hash there)."""
     h = hashlib.sha256()
-    while chunk := f.read(CHUNK):
+    while True:
+        if stop is not None:
+            stop()
+        chunk = f.read(CHUNK)
+        if not chunk:
+            break
         h.update(chunk)
     return "sha256:" + h.hexdigest()

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from corral_runtime.store.digests import (
     CHUNK,
+    StopCheck,
     blob_filename,
     parse_digest,
     sha256_bytes,
@@ -351,10 +352,14 @@ class ModelStore:
 
     # -- verification ------------------------------------------------------------------------
 
-    def check_blob(self, digest: str, size: int | None = None) -> BlobState:
+    def check_blob(
+        self, digest: str, size: int | None = None, stop: StopCheck | None = None
+    ) -> BlobState:
         """Whether the blob at ``digest``'s path is present and holds exactly that content.
 
         The size is checked every time, the sha256 once per file (see the class docstring).
+        ``stop`` is asked between the hash's blocks: what it raises ends the check with nothing
+        recorded, so the next check hashes the blob again.
         """
         digest = parse_digest(digest)
         try:
@@ -364,7 +369,7 @@ class ModelStore:
                     return BlobState.INVALID
                 if self._is_recorded(digest, st):
                     return BlobState.VALID
-                actual = sha256_stream(f)
+                actual = sha256_stream(f, stop)
                 if actual != digest:
                     log.warning("blob %s does not hash to its digest", digest)
                     return BlobState.INVALID
@@ -392,21 +397,27 @@ class ModelStore:
             os.unlink(name, dir_fd=fd)
         self._forget(parse_digest(digest))
 
-    def check_model(self, stored: StoredModel) -> GGUFDetails:
+    def check_model(self, stored: StoredModel, stop: StopCheck | None = None) -> GGUFDetails:
         """What must hold before llama.cpp is given a model's blob; the blob's GGUF details.
 
         The blob is present, of its manifest's size, verified against its digest, and a valid
         GGUF file (``check_model_file``); InvalidModelFileError or CorruptStoreError if not.
+        ``stop``: as ``check_blob``'s (a load abandoned midway).
         """
         layer = stored.manifest.layer(MODEL_LAYER)
         assert layer is not None
-        return self.check_model_blob(layer.digest, layer.size, model=stored.name.display)
+        return self.check_model_blob(layer.digest, layer.size, model=stored.name.display, stop=stop)
 
     def check_model_blob(
-        self, digest: str, size: int | None = None, *, model: str = ""
+        self,
+        digest: str,
+        size: int | None = None,
+        *,
+        model: str = "",
+        stop: StopCheck | None = None,
     ) -> GGUFDetails:
         """``check_model`` for a blob by digest (a file given to create, pull or load)."""
-        state = self.check_blob(digest, size)
+        state = self.check_blob(digest, size, stop)
         if state is BlobState.MISSING:
             raise ModelNotFoundError(model or digest)
         if state is BlobState.INVALID:
