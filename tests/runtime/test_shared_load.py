@@ -4,7 +4,8 @@ Against the real Gemma test model: an ``/api/copy`` alias and a model created FR
 weights with its own template are served by the worker the first name loaded (one load in
 ``corral_model_load_seconds``, one worker object, memory counted once), each rendering its own
 template; another num_ctx makes a second load; and keep_alive 0 through one name unloads that
-name only, the others keep serving from the same worker.
+name only, the others keep serving from the same worker. ``corral_loaded_models`` counts the
+loads (what holds memory), ``corral_loaded_model_names`` the names on them.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def _loads(client: httpx.Client) -> float:
     return _counted(client, "corral_model_load_seconds_count")
 
 
+def _loaded(client: httpx.Client) -> tuple[float, float]:
+    """``corral_loaded_models`` (the loads in memory) and ``corral_loaded_model_names``."""
+    return _counted(client, "corral_loaded_models "), _counted(client, "corral_loaded_model_names ")
+
+
 def _chat(client: httpx.Client, model: str, **extra: Any) -> dict[str, Any]:
     answer = client.post(
         "/api/chat",
@@ -92,6 +98,7 @@ def test_names_for_the_same_weights_share_one_load(server: RunningServer) -> Non
         through_alias = _chat(client, ALIAS)
         through_raw = _chat(client, RAW)
         assert _loads(client) == 1
+        assert _loaded(client) == (1, 3)  # one load in memory, three names on it
         workers = {m.name: m.worker for m in manager.loaded()}
         assert set(workers) == {TEST_MODEL_NAME, ALIAS, RAW}
         assert len({id(w) for w in workers.values()}) == 1
@@ -112,6 +119,7 @@ def test_names_for_the_same_weights_share_one_load(server: RunningServer) -> Non
         manager.memory_budget = size * 2 + size // 2
         _chat(client, ALIAS, options={"num_ctx": 1024})
         assert _loads(client) == 2
+        assert _loaded(client) == (2, 3)
         moved = {m.name: m.worker for m in manager.loaded()}
         assert moved[TEST_MODEL_NAME] is workers[TEST_MODEL_NAME] is moved[RAW]
         assert moved[ALIAS] is not workers[ALIAS]
@@ -124,6 +132,7 @@ def test_names_for_the_same_weights_share_one_load(server: RunningServer) -> Non
             assert time.monotonic() < deadline, "keep_alive 0 did not unload the name"
             time.sleep(0.05)
         assert set(_ps(client)) == {TEST_MODEL_NAME, ALIAS}
+        assert _loaded(client) == (2, 2)
         kept = {m.name: m.worker for m in manager.loaded()}
         assert (
             kept[TEST_MODEL_NAME] is workers[TEST_MODEL_NAME] and not kept[TEST_MODEL_NAME].failed

@@ -9,13 +9,17 @@ cannot grow the number of series without bound.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from corral_runtime.engine.priority import PRIORITY_CLASSES
 from corral_runtime.store.names import InvalidNameError, parse_name
+
+if TYPE_CHECKING:
+    from corral_runtime.engine.manager import LoadedModel
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -64,7 +68,15 @@ class RuntimeMetrics:
             registry=self.registry,
         )
         self.loaded_models = Gauge(
-            "corral_loaded_models", "Models loaded now.", registry=self.registry
+            "corral_loaded_models",
+            "Model loads in memory now: names that share one (an alias, the same weights and"
+            " load options) count once.",
+            registry=self.registry,
+        )
+        self.loaded_model_names = Gauge(
+            "corral_loaded_model_names",
+            "Model names loaded now, each name on a shared load counted.",
+            registry=self.registry,
         )
         self.pending_requests = Gauge(
             "corral_pending_requests",
@@ -136,6 +148,12 @@ class RuntimeMetrics:
         except InvalidNameError:
             return UNKNOWN_MODEL
         return self._known.get(name.casefold(), UNKNOWN_MODEL)
+
+    def observe_loaded(self, models: Collection[LoadedModel]) -> None:
+        """The loaded names (``ModelManager.loaded``): the loads they are on, which hold the
+        memory (a name sharing another's load adds none), and the names themselves."""
+        self.loaded_models.set(len({id(model.shared) for model in models}))
+        self.loaded_model_names.set(len(models))
 
     def observe_load(self, model: str, seconds: float) -> None:
         self.know(model)

@@ -105,7 +105,7 @@ def start_engine(settings: RuntimeSettings, metrics: RuntimeMetrics) -> Engine:
         # so asking nvidia-smi here too would only delay readiness (a second or more where
         # the driver is not kept loaded).
         GpuInfo(offload_supported=_offload_supported(), free_vram_bytes=0),
-        on_change=lambda m: metrics.loaded_models.set(len(m.loaded())),
+        on_change=lambda m: metrics.observe_loaded(m.loaded()),
         on_load=metrics.observe_load,
         on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),
     )

@@ -42,7 +42,7 @@ async def readyz(request: Request, manager: ManagerDep) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(metrics: MetricsDep, manager: ManagerDep) -> Response:
     loaded = manager.loaded()
-    metrics.loaded_models.set(len(loaded))
+    metrics.observe_loaded(loaded)
     metrics.pending_requests.clear()
     metrics.forget_engines()
     for model in loaded:
