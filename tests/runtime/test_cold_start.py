@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -315,10 +315,16 @@ def test_sigterm_during_a_requests_load_answers_it_503_at_once(
     assert text.rstrip().endswith("the interpreter shut down"), text[-2000:]
 
 
-def generate_then_hang_up(server: ServedProcess) -> None:
-    """Ask for a generate on a connection of its own, and close it once its load started."""
+def generate_then_hang_up(server: ServedProcess, started: Callable[[], bool] | None = None) -> None:
+    """Ask for a generate on a connection of its own, and close it once its load started
+    (``started`` says so; by default, the server logged "slow load started" once more)."""
     body = json.dumps({"model": TEST_MODEL_NAME, "prompt": "Hi", "stream": False}).encode()
-    started = server.log.read_text().count("slow load started")
+    if started is None:
+        before = server.log.read_text().count("slow load started")
+
+        def started() -> bool:
+            return server.log.read_text().count("slow load started") > before
+
     host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as connection:
         connection.sendall(
@@ -327,7 +333,7 @@ def generate_then_hang_up(server: ServedProcess) -> None:
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while server.log.read_text().count("slow load started") == started:
+        while not started():
             assert time.monotonic() < deadline and server.alive(), server.log_tail()
             time.sleep(0.02)
 
@@ -348,7 +354,7 @@ def test_a_load_whose_client_went_away_stops(model_store: ModelStore, tmp_path: 
 # first ones are: with SLOW_CHECK=hash its blob's hash reads 1 MiB blocks taking half a second
 # each (the test model's: two minutes, as a multi-GB blob's on a slow volume), with
 # SLOW_CHECK=probe its probe's child writes its pid to PROBE_PID_FILE and sleeps two minutes
-# before probing. Either way each hash of a blob says when it starts.
+# before probing. Each hash of a blob and each probe say when they start.
 SLOW_CHECKS = """
 import atexit, os, sys, time
 from corral_runtime.cli import main
@@ -358,7 +364,9 @@ from corral_runtime.store import layout
 SLOW = os.environ.get("SLOW_CHECK", "")
 SLOW_PROBE = (
     "import os, sys, time\\n"
-    "with open(os.environ['PROBE_PID_FILE'], 'w') as f: f.write(str(os.getpid()))\\n"
+    "pid = os.environ['PROBE_PID_FILE']\\n"
+    "with open(pid + '.tmp', 'w') as f: f.write(str(os.getpid()))\\n"
+    "os.rename(pid + '.tmp', pid)\\n"
     "time.sleep(120)\\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'corral_runtime.engine.probe', sys.argv[1]])"
 )
@@ -379,9 +387,14 @@ def announced_hash(f, *stop):
     return hash_stream(SlowReads(f) if SLOW == "hash" else f, *stop)
 
 
+def announced_probe(path):
+    print("the probe started", flush=True)
+    return [sys.executable, "-c", SLOW_PROBE, str(path)] if SLOW == "probe" else probe_child(path)
+
+
 layout.sha256_stream = announced_hash
-if SLOW == "probe":
-    probe.probe_command = lambda path: [sys.executable, "-c", SLOW_PROBE, str(path)]
+probe_child = probe.probe_command
+probe.probe_command = announced_probe
 atexit.register(print, "the interpreter shut down", flush=True)
 sys.exit(main(sys.argv[1:]))
 """
@@ -443,6 +456,24 @@ def test_sigterm_during_a_first_verification_stops_it_and_the_next_start_verifie
         assert answer.status_code == 200, answer.text
     assert ("the hash started" in again.read_text()) == (slow == "hash")
     assert verified.exists() and probed.exists()
+
+
+def test_a_verification_whose_client_went_away_kills_its_probe(tmp_path: Path) -> None:
+    # The probe of a large model would go on for nothing: its load stops, its child with it.
+    store = ModelStore(tmp_path / "models")
+    ensure_test_model(store)
+    pid_file = tmp_path / "probe.pid"
+    env = {"SLOW_CHECK": "probe", "PROBE_PID_FILE": str(pid_file)}
+    with slow_loading_server(store, tmp_path / "serve.log", env=env, script=SLOW_CHECKS) as (
+        server,
+        _,
+    ):
+        generate_then_hang_up(server, pid_file.exists)
+        wait_for_line(server, f"stopping the verification of {TEST_MODEL_NAME}: the request that")
+        deadline = time.monotonic() + 10
+        while not gone(int(pid_file.read_text())):
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.02)
 
 
 def test_llama_cpp_stops_a_load_whose_switch_is_set(model_store: ModelStore) -> None:

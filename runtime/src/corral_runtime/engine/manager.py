@@ -603,6 +603,7 @@ class ModelManager:
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the thread stops at its next step
                 switch.abort(CALLER_GONE)
+                log.info("stopping the verification of %s: %s", stored.name.display, CALLER_GONE)
             raise
         return details
 
