@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import ollama
 import pytest
 
+from corral_runtime.store import layout
 from corral_runtime.store.digests import blob_filename
-from corral_runtime.store.layout import BlobState, ModelStore
+from corral_runtime.store.gguf import GGUFDetails, check_model_file
+from corral_runtime.store.layout import CHECKED, BlobState, ModelStore
 from tests.runtime.conftest import TINY_MODEL, RunningServer, pull_tiny
 from tests.support.registry import TestRegistry
 
@@ -131,3 +134,39 @@ def test_a_pull_does_not_hash_a_verified_blob_again(
     pull_tiny(store, tiny_registry)
     assert blob_requests(tiny_registry) == 0
     assert record.stat().st_ino == written
+
+
+def test_a_blobs_gguf_checks_run_once_per_blob_and_their_details_survive_a_restart(
+    store: ModelStore, tiny_registry: TestRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checks walk the whole vocabulary in Python (100-150 ms of a cold start's path for a
+    # 150k-token model): a blob verified against its digest passed them once, and its details
+    # are recorded beside its other facts.
+    stored = store.get(name(tiny_registry))
+    details = store.check_model(stored)
+    record = store.root / ".corral" / CHECKED / blob_filename(DIGEST)
+    assert record.is_file()
+
+    def checks_again(f: object, size: int) -> None:
+        raise AssertionError("the blob's GGUF checks ran again")
+
+    monkeypatch.setattr(layout, "check_model_file", checks_again)
+    assert ModelStore(store.root).check_model(stored) == details  # another process
+
+    # A blob that changed (its mtime and ctime here) is checked again, as is one whose record
+    # cannot be read.
+    monkeypatch.undo()
+    calls: list[int] = []
+
+    def counted(f: BinaryIO, size: int) -> GGUFDetails:
+        calls.append(size)
+        return check_model_file(f, size)
+
+    monkeypatch.setattr(layout, "check_model_file", counted)
+    os.utime(store.blob_path(DIGEST))
+    assert ModelStore(store.root).check_model(stored) == details
+    record.write_text("{not json")
+    assert ModelStore(store.root).check_model(stored) == details
+    assert calls == [len(MODEL), len(MODEL)]
+    assert ModelStore(store.root).check_model(stored) == details
+    assert len(calls) == 2

@@ -452,6 +452,11 @@ def _check_tensors(header: GGUFHeader, size: int) -> None:
         expected += -(-nbytes // alignment) * alignment
 
 
+# Raised whenever ``check_model_file`` refuses more or finds other details: the store keeps what
+# a blob passed per version of the checks (ModelStore.check_model_blob).
+GGUF_CHECKS_VERSION = 1
+
+
 def check_model_file(f: BinaryIO, size: int) -> GGUFDetails:
     """Everything llama.cpp will rely on in a model file, checked; its details if it passes."""
     header = read_gguf_header(f, size, keep=frozenset({_TOKENS}))

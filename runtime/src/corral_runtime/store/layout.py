@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -23,7 +24,7 @@ from corral_runtime.store.digests import (
     sha256_file,
     sha256_stream,
 )
-from corral_runtime.store.gguf import GGUFDetails, check_model_file
+from corral_runtime.store.gguf import GGUF_CHECKS_VERSION, GGUFDetails, check_model_file
 from corral_runtime.store.landing import blob_partial, exclusive_lock, lock_path, start_over
 from corral_runtime.store.names import ModelName, parse_name
 from corral_runtime.store.safefs import CorruptStoreError as CorruptStoreError
@@ -56,9 +57,13 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".corral"
 # What is recorded about a blob (a folder of records each under STATE_DIR): its content matches
-# its digest; llama.cpp loaded it in a child process (engine/probe.py).
+# its digest; llama.cpp loaded it in a child process (engine/probe.py); it passed this version's
+# GGUF checks, with the details they found (a later version's checks check it again).
 VERIFIED, LOADS = "verified", "loads"
-FACTS = (VERIFIED, LOADS)
+CHECKED = f"gguf-checks-{GGUF_CHECKS_VERSION}"
+FACTS = (VERIFIED, LOADS, CHECKED)
+# A record of checked details holds a chat template or two: far less than this.
+MAX_DETAILS_RECORD_BYTES = 1024 * 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 
@@ -202,6 +207,7 @@ class ModelStore:
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
         self._verified: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._details: dict[str, tuple[tuple[int, ...], GGUFDetails]] = {}
         self._verified_lock = threading.Lock()
 
     # -- paths -------------------------------------------------------------------------------
@@ -424,8 +430,49 @@ class ModelStore:
             raise CorruptStoreError(
                 f"blob {digest} does not match its digest or size; pull the model again"
             )
+        digest = parse_digest(digest)
         with self.open_blob(digest) as f:
-            return check_model_file(f, os.fstat(f.fileno()).st_size)
+            st = os.fstat(f.fileno())
+            details = self._checked_details(digest, st)
+            if details is None:
+                details = check_model_file(f, st.st_size)
+                self._record_details(digest, st, details)
+            return details
+
+    def _checked_details(self, digest: str, st: os.stat_result) -> GGUFDetails | None:
+        """The details ``check_model_file`` found in the blob as it is now (``st``), where a
+        record of this version's checks holds them. The checks walk every token of the
+        vocabulary in Python, 100-150 ms of a 150k-token model's load (more for 262k), on a
+        cold start's path before llama.cpp may start: a blob verified against its digest
+        cannot have changed since, so it is checked once per version of the checks."""
+        key = _stat_key(st)
+        with self._verified_lock:
+            held = self._details.get(digest)
+        if held is not None and held[0] == key:
+            return held[1]
+        try:
+            with self._record_dir(CHECKED, False) as fd:
+                raw, _ = read_file(fd, blob_filename(digest), MAX_DETAILS_RECORD_BYTES)
+            record = json.loads(raw)
+            if tuple(record["key"]) != key:
+                return None
+            details = GGUFDetails(**record["details"])
+        except (OSError, ValueError, TypeError, KeyError, CorruptStoreError):
+            return None
+        with self._verified_lock:
+            self._details[digest] = (key, details)
+        return details
+
+    def _record_details(self, digest: str, st: os.stat_result, details: GGUFDetails) -> None:
+        key = _stat_key(st)
+        with self._verified_lock:
+            self._details[digest] = (key, details)
+        record = {"key": key, "details": dataclasses.asdict(details)}
+        try:
+            with self._record_dir(CHECKED, True) as fd:
+                write_atomic(fd, blob_filename(digest), json.dumps(record).encode(), fsync=False)
+        except OSError as exc:  # a read-only store: remembered by this process only
+            log.debug("could not record blob %s as checked: %s", digest, exc)
 
     def is_marked(self, digest: str, fact: str) -> bool:
         """Whether ``mark`` recorded ``fact`` (e.g. "loads") about the blob as it is now."""
@@ -474,6 +521,8 @@ class ModelStore:
             log.debug("could not record blob %s as %s: %s", digest, fact, exc)
 
     def _forget(self, digest: str) -> None:
+        with self._verified_lock:
+            self._details.pop(digest, None)
         for fact in FACTS:
             with self._verified_lock:
                 self._verified.pop((fact, digest), None)
