@@ -47,6 +47,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,20 +144,39 @@ class LoadAbort:
 
 
 class DecodeInterrupt:
-    """A switch that stops the ``llama_decode`` in flight (``LlamaBatchContext.interruptible``):
-    llama.cpp asks it between the graph's nodes, and stops once it is both ``armed`` (the
-    decode thread's say: this decode may be stopped) and ``requested`` (set from any thread:
-    something more urgent has arrived). Plain attributes, as the answer is read hundreds of
-    times a decode."""
+    """A switch that stops the ``llama_decode`` in flight (``LlamaBatchContext.interruptible``)
+    once it is both armed (the decode thread's say: this decode may be stopped) and requested
+    (set from any thread: something more urgent has arrived).
 
-    __slots__ = ("armed", "requested")
+    llama.cpp asks its abort callback after every node of a decode's graph, hundreds of times a
+    decode, and a Python callback takes the GIL each time: beside a busy event loop that made
+    decoding several times slower. So the answer is a C string in memory, empty or one byte
+    long, and the callback is libc's ``strlen``, which reads it without Python; a length of one
+    is the ``true`` that stops the decode. The string is rewritten under a lock whenever either
+    half changes, so it is never left stopping a decode that is not armed."""
+
+    __slots__ = ("_armed", "_lock", "_requested", "flag")
 
     def __init__(self) -> None:
-        self.armed = False
-        self.requested = False
+        self._armed = False
+        self._requested = False
+        self._lock = threading.Lock()
+        self.flag = ctypes.create_string_buffer(2)  # b"" or b"\x01"
 
-    def stop(self) -> bool:
-        return self.armed and self.requested
+    def arm(self, armed: bool) -> None:
+        """Whether the decode about to run (or just done, False) may be stopped."""
+        with self._lock:
+            self._armed = armed
+            self._write()
+
+    def request(self, requested: bool = True) -> None:
+        """Ask the armed decode to stop (False: forget an earlier request)."""
+        with self._lock:
+            self._requested = requested
+            self._write()
+
+    def _write(self) -> None:
+        self.flag[0] = b"\x01" if self._armed and self._requested else b"\x00"
 
 
 @dataclass(slots=True)
@@ -358,9 +378,13 @@ class LlamaBatchContext:
 
     def interruptible(self, switch: DecodeInterrupt) -> None:
         """Let ``switch`` stop a decode midway (``decode`` then returns False)."""
-        # Kept on self while llama.cpp may call it (ctypes frees a callback nothing references).
-        self._on_abort = self._llama.ggml_abort_callback(lambda _data: switch.stop())
-        self._llama.llama_set_abort_callback(self.ctx, self._on_abort, None)
+        strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        assert strlen is not None
+        # Kept on self while llama.cpp may read them: the C function and the switch's string.
+        self._on_abort = self._llama.ggml_abort_callback(strlen)
+        self._abort_flag = switch.flag
+        data = ctypes.cast(switch.flag, ctypes.c_void_p)
+        self._llama.llama_set_abort_callback(self.ctx, self._on_abort, data)
 
     def decode(self, rows: list[Row]) -> bool:
         """Evaluate one batch; the rows marked ``logits`` can then be sampled by index. False

@@ -393,7 +393,7 @@ class ModelWorker:
             self._release()
             raise
         if may_take_reserved(request.priority):
-            self._interrupt.requested = True  # heeded only by an interruptible decode
+            self._interrupt.request()  # heeded only by an interruptible decode
         return stream
 
     async def embed(self, inputs: Sequence[str | list[int]], *, truncate: bool) -> EmbeddingResult:
@@ -483,13 +483,13 @@ class ModelWorker:
         # Nor while an idle slot has a finished turn to warm (``_warm``).
         block = not self._busy and not self._waiting and self._warm_choice() is None
         # What arrives from here on is seen at the next step: only later arrivals stop it.
-        self._interrupt.requested = False
+        self._interrupt.request(False)
         while True:
             try:
                 if block:
                     item = self._inbox.get()
                     block = False
-                    self._interrupt.requested = False
+                    self._interrupt.request(False)
                 else:
                     item = self._inbox.get_nowait()
             except queue.Empty:
@@ -672,13 +672,15 @@ class ModelWorker:
         rows then in no sequence's KV memory, to be decoded again."""
         context = self._require_context()
         armed = interruptible(classes, self._busy < self.slot_count, self._interrupted)
-        self._interrupt.armed = armed
+        if armed:
+            self._interrupt.arm(True)
         try:
             done = context.decode(rows)
         finally:
-            self._interrupt.armed = False
-        if armed:  # of the lower classes' decodes, never two stopped in a row
-            self._interrupted = not done
+            if armed:
+                self._interrupt.arm(False)
+        if not any(map(may_take_reserved, classes)):  # a lower classes' decode
+            self._interrupted = not done  # never two stopped in a row
         return done
 
     def _decode(self, decoding: list[_Slot]) -> bool:
@@ -976,8 +978,8 @@ class ModelWorker:
         self.n_ctx = self._context.n_ctx
         if self.config.priority.reserved:
             # Where the highest class is promised a slot at once, it waits for no lower
-            # class's decode either (``_run_decode``). Not otherwise: llama.cpp asks the switch
-            # at every node of a decode's graph, and a ctypes callback takes the GIL each time.
+            # class's decode either (``_run_decode``). Not otherwise: without a slot kept for
+            # it, such a request under a batch load mostly waits for a slot, not a decode.
             self._context.interruptible(self._interrupt)
         # A prompt chunk must fit in one decode (options keep num_ctx above that; this holds
         # whatever a caller asks).
