@@ -41,6 +41,12 @@ take: on the FIFO server, where every request is interactive, they would be batc
 give FIFO more slots than the server before priorities had; default 1), and --batch-share its
 CORRAL_PRIORITY_SHARES for batch (unset by default).
 
+--baseline SRC adds a third server, the priorities one run from another copy of the runtime
+(SRC: its ``runtime/src``, e.g. of ``git worktree add /tmp/before HEAD~1``), measured in every
+round beside the other two (the three loaded phases rotate), so a change to the scheduling is
+compared with the code before it on the same machine at the same time; it prints the
+baseline's ratio and batch kept (its batch rate over the same round's FIFO one) too.
+
 Printed last: ``interactive_ttft_p50_loaded_vs_idle_ratio=<x>`` with priorities (goal <= 1.5),
 ``interactive_ttft_p50_loaded_vs_idle_ratio_fifo=<x>``,
 ``batch_throughput_kept_per_server_cpu=<x>`` (the FIFO server's CPU seconds for its loaded
@@ -212,6 +218,8 @@ class Round:
     priorities_ratio: float
     batch_kept: float  # batch tokens per second, priorities over FIFO
     batch_kept_cpu: float  # the server's CPU seconds for the same work, FIFO's over priorities'
+    baseline_ratio: float | None = None  # the --baseline server's, as priorities_ratio
+    baseline_kept: float | None = None  # its batch tokens per second over FIFO's
 
 
 def round_ratios(idles: list[Phase], phases: dict[str, Phase]) -> Round:
@@ -219,18 +227,23 @@ def round_ratios(idles: list[Phase], phases: dict[str, Phase]) -> Round:
     (``idles`` and ``phases`` in the order they ran)."""
     before = dict(zip(phases, idles, strict=True))
     fifo, priorities = phases["fifo"], phases["priorities"]
+    baseline = phases.get("baseline")
     return Round(
         fifo.ttft_p50 / before["fifo"].ttft_p50,
         priorities.ttft_p50 / before["priorities"].ttft_p50,
         priorities.batch_rate / fifo.batch_rate,
         fifo.server_cpu_s / priorities.server_cpu_s,
+        None if baseline is None else baseline.ttft_p50 / before["baseline"].ttft_p50,
+        None if baseline is None else baseline.batch_rate / fifo.batch_rate,
     )
 
 
-def loaded_order(round_: int) -> tuple[str, str]:
-    """Which loaded phase runs first in a round: alternating, so a machine that speeds up or
-    slows down over the run favours neither."""
-    return ("fifo", "priorities") if round_ % 2 == 0 else ("priorities", "fifo")
+def loaded_order(round_: int, baseline: bool = False) -> tuple[str, ...]:
+    """Which loaded phase runs first in a round: rotating, so a machine that speeds up or
+    slows down over the run favours none."""
+    names = ("fifo", "priorities", "baseline") if baseline else ("fifo", "priorities")
+    turn = round_ % len(names)
+    return names[turn:] + names[:turn]
 
 
 def report(phase: Phase) -> None:
@@ -281,6 +294,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="odd: a median of its own")
     parser.add_argument("--batch-share", type=float, help="CORRAL_PRIORITY_SHARES for batch")
     parser.add_argument("--reserved", type=int, default=1, help="CORRAL_PRIORITY_RESERVED_SLOTS")
+    parser.add_argument("--baseline", type=Path, help="runtime/src of the code to compare with")
     args = parser.parse_args()
 
     from corral_runtime.store.layout import ModelStore
@@ -293,11 +307,14 @@ def main() -> int:
         ModelStore(Path(tmp)).create_model(MODEL, args.model or test_model_path(), params={})
         flags = ["--parallel", str(args.parallel), "--context-length", str(args.ctx)]
         flags += ["--threads", str(args.threads)]
+        envs = {"fifo": {}, "priorities": env}
+        if args.baseline is not None:
+            envs["baseline"] = {**env, "PYTHONPATH": str(args.baseline.resolve())}
         served = {
             name: servers.enter_context(
                 serving_process(Path(tmp), *flags, log=Path(tmp) / f"{name}.log", env=server_env)
             )
-            for name, server_env in (("fifo", {}), ("priorities", env))
+            for name, server_env in envs.items()
         }
         bases = {name: server.base_url for name, server in served.items()}
         for base in bases.values():  # each loads its model
@@ -305,21 +322,27 @@ def main() -> int:
         rounds = []
         for number in range(args.rounds):
             phases, references = {}, []
-            for name in loaded_order(number):
+            for name in loaded_order(number, args.baseline is not None):
                 references.append(asyncio.run(idle(bases[name], args)))  # just before each
                 report(references[-1])
-                batch_class = "batch" if name == "priorities" else None
+                batch_class = None if name == "fifo" else "batch"
                 cpu = cpu_seconds(served[name].process.pid)
                 phases[name] = asyncio.run(loaded(bases[name], args, name, batch_class))
                 phases[name].server_cpu_s = cpu_seconds(served[name].process.pid) - cpu
                 report(phases[name])
             rounds.append(round_ratios(references, phases))
             ratios = rounds[-1]
+            baseline = (
+                ""
+                if ratios.baseline_ratio is None
+                else f"; baseline ttft ratio {ratios.baseline_ratio:.2f}, "
+                f"batch kept {ratios.baseline_kept:.2f}"
+            )
             print(
                 f"round {number + 1}: ttft ratio fifo {ratios.fifo_ratio:.2f}, "
                 f"priorities {ratios.priorities_ratio:.2f}; "
                 f"batch kept {ratios.batch_kept:.2f} (per server CPU second "
-                f"{ratios.batch_kept_cpu:.2f})",
+                f"{ratios.batch_kept_cpu:.2f}){baseline}",
                 flush=True,
             )
         page = httpx.get(bases["priorities"] + "/metrics", timeout=60).text
@@ -327,6 +350,11 @@ def main() -> int:
             wait = mean_queue_wait(page, priority)
             if wait is not None:  # includes the idle phases' requests
                 print(f"priorities server: {priority} queue_wait_mean_s={wait:.3f}")
+    if args.baseline is not None:
+        ratio = statistics.median(r.baseline_ratio or 0.0 for r in rounds)
+        kept = statistics.median(r.baseline_kept or 0.0 for r in rounds)
+        print(f"interactive_ttft_p50_loaded_vs_idle_ratio_baseline={ratio:.2f}")
+        print(f"batch_throughput_kept_baseline={kept:.2f}")
     fifo_ratio = statistics.median(r.fifo_ratio for r in rounds)
     print(f"interactive_ttft_p50_loaded_vs_idle_ratio_fifo={fifo_ratio:.2f}")
     ratio = statistics.median(r.priorities_ratio for r in rounds)
