@@ -509,7 +509,10 @@ def watched(load):
         imported = {
             "llama_cpp.Llama": "Llama" in vars(sys.modules["llama_cpp"]),
             "numpy": numpy is not None and "ndarray" in vars(numpy),
-            **{name: name in sys.modules for name in ("fastapi", "uvicorn", "corral_operator")},
+            **{
+                name: name in sys.modules
+                for name in ("fastapi", "uvicorn", "corral_operator", "jinja2")
+            },
         }
         print("the load started; imported:", imported, flush=True)
         return load(path, params)
@@ -542,9 +545,10 @@ def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_s
 ) -> None:
     # A cold pod's load waits only for llama.cpp's ctypes bindings and the checks of its blob;
     # the ~0.2 s of numpy and llama-cpp-python's high-level half, and the ~0.4 s of the web
-    # stack, are imported while it runs (not beside the checks, sharing the GIL), and the other
-    # packages' commands not at all. The complete package is there afterwards: an embedding
-    # (llama_cpp.Llama) and a generate (numpy) are answered. The blob is probed already, as a
+    # stack and the chat templates (jinja2), are imported while it runs (not beside the
+    # checks, sharing the GIL), and the other packages' commands not at all. The complete
+    # package is there afterwards: an embedding (llama_cpp.Llama) and a generate (numpy) are
+    # answered. The blob is probed already, as a
     # pod's pull Job leaves it: a new blob's probe is waited for apart (``Engine.load_begun``).
     probe_model(model_store, model_store.get(TEST_MODEL_NAME))
     port = free_port()
@@ -568,7 +572,7 @@ def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_s
     started = next(line for line in text.splitlines() if line.startswith("the load started"))
     assert started == (
         "the load started; imported: {'llama_cpp.Llama': False, 'numpy': False, "
-        "'fastapi': False, 'uvicorn': False, 'corral_operator': False}"
+        "'fastapi': False, 'uvicorn': False, 'corral_operator': False, 'jinja2': False}"
     ), text[-2000:]
     assert "Traceback" not in text
 

@@ -132,10 +132,12 @@ class LoadAbort:
     reads it whole before its first step, so a set switch stops what follows the read: the
     offload of each tensor to a GPU and the context's creation."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("began", "reason")
 
     def __init__(self) -> None:
         self.reason: str | None = None  # None: the load goes on
+        # Set as llama.cpp's load is called: from then on the load runs without the GIL.
+        self.began = False
 
     def abort(self, reason: str) -> None:
         """Stop the load, for ``reason`` (the first one given stays)."""
@@ -244,6 +246,8 @@ class LlamaBatchContext:
             )
             model_params.progress_callback = on_progress
         started = time.perf_counter()
+        if switch is not None:
+            switch.began = True
         self.model = llama_cpp.llama_model_load_from_file(
             str(config.model_path).encode("utf-8"), model_params
         )

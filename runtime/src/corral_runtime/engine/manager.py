@@ -40,7 +40,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
 from corral_runtime.engine.llama import LoadAbort, flash_attention_for, tensor_split_of
@@ -73,7 +73,9 @@ from corral_runtime.gpu import (
 from corral_runtime.settings import RuntimeSettings
 from corral_runtime.store.gguf import GGUFDetails
 from corral_runtime.store.layout import ADAPTER_LAYER, PROJECTOR_LAYER, ModelStore, StoredModel
-from corral_runtime.templates.chat import ChatTemplate, select_template
+
+if TYPE_CHECKING:
+    from corral_runtime.templates.chat import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +284,11 @@ class Lease:
 
 
 def model_template(stored: StoredModel, details: GGUFDetails) -> ChatTemplate:
+    # Imported here: jinja2 and the template modules (40-70 ms) are first needed once a load has
+    # ended, and imported before it they delay a cold start's load (the API's modules import
+    # them meanwhile, beside llama.cpp's load).
+    from corral_runtime.templates.chat import select_template
+
     return select_template(
         gguf_template=details.chat_template,
         layer_template=stored.template,
@@ -330,10 +337,11 @@ class ModelManager:
 
     @property
     def loading(self) -> bool:
-        """Whether llama.cpp is loading a model now (its checks done, its worker started):
-        ``corral serve`` imports the web stack once the preload's load is there, so that those
-        imports run beside llama.cpp's load rather than beside the Python work before it."""
-        return self._load_switch is not None
+        """Whether llama.cpp is loading a model now (its load function called, which runs
+        without the GIL): ``corral serve`` imports the web stack once the preload's load is
+        there, so that those imports run beside llama.cpp's load rather than beside the Python
+        work before it (the checks, the bindings' import)."""
+        return self._load_switch is not None and self._load_switch.began
 
     def unavailable(self) -> list[str]:
         """Models that failed and are not loaded again yet: the server cannot serve them now."""
