@@ -14,7 +14,9 @@ llama.cpp's load of that model alone took 0.45 to 0.50 s with the prefetch and 0
 without (interleaved); the weights' read in a server-like process 0.63 to 1.50 s against 1.42 to
 2.51 s (interleaved, 8 loads each, a loaded machine); ``bench/load.py``'s load, without and with
 it back to back on a loaded machine (load average 4 to 5), 2.12 -> 1.66 s (medians of 5 rounds,
-ratio 0.43 -> 0.51) and 2.40 -> 2.13 s (medians of 7, ratio 0.36 -> 0.58).
+ratio 0.43 -> 0.51) and 2.40 -> 2.13 s (medians of 7, ratio 0.36 -> 0.58); with it on a quiet
+machine, ``load_rate_vs_sequential_read_ratio=1.20`` (7 rounds; the code before, 0.73 in another
+quiet window).
 
 A madvise call holds no lock of Python's (ctypes releases the GIL), so the thread costs the
 event loop nothing; it reads in chunks, asking between them whether to go on, so a load that
