@@ -6,10 +6,13 @@ fresh server answers, log-probabilities included."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from corral_runtime.engine.llama import Row
 from corral_runtime.engine.scheduling import PREFILL_CHUNK, common_prefix
 from corral_runtime.engine.types import (
     GenerationRequest,
@@ -86,3 +89,60 @@ async def test_without_warm_turns_a_next_turn_reuses_only_what_was_prompt(
         follow_up = opening + answer + "<end_of_turn>\n" + TURN.format("And what bread?")
         _, stats, _ = await answer_with_logprobs(worker, follow_up)
     assert stats.cached_prompt_tokens == first.prompt_eval_count // PREFILL_CHUNK * PREFILL_CHUNK
+
+
+async def test_a_request_that_arrives_during_a_warm_chunk_stops_it_and_the_turn_is_warmed_later(
+    test_model_path: Path,
+) -> None:
+    # Warming is speculative: a client's next request (one-shot requests in a row, or another
+    # conversation) must not wait for an idle slot's warm chunk. It is sent from inside the
+    # first warm chunk's llama_decode, so it is there while that runs for sure: that decode
+    # stops, the request is answered as a fresh server answers it, and the finished turn is
+    # still warmed afterwards, its next turn reusing it as if nothing had come between.
+    opening = TURN.format(SYSTEM + "What cakes do you have, and which of them keep a week?")
+    other = TURN.format("Name three colours.")
+    async with loaded(test_model_path, parallel=2, max_pending=2) as fresh:
+        alone, _ = await run(fresh, other, ANSWER)
+    async with loaded(test_model_path, parallel=2, max_pending=2) as worker:
+        loop = asyncio.get_running_loop()
+        context = worker._require_context()
+        real_decode = context.decode
+        warm_decodes: list[bool] = []  # each warm chunk's decode: completed or stopped
+        sent = threading.Event()
+        asked: list[asyncio.Task[tuple[str, GenerationStats]]] = []
+
+        def send() -> None:
+            asked.append(asyncio.ensure_future(run(worker, other, ANSWER)))
+            sent.set()
+
+        def decode(rows: list[Row]) -> bool:
+            warm = worker._warming  # an idle slot's warm chunk, not a prompt's
+            if warm and not warm_decodes:
+                loop.call_soon_threadsafe(send)
+                assert sent.wait(30)
+                # The request is queued once its task has run ``generate``.
+                deadline = time.monotonic() + 30
+                while not worker._interrupt.flag.value and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            done = real_decode(rows)
+            if warm:
+                warm_decodes.append(done)
+            return done
+
+        context.decode = decode  # type: ignore[method-assign]
+        answer, first = await run(worker, opening, ANSWER)
+        async with asyncio.timeout(60):
+            while not asked:  # noqa: ASYNC110 (set from the decode thread's callback)
+                await asyncio.sleep(0.01)
+        text, _ = await asked[0]
+        await settled(worker)
+        follow_up = opening + answer + "<end_of_turn>\n" + TURN.format("And what bread?")
+        _, stats, _ = await answer_with_logprobs(worker, follow_up)
+        follow_tokens = await worker.tokenize(follow_up)
+
+    assert warm_decodes[0] is False  # the first warm chunk stopped for the request
+    assert True in warm_decodes[1:]  # and was warmed once nothing waited
+    assert text == alone
+    turn = list(first.tokens[:-1])
+    shared = min(common_prefix(turn, follow_tokens), len(follow_tokens) - 1)
+    assert stats.cached_prompt_tokens == shared // PREFILL_CHUNK * PREFILL_CHUNK
