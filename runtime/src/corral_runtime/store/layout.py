@@ -451,9 +451,7 @@ class ModelStore:
         if held is not None and held[0] == key:
             return held[1]
         try:
-            with self._record_dir(CHECKED, False) as fd:
-                raw, _ = read_file(fd, blob_filename(digest), MAX_DETAILS_RECORD_BYTES)
-            record = json.loads(raw)
+            record = json.loads(self._read_record(CHECKED, digest, MAX_DETAILS_RECORD_BYTES))
             if tuple(record["key"]) != key:
                 return None
             details = GGUFDetails(**record["details"])
@@ -467,12 +465,7 @@ class ModelStore:
         key = _stat_key(st)
         with self._verified_lock:
             self._details[digest] = (key, details)
-        record = {"key": key, "details": dataclasses.asdict(details)}
-        try:
-            with self._record_dir(CHECKED, True) as fd:
-                write_atomic(fd, blob_filename(digest), json.dumps(record).encode(), fsync=False)
-        except OSError as exc:  # a read-only store: remembered by this process only
-            log.debug("could not record blob %s as checked: %s", digest, exc)
+        self._write_record(CHECKED, digest, {"key": key, "details": dataclasses.asdict(details)})
 
     def is_marked(self, digest: str, fact: str) -> bool:
         """Whether ``mark`` recorded ``fact`` (e.g. "loads") about the blob as it is now."""
@@ -499,9 +492,7 @@ class ModelStore:
             if self._verified.get((fact, digest)) == key:
                 return True
         try:
-            with self._record_dir(fact, False) as fd:
-                raw, _ = read_file(fd, blob_filename(digest), 4096)
-            recorded = tuple(json.loads(raw))
+            recorded = tuple(json.loads(self._read_record(fact, digest, 4096)))
         except (OSError, ValueError, TypeError, CorruptStoreError):
             return False
         if recorded != key:
@@ -514,10 +505,21 @@ class ModelStore:
         key = _stat_key(st)
         with self._verified_lock:
             self._verified[(fact, digest)] = key
+        self._write_record(fact, digest, key)
+
+    def _read_record(self, fact: str, digest: str, limit: int) -> bytes:
+        """The record of ``fact`` about the blob (OSError or CorruptStoreError if none)."""
+        with self._record_dir(fact, False) as fd:
+            raw, _ = read_file(fd, blob_filename(digest), limit)
+        return raw
+
+    def _write_record(self, fact: str, digest: str, record: object) -> None:
+        """Record ``fact`` about the blob as JSON; a read-only store keeps it in memory only
+        (the callers' dictionaries)."""
         try:
             with self._record_dir(fact, True) as fd:
-                write_atomic(fd, blob_filename(digest), json.dumps(key).encode(), fsync=False)
-        except OSError as exc:  # a read-only store: remembered by this process only
+                write_atomic(fd, blob_filename(digest), json.dumps(record).encode(), fsync=False)
+        except OSError as exc:
             log.debug("could not record blob %s as %s: %s", digest, fact, exc)
 
     def _forget(self, digest: str) -> None:
