@@ -672,18 +672,23 @@ class ModelWorker:
         """``llama_decode`` of ``rows`` (of sequences of ``classes``); False if a request of
         the highest class arrived meanwhile and stopped it (``priority.interruptible``), its
         rows then in no sequence's KV memory, to be decoded again."""
-        context = self._require_context()
         armed = interruptible(classes, self._busy < self.slot_count, self._interrupted)
-        if armed:
-            self._interrupt.arm(True)
-        try:
-            done = context.decode(rows)
-        finally:
-            if armed:
-                self._interrupt.arm(False)
+        done = self._decode_armed(rows, armed)
         if not any(map(may_take_reserved, classes)):  # a lower classes' decode
             self._interrupted = not done  # never two stopped in a row
         return done
+
+    def _decode_armed(self, rows: list[Row], armed: bool) -> bool:
+        """``llama_decode`` of ``rows``, which a requested interrupt stops if ``armed``;
+        False if it was stopped."""
+        context = self._require_context()
+        if armed:
+            self._interrupt.arm(True)
+        try:
+            return context.decode(rows)
+        finally:
+            if armed:
+                self._interrupt.arm(False)
 
     def _decode(self, decoding: list[_Slot]) -> bool:
         """One token for each of the decoding slots; False if the decode was stopped
@@ -784,11 +789,9 @@ class ModelWorker:
         # up to a chunk's evaluation, ~0.2 s on the test model's two cores, for warming nobody
         # would reuse); the chunk is warmed again once nothing waits.
         self._warming = True
-        self._interrupt.arm(True)
         try:
-            done = context.decode(rows)
+            done = self._decode_armed(rows, True)
         finally:
-            self._interrupt.arm(False)
             self._warming = False
         if not done:
             slot.cached = slot.turn[:start]  # the memory holds what precedes the chunk
