@@ -13,9 +13,13 @@ Each phase runs --conversations concurrent conversations of --turns turns throug
 every conversation has the same long system prompt (a shared prefix) and its own growing
 history, each turn streams ``/api/chat`` (temperature 0, --max-tokens) and appends the answer,
 after a pause of up to --think-seconds (a user reading and typing).
-The two strategies' phases run at the same time, --repeats times, each on its own pair of
-replicas, so whatever else loads the machine loads both alike; every phase's system prompt
-starts with a tag of its own, so no phase finds an earlier phase's prefixes in the KV caches.
+Each strategy has a pair of replicas of its own, and their phases take turns, --repeats times
+each, in ABBA order, a few seconds apart (the replicas finish warming the last turns): a
+strategy's replicas then have the cores to themselves, as on nodes of their own, so the prompts
+one strategy evaluates again do not slow the other's. --side-by-side runs both phases of a
+repeat at the same time instead (whatever else loads the machine loads both alike, but so does
+each side's own work). Every phase's system prompt starts with a tag of its own, so no phase
+finds an earlier phase's prefixes in the KV caches.
 Time to first token is measured per turn (with the runtime's prompt evaluation time, what a
 prefix found in the cache saves), tokens per second are the answers' tokens over the phase's
 wall time, and each phase says how many turns each of its replicas answered, how long its last
@@ -203,6 +207,11 @@ def describe(phase: Phase) -> str:
     )
 
 
+def phase_order(repeat: int) -> tuple[str, ...]:
+    """The strategies' phases of one repeat run in turn, ABBA: each goes first as often."""
+    return STRATEGIES if repeat % 2 == 0 else STRATEGIES[::-1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the bundled test model)")
@@ -235,6 +244,17 @@ def main() -> int:
         "with short pauses every turn is sent soon after the last one ends, while the replica "
         "that answered it has one request fewer in flight than the other, and least-in-flight "
         "keeps conversations in place by accident (at 3 s, 38 of 47 later turns stayed)",
+    )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="run both strategies' phases of a repeat at the same time, not in turn",
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=5.0,
+        help="pause after each phase run in turn, while its replicas warm its last turns",
     )
     args = parser.parse_args()
 
@@ -275,28 +295,32 @@ def main() -> int:
             # Load the model in each and touch its weights.
             asyncio.run(run_phase(url, "warm-up", "warm", 1, 1, 4))
 
-        async def side_by_side(repeat: int) -> list[Phase]:
-            return list(
-                await asyncio.gather(
-                    *(
-                        run_phase(
-                            gateways[strategy],
-                            strategy,
-                            f"phase {repeat}-{strategy}",
-                            args.conversations,
-                            args.turns,
-                            args.max_tokens,
-                            args.think_seconds,
-                        )
-                        for strategy in STRATEGIES
-                    )
-                )
+        def phase_of(repeat: int, strategy: str) -> Any:
+            return run_phase(
+                gateways[strategy],
+                strategy,
+                f"phase {repeat}-{strategy}",
+                args.conversations,
+                args.turns,
+                args.max_tokens,
+                args.think_seconds,
             )
+
+        async def side_by_side(repeat: int) -> list[Phase]:
+            return list(await asyncio.gather(*(phase_of(repeat, s) for s in STRATEGIES)))
+
+        def in_turn(repeat: int) -> list[Phase]:
+            done = []
+            for strategy in phase_order(repeat):
+                done.append(asyncio.run(phase_of(repeat, strategy)))
+                time.sleep(args.settle_seconds)
+            return done
 
         for repeat in range(args.repeats):
             before = {s: [chats_answered(url) for url in replicas[s]] for s in STRATEGIES}
             routing_before = {s: routing_counts(gateways[s]) for s in STRATEGIES}
-            for phase in asyncio.run(side_by_side(repeat)):
+            measured = asyncio.run(side_by_side(repeat)) if args.side_by_side else in_turn(repeat)
+            for phase in measured:
                 phases[phase.strategy].append(phase)
                 split = [
                     int(chats_answered(url) - was)
@@ -318,7 +342,8 @@ def main() -> int:
     print(
         f"model={model_path.name} conversations={args.conversations} turns={args.turns} "
         f"max_tokens={args.max_tokens} parallel={args.parallel} threads={args.threads} "
-        f"repeats={args.repeats} think_seconds={args.think_seconds}"
+        f"repeats={args.repeats} think_seconds={args.think_seconds} "
+        f"{'side_by_side' if args.side_by_side else 'in_turn'}"
     )
     for strategy in STRATEGIES:
         print(
