@@ -1,18 +1,25 @@
 """Routing benchmark: the gateway's cache-aware choice of a pod against least-in-flight, for
 multi-turn conversations over two replicas.
 
-Not on the local cluster: four runtime pods and the cluster's own processes do not fit the two
-cores this is run on beside everything else. Instead ``corral serve`` processes (the bundled
-test model unless --model is given; --parallel slots and --threads each) stand for the pods, two
-per strategy, and a gateway process (``python -m corral_operator.gateway`` with static servers,
-the gateway's mode without Kubernetes) stands in front of each pair: one with ``routing:
-CacheAware``, one with ``routing: LeastInFlight``. The gateway's choice of a pod is the same code
-as in the cluster; only the routing table comes from the settings instead of the Endpoints.
+With --cluster the replicas are pods on the local cluster (``devstack``: the control plane, the
+real node with kubelet, containerd and kube-proxy, the chart with the images built from this
+tree; a stack of its own, about five minutes to come up): a Model per strategy (the local sample's
+GGUF under two names, one blob in the cache) and a ModelServer of two replicas for each, one
+with ``routing: CacheAware``, one with ``routing: LeastInFlight``, both behind the cluster's one
+gateway. Each pod has --parallel slots and --threads threads, a CPU request of 250m and no CPU
+limit (four pods fit the two-core node).
+
+Without it, ``corral serve`` processes (the bundled test model unless --model is given) stand
+for the pods, two per strategy, and a gateway process (``python -m corral_operator.gateway``
+with static servers, the gateway's mode without Kubernetes) stands in front of each pair. The
+gateway's choice of a pod is the same code either way; only the routing table comes from the
+settings instead of the Endpoints.
 
 Each phase runs --conversations concurrent conversations of --turns turns through one gateway:
 every conversation has the same long system prompt (a shared prefix) and its own growing
 history, each turn streams ``/api/chat`` (temperature 0, --max-tokens) and appends the answer,
 after a pause of up to --think-seconds (a user reading and typing).
+
 Each strategy has a pair of replicas of its own, and their phases take turns, --repeats times
 each, in ABBA order, a few seconds apart (the replicas finish warming the last turns): a
 strategy's replicas then have the cores to themselves, as on nodes of their own, so the prompts
@@ -20,6 +27,7 @@ one strategy evaluates again do not slow the other's. --side-by-side runs both p
 repeat at the same time instead (whatever else loads the machine loads both alike, but so does
 each side's own work). Every phase's system prompt starts with a tag of its own, so no phase
 finds an earlier phase's prefixes in the KV caches.
+
 Time to first token is measured per turn (with the runtime's prompt evaluation time, what a
 prefix found in the cache saves), tokens per second are the answers' tokens over the phase's
 wall time, and each phase says how many turns each of its replicas answered, how long its last
@@ -43,6 +51,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +99,12 @@ def question(conversation: int, turn: int) -> str:
 
 
 async def chat_turn(
-    http: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int
+    http: httpx.AsyncClient, model: str, messages: list[dict[str, str]], max_tokens: int
 ) -> tuple[float, dict[str, Any], str]:
     """One streamed turn: its time to first token, its last chunk (the runtime's counts and
     durations) and its answer's text."""
     body: dict[str, Any] = {
-        "model": MODEL,
+        "model": model,
         "messages": messages,
         "stream": True,
         "options": {"temperature": 0, "num_predict": max_tokens, "seed": 1},
@@ -125,6 +134,7 @@ async def chat_turn(
 
 async def run_phase(
     base: str,
+    model: str,
     strategy: str,
     tag: str,
     conversations: int,
@@ -143,7 +153,7 @@ async def run_phase(
             for turn in range(turns):
                 await asyncio.sleep(pauses.uniform(0, think_seconds))
                 messages.append({"role": "user", "content": question(index, turn)})
-                ttft, done, text = await chat_turn(http, messages, max_tokens)
+                ttft, done, text = await chat_turn(http, model, messages, max_tokens)
                 messages.append({"role": "assistant", "content": text})
                 (phase.ttft_first if turn == 0 else phase.ttft_later).append(ttft)
                 if turn > 0:
@@ -169,13 +179,15 @@ def chats_answered(base_url: str) -> float:
     )
 
 
-def routing_counts(gateway_url: str) -> dict[str, float]:
-    """A gateway's routing metrics, summed over its servers: choices by outcome, and the sum
-    and count of the prefix shares its chosen pods held."""
+def routing_counts(gateway_url: str, strategy: str) -> dict[str, float]:
+    """A gateway's routing metrics for its servers of one strategy: choices by outcome, and
+    the sum and count of the prefix shares its chosen pods held."""
     text = httpx.get(gateway_url + "/metrics", timeout=30).text
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if sample.labels.get("strategy") != strategy:
+                continue
             if sample.name == "corral_gateway_routing_decisions_total":
                 name = sample.labels["outcome"]
             elif sample.name in (
@@ -207,6 +219,141 @@ def describe(phase: Phase) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Side:
+    """Where one strategy's phases go: its gateway, the model name its server answers to, and
+    its replicas' base URLs (whose ``/metrics`` count the turns each answered)."""
+
+    gateway: str
+    model: str
+    replicas: tuple[str, ...]
+
+
+def local_sides(stack: ExitStack, args: argparse.Namespace, tmp: Path) -> dict[str, Side]:
+    """Two ``corral serve`` processes per strategy behind a gateway process of its own."""
+    from corral_runtime.store.layout import ModelStore
+    from corral_runtime.testmodel import test_model_path
+    from tests.support.serveproc import gateway_process, serving_process
+
+    store = tmp / "models"
+    ModelStore(store).create_model(MODEL, args.model or test_model_path(), params={})
+    serve_args = (
+        f"--parallel={args.parallel}",
+        f"--threads={args.threads}",
+        f"--context-length={args.context_length}",
+        "--keep-alive=-1",
+    )
+    sides = {}
+    for strategy in STRATEGIES:
+        pair = tuple(
+            stack.enter_context(
+                serving_process(store, *serve_args, log=tmp / f"{strategy}-{i}.log")
+            ).base_url
+            for i in range(2)
+        )
+        endpoints = [url.removeprefix("http://") for url in pair]
+        servers = {"two": {"models": [MODEL], "endpoints": endpoints, "routing": strategy}}
+        env = {"CORRAL_GATEWAY_STATIC_SERVERS": json.dumps(servers)}
+        log = tmp / f"gateway-{strategy}.log"
+        gateway = stack.enter_context(gateway_process(env, log=log)).base_url
+        sides[strategy] = Side(gateway, MODEL, pair)
+    for url in (url for side in sides.values() for url in side.replicas):
+        # Load the model in each and touch its weights.
+        asyncio.run(run_phase(url, MODEL, "warm-up", "warm", 1, 1, 4))
+    return sides
+
+
+def cluster_objects(
+    sample_model: dict[str, Any], strategy: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """A Model (the sample's, under a name of its own: the same blob in the cache) and a
+    ModelServer of two replicas routing with ``strategy``, sized as the local replicas."""
+    name = cluster_name(strategy)
+    model = {**sample_model, "metadata": {"name": name}}
+    server = {
+        "apiVersion": sample_model["apiVersion"],
+        "kind": "ModelServer",
+        "metadata": {"name": name},
+        "spec": {
+            "models": [name],
+            "minReplicas": 2,
+            "maxReplicas": 2,
+            "routing": {"strategy": strategy},
+            # Requests small enough for four pods on a two-core node; no CPU limit.
+            "resources": {"gpus": 0, "cpu": "250m", "memory": "2Gi"},
+            "runtime": {
+                "contextLength": args.context_length,
+                "parallel": args.parallel,
+                "gpuLayers": 0,
+                "env": [{"name": "CORRAL_THREADS", "value": str(args.threads)}],
+            },
+        },
+    }
+    return [model, server]
+
+
+def cluster_name(strategy: str) -> str:
+    return f"routing-{strategy.lower()}"
+
+
+def ready_pod_urls(core: Any, server: str) -> tuple[str, ...] | None:
+    """The base URLs of a server's runtime pods once two are Ready, else None."""
+    from corral_operator import api
+    from corral_operator.builders.runtime import selector_labels
+
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(server).items())
+    pods = core.list_namespaced_pod(CLUSTER_NAMESPACE, label_selector=selector).items
+    ready = [
+        pod
+        for pod in pods
+        if pod.metadata.deletion_timestamp is None
+        and pod.status.pod_ip
+        and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or ())
+    ]
+    if len(ready) < 2:
+        return None
+    return tuple(f"http://{pod.status.pod_ip}:{api.RUNTIME_PORT}" for pod in ready)
+
+
+CLUSTER_NAMESPACE = "default"
+
+
+def cluster_sides(stack: ExitStack, args: argparse.Namespace, tmp: Path) -> dict[str, Side]:
+    """A ModelServer of two replicas per strategy on the local cluster (``devstack``: the
+    control plane, the real node with containerd, the chart with the images built from this
+    tree), behind the cluster's one gateway."""
+    import yaml
+    from kubernetes import client, config
+
+    from devstack.poll import wait_for
+    from devstack.stack import free_node_port, running
+
+    port = free_node_port()
+    cluster = stack.enter_context(running(tmp / "stack", gateway_port=port))
+    docs = cluster.apply_sample(CLUSTER_NAMESPACE)
+    sample_model = next(d for d in docs if d["kind"] == "Model")
+    objects = [o for s in STRATEGIES for o in cluster_objects(sample_model, s, args)]
+    cluster.kubectl("apply", "-n", CLUSTER_NAMESPACE, "-f", "-", input=yaml.safe_dump_all(objects))
+    core = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+    sides = {}
+    for strategy in STRATEGIES:
+        name = cluster_name(strategy)
+        cluster.wait_ready("model", name, CLUSTER_NAMESPACE, timeout=600)
+        pods = wait_for(f"{name}'s pods", partial(ready_pod_urls, core, name), timeout=600)
+        sides[strategy] = Side(f"http://127.0.0.1:{port}", name, pods)
+    for side in sides.values():
+        # Through the gateway: the first requests to each pod, and its weights touched.
+        asyncio.run(run_phase(side.gateway, side.model, "warm-up", "warm", 4, 1, 4))
+    return sides
+
+
+def replica_counts(side: Side) -> list[float]:
+    try:
+        return [chats_answered(url) for url in side.replicas]
+    except httpx.HTTPError:
+        return []  # pods the bench cannot reach: the split is not shown
+
+
 def phase_order(repeat: int) -> tuple[str, ...]:
     """The strategies' phases of one repeat run in turn, ABBA: each goes first as often."""
     return STRATEGIES if repeat % 2 == 0 else STRATEGIES[::-1]
@@ -214,7 +361,16 @@ def phase_order(repeat: int) -> tuple[str, ...]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="GGUF file (default: the bundled test model)")
+    parser.add_argument(
+        "--model", type=Path, help="GGUF file (default: the bundled test model; not --cluster)"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the replicas are pods of two ModelServers on the local cluster (devstack, with "
+        "its real node; root and `make node-deps`, and no other stack running), behind its "
+        "gateway, instead of local processes",
+    )
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument(
@@ -258,46 +414,16 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from corral_runtime.store.layout import ModelStore
-    from corral_runtime.testmodel import test_model_path
-    from tests.support.serveproc import gateway_process, serving_process
-
-    model_path = args.model or test_model_path()
     phases: dict[str, list[Phase]] = {s: [] for s in STRATEGIES}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        store = Path(tmp) / "models"
-        ModelStore(store).create_model(MODEL, model_path, params={})
-        serve_args = (
-            f"--parallel={args.parallel}",
-            f"--threads={args.threads}",
-            f"--context-length={args.context_length}",
-            "--keep-alive=-1",
-        )
-        # Two replicas per strategy, both pairs measured at once: whatever else loads the
-        # machine meanwhile loads both sides alike.
-        replicas = {
-            strategy: [
-                stack.enter_context(
-                    serving_process(store, *serve_args, log=Path(tmp) / f"{strategy}-{i}.log")
-                ).base_url
-                for i in range(2)
-            ]
-            for strategy in STRATEGIES
-        }
-        gateways: dict[str, str] = {}
-        for strategy, pair in replicas.items():
-            endpoints = [url.removeprefix("http://") for url in pair]
-            servers = {"two": {"models": [MODEL], "endpoints": endpoints, "routing": strategy}}
-            env = {"CORRAL_GATEWAY_STATIC_SERVERS": json.dumps(servers)}
-            log = Path(tmp) / f"gateway-{strategy}.log"
-            gateways[strategy] = stack.enter_context(gateway_process(env, log=log)).base_url
-        for url in (url for pair in replicas.values() for url in pair):
-            # Load the model in each and touch its weights.
-            asyncio.run(run_phase(url, "warm-up", "warm", 1, 1, 4))
+        make_sides = cluster_sides if args.cluster else local_sides
+        sides = make_sides(stack, args, Path(tmp))
 
         def phase_of(repeat: int, strategy: str) -> Any:
+            side = sides[strategy]
             return run_phase(
-                gateways[strategy],
+                side.gateway,
+                side.model,
                 strategy,
                 f"phase {repeat}-{strategy}",
                 args.conversations,
@@ -317,19 +443,18 @@ def main() -> int:
             return done
 
         for repeat in range(args.repeats):
-            before = {s: [chats_answered(url) for url in replicas[s]] for s in STRATEGIES}
-            routing_before = {s: routing_counts(gateways[s]) for s in STRATEGIES}
+            before = {s: replica_counts(sides[s]) for s in STRATEGIES}
+            routing_before = {s: routing_counts(sides[s].gateway, s) for s in STRATEGIES}
             measured = asyncio.run(side_by_side(repeat)) if args.side_by_side else in_turn(repeat)
             for phase in measured:
                 phases[phase.strategy].append(phase)
+                side = sides[phase.strategy]
                 split = [
-                    int(chats_answered(url) - was)
-                    for url, was in zip(
-                        replicas[phase.strategy], before[phase.strategy], strict=True
-                    )
+                    int(now - was)
+                    for now, was in zip(replica_counts(side), before[phase.strategy], strict=False)
                 ]
                 routing = describe_routing(
-                    routing_before[phase.strategy], routing_counts(gateways[phase.strategy])
+                    routing_before[phase.strategy], routing_counts(side.gateway, phase.strategy)
                 )
                 print(
                     f"run {repeat + 1}: {describe(phase)} turns_per_replica={split} {routing}",
@@ -340,10 +465,11 @@ def main() -> int:
         s: sum(p.tokens for p in phases[s]) / sum(p.seconds for p in phases[s]) for s in STRATEGIES
     }
     print(
-        f"model={model_path.name} conversations={args.conversations} turns={args.turns} "
-        f"max_tokens={args.max_tokens} parallel={args.parallel} threads={args.threads} "
-        f"repeats={args.repeats} think_seconds={args.think_seconds} "
-        f"{'side_by_side' if args.side_by_side else 'in_turn'}"
+        f"model={args.model.name if args.model else 'bundled'} conversations={args.conversations} "
+        f"turns={args.turns} max_tokens={args.max_tokens} parallel={args.parallel} "
+        f"threads={args.threads} repeats={args.repeats} think_seconds={args.think_seconds} "
+        f"{'side_by_side' if args.side_by_side else 'in_turn'} "
+        f"{'cluster' if args.cluster else 'local'}"
     )
     for strategy in STRATEGIES:
         print(
