@@ -372,6 +372,13 @@ class LlamaBatchContext:
 
     # -- memory and decoding -----------------------------------------------------------------
 
+    def copy_sequence(self, source: int, target: int) -> None:
+        """Make ``target``'s KV memory a copy of ``source``'s (the caller then cuts it with
+        ``keep_prefix``). Slots have KV streams of their own, so llama.cpp copies the whole
+        stream, at the next decode; it copies only whole ranges across streams (a range would
+        abort the process), hence both ends open."""
+        self._llama.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
     def keep_prefix(self, seq_id: int, length: int) -> bool:
         """Drop a sequence's KV memory from position ``length`` on; False if it could not be
         cut there (the caller then starts that sequence from scratch)."""

@@ -87,6 +87,7 @@ from corral_runtime.engine.scheduling import (
     generation_budget,
     next_warm_chunk,
     plan_prefill,
+    shared_source,
     warm_start,
 )
 from corral_runtime.engine.stops import StopMatcher
@@ -557,7 +558,17 @@ class ModelWorker:
             views = [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in free]
             busy = {s.seq_id for s in self._slots if s.sequence is not None}
             choice = choose_slot(views, waiting.tokens, self._chunk, busy)
-            self._assign(free[choice.index], waiting, choice.reuse)
+            slot = free[choice.index]
+            others = [s for s in self._slots if s is not slot]
+            shared = shared_source(
+                [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in others],
+                waiting.tokens,
+                choice.reuse,
+                self.n_ctx,
+                self._chunk,
+            )
+            source = None if shared is None else (others[shared[0]], shared[1])
+            self._assign(slot, waiting, choice.reuse, source)
 
     def _take_next_waiting(self) -> _Waiting | None:
         """Out of the waiting requests, the one that takes the next free slot (see
@@ -577,7 +588,12 @@ class ModelWorker:
         del self._waiting[index]
         return waiting
 
-    def _assign(self, slot: _Slot, waiting: _Waiting, reuse: int) -> None:
+    def _assign(
+        self, slot: _Slot, waiting: _Waiting, reuse: int, source: tuple[_Slot, int] | None = None
+    ) -> None:
+        """Start a waiting request in ``slot``, reusing the first ``reuse`` tokens it holds, or
+        the first tokens ``source`` (another slot, ``scheduling.shared_source``) holds, copied
+        over."""
         context = self._require_context()
         submission, tokens = waiting.submission, waiting.tokens
         params = submission.request.params
@@ -595,6 +611,9 @@ class ModelWorker:
         except (InvalidRequestError, EngineError) as exc:
             self._finish_unstarted(submission, exc)
             return
+        if source is not None:
+            context.copy_sequence(source[0].seq_id, slot.seq_id)
+            reuse = source[1]
         if not context.keep_prefix(slot.seq_id, reuse):
             context.clear(slot.seq_id)
             reuse = 0

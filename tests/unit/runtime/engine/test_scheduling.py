@@ -15,6 +15,7 @@ from corral_runtime.engine.scheduling import (
     busy_runs_added,
     choose_slot,
     common_prefix,
+    copy_saves,
     default_parallel,
     done_reason,
     dropped_history,
@@ -25,6 +26,7 @@ from corral_runtime.engine.scheduling import (
     plan_prefill,
     prompt_chunk,
     reusable_prefix,
+    shared_source,
     warm_start,
 )
 
@@ -71,6 +73,7 @@ class TestParallelForMemory:
 
 
 C = 4  # a small prompt chunk keeps the token lists readable
+N = 4000  # a context for which a copy pays from one chunk (of C) on
 
 
 class TestPrefix:
@@ -167,6 +170,37 @@ class TestChooseSlot:
     def test_no_free_slot_is_an_error(self) -> None:
         with pytest.raises(ValueError, match="no free slot"):
             choose_slot([], [1])
+
+
+class TestSharedSource:
+    def test_a_copy_pays_for_a_chunk_and_one_token_per_thousand_of_the_context(self) -> None:
+        assert copy_saves(64, 4096) and not copy_saves(63, 4096)
+        assert not copy_saves(128, 131072) and copy_saves(192, 131072)
+        assert copy_saves(4, 1000, 4) and not copy_saves(4, 4001, 4)
+
+    def test_the_slot_holding_the_most_of_the_prompt_beyond_the_own_reuse(self) -> None:
+        prompt = list(range(10))
+        others = [
+            SlotView([0, 1, 2, 3, 4, 5, 50], 6, 1.0),  # 4 reusable: no more than the own 4
+            SlotView([0, 1, 2, 3, 4, 5, 6, 7, 60], 9, 2.0),  # 8: a chunk more
+            SlotView(list(range(10)), 3, 3.0),  # none: only 3 evaluated as prompt
+        ]
+        assert shared_source(others, prompt, 4, N, C) == (1, 8)
+        assert shared_source(others, prompt, 0, N, C) == (1, 8)  # the most, not the first
+
+    def test_none_without_a_whole_chunk_more_than_the_own_reuse(self) -> None:
+        prompt = list(range(8))
+        others = [SlotView([0, 1, 2, 3, 4, 5, 70], 6, 1.0)]  # 4 reusable: one chunk
+        assert shared_source(others, prompt, 0, N, C) == (0, 4)
+        assert shared_source(others, prompt, 1, N, C) is None  # less than a chunk more
+        assert shared_source(others, prompt, 4, N, C) is None
+        assert shared_source([], prompt, 0, N, C) is None
+
+    def test_never_the_prompts_last_token(self) -> None:
+        # Its logits choose the first generated token, so it is always evaluated.
+        source = [SlotView([0, 1, 2, 3, 9], 5, 1.0)]
+        assert shared_source(source, [0, 1, 2, 3], 0, N, C) is None
+        assert shared_source(source, [0, 1, 2, 3, 4], 0, N, C) == (0, 4)
 
 
 class TestWarmStart:
