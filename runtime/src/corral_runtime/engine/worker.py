@@ -555,13 +555,16 @@ class ModelWorker:
             waiting = self._take_next_waiting()
             if waiting is None:  # only reserved slots are free, and nobody waiting may take them
                 return
-            views = [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in free]
+            views = {
+                s.seq_id: SlotView(s.cached, s.evaluated, s.last_used, s.seq_id)
+                for s in self._slots
+            }
             busy = {s.seq_id for s in self._slots if s.sequence is not None}
-            choice = choose_slot(views, waiting.tokens, self._chunk, busy)
+            choice = choose_slot([views[s.seq_id] for s in free], waiting.tokens, self._chunk, busy)
             slot = free[choice.index]
             others = [s for s in self._slots if s is not slot]
             shared = shared_source(
-                [SlotView(s.cached, s.evaluated, s.last_used, s.seq_id) for s in others],
+                [views[s.seq_id] for s in others],
                 waiting.tokens,
                 choice.reuse,
                 self.n_ctx,
