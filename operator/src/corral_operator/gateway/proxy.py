@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from corral_operator.gateway.affinity import Prefix
 from corral_operator.gateway.decisions import hold_failure_message
 from corral_operator.gateway.dispatcher import Dispatcher, Hold, Lease
-from corral_operator.gateway.priority import priority_of
+from corral_operator.gateway.priority import PRIORITY_HEADER, priority_of
 from corral_operator.gateway.protocol import (
     RequestFacts,
     Route,
@@ -71,6 +72,37 @@ def upstream_session(settings: GatewaySettings) -> aiohttp.ClientSession:
 def forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers that may cross the proxy (hop-by-hop ones and the length are per connection)."""
     return [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHeaders:
+    """What the gateway reads of a routed request's headers."""
+
+    forward: list[tuple[str, str]]
+    """The headers that may cross the proxy, as ``forward_headers`` keeps them."""
+    priority: str | None
+    """The first ``X-Corral-Priority``, if any."""
+    authorization: str | None
+    """The first ``Authorization``, if any."""
+
+
+def client_headers(raw: Iterable[tuple[bytes, bytes]]) -> ClientHeaders:
+    """A request's headers as the ASGI scope holds them, decoded once: those to forward and the
+    two the gateway decides by (a request's headers are read once, where a ``Headers`` view
+    decoded every one for the forwarded list and searched the list again for each lookup)."""
+    forward: list[tuple[str, str]] = []
+    priority: str | None = None
+    authorization: str | None = None
+    for raw_name, raw_value in raw:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        lowered = name.lower()
+        if lowered == PRIORITY_HEADER:
+            priority = value if priority is None else priority
+        elif lowered == "authorization" and authorization is None:
+            authorization = value
+        if lowered not in _HOP_BY_HOP:
+            forward.append((name, value))
+    return ClientHeaders(forward, priority, authorization)
 
 
 def upstream_error_message(body: bytes, status: int) -> str:

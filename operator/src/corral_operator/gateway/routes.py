@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -36,7 +38,6 @@ from corral_operator.gateway.listing import (
 )
 from corral_operator.gateway.metrics import CONTENT_TYPE
 from corral_operator.gateway.priority import (
-    PRIORITY_HEADER,
     PriorityConfig,
     UnknownPriorityError,
     request_priority,
@@ -52,22 +53,40 @@ from corral_operator.gateway.protocol import (
     request_facts,
     unload_answer,
 )
-from corral_operator.gateway.proxy import forward_headers
+from corral_operator.gateway.proxy import client_headers
 
 router = APIRouter()
 
 
+async def read_body(receive: Receive) -> bytes:
+    """A request's whole body, read from the ASGI channel (as ``Request.body`` does, without
+    its stream generator and caching; a client gone before the end raises ClientDisconnect)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def routed(request: Request) -> Response:
+    """``answer_routed`` for a request that reached FastAPI's router."""
+    return await answer_routed(request.app, request.scope, await request.body())
+
+
+async def answer_routed(app: Starlette, scope: Scope, body: bytes) -> Response:
     """A request routed by its model: resolved, recorded as activity, then forwarded (or held
     while its server has no ready pod).
 
-    The one hot path is a plain Starlette route (see below): FastAPI's dependency solving costs
-    about 67 µs of CPU per request here, a measurable share of the gateway's overhead budget, so
-    this route reads the same state through the accessors the dependencies use."""
-    dispatcher, proxy = dispatcher_of(request.app), proxy_of(request.app)
-    path: str = request.scope["path"]
+    The one hot path is a plain ASGI app (``routed_app``, below): FastAPI's dependency solving
+    costs about 67 µs of CPU per request here, a measurable share of the gateway's overhead
+    budget, so this reads the same state through the accessors the dependencies use, and the
+    scope's headers once (``proxy.client_headers``)."""
+    dispatcher, proxy = dispatcher_of(app), proxy_of(app)
+    path: str = scope["path"]
     route = ROUTED[path]
-    body = await request.body()
     try:
         facts = request_facts(route, body)
     except BadRequestError as exc:
@@ -75,7 +94,8 @@ async def routed(request: Request) -> Response:
     entry = dispatcher.resolve(facts.model)
     if entry is None:
         return JSONResponse(model_not_found(route.api, facts.model), status_code=404)
-    request.state.model = normalize_model_name(facts.model)
+    # The model the request counts under (``middleware.AuthorizeAndCount``).
+    scope.setdefault("state", {})["model"] = normalize_model_name(facts.model)
     # Each inference request sets its model's keep_alive (none: the server's default).
     keep = keep_alive_seconds(facts.keep_alive)
     dispatcher.touch(entry.server, keep, None if route.kind is Kind.SHOW else entry.name)
@@ -83,15 +103,16 @@ async def routed(request: Request) -> Response:
         # `ollama stop` of a sleeping server: nothing is loaded, and nothing is woken.
         return JSONResponse(unload_answer(route, facts.model, datetime.now(UTC)))
     view = dispatcher.server(entry.server)
+    client = client_headers(scope["headers"])
     try:
         priority = request_priority(
-            request.headers.get(PRIORITY_HEADER),
-            request.headers.get("authorization"),
+            client.priority,
+            client.authorization,
             view.priority if view is not None else PriorityConfig(),
         )
     except UnknownPriorityError as exc:
         return error_response(path, 400, str(exc))
-    headers = with_priority(forward_headers(request.headers.items()), priority)
+    headers = with_priority(client.forward, priority)
     try:
         return await proxy.forward(route, facts, entry.server, path, headers, body)
     except QueueFullError:
@@ -100,16 +121,17 @@ async def routed(request: Request) -> Response:
             503,
             f"server busy, please try again: too many requests are waiting for "
             f"model '{facts.model}' to start",
-            headers={"Retry-After": str(settings_of(request.app).retry_after_seconds)},
+            headers={"Retry-After": str(settings_of(app).retry_after_seconds)},
         )
 
 
 async def routed_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """``routed`` as a plain ASGI app, which ``middleware.RoutedDirect`` calls for every routed
-    request: FastAPI's router, exception and exit-stack layers have nothing to do for it (it
-    raises no HTTP exceptions and declares no dependencies) and cost about 25 µs of CPU per
-    request here. An exception still reaches the server-error layer, as through the router."""
-    response = await routed(Request(scope, receive))
+    """``answer_routed`` as a plain ASGI app, which ``middleware.RoutedDirect`` calls for every
+    routed request: FastAPI's router, exception and exit-stack layers have nothing to do for it
+    (it raises no HTTP exceptions and declares no dependencies) and cost about 25 µs of CPU per
+    request here, and a ``Request`` (its body stream, its ``Headers``) a few more. An exception
+    still reaches the server-error layer, as through the router."""
+    response = await answer_routed(scope["app"], scope, await read_body(receive))
     await response(scope, receive, send)
 
 
