@@ -6,11 +6,14 @@ meanwhile)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from corral_runtime.engine.llama import Row
 from corral_runtime.engine.scheduling import PREFILL_CHUNK, common_prefix
+from corral_runtime.engine.types import SamplingParams
 from tests.runtime.test_concurrency_engine import GREEDY, SYSTEM, TURN, loaded, run
 
 pytestmark = pytest.mark.runtime
@@ -55,3 +58,52 @@ async def test_a_new_conversation_keeps_off_another_conversations_history(
         _, stats = await run(worker, follow_up, GREEDY)
         # All of A's evaluated history: its prompt's whole chunks and its answer's, warmed.
         assert stats.cached_prompt_tokens == shared // PREFILL_CHUNK * PREFILL_CHUNK > own
+
+
+async def test_a_turn_whose_history_lies_apart_from_the_busy_slots_moves_beside_them(
+    test_model_path: Path,
+) -> None:
+    """llama.cpp decodes each run of consecutive sequence ids in a computation of its own, so
+    a conversation's next turn returning to its slot away from the busy ones would make every
+    step two passes over the weights. Its history is copied into a free slot beside them
+    instead (``scheduling.run_keeping_target``): the turn reuses all of it, answers as a fresh
+    server does, and decodes in one run with the other stream."""
+    async with loaded(test_model_path, parallel=3, max_pending=3) as worker:
+        opening = TURN.format(SYSTEM + "When do you open?")
+        # A takes slot 0 and another conversation slot 1; then a third takes the empty slot 2.
+        (answer, first), _ = await asyncio.gather(
+            run(worker, opening, GREEDY), run(worker, TURN.format("Do you sell rye?"), GREEDY)
+        )
+        assert worker._slots[0].cached[: len(first.tokens) - 1] == list(first.tokens[:-1])
+        context = worker._require_context()
+        decoded: list[list[int]] = []
+        plain_decode = context.decode
+
+        def recording(rows: list[Row]) -> bool:
+            decoded.append([row.seq_id for row in rows])
+            return plain_decode(rows)
+
+        context.decode = recording  # type: ignore[method-assign]
+        long_answer = SamplingParams(temperature=0, num_predict=48)
+        other = asyncio.create_task(run(worker, TURN.format(ORDER), long_answer))
+        for _ in range(3000):  # until it decodes, 30 s at most
+            sequence = worker._slots[2].sequence
+            if sequence is not None and not sequence.prefilling:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the third conversation never started decoding in slot 2")
+
+        # A's next turn while the third conversation decodes in slot 2.
+        follow_up = opening + answer + "<end_of_turn>\n" + TURN.format("And on Sundays?")
+        text, stats = await run(worker, follow_up, GREEDY)
+        await other
+        history = common_prefix(list(first.tokens[:-1]), await worker.tokenize(follow_up))
+        assert stats.cached_prompt_tokens == history // PREFILL_CHUNK * PREFILL_CHUNK > 0
+        assert worker._slots[1].cached[:history] == list(first.tokens[:history])
+        # Every step decoded the two streams in one run: sequences 1 and 2, never 0 and 2.
+        pairs = [ids for ids in decoded if len(ids) == 2]
+        assert pairs and all(ids == [1, 2] for ids in pairs)
+
+    async with loaded(test_model_path, parallel=1, max_pending=1) as fresh:
+        assert (await run(fresh, follow_up, GREEDY))[0] == text

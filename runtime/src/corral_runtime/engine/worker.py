@@ -81,12 +81,15 @@ from corral_runtime.engine.scheduling import (
     WarmView,
     batch_capacity,
     choose_slot,
+    decode_runs,
     default_parallel,
     done_reason,
     evaluated_prefix,
     generation_budget,
     next_warm_chunk,
     plan_prefill,
+    reusable_prefix,
+    run_keeping_target,
     shared_source,
     warm_start,
 )
@@ -323,6 +326,10 @@ class ModelWorker:
         self._warming = False
         self.n_ctx = config.n_ctx
         self.load_seconds = 0.0
+        # Decode steps, and llama.cpp computations they took (``scheduling.decode_runs``); for
+        # /metrics, written by the decode thread only.
+        self.decode_steps = 0
+        self.decode_computations = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -560,18 +567,29 @@ class ModelWorker:
                 for s in self._slots
             }
             busy = {s.seq_id for s in self._slots if s.sequence is not None}
-            choice = choose_slot([views[s.seq_id] for s in free], waiting.tokens, self._chunk, busy)
-            slot = free[choice.index]
+            free_views = [views[s.seq_id] for s in free]
+            choice = choose_slot(free_views, waiting.tokens, self._chunk, busy)
+            slot, reuse = free[choice.index], choice.reuse
+            source: tuple[_Slot, int] | None = None
+            # Where the reused cache would start a run of busy sequence ids of its own, it is
+            # copied into a slot beside the busy ones instead.
+            moved = run_keeping_target(free_views, choice.index, reuse, busy, waiting.tokens)
+            if moved is not None:
+                source, slot = (slot, reuse), free[moved]
+                reuse = reusable_prefix(slot.cached, slot.evaluated, waiting.tokens, self._chunk)
+                if reuse >= source[1]:
+                    source = None
             others = [s for s in self._slots if s is not slot]
             shared = shared_source(
                 [views[s.seq_id] for s in others],
                 waiting.tokens,
-                choice.reuse,
+                reuse if source is None else source[1],
                 self.n_ctx,
                 self._chunk,
             )
-            source = None if shared is None else (others[shared[0]], shared[1])
-            self._assign(slot, waiting, choice.reuse, source)
+            if shared is not None:
+                source = (others[shared[0]], shared[1])
+            self._assign(slot, waiting, reuse, source)
 
     def _take_next_waiting(self) -> _Waiting | None:
         """Out of the waiting requests, the one that takes the next free slot (see
@@ -723,6 +741,8 @@ class ModelWorker:
                 rows.append(Row(sequence.next_token, len(slot.cached), slot.seq_id, True))
                 slot.cached.append(sequence.next_token)
                 sequence.next_token = None
+            self.decode_steps += 1
+            self.decode_computations += decode_runs([row.seq_id for row in rows])
             if not self._run_decode(rows, _classes(decoding)):
                 for slot, row in zip(decoding, rows, strict=True):
                     assert slot.sequence is not None

@@ -16,6 +16,7 @@ from corral_runtime.engine.scheduling import (
     choose_slot,
     common_prefix,
     copy_saves,
+    decode_runs,
     default_parallel,
     done_reason,
     dropped_history,
@@ -26,6 +27,7 @@ from corral_runtime.engine.scheduling import (
     plan_prefill,
     prompt_chunk,
     reusable_prefix,
+    run_keeping_target,
     shared_source,
     warm_start,
 )
@@ -146,6 +148,13 @@ class TestChooseSlot:
         choice = choose_slot([a, empty], [*range(8), 50, 51], C)
         assert (choice.index, choice.reuse) == (0, 8)
 
+    def test_decode_runs(self) -> None:
+        assert decode_runs([]) == 0
+        assert decode_runs([3]) == 1
+        assert decode_runs([0, 1, 2, 3]) == 1
+        assert decode_runs([0, 2, 4, 6]) == 4
+        assert decode_runs([0, 1, 5, 6, 9]) == 3
+
     def test_busy_runs_added(self) -> None:
         busy = {0, 1, 3}
         assert busy_runs_added(2, busy) == -1  # fills the gap: 0-3 is one run
@@ -170,6 +179,50 @@ class TestChooseSlot:
     def test_no_free_slot_is_an_error(self) -> None:
         with pytest.raises(ValueError, match="no free slot"):
             choose_slot([], [1])
+
+
+HISTORY = tuple(range(8))
+
+
+class TestRunKeepingTarget:
+    def test_a_reused_cache_that_would_start_a_run_moves_beside_the_busy_ones(self) -> None:
+        # Sequences 0-3 decode; the conversation's history lies in slot 7.
+        free = [SlotView([], 0, 5.0, 4), SlotView(HISTORY, 8, 1.0, 7)]
+        assert run_keeping_target(free, 1, 8, busy={0, 1, 2, 3}) == 0
+
+    def test_joining_two_runs_first_then_no_history_dropped_then_least_recently_used(
+        self,
+    ) -> None:
+        prompt = [*HISTORY, 9]
+        other = [100, 101, 102, 103]  # another conversation's evaluated history
+        free = [
+            SlotView([], 0, 3.0, 2),  # extends 0-1
+            SlotView([], 0, 1.0, 5),  # joins 4 and 6-7: the first
+            SlotView(HISTORY, 8, 0.0, 10),
+        ]
+        busy = {0, 1, 4, 6, 7}
+        assert run_keeping_target(free, 2, 8, busy, prompt) == 1
+        extending = [
+            SlotView(other, 4, 0.0, 2),  # extends 0-1 but drops 4 tokens of history
+            SlotView([], 0, 9.0, 3),  # extends 4, drops nothing: it, though used last
+            SlotView(HISTORY, 8, 0.0, 10),
+        ]
+        assert run_keeping_target(extending, 2, 8, {0, 1, 4}, prompt) == 1
+        idle = [SlotView([], 0, 9.0, 2), SlotView([], 0, 1.0, 5), SlotView(HISTORY, 8, 0, 9)]
+        assert run_keeping_target(idle, 2, 8, {1, 4}, prompt) == 1  # used longest ago
+
+    @pytest.mark.parametrize(
+        ("chosen_seq", "reuse", "busy"),
+        [
+            (4, 8, {0, 1, 2, 3}),  # already extends the run
+            (7, 0, {0, 1, 2, 3}),  # nothing reused: nothing to move
+            (7, 8, set()),  # nothing busy: any slot is a run of one
+            (7, 8, {0, 2}),  # no free slot adjoins a busy one (only 9 is free besides)
+        ],
+    )
+    def test_stays_where_it_is(self, chosen_seq: int, reuse: int, busy: set[int]) -> None:
+        free = [SlotView([], 0, 0.0, 9), SlotView(HISTORY, 8, 1.0, chosen_seq)]
+        assert run_keeping_target(free, 1, reuse, busy) is None
 
 
 class TestSharedSource:
