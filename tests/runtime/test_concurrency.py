@@ -93,6 +93,12 @@ def test_concurrent_streams_all_complete_as_they_would_alone(
     asyncio.run(scenario())
     assert gauge(batching_server.base_url, "corral_slots") == 4
     wait_for_gauge(batching_server.base_url, "corral_busy_slots", 0)
+    # Each of the lone streams' 11 tokens after the first took a step of its own; every step
+    # took one llama.cpp computation per run of consecutive sequence ids.
+    steps = gauge(batching_server.base_url, "corral_decode_steps_total")
+    computations = gauge(batching_server.base_url, "corral_decode_computations_total")
+    assert steps >= 11 * len(PROMPTS)
+    assert steps <= computations <= 4 * steps
 
 
 def test_a_server_without_parallel_takes_its_slots_from_the_memory_budget(

@@ -9,11 +9,13 @@ cannot grow the number of series without bound.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from corral_runtime.engine.priority import PRIORITY_CLASSES
 from corral_runtime.store.names import InvalidNameError, parse_name
@@ -30,9 +32,38 @@ _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 UNKNOWN_MODEL = "unknown"
 
 
+class DecodeCounts(Collector):
+    """Each loaded model's decode steps and the llama.cpp computations they took, as counted by
+    its decode thread and read when metrics are scraped: llama.cpp computes each run of
+    consecutive sequence ids in a batch apart (each another pass over the weights), so
+    computations over steps above 1 shows decoding sequences scattered over the slots."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, tuple[int, int]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        steps = CounterMetricFamily(
+            "corral_decode_steps",
+            "Decode steps (one token for every decoding sequence), per loaded model.",
+            labels=["model"],
+        )
+        computations = CounterMetricFamily(
+            "corral_decode_computations",
+            "llama.cpp computations of those steps (one per run of consecutive sequence ids).",
+            labels=["model"],
+        )
+        for model, (step_count, computation_count) in self.counts.items():
+            steps.add_metric([model], step_count)
+            computations.add_metric([model], computation_count)
+        yield steps
+        yield computations
+
+
 class RuntimeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.decode_counts = DecodeCounts()
+        self.registry.register(self.decode_counts)
         # The full names of the models loaded since the start, by their case-folded form.
         self._known: dict[str, str] = {}
         self.requests = Counter(
@@ -193,12 +224,15 @@ class RuntimeMetrics:
         busy: int,
         slots: int,
         queued_by_priority: Mapping[str, int] | None = None,
+        decode_steps: int = 0,
+        decode_computations: int = 0,
     ) -> None:
         """A loaded model's scheduler state, read when metrics are scraped; every priority
         class is given (waiting or not), so a dashboard sees zeros rather than gaps."""
         for priority in PRIORITY_CLASSES:
             depth = (queued_by_priority or {}).get(priority, 0)
             self.queue_depth_by_priority.labels(model=model, priority=priority).set(depth)
+        self.decode_counts.counts[model] = (decode_steps, decode_computations)
         self.queue_depth.labels(model=model).set(queued)
         self.busy_slots.labels(model=model).set(busy)
         self.slots.labels(model=model).set(slots)
@@ -207,6 +241,7 @@ class RuntimeMetrics:
         """Drop the per-model scheduler gauges (before setting those of the models loaded)."""
         for gauge in (self.queue_depth, self.queue_depth_by_priority, self.busy_slots, self.slots):
             gauge.clear()
+        self.decode_counts.counts.clear()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

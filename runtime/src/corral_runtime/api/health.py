@@ -54,5 +54,7 @@ async def metrics(metrics: MetricsDep, manager: ManagerDep) -> Response:
             busy=worker.busy_slots,
             slots=worker.slot_count,  # the reserved ones too: busy can reach them
             queued_by_priority=worker.queued_by_class(),
+            decode_steps=worker.decode_steps,
+            decode_computations=worker.decode_computations,
         )
     return Response(metrics.render(), media_type=CONTENT_TYPE)
