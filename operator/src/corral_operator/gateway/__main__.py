@@ -41,6 +41,9 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        # Access lines are INFO, below that level: off, so that uvicorn does not format each
+        # response's client address and path for a logger that drops them.
+        access_log=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         loop="asyncio",
         http=http_protocol(importlib.util.find_spec("httptools") is not None),

@@ -423,7 +423,9 @@ class Dispatcher:
     ) -> None:
         """Record activity now; a request for ``model`` sets that model's ``keep_alive``
         (seconds, ``inf`` for forever; None: the server's keepAliveSeconds), as in Ollama."""
-        activity = self._activity.setdefault(key, _Activity())
+        activity = self._activity.get(key)
+        if activity is None:  # not setdefault: that builds an _Activity on every call
+            activity = self._activity[key] = _Activity()
         activity.last = time.time()
         if model is not None:
             activity.models[normalize_model_name(model)] = ModelKeep(keep_alive, activity.last)

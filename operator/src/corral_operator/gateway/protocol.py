@@ -7,6 +7,7 @@ Everything here is pure: bytes in, bytes out, no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,11 +137,13 @@ _DEFAULT_HOST = "registry.ollama.ai/"
 _DEFAULT_NAMESPACE = "library/"
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_model_name(name: str) -> str:
     """The lookup key of a model name: lower case, default host/namespace dropped, tag added.
 
     ``Gemma3:270M``, ``library/gemma3:270m`` and ``registry.ollama.ai/library/gemma3:270m`` are
-    one model; ``gemma3`` means ``gemma3:latest``.
+    one model; ``gemma3`` means ``gemma3:latest``. Remembered per spelling: a proxied
+    request looks its model up four times (routing, activity, prefix hashes, metrics).
     """
     key = name.strip().lower()
     key = key.removeprefix(_DEFAULT_HOST).removeprefix(_DEFAULT_NAMESPACE)

@@ -110,7 +110,10 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body."""
-        return b"".join([chunk async for chunk in self.iter_chunks()])
+        chunks: list[bytes] = []
+        while (data := await self._next()) is not None:
+            chunks.append(data)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool when the body was read to
