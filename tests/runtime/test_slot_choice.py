@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral_runtime.engine.llama import Row
-from corral_runtime.engine.scheduling import PREFILL_CHUNK, common_prefix
+from corral_runtime.engine.scheduling import PREFILL_CHUNK, StepCosts, common_prefix
 from corral_runtime.engine.types import SamplingParams
 from tests.runtime.test_concurrency_engine import GREEDY, SYSTEM, TURN, loaded, run
 
@@ -106,4 +106,51 @@ async def test_a_turn_whose_history_lies_apart_from_the_busy_slots_moves_beside_
         assert pairs and all(ids == [1, 2] for ids in pairs)
 
     async with loaded(test_model_path, parallel=1, max_pending=1) as fresh:
+        assert (await run(fresh, follow_up, GREEDY))[0] == text
+
+
+class FixedCosts(StepCosts):
+    """Step costs that measurements do not move."""
+
+    def observe(self, rows: int, seconds: float) -> None:
+        pass
+
+
+async def test_a_free_slot_between_two_decoding_ones_is_filled_and_keeps_its_cache(
+    test_model_path: Path,
+) -> None:
+    """Where the steps measured say one computation of the joined rows is shorter than two
+    apart, a throwaway row for the free slot between two decoding ones joins their runs
+    (``scheduling.gap_fillers``): both streams answer as alone, every step is one computation,
+    and the free slot's cached conversation is still whole for its next turn."""
+    async with loaded(test_model_path, parallel=3, max_pending=3, warm_turns=False) as worker:
+        short = TURN.format("When do you open?")
+        # B's history (slot 1) is longer than A's (slot 0), so a new conversation overwrites A's.
+        (_, _), (answer, first) = await asyncio.gather(
+            run(worker, short, GREEDY), run(worker, TURN.format(SYSTEM + ORDER), GREEDY)
+        )
+        kept, evaluated = list(worker._slots[1].cached), worker._slots[1].evaluated
+        assert kept[: len(first.tokens) - 1] == list(first.tokens[:-1])
+        # Costs where three rows in one computation take less than two lone ones (a GPU's, not
+        # these two cores', where two lone rows are cheaper), kept as they are.
+        worker._step_costs = FixedCosts({1: 0.010, 3: 0.015})
+        steps, computations = worker.decode_steps, worker.decode_computations
+        long_answer = SamplingParams(temperature=0, num_predict=24)
+        prompts = [TURN.format("Do you sell rye?"), TURN.format("Is the carrot cake vegan?")]
+        together = await asyncio.gather(*(run(worker, p, long_answer) for p in prompts))
+        # The first took the empty slot 2, the second A's slot 0; slot 1 holds what it held.
+        for slot, prompt in zip((2, 0), prompts, strict=True):
+            tokens = await worker.tokenize(prompt)
+            assert worker._slots[slot].cached[: len(tokens)] == tokens
+        assert worker._slots[1].cached == kept
+        assert worker.decode_computations - computations == worker.decode_steps - steps > 20
+
+        follow_up = (
+            TURN.format(SYSTEM + ORDER) + answer + "<end_of_turn>\n" + TURN.format("Thanks!")
+        )
+        text, stats = await run(worker, follow_up, GREEDY)
+        assert stats.cached_prompt_tokens == evaluated >= PREFILL_CHUNK
+
+    async with loaded(test_model_path, parallel=1, max_pending=1) as fresh:
+        assert [(await run(fresh, p, long_answer))[0] for p in prompts] == [t for t, _ in together]
         assert (await run(fresh, follow_up, GREEDY))[0] == text

@@ -78,6 +78,7 @@ from corral_runtime.engine.sampling import (
 from corral_runtime.engine.scheduling import (
     PREFILL_CHUNK,
     SlotView,
+    StepCosts,
     WarmView,
     batch_capacity,
     choose_slot,
@@ -85,6 +86,7 @@ from corral_runtime.engine.scheduling import (
     default_parallel,
     done_reason,
     evaluated_prefix,
+    gap_fillers,
     generation_budget,
     next_warm_chunk,
     plan_prefill,
@@ -330,6 +332,10 @@ class ModelWorker:
         # /metrics, written by the decode thread only.
         self.decode_steps = 0
         self.decode_computations = 0
+        # What one-computation decode steps took (``scheduling.StepCosts``), for filling gaps
+        # between runs of decoding sequence ids (``_fillers``), while the memory can be cut.
+        self._step_costs = StepCosts()
+        self._fill_gaps = True
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -741,9 +747,18 @@ class ModelWorker:
                 rows.append(Row(sequence.next_token, len(slot.cached), slot.seq_id, True))
                 slot.cached.append(sequence.next_token)
                 sequence.next_token = None
+            fillers = self._fillers([row.seq_id for row in rows])
+            batch = sorted(rows + fillers, key=lambda row: row.seq_id)
+            runs = decode_runs([row.seq_id for row in batch])
             self.decode_steps += 1
-            self.decode_computations += decode_runs([row.seq_id for row in rows])
-            if not self._run_decode(rows, _classes(decoding)):
+            self.decode_computations += runs
+            started = time.perf_counter()
+            done = self._run_decode(batch, _classes(decoding))
+            if done and runs == 1:
+                self._step_costs.observe(len(batch), time.perf_counter() - started)
+            if done:  # a stopped decode left no row of its batch in the KV memory
+                self._drop_fillers(fillers)
+            if not done:
                 for slot, row in zip(decoding, rows, strict=True):
                     assert slot.sequence is not None
                     slot.cached.pop()
@@ -755,10 +770,40 @@ class ModelWorker:
                 if any(s.sequence is not None and s.sequence.sampler is None for s in decoding)
                 else None
             )
-            for index, slot in enumerate(decoding):
+            index = {row.seq_id: i for i, row in enumerate(batch)}
+            for ordinal, slot in enumerate(decoding):
                 assert slot.sequence is not None
-                self._advance(slot, slot.sequence, self._sample(slot.sequence, index, greedy))
+                token = self._sample(
+                    slot.sequence,
+                    index[slot.seq_id],
+                    None if greedy is None else greedy[ordinal],
+                )
+                self._advance(slot, slot.sequence, token)
         return True
+
+    def _fillers(self, decoding: list[int]) -> list[Row]:
+        """Throwaway rows for free slots between the decoding sequence ids, where joining their
+        runs into one llama.cpp computation is estimated to pay (``scheduling.gap_fillers``):
+        each at the position after what its slot holds, no logits, dropped after the decode."""
+        if not self._fill_gaps:
+            return []
+        free = {
+            s.seq_id: s for s in self._slots if s.sequence is None and len(s.cached) < self.n_ctx
+        }
+        chosen = gap_fillers(decoding, free, self._step_costs.estimate)
+        return [Row(0, len(free[seq_id].cached), seq_id, False) for seq_id in chosen]
+
+    def _drop_fillers(self, fillers: list[Row]) -> None:
+        """Drop the filler rows' KV cells, leaving their slots' caches as they were; a slot whose
+        memory cannot be cut there (llama.cpp's recurrent state) loses its cache, and gaps are
+        no longer filled."""
+        context = self._require_context()
+        for row in fillers:
+            if not context.keep_prefix(row.seq_id, row.pos):
+                context.clear(row.seq_id)
+                slot = self._slots[row.seq_id]
+                slot.cached, slot.evaluated, slot.turn = [], 0, []
+                self._fill_gaps = False
 
     def _prefill(self, prefilling: list[_Slot]) -> bool:
         """The prompt chunks that fit in this step's budget, longest waiting first; False if
@@ -841,14 +886,14 @@ class ModelWorker:
         slot.cached = slot.turn[:end]
         slot.evaluated = end
 
-    def _sample(self, sequence: _Sequence, index: int, greedy: list[int] | None = None) -> int:
+    def _sample(self, sequence: _Sequence, index: int, greedy: int | None = None) -> int:
         """The next token of ``sequence`` from batch row ``index``: its chain's draw, or for
-        plain greedy the arg-max (``greedy``: every row's, taken at once for the batch)."""
+        plain greedy the arg-max (``greedy``: this row's, taken at once for the batch)."""
         context = self._require_context()
         if sequence.sampler is not None:
             token = context.sample(sequence.sampler, index)
         elif greedy is not None:
-            token = greedy[index]
+            token = greedy
         else:
             token = context.argmax(index)
         if sequence.first_token_at is None:

@@ -10,6 +10,7 @@ from corral_runtime.engine.scheduling import (
     MAX_DEFAULT_PARALLEL,
     PREFILL_CHUNK,
     SlotView,
+    StepCosts,
     WarmView,
     batch_capacity,
     busy_runs_added,
@@ -21,6 +22,7 @@ from corral_runtime.engine.scheduling import (
     done_reason,
     dropped_history,
     evaluated_prefix,
+    gap_fillers,
     generation_budget,
     next_warm_chunk,
     parallel_for_memory,
@@ -352,3 +354,42 @@ class TestBudgetAndEnd:
 
     def test_otherwise_it_goes_on(self) -> None:
         assert done_reason(end_of_generation=False, stop_matched=False, count=3, budget=9) is None
+
+
+class TestStepCosts:
+    def test_measured_counts_average_and_others_lie_on_the_line_between(self) -> None:
+        costs = StepCosts()
+        costs.observe(4, 0.040)
+        assert costs.estimate(4) == 0.040
+        assert costs.estimate(8) is None  # one count known: no line yet
+        costs.observe(8, 0.050)
+        costs.observe(8, 0.060)  # a fifth of the way to the new measurement
+        assert costs.estimate(8) == pytest.approx(0.052)
+        assert costs.estimate(6) == pytest.approx(0.046)
+        assert costs.estimate(12) == pytest.approx(0.064)  # past the largest: the same line
+        assert costs.estimate(2) is None  # below the smallest: unknown
+
+
+class TestGapFillers:
+    @staticmethod
+    def costs(per_step: float, per_row: float) -> StepCosts:
+        return StepCosts({1: per_step + per_row, 16: per_step + 16 * per_row})
+
+    def test_gaps_are_filled_where_a_step_is_mostly_the_pass_over_the_weights(self) -> None:
+        costs = self.costs(per_step=0.030, per_row=0.002)
+        assert gap_fillers([0, 2, 4, 6], range(16), costs.estimate) == [1, 3, 5]
+        assert gap_fillers([0, 1, 5, 6], {2, 3, 4}, costs.estimate) == [2, 3, 4]
+
+    def test_runs_stay_apart_where_rows_cost_more_than_a_pass(self) -> None:
+        costs = self.costs(per_step=0.002, per_row=0.030)
+        assert gap_fillers([0, 2, 4, 6], range(16), costs.estimate) == []
+
+    def test_a_gap_with_a_slot_that_cannot_be_filled_stays(self) -> None:
+        costs = self.costs(per_step=0.030, per_row=0.002)
+        # 3 is not free (a prompt's slot, or a full context): 4 stays a run of its own, while
+        # 0 and 2 are joined through 1.
+        assert gap_fillers([0, 2, 4], {1, 5}, costs.estimate) == [1]
+        assert gap_fillers([0, 1, 2], range(16), costs.estimate) == []  # one run already
+
+    def test_nothing_is_filled_before_steps_were_measured(self) -> None:
+        assert gap_fillers([0, 2], range(16), StepCosts().estimate) == []
