@@ -30,7 +30,14 @@ rows in a batch and are turned off while ``ContextConfig.batch_invariant`` holds
 
 With both off, the kernels that remain (ggml's per-row dot products, and llamafile's tinyBLAS
 for the Q8_0/Q5_0 matrices from two rows on) gave every one of 1 to 16 sequences decoding
-together bit for bit its lone logits on the test model, with and without flash attention.
+together bit for bit its lone logits on the test model. That holds without flash attention
+(the default). With it, only while a sequence holds under 256 tokens: llama.cpp's CPU flash
+attention splits the KV cells of a lone sequence's one row over the threads once the cells it
+attends to reach 512 (a cache of 256 tokens or more, in blocks of 256), and sums the parts in
+another order than beside other sequences, so a sequence decoding alone got logits up to 5
+away from its own beside three others (at 260 and 400 cached tokens). Flash attention made a
+16-row step on the test model's two cores 13% shorter (45 ms against 51), so invariance costs
+that too.
 ``batch_invariant=False`` turns both back on: faster for some quantizations and CPUs (on the
 test model, Q4_K_M, no faster on 2 or 16 cores), and a sequence's logits then depend on what
 decodes beside it.

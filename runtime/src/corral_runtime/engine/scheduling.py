@@ -237,7 +237,9 @@ def run_keeping_target(
     """Another free slot (index into ``free``) to move the chosen slot's cache into, so that
     the request's sequence id extends or joins a run of busy ones instead of starting a run of
     its own (``busy_runs_added``); None where it already does, nothing is busy, the chosen
-    slot holds nothing the request reuses, or no free slot adjoins a busy one.
+    slot holds nothing the request reuses, or no free slot beside a busy one holds nothing of
+    another conversation's evaluated history (``dropped_history``: that conversation's next
+    turn would evaluate it again).
 
     The slot choice puts reuse first, so a conversation's next turn returns to the slot holding
     its history wherever that lies among the busy ones. Every further run costs each decode
@@ -245,26 +247,20 @@ def run_keeping_target(
     id took 84 ms a step against 42 for eight in a row), where moving the cache is one copy of
     the slot's KV stream (about 1 us per context token there) and keeps the output, as the
     copied values are the ones the slot computed. Of the slots that qualify: the one that
-    joins two runs first, then the one whose cache loses the least evaluated history of
-    another conversation (``dropped_history``), then the least recently used.
+    joins two runs first, then the least recently used.
     """
     if not busy or reuse == 0 or busy_runs_added(free[chosen].seq_id, busy) <= 0:
         return None
     targets = [
         index
         for index, view in enumerate(free)
-        if index != chosen and busy_runs_added(view.seq_id, busy) <= 0
+        if index != chosen
+        and busy_runs_added(view.seq_id, busy) <= 0
+        and dropped_history(view, prompt) == 0
     ]
     if not targets:
         return None
-    return min(
-        targets,
-        key=lambda i: (
-            busy_runs_added(free[i].seq_id, busy),
-            dropped_history(free[i], prompt),
-            free[i].last_used,
-        ),
-    )
+    return min(targets, key=lambda i: (busy_runs_added(free[i].seq_id, busy), free[i].last_used))
 
 
 def copy_saves(tokens: int, n_ctx: int, chunk: int = PREFILL_CHUNK) -> bool:

@@ -192,9 +192,7 @@ class TestRunKeepingTarget:
         free = [SlotView([], 0, 5.0, 4), SlotView(HISTORY, 8, 1.0, 7)]
         assert run_keeping_target(free, 1, 8, busy={0, 1, 2, 3}) == 0
 
-    def test_joining_two_runs_first_then_no_history_dropped_then_least_recently_used(
-        self,
-    ) -> None:
+    def test_joining_two_runs_first_never_over_history_then_least_recently_used(self) -> None:
         prompt = [*HISTORY, 9]
         other = [100, 101, 102, 103]  # another conversation's evaluated history
         free = [
@@ -205,11 +203,12 @@ class TestRunKeepingTarget:
         busy = {0, 1, 4, 6, 7}
         assert run_keeping_target(free, 2, 8, busy, prompt) == 1
         extending = [
-            SlotView(other, 4, 0.0, 2),  # extends 0-1 but drops 4 tokens of history
+            SlotView(other, 4, 0.0, 2),  # extends 0-1 but would drop 4 tokens of history
             SlotView([], 0, 9.0, 3),  # extends 4, drops nothing: it, though used last
             SlotView(HISTORY, 8, 0.0, 10),
         ]
         assert run_keeping_target(extending, 2, 8, {0, 1, 4}, prompt) == 1
+        assert run_keeping_target(extending[::2], 1, 8, {0, 1, 4}, prompt) is None
         idle = [SlotView([], 0, 9.0, 2), SlotView([], 0, 1.0, 5), SlotView(HISTORY, 8, 0, 9)]
         assert run_keeping_target(idle, 2, 8, {1, 4}, prompt) == 1  # used longest ago
 
