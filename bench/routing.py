@@ -83,6 +83,9 @@ class Phase:
     last_prompt_tokens: list[int] = field(default_factory=list)
     """The prompt of each conversation's last turn (tokens): how far the histories grew."""
     tokens: int = 0
+    eval_seconds: float = 0.0
+    """The runtime's ``eval_duration`` of all turns (seconds): their decoding after the first
+    token."""
     seconds: float = 0.0
 
     @property
@@ -161,6 +164,7 @@ async def run_phase(
                 if turn == turns - 1:
                     phase.last_prompt_tokens.append(int(done.get("prompt_eval_count") or 0))
                 phase.tokens += int(done.get("eval_count") or 0)
+                phase.eval_seconds += (done.get("eval_duration") or 0) / 1e9
 
         started = time.perf_counter()
         await asyncio.gather(*(converse(i) for i in range(conversations)))
