@@ -63,10 +63,20 @@ SYSTEM = (
 
 @asynccontextmanager
 async def loaded(
-    model_path: Path, parallel: int, max_pending: int, *, warm_turns: bool = True
+    model_path: Path,
+    parallel: int,
+    max_pending: int,
+    *,
+    warm_turns: bool = True,
+    flash_attn: bool | None = None,
 ) -> AsyncIterator[ModelWorker]:
     config = LoadConfig(
-        model_path=model_path, n_ctx=512, n_threads=2, parallel=parallel, warm_turns=warm_turns
+        model_path=model_path,
+        n_ctx=512,
+        n_threads=2,
+        parallel=parallel,
+        warm_turns=warm_turns,
+        flash_attn=flash_attn,
     )
     model = ModelWorker("gemma3:270m", config, max_pending=max_pending)
     await model.start()

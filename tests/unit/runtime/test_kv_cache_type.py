@@ -53,10 +53,19 @@ def test_an_unknown_environment_value_is_one_line_naming_the_setting(
 
 
 @pytest.mark.parametrize(
-    ("kv_cache_type", "asked", "flash"),
-    [("f16", False, False), ("f16", True, True), ("q8_0", False, True), ("q4_0", False, True)],
+    ("kv_cache_type", "asked", "gpu_layers", "flash"),
+    [
+        ("f16", False, 0, False),
+        ("f16", True, 0, True),
+        ("f16", None, 0, False),  # unset on the CPU: off
+        ("f16", None, 12, None),  # unset with a GPU: llama.cpp's choice
+        ("f16", False, 12, False),
+        ("q8_0", False, 0, True),
+        ("q8_0", None, 12, True),
+        ("q4_0", False, 0, True),
+    ],
 )
 def test_a_quantized_cache_has_flash_attention(
-    kv_cache_type: str, asked: bool, flash: bool
+    kv_cache_type: str, asked: bool | None, gpu_layers: int, flash: bool | None
 ) -> None:
-    assert flash_attention_for(kv_cache_type, asked) is flash
+    assert flash_attention_for(kv_cache_type, asked, gpu_layers) is flash

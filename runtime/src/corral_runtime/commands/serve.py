@@ -168,6 +168,14 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
+        "--flash-attention",
+        action=argparse.BooleanOptionalAction,
+        help=(
+            "llama.cpp's flash attention; unset: off on the CPU, llama.cpp's choice with a GPU "
+            "(CORRAL_FLASH_ATTENTION)"
+        ),
+    )
+    parser.add_argument(
         "--batch-invariant",
         action=argparse.BooleanOptionalAction,
         help=(
@@ -215,6 +223,7 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
             "keep_alive_seconds",
             "threads",
             "kv_cache_type",
+            "flash_attention",
             "batch_invariant",
             "warm_turns",
         )

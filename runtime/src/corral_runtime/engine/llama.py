@@ -30,14 +30,17 @@ rows in a batch and are turned off while ``ContextConfig.batch_invariant`` holds
 
 With both off, the kernels that remain (ggml's per-row dot products, and llamafile's tinyBLAS
 for the Q8_0/Q5_0 matrices from two rows on) gave every one of 1 to 16 sequences decoding
-together bit for bit its lone logits on the test model. That holds without flash attention
-(the default). With it, only while a sequence holds under 256 tokens: llama.cpp's CPU flash
-attention splits the KV cells of a lone sequence's one row over the threads once the cells it
-attends to reach 512 (a cache of 256 tokens or more, in blocks of 256), and sums the parts in
-another order than beside other sequences, so a sequence decoding alone got logits up to 5
-away from its own beside three others (at 260 and 400 cached tokens). Flash attention made a
-16-row step on the test model's two cores 13% shorter (45 ms against 51), so invariance costs
-that too.
+together bit for bit its lone logits on the test model, with and without flash attention, as
+long as no decoding row is its computation's only sequence once that holds 256 tokens or more:
+llama.cpp's CPU flash attention then splits the row's KV cells over the threads and sums the
+parts in another order than beside other sequences (a sequence decoding alone got logits up to
+5 away from its own beside three others, at 260 and 400 cached tokens). So where flash
+attention runs on the CPU, such a row is decoded beside a throwaway row of a neighbouring slot
+(``pairs_lone_rows``, ``scheduling.lone_partners``; a model whose memory cannot be cut,
+recurrent state, keeps no invariance with flash attention). On the test model's two cores that
+made a 16-row step 13% shorter (45 ms against 51) and a lone sequence's step at 300 to 1000
+held tokens 10-15% longer (13.0 ms against 11.3, 13.2 against 12.0; even at 1900), so flash
+attention stays off on the CPU unless asked for (``flash_attention_for``).
 ``batch_invariant=False`` turns both back on: faster for some quantizations and CPUs (on the
 test model, Q4_K_M, no faster on 2 or 16 cores), and a sequence's logits then depend on what
 decodes beside it.
@@ -82,12 +85,26 @@ def select_cpu_kernels(batch_invariant: bool) -> None:
     os.environ.setdefault("GGML_CPU_TILED_MM", "0" if batch_invariant else "1")
 
 
-def flash_attention_for(kv_cache_type: str, flash_attention: bool) -> bool:
+def flash_attention_for(
+    kv_cache_type: str, flash_attention: bool | None, gpu_layers: int = 0
+) -> bool | None:
     """Whether a context gets flash attention: when asked, and always with a quantized KV
-    cache, since llama.cpp cannot make a context with a quantized V cache without it. (Ollama
+    cache, since llama.cpp cannot make a context with a quantized V cache without it (Ollama
     instead falls back to an f16 cache with a warning; here the cache a user set is the cache
-    they get.)"""
-    return flash_attention or kv_cache_type != "f16"
+    they get). Unset: off where the CPU holds every layer, since keeping batch invariance with
+    it makes a lone sequence's steps longer (see the module docstring); where a GPU holds
+    layers (no batch invariance to keep), None: llama.cpp decides as it makes the context, on
+    wherever the devices holding the layers run it."""
+    if kv_cache_type != "f16":
+        return True
+    if flash_attention is None and gpu_layers == 0:
+        return False
+    return flash_attention
+
+
+def flash_attention_name(flash_attention: bool | None) -> str:
+    """``flash_attention_for``'s answer as logged: on, off, or auto (llama.cpp's choice)."""
+    return "auto" if flash_attention is None else "on" if flash_attention else "off"
 
 
 def utf8(text: str) -> bytes:
@@ -107,7 +124,7 @@ class ContextConfig:
     n_batch: int
     n_gpu_layers: int = 0
     n_threads: int | None = None
-    flash_attn: bool = False
+    flash_attn: bool | None = None  # None: see ``flash_attention_for``
     # The KV cache's element type: "f16", "q8_0" or "q4_0" (see ``flash_attention_for``).
     kv_cache_type: str = "f16"
     # Each sequence's logits the same whatever decodes beside it (see the module docstring).
@@ -282,9 +299,28 @@ class LlamaBatchContext:
         params.n_seq_max = config.parallel
         params.kv_unified = False
         params.swa_full = True  # any cached prefix stays reusable on sliding-window models
+        flash = flash_attention_for(config.kv_cache_type, config.flash_attn, config.n_gpu_layers)
+        recurrent = bool(
+            llama_cpp.llama_model_is_recurrent(self.model)
+            or llama_cpp.llama_model_is_hybrid(self.model)
+        )
+        # llama.cpp's CPU flash attention splits a lone sequence's one row over the threads
+        # once it holds some 256 tokens, and sums the parts in another order than beside other
+        # sequences (see the module docstring): where that could happen and batch invariance
+        # holds, the worker decodes such a row beside a throwaway row of a neighbouring slot
+        # (a memory that cannot be cut, recurrent state, takes no throwaway rows).
+        self.pairs_lone_rows = (
+            flash is not False
+            and config.n_gpu_layers == 0
+            and config.batch_invariant
+            and not recurrent
+        )
+        self.cuttable = not recurrent  # a sequence's memory can be cut at any position
         params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if flash_attention_for(config.kv_cache_type, config.flash_attn)
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if flash is None
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash
             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.type_k = params.type_v = getattr(

@@ -43,7 +43,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from corral_runtime.durations import MAX_KEEP_ALIVE_SECONDS
-from corral_runtime.engine.llama import LoadAbort, flash_attention_for, tensor_split_of
+from corral_runtime.engine.llama import (
+    LoadAbort,
+    flash_attention_for,
+    flash_attention_name,
+    tensor_split_of,
+)
 from corral_runtime.engine.priority import PriorityPolicy, total_slots
 from corral_runtime.engine.probe import probe_model
 from corral_runtime.engine.scheduling import (
@@ -506,6 +511,11 @@ class ModelManager:
         context = trained_context(n_ctx, details.context_length)
         weights = stored.model_path.stat().st_size
         shape = shape_of(details)
+        # Unset, off on the CPU and llama.cpp's choice with a GPU (which may be off): the
+        # estimate keeps the attention scores' buffer unless flash attention is certain.
+        estimated_flash = (
+            flash_attention_for(self.settings.kv_cache_type, self.settings.flash_attention) is True
+        )
 
         def footprint_for(slots: int) -> ModelFootprint:
             return model_footprint(
@@ -515,9 +525,7 @@ class ModelManager:
                 parallel=slots,
                 n_batch=key.num_batch,
                 kv_cache_type=self.settings.kv_cache_type,
-                flash_attention=flash_attention_for(
-                    self.settings.kv_cache_type, self.settings.flash_attention
-                ),
+                flash_attention=estimated_flash,
             )
 
         if self.gpu.offload_supported:  # What models loaded since the last look left free.
@@ -576,7 +584,9 @@ class ModelManager:
             "" if self.settings.parallel else " from the memory budget",
             plan.gpu_layers,
             config.kv_cache_type,
-            "on" if flash_attention_for(config.kv_cache_type, config.flash_attn) else "off",
+            flash_attention_name(
+                flash_attention_for(config.kv_cache_type, config.flash_attn, config.n_gpu_layers)
+            ),
             worker.load_seconds,
         )
         if self._on_load is not None:

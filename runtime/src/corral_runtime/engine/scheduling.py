@@ -8,7 +8,7 @@ them free of llama.cpp makes each rule testable on its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corral_runtime.engine.types import DoneReason
@@ -199,6 +199,39 @@ def gap_fillers(
         else:
             group = 1
     return fillers
+
+
+# A decoding row whose sequence holds at least this many tokens is never computed as a lone
+# sequence (``lone_partners``) where flash attention runs on the CPU: llama.cpp splits a lone
+# sequence's one row over the threads once the KV cells it attends to reach 512 (from 257 held
+# tokens, as it pads them in blocks of 256), which sums in another order than beside other
+# sequences. Half of that, as a margin.
+LONE_ROW_TOKENS = 128
+
+
+def lone_partners(
+    batch: Sequence[int],
+    positions: Mapping[int, int],
+    spare: Collection[int],
+    min_tokens: int = LONE_ROW_TOKENS,
+) -> list[int]:
+    """Sequence ids to decode a throwaway row for, so that no decoding row of a sequence
+    holding ``min_tokens`` or more (``positions``: each decoding sequence's row position) is
+    the only sequence of its run of consecutive ids in ``batch`` (sorted ids, fillers
+    included): the next id if ``spare`` (not decoding and room for a row), else the one
+    before. A row with neither stays alone."""
+    ids = set(batch)
+    partners: list[int] = []
+    for seq_id in sorted(batch):
+        alone = seq_id - 1 not in ids and seq_id + 1 not in ids
+        if not alone or positions.get(seq_id, 0) < min_tokens:
+            continue
+        for partner in (seq_id + 1, seq_id - 1):
+            if partner in spare and partner not in ids:
+                ids.add(partner)
+                partners.append(partner)
+                break
+    return partners
 
 
 def choose_slot(

@@ -88,6 +88,7 @@ from corral_runtime.engine.scheduling import (
     evaluated_prefix,
     gap_fillers,
     generation_budget,
+    lone_partners,
     next_warm_chunk,
     plan_prefill,
     reusable_prefix,
@@ -122,7 +123,7 @@ class LoadConfig:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     n_batch: int = 512
-    flash_attn: bool = False
+    flash_attn: bool | None = None  # None: see ``llama.flash_attention_for``
     kv_cache_type: str = "f16"  # see ``llama.ContextConfig``
     batch_invariant: bool = True  # see ``llama.ContextConfig``
     warm_turns: bool = True  # an idle slot warms its finished turn (``ModelWorker._warm``)
@@ -333,9 +334,8 @@ class ModelWorker:
         self.decode_steps = 0
         self.decode_computations = 0
         # What one-computation decode steps took (``scheduling.StepCosts``), for filling gaps
-        # between runs of decoding sequence ids (``_fillers``), while the memory can be cut.
+        # between runs of decoding sequence ids (``_fillers``).
         self._step_costs = StepCosts()
-        self._fill_gaps = True
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -747,7 +747,7 @@ class ModelWorker:
                 rows.append(Row(sequence.next_token, len(slot.cached), slot.seq_id, True))
                 slot.cached.append(sequence.next_token)
                 sequence.next_token = None
-            fillers = self._fillers([row.seq_id for row in rows])
+            fillers = self._fillers(rows)
             batch = sorted(rows + fillers, key=lambda row: row.seq_id)
             runs = decode_runs([row.seq_id for row in batch])
             self.decode_steps += 1
@@ -781,29 +781,33 @@ class ModelWorker:
                 self._advance(slot, slot.sequence, token)
         return True
 
-    def _fillers(self, decoding: list[int]) -> list[Row]:
-        """Throwaway rows for free slots between the decoding sequence ids, where joining their
-        runs into one llama.cpp computation is estimated to pay (``scheduling.gap_fillers``):
-        each at the position after what its slot holds, no logits, dropped after the decode."""
-        if not self._fill_gaps:
+    def _fillers(self, rows: list[Row]) -> list[Row]:
+        """Throwaway rows (no logits, each at the position after what its slot holds, dropped
+        after the decode) for slots not decoding this step: free ones between the decoding
+        sequence ids where joining their runs into one llama.cpp computation is estimated to
+        pay (``scheduling.gap_fillers``), and, where the context needs it, a neighbour of a
+        row that would be its computation's only sequence (``scheduling.lone_partners``)."""
+        context = self._require_context()
+        if not context.cuttable:
             return []
-        free = {
-            s.seq_id: s for s in self._slots if s.sequence is None and len(s.cached) < self.n_ctx
+        decoding = [row.seq_id for row in rows]
+        busy = set(decoding)
+        spare = {
+            s.seq_id: s for s in self._slots if s.seq_id not in busy and len(s.cached) < self.n_ctx
         }
+        free = {seq_id for seq_id, slot in spare.items() if slot.sequence is None}
         chosen = gap_fillers(decoding, free, self._step_costs.estimate)
-        return [Row(0, len(free[seq_id].cached), seq_id, False) for seq_id in chosen]
+        if context.pairs_lone_rows:
+            positions = {row.seq_id: row.pos for row in rows}
+            chosen += lone_partners(sorted(decoding + chosen), positions, spare)
+        return [Row(0, len(spare[seq_id].cached), seq_id, False) for seq_id in chosen]
 
     def _drop_fillers(self, fillers: list[Row]) -> None:
-        """Drop the filler rows' KV cells, leaving their slots' caches as they were; a slot whose
-        memory cannot be cut there (llama.cpp's recurrent state) loses its cache, and gaps are
-        no longer filled."""
+        """Drop the filler rows' KV cells: their slots' caches are as they were."""
         context = self._require_context()
         for row in fillers:
             if not context.keep_prefix(row.seq_id, row.pos):
-                context.clear(row.seq_id)
-                slot = self._slots[row.seq_id]
-                slot.cached, slot.evaluated, slot.turn = [], 0, []
-                self._fill_gaps = False
+                raise EngineError("a throwaway row could not be dropped from the KV memory")
 
     def _prefill(self, prefilling: list[_Slot]) -> bool:
         """The prompt chunks that fit in this step's budget, longest waiting first; False if

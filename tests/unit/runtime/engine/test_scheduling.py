@@ -24,6 +24,7 @@ from corral_runtime.engine.scheduling import (
     evaluated_prefix,
     gap_fillers,
     generation_budget,
+    lone_partners,
     next_warm_chunk,
     parallel_for_memory,
     plan_prefill,
@@ -392,3 +393,18 @@ class TestGapFillers:
 
     def test_nothing_is_filled_before_steps_were_measured(self) -> None:
         assert gap_fillers([0, 2], range(16), StepCosts().estimate) == []
+
+
+class TestLonePartners:
+    def test_a_long_sequence_alone_in_its_run_gets_a_neighbour(self) -> None:
+        assert lone_partners([3], {3: 300}, spare={2, 4}) == [4]
+        assert lone_partners([3], {3: 300}, spare={2}) == [2]
+        # 5 beside 3's partner 4: one partner serves both.
+        assert lone_partners([3, 5], {3: 300, 5: 300}, spare={0, 1, 2, 4, 6}) == [4]
+
+    def test_short_sequences_runs_of_several_and_no_spare_neighbour_stay(self) -> None:
+        assert lone_partners([3], {3: 127}, spare={2, 4}) == []
+        assert lone_partners([3, 4], {3: 300, 4: 300}, spare={2, 5}) == []
+        assert lone_partners([3], {3: 300}, spare={0, 6}) == []
+        # A filler already beside it (a position of its own is not a decoding row's).
+        assert lone_partners([3, 4], {3: 300}, spare={2}) == []
