@@ -754,16 +754,15 @@ class ModelWorker:
             self.decode_computations += runs
             started = time.perf_counter()
             done = self._run_decode(batch, _classes(decoding))
-            if done and runs == 1:
-                self._step_costs.observe(len(batch), time.perf_counter() - started)
-            if done:  # a stopped decode left no row of its batch in the KV memory
-                self._drop_fillers(fillers)
-            if not done:
+            if not done:  # no row of the batch is in the KV memory, fillers included
                 for slot, row in zip(decoding, rows, strict=True):
                     assert slot.sequence is not None
                     slot.cached.pop()
                     slot.sequence.next_token = row.token
                 return False
+            if runs == 1:
+                self._step_costs.observe(len(batch), time.perf_counter() - started)
+            self._drop_fillers(fillers)
             context = self._require_context()
             greedy = (
                 context.argmax_rows(len(rows))
