@@ -96,8 +96,8 @@ def client_headers(raw: Iterable[tuple[bytes, bytes]]) -> ClientHeaders:
     for raw_name, raw_value in raw:
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
         lowered = name.lower()
-        if lowered == PRIORITY_HEADER:
-            priority = value if priority is None else priority
+        if lowered == PRIORITY_HEADER and priority is None:
+            priority = value
         elif lowered == "authorization" and authorization is None:
             authorization = value
         if lowered not in _HOP_BY_HOP:
