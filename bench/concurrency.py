@@ -291,6 +291,11 @@ def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Ser
                 {},
             ),
         )
+    for variant in args.corral_variants:
+        label, _, flags = variant.partition("=")
+        chosen.insert(
+            1, Server(f"corral-{label}", [*corral.command, *flags.split()], corral.model, {})
+        )
     if args.llama_server.is_file():
         chosen.append(
             Server(
@@ -349,6 +354,15 @@ def main() -> int:
         dest="skip_no_invariance",
         action="store_true",
         help="do not measure corral a second time without batch invariance",
+    )
+    parser.add_argument(
+        "--corral-variant",
+        dest="corral_variants",
+        action="append",
+        default=[],
+        metavar="LABEL=FLAGS",
+        help="also measure corral serve with FLAGS added, as corral-LABEL (repeatable; e.g. "
+        "'no-fa=--no-flash-attention')",
     )
     args = parser.parse_args()
 

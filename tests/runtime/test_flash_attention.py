@@ -28,8 +28,12 @@ async def answer(worker: ModelWorker, prompt: str) -> tuple[str, list[TokenLogpr
     return text, stream.take_logprobs()
 
 
-async def test_a_long_sequence_decodes_alone_as_beside_others(test_model_path: Path) -> None:
-    async with loaded(test_model_path, parallel=4, max_pending=4, flash_attn=True) as worker:
+# Asked for, and unset: llama.cpp's own choice, which runs it on the CPU.
+@pytest.mark.parametrize("asked", [True, None], ids=["asked", "default"])
+async def test_a_long_sequence_decodes_alone_as_beside_others(
+    test_model_path: Path, asked: bool | None
+) -> None:
+    async with loaded(test_model_path, parallel=4, max_pending=4, flash_attn=asked) as worker:
         assert worker._require_context().pairs_lone_rows
         assert len(await worker.tokenize(LONG)) > 256
         alone = await answer(worker, LONG)
@@ -47,8 +51,7 @@ async def test_a_long_sequence_decodes_alone_as_beside_others(test_model_path: P
 
 
 async def test_without_flash_attention_no_row_is_thrown_away(test_model_path: Path) -> None:
-    # The default on the CPU: nothing to pair.
-    async with loaded(test_model_path, parallel=2, max_pending=2) as worker:
+    async with loaded(test_model_path, parallel=2, max_pending=2, flash_attn=False) as worker:
         assert not worker._require_context().pairs_lone_rows
         steps, computations = worker.decode_steps, worker.decode_computations
         await answer(worker, LONG)

@@ -39,8 +39,9 @@ attention runs on the CPU, such a row is decoded beside a throwaway row of a nei
 (``pairs_lone_rows``, ``scheduling.lone_partners``; a model whose memory cannot be cut,
 recurrent state, keeps no invariance with flash attention). On the test model's two cores that
 made a 16-row step 13% shorter (45 ms against 51) and a lone sequence's step at 300 to 1000
-held tokens 10-15% longer (13.0 ms against 11.3, 13.2 against 12.0; even at 1900), so flash
-attention stays off on the CPU unless asked for (``flash_attention_for``).
+held tokens 10-15% longer (13.0 ms against 11.3, 13.2 against 12.0; even at 1900). Flash
+attention is on unless turned off (``flash_attention_for``: llama.cpp's own choice, which runs
+it on the CPU, as llama-server does): a server is for many streams.
 ``batch_invariant=False`` turns both back on: faster for some quantizations and CPUs (on the
 test model, Q4_K_M, no faster on 2 or 16 cores), and a sequence's logits then depend on what
 decodes beside it.
@@ -85,20 +86,16 @@ def select_cpu_kernels(batch_invariant: bool) -> None:
     os.environ.setdefault("GGML_CPU_TILED_MM", "0" if batch_invariant else "1")
 
 
-def flash_attention_for(
-    kv_cache_type: str, flash_attention: bool | None, gpu_layers: int = 0
-) -> bool | None:
+def flash_attention_for(kv_cache_type: str, flash_attention: bool | None) -> bool | None:
     """Whether a context gets flash attention: when asked, and always with a quantized KV
     cache, since llama.cpp cannot make a context with a quantized V cache without it (Ollama
     instead falls back to an f16 cache with a warning; here the cache a user set is the cache
-    they get). Unset: off where the CPU holds every layer, since keeping batch invariance with
-    it makes a lone sequence's steps longer (see the module docstring); where a GPU holds
-    layers (no batch invariance to keep), None: llama.cpp decides as it makes the context, on
-    wherever the devices holding the layers run it."""
+    they get). Unset, None: llama.cpp decides as it makes the context, on wherever the devices
+    holding the layers run it, the CPU included (llama-server's default too). On the CPU, with
+    batch invariance, that shortens the steps of many rows and lengthens a lone sequence's
+    once it holds 128 tokens (see the module docstring)."""
     if kv_cache_type != "f16":
         return True
-    if flash_attention is None and gpu_layers == 0:
-        return False
     return flash_attention
 
 
@@ -299,7 +296,7 @@ class LlamaBatchContext:
         params.n_seq_max = config.parallel
         params.kv_unified = False
         params.swa_full = True  # any cached prefix stays reusable on sliding-window models
-        flash = flash_attention_for(config.kv_cache_type, config.flash_attn, config.n_gpu_layers)
+        flash = flash_attention_for(config.kv_cache_type, config.flash_attn)
         recurrent = bool(
             llama_cpp.llama_model_is_recurrent(self.model)
             or llama_cpp.llama_model_is_hybrid(self.model)

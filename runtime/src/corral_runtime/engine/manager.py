@@ -511,7 +511,7 @@ class ModelManager:
         context = trained_context(n_ctx, details.context_length)
         weights = stored.model_path.stat().st_size
         shape = shape_of(details)
-        # Unset, off on the CPU and llama.cpp's choice with a GPU (which may be off): the
+        # Unset, llama.cpp's choice (off where a device holding layers lacks it): the
         # estimate keeps the attention scores' buffer unless flash attention is certain.
         estimated_flash = (
             flash_attention_for(self.settings.kv_cache_type, self.settings.flash_attention) is True
@@ -584,9 +584,7 @@ class ModelManager:
             "" if self.settings.parallel else " from the memory budget",
             plan.gpu_layers,
             config.kv_cache_type,
-            flash_attention_name(
-                flash_attention_for(config.kv_cache_type, config.flash_attn, config.n_gpu_layers)
-            ),
+            flash_attention_name(flash_attention_for(config.kv_cache_type, config.flash_attn)),
             worker.load_seconds,
         )
         if self._on_load is not None:
