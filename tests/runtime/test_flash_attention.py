@@ -17,8 +17,9 @@ from tests.runtime.test_concurrency_engine import EIGHT_PROMPTS, SYSTEM, TURN, c
 
 pytestmark = pytest.mark.runtime
 
-# Past 256 tokens of the context, and its answer's too.
-LONG = TURN.format(SYSTEM * 4 + "Which of your breads keeps longest, and how should I store it?")
+QUESTION = "Which of your breads keeps longest, and how should I store it?"
+LONG = TURN.format(SYSTEM * 4 + QUESTION)  # past 256 tokens, and its answer too
+CROSSING = TURN.format(SYSTEM * 3 + QUESTION)
 PARAMS = SamplingParams(temperature=0, num_predict=24, logprobs=3)
 
 
@@ -28,23 +29,29 @@ async def answer(worker: ModelWorker, prompt: str) -> tuple[str, list[TokenLogpr
     return text, stream.take_logprobs()
 
 
-# Asked for, and unset: llama.cpp's own choice, which runs it on the CPU.
-@pytest.mark.parametrize("asked", [True, None], ids=["asked", "default"])
+# Asked for, and unset (llama.cpp's own choice, which runs it on the CPU); a prompt past 256
+# tokens, and one whose answer crosses position 256, where llama.cpp's split begins.
+@pytest.mark.parametrize(
+    ("asked", "prompt"),
+    [(True, LONG), (None, LONG), (None, CROSSING)],
+    ids=["asked", "default", "crossing"],
+)
 async def test_a_long_sequence_decodes_alone_as_beside_others(
-    test_model_path: Path, asked: bool | None
+    test_model_path: Path, asked: bool | None, prompt: str
 ) -> None:
     async with loaded(test_model_path, parallel=4, max_pending=4, flash_attn=asked) as worker:
         assert worker._require_context().pairs_lone_rows
-        assert len(await worker.tokenize(LONG)) > 256
-        alone = await answer(worker, LONG)
+        held = len(await worker.tokenize(prompt))
+        assert held > 256 if prompt == LONG else held < 256 < held + PARAMS.num_predict
+        alone = await answer(worker, prompt)
 
-        async def later(prompt: str, delay: float) -> tuple[str, list[TokenLogprob]]:
+        async def later(text: str, delay: float) -> tuple[str, list[TokenLogprob]]:
             await asyncio.sleep(delay)
-            return await answer(worker, prompt)
+            return await answer(worker, text)
 
         # Three short ones start just after it and decode beside it.
         together = await asyncio.gather(
-            answer(worker, LONG), *(later(p, 0.05) for p in EIGHT_PROMPTS[:3])
+            answer(worker, prompt), *(later(p, 0.05) for p in EIGHT_PROMPTS[:3])
         )
         assert together[0] == alone
         assert len(alone[1]) == PARAMS.num_predict

@@ -7,6 +7,7 @@ import pytest
 
 from corral_runtime.engine.scheduling import (
     KV_BUDGET_DIVISOR,
+    LONE_ROW_TOKENS,
     MAX_DEFAULT_PARALLEL,
     PREFILL_CHUNK,
     SlotView,
@@ -403,7 +404,8 @@ class TestLonePartners:
         assert lone_partners([3, 5], {3: 300, 5: 300}, spare={0, 1, 2, 4, 6}) == [4]
 
     def test_short_sequences_runs_of_several_and_no_spare_neighbour_stay(self) -> None:
-        assert lone_partners([3], {3: 127}, spare={2, 4}) == []
+        assert lone_partners([3], {3: LONE_ROW_TOKENS - 1}, spare={2, 4}) == []
+        assert lone_partners([3], {3: LONE_ROW_TOKENS}, spare={2, 4}) == [4]
         assert lone_partners([3, 4], {3: 300, 4: 300}, spare={2, 5}) == []
         assert lone_partners([3], {3: 300}, spare={0, 6}) == []
         # A filler already beside it (a position of its own is not a decoding row's).
