@@ -511,7 +511,7 @@ def watched(load):
             "numpy": numpy is not None and "ndarray" in vars(numpy),
             **{
                 name: name in sys.modules
-                for name in ("fastapi", "uvicorn", "corral_operator", "jinja2")
+                for name in ("fastapi", "uvicorn", "corral_operator", "jinja2", "prometheus_client")
             },
         }
         print("the load started; imported:", imported, flush=True)
@@ -544,12 +544,13 @@ def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_s
     model_store: ModelStore, tmp_path: Path
 ) -> None:
     # A cold pod's load waits only for llama.cpp's ctypes bindings and the checks of its blob;
-    # the ~0.2 s of numpy and llama-cpp-python's high-level half, and the ~0.4 s of the web
-    # stack and the chat templates (jinja2), are imported while it runs (not beside the
-    # checks, sharing the GIL), and the other packages' commands not at all. The complete
-    # package is there afterwards: an embedding (llama_cpp.Llama) and a generate (numpy) are
-    # answered. The blob is probed already, as a
-    # pod's pull Job leaves it: a new blob's probe is waited for apart (``Engine.load_begun``).
+    # the ~0.2 s of numpy and llama-cpp-python's high-level half, the ~0.4 s of the web stack
+    # and the chat templates (jinja2), and the metrics (prometheus_client) are imported while
+    # it runs (not beside the checks, sharing the GIL), and the other packages' commands not
+    # at all. The complete package is there afterwards: an embedding (llama_cpp.Llama) and a
+    # generate (numpy) are answered, and the load is counted in the metrics. The blob is
+    # probed already, as a pod's pull Job leaves it: a new blob's probe is waited for apart
+    # (``Engine.load_begun``).
     probe_model(model_store, model_store.get(TEST_MODEL_NAME))
     port = free_port()
     serve = serve_command(
@@ -562,6 +563,9 @@ def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_s
         httpx.Client(base_url=server.base_url, timeout=300) as client,
     ):
         wait_for_line(server, f"preloaded {TEST_MODEL_NAME}")
+        # Counted by the metrics made meanwhile.
+        metrics = client.get("/metrics").text
+        assert f'corral_model_load_seconds_count{{model="{TEST_MODEL_NAME}"}} 1.0' in metrics
         generated = name_three_colours(client)
         assert generated.status_code == 200, generated.text
         embedded = client.post("/api/embed", json={"model": TEST_MODEL_NAME, "input": "Hi"})
@@ -572,7 +576,8 @@ def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_s
     started = next(line for line in text.splitlines() if line.startswith("the load started"))
     assert started == (
         "the load started; imported: {'llama_cpp.Llama': False, 'numpy': False, "
-        "'fastapi': False, 'uvicorn': False, 'corral_operator': False, 'jinja2': False}"
+        "'fastapi': False, 'uvicorn': False, 'corral_operator': False, 'jinja2': False, "
+        "'prometheus_client': False}"
     ), text[-2000:]
     assert "Traceback" not in text
 

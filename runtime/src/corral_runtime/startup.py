@@ -10,22 +10,27 @@ the process ends as any shutdown does. ``create_app`` starts and closes the engi
 lifespan when it was given none (tests, and ``CORRAL_EARLY_ENGINE_IMPORT=false``).
 
 Nothing here imports the web stack, so that importing this module costs only the engine's own
-imports.
+imports; nor the metrics (prometheus_client, ~15 ms), which ``corral serve``'s engine makes at
+their first use (``EngineMetrics``): the web stack's import, beside the preload's load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from corral_runtime.engine.bindings import import_bindings
 from corral_runtime.engine.manager import ModelManager
 from corral_runtime.gpu import GpuInfo
-from corral_runtime.metrics import RuntimeMetrics
 from corral_runtime.settings import RuntimeSettings, default_models_dir
 from corral_runtime.store.layout import ModelStore
 from corral_runtime.testmodel import TestModelUnavailableError, ensure_test_model
+
+if TYPE_CHECKING:
+    from corral_runtime.metrics import RuntimeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +60,41 @@ def _offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+class EngineMetrics:
+    """An engine's ``RuntimeMetrics``: those given, else made (once, whichever thread asks
+    first) at their first use, so that prometheus_client's import waits until something
+    reads or records a metric: the app's creation (``Engine.metrics``), or a load's end."""
+
+    def __init__(self, metrics: RuntimeMetrics | None = None) -> None:
+        self._metrics = metrics
+        self._lock = threading.Lock()
+
+    def get(self) -> RuntimeMetrics:
+        metrics = self._metrics
+        if metrics is not None:
+            return metrics
+        with self._lock:
+            if self._metrics is None:
+                from corral_runtime.metrics import RuntimeMetrics
+
+                self._metrics = RuntimeMetrics()
+            return self._metrics
+
+
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """A started engine: the store, the manager, its metrics, and the preload under way."""
+    """A started engine: the store, the manager, the preload under way, and its metrics."""
 
     store: ModelStore
     manager: ModelManager
-    metrics: RuntimeMetrics
     preloading: asyncio.Task[None]
     preload: tuple[str, ...]
+    engine_metrics: EngineMetrics = field(default_factory=EngineMetrics)
+
+    @property
+    def metrics(self) -> RuntimeMetrics:
+        """The engine's metrics (made now if nothing made them yet)."""
+        return self.engine_metrics.get()
 
     @property
     def loading(self) -> bool:
@@ -93,10 +124,12 @@ class Engine:
         await self.manager.close()
 
 
-def start_engine(settings: RuntimeSettings, metrics: RuntimeMetrics) -> Engine:
+def start_engine(settings: RuntimeSettings, metrics: RuntimeMetrics | None = None) -> Engine:
     """Open the store, make the manager and start the preload on the running loop. Imports
     llama.cpp's bindings on the way, to ask whether it can offload: not numpy and the rest of
-    llama-cpp-python, which the preload's load imports as it runs (``engine.bindings``)."""
+    llama-cpp-python, which the preload's load imports as it runs (``engine.bindings``).
+    Without ``metrics``, the engine makes its own at their first use (``EngineMetrics``)."""
+    engine_metrics = EngineMetrics(metrics)
     store = open_store(settings)
     manager = ModelManager(
         store,
@@ -105,9 +138,9 @@ def start_engine(settings: RuntimeSettings, metrics: RuntimeMetrics) -> Engine:
         # so asking nvidia-smi here too would only delay readiness (a second or more where
         # the driver is not kept loaded).
         GpuInfo(offload_supported=_offload_supported(), free_vram_bytes=0),
-        on_change=lambda m: metrics.observe_loaded(m.loaded()),
-        on_load=metrics.observe_load,
-        on_failure=lambda name: metrics.engine_failures.labels(model=name).inc(),
+        on_change=lambda m: engine_metrics.get().observe_loaded(m.loaded()),
+        on_load=lambda name, seconds: engine_metrics.get().observe_load(name, seconds),
+        on_failure=lambda name: engine_metrics.get().engine_failures.labels(model=name).inc(),
     )
     preloading = asyncio.create_task(manager.preload(settings.preload))
-    return Engine(store, manager, metrics, preloading, tuple(settings.preload))
+    return Engine(store, manager, preloading, tuple(settings.preload), engine_metrics)

@@ -285,10 +285,10 @@ async def serve(settings: RuntimeSettings, log_level: str, *, engine_first: bool
         await (await asyncio.to_thread(web_server, settings, log_level, None)).serve()
         return
 
-    from corral_runtime.metrics import RuntimeMetrics
     from corral_runtime.startup import start_engine
 
-    engine = start_engine(settings, RuntimeMetrics())
+    # Its metrics are made once the app's creation reads them, beside the preload's load.
+    engine = start_engine(settings)
     try:
         server = await web_server_beside(engine, settings, log_level)
         if server is None:
