@@ -69,6 +69,7 @@ async def loaded(
     *,
     warm_turns: bool = True,
     flash_attn: bool | None = None,
+    n_batch: int = 512,
 ) -> AsyncIterator[ModelWorker]:
     config = LoadConfig(
         model_path=model_path,
@@ -77,6 +78,7 @@ async def loaded(
         parallel=parallel,
         warm_turns=warm_turns,
         flash_attn=flash_attn,
+        n_batch=n_batch,
     )
     model = ModelWorker("gemma3:270m", config, max_pending=max_pending)
     await model.start()

@@ -7,8 +7,8 @@ step puts one token of every decoding sequence into a single ``llama_decode`` (b
 shared slots' number, a batch sequence gives its turn to a reserved slot's:
 ``priority.paused_rows``), samples each with its own sampler chain (or takes the arg-max for
 plain greedy), then evaluates the chunks of waiting prompts that fit in ``n_batch`` prompt
-tokens, each chunk alone, so several new requests start at once without changing anyone's
-logits. New requests take a free slot at the
+tokens, each prompt's whole chunks in one decode and apart from other sequences, so several
+new requests start at once without changing anyone's logits (``scheduling.plan_prefill``). New requests take a free slot at the
 next step (reusing the longest cached prompt prefix among the free slots); the others wait in
 a bounded queue, from which a free slot takes the request that ``priority.next_admitted``
 names (class, aging, share caps; with reserved slots, a decode of lower classes in flight when
@@ -303,6 +303,8 @@ class ModelWorker:
         # The shared slots and the reserved ones on top (``priority.total_slots``).
         self.slot_count = total_slots(self.parallel, config.priority)
         self._chunk = max(1, min(config.n_batch, PREFILL_CHUNK))
+        # Most prompt tokens of one sequence in one decode (``scheduling.plan_prefill``).
+        self._span = max(self._chunk, config.n_batch)
         self._inbox: queue.SimpleQueue[_Job | _Submission | _Fault | None] = queue.SimpleQueue()
         # Held while queueing and while the thread marks itself failed, so nothing is queued
         # after the thread has emptied its inbox for the last time.
@@ -813,7 +815,7 @@ class ModelWorker:
         one was stopped (``_run_decode``: it and those after it wait for the next step)."""
         progress = [(s.sequence.n_fed, len(s.sequence.tokens)) for s in prefilling if s.sequence]
         budget = max(self.config.n_batch, self._chunk)
-        for index, n in plan_prefill(progress, budget, self._chunk):
+        for index, n in plan_prefill(progress, budget, self._chunk, self._span):
             if not self._feed(prefilling[index], n):
                 return False
         return True
@@ -1063,7 +1065,7 @@ class ModelWorker:
             model_path=self.config.model_path,
             n_ctx=self.config.n_ctx,
             parallel=self.slot_count,
-            n_batch=batch_capacity(self._chunk, self.slot_count),
+            n_batch=batch_capacity(self._span, self.slot_count),
             n_gpu_layers=self.config.n_gpu_layers,
             n_threads=self.config.n_threads,
             flash_attn=self.config.flash_attn,
@@ -1089,9 +1091,10 @@ class ModelWorker:
             # it, such a request under a batch load mostly waits for a slot, not a decode.
             # And no request waits for an idle slot's warming (``_warm``).
             self._context.interruptible(self._interrupt)
-        # A prompt chunk must fit in one decode (options keep num_ctx above that; this holds
-        # whatever a caller asks).
+        # A prompt chunk, and a span of them, must fit in one decode (options keep num_ctx
+        # above that; this holds whatever a caller asks).
         self._chunk = min(self._chunk, self._context.capacity)
+        self._span = min(self._span, self._context.capacity)
         self._slots = [_Slot(seq_id=i) for i in range(self.slot_count)]
         self.load_seconds = time.perf_counter() - started
 

@@ -313,7 +313,7 @@ class TestPromptChunk:
     def test_nothing_remaining_feeds_nothing(self) -> None:
         assert prompt_chunk(10, 10, C) == 0
 
-    def test_a_batch_holds_a_row_per_slot_or_a_chunk(self) -> None:
+    def test_a_batch_holds_a_row_per_slot_or_a_span(self) -> None:
         assert batch_capacity(64, 8) == 64
         assert batch_capacity(4, 8) == 8
 
@@ -335,6 +335,20 @@ class TestPlanPrefill:
 
     def test_nothing_to_feed(self) -> None:
         assert plan_prefill([], 16, C) == []
+
+    def test_whole_chunks_of_one_prompt_share_a_span_and_its_partial_chunk_stays_apart(
+        self,
+    ) -> None:
+        assert plan_prefill([(0, 10)], 16, C, span=8) == [(0, 8), (0, 2)]
+        assert plan_prefill([(0, 20)], 32, C, span=8) == [(0, 8), (0, 8), (0, 4)]
+        # After an unaligned start, the piece up to the boundary is alone too.
+        assert plan_prefill([(2, 14)], 16, C, span=16) == [(0, 2), (0, 8), (0, 2)]
+        # Spans never join two prompts.
+        assert plan_prefill([(0, 9), (0, 8)], 32, C, span=16) == [(0, 8), (0, 1), (1, 8)]
+
+    def test_a_span_stays_within_the_budget(self) -> None:
+        assert plan_prefill([(0, 20)], 8, C, span=16) == [(0, 8)]
+        assert plan_prefill([(0, 20)], 1, C, span=16) == [(0, 4)]
 
 
 class TestBudgetAndEnd:
