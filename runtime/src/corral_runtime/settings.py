@@ -305,11 +305,11 @@ class RuntimeSettings(BaseSettings):
     flash_attention: bool | None = Field(
         default=None,
         description=(
-            "Whether llama.cpp uses flash attention. Unset: off where the CPU holds every layer, "
-            "llama.cpp's own choice where a GPU holds layers (on wherever the devices run it). "
-            "On the CPU, with batch invariance, it shortens steps of many rows (a 16-row step "
-            "of the test model on two cores: 45 ms against 51) and lengthens a lone "
-            "sequence's once it holds 128 tokens (a row beside it is thrown away: 13.0 ms "
+            "Whether llama.cpp uses flash attention. Unset: llama.cpp's own choice, on "
+            "wherever the devices holding the layers run it, the CPU included (as "
+            "llama-server). On the CPU, with batch invariance, it shortens steps of many rows "
+            "(a 16-row step of the test model on two cores: 45 ms against 51) and lengthens "
+            "a lone sequence's from position 240 on (a row beside it is thrown away: 13.0 ms "
             "against 11.3 at 300 tokens). A quantized KV cache turns it on (llama.cpp needs "
             "it for the V cache)."
         ),

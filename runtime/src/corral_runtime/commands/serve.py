@@ -171,8 +171,8 @@ def register(subparsers: Any) -> None:
         "--flash-attention",
         action=argparse.BooleanOptionalAction,
         help=(
-            "llama.cpp's flash attention; unset: off on the CPU, llama.cpp's choice with a GPU "
-            "(CORRAL_FLASH_ATTENTION)"
+            "llama.cpp's flash attention; unset: llama.cpp's choice, on wherever the devices "
+            "run it, the CPU included (CORRAL_FLASH_ATTENTION)"
         ),
     )
     parser.add_argument(
