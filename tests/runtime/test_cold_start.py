@@ -501,6 +501,18 @@ from corral_runtime.commands import serve
 # The order is what is watched: on a busy machine the checks before the load may outlast the
 # hold, after which the web stack's import no longer waits for the load.
 serve.WEB_IMPORT_HOLD_SECONDS = 60
+web_server = serve.web_server
+
+
+def watched_web_server(*args):
+    server = web_server(*args)
+    numpy = sys.modules.get("numpy")
+    imported = numpy is not None and "ndarray" in vars(numpy)
+    print("the web stack imported; numpy imported:", imported, flush=True)
+    return server
+
+
+serve.web_server = watched_web_server
 
 
 def watched(load):
@@ -547,8 +559,9 @@ def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_s
     # the ~0.2 s of numpy and llama-cpp-python's high-level half, the ~0.4 s of the web stack
     # and the chat templates (jinja2), and the metrics (prometheus_client) are imported while
     # it runs (not beside the checks, sharing the GIL), and the other packages' commands not
-    # at all. The complete package is there afterwards: an embedding (llama_cpp.Llama) and a
-    # generate (numpy) are answered, and the load is counted in the metrics. The blob is
+    # at all; numpy waits for the web stack's import. The complete package is there
+    # afterwards: an embedding (llama_cpp.Llama) and a generate (numpy) are answered, and the
+    # load is counted in the metrics. The blob is
     # probed already, as a pod's pull Job leaves it: a new blob's probe is waited for apart
     # (``Engine.load_begun``).
     probe_model(model_store, model_store.get(TEST_MODEL_NAME))
@@ -579,6 +592,8 @@ def test_the_preloads_load_starts_before_numpy_the_high_level_half_and_the_web_s
         "'fastapi': False, 'uvicorn': False, 'corral_operator': False, 'jinja2': False, "
         "'prometheus_client': False}"
     ), text[-2000:]
+    # Then the web stack, before numpy: both are Python, and the server is ready sooner.
+    assert "the web stack imported; numpy imported: False" in text.splitlines(), text[-2000:]
     assert "Traceback" not in text
 
 

@@ -309,12 +309,27 @@ async def web_server_beside(
     engine: Engine, settings: RuntimeSettings, log_level: str
 ) -> Server | None:
     """The web server over ``engine``, its stack imported once the preload's load has begun;
-    None if a shutdown signal came first (``shutdown_signals``)."""
+    None if a shutdown signal came first (``shutdown_signals``).
+
+    numpy and llama-cpp-python's high-level half, which the preload's load imports in a thread,
+    wait until the web stack is imported (or not): both are Python and share the GIL, so the
+    server is ready sooner, and a first request waits for the later of the two either way
+    (``engine.bindings``). The hold comes before the preload's task first runs (at the first
+    await below), so before its load."""
+    from corral_runtime.engine.bindings import (
+        hold_background_completion,
+        release_background_completion,
+    )
+
+    hold_background_completion()
     with shutdown_signals(asyncio.get_running_loop()) as stopped:
-        await first_of(engine.load_begun(WEB_IMPORT_HOLD_SECONDS), stopped.wait())
-        if stopped.is_set():
-            return None
-        server = await asyncio.to_thread(web_server, settings, log_level, engine)
+        try:
+            await first_of(engine.load_begun(WEB_IMPORT_HOLD_SECONDS), stopped.wait())
+            if stopped.is_set():
+                return None
+            server = await asyncio.to_thread(web_server, settings, log_level, engine)
+        finally:
+            release_background_completion()
         return None if stopped.is_set() else server
 
 

@@ -10,6 +10,12 @@ bindings into it and copies their names into the package as the ``__init__``'s o
 (``from .llama_cpp import *``) does; ``complete_in_background`` then runs the ``__init__``, once,
 in a thread of its own, while llama.cpp loads the model in C without the GIL.
 
+``corral serve`` holds that thread back while it imports the web stack beside the preload's load
+(``hold_background_completion``): both imports are Python and share the GIL, so run together
+each ends later; the web stack first makes the server ready sooner (/readyz, 80-100 ms here),
+and numpy still ends before a model of any size has loaded (a first request waits for the
+later of the two either way).
+
 Until then the package module is an ``_IncompletePackage``: any name it lacks yet
 (``llama_cpp.Llama``, ``from llama_cpp import Llama``, wherever in the process) completes the
 package first, or waits for the thread completing it, so nothing ever sees half of it. Plain
@@ -32,6 +38,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The longest a held background completion waits for its release (``hold_background``).
+HOLD_LIMIT_SECONDS = 10.0
+
 
 def star_names(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """What ``from module import *`` binds from a module without ``__all__`` (as
@@ -53,6 +62,8 @@ class DeferredPackage:
         self._pending: tuple[types.ModuleType, ModuleSpec] | None = None
         self._completing: int | None = None  # the thread running the __init__
         self._background: threading.Thread | None = None
+        self._released = threading.Event()  # a background completion may begin
+        self._released.set()
 
     @property
     def incomplete(self) -> bool:
@@ -110,7 +121,18 @@ class DeferredPackage:
         )
         self._background.start()
 
+    def hold_background(self) -> None:
+        """Make a background completion (started before or after this) wait in its thread
+        until ``release_background``, or ``HOLD_LIMIT_SECONDS``. A missing name asked for
+        meanwhile still completes the package at once."""
+        self._released.clear()
+
+    def release_background(self) -> None:
+        """Let a held background completion begin."""
+        self._released.set()
+
     def _complete_logged(self) -> None:
+        self._released.wait(HOLD_LIMIT_SECONDS)
         try:
             self.complete()
         except Exception:
@@ -155,3 +177,13 @@ def import_bindings() -> None:
 def complete_in_background() -> None:
     """Import the rest of ``llama_cpp`` (numpy, ``llama_cpp.Llama``) in a thread of its own."""
     LLAMA_CPP.complete_in_background()
+
+
+def hold_background_completion() -> None:
+    """Hold ``complete_in_background``'s import back until ``release_background_completion``
+    (``corral serve``: while it imports the web stack)."""
+    LLAMA_CPP.hold_background()
+
+
+def release_background_completion() -> None:
+    LLAMA_CPP.release_background()

@@ -132,6 +132,36 @@ def test_threads_asking_during_a_background_completion_wait_for_it(
     assert init_runs() == ["init"]
 
 
+def test_a_held_background_completion_waits_for_its_release(deferred: DeferredPackage) -> None:
+    deferred.import_first()
+    deferred.hold_background()
+    deferred.complete_in_background()
+    assert deferred._background is not None
+    deferred._background.join(timeout=0.5)
+    assert deferred.incomplete
+    assert init_runs() == []
+    deferred.release_background()
+    deferred._background.join(timeout=10)
+    assert not deferred.incomplete
+    assert init_runs() == ["init"]
+
+
+def test_a_name_asked_for_while_the_background_is_held_completes_at_once(
+    deferred: DeferredPackage,
+) -> None:
+    deferred.import_first()
+    import deferredpkg
+
+    deferred.hold_background()
+    deferred.complete_in_background()
+    assert deferredpkg.High is sys.modules[f"{PACKAGE}.high"].High
+    assert init_runs() == ["init"]
+    deferred.release_background()
+    assert deferred._background is not None
+    deferred._background.join(timeout=10)
+    assert init_runs() == ["init"]
+
+
 def test_a_package_imported_whole_already_is_left_as_it_is(deferred: DeferredPackage) -> None:
     import deferredpkg
 
