@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import sys
@@ -58,6 +59,7 @@ sys.path.insert(0, str(ROOT))  # tests.support when run as a script
 from tests.support.serveproc import running_process  # noqa: E402
 
 LEVELS = (1, 4, 8, 16)
+ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a --corral-variant word for the environment
 CACHE = Path.home() / ".cache" / "corral"
 DEFAULT_LLAMA_SERVER = CACHE / "llama-server" / "11434.0.0" / "build" / "bin" / "llama-server"
 DEFAULT_SERVER_DEPS = CACHE / "llama-cpp-python-server-deps"
@@ -318,10 +320,10 @@ def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Ser
             ),
         )
     for variant in args.corral_variants:
-        label, _, flags = variant.partition("=")
-        chosen.insert(
-            1, Server(f"corral-{label}", [*corral.command, *flags.split()], corral.model, {})
-        )
+        label, _, words = variant.partition("=")
+        env = dict(word.split("=", 1) for word in words.split() if ENV_WORD.match(word))
+        flags = [word for word in words.split() if not ENV_WORD.match(word)]
+        chosen.insert(1, Server(f"corral-{label}", [*corral.command, *flags], corral.model, env))
     if args.llama_server.is_file():
         chosen.append(
             Server(
@@ -394,7 +396,7 @@ def main() -> int:
         default=[],
         metavar="LABEL=FLAGS",
         help="also measure corral serve with FLAGS added, as corral-LABEL (repeatable; e.g. "
-        "'no-fa=--no-flash-attention')",
+        "'no-fa=--no-flash-attention'); words NAME=VALUE among them go to its environment",
     )
     args = parser.parse_args()
 

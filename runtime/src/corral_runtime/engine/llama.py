@@ -93,7 +93,7 @@ def flash_attention_for(kv_cache_type: str, flash_attention: bool | None) -> boo
     they get). Unset, None: llama.cpp decides as it makes the context, on wherever the devices
     holding the layers run it, the CPU included (llama-server's default too). On the CPU, with
     batch invariance, that shortens the steps of many rows and lengthens a lone sequence's
-    once it holds 128 tokens (see the module docstring)."""
+    from position 240 on (see the module docstring)."""
     if kv_cache_type != "f16":
         return True
     return flash_attention
