@@ -12,7 +12,7 @@ in a thread of its own, while llama.cpp loads the model in C without the GIL.
 
 ``corral serve`` holds that thread back while it imports the web stack beside the preload's load
 (``hold_background_completion``): both imports are Python and share the GIL, so run together
-each ends later; the web stack first makes the server ready sooner (/readyz, 80-100 ms here),
+each ends later; the web stack first makes the server ready sooner (/readyz 40-100 ms here),
 and numpy still ends before a model of any size has loaded (a first request waits for the
 later of the two either way).
 
