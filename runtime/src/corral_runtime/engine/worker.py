@@ -7,15 +7,16 @@ step puts one token of every decoding sequence into a single ``llama_decode`` (b
 shared slots' number, a batch sequence gives its turn to a reserved slot's:
 ``priority.paused_rows``), samples each with its own sampler chain (or takes the arg-max for
 plain greedy), then evaluates the chunks of waiting prompts that fit in ``n_batch`` prompt
-tokens, each prompt's whole chunks in one decode and apart from other sequences, so several
-new requests start at once without changing anyone's logits (``scheduling.plan_prefill``). New requests take a free slot at the
-next step (reusing the longest cached prompt prefix among the free slots); the others wait in
-a bounded queue, from which a free slot takes the request that ``priority.next_admitted``
-names (class, aging, share caps; with reserved slots, a decode of lower classes in flight when
-an interactive request arrives stops and is done again after its prompt: ``_run_decode``),
-and beyond it ``generate`` raises
-``QueueFullError`` (503). A request that waits longer than the queue timeout fails with
-``QueueTimeoutError`` (also 503); one that generates longer than the generation timeout ends
+tokens, each prompt's whole chunks in one decode apart from other sequences, and the short last
+pieces of several prompts in one, so several new requests start at once without changing
+anyone's logits (``scheduling.plan_prefill``, ``scheduling.shared_prefill``). New requests take
+a free slot at the next step (reusing the longest cached prompt prefix among the free slots);
+the others wait in a bounded queue, from which a free slot takes the request that
+``priority.next_admitted`` names (class, aging, share caps; with reserved slots, a decode of
+lower classes in flight when an interactive request arrives stops and is done again after its
+prompt: ``_run_decode``), and beyond it ``generate`` raises ``QueueFullError`` (503). A
+request that waits longer than the queue timeout fails with ``QueueTimeoutError`` (also 503);
+one that generates longer than the generation timeout ends
 with ``GenerationTimeoutError`` and frees its slot. A cancelled stream (its client went away)
 leaves its slot at the next step. A slot whose turn has finished evaluates the turn's answer
 again as prompt chunks while idle, one chunk a step and only while no prompt waits (``_warm``),
@@ -76,6 +77,7 @@ from corral_runtime.engine.sampling import (
     token_logprobs,
 )
 from corral_runtime.engine.scheduling import (
+    LONE_ROW_TOKENS,
     PREFILL_CHUNK,
     SlotView,
     StepCosts,
@@ -93,6 +95,7 @@ from corral_runtime.engine.scheduling import (
     plan_prefill,
     reusable_prefix,
     run_keeping_target,
+    shared_prefill,
     shared_source,
     warm_start,
 )
@@ -811,34 +814,58 @@ class ModelWorker:
                 raise EngineError("a throwaway row could not be dropped from the KV memory")
 
     def _prefill(self, prefilling: list[_Slot]) -> bool:
-        """The prompt chunks that fit in this step's budget, longest waiting first; False if
-        one was stopped (``_run_decode``: it and those after it wait for the next step)."""
+        """The prompt pieces that fit in this step's budget, longest waiting first, each in a
+        decode of its own but the short last pieces of several prompts, which share one
+        (``scheduling.shared_prefill``), after the others; False if one was stopped
+        (``_run_decode``: it and those after it wait for the next step)."""
         progress = [(s.sequence.n_fed, len(s.sequence.tokens)) for s in prefilling if s.sequence]
         budget = max(self.config.n_batch, self._chunk)
-        for index, n in plan_prefill(progress, budget, self._chunk, self._span):
-            if not self._feed(prefilling[index], n):
+        plan = plan_prefill(progress, budget, self._chunk, self._span)
+        pieces = []
+        fed = [len(slot.cached) for slot in prefilling]
+        for index, n in plan:
+            n_fed, tokens = progress[index]
+            pieces.append((fed[index], n, n_fed + n == tokens))
+            progress[index] = (n_fed + n, tokens)
+            fed[index] += n
+        context = self._require_context()
+        below = LONE_ROW_TOKENS if context.pairs_lone_rows else None
+        shared = set(shared_prefill(pieces, self._chunk, context.capacity, below))
+        for i, (index, n) in enumerate(plan):
+            if i not in shared and not self._feed([(prefilling[index], n)]):
                 return False
-        return True
+        together = [(prefilling[plan[i][0]], plan[i][1]) for i in sorted(shared)]
+        return not together or self._feed(together)
 
-    def _feed(self, slot: _Slot, n: int) -> bool:
-        """Evaluate the next ``n`` prompt tokens of a slot's sequence; after the last one,
-        sample its first token. False if the chunk was stopped (``_run_decode``)."""
-        sequence = slot.sequence
-        assert sequence is not None
-        chunk = sequence.tokens[sequence.n_fed : sequence.n_fed + n]
-        completes = sequence.n_fed + n == len(sequence.tokens)
-        start = len(slot.cached)
-        rows = [
-            Row(token, start + i, slot.seq_id, completes and i == n - 1)
-            for i, token in enumerate(chunk)
-        ]
-        if not self._run_decode(rows, [sequence.submission.request.priority]):
+    def _feed(self, pieces: list[tuple[_Slot, int]]) -> bool:
+        """Evaluate the next prompt tokens of slots' sequences in one decode, ``n`` of each
+        (the rows in sequence id order); after a sequence's last one, sample its first token.
+        False if the decode was stopped (``_run_decode``)."""
+        pieces = sorted(pieces, key=lambda piece: piece[0].seq_id)
+        rows: list[Row] = []
+        lasts: list[int] = []
+        for slot, n in pieces:
+            sequence = slot.sequence
+            assert sequence is not None
+            chunk = sequence.tokens[sequence.n_fed : sequence.n_fed + n]
+            completes = sequence.n_fed + n == len(sequence.tokens)
+            start = len(slot.cached)
+            rows.extend(
+                Row(token, start + i, slot.seq_id, completes and i == n - 1)
+                for i, token in enumerate(chunk)
+            )
+            lasts.append(len(rows) - 1)
+        classes = [slot.sequence.submission.request.priority for slot, _ in pieces if slot.sequence]
+        if not self._run_decode(rows, classes):
             return False
-        slot.cached.extend(chunk)
-        sequence.n_fed += n
-        slot.evaluated = evaluated_prefix(sequence.n_fed, self._chunk)
-        if completes:
-            self._advance(slot, sequence, self._sample(sequence, n - 1))
+        for (slot, n), last in zip(pieces, lasts, strict=True):
+            sequence = slot.sequence
+            assert sequence is not None
+            slot.cached.extend(sequence.tokens[sequence.n_fed : sequence.n_fed + n])
+            sequence.n_fed += n
+            slot.evaluated = evaluated_prefix(sequence.n_fed, self._chunk)
+            if sequence.n_fed == len(sequence.tokens):
+                self._advance(slot, sequence, self._sample(sequence, last))
         return True
 
     def _warm_choice(self) -> tuple[_Slot, int] | None:

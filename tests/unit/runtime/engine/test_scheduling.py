@@ -32,6 +32,7 @@ from corral_runtime.engine.scheduling import (
     prompt_chunk,
     reusable_prefix,
     run_keeping_target,
+    shared_prefill,
     shared_source,
     warm_start,
 )
@@ -349,6 +350,27 @@ class TestPlanPrefill:
     def test_a_span_stays_within_the_budget(self) -> None:
         assert plan_prefill([(0, 20)], 8, C, span=16) == [(0, 8)]
         assert plan_prefill([(0, 20)], 1, C, span=16) == [(0, 4)]
+
+
+class TestSharedPrefill:
+    def test_the_short_last_pieces_of_several_prompts_share_a_decode(self) -> None:
+        # (start, tokens, ends its prompt); chunks of 4.
+        assert shared_prefill([(0, 3, True), (0, 2, True), (8, 1, True)], C, 16) == [0, 1, 2]
+        # Whole chunks, and pieces a prompt goes on after, stay alone.
+        assert (
+            shared_prefill([(0, 4, False), (4, 3, True), (0, 4, True), (2, 2, False)], C, 16) == []
+        )
+        assert shared_prefill([(0, 8, False), (8, 3, True), (0, 2, True)], C, 16) == [1, 2]
+
+    def test_one_piece_alone_shares_nothing(self) -> None:
+        assert shared_prefill([(0, 3, True), (0, 4, True)], C, 16) == []
+
+    def test_past_the_bound_a_piece_stays_alone(self) -> None:
+        assert shared_prefill([(0, 3, True), (6, 3, True), (0, 2, True)], C, 16, below=8) == [0, 2]
+        assert shared_prefill([(0, 3, True), (0, 2, True)], C, 16, below=2) == []
+
+    def test_the_pieces_fit_one_decode(self) -> None:
+        assert shared_prefill([(0, 3, True), (0, 3, True), (0, 3, True)], C, 7) == [0, 1]
 
 
 class TestBudgetAndEnd:
