@@ -44,7 +44,8 @@ CONTEXT_PER_COPIED_TOKEN = 1000
 # 64, 128, 256 or 512, with and without flash attention, as long as its last, partial chunk
 # was evaluated alone (with flash attention, merged into whole chunks it took llama.cpp's tiled
 # kernel and other logits). A span of 512 evaluated a 560-token prompt in 0.63-0.65 s where
-# chunks of 64 each alone took 0.82-0.99 s.
+# chunks of 64 each alone took 0.82-0.99 s (``llama_decode`` alone, with llama.cpp's default of
+# four threads on two cores).
 PREFILL_CHUNK = 64
 
 
@@ -445,9 +446,10 @@ def shared_prefill(
     """Which of a step's prompt pieces, as (start position, tokens, whether it ends its
     prompt), share one ``llama_decode``: the last pieces of their prompts shorter than a chunk
     (a new conversation's short prompt, a turn's partial last chunk), at least two of them,
-    else none. llama.cpp computes such rows one by one whatever shares their decode, so each
-    prompt's logits are its own (on the test model bit for bit, with and without flash
-    attention; eight short prompts took 151-166 ms together against 171-198 ms apart).
+    else none. The kernels batch invariance keeps give such a row the same result whatever
+    shares its decode, so each prompt's logits are its own (on the test model bit for bit,
+    with and without flash attention; eight short prompts took 151-166 ms together against
+    171-198 ms apart).
     ``below`` (where flash attention runs on the CPU): only pieces ending at or before it, as
     llama.cpp's split of a lone row's attention (see ``LONE_ROW_TOKENS``) could otherwise
     reach a row that a decode of its own would not give it. In order, as long as their tokens
