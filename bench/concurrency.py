@@ -133,6 +133,14 @@ def passage(words: int) -> str:
     return "" if words <= 0 else " " + " ".join(text[i % len(text)] for i in range(words))
 
 
+def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """A ``LABEL=FLAGS`` option of the benches: the label, the flags for ``corral serve``, and
+    the words ``NAME=VALUE`` among them, for the server's environment."""
+    label, _, words = text.partition("=")
+    env = dict(word.split("=", 1) for word in words.split() if ENV_WORD.match(word))
+    return label, [word for word in words.split() if not ENV_WORD.match(word)], env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -320,9 +328,7 @@ def servers(args: argparse.Namespace, model_path: Path, store: Path) -> list[Ser
             ),
         )
     for variant in args.corral_variants:
-        label, _, words = variant.partition("=")
-        env = dict(word.split("=", 1) for word in words.split() if ENV_WORD.match(word))
-        flags = [word for word in words.split() if not ENV_WORD.match(word)]
+        label, flags, env = parse_variant(variant)
         chosen.insert(1, Server(f"corral-{label}", [*corral.command, *flags], corral.model, env))
     if args.llama_server.is_file():
         chosen.append(

@@ -15,7 +15,8 @@ load falls on both alike; the ratio is the median of the rounds' own ratios.
 --compare LABEL=FLAGS (repeatable) also starts ``corral serve FLAGS`` and measures its single
 stream in the same rounds, to show what the default costs or gains a lone stream against those
 flags (``single_stream_default_vs_LABEL_ratio``: above 1.0, the default is faster; e.g.
-``parallel_4=--parallel 4``, ``no_fa=--no-flash-attention``). --context-words N lengthens every
+``parallel_4=--parallel 4``, ``no_fa=--no-flash-attention``; words NAME=VALUE among the
+flags go to its environment). --context-words N lengthens every
 prompt by a passage of N words after its own opening (no two prompts share a prefix), for a
 stream that holds a longer context as it decodes.
 
@@ -38,7 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support and the other benches when run as a script
 
-from concurrency import Level, measure, passage  # noqa: E402
+from concurrency import Level, measure, parse_variant, passage  # noqa: E402
 from corral_runtime.store.layout import ModelStore  # noqa: E402
 from corral_runtime.testmodel import TEST_MODEL_NAME, ensure_test_model  # noqa: E402
 from tests.support.serveproc import serving_process  # noqa: E402
@@ -80,7 +81,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="LABEL=FLAGS",
-        help="also measure one stream of a server started with FLAGS (repeatable)",
+        help="also measure one stream of a server started with FLAGS (repeatable; words "
+        "NAME=VALUE among them go to its environment)",
     )
     parser.add_argument(
         "--context-words",
@@ -99,9 +101,9 @@ def main() -> int:
         default = stack.enter_context(serving_process(root / "models", log=root / "default.log"))
         servers = {"default": default.base_url}
         for compared in args.compare:
-            label, _, flags = compared.partition("=")
+            label, flags, env = parse_variant(compared)
             servers[label] = stack.enter_context(
-                serving_process(root / "models", *flags.split(), log=root / f"{label}.log")
+                serving_process(root / "models", *flags, log=root / f"{label}.log", env=env)
             ).base_url
         tail = passage(args.context_words)
         start = STREAMS  # the prompts measured come after the warm-up's (see ``prompts``)
@@ -135,7 +137,7 @@ def main() -> int:
                 start += STREAMS  # every server met these prompts once: fresh ones next
     for key, runs in rates.items():
         print(f"median: {key} decode_tokens_per_second={statistics.median(runs):.1f}")
-    for label in servers.keys() - {"default"}:
+    for label in [name for name in servers if name != "default"]:
         print(
             f"single_stream_default_vs_{label}_ratio="
             f"{round_ratio(rates['default_1'], rates[f'{label}_1']):.2f}"
